@@ -1,0 +1,786 @@
+"""Hydra-XTok: one ViT that tokenizes images and videos for understanding, generation and editing.
+
+Pipeline (paper order): spatio-temporal patchify → Gen-ViT part 1 → 2× temporal fold → Gen-ViT part 2 → Gaussian
+bottleneck (64 channels) → per-channel normalisation → {Sem-ViT → semantic features, pixel decoder → pixels}.
+Every ViT uses the same block class and the same tubelet attention: a latent frame attends to its own tokens and
+to those of the frame just before it, computed block-sparse (frames folded into the batch), never as a dense mask.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_hydrax_tok import HydraXTokConfig
+
+
+# Modules each training stage of the paper trains (stage 1: everything; 2: decoder with the GAN loss;
+# 3: Sem-ViT with the distillation losses, Gen-ViT and decoder frozen).
+HYDRAX_TOK_TRAINING_STAGES = {
+    1: ("gen_vit", "bottleneck", "sem_vit", "decoder", "decompressor"),
+    2: ("decoder",),
+    3: ("sem_vit", "decompressor"),
+}
+
+
+class HydraXTokFrameCache:
+    """Keys and values of the last latent frame(s) each attention layer has seen, carried from one call to the next.
+
+    Streaming a long video in temporal chunks and keeping an edit source fixed across denoising steps are the same
+    idea: a later frame attends to an earlier frame whose keys/values are already known. The cache is an explicit
+    value passed in and returned (never stored on a module) and is never modified in place: `updated` returns a new
+    cache, so one source cache can serve every denoising step.
+    """
+
+    def __init__(self, key_values=None, frames_seen=None):
+        self.key_values: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = dict(key_values or {})
+        self.frames_seen: dict[str, int] = dict(frames_seen or {})
+
+    def seen(self, stack: str) -> int:
+        """Latent frames that `stack` ("encoder", "semantic" or "decoder") has already processed."""
+        return self.frames_seen.get(stack, 0)
+
+    def get(self, stack: str, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.key_values.get((stack, layer_idx))
+
+    def updated(self, stack: str, presents: dict[int, tuple[torch.Tensor, torch.Tensor]], num_frames: int):
+        """A new cache holding `presents` for `stack`, which has now seen `num_frames` more latent frames."""
+        key_values = dict(self.key_values)
+        key_values.update({(stack, idx): kv for idx, kv in presents.items()})
+        frames_seen = dict(self.frames_seen)
+        frames_seen[stack] = self.seen(stack) + num_frames
+        return HydraXTokFrameCache(key_values, frames_seen)
+
+
+class HydraXTokDiagonalGaussian:
+    """The bottleneck posterior N(mean, exp(logvar)) over latents `[B, C, F, h, w]`."""
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
+        self.mean = mean
+        self.logvar = torch.clamp(logvar, -30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL divergence to N(0, 1), summed over all but the batch dimension: `[B]`."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).sum(dim=1)
+
+
+@dataclass
+class HydraXTokEncoderOutput(ModelOutput):
+    """
+    latents (`torch.Tensor` of shape `(batch_size, latent_channels, 1 + T/4, H/16, W/16)`): normalised latents.
+    latent_dist (`HydraXTokDiagonalGaussian`): the un-normalised posterior.
+    cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    """
+
+    latents: torch.Tensor | None = None
+    latent_dist: HydraXTokDiagonalGaussian | None = None
+    cache: HydraXTokFrameCache | None = None
+
+
+@dataclass
+class HydraXTokDecoderOutput(ModelOutput):
+    """
+    sample (`torch.Tensor` of shape `(batch_size, 3, frames, H, W)`): decoded pixels in [-1, 1] (not clamped).
+    cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    """
+
+    sample: torch.Tensor | None = None
+    cache: HydraXTokFrameCache | None = None
+
+
+@dataclass
+class HydraXTokSemanticOutput(ModelOutput):
+    """
+    last_hidden_state (`torch.Tensor` of shape `(batch_size, latent_frames * h * w, hidden_size)`): Sem-ViT features,
+        frame-major; in editing mode the source's `h * w` tokens come first.
+    cache (`HydraXTokFrameCache`): the cache after the last frame (e.g. the edit source, reused every step).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    cache: HydraXTokFrameCache | None = None
+
+
+@dataclass
+class HydraXTokOutput(ModelOutput):
+    """
+    reconstruction (`torch.Tensor` of shape `(batch_size, 3, 1 + T, H, W)`): decoded pixels.
+    latents (`torch.Tensor` of shape `(batch_size, latent_channels, 1 + T/4, H/16, W/16)`): normalised latents.
+    latent_dist (`HydraXTokDiagonalGaussian`): the posterior, for the KL loss.
+    semantic_features (`torch.Tensor` of shape `(batch_size, (1 + T/4) * h * w, hidden_size)`): Sem-ViT output.
+    image_distill_features (`torch.Tensor` of shape `(batch_size, h * w, image_teacher_hidden_size)`): the anchor
+        frame's semantic features projected to the image teacher's width.
+    video_distill_features (`torch.Tensor` of shape `(batch_size, T * h * w, video_teacher_hidden_size)`): the
+        Decompressor's output for frames 1..T; `None` for images.
+    """
+
+    reconstruction: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    latent_dist: HydraXTokDiagonalGaussian | None = None
+    semantic_features: torch.Tensor | None = None
+    image_distill_features: torch.Tensor | None = None
+    video_distill_features: torch.Tensor | None = None
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class HydraXTokRotaryEmbedding(nn.Module):
+    """3D RoPE: the head dim's frequency pairs are split across time, height and width."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        pairs = head_dim // 2
+        self.spatial_pairs = pairs // 3
+        self.temporal_pairs = pairs - 2 * self.spatial_pairs
+        self.theta = theta
+
+    def _inv_freq(self, pairs: int, device: torch.device) -> torch.Tensor:
+        return 1.0 / self.theta ** (torch.arange(pairs, device=device, dtype=torch.float32) / max(pairs, 1))
+
+    def forward(self, first_frame: int, num_frames: int, height: int, width: int, device: torch.device):
+        """cos, sin of shape `[num_frames, height * width, head_dim]` for frames `first_frame…` of a clip."""
+        t = torch.arange(first_frame, first_frame + num_frames, device=device, dtype=torch.float32)
+        h = torch.arange(height, device=device, dtype=torch.float32)
+        w = torch.arange(width, device=device, dtype=torch.float32)
+        freqs_t = (t[:, None] * self._inv_freq(self.temporal_pairs, device))[:, None, None, :]
+        freqs_h = (h[:, None] * self._inv_freq(self.spatial_pairs, device))[None, :, None, :]
+        freqs_w = (w[:, None] * self._inv_freq(self.spatial_pairs, device))[None, None, :, :]
+        shape = (num_frames, height, width, -1)
+        freqs = torch.cat([freqs_t.expand(*shape), freqs_h.expand(*shape), freqs_w.expand(*shape)], dim=-1)
+        emb = torch.cat([freqs, freqs], dim=-1).reshape(num_frames, height * width, -1)
+        return emb.cos(), emb.sin()
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+def block_causal_mask(num_frames: int, num_past: int, tokens: int, dtype: torch.dtype, device: torch.device):
+    """Additive mask letting query frame i (after `num_past` cached frames) see key frames 0..num_past + i."""
+    query_frame = torch.arange(num_frames, device=device).repeat_interleave(tokens) + num_past
+    key_frame = torch.arange(num_past + num_frames, device=device).repeat_interleave(tokens)
+    allowed = key_frame[None, :] <= query_frame[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+class HydraXTokAttention(nn.Module):
+    """Multi-head attention over latent frames `[B, F, N, D]` in tubelet, causal or full mode."""
+
+    def __init__(self, config: HydraXTokConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=config.attention_bias)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=config.attention_bias)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=config.attention_bias)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def _attend(self, query, key, value, mask=None):
+        """`[b, H, n, d]` queries against `[b, H, m, d]` keys → `[b, n, H, d]`."""
+        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        dropout = self.config.attention_dropout if self.training else 0.0
+        return interface(self, query, key, value, mask, scaling=self.scaling, dropout=dropout, is_causal=False)[0]
+
+    def forward(self, hidden_states, position_embeddings=None, past_key_value=None):
+        batch, frames, tokens, _ = hidden_states.shape
+        shape = (batch, frames, tokens, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(2, 3)
+        key = self.k_proj(hidden_states).view(shape).transpose(2, 3)
+        value = self.v_proj(hidden_states).view(shape).transpose(2, 3)
+        if position_embeddings is not None:
+            cos, sin = (emb[None, :, None].to(query.dtype) for emb in position_embeddings)
+            query = query * cos + rotate_half(query) * sin
+            key = key * cos + rotate_half(key) * sin
+
+        mode = self.config.attention_mode
+        if mode == "tubelet":
+            attn_output = self._tubelet(query, key, value, past_key_value)
+            present = (key[:, -1:], value[:, -1:])
+        else:
+            if past_key_value is not None:
+                key = torch.cat([past_key_value[0], key], dim=1)
+                value = torch.cat([past_key_value[1], value], dim=1)
+            past = key.shape[1] - frames
+            flat_q = query.transpose(1, 2).reshape(batch, self.num_heads, frames * tokens, self.head_dim)
+            flat_k = key.transpose(1, 2).reshape(batch, self.num_heads, -1, self.head_dim)
+            flat_v = value.transpose(1, 2).reshape(batch, self.num_heads, -1, self.head_dim)
+            mask = None
+            if mode == "causal" and frames > 1:
+                mask = block_causal_mask(frames, past, tokens, query.dtype, query.device)
+            attn_output = self._attend(flat_q, flat_k, flat_v, mask).view(batch, frames, tokens, -1)
+            present = (key, value) if mode == "causal" else None
+        return self.out_proj(attn_output.reshape(batch, frames, tokens, -1)), present
+
+    def _tubelet(self, query, key, value, past_key_value):
+        """Each frame's queries against `[previous frame, own frame]` keys, frames folded into the batch."""
+        batch, frames, heads, tokens, dim = query.shape
+        outputs = []
+        if past_key_value is None:
+            # The clip's first frame (the anchor) has no previous frame: it attends to itself only.
+            outputs.append(self._attend(query[:, 0], key[:, 0], value[:, 0])[:, None])
+            query, prev_key, prev_value = query[:, 1:], key[:, :-1], value[:, :-1]
+            key, value = key[:, 1:], value[:, 1:]
+        else:
+            prev_key = torch.cat([past_key_value[0], key[:, :-1]], dim=1)
+            prev_value = torch.cat([past_key_value[1], value[:, :-1]], dim=1)
+        paired = query.shape[1]
+        if paired > 0:
+            pair_key = torch.cat([prev_key, key], dim=3).reshape(batch * paired, heads, 2 * tokens, dim)
+            pair_value = torch.cat([prev_value, value], dim=3).reshape(batch * paired, heads, 2 * tokens, dim)
+            pair_query = query.reshape(batch * paired, heads, tokens, dim)
+            out = self._attend(pair_query, pair_key, pair_value)
+            outputs.append(out.view(batch, paired, tokens, heads, dim))
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
+class HydraXTokMLP(nn.Module):
+    def __init__(self, config: HydraXTokConfig, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class HydraXTokBlock(GradientCheckpointingLayer):
+    """The one pre-norm ViT block (SigLIP 2 layout) used by the Gen-ViT, Sem-ViT, decoder and Decompressor."""
+
+    def __init__(self, config: HydraXTokConfig, hidden_size: int, num_heads: int, intermediate_size: int):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = HydraXTokAttention(config, hidden_size, num_heads)
+        self.layer_norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = HydraXTokMLP(config, hidden_size, intermediate_size)
+
+    def forward(self, hidden_states, position_embeddings=None, past_key_value=None):
+        """`[B, F, N, D]` → (`[B, F, N, D]`, this layer's keys/values to carry to the next chunk)."""
+        attn_output, present = self.self_attn(self.layer_norm1(hidden_states), position_embeddings, past_key_value)
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, present
+
+
+class HydraXTokStack(nn.Module):
+    """A run of blocks sharing 3D RoPE, with an optional 2× temporal fold or un-fold after `resample_after` blocks.
+
+    Frame counting: latent frame `a` (a ≥ 1) holds finer frames `2a - 1` and `2a`; latent frame 0 (the anchor)
+    holds one finer frame, zero-padded to a pair on the way down and dropped on the way up.
+    """
+
+    def __init__(self, config, name, num_layers, hidden_size, num_heads, intermediate_size, resample=None, after=0):
+        super().__init__()
+        self.name = name
+        self.layers = nn.ModuleList(
+            [HydraXTokBlock(config, hidden_size, num_heads, intermediate_size) for _ in range(num_layers)]
+        )
+        self.resample_kind = resample
+        self.resample_after = after
+        if resample == "fold":
+            self.temporal_fold = nn.Linear(2 * hidden_size, hidden_size)
+        elif resample == "unfold":
+            self.temporal_unfold = nn.Linear(hidden_size, 2 * hidden_size)
+        self.rotary = HydraXTokRotaryEmbedding(hidden_size // num_heads, config.rope_theta) if config.use_rope else None
+
+    def _resample(self, hidden, includes_anchor):
+        batch, frames, tokens, width = hidden.shape
+        if self.resample_kind == "fold":
+            if includes_anchor:
+                hidden = torch.cat([torch.zeros_like(hidden[:, :1]), hidden], dim=1)
+            pairs = hidden.view(batch, -1, 2, tokens, width).transpose(2, 3).reshape(batch, -1, tokens, 2 * width)
+            return self.temporal_fold(pairs)
+        hidden = self.temporal_unfold(hidden).view(batch, frames, tokens, 2, width).transpose(2, 3)
+        hidden = hidden.reshape(batch, 2 * frames, tokens, width)
+        return hidden[:, 1:] if includes_anchor else hidden
+
+    def _rope(self, latent_offset, fine, frames, grid, device):
+        if self.rotary is None:
+            return None
+        first = (2 * latent_offset - 1 if latent_offset > 0 else 0) if fine else latent_offset
+        return self.rotary(first, frames, *grid, device)
+
+    def forward(self, hidden, grid, latent_offset=0, cache=None, fine=False):
+        """Run the blocks on `[B, F, N, D]`; `fine` says whether `hidden` is at the finer (pre-fold) frame rate.
+
+        Returns the hidden states and `{layer index: keys/values}` to carry to the next chunk.
+        """
+        includes_anchor = latent_offset == 0
+        rope = self._rope(latent_offset, fine, hidden.shape[1], grid, hidden.device)
+        presents = {}
+        for idx, layer in enumerate(self.layers):
+            if self.resample_kind is not None and idx == self.resample_after:
+                hidden, fine = self._resample(hidden, includes_anchor), not fine
+                rope = self._rope(latent_offset, fine, hidden.shape[1], grid, hidden.device)
+            past = cache.get(self.name, idx) if cache is not None else None
+            hidden, presents[idx] = layer(hidden, rope, past)
+        if self.resample_kind is not None and self.resample_after == len(self.layers):
+            hidden = self._resample(hidden, includes_anchor)
+        return hidden, presents
+
+
+class HydraXTokPositionEmbedding(nn.Module):
+    """SigLIP 2's learned 2D position grid, bilinearly interpolated to the patch grid."""
+
+    def __init__(self, size: int, hidden_size: int):
+        super().__init__()
+        self.size = size
+        self.position_embedding = nn.Embedding(size * size, hidden_size)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        grid = self.position_embedding.weight.reshape(self.size, self.size, -1).permute(2, 0, 1)[None]
+        if (height, width) != (self.size, self.size):
+            grid = F.interpolate(grid.float(), size=(height, width), mode="bilinear", antialias=True)
+        return grid[0].flatten(1).transpose(0, 1).to(self.position_embedding.weight.dtype)
+
+
+def patchify(pixel_values, patch_size, temporal_patch_size, includes_anchor):
+    """`[B, C, F, H, W]` → `[B, F', N, tp·p·p·C]` tubelets; the anchor is zero-padded to a full tubelet."""
+    if includes_anchor and temporal_patch_size > 1:
+        pad = pixel_values.new_zeros(*pixel_values.shape[:2], temporal_patch_size - 1, *pixel_values.shape[3:])
+        pixel_values = torch.cat([pad, pixel_values], dim=2)
+    batch, channels, frames, height, width = pixel_values.shape
+    h, w, tp = height // patch_size, width // patch_size, temporal_patch_size
+    x = pixel_values.view(batch, channels, frames // tp, tp, h, patch_size, w, patch_size)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(batch, frames // tp, h * w, tp * patch_size * patch_size * channels)
+
+
+def unpatchify(patches, grid, patch_size, temporal_patch_size, channels, includes_anchor):
+    """Inverse of `patchify`: `[B, F', N, tp·p·p·C]` → `[B, C, F, H, W]`, the anchor's padding dropped."""
+    batch, frames = patches.shape[:2]
+    h, w = grid
+    tp = temporal_patch_size
+    x = patches.view(batch, frames, h, w, tp, patch_size, patch_size, channels)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, channels, frames * tp, h * patch_size, w * patch_size)
+    return x[:, :, tp - 1 :] if includes_anchor else x
+
+
+class HydraXTokGenViT(nn.Module):
+    """Patch embedding + Gen-ViT (two parts around the second temporal fold) + the Gaussian bottleneck."""
+
+    def __init__(self, config: HydraXTokConfig):
+        super().__init__()
+        self.config = config
+        tp, p = config.first_temporal_patch_size, config.patch_size
+        self.patch_embedding = nn.Linear(tp * p * p * config.num_channels, config.hidden_size)
+        if config.use_abs_pos_embed:
+            self.position_embedding = HydraXTokPositionEmbedding(config.position_embedding_size, config.hidden_size)
+        hierarchical = config.temporal_compression == "hierarchical"
+        self.encoder = HydraXTokStack(
+            config,
+            "encoder",
+            config.num_gen_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            resample="fold" if hierarchical else None,
+            after=config.gen_fold_layer,
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bottleneck = nn.Linear(config.hidden_size, 2 * config.latent_channels)
+
+    def forward(self, pixel_values, latent_offset=0, cache=None):
+        """`[B, C, F, H, W]` pixels → (posterior moments `[B, F2, N, 2C]`, keys/values per layer)."""
+        config = self.config
+        grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
+        patches = patchify(pixel_values, config.patch_size, config.first_temporal_patch_size, latent_offset == 0)
+        hidden = self.patch_embedding(patches)
+        if config.use_abs_pos_embed:
+            hidden = hidden + self.position_embedding(*grid)
+        fine = config.temporal_compression == "hierarchical"
+        hidden, presents = self.encoder(hidden, grid, latent_offset, cache, fine=fine)
+        return self.bottleneck(self.norm(hidden)), presents
+
+
+class HydraXTokSemViT(nn.Module):
+    """Sem-ViT: lifts the 64-channel latent back to ViT width and produces the features the LLM sees."""
+
+    def __init__(self, config: HydraXTokConfig):
+        super().__init__()
+        self.latent_proj = nn.Linear(config.latent_channels, config.hidden_size)
+        self.encoder = HydraXTokStack(
+            config,
+            "semantic",
+            config.num_sem_layers,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+        )
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, latents, latent_offset=0, cache=None):
+        grid = latents.shape[-2:]
+        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
+        hidden, presents = self.encoder(hidden, grid, latent_offset, cache)
+        return self.post_layernorm(hidden), presents
+
+
+class HydraXTokDecoder(nn.Module):
+    """Pixel decoder: the encoder's mirror (latent frames → 2× temporal un-fold → tubelets → pixels)."""
+
+    def __init__(self, config: HydraXTokConfig):
+        super().__init__()
+        self.config = config
+        width = config.decoder_hidden_size
+        self.latent_proj = nn.Linear(config.latent_channels, width)
+        if config.use_abs_pos_embed:
+            self.position_embedding = HydraXTokPositionEmbedding(config.position_embedding_size, width)
+        hierarchical = config.temporal_compression == "hierarchical"
+        self.decoder = HydraXTokStack(
+            config,
+            "decoder",
+            config.num_decoder_layers,
+            width,
+            config.decoder_num_attention_heads,
+            config.decoder_intermediate_size,
+            resample="unfold" if hierarchical else None,
+            after=config.decoder_unfold_layer,
+        )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        tp, p = config.first_temporal_patch_size, config.patch_size
+        self.out_proj = nn.Linear(width, tp * p * p * config.num_channels)
+
+    def forward(self, latents, latent_offset=0, cache=None):
+        config = self.config
+        grid = tuple(latents.shape[-2:])
+        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
+        if config.use_abs_pos_embed:
+            hidden = hidden + self.position_embedding(*grid)
+        hidden, presents = self.decoder(hidden, grid, latent_offset, cache)
+        patches = self.out_proj(self.norm(hidden))
+        pixels = unpatchify(
+            patches,
+            grid,
+            config.patch_size,
+            config.first_temporal_patch_size,
+            config.num_channels,
+            includes_anchor=latent_offset == 0,
+        )
+        return pixels, presents
+
+
+class HydraXTokDecompressor(nn.Module):
+    """Training-only: expands Sem-ViT features of latent frames 1.. to one feature map per video frame (2 × [Linear
+    D→2D, channels→time, one block]) and projects anchor / video features to the distillation teachers' widths."""
+
+    def __init__(self, config: HydraXTokConfig):
+        super().__init__()
+        width = config.hidden_size
+        self.expand = nn.ModuleList([nn.Linear(width, 2 * width) for _ in range(2)])
+        self.blocks = nn.ModuleList(
+            [HydraXTokBlock(config, width, config.num_attention_heads, config.intermediate_size) for _ in range(2)]
+        )
+        self.rotary = HydraXTokRotaryEmbedding(width // config.num_attention_heads, config.rope_theta)
+        self.use_rope = config.use_rope
+        self.image_head = nn.Linear(width, config.image_teacher_hidden_size)
+        self.video_head = nn.Linear(width, config.video_teacher_hidden_size)
+
+    def forward(self, semantic, grid):
+        """`[B, F2, N, D]` Sem-ViT features → (`[B, N, D_img]`, `[B, T·N, D_vid]` or `None` for images)."""
+        image_features = self.image_head(semantic[:, 0])
+        if semantic.shape[1] == 1:
+            return image_features, None
+        hidden = semantic[:, 1:]
+        for expand, block in zip(self.expand, self.blocks):
+            batch, frames, tokens, width = hidden.shape
+            hidden = expand(hidden).view(batch, frames, tokens, 2, width).transpose(2, 3)
+            hidden = hidden.reshape(batch, 2 * frames, tokens, width)
+            rope = self.rotary(0, 2 * frames, *grid, hidden.device) if self.use_rope else None
+            hidden, _ = block(hidden, rope)
+        return image_features, self.video_head(hidden).flatten(1, 2)
+
+
+class HydraXTokPreTrainedModel(PreTrainedModel):
+    config: HydraXTokConfig
+    config_class = HydraXTokConfig
+    base_model_prefix = "hydrax_tok"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "video")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HydraXTokBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+
+class HydraXTokModel(HydraXTokPreTrainedModel):
+    """Hydra-XTok: encodes images `[B, 3, H, W]` and videos `[B, 3, 1+T, H, W]` (T % 4 == 0, pixels in [-1, 1]) to
+    64-channel latents `[B, 64, 1+T/4, H/16, W/16]`, decodes them back, and turns them into the semantic features
+    the LLM sees.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_hydrax import HydraXTokConfig, HydraXTokModel
+    >>> config = HydraXTokConfig(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_gen_layers=2,
+    ...     gen_fold_layer=1, num_sem_layers=1, num_decoder_layers=2, decoder_unfold_layer=1, latent_channels=8)
+    >>> model = HydraXTokModel(config).eval()
+    >>> video = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    >>> latents = model.encode(video).latents                       # [1, 8, 3, 4, 4]
+    >>> frames = model.decode(latents, chunk_frames=1).sample       # [1, 3, 9, 64, 64]
+    >>> features = model.get_semantic_features(latents).last_hidden_state  # [1, 48, 64]
+    ```
+    """
+
+    def __init__(self, config: HydraXTokConfig):
+        super().__init__(config)
+        self.gen_vit = HydraXTokGenViT(config)
+        self.sem_vit = HydraXTokSemViT(config)
+        self.decoder = HydraXTokDecoder(config)
+        self.decompressor = HydraXTokDecompressor(config) if config.use_decompressor else None
+        self.post_init()
+
+    # ---------------------------------------------------------------- input checks
+    def _check_pixel_values(self, pixel_values, continuing: bool) -> torch.Tensor:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"`pixel_values` must be a floating-point tensor in [-1, 1], got dtype {pixel_values.dtype}; "
+                "convert with `pixels.float() / 127.5 - 1` or use HydraXImageProcessor."
+            )
+        if pixel_values.ndim == 4:
+            pixel_values = pixel_values.unsqueeze(2)
+        if pixel_values.ndim != 5:
+            raise ValueError(
+                f"`pixel_values` must be [B, 3, H, W] (images) or [B, 3, 1+T, H, W] (videos), got shape "
+                f"{tuple(pixel_values.shape)}."
+            )
+        channels, frames, height, width = pixel_values.shape[1:]
+        config = self.config
+        if channels != config.num_channels:
+            raise ValueError(
+                f"`pixel_values` has {channels} channels at dim 1 but the tokenizer expects {config.num_channels}; "
+                "videos are channels-first: [B, 3, frames, H, W]."
+            )
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"Height and width must be multiples of {config.patch_size}, got {height}×{width}; resize or crop "
+                f"(e.g. to {height // config.patch_size * config.patch_size}×"
+                f"{width // config.patch_size * config.patch_size})."
+            )
+        ratio = config.temporal_compression_ratio
+        if continuing and (frames == 0 or frames % ratio):
+            raise ValueError(
+                f"A continuation chunk must have a positive multiple of {ratio} frames, got {frames}."
+            )
+        if not continuing and (frames - 1) % ratio:
+            raise ValueError(
+                f"A clip must have 1 + {ratio}·k frames (an anchor plus a multiple of {ratio}), got {frames}; "
+                f"drop {(frames - 1) % ratio} frame(s) or pad to {frames + ratio - (frames - 1) % ratio}."
+            )
+        return pixel_values
+
+    def _check_latents(self, latents: torch.Tensor, name: str = "latents") -> torch.Tensor:
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point torch.Tensor, got {type(latents).__name__}.")
+        if latents.ndim == 4:
+            latents = latents.unsqueeze(2)
+        if latents.ndim != 5 or latents.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"`{name}` must be [B, {self.config.latent_channels}, frames, h, w], got {tuple(latents.shape)}."
+            )
+        return latents
+
+    def _check_chunking(self, chunk_frames, cache):
+        if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
+            raise ValueError(f"`chunk_frames` counts latent frames per chunk and must be an int ≥ 1, got {chunk_frames}.")
+        if self.config.attention_mode == "full" and (chunk_frames is not None or cache is not None):
+            raise ValueError(
+                "`chunk_frames` and `cache` need temporally causal attention, but attention_mode='full' lets every "
+                "frame see the future; use attention_mode='tubelet' or 'causal', or encode the whole clip."
+            )
+
+    # ---------------------------------------------------------------- latent normalisation
+    def _latent_stats(self, reference: torch.Tensor):
+        config, shape = self.config, (1, -1, 1, 1, 1)
+        mean = config.latents_mean or [0.0] * config.latent_channels
+        std = config.latents_std or [1.0] * config.latent_channels
+        kwargs = {"device": reference.device, "dtype": reference.dtype}
+        return torch.tensor(mean, **kwargs).view(shape), torch.tensor(std, **kwargs).view(shape)
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_stats(latents)
+        return (latents - mean) / std
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._latent_stats(latents)
+        return latents * std + mean
+
+    # ---------------------------------------------------------------- public API
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        sample: bool = False,
+        chunk_frames: int | None = None,
+        generator: torch.Generator | None = None,
+        cache: HydraXTokFrameCache | None = None,
+    ) -> HydraXTokEncoderOutput:
+        """Pixels `[B, 3, 1+T, H, W]` (or `[B, 3, H, W]`) in [-1, 1] → normalised latents `[B, C, 1+T/4, h, w]`.
+
+        `sample` draws from the posterior instead of taking its mean. `chunk_frames` encodes `chunk_frames` latent
+        frames at a time, carrying each layer's last-frame keys/values, so memory stays flat with length and the
+        result equals the whole clip. Pass the returned `cache` back to continue a stream with the next 4·k frames.
+        """
+        self._check_chunking(chunk_frames, cache)
+        offset = cache.seen("encoder") if cache is not None else 0
+        pixel_values = self._check_pixel_values(pixel_values, continuing=offset > 0)
+        ratio = self.config.temporal_compression_ratio
+        num_latent = pixel_values.shape[2] // ratio + (1 if offset == 0 else 0)
+        step = chunk_frames or num_latent
+        moments = []
+        for start in range(0, num_latent, step):
+            stop = min(start + step, num_latent)
+            first = offset + start
+            pixel_start = 0 if first == 0 else ratio * first - ratio + 1
+            pixel_stop = ratio * (offset + stop) - ratio + 1
+            pixel_base = 0 if offset == 0 else ratio * offset - ratio + 1
+            chunk = pixel_values[:, :, pixel_start - pixel_base : pixel_stop - pixel_base]
+            chunk_moments, presents = self.gen_vit(chunk, first, cache)
+            moments.append(chunk_moments)
+            if chunk_frames is not None or cache is not None:
+                cache = (cache or HydraXTokFrameCache()).updated("encoder", presents, stop - start)
+        moments = torch.cat(moments, dim=1)
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        moments = moments.permute(0, 3, 1, 2).unflatten(3, grid)
+        mean, logvar = moments.chunk(2, dim=1)
+        latent_dist = HydraXTokDiagonalGaussian(mean, logvar)
+        latents = latent_dist.sample(generator) if sample else latent_dist.mode()
+        return HydraXTokEncoderOutput(self.normalize_latents(latents), latent_dist, cache)
+
+    def decode(
+        self,
+        latents: torch.Tensor,
+        chunk_frames: int | None = None,
+        cache: HydraXTokFrameCache | None = None,
+    ) -> HydraXTokDecoderOutput:
+        """Normalised latents `[B, C, F, h, w]` → pixels `[B, 3, 1 + 4·(F-1), 16·h, 16·w]` (continuation chunks of a
+        stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result)."""
+        self._check_chunking(chunk_frames, cache)
+        latents = self.denormalize_latents(self._check_latents(latents))
+        offset = cache.seen("decoder") if cache is not None else 0
+        num_latent = latents.shape[2]
+        step = chunk_frames or num_latent
+        frames = []
+        for start in range(0, num_latent, step):
+            stop = min(start + step, num_latent)
+            pixels, presents = self.decoder(latents[:, :, start:stop], offset + start, cache)
+            frames.append(pixels)
+            if chunk_frames is not None or cache is not None:
+                cache = (cache or HydraXTokFrameCache()).updated("decoder", presents, stop - start)
+        return HydraXTokDecoderOutput(torch.cat(frames, dim=2), cache)
+
+    def get_semantic_features(
+        self,
+        latents: torch.Tensor,
+        source_latents: torch.Tensor | None = None,
+        cache: HydraXTokFrameCache | None = None,
+    ) -> HydraXTokSemanticOutput:
+        """Sem-ViT features `[B, F·h·w, D]` of normalised latents `[B, C, F, h, w]` (or `[B, C, h, w]`).
+
+        Editing mode: with `source_latents` (an image latent `[B, C, h, w]`, encoded on its own) the source and the
+        target form a 2-frame latent clip; under tubelet attention the target sees the source, never the reverse.
+        The output then holds the source's tokens first. With `cache` (e.g. a source's returned cache) the latents
+        continue that clip: this is how a fixed edit source is computed once for all denoising steps.
+        """
+        self._check_chunking(None, cache)
+        latents = self._check_latents(latents)
+        if source_latents is not None:
+            source_latents = self._check_latents(source_latents, "source_latents")
+            if source_latents.shape[2] != 1 or source_latents.shape[-2:] != latents.shape[-2:]:
+                raise ValueError(
+                    f"`source_latents` must be one latent frame on the target's grid {tuple(latents.shape[-2:])}, "
+                    f"got {tuple(source_latents.shape)}."
+                )
+            latents = torch.cat([source_latents, latents], dim=2)
+        offset = cache.seen("semantic") if cache is not None else 0
+        hidden, presents = self.sem_vit(latents, offset, cache)
+        if self.config.attention_mode != "full":
+            cache = (cache or HydraXTokFrameCache()).updated("semantic", presents, latents.shape[2])
+        return HydraXTokSemanticOutput(hidden.flatten(1, 2), cache)
+
+    def set_training_stage(self, stage: int) -> list[str]:
+        """Freeze everything except what the paper's training `stage` (1, 2 or 3) trains; returns those names."""
+        if stage not in HYDRAX_TOK_TRAINING_STAGES:
+            raise ValueError(f"`stage` must be one of {sorted(HYDRAX_TOK_TRAINING_STAGES)}, got {stage!r}.")
+        prefixes = HYDRAX_TOK_TRAINING_STAGES[stage]
+        trainable = []
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.split(".")[0] in prefixes)
+            if param.requires_grad:
+                trainable.append(name)
+        return trainable
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        sample_posterior: bool | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> HydraXTokOutput | tuple:
+        """Full training pass: encode, (sample), Sem-ViT, decode and, with the Decompressor, distillation features.
+
+        `sample_posterior` defaults to `self.training`.
+        """
+        sample = self.training if sample_posterior is None else sample_posterior
+        encoded = self.encode(pixel_values, sample=sample, generator=generator)
+        latents = encoded.latents
+        semantic = self.get_semantic_features(latents).last_hidden_state
+        reconstruction = self.decode(latents).sample
+        image_features = video_features = None
+        if self.decompressor is not None:
+            grid = tuple(latents.shape[-2:])
+            per_frame = semantic.view(latents.shape[0], latents.shape[2], grid[0] * grid[1], -1)
+            image_features, video_features = self.decompressor(per_frame, grid)
+        output = HydraXTokOutput(
+            reconstruction=reconstruction,
+            latents=latents,
+            latent_dist=encoded.latent_dist,
+            semantic_features=semantic,
+            image_distill_features=image_features,
+            video_distill_features=video_features,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["HydraXTokFrameCache", "HydraXTokModel", "HydraXTokPreTrainedModel"]
