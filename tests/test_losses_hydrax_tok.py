@@ -1,0 +1,599 @@
+"""Tests of the Hydra-XTok training losses: LPIPS, discriminator, teachers, distillation and the total objective.
+
+Everything is tiny, random and offline: the teachers are random SigLIP 2 / SigLIP / V-JEPA 2 models built from
+transformers config classes, the tokenizer output is a stand-in with plain tensors.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    Siglip2VisionConfig,
+    Siglip2VisionModel,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionModel,
+    VJEPA2Config,
+    VJEPA2Model,
+)
+from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
+
+from modeling_hydrax.losses_hydrax_tok import (
+    HydraXTokDiscriminator,
+    HydraXTokLoss,
+    HydraXTokLossConfig,
+    HydraXTokLPIPS,
+    HydraXTokTeacherFeatures,
+    HydraXTokTeachers,
+    hinge_d_loss,
+    hinge_g_loss,
+)
+
+IMAGE_DIM, VIDEO_DIM = 24, 20
+TINY_LPIPS = (4, 8, 8, 8, 8)
+
+
+class StandInGaussian:
+    """The interface of the tokenizer's posterior: `.mean`, `.logvar`, `.kl()` → `[B]`."""
+
+    def __init__(self, mean, logvar):
+        self.mean, self.logvar = mean, logvar
+
+    def kl(self):
+        return (0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)).flatten(1).sum(1)
+
+
+@dataclass
+class StandInOutput:
+    reconstruction: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    latent_dist: StandInGaussian | None = None
+    semantic_features: torch.Tensor | None = None
+    image_distill_features: torch.Tensor | None = None
+    video_distill_features: torch.Tensor | None = None
+
+
+def tiny_siglip2(patch_size=8):
+    config = Siglip2VisionConfig(
+        hidden_size=IMAGE_DIM,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        patch_size=patch_size,
+        num_patches=16,
+        vision_use_head=False,
+    )
+    return Siglip2VisionModel(config).eval()
+
+
+def tiny_vjepa2(tubelet_size=2, patch_size=16, crop_size=32):
+    config = VJEPA2Config(
+        patch_size=patch_size,
+        crop_size=crop_size,
+        frames_per_clip=4,
+        tubelet_size=tubelet_size,
+        hidden_size=VIDEO_DIM,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        mlp_ratio=2.0,
+        num_pooler_layers=1,
+        pred_hidden_size=8,
+        pred_num_attention_heads=2,
+        pred_num_hidden_layers=1,
+    )
+    return VJEPA2Model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    torch.manual_seed(0)
+    return HydraXTokTeachers.from_models(image_model=tiny_siglip2(), video_model=tiny_vjepa2())
+
+
+@pytest.fixture(scope="module")
+def tiny_lpips():
+    torch.manual_seed(0)
+    return HydraXTokLPIPS(channels=TINY_LPIPS)
+
+
+def make_loss(tiny_lpips, **overrides):
+    config = HydraXTokLossConfig(discriminator_channels=8, discriminator_layers=2, **overrides)
+    return HydraXTokLoss(config, lpips=tiny_lpips)
+
+
+def make_output(clip, video=True, requires_grad=True):
+    """A stand-in HydraXTokOutput for `clip` [B, 3, 1+T, 32, 32] (student grid 2 × 2), all tensors leaves."""
+    batch_size, _, frames, height, width = clip.shape
+    num_frames, h, w = frames - 1, height // 16, width // 16
+    latent_shape = (batch_size, 8, 1 + num_frames // 4, h, w)
+    leaves = dict(
+        reconstruction=(clip + 0.1 * torch.randn_like(clip)).clamp(-1, 1),
+        mean=torch.randn(latent_shape),
+        logvar=0.1 * torch.randn(latent_shape),
+        image=torch.randn(batch_size, h * w, IMAGE_DIM),
+        video=torch.randn(batch_size, num_frames * h * w, VIDEO_DIM) if video and num_frames else None,
+    )
+    leaves = {k: (v.requires_grad_(requires_grad) if v is not None else None) for k, v in leaves.items()}
+    output = StandInOutput(
+        reconstruction=leaves["reconstruction"],
+        latents=leaves["mean"],
+        latent_dist=StandInGaussian(leaves["mean"], leaves["logvar"]),
+        image_distill_features=leaves["image"],
+        video_distill_features=leaves["video"],
+    )
+    return output, leaves
+
+
+def random_clip(batch_size=2, num_frames=4, size=32):
+    return torch.rand(batch_size, 3, 1 + num_frames, size, size) * 2 - 1
+
+
+# ----------------------------------------------------------------------------------------------------- LPIPS
+
+
+def test_lpips_zero_for_identical_positive_for_different_and_differentiable(tiny_lpips):
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1).requires_grad_()
+    assert torch.equal(tiny_lpips(x, x), torch.zeros(2))
+    distance = tiny_lpips(y, x)
+    assert distance.shape == (2,) and (distance > 0).all()
+    distance.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in tiny_lpips.parameters())
+
+
+def test_lpips_folds_video_frames_into_the_batch(tiny_lpips):
+    x, y = random_clip(2, 2), random_clip(2, 2)
+    per_frame = torch.stack([tiny_lpips(x[:, :, f], y[:, :, f]) for f in range(3)], dim=1)
+    torch.testing.assert_close(tiny_lpips(x, y), per_frame.mean(1))
+
+
+def test_lpips_default_trunk_is_torchvision_vgg16():
+    import torchvision
+
+    reference = torchvision.models.vgg16().features[:30].state_dict()
+    ours = HydraXTokLPIPS().features.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
+    assert [h.weight.shape[1] for h in HydraXTokLPIPS().heads] == [64, 128, 256, 512, 512]
+
+
+def test_lpips_save_and_from_pretrained_round_trip(tiny_lpips, tmp_path):
+    tiny_lpips.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    loaded = HydraXTokLPIPS.from_pretrained(tmp_path)
+    assert loaded.channels == TINY_LPIPS
+    for (name, ours), (_, theirs) in zip(tiny_lpips.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    x, y = random_clip(1, 0), random_clip(1, 0)
+    assert torch.equal(tiny_lpips(x, y), loaded(x, y))
+
+
+def test_lpips_from_pretrained_missing_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        HydraXTokLPIPS.from_pretrained(tmp_path)
+
+
+def test_lpips_matches_the_lpips_package():
+    lpips = pytest.importorskip("lpips")
+    reference = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval()
+    trunk = {}
+    for index in range(1, 6):
+        for name, tensor in getattr(reference.net, f"slice{index}").state_dict().items():
+            trunk[f"features.{name}"] = tensor
+    ours = HydraXTokLPIPS.from_lpips_package(vgg_weights=trunk)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(ours(x, y), reference(x, y).flatten(), rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_rejects_bad_input(tiny_lpips):
+    with pytest.raises(ValueError, match="same shape"):
+        tiny_lpips(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 16))
+    with pytest.raises(ValueError, match="RGB channels"):
+        tiny_lpips(torch.zeros(1, 4, 32, 32), torch.zeros(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="H, W >= 16"):
+        tiny_lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="5 positive"):
+        HydraXTokLPIPS(channels=(4, 8))
+
+
+# ------------------------------------------------------------------------------------------- discriminator
+
+
+def test_hinge_losses_on_hand_made_logits():
+    ones = torch.ones(2, 1, 3, 3)
+    assert hinge_d_loss(2 * ones, -2 * ones).item() == 0.0  # confident and right: no loss
+    assert hinge_d_loss(0 * ones, 0 * ones).item() == 1.0  # undecided
+    assert hinge_d_loss(-ones, ones).item() == 2.0  # confident and wrong: 0.5 * (2 + 2)
+    assert hinge_d_loss(0.5 * ones, -2 * ones).item() == 0.25  # only the real side inside the margin
+    assert hinge_g_loss(3 * ones).item() == -3.0
+    assert hinge_g_loss(-ones).item() == 1.0
+
+
+@pytest.mark.parametrize("norm", ["group", "spectral"])
+def test_discriminator_is_applied_per_frame(norm):
+    disc = HydraXTokDiscriminator(channels=8, num_layers=2, norm=norm).eval()
+    clip = random_clip(2, 4)
+    logits = disc(clip)
+    assert logits.shape == (10, 1, 6, 6)
+    torch.testing.assert_close(logits.view(2, 5, 1, 6, 6)[:, 3], disc(clip[:, :, 3]))
+    with pytest.raises(ValueError, match="RGB channels"):
+        disc(torch.zeros(1, 1, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------- teachers
+
+
+def test_siglip2_naflex_teacher_tokens_on_student_grid(teachers):
+    anchor = torch.rand(2, 3, 32, 32) * 2 - 1
+    features = teachers.image_features(anchor, (2, 2))
+    assert features.shape == (2, 4, IMAGE_DIM)
+    # Reference: the SigLIP 2 image processor's own patch order, then a bilinear resize of the 4 × 4 token grid.
+    patches = torch.stack([convert_image_to_patches(image, 8) for image in anchor])
+    tokens = teachers.image_model(
+        pixel_values=patches,
+        pixel_attention_mask=torch.ones(2, 16, dtype=torch.int32),
+        spatial_shapes=torch.tensor([[4, 4], [4, 4]]),
+    ).last_hidden_state
+    expected = F.interpolate(tokens.transpose(1, 2).reshape(2, IMAGE_DIM, 4, 4), size=(2, 2), mode="bilinear")
+    torch.testing.assert_close(features, expected.flatten(2).transpose(1, 2))
+
+
+def test_full_siglip_model_is_reduced_to_its_vision_tower_and_resized():
+    config = SiglipConfig(
+        text_config=dict(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+        ),
+        vision_config=dict(
+            hidden_size=IMAGE_DIM,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            patch_size=8,
+            image_size=16,
+        ),
+    )
+    teachers = HydraXTokTeachers.from_models(image_model=SiglipModel(config))
+    assert isinstance(teachers.image_model, SiglipVisionModel)
+    assert teachers.image_size == (16, 16) and teachers.image_hidden_size == IMAGE_DIM
+    clip = random_clip(2, 0, size=64)
+    features = teachers(clip).image  # teacher grid 2 × 2 (16 px / 8), student grid 4 × 4 (64 px / 16)
+    assert features.shape == (2, 16, IMAGE_DIM)
+    resized = F.interpolate(clip[:, :, 0], size=(16, 16), mode="bilinear", antialias=True)
+    tokens = teachers.image_model(pixel_values=resized).last_hidden_state
+    # SigLIP's normalisation (mean = std = 0.5) leaves [-1, 1] pixels unchanged; corner tokens survive the resize.
+    torch.testing.assert_close(features[:, 0], tokens[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features[:, -1], tokens[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_vjepa2_teacher_input_layout_normalisation_and_token_order():
+    video_model = tiny_vjepa2(tubelet_size=1)  # teacher grid (4, 2, 2) == student grid: no resampling
+    teachers = HydraXTokTeachers.from_models(video_model=video_model)
+    clip = random_clip(2, 4)
+    features = teachers(clip).video
+    assert features.shape == (2, 16, VIDEO_DIM)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)
+    videos = ((clip[:, :, 1:].transpose(1, 2) + 1) / 2 - mean) / std  # [B, T, C, H, W], ImageNet statistics
+    expected = video_model(pixel_values_videos=videos, skip_predictor=True).last_hidden_state
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_vjepa2_tubelet_tokens_are_trilinearly_resampled_to_every_frame(teachers):
+    clip = random_clip(2, 4)
+    features = teachers.video_features(clip[:, :, 1:], (4, 2, 2))
+    assert features.shape == (2, 4 * 2 * 2, VIDEO_DIM)
+    tokens = teachers.video_model(
+        pixel_values_videos=((clip[:, :, 1:].transpose(1, 2) + 1) / 2 - teachers.video_mean.unsqueeze(1))
+        / teachers.video_std.unsqueeze(1),
+        skip_predictor=True,
+    ).last_hidden_state.view(2, 2, 4, VIDEO_DIM)  # 2 tubelets × 4 tokens
+    frames = features.view(2, 4, 4, VIDEO_DIM)
+    torch.testing.assert_close(frames[:, 0], tokens[:, 0], rtol=1e-4, atol=1e-5)  # edges clamp to the tubelets
+    torch.testing.assert_close(frames[:, 3], tokens[:, 1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(frames[:, 1], 0.75 * tokens[:, 0] + 0.25 * tokens[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def test_teachers_are_frozen_in_eval_mode_and_get_no_gradient(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips).train()
+    assert not teachers.training
+    teachers.train()
+    assert not teachers.training and not teachers.image_model.training and not teachers.video_model.training
+    clip = random_clip(2, 4)
+    output, _ = make_output(clip)
+    loss_fn(clip, output, teachers=teachers)["loss"].backward()
+    for parameter in teachers.parameters():
+        assert not parameter.requires_grad and parameter.grad is None
+
+
+def test_teachers_from_pretrained_local_folders_read_processor_normalisation(tmp_path, teachers):
+    image_dir, video_dir = tmp_path / "image", tmp_path / "video"
+    teachers.image_model.save_pretrained(image_dir)
+    teachers.video_model.save_pretrained(video_dir)
+    (image_dir / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+    )
+    loaded = HydraXTokTeachers.from_pretrained(str(image_dir), str(video_dir))
+    assert loaded.image_mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert loaded.image_std.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert loaded.video_mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])  # V-JEPA 2 default
+    clip = random_clip(1, 4)
+    torch.testing.assert_close(loaded(clip).video, teachers(clip).video)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+    @dataclass
+    class TokConfig:  # the fields HydraXTokConfig carries for the teachers
+        image_teacher_name: str
+        video_teacher_name: str
+        image_teacher_hidden_size: int = IMAGE_DIM
+        video_teacher_hidden_size: int = VIDEO_DIM
+
+    assert HydraXTokTeachers.from_config(TokConfig(str(image_dir), str(video_dir))).video_hidden_size == VIDEO_DIM
+    with pytest.raises(ValueError, match="image_teacher_hidden_size=24"):
+        HydraXTokTeachers.from_config(TokConfig(str(image_dir), str(video_dir), image_teacher_hidden_size=1152))
+
+
+def test_teachers_reject_bad_arguments():
+    with pytest.raises(ValueError, match="video_layout"):
+        HydraXTokTeachers(video_layout="TBCHW")
+    with pytest.raises(ValueError, match="image_std"):
+        HydraXTokTeachers(image_model=tiny_siglip2(), image_mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="No video teacher"):
+        HydraXTokTeachers(image_model=tiny_siglip2()).video_features(random_clip(1, 4)[:, :, 1:], (4, 2, 2))
+
+
+# ------------------------------------------------------------------------------------------- distillation
+
+
+def test_distillation_is_zero_for_teacher_features_and_one_for_orthogonal_ones(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    target = teachers(clip)
+    same = StandInOutput(image_distill_features=target.image.clone(), video_distill_features=target.video.clone())
+    losses = loss_fn(clip, same, teachers=teachers)
+    assert losses["distill_image"].item() == pytest.approx(0.0, abs=1e-6)
+    assert losses["distill_video"].item() == pytest.approx(0.0, abs=1e-6)
+
+    def orthogonal(t):
+        r = torch.randn_like(t)
+        return r - (r * t).sum(-1, keepdim=True) / t.pow(2).sum(-1, keepdim=True) * t
+
+    ortho = StandInOutput(
+        image_distill_features=orthogonal(target.image), video_distill_features=orthogonal(target.video)
+    )
+    losses = loss_fn(clip, ortho, teachers=teachers)
+    assert losses["distill_image"].item() == pytest.approx(1.0, abs=1e-5)
+    assert losses["distill_video"].item() == pytest.approx(1.0, abs=1e-5)
+    assert losses["loss"].item() == pytest.approx(2.0, abs=1e-5)  # no reconstruction: distillation only
+    opposite = StandInOutput(image_distill_features=-target.image)
+    assert loss_fn(clip, opposite, teachers=teachers)["distill_image"].item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_precomputed_teacher_features_give_the_same_loss(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    output, _ = make_output(clip)
+    from_teachers = loss_fn(clip, output, teachers=teachers)
+    precomputed = loss_fn(clip, output, teacher_features=teachers(clip))
+    for name in ("loss", "distill_image", "distill_video"):
+        torch.testing.assert_close(from_teachers[name], precomputed[name])
+
+
+def test_video_term_is_exactly_zero_for_an_image_only_output(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    calls = []
+    handle = teachers.video_model.register_forward_hook(lambda *args: calls.append(1))
+    image = torch.rand(2, 3, 32, 32) * 2 - 1  # [B, 3, H, W] is accepted for images
+    output, _ = make_output(image.unsqueeze(2))
+    assert output.video_distill_features is None
+    losses = loss_fn(image, output, teachers=teachers)
+    handle.remove()
+    assert calls == []
+    assert losses["distill_video"].item() == 0.0
+    config = loss_fn.config
+    expected = (
+        config.l1_weight * losses["l1"]
+        + config.lpips_weight * losses["lpips"]
+        + config.kl_weight * losses["kl"]
+        + config.gan_weight * losses["gan"]
+        + config.distill_image_weight * losses["distill_image"]
+    )
+    torch.testing.assert_close(losses["loss"].detach(), expected)
+
+
+def test_video_mask_weights_samples(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    target = teachers(clip)
+    student = target.video.clone()
+    student[1] = -student[1]  # sample 0: distance 0, sample 1: distance 2
+    output = StandInOutput(video_distill_features=student)
+
+    def distill(mask):
+        return loss_fn(clip, output, teacher_features=target, video_mask=mask)["distill_video"].item()
+
+    assert distill(None) == pytest.approx(1.0, abs=1e-5)
+    assert distill(torch.tensor([True, False])) == pytest.approx(0.0, abs=1e-5)
+    assert distill(torch.tensor([False, True])) == pytest.approx(2.0, abs=1e-5)
+    assert distill(torch.tensor([False, False])) == 0.0
+    with pytest.raises(ValueError, match="bool tensor of shape \\[2\\]"):
+        distill(torch.tensor([1, 0]))
+
+
+# ------------------------------------------------------------------------------------------ total objective
+
+
+def test_total_loss_reaches_reconstruction_posterior_and_distillation_features(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    output, leaves = make_output(clip)
+    losses = loss_fn(clip, output, step=0, teachers=teachers)
+    assert set(losses) == {"loss", "l1", "lpips", "kl", "gan", "distill_image", "distill_video", "gan_weight"}
+    assert all(v.ndim == 0 for v in losses.values())
+    assert all(losses[k].item() > 0 for k in ("l1", "lpips", "kl", "distill_image", "distill_video"))
+    assert losses["gan"].item() != 0.0 and losses["gan_weight"].item() == pytest.approx(0.075)
+    losses["loss"].backward()
+    for name, leaf in leaves.items():
+        assert leaf.grad is not None and leaf.grad.abs().sum() > 0, name
+    assert all(p.grad is not None for p in loss_fn.discriminator.parameters())
+
+
+def test_gan_terms_wait_for_gan_start_step(tiny_lpips):
+    loss_fn = make_loss(tiny_lpips, gan_start_step=100, distill_image_weight=0.0, distill_video_weight=0.0)
+    clip = random_clip(2, 0)
+    output, _ = make_output(clip)
+    before = loss_fn(clip, output, step=99)
+    assert before["gan"].item() == 0.0 and before["gan_weight"].item() == 0.0
+    after = loss_fn(clip, output, step=100)
+    assert after["gan"].item() != 0.0
+    assert loss_fn(clip, output, step=99, mode="discriminator")["loss"].item() == 0.0
+    assert loss_fn(clip, output, step=100, mode="discriminator")["loss"].item() > 0.0
+
+
+@pytest.mark.parametrize("norm", ["group", "spectral"])
+def test_discriminator_step_trains_only_the_discriminator(tiny_lpips, norm):
+    loss_fn = make_loss(
+        tiny_lpips, discriminator_norm=norm
+    ).eval()  # eval: spectral norm's power iteration holds still
+    clip = random_clip(2, 4)
+    output, leaves = make_output(clip)
+    losses = loss_fn(clip, output, mode="discriminator")
+    assert set(losses) == {"loss", "logits_real", "logits_fake"}
+    logits_real = loss_fn.discriminator(clip)
+    logits_fake = loss_fn.discriminator(output.reconstruction)
+    torch.testing.assert_close(losses["loss"], hinge_d_loss(logits_real, logits_fake))
+    torch.testing.assert_close(losses["logits_real"], logits_real.mean())
+    losses["loss"].backward()
+    assert leaves["reconstruction"].grad is None
+    assert all(p.grad is not None for p in loss_fn.discriminator.parameters())
+    loss_fn.train()  # and both steps run in training mode
+    loss_fn(clip, output, mode="discriminator")["loss"].backward()
+    loss_fn(
+        clip,
+        output,
+        mode="generator",
+        teacher_features=HydraXTokTeacherFeatures(
+            image=torch.randn(2, 4, IMAGE_DIM), video=torch.randn(2, 16, VIDEO_DIM)
+        ),
+    )["loss"].backward()
+    assert leaves["reconstruction"].grad is not None
+
+
+def test_adaptive_gan_weight_balances_gradients_at_the_last_layer(tiny_lpips):
+    loss_fn = make_loss(
+        tiny_lpips, adaptive_gan_weight=True, kl_weight=0.0, distill_image_weight=0.0, distill_video_weight=0.0
+    )
+    clip = random_clip(1, 0)
+    last_layer = torch.nn.Parameter(torch.randn(3, 3) * 0.1 + torch.eye(3))
+    reconstruction = torch.einsum("ij,bjfhw->bifhw", last_layer, clip)
+    output = StandInOutput(reconstruction=reconstruction)
+    losses = loss_fn(clip, output, last_layer=last_layer)
+    rec = loss_fn.config.l1_weight * losses["l1"] + loss_fn.config.lpips_weight * losses["lpips"]
+    rec_grad = torch.autograd.grad(
+        (reconstruction - clip).abs().mean() + 0.1 * tiny_lpips(reconstruction, clip).mean(),
+        last_layer,
+        retain_graph=True,
+    )[0]
+    gan_grad = torch.autograd.grad(-loss_fn.discriminator(reconstruction).mean(), last_layer, retain_graph=True)[0]
+    expected = 0.075 * rec_grad.norm() / (gan_grad.norm() + 1e-4)
+    assert losses["gan_weight"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert rec.item() > 0
+    losses["loss"].backward()
+    assert last_layer.grad is not None
+    with pytest.raises(ValueError, match="last_layer="):
+        loss_fn(clip, output)
+
+
+def test_stage_three_output_without_reconstruction(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    output, leaves = make_output(clip)
+    output.reconstruction = None
+    output.latent_dist = None
+    losses = loss_fn(clip, output, teachers=teachers)
+    assert losses["l1"].item() == losses["lpips"].item() == losses["gan"].item() == losses["kl"].item() == 0.0
+    torch.testing.assert_close(losses["loss"].detach(), losses["distill_image"] + losses["distill_video"])
+    losses["loss"].backward()
+    assert leaves["image"].grad is not None and leaves["video"].grad is not None
+    with pytest.raises(ValueError, match="needs `output.reconstruction`"):
+        loss_fn(clip, output, mode="discriminator")
+
+
+def test_zero_weights_switch_parts_off(tiny_lpips):
+    loss_fn = HydraXTokLoss(
+        HydraXTokLossConfig(lpips_weight=0.0, gan_weight=0.0, distill_image_weight=0.0, distill_video_weight=0.0)
+    )
+    assert loss_fn.lpips is None and loss_fn.discriminator is None
+    clip = random_clip(1, 4)
+    output, _ = make_output(clip)
+    losses = loss_fn(clip, output)  # no teachers needed: distillation is off
+    torch.testing.assert_close(losses["loss"].detach(), losses["l1"] + 1e-4 * losses["kl"])
+    with pytest.raises(ValueError, match="No discriminator"):
+        loss_fn(clip, output, mode="discriminator")
+
+
+def test_loss_config_loads_lpips_from_a_folder(tiny_lpips, tmp_path):
+    tiny_lpips.save_pretrained(tmp_path)
+    loss_fn = HydraXTokLoss(HydraXTokLossConfig(lpips_name_or_path=str(tmp_path), discriminator_channels=8))
+    assert loss_fn.lpips.channels == TINY_LPIPS
+
+
+def test_bad_inputs_give_clear_errors(teachers, tiny_lpips):
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 4)
+    output, _ = make_output(clip)
+    with pytest.raises(ValueError, match="RGB channels in dim 1"):
+        loss_fn(torch.zeros(2, 4, 5, 32, 32), output, teachers=teachers)
+    with pytest.raises(
+        ValueError, match=r"reconstruction` has shape \(2, 3, 5, 32, 32\) but `pixel_values` has shape"
+    ):
+        loss_fn(random_clip(2, 8), output, teachers=teachers)
+    with pytest.raises(ValueError, match="neither `teachers=` nor `teacher_features=`"):
+        loss_fn(clip, output)
+    with pytest.raises(ValueError, match="mode"):
+        loss_fn(clip, output, mode="critic", teachers=teachers)
+
+    wrong_tokens = StandInOutput(image_distill_features=torch.randn(2, 9, IMAGE_DIM))
+    with pytest.raises(ValueError, match="N=4 tokens"):
+        loss_fn(clip, wrong_tokens, teachers=teachers)
+    wrong_width = StandInOutput(image_distill_features=torch.randn(2, 4, IMAGE_DIM + 1))
+    with pytest.raises(ValueError, match="image_teacher_hidden_size"):
+        loss_fn(clip, wrong_width, teachers=teachers)
+    video_for_image = StandInOutput(video_distill_features=torch.randn(2, 4, VIDEO_DIM))
+    with pytest.raises(ValueError, match="T = 0"):
+        loss_fn(random_clip(2, 0), video_for_image, teachers=teachers)
+    with pytest.raises(ValueError, match="not a multiple of the patch size 16"):
+        loss_fn(
+            random_clip(2, 0, size=40),
+            StandInOutput(image_distill_features=torch.randn(2, 4, IMAGE_DIM)),
+            teachers=teachers,
+        )
+
+    with pytest.raises(ValueError, match="`kl_weight` must be >= 0, got -1"):
+        HydraXTokLossConfig(kl_weight=-1)
+    with pytest.raises(ValueError, match="'group' or 'spectral', got 'batch'"):
+        HydraXTokLossConfig(discriminator_norm="batch")
+
+
+def test_with_the_real_tokenizer_output(teachers, tiny_lpips):
+    from conftest import tiny_tok_config
+
+    from modeling_hydrax import HydraXTokModel
+
+    model = HydraXTokModel(
+        tiny_tok_config(image_teacher_hidden_size=IMAGE_DIM, video_teacher_hidden_size=VIDEO_DIM)
+    ).train()
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(1, 4)
+    losses = loss_fn(clip, model(clip), teachers=teachers)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["distill_video"].item() > 0
+    losses["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.9 * len(grads)
