@@ -1,12 +1,30 @@
-"""Hydra-X modeling: the Hydra-XTok visual tokenizer and the unified model, registered with transformers' Auto* classes."""
+"""Hydra-X modeling: the Hydra-XTok visual tokenizer and the unified model, registered with transformers' Auto* classes
+on import; saved checkpoints carry this code (`auto_map`) for `trust_remote_code=True` loading."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
+from .configuration_hydrax import HydraXConfig
 from .configuration_hydrax_tok import HydraXTokConfig
+from .modeling_hydrax import HydraXForConditionalGeneration, HydraXGenerationPrefix, HydraXModel, HydraXPreTrainedModel
 from .modeling_hydrax_tok import HydraXTokFrameCache, HydraXTokModel, HydraXTokPreTrainedModel
 
 
 AutoConfig.register(HydraXTokConfig.model_type, HydraXTokConfig, exist_ok=True)
 AutoModel.register(HydraXTokConfig, HydraXTokModel, exist_ok=True)
+AutoConfig.register(HydraXConfig.model_type, HydraXConfig, exist_ok=True)
+AutoModel.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
+HydraXConfig.register_for_auto_class()
+HydraXForConditionalGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["HydraXTokConfig", "HydraXTokFrameCache", "HydraXTokModel", "HydraXTokPreTrainedModel"]
+__all__ = [
+    "HydraXConfig",
+    "HydraXForConditionalGeneration",
+    "HydraXGenerationPrefix",
+    "HydraXModel",
+    "HydraXPreTrainedModel",
+    "HydraXTokConfig",
+    "HydraXTokFrameCache",
+    "HydraXTokModel",
+    "HydraXTokPreTrainedModel",
+]

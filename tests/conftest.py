@@ -36,3 +36,17 @@ def tok_config():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def tiny_hydrax(**overrides):
+    """A tiny random Hydra-X (the `tiny` preset), in eval mode."""
+    from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration
+
+    torch.manual_seed(0)
+    return HydraXForConditionalGeneration(HydraXConfig.from_preset("tiny", **overrides)).eval()
+
+
+def visual_block(config, tokens, video=False):
+    """`<|vision_start|>` + `tokens` placeholders + `<|vision_end|>` as a list of ids."""
+    pad = config.video_token_id if video else config.image_token_id
+    return [config.vision_start_token_id] + [pad] * tokens + [config.vision_end_token_id]

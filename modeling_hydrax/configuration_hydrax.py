@@ -1,0 +1,103 @@
+"""Configuration of Hydra-X, the unified model: a Qwen2.5 LLM over Hydra-XTok semantic features, with a flow head."""
+
+import json
+from pathlib import Path
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+from .configuration_hydrax_tok import HydraXTokConfig
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@strict
+class HydraXConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`HydraXForConditionalGeneration`].
+
+    Args:
+        text_config (`Qwen2Config` or `dict`): the language model (Qwen2.5).
+        vision_config (`HydraXTokConfig` or `dict`): the visual tokenizer (built without the training-only Decompressor).
+        projector_hidden_act (`str`): activation of the 2-layer MLP projector (Sem-ViT width → LLM width).
+        timestep_embedding_dim (`int`): width of the sinusoidal timestep features.
+        flow_head_num_layers (`int`): AdaLN-modulated MLP blocks of the flow head.
+        flow_head_hidden_size (`int`, *optional*): the flow head's width; defaults to the LLM width.
+        text_dropout_prob (`float`): probability of dropping a generation sample's text, for classifier-free guidance.
+        flow_logit_mean / flow_logit_std (`float`): logit-normal training distribution of the flow time t.
+        flow_base_seq_len / flow_max_seq_len / flow_base_shift / flow_max_shift: resolution-dependent time shift:
+            `mu` is interpolated linearly in the number of latent tokens and t ↦ e^mu / (e^mu + 1/t − 1), the
+            convention of diffusers' `FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)`.
+        lm_loss_weight / flow_loss_weight (`float`): the paper's NTP : flow weights (1 : 1).
+        image_token_id / video_token_id / vision_start_token_id / vision_end_token_id (`int`): Qwen2.5 special tokens.
+        pad_token_id (`int`): the token that replaces dropped text.
+
+    Example:
+
+    ```python
+    >>> from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration
+    >>> config = HydraXConfig.from_preset("tiny")
+    >>> model = HydraXForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "hydrax"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "vision_config": HydraXTokConfig,
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    projector_hidden_act: str = "gelu"
+    timestep_embedding_dim: int = 256
+    flow_head_num_layers: int = 3
+    flow_head_hidden_size: int | None = None
+    text_dropout_prob: float = 0.1
+    flow_logit_mean: float = 0.0
+    flow_logit_std: float = 1.0
+    flow_base_seq_len: int = 256
+    flow_max_seq_len: int = 4096
+    flow_base_shift: float = 0.5
+    flow_max_shift: float = 1.15
+    lm_loss_weight: float = 1.0
+    flow_loss_weight: float = 1.0
+    image_token_id: int = 151655
+    video_token_id: int = 151656
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    pad_token_id: int | None = 151643
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.vision_config.use_decompressor:
+            self.vision_config.use_decompressor = False
+        self.flow_head_hidden_size = self.flow_head_hidden_size or self.text_config.hidden_size
+        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation."""
+        if not 0.0 <= self.text_dropout_prob < 1.0:
+            raise ValueError(f"`text_dropout_prob` must lie in [0, 1), got {self.text_dropout_prob}.")
+        if self.flow_head_num_layers < 1:
+            raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
+
+    @classmethod
+    def available_presets(cls) -> list[str]:
+        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "HydraXConfig":
+        """The configuration of a named preset: `hydrax-7b`, `hydrax-1.5b` or `tiny` (for tests)."""
+        path = PRESETS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise ValueError(f"Unknown preset {name!r}; available presets: {cls.available_presets()}.")
+        kwargs = json.loads(path.read_text())
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+__all__ = ["HydraXConfig"]

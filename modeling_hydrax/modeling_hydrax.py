@@ -1,0 +1,565 @@
+"""Hydra-X: one Qwen2.5 LLM that understands, generates and edits images and videos through Hydra-XTok.
+
+The LLM only ever sees Sem-ViT features. Understanding: clean latents → Sem-ViT → projector → placeholder tokens.
+Generation: noisy latents `z_t = (1 − t)·z0 + t·ε` → Sem-ViT → projector + timestep embedding → LLM → flow head →
+velocity `ε − z0` per latent token. Editing: the source and the noisy target form a 2-frame Sem-ViT clip. Text is
+causal; each visual block (an image, a video, a noisy target) is bidirectional inside itself.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_hydrax import HydraXConfig
+from .modeling_hydrax_tok import HydraXTokFrameCache, HydraXTokModel
+
+
+logger = logging.get_logger(__name__)
+
+# Parts of the tokenizer that stay frozen in unified training: they fix the latent space the decoder reads.
+HYDRAX_FROZEN_MODULES = ("model.vision_tower.gen_vit", "model.vision_tower.decoder")
+
+
+@dataclass
+class HydraXModelOutputWithPast(BaseModelOutputWithPast):
+    """
+    visual_block_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the visual block each token belongs
+        to (−1 for text), as used for the bidirectional attention pattern.
+    """
+
+    visual_block_ids: torch.LongTensor | None = None
+
+
+@dataclass
+class HydraXCausalLMOutputWithPast(ModelOutput):
+    """
+    loss (`torch.FloatTensor`): `lm_loss_weight · lm_loss + flow_loss_weight · flow_loss` over the parts present.
+    lm_loss (`torch.FloatTensor`): next-token prediction loss on text labels.
+    flow_loss (`torch.FloatTensor`): rectified-flow velocity MSE on the generation targets' latent tokens.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
+    velocity (`torch.FloatTensor` of shape `(batch_size, latent_channels, frames, h, w)`): predicted velocity of the
+        generation targets.
+    cache (`Cache`): the LLM key/value cache.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    flow_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    velocity: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HydraXGenerationPrefix:
+    """What a sampler computes once and reuses at every denoising step: the LLM cache of the prompt (and of the edit
+    source's tokens), the prompt's attention mask, the next position id, and the edit source's Sem-ViT frame cache."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    next_position: torch.LongTensor
+    source_cache: HydraXTokFrameCache | None = None
+
+    @property
+    def length(self) -> int:
+        return self.attention_mask.shape[1]
+
+
+def timestep_features(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features `[B, dim]` of flow times t ∈ [0, 1] (scaled by 1000, as diffusion timesteps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
+    args = 1000.0 * timesteps.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class HydraXProjector(nn.Module):
+    """2-layer MLP from Sem-ViT width to the LLM width."""
+
+    def __init__(self, config: HydraXConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class HydraXTimestepEmbedding(nn.Module):
+    """Sinusoidal features of t → MLP → `width`."""
+
+    def __init__(self, feature_dim: int, width: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.linear_1 = nn.Linear(feature_dim, width)
+        self.linear_2 = nn.Linear(width, width)
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        features = timestep_features(timesteps, self.feature_dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(F.silu(self.linear_1(features)))
+
+
+class HydraXFlowHeadBlock(nn.Module):
+    """Residual MLP block whose LayerNorm shift/scale and residual gate are modulated by the timestep (AdaLN)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Linear(width, 3 * width)
+
+    def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(F.silu(condition)).chunk(3, dim=-1)
+        return hidden + gate * self.mlp(self.norm(hidden) * (1 + scale) + shift)
+
+
+class HydraXFlowHead(nn.Module):
+    """LLM hidden states of the generation target's tokens + t → 64-d velocity per latent token."""
+
+    def __init__(self, config: HydraXConfig):
+        super().__init__()
+        width = config.flow_head_hidden_size
+        self.input_proj = nn.Linear(config.text_config.hidden_size, width)
+        self.time_embedding = HydraXTimestepEmbedding(config.timestep_embedding_dim, width)
+        self.blocks = nn.ModuleList([HydraXFlowHeadBlock(width) for _ in range(config.flow_head_num_layers)])
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Linear(width, 2 * width)
+        self.out_proj = nn.Linear(width, config.vision_config.latent_channels)
+
+    def forward(self, hidden_states: torch.Tensor, timesteps: torch.Tensor, latent_shape) -> torch.Tensor:
+        """Hidden states `[B, n, H]` of a target's n = F·h·w tokens and times `[B]` → velocity `latent_shape`
+        `[B, C, F, h, w]`."""
+        condition = self.time_embedding(timesteps)[:, None]
+        hidden = self.input_proj(hidden_states)
+        for block in self.blocks:
+            hidden = block(hidden, condition)
+        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
+        velocity = self.out_proj(self.final_norm(hidden) * (1 + scale) + shift)
+        return velocity.transpose(1, 2).contiguous().view(latent_shape)
+
+
+class HydraXPreTrainedModel(PreTrainedModel):
+    config: HydraXConfig
+    config_class = HydraXConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HydraXTokBlock", "Qwen2DecoderLayer", "HydraXFlowHead"]
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+
+class HydraXModel(HydraXPreTrainedModel):
+    """Hydra-XTok (no Decompressor) + projector + timestep embedding + Qwen2 + flow head, without the LM head."""
+
+    def __init__(self, config: HydraXConfig):
+        super().__init__(config)
+        self.vision_tower = HydraXTokModel(config.vision_config)
+        self.projector = HydraXProjector(config)
+        self.timestep_embedding = HydraXTimestepEmbedding(config.timestep_embedding_dim, config.text_config.hidden_size)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.flow_head = HydraXFlowHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ---------------------------------------------------------------- visual features
+    @torch.no_grad()
+    def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels → normalised latents with the frozen Gen-ViT (posterior mean)."""
+        dtype = self.vision_tower.gen_vit.patch_embedding.weight.dtype
+        return self.vision_tower.encode(pixel_values.to(dtype)).latents
+
+    def _visual_features(self, pixel_values) -> torch.Tensor:
+        """Clean pixels (a batched tensor or a list of differently sized ones) → projected features `[tokens, H]`."""
+        items = [pixel_values] if isinstance(pixel_values, torch.Tensor) else [p[None] for p in pixel_values]
+        features = []
+        for item in items:
+            semantic = self.vision_tower.get_semantic_features(self.encode_latents(item)).last_hidden_state
+            features.append(self.projector(semantic).flatten(0, 1))
+        return torch.cat(features, dim=0)
+
+    def get_image_features(self, pixel_values, image_grid_thw=None) -> torch.Tensor:
+        """Images `[N, 3, H, W]` (or a list of `[3, H, W]`) → LLM-ready features `[Σ h·w, hidden]`, image-major."""
+        return self._visual_features(pixel_values)
+
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None) -> torch.Tensor:
+        """Videos `[N, 3, 1+T, H, W]` (or a list) → LLM-ready features `[Σ (1+T/4)·h·w, hidden]`, video-major."""
+        return self._visual_features(pixel_values_videos)
+
+    def embed_noisy_latents(self, noisy_latents, timesteps, source_latents=None, source_cache=None):
+        """Noisy generation targets → (source embeddings or `None`, target embeddings), each `[B, tokens, H]`.
+
+        With `source_latents` Sem-ViT runs in editing mode (source and target as a 2-frame clip); with
+        `source_cache` (from `HydraXForConditionalGeneration.prepare_generation_prefix`) the source is reused.
+        """
+        semantic = self.vision_tower.get_semantic_features(noisy_latents, source_latents, source_cache)
+        embeds = self.projector(semantic.last_hidden_state)
+        target_tokens = noisy_latents[0, 0].numel()
+        source_embeds = embeds[:, :-target_tokens] if source_latents is not None else None
+        target_embeds = embeds[:, -target_tokens:] + self.timestep_embedding(timesteps)[:, None].to(embeds.dtype)
+        return source_embeds, target_embeds
+
+    # ---------------------------------------------------------------- sequence structure
+    def visual_block_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Index of the visual block (counted by `<|vision_start|>`) of every placeholder token, −1 for text."""
+        config = self.config
+        starts = (input_ids == config.vision_start_token_id).cumsum(dim=-1) - 1
+        visual = (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
+        return torch.where(visual, starts, torch.full_like(starts, -1))
+
+    def _scatter(self, inputs_embeds, mask, features, what):
+        count = int(mask.sum())
+        if count != features.shape[0]:
+            raise ValueError(
+                f"The text has {count} {what} placeholder tokens but the {what} inputs give {features.shape[0]} "
+                f"features; build the prompt with HydraXProcessor so every {what} expands to its latent grid."
+            )
+        return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        generation_embeds: torch.Tensor | None = None,
+        generation_mask: torch.BoolTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> HydraXModelOutputWithPast:
+        """Embed text, scatter clean visual features and `generation_embeds` (at `generation_mask`) into their
+        placeholders, and run the LLM with causal text and bidirectional visual blocks."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        block_ids = self.visual_block_ids(input_ids)
+        clean = block_ids >= 0
+        if generation_mask is not None:
+            clean = clean & ~generation_mask
+            inputs_embeds = self._scatter(
+                inputs_embeds, generation_mask, generation_embeds.flatten(0, 1), "generation-target"
+            )
+        if pixel_values is not None:
+            features = self.get_image_features(pixel_values, image_grid_thw)
+            inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == self.config.image_token_id), features, "image")
+        if pixel_values_videos is not None:
+            features = self.get_video_features(pixel_values_videos, video_grid_thw)
+            inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == self.config.video_token_id), features, "video")
+
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = self._position_ids(attention_mask, input_ids.shape[1], past, input_ids.device)
+        mask = attention_mask
+        if bool((block_ids >= 0).any()):
+            mask = self._block_attention_mask(inputs_embeds, attention_mask, cache, position_ids, block_ids, past)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return HydraXModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            visual_block_ids=block_ids,
+        )
+
+    @staticmethod
+    def _position_ids(attention_mask, length, past, device):
+        """Positions that skip left padding, so a padded batch equals its items run one by one."""
+        if attention_mask is None:
+            return (torch.arange(length, device=device) + past)[None]
+        positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        return positions[:, -length:]
+
+    def _block_attention_mask(self, inputs_embeds, attention_mask, cache, position_ids, block_ids, past):
+        """Causal mask with every visual block bidirectional inside itself (transformers' block overlay)."""
+        text_config = self.config.text_config
+        if text_config._attn_implementation.startswith("flash"):
+            logger.warning_once(
+                "flash_attention_2 in the LLM cannot express bidirectional visual blocks; they attend causally. "
+                "Use attn_implementation={'text_config': 'sdpa'} for the paper's attention pattern."
+            )
+        if past:
+            block_ids = torch.cat([block_ids.new_full((block_ids.shape[0], past), -1), block_ids], dim=1)
+        mask = create_causal_mask(
+            config=text_config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+            block_sequence_ids=block_ids,
+        )
+        return {"full_attention": mask}
+
+
+class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
+    """Hydra-X: understanding (`generate`), text-to-image/video and editing training (`forward` with targets), and
+    cached velocity prediction for samplers (`prepare_generation_prefix` + `predict_velocity`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration
+    >>> model = HydraXForConditionalGeneration(HydraXConfig.from_preset("tiny")).eval()
+    >>> c = model.config
+    >>> ids = torch.tensor([[5, 6, c.vision_start_token_id] + [c.image_token_id] * 4 + [c.vision_end_token_id]])
+    >>> out = model(input_ids=ids, target_pixel_values=torch.rand(1, 3, 32, 32) * 2 - 1)
+    >>> out.flow_loss.shape, out.velocity.shape
+    (torch.Size([]), torch.Size([1, 8, 1, 2, 2]))
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: HydraXConfig):
+        super().__init__(config)
+        self.model = HydraXModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def get_image_features(self, pixel_values, image_grid_thw=None):
+        return self.model.get_image_features(pixel_values, image_grid_thw)
+
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None):
+        return self.model.get_video_features(pixel_values_videos, video_grid_thw)
+
+    # ---------------------------------------------------------------- flow matching pieces
+    def sample_timesteps(self, batch_size: int, num_tokens: int, device, generator=None) -> torch.Tensor:
+        """Training times t ~ logit-normal, shifted towards noise for larger latents (resolution shift)."""
+        config = self.config
+        normal = torch.randn(batch_size, generator=generator, device=device)
+        t = torch.sigmoid(config.flow_logit_mean + config.flow_logit_std * normal)
+        return self.shift_timesteps(t, num_tokens)
+
+    def shift_timesteps(self, t: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """t ↦ e^mu / (e^mu + 1/t − 1), mu linear in the latent token count (diffusers' dynamic shifting)."""
+        config = self.config
+        slope = (config.flow_max_shift - config.flow_base_shift) / (config.flow_max_seq_len - config.flow_base_seq_len)
+        mu = config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
+        return math.exp(mu) / (math.exp(mu) + (1 / t.clamp(min=1e-6) - 1))
+
+    def unconditional_input_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Drop the text condition for classifier-free guidance: every token before the last visual block that is
+        neither a visual placeholder nor a vision start/end marker becomes `pad_token_id` (lengths are kept, so the
+        conditional and unconditional prompts batch together)."""
+        config = self.config
+        block_ids = self.model.visual_block_ids(input_ids)
+        last_start = (input_ids == config.vision_start_token_id).long().cumsum(-1)
+        before_target = last_start < last_start[:, -1:].clamp(min=1)
+        keep = (block_ids >= 0) | (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
+        return torch.where(before_target & ~keep, torch.full_like(input_ids, config.pad_token_id), input_ids)
+
+    def _generation_masks(self, input_ids, with_source, num_target_tokens=None):
+        """Token masks of the generation target (each sample's last visual block) and of the edit source (the one
+        before)."""
+        block_ids = self.model.visual_block_ids(input_ids)
+        last = block_ids.max(dim=1, keepdim=True).values
+        if bool((last < 0).any()):
+            raise ValueError(
+                "A generation target needs a visual placeholder block (<|vision_start|> + pads) in every sample's "
+                "text; build the prompt with HydraXProcessor's generation template."
+            )
+        target = block_ids == last
+        source = (block_ids == last - 1) & (last >= 1) if with_source else None
+        if num_target_tokens is not None and bool((target.sum(dim=1) != num_target_tokens).any()):
+            raise ValueError(
+                f"Each sample's generation block must hold {num_target_tokens} placeholder tokens (the target's latent "
+                f"frames × h × w), got {target.sum(dim=1).tolist()}; size the block from the target's grid."
+            )
+        return target, source
+
+    # ---------------------------------------------------------------- training / full forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        target_latents: torch.Tensor | None = None,
+        source_pixel_values: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> HydraXCausalLMOutputWithPast:
+        """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
+
+        Generation targets (`target_pixel_values` `[B, 3, H, W]` / `[B, 3, 1+T, H, W]`, or already-encoded
+        `target_latents`) fill each sample's last visual block; an edit source (`source_pixel_values`, one image per
+        sample) fills the block before it. The target is noised with the rectified-flow schedule (`timesteps` and
+        `noise` may be given; by default t is logit-normal with the resolution shift), and while training each
+        sample's text is dropped with probability `config.text_dropout_prob`. Visual placeholders never count in the
+        LM loss.
+        """
+        # 1. Noise the generation target (and encode the edit source)
+        generation_embeds = generation_mask = velocity_target = None
+        has_target = target_pixel_values is not None or target_latents is not None
+        if has_target:
+            z0 = target_latents if target_latents is not None else self.model.encode_latents(target_pixel_values)
+            batch, num_tokens = z0.shape[0], z0[0, 0].numel()
+            if timesteps is None:
+                timesteps = self.sample_timesteps(batch, num_tokens, z0.device)
+            noise = torch.randn_like(z0) if noise is None else noise
+            t = timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
+            noisy = (1 - t) * z0 + t * noise
+            velocity_target = noise - z0
+            source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
+            source_embeds, target_embeds = self.model.embed_noisy_latents(noisy, timesteps, source)
+            target_mask, source_mask = self._generation_masks(input_ids, source is not None, num_tokens)
+            generation_mask = target_mask if source is None else target_mask | source_mask
+            generation_embeds = target_embeds if source is None else torch.cat([source_embeds, target_embeds], 1)
+            if self.training and self.config.text_dropout_prob > 0:
+                drop = torch.rand(batch, 1, device=input_ids.device) < self.config.text_dropout_prob
+                input_ids = torch.where(drop, self.unconditional_input_ids(input_ids), input_ids)
+
+        # 2. Run the LLM over text, clean visual blocks and the noisy target
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            generation_embeds=generation_embeds,
+            generation_mask=generation_mask,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        # 3. Heads and losses
+        velocity = flow_loss = lm_loss = None
+        if has_target:
+            target_hidden = hidden_states[target_mask].view(batch, num_tokens, -1)
+            velocity = self.model.flow_head(target_hidden, timesteps, z0.shape)
+            flow_loss = F.mse_loss(velocity.float(), velocity_target.float())
+        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        logits = self.lm_head(hidden_states[:, keep])
+        if labels is not None:
+            labels = labels.masked_fill(outputs.visual_block_ids >= 0, -100)
+            lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        parts = [(self.config.lm_loss_weight, lm_loss), (self.config.flow_loss_weight, flow_loss)]
+        present = [weight * value for weight, value in parts if value is not None]
+        loss = sum(present) if present else None
+        return HydraXCausalLMOutputWithPast(
+            loss=loss,
+            lm_loss=lm_loss,
+            flow_loss=flow_loss,
+            logits=logits,
+            velocity=velocity,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # ---------------------------------------------------------------- cached velocity prediction for samplers
+    @torch.no_grad()
+    def prepare_generation_prefix(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        source_pixel_values: torch.Tensor | None = None,
+    ) -> HydraXGenerationPrefix:
+        """Run the prompt once: `input_ids` end with the target's `<|vision_start|>`; an edit source
+        (`source_pixel_values`) fills the prompt's last visual block. Returns the state `predict_velocity` reuses."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        source_cache = generation_embeds = generation_mask = None
+        if source_pixel_values is not None:
+            source_latents = self.model.encode_latents(source_pixel_values)
+            semantic = self.model.vision_tower.get_semantic_features(source_latents)
+            source_cache = semantic.cache
+            generation_embeds = self.model.projector(semantic.last_hidden_state)
+            generation_mask, _ = self._generation_masks(input_ids, with_source=False)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            cache=DynamicCache(config=self.config.text_config),
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            generation_embeds=generation_embeds,
+            generation_mask=generation_mask,
+            use_cache=True,
+        )
+        next_position = self.model._position_ids(attention_mask, 1, 0, input_ids.device)[:, -1] + 1
+        return HydraXGenerationPrefix(outputs.cache, attention_mask, next_position, source_cache)
+
+    @torch.no_grad()
+    def predict_velocity(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prefix: HydraXGenerationPrefix
+    ) -> torch.Tensor:
+        """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[B]` after a cached prefix; the prefix
+        (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step."""
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(noisy_latents.shape[0])
+        _, target_embeds = self.model.embed_noisy_latents(noisy_latents, timesteps, source_cache=prefix.source_cache)
+        batch, tokens = target_embeds.shape[:2]
+        attention_mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(batch, tokens)], dim=1)
+        position_ids = prefix.next_position[:, None] + torch.arange(tokens, device=noisy_latents.device)
+        block_ids = torch.zeros(batch, tokens, dtype=torch.long, device=noisy_latents.device)
+        mask = self.model._block_attention_mask(
+            target_embeds, attention_mask, prefix.cache, position_ids, block_ids, prefix.length
+        )
+        try:
+            hidden = self.model.language_model(
+                inputs_embeds=target_embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                cache=prefix.cache,
+                use_cache=True,
+            ).last_hidden_state
+        finally:
+            prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())
+        return self.model.flow_head(hidden, timesteps, noisy_latents.shape)
+
+
+__all__ = ["HydraXForConditionalGeneration", "HydraXModel", "HydraXPreTrainedModel"]

@@ -1,0 +1,359 @@
+"""Hydra-X unified model: loading routes, attention pattern, gradients, cached sampling path, batching, presets."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_hydrax, visual_block
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageTextToText
+
+from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration
+from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES
+
+
+IMAGE_TOKENS = 4  # a 32×32 image: 2×2 latent tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_hydrax()
+
+
+def image(batch=1, frames=None, size=32):
+    shape = (batch, 3, size, size) if frames is None else (batch, 3, frames, size, size)
+    return torch.rand(shape) * 2 - 1
+
+
+def t2i_ids(config, prompt=(5, 6, 7)):
+    return torch.tensor([list(prompt) + visual_block(config, IMAGE_TOKENS)])
+
+
+def edit_ids(config):
+    return torch.tensor([[5] + visual_block(config, IMAGE_TOKENS) + [6, 7] + visual_block(config, IMAGE_TOKENS)])
+
+
+def understanding_ids(config):
+    return torch.tensor([[5] + visual_block(config, IMAGE_TOKENS) + [6, 7, 8]])
+
+
+def fixed_noise(model, z_shape, batch):
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(batch, generator=generator), torch.randn(z_shape, generator=generator)
+
+
+def test_understanding_generation_and_edit_outputs(model):
+    config = model.config
+    with torch.no_grad():
+        ids = understanding_ids(config)
+        out = model(input_ids=ids, pixel_values=image(), labels=ids)
+        assert out.logits.shape == (1, ids.shape[1], config.text_config.vocab_size)
+        assert out.flow_loss is None and out.loss == out.lm_loss
+        gen = model(input_ids=t2i_ids(config), target_pixel_values=image(), labels=t2i_ids(config))
+        assert gen.velocity.shape == (1, 8, 1, 2, 2)
+        torch.testing.assert_close(gen.loss, gen.lm_loss + gen.flow_loss)
+        video_ids = torch.tensor([[5, 6] + visual_block(config, 3 * IMAGE_TOKENS, video=True)])
+        video = model(input_ids=video_ids, target_pixel_values=image(frames=9))
+        assert video.velocity.shape == (1, 8, 3, 2, 2)
+        edit = model(input_ids=edit_ids(config), target_pixel_values=image(), source_pixel_values=image())
+        assert torch.isfinite(edit.flow_loss)
+
+
+def test_save_and_auto_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"]["AutoModel"].endswith("HydraXForConditionalGeneration")
+    for name in ("configuration_hydrax.py", "configuration_hydrax_tok.py", "modeling_hydrax.py", "modeling_hydrax_tok.py"):
+        assert (tmp_path / name).is_file(), name
+    for loader in (AutoModel, AutoModelForImageTextToText, HydraXForConditionalGeneration):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is HydraXForConditionalGeneration
+        with torch.no_grad():
+            t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
+            kwargs = dict(input_ids=t2i_ids(model.config), target_pixel_values=image(), timesteps=t, noise=noise)
+            torch.manual_seed(1)
+            kwargs["target_pixel_values"] = image()
+            a, b = model(**kwargs), loaded(**kwargs)
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.velocity, b.velocity)
+
+
+def test_remote_code_route_matches_installed(model, tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    model.save_pretrained(checkpoint)
+    config = model.config
+    t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
+    inputs = {"input_ids": t2i_ids(config), "target_pixel_values": image(), "timesteps": t, "noise": noise}
+    save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
+    with torch.no_grad():
+        expected = model(**inputs)
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+        assert "modeling_hydrax" not in sys.modules and "processing_hydrax" not in sys.modules
+        inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
+        with torch.no_grad():
+            out = model(**inputs)
+        save_file({{"logits": out.logits, "velocity": out.velocity}}, {str(tmp_path / "out.safetensors")!r})
+        print(type(model).__module__)
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers_modules" in result.stdout
+    remote = load_file(tmp_path / "out.safetensors")
+    assert torch.equal(remote["logits"], expected.logits) and torch.equal(remote["velocity"], expected.velocity)
+
+
+def test_eager_matches_sdpa(model):
+    config = HydraXConfig.from_preset("tiny")
+    eager = HydraXForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+    sdpa = HydraXForConditionalGeneration._from_config(HydraXConfig.from_preset("tiny"), attn_implementation="sdpa")
+    sdpa.eval()
+    sdpa.load_state_dict(eager.state_dict())
+    assert eager.config.text_config._attn_implementation == "eager"
+    assert sdpa.config.text_config._attn_implementation == "sdpa"
+    t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
+    pixels, source = image(), image()
+    with torch.no_grad():
+        for kwargs in (
+            dict(input_ids=understanding_ids(config), pixel_values=pixels),
+            dict(input_ids=edit_ids(config), target_pixel_values=pixels, source_pixel_values=source),
+        ):
+            a = eager(**kwargs, timesteps=t, noise=noise)
+            b = sdpa(**kwargs, timesteps=t, noise=noise)
+            torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+            if a.velocity is not None:
+                torch.testing.assert_close(a.velocity, b.velocity, rtol=1e-4, atol=1e-5)
+
+
+def test_per_submodel_attention_implementation():
+    config = HydraXConfig.from_preset("tiny")
+    model = HydraXForConditionalGeneration._from_config(
+        config, attn_implementation={"text_config": "eager", "vision_config": "sdpa", "": "sdpa"}
+    )
+    assert model.config.text_config._attn_implementation == "eager"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+
+
+def _hidden(model, ids, embeds, mask):
+    with torch.no_grad():
+        return model.model(input_ids=ids, generation_embeds=embeds, generation_mask=mask).last_hidden_state
+
+
+def test_attention_pattern_by_perturbation(model):
+    config = model.config
+    ids = torch.tensor([[5, 6] + visual_block(config, IMAGE_TOKENS) + [7, 8]])
+    mask = ids == config.image_token_id
+    embeds = torch.randn(1, IMAGE_TOKENS, config.text_config.hidden_size)
+    base = _hidden(model, ids, embeds, mask)
+    changed_last = embeds.clone()
+    changed_last[:, -1] += 1.0
+    after = _hidden(model, ids, changed_last, mask)
+    positions = mask[0].nonzero().flatten()
+    first, last = positions[0], positions[-1]
+    assert torch.equal(base[:, :first], after[:, :first]), "text before a visual block must ignore it"
+    assert not torch.allclose(base[:, first], after[:, first]), "the block's first token must see its last token"
+    assert not torch.allclose(base[:, last + 1 :], after[:, last + 1 :]), "text after the block sees it"
+    text_ids = ids.clone()
+    text_ids[0, -1] = 9
+    later_text = _hidden(model, text_ids, embeds, mask)
+    assert torch.equal(base[:, : last + 2], later_text[:, : last + 2]), "text stays causal"
+
+
+def test_noisy_target_never_leaks_into_earlier_text(model):
+    config = model.config
+    ids = t2i_ids(config)
+    with torch.no_grad():
+        a = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.5]))
+        b = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.9]))
+    start = int((ids[0] == config.vision_start_token_id).nonzero()[0])
+    assert torch.equal(a.logits[:, : start + 1], b.logits[:, : start + 1])
+    assert not torch.allclose(a.velocity, b.velocity)
+
+
+TASKS = ["understanding", "generation", "video_generation", "editing"]
+
+
+def _task_inputs(config, task):
+    if task == "understanding":
+        ids = understanding_ids(config)
+        return dict(input_ids=ids, pixel_values=image(), labels=ids)
+    if task == "generation":
+        return dict(input_ids=t2i_ids(config), target_pixel_values=image(), labels=t2i_ids(config))
+    if task == "video_generation":
+        ids = torch.tensor([[5, 6] + visual_block(config, 3 * IMAGE_TOKENS, video=True) + [7]])
+        return dict(input_ids=ids, target_pixel_values=image(frames=9), labels=ids)
+    return dict(input_ids=edit_ids(config), target_pixel_values=image(), source_pixel_values=image(), labels=edit_ids(config))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_gradients_reach_every_trainable_module(task):
+    model = tiny_hydrax(text_dropout_prob=0.0).train()
+    out = model(**_task_inputs(model.config, task))
+    out.loss.backward()
+    unused = ("model.flow_head", "model.timestep_embedding") if task == "understanding" else ()
+    for name, param in model.named_parameters():
+        if name.startswith(HYDRAX_FROZEN_MODULES):
+            assert param.grad is None, f"{task}: frozen {name} got a gradient"
+        elif name.startswith(unused):
+            assert param.grad is None, f"{task}: {name} is not part of this task"
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{task}: no gradient for {name}"
+
+
+@pytest.mark.parametrize("task", ["generation", "video_generation", "editing"])
+def test_cached_velocity_equals_uncached(model, task):
+    config = model.config
+    inputs = _task_inputs(config, task)
+    inputs.pop("labels")
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        z0 = model.model.encode_latents(inputs.pop("target_pixel_values"))
+        t, noise = fixed_noise(model, z0.shape, 1)
+        full = model(**inputs, target_latents=z0, timesteps=t, noise=noise).velocity
+        start = int((ids[0] == config.vision_start_token_id).nonzero()[-1])
+        prefix = model.prepare_generation_prefix(ids[:, : start + 1], source_pixel_values=inputs.get("source_pixel_values"))
+        noisy = (1 - t.view(-1, 1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1, 1) * noise
+        first = model.predict_velocity(noisy, t, prefix)
+        second = model.predict_velocity(noisy, t, prefix)
+    torch.testing.assert_close(first, full, rtol=1e-4, atol=1e-5)
+    assert torch.equal(first, second), "the prefix must be left unchanged by a step"
+    assert prefix.cache.get_seq_length() == start + 1
+
+
+def test_batched_cfg_prefix_matches_separate_prefixes(model):
+    config = model.config
+    ids = t2i_ids(config)
+    uncond = model.unconditional_input_ids(ids)
+    assert torch.equal(uncond[0, -1 - IMAGE_TOKENS - 1 :], ids[0, -1 - IMAGE_TOKENS - 1 :])
+    assert bool((uncond[0, :3] == config.pad_token_id).all())
+    prompt = torch.cat([ids, uncond])[:, : ids.shape[1] - IMAGE_TOKENS - 1]
+    with torch.no_grad():
+        z = torch.randn(1, 8, 1, 2, 2)
+        t = torch.tensor([0.4])
+        both = model.predict_velocity(z.repeat(2, 1, 1, 1, 1), t.repeat(2), model.prepare_generation_prefix(prompt))
+        cond = model.predict_velocity(z, t, model.prepare_generation_prefix(prompt[:1]))
+        free = model.predict_velocity(z, t, model.prepare_generation_prefix(prompt[1:]))
+    torch.testing.assert_close(both, torch.cat([cond, free]), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_equals_items_one_by_one(model):
+    config = model.config
+    pad = config.pad_token_id
+    short = [5, 6] + visual_block(config, IMAGE_TOKENS)
+    long = [5, 6, 7, 8, 9] + visual_block(config, IMAGE_TOKENS)
+    ids = torch.tensor([[pad] * 3 + short, long])
+    mask = torch.tensor([[0] * 3 + [1] * len(short), [1] * len(long)])
+    z0 = torch.randn(2, 8, 1, 2, 2)
+    t, noise = fixed_noise(model, z0.shape, 2)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask, target_latents=z0, timesteps=t, noise=noise)
+        for i, item in enumerate((torch.tensor([short]), torch.tensor([long]))):
+            single = model(input_ids=item, target_latents=z0[i : i + 1], timesteps=t[i : i + 1], noise=noise[i : i + 1])
+            torch.testing.assert_close(batched.velocity[i : i + 1], single.velocity, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(batched.logits[i : i + 1, -item.shape[1] :], single.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_batched_left_padding_and_repeatable(model):
+    config = model.config
+    pad = config.pad_token_id
+    first = [5] + visual_block(config, IMAGE_TOKENS) + [6]
+    second = [5, 9, 9] + visual_block(config, IMAGE_TOKENS) + [7, 8]
+    ids = torch.tensor([[pad] * 3 + first, second])
+    mask = torch.tensor([[0] * 3 + [1] * len(first), [1] * len(second)])
+    pixels = image(2)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=pad)
+    batched = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, **kwargs)
+    again = model.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, **kwargs)
+    assert torch.equal(batched, again)
+    for i, item in enumerate((first, second)):
+        single = model.generate(input_ids=torch.tensor([item]), pixel_values=pixels[i : i + 1], **kwargs)
+        assert torch.equal(batched[i, ids.shape[1] :], single[0, len(item) :])
+    video_ids = torch.tensor([[5] + visual_block(config, 3 * IMAGE_TOKENS, video=True) + [6]])
+    assert model.generate(input_ids=video_ids, pixel_values_videos=image(frames=9), **kwargs).shape == (1, video_ids.shape[1] + 6)
+
+
+def test_placeholder_count_mismatch_is_a_clear_error(model):
+    config = model.config
+    with pytest.raises(ValueError, match="3 image placeholder tokens but the image inputs give 4"):
+        model(input_ids=torch.tensor([[5] + visual_block(config, 3)]), pixel_values=image())
+    with pytest.raises(ValueError, match="must hold 4 placeholder tokens"):
+        model(input_ids=torch.tensor([[5] + visual_block(config, 6)]), target_pixel_values=image())
+    with pytest.raises(ValueError, match="visual placeholder block"):
+        model(input_ids=torch.tensor([[5, 6]]), target_pixel_values=image())
+    with pytest.raises(ValueError, match="Unknown preset"):
+        HydraXConfig.from_preset("hydrax-70b")
+
+
+def test_text_dropout_while_training():
+    model = tiny_hydrax(text_dropout_prob=0.999999).train()
+    ids = t2i_ids(model.config)
+    fixed = dict(target_pixel_values=image(), timesteps=torch.tensor([0.5]), noise=torch.zeros(1, 8, 1, 2, 2))
+    dropped = model(input_ids=ids, **fixed)
+    model.config.text_dropout_prob = 0.0
+    kept = model(input_ids=ids, **fixed)
+    expected = model(input_ids=model.unconditional_input_ids(ids), **fixed)
+    torch.testing.assert_close(dropped.velocity, expected.velocity)
+    assert not torch.allclose(kept.velocity, expected.velocity)
+
+
+def test_timestep_shift_follows_resolution(model):
+    t = torch.full((1,), 0.5)
+    assert model.shift_timesteps(t, 256).item() == pytest.approx(1 / (1 + torch.exp(torch.tensor(-0.5)).item()), rel=1e-5)
+    assert model.shift_timesteps(t, 4096) > model.shift_timesteps(t, 256)
+    samples = model.sample_timesteps(1000, 256, "cpu", generator=torch.Generator().manual_seed(0))
+    assert bool(((samples > 0) & (samples < 1)).all())
+
+
+def _expected_7b_parameters(config: HydraXConfig) -> int:
+    """Parameter count implied by the spec, from layer formulas (independent of the module code)."""
+    text, vision = config.text_config, config.vision_config
+    h, kv = text.hidden_size, text.hidden_size // text.num_attention_heads * text.num_key_value_heads
+    qwen_layer = h * h + h + 2 * (h * kv + kv) + h * h + 3 * h * text.intermediate_size + 2 * h
+    qwen = text.vocab_size * h * 2 + text.num_hidden_layers * qwen_layer + h
+    d, m, c, p = vision.hidden_size, vision.intermediate_size, vision.latent_channels, vision.patch_size
+    block = 4 * d * d + 4 * d + 4 * d + 2 * d * m + m + d
+    patch = 2 * p * p * 3
+    gen = patch * d + d + 256 * d + 13 * block + 2 * d * d + d + 2 * d + d * 2 * c + 2 * c
+    sem = c * d + d + 14 * block + 2 * d
+    dec = c * d + d + 256 * d + 27 * block + d * 2 * d + 2 * d + 2 * d + d * patch + patch
+    projector = d * h + h + h * h + h
+    temb = lambda width: 256 * width + width + width * width + width  # noqa: E731
+    flow = h * h + h + temb(h) + 3 * (2 * (h * h + h) + h * 3 * h + 3 * h) + h * 2 * h + 2 * h + h * c + c
+    return qwen + gen + sem + dec + projector + temb(h) + flow
+
+
+def test_hydrax_7b_preset_on_meta_has_spec_parameter_count():
+    config = HydraXConfig.from_preset("hydrax-7b")
+    with torch.device("meta"):
+        model = HydraXForConditionalGeneration(config)
+    total = sum(p.numel() for p in model.parameters())
+    llm = sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
+    print(f"hydrax-7b: {total:,} parameters ({llm:,} in Qwen2.5-7B, {total - llm:,} in vision + heads)")
+    assert llm == 7_615_616_512, "Qwen2.5-7B-Instruct has 7,615,616,512 parameters"
+    assert total == _expected_7b_parameters(config)
+    assert not model.config.vision_config.use_decompressor
+
+
+def test_device_map_auto_places_tiny_model(model, tmp_path):
+    pytest.importorskip("accelerate")
+    model.save_pretrained(tmp_path)
+    from accelerate import infer_auto_device_map
+
+    placed = AutoModel.from_pretrained(tmp_path, device_map="auto").eval()
+    assert {p.device.type for p in placed.parameters()} == {"cpu"}
+    budget = {"cpu": sum(p.numel() for p in model.parameters()) * 4 // 3, "disk": 10**12}
+    device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=model._no_split_modules)
+    assert set(device_map.values()) == {"cpu", "disk"}
+    for key in device_map:
+        assert ".self_attn" not in key and ".mlp" not in key, f"{key}: a no-split block was split"
+    with torch.no_grad():
+        out = placed(input_ids=understanding_ids(model.config), pixel_values=image())
+    assert torch.isfinite(out.logits).all()
