@@ -357,3 +357,19 @@ def test_device_map_auto_places_tiny_model(model, tmp_path):
     with torch.no_grad():
         out = placed(input_ids=understanding_ids(model.config), pixel_values=image())
     assert torch.isfinite(out.logits).all()
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    model = tiny_hydrax(text_dropout_prob=0.0).train()
+    inputs = _task_inputs(model.config, "editing")
+    t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
+    model(**inputs, timesteps=t, noise=noise).loss.backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.activation_checkpointing_enable()
+    assert model.model.language_model.layers[0].gradient_checkpointing
+    assert model.model.vision_tower.sem_vit.encoder.layers[0].gradient_checkpointing
+    model(**inputs, timesteps=t, noise=noise).loss.backward()
+    for name, param in model.named_parameters():
+        if name in reference:
+            torch.testing.assert_close(param.grad, reference[name], rtol=1e-4, atol=1e-6)
