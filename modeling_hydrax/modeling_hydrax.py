@@ -387,11 +387,12 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         keep = (block_ids >= 0) | (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
         return torch.where(before_target & ~keep, torch.full_like(input_ids, config.pad_token_id), input_ids)
 
-    def _generation_masks(self, input_ids, with_source, num_target_tokens=None):
-        """Token masks of the generation target (each sample's last visual block) and of the edit source (the one
-        before)."""
+    def _generation_masks(self, input_ids, with_source, num_target_tokens=None, target_mask=None):
+        """Token masks of the generation target (each sample's last visual block, or the block `target_mask`
+        marks) and of the edit source (the block before it)."""
         block_ids = self.model.visual_block_ids(input_ids)
-        last = block_ids.max(dim=1, keepdim=True).values
+        marked = block_ids if target_mask is None else block_ids.masked_fill(~target_mask.bool(), -1)
+        last = marked.max(dim=1, keepdim=True).values
         if bool((last < 0).any()):
             raise ValueError(
                 "A generation target needs a visual placeholder block (<|vision_start|> + pads) in every sample's "
@@ -421,17 +422,22 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         target_pixel_values: torch.Tensor | None = None,
         target_latents: torch.Tensor | None = None,
         source_pixel_values: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        mm_token_type_ids: torch.Tensor | None = None,
+        target_grid_thw: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraXCausalLMOutputWithPast:
         """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
 
         Generation targets (`target_pixel_values` `[B, 3, H, W]` / `[B, 3, 1+T, H, W]`, or already-encoded
         `target_latents`) fill each sample's last visual block; an edit source (`source_pixel_values`, one image per
-        sample) fills the block before it. The target is noised with the rectified-flow schedule (`timesteps` and
+        sample) fills the block before it; HydraXProcessor's `target_mask` (1 on target placeholders) may mark the
+        target instead. `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed:
+        modalities and sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow schedule (`timesteps` and
         `noise` may be given; by default t is logit-normal with the resolution shift), and while training each
         sample's text is dropped with probability `config.text_dropout_prob`. Visual placeholders never count in the
         LM loss.
@@ -450,7 +456,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             velocity_target = noise - z0
             source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
             source_embeds, target_embeds = self.model.embed_noisy_latents(noisy, timesteps, source)
-            target_mask, source_mask = self._generation_masks(input_ids, source is not None, num_tokens)
+            target_mask, source_mask = self._generation_masks(input_ids, source is not None, num_tokens, target_mask)
             generation_mask = target_mask if source is None else target_mask | source_mask
             generation_embeds = target_embeds if source is None else torch.cat([source_embeds, target_embeds], 1)
             if self.training and self.config.text_dropout_prob > 0:

@@ -1,0 +1,75 @@
+"""conversion/build_hydrax.py: complete offline checkpoints that load through both routes and run end to end."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from build_hydrax import build_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "hydrax-tiny")
+
+
+def test_checkpoint_folder_is_complete(checkpoint):
+    names = {path.name for path in checkpoint.iterdir()}
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja",
+                 "modeling_hydrax.py", "modeling_hydrax_tok.py", "configuration_hydrax.py", "processing_hydrax.py"):
+        assert name in names, name
+    assert not any(name.startswith(".") for name in names)
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".hydrax-tiny")], "staging folder left"
+
+
+def test_remote_code_end_to_end_without_our_packages(checkpoint, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, torch
+        from transformers import AutoModel, AutoProcessor
+        model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert not [m for m in sys.modules if m.split(".")[0] in ("modeling_hydrax", "processing_hydrax")]
+        image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+        question = [{{"role": "user", "content": [{{"type": "image", "image": image}}, {{"type": "text", "text": "What?"}}]}}]
+        inputs = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                               return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 5, out.shape
+        text = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:])
+        t2i = [{{"role": "user", "content": [{{"type": "text", "text": "A cat"}}]}},
+               {{"role": "assistant", "content": [{{"type": "image", "height": 64, "width": 64}}]}}]
+        inputs = processor.apply_chat_template(t2i, tokenize=True, return_dict=True, return_tensors="pt")
+        result = model(**inputs, target_pixel_values=torch.rand(1, 3, 64, 64) * 2 - 1, labels=inputs["input_ids"])
+        assert result.velocity.shape == (1, 8, 1, 4, 4) and torch.isfinite(result.loss)
+        print("ok", type(model).__module__)
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok transformers_modules" in result.stdout
+
+
+def test_refuses_to_overwrite_and_needs_a_tokenizer_for_real_presets(checkpoint, tmp_path):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_checkpoint("tiny", checkpoint)
+    with pytest.raises(ValueError, match="--tokenizer"):
+        build_checkpoint("hydrax-1.5b", tmp_path / "real")
+    assert not (tmp_path / "real").exists()
+
+
+def test_cli_help_and_errors(tmp_path):
+    script = str(ROOT / "conversion" / "build_hydrax.py")
+    assert "--preset" in subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True).stdout
+    bad = subprocess.run(
+        [sys.executable, script, "--preset", "hydrax-7b", "--random-init", "--output", str(tmp_path / "x")],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert bad.returncode == 2 and "needs a Qwen2.5 tokenizer" in bad.stderr
