@@ -78,6 +78,13 @@ class HydraXGenerationPrefix:
         return self.attention_mask.shape[1]
 
 
+def batch_or_list(items: list[torch.Tensor]):
+    """Stack same-shaped tensors into a batch; keep a list when shapes differ; `None` when empty."""
+    if not items:
+        return None
+    return torch.stack(items) if len({item.shape for item in items}) == 1 else items
+
+
 def timestep_features(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features `[B, dim]` of flow times t ∈ [0, 1] (scaled by 1000, as diffusion timesteps)."""
     half = dim // 2
@@ -369,12 +376,16 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         t = torch.sigmoid(config.flow_logit_mean + config.flow_logit_std * normal)
         return self.shift_timesteps(t, num_tokens)
 
-    def shift_timesteps(self, t: torch.Tensor, num_tokens: int) -> torch.Tensor:
-        """t ↦ e^mu / (e^mu + 1/t − 1), mu linear in the latent token count (diffusers' dynamic shifting)."""
+    def flow_shift_mu(self, num_tokens: int) -> float:
+        """The resolution shift `mu` for a target of `num_tokens` latent tokens (diffusers' `set_timesteps(mu=…)`)."""
         config = self.config
         slope = (config.flow_max_shift - config.flow_base_shift) / (config.flow_max_seq_len - config.flow_base_seq_len)
-        mu = config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
-        return math.exp(mu) / (math.exp(mu) + (1 / t.clamp(min=1e-6) - 1))
+        return config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
+
+    def shift_timesteps(self, t: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """t ↦ e^mu / (e^mu + 1/t − 1), mu linear in the latent token count (diffusers' dynamic shifting)."""
+        shift = math.exp(self.flow_shift_mu(num_tokens))
+        return shift / (shift + (1 / t.clamp(min=1e-6) - 1))
 
     def unconditional_input_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Drop the text condition for classifier-free guidance: every token before the last visual block that is
@@ -406,6 +417,40 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 f"frames × h × w), got {target.sum(dim=1).tolist()}; size the block from the target's grid."
             )
         return target, source
+
+    def _split_targets(self, input_ids, target_mask, pixel_values, pixel_values_videos):
+        """HydraXProcessor puts training targets among the inputs (`pixel_values` / `pixel_values_videos`, in text
+        order) and marks their blocks with `target_mask`: take them out as generation targets. An image block right
+        before a target image in the same sample is that target's edit source."""
+        image_token = self.config.image_token_id
+        block_ids = self.model.visual_block_ids(input_ids)
+        pools = {
+            True: [] if pixel_values is None else list(pixel_values),
+            False: [] if pixel_values_videos is None else list(pixel_values_videos),
+        }
+        clean = {True: [], False: []}
+        targets, sources = [], []
+        for row, blocks, marks in zip(input_ids, block_ids, target_mask.bool()):
+            marked = blocks[marks & (blocks >= 0)].unique()
+            if marked.numel() != 1:
+                raise ValueError(f"Each sample needs exactly one generation target block, got {marked.numel()}.")
+            is_image = {int(b): bool(row[blocks == b][0] == image_token) for b in blocks[blocks >= 0].unique()}
+            for block, image in is_image.items():
+                if not pools[image]:
+                    raise ValueError("The text has more visual blocks than images and videos were given.")
+                item = pools[image].pop(0)
+                if block == int(marked):
+                    targets.append(item)
+                elif block == int(marked) - 1 and image and is_image[int(marked)]:
+                    sources.append(item)
+                else:
+                    clean[image].append(item)
+        if sources and len(sources) != len(targets):
+            raise ValueError(
+                f"{len(sources)} of {len(targets)} samples are edits; put editing and generation samples in "
+                "separate batches."
+            )
+        return batch_or_list(clean[True]), batch_or_list(clean[False]), torch.stack(targets), batch_or_list(sources)
 
     # ---------------------------------------------------------------- training / full forward
     def forward(
@@ -443,6 +488,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         LM loss.
         """
         # 1. Noise the generation target (and encode the edit source)
+        if target_mask is not None and target_pixel_values is None and target_latents is None:
+            pixel_values, pixel_values_videos, target_pixel_values, source_pixel_values = self._split_targets(
+                input_ids, target_mask, pixel_values, pixel_values_videos
+            )
         generation_embeds = generation_mask = velocity_target = None
         has_target = target_pixel_values is not None or target_latents is not None
         if has_target:
