@@ -71,16 +71,27 @@ def main(argv=None):
         model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=2, do_sample=False)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=args.new_tokens, do_sample=False,
-                             min_new_tokens=args.new_tokens)
+        out = model.generate(
+            input_ids=ids,
+            pixel_values=pixels,
+            max_new_tokens=args.new_tokens,
+            do_sample=False,
+            min_new_tokens=args.new_tokens,
+        )
         torch.cuda.synchronize()
     answer_s = time.perf_counter() - start
     new_tokens = out.shape[1] - ids.shape[1]
     answer_peak = torch.cuda.max_memory_allocated() / 2**30
 
     # 4. One generation (flow-matching) forward at size²
-    gen_ids = torch.tensor([[151644, 9707, 151645, config.vision_start_token_id] + [config.image_token_id] * grid * grid
-                            + [config.vision_end_token_id]], device="cuda")
+    gen_ids = torch.tensor(
+        [
+            [151644, 9707, 151645, config.vision_start_token_id]
+            + [config.image_token_id] * grid * grid
+            + [config.vision_end_token_id]
+        ],
+        device="cuda",
+    )
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         model(input_ids=gen_ids, target_pixel_values=pixels)
@@ -99,8 +110,8 @@ def main(argv=None):
         "| --- | --- |",
         f"| build on GPU / save | {build_s:.1f} s / {save_s:.1f} s |",
         f"| `from_pretrained(dtype=bf16, device_map='cuda')` | {load_s:.1f} s, {weights_gib:.1f} GiB of weights |",
-        f"| image question {args.size}², {new_tokens} new tokens | {answer_s:.2f} s, {new_tokens / answer_s:.1f} tokens/s "
-        f"(incl. prefill), peak {answer_peak:.1f} GiB |",
+        f"| image question {args.size}², {new_tokens} new tokens | {answer_s:.2f} s, "
+        f"{new_tokens / answer_s:.1f} tokens/s (incl. prefill), peak {answer_peak:.1f} GiB |",
         f"| one generation forward {args.size}² | {gen_s:.2f} s, peak {gen_peak:.1f} GiB, flow loss "
         f"{gen.flow_loss.item():.3f} |",
     ]

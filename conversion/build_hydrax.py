@@ -52,7 +52,9 @@ def build_processor(config: HydraXConfig, tokenizer_path: str | None) -> HydraXP
         "vision_start_token_id": processor.vision_start_token_id,
         "vision_end_token_id": processor.vision_end_token_id,
     }
-    mismatched = {name: (getattr(config, name), value) for name, value in expected.items() if getattr(config, name) != value}
+    mismatched = {
+        name: (getattr(config, name), value) for name, value in expected.items() if getattr(config, name) != value
+    }
     if mismatched:
         raise ValueError(f"The tokenizer's special tokens disagree with the preset (config, tokenizer): {mismatched}.")
     if len(tokenizer) > config.text_config.vocab_size:
@@ -64,14 +66,20 @@ def build_processor(config: HydraXConfig, tokenizer_path: str | None) -> HydraXP
 
 
 def build_checkpoint(
-    preset: str, output: Path, tokenizer_path: str | None = None, dtype: str = "float32", seed: int = 0,
+    preset: str,
+    output: Path,
+    tokenizer_path: str | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
     overwrite: bool = False,
+    **config_overrides,
 ) -> Path:
-    """Build, save and atomically move a random-initialised checkpoint into `output`; returns `output`."""
+    """Build, save and atomically move a random-initialised checkpoint into `output`; returns `output`.
+    `config_overrides` replace preset fields (e.g. `vision_config=` of an already fitted Hydra-XTok)."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it.")
-    config = HydraXConfig.from_preset(preset)
+    config = HydraXConfig.from_preset(preset, **config_overrides)
     if tokenizer_path is None and preset != "tiny":
         raise ValueError(
             f"Preset {preset!r} needs a Qwen2.5 tokenizer: pass --tokenizer PATH (a Qwen2.5 tokenizer folder)."
@@ -104,8 +112,12 @@ def build_checkpoint(
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True, choices=HydraXConfig.available_presets())
-    parser.add_argument("--random-init", action="store_true", required=True,
-                        help="random weights (converting pretrained SigLIP 2 / Qwen2.5 weights is a separate tool)")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        required=True,
+        help="random weights (converting pretrained SigLIP 2 / Qwen2.5 weights is a separate tool)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="checkpoint folder to create")
     parser.add_argument("--tokenizer", help="Qwen2.5 tokenizer folder (required for the real presets)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

@@ -20,7 +20,7 @@ class HydraXConfig(PreTrainedConfig):
 
     Args:
         text_config (`Qwen2Config` or `dict`): the language model (Qwen2.5).
-        vision_config (`HydraXTokConfig` or `dict`): the visual tokenizer (built without the training-only Decompressor).
+        vision_config (`HydraXTokConfig` or `dict`): the visual tokenizer (without the training-only Decompressor).
         projector_hidden_act (`str`): activation of the 2-layer MLP projector (Sem-ViT width → LLM width).
         timestep_embedding_dim (`int`): width of the sinusoidal timestep features.
         flow_head_num_layers (`int`): AdaLN-modulated MLP blocks of the flow head.

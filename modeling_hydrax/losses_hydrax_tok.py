@@ -35,6 +35,7 @@ from torchvision.models.vgg import cfgs as _vgg_cfgs
 from torchvision.models.vgg import make_layers
 from transformers.utils import logging
 
+
 if TYPE_CHECKING:
     from .modeling_hydrax_tok import HydraXTokConfig, HydraXTokOutput
 

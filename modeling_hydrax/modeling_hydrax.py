@@ -179,7 +179,9 @@ class HydraXModel(HydraXPreTrainedModel):
         super().__init__(config)
         self.vision_tower = HydraXTokModel(config.vision_config)
         self.projector = HydraXProjector(config)
-        self.timestep_embedding = HydraXTimestepEmbedding(config.timestep_embedding_dim, config.text_config.hidden_size)
+        self.timestep_embedding = HydraXTimestepEmbedding(
+            config.timestep_embedding_dim, config.text_config.hidden_size
+        )
         self.language_model = AutoModel.from_config(config.text_config)
         self.flow_head = HydraXFlowHead(config)
         self.post_init()
@@ -271,10 +273,14 @@ class HydraXModel(HydraXPreTrainedModel):
             )
         if pixel_values is not None:
             features = self.get_image_features(pixel_values, image_grid_thw)
-            inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == self.config.image_token_id), features, "image")
+            inputs_embeds = self._scatter(
+                inputs_embeds, clean & (input_ids == self.config.image_token_id), features, "image"
+            )
         if pixel_values_videos is not None:
             features = self.get_video_features(pixel_values_videos, video_grid_thw)
-            inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == self.config.video_token_id), features, "video")
+            inputs_embeds = self._scatter(
+                inputs_embeds, clean & (input_ids == self.config.video_token_id), features, "video"
+            )
 
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -395,7 +401,9 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         block_ids = self.model.visual_block_ids(input_ids)
         last_start = (input_ids == config.vision_start_token_id).long().cumsum(-1)
         before_target = last_start < last_start[:, -1:].clamp(min=1)
-        keep = (block_ids >= 0) | (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
+        keep = (
+            (block_ids >= 0) | (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
+        )
         return torch.where(before_target & ~keep, torch.full_like(input_ids, config.pad_token_id), input_ids)
 
     def _generation_masks(self, input_ids, with_source, num_target_tokens=None, target_mask=None):
@@ -413,8 +421,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         source = (block_ids == last - 1) & (last >= 1) if with_source else None
         if num_target_tokens is not None and bool((target.sum(dim=1) != num_target_tokens).any()):
             raise ValueError(
-                f"Each sample's generation block must hold {num_target_tokens} placeholder tokens (the target's latent "
-                f"frames × h × w), got {target.sum(dim=1).tolist()}; size the block from the target's grid."
+                f"Each sample's generation block must hold {num_target_tokens} placeholder tokens (the target's "
+                f"latent frames × h × w), got {target.sum(dim=1).tolist()}; size the block from the target's grid."
             )
         return target, source
 
@@ -482,10 +490,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         `target_latents`) fill each sample's last visual block; an edit source (`source_pixel_values`, one image per
         sample) fills the block before it; HydraXProcessor's `target_mask` (1 on target placeholders) may mark the
         target instead. `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed:
-        modalities and sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow schedule (`timesteps` and
-        `noise` may be given; by default t is logit-normal with the resolution shift), and while training each
-        sample's text is dropped with probability `config.text_dropout_prob`. Visual placeholders never count in the
-        LM loss.
+        modalities and sizes follow from the placeholder tokens and the pixels. The target is noised with the
+        rectified-flow schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the
+        resolution shift), and while training each sample's text is dropped with probability
+        `config.text_dropout_prob`. Visual placeholders never count in the LM loss.
         """
         # 1. Noise the generation target (and encode the edit source)
         if target_mask is not None and target_pixel_values is None and target_latents is None:

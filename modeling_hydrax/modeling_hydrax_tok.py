@@ -319,7 +319,9 @@ class HydraXTokStack(nn.Module):
             self.temporal_fold = nn.Linear(2 * hidden_size, hidden_size)
         elif resample == "unfold":
             self.temporal_unfold = nn.Linear(hidden_size, 2 * hidden_size)
-        self.rotary = HydraXTokRotaryEmbedding(hidden_size // num_heads, config.rope_theta) if config.use_rope else None
+        self.rotary = (
+            HydraXTokRotaryEmbedding(hidden_size // num_heads, config.rope_theta) if config.use_rope else None
+        )
 
     def _resample(self, hidden, includes_anchor):
         batch, frames, tokens, width = hidden.shape
@@ -601,9 +603,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             )
         ratio = config.temporal_compression_ratio
         if continuing and (frames == 0 or frames % ratio):
-            raise ValueError(
-                f"A continuation chunk must have a positive multiple of {ratio} frames, got {frames}."
-            )
+            raise ValueError(f"A continuation chunk must have a positive multiple of {ratio} frames, got {frames}.")
         if not continuing and (frames - 1) % ratio:
             raise ValueError(
                 f"A clip must have 1 + {ratio}·k frames (an anchor plus a multiple of {ratio}), got {frames}; "
@@ -624,7 +624,9 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
 
     def _check_chunking(self, chunk_frames, cache):
         if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
-            raise ValueError(f"`chunk_frames` counts latent frames per chunk and must be an int ≥ 1, got {chunk_frames}.")
+            raise ValueError(
+                f"`chunk_frames` counts latent frames per chunk and must be an int ≥ 1, got {chunk_frames}."
+            )
         if self.config.attention_mode == "full" and (chunk_frames is not None or cache is not None):
             raise ValueError(
                 "`chunk_frames` and `cache` need temporally causal attention, but attention_mode='full' lets every "

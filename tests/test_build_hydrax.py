@@ -21,8 +21,17 @@ def checkpoint(tmp_path_factory):
 
 def test_checkpoint_folder_is_complete(checkpoint):
     names = {path.name for path in checkpoint.iterdir()}
-    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "chat_template.jinja",
-                 "modeling_hydrax.py", "modeling_hydrax_tok.py", "configuration_hydrax.py", "processing_hydrax.py"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "modeling_hydrax.py",
+        "modeling_hydrax_tok.py",
+        "configuration_hydrax.py",
+        "processing_hydrax.py",
+    ):
         assert name in names, name
     assert not any(name.startswith(".") for name in names)
     assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".hydrax-tiny")], "staging folder left"
@@ -37,7 +46,8 @@ def test_remote_code_end_to_end_without_our_packages(checkpoint, tmp_path):
         processor = AutoProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
         assert not [m for m in sys.modules if m.split(".")[0] in ("modeling_hydrax", "processing_hydrax")]
         image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-        question = [{{"role": "user", "content": [{{"type": "image", "image": image}}, {{"type": "text", "text": "What?"}}]}}]
+        content = [{{"type": "image", "image": image}}, {{"type": "text", "text": "What?"}}]
+        question = [{{"role": "user", "content": content}}]
         inputs = processor.apply_chat_template(question, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                return_tensors="pt")
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
@@ -70,6 +80,8 @@ def test_cli_help_and_errors(tmp_path):
     assert "--preset" in subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True).stdout
     bad = subprocess.run(
         [sys.executable, script, "--preset", "hydrax-7b", "--random-init", "--output", str(tmp_path / "x")],
-        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert bad.returncode == 2 and "needs a Qwen2.5 tokenizer" in bad.stderr

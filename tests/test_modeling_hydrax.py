@@ -66,7 +66,12 @@ def test_save_and_auto_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["auto_map"]["AutoModel"].endswith("HydraXForConditionalGeneration")
-    for name in ("configuration_hydrax.py", "configuration_hydrax_tok.py", "modeling_hydrax.py", "modeling_hydrax_tok.py"):
+    for name in (
+        "configuration_hydrax.py",
+        "configuration_hydrax_tok.py",
+        "modeling_hydrax.py",
+        "modeling_hydrax_tok.py",
+    ):
         assert (tmp_path / name).is_file(), name
     for loader in (AutoModel, AutoModelForImageTextToText, HydraXForConditionalGeneration):
         loaded = loader.from_pretrained(tmp_path).eval()
@@ -190,7 +195,9 @@ def _task_inputs(config, task):
     if task == "video_generation":
         ids = torch.tensor([[5, 6] + visual_block(config, 3 * IMAGE_TOKENS, video=True) + [7]])
         return dict(input_ids=ids, target_pixel_values=image(frames=9), labels=ids)
-    return dict(input_ids=edit_ids(config), target_pixel_values=image(), source_pixel_values=image(), labels=edit_ids(config))
+    return dict(
+        input_ids=edit_ids(config), target_pixel_values=image(), source_pixel_values=image(), labels=edit_ids(config)
+    )
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -219,7 +226,9 @@ def test_cached_velocity_equals_uncached(model, task):
         t, noise = fixed_noise(model, z0.shape, 1)
         full = model(**inputs, target_latents=z0, timesteps=t, noise=noise).velocity
         start = int((ids[0] == config.vision_start_token_id).nonzero()[-1])
-        prefix = model.prepare_generation_prefix(ids[:, : start + 1], source_pixel_values=inputs.get("source_pixel_values"))
+        prefix = model.prepare_generation_prefix(
+            ids[:, : start + 1], source_pixel_values=inputs.get("source_pixel_values")
+        )
         noisy = (1 - t.view(-1, 1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1, 1) * noise
         first = model.predict_velocity(noisy, t, prefix)
         second = model.predict_velocity(noisy, t, prefix)
@@ -256,9 +265,13 @@ def test_batch_equals_items_one_by_one(model):
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask, target_latents=z0, timesteps=t, noise=noise)
         for i, item in enumerate((torch.tensor([short]), torch.tensor([long]))):
-            single = model(input_ids=item, target_latents=z0[i : i + 1], timesteps=t[i : i + 1], noise=noise[i : i + 1])
+            single = model(
+                input_ids=item, target_latents=z0[i : i + 1], timesteps=t[i : i + 1], noise=noise[i : i + 1]
+            )
             torch.testing.assert_close(batched.velocity[i : i + 1], single.velocity, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(batched.logits[i : i + 1, -item.shape[1] :], single.logits, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                batched.logits[i : i + 1, -item.shape[1] :], single.logits, rtol=1e-4, atol=1e-4
+            )
 
 
 def test_generate_batched_left_padding_and_repeatable(model):
@@ -277,7 +290,10 @@ def test_generate_batched_left_padding_and_repeatable(model):
         single = model.generate(input_ids=torch.tensor([item]), pixel_values=pixels[i : i + 1], **kwargs)
         assert torch.equal(batched[i, ids.shape[1] :], single[0, len(item) :])
     video_ids = torch.tensor([[5] + visual_block(config, 3 * IMAGE_TOKENS, video=True) + [6]])
-    assert model.generate(input_ids=video_ids, pixel_values_videos=image(frames=9), **kwargs).shape == (1, video_ids.shape[1] + 6)
+    assert model.generate(input_ids=video_ids, pixel_values_videos=image(frames=9), **kwargs).shape == (
+        1,
+        video_ids.shape[1] + 6,
+    )
 
 
 def test_placeholder_count_mismatch_is_a_clear_error(model):
@@ -306,7 +322,9 @@ def test_text_dropout_while_training():
 
 def test_timestep_shift_follows_resolution(model):
     t = torch.full((1,), 0.5)
-    assert model.shift_timesteps(t, 256).item() == pytest.approx(1 / (1 + torch.exp(torch.tensor(-0.5)).item()), rel=1e-5)
+    assert model.shift_timesteps(t, 256).item() == pytest.approx(
+        1 / (1 + torch.exp(torch.tensor(-0.5)).item()), rel=1e-5
+    )
     assert model.shift_timesteps(t, 4096) > model.shift_timesteps(t, 256)
     samples = model.sample_timesteps(1000, 256, "cpu", generator=torch.Generator().manual_seed(0))
     assert bool(((samples > 0) & (samples < 1)).all())

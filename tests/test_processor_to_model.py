@@ -59,7 +59,12 @@ def test_edit_training_batch(processor):
         for i in range(2)
     ]
     inputs = processor.apply_chat_template(
-        conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs={"images_kwargs": SIZE}
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        padding=True,
+        processor_kwargs={"images_kwargs": SIZE},
     )
     pixels = inputs["pixel_values"]
     assert pixels.shape[0] == 4

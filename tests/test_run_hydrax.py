@@ -1,0 +1,34 @@
+"""examples/run_hydrax.py, the unified model's main job, runs end to end on a tiny model and leaves its outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_hydrax.py"
+
+
+def run(*args, cwd):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_short_run_writes_model_samples_and_metrics(tmp_path):
+    out = tmp_path / "out"
+    result = run("--steps", "3", "--sampling-steps", "2", "--size", "32", "--output-dir", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["answers"]) == {"astronaut", "coffee", "chelsea", "rocket"}
+    assert metrics["last_losses"]["lm_loss"] < metrics["first_losses"]["lm_loss"]
+    assert Image.open(out / "samples.png").size == (4 * 32, 2 * 32)
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "processor_config.json").is_file()
+    assert not (out / ".model-staging").exists()
+
+
+def test_help_and_bad_arguments(tmp_path):
+    assert "--tokenizer" in run("--help", cwd=tmp_path).stdout
+    bad = run("--size", "30", cwd=tmp_path)
+    assert bad.returncode == 2 and "multiple of 16" in bad.stderr
