@@ -64,7 +64,10 @@ class HydraXTokDiagonalGaussian:
     def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
         self.mean = mean
         self.logvar = torch.clamp(logvar, -30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
@@ -233,7 +236,8 @@ class HydraXTokAttention(nn.Module):
         mode = self.config.attention_mode
         if mode == "tubelet":
             attn_output = self._tubelet(query, key, value, past_key_value)
-            present = (key[:, -1:], value[:, -1:])
+            # Copies, so a carried cache holds one frame rather than keeping the whole chunk's keys/values alive.
+            present = (key[:, -1:].clone(), value[:, -1:].clone())
         else:
             if past_key_value is not None:
                 key = torch.cat([past_key_value[0], key], dim=1)
@@ -670,7 +674,8 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         ratio = self.config.temporal_compression_ratio
         num_latent = pixel_values.shape[2] // ratio + (1 if offset == 0 else 0)
         step = chunk_frames or num_latent
-        moments = []
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        moments = None
         for start in range(0, num_latent, step):
             stop = min(start + step, num_latent)
             first = offset + start
@@ -679,12 +684,12 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             pixel_base = 0 if offset == 0 else ratio * offset - ratio + 1
             chunk = pixel_values[:, :, pixel_start - pixel_base : pixel_stop - pixel_base]
             chunk_moments, presents = self.gen_vit(chunk, first, cache)
-            moments.append(chunk_moments)
+            chunk_moments = chunk_moments.permute(0, 3, 1, 2).unflatten(3, grid)
+            if moments is None:
+                moments = chunk_moments.new_empty(*chunk_moments.shape[:2], num_latent, *grid)
+            moments[:, :, start:stop] = chunk_moments
             if chunk_frames is not None or cache is not None:
                 cache = (cache or HydraXTokFrameCache()).updated("encoder", presents, stop - start)
-        moments = torch.cat(moments, dim=1)
-        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        moments = moments.permute(0, 3, 1, 2).unflatten(3, grid)
         mean, logvar = moments.chunk(2, dim=1)
         latent_dist = HydraXTokDiagonalGaussian(mean, logvar)
         latents = latent_dist.sample(generator) if sample else latent_dist.mode()
