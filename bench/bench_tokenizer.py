@@ -174,7 +174,7 @@ def _size_flags(args) -> list[str]:
     return [
         "--size", str(args.size), "--hidden-size", str(args.hidden_size), "--heads", str(args.heads),
         "--intermediate-size", str(args.intermediate_size), "--gen-layers", str(args.gen_layers),
-        "--chunk-frames", str(args.chunk_frames),
+        "--chunk-frames", str(args.chunk_frames), "--threads", str(torch.get_num_threads()),
     ]  # fmt: skip
 
 
@@ -215,6 +215,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-frames", type=int, default=2, help="latent frames per chunk in `stream`")
     parser.add_argument("--stream-frames", type=int, nargs="+", default=[17, 65, 257])
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--worker-frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -228,6 +229,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker_frames:
         return stream_worker(args)
     torch.manual_seed(0)
