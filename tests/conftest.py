@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,3 +53,9 @@ def visual_block(config, tokens, video=False):
     """`<|vision_start|>` + `tokens` placeholders + `<|vision_end|>` as a list of ids."""
     pad = config.video_token_id if video else config.image_token_id
     return [config.vision_start_token_id] + [pad] * tokens + [config.vision_end_token_id]
+
+
+def run_script(script, *args, cwd):
+    """Run a repository script in a fresh, offline Python process with a minimal environment."""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True)

@@ -2,9 +2,9 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import run_script
 
 from modeling_hydrax import HydraXTokModel
 
@@ -13,8 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 
 
 def run(*args, cwd):
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return run_script(SCRIPT, *args, cwd=cwd)
 
 
 def test_tiny_run_writes_outputs(tmp_path):

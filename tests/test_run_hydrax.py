@@ -1,10 +1,9 @@
 """examples/run_hydrax.py, the unified model's main job, runs end to end on a tiny model and leaves its outputs."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import run_script
 from PIL import Image
 
 
@@ -12,8 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_hydrax.py"
 
 
 def run(*args, cwd):
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return run_script(SCRIPT, *args, cwd=cwd)
 
 
 def test_short_run_writes_model_samples_and_metrics(tmp_path):
