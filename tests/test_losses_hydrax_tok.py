@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
@@ -34,6 +35,7 @@ from modeling_hydrax.losses_hydrax_tok import (
     hinge_d_loss,
     hinge_g_loss,
 )
+
 
 IMAGE_DIM, VIDEO_DIM = 24, 20
 TINY_LPIPS = (4, 8, 8, 8, 8)

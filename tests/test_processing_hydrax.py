@@ -31,6 +31,7 @@ from processing_hydrax import (
 )
 from processing_hydrax import processing_hydrax as processing_module
 
+
 # ------------------------------------------------------------------------------------------------------ fixtures
 
 

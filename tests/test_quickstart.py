@@ -1,44 +1,104 @@
-"""examples/quickstart.py, the tokenizer's main job: a short tiny run leaves PNGs, metrics and a loadable model."""
+"""examples/quickstart.py: end-to-end runs of the test-sized model in subprocesses, and its argument checks."""
 
+import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_script
+import pytest
 
 from modeling_hydrax import HydraXTokModel
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "quickstart.py"
+TINY = ["--tiny", "--steps", "3", "--size", "32", "--batch-size", "2", "--device", "cpu"]
 
 
-def run(*args, cwd):
-    return run_script(SCRIPT, *args, cwd=cwd)
+def run_quickstart(*args, hide=()):
+    """Run the quickstart (offline, the repo importable) with `args`, as if the packages in `hide` were missing."""
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path}
+    code = (
+        "import runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({list(hide)!r}))\n"
+        f"sys.argv = [{str(SCRIPT)!r}, *{list(map(str, args))!r}]\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_tiny_run_writes_outputs(tmp_path):
-    out = tmp_path / "out"
-    result = run("--tiny", "--steps", "3", "--size", "32", "--output-dir", str(out), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("quickstart")
+    return run_quickstart(*TINY, "--output-dir", output_dir), output_dir
+
+
+def test_quickstart_trains_evaluates_and_saves(tiny_run):
+    result, output_dir = tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("reconstruction.png", "video_reconstruction.png", "metrics.json"):
-        assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    psnrs = [value for key, value in _flatten(metrics) if "psnr" in key.lower()]
-    assert psnrs and all(math.isfinite(value) for value in psnrs)
-    model = HydraXTokModel.from_pretrained(out / "model")
+    assert "PSNR" in result.stdout and str(output_dir) in result.stdout
+    for name in ("reconstruction.png", "video_reconstruction.png"):
+        assert (output_dir / name).stat().st_size > 0
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for key in ("image_psnr_before", "image_psnr_after", "video_psnr_before", "video_psnr_after"):
+        assert math.isfinite(metrics[key]), (key, metrics[key])
+    assert metrics["steps"] == 3
+    model = HydraXTokModel.from_pretrained(output_dir / "model")
     assert model.config.hidden_size == 32
-    assert str(out) in result.stdout
+    assert not any(path.name.startswith("model.") for path in output_dir.iterdir()), "temporary folders left behind"
 
 
-def _flatten(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)):
-            yield f"{prefix}{key}", value
+def test_quickstart_resumes_a_saved_model_on_images_when_video_support_is_missing(tiny_run, tmp_path):
+    _, first_dir = tiny_run
+    result = run_quickstart(*TINY[1:], "--model", first_dir / "model", "--output-dir", tmp_path, hide=("av",))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: av not installed; training on images only" in result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isfinite(metrics["image_psnr_after"]) and "video_psnr_after" not in metrics
+    assert (tmp_path / "reconstruction.png").exists() and not (tmp_path / "video_reconstruction.png").exists()
+    assert HydraXTokModel.from_pretrained(tmp_path / "model").config.hidden_size == 32
 
 
-def test_help_and_bad_size(tmp_path):
-    assert "--output-dir" in run("--help", cwd=tmp_path).stdout
-    bad = run("--size", "30", cwd=tmp_path)
-    assert bad.returncode == 2 and "16" in bad.stderr
+@pytest.fixture(scope="module")
+def quickstart():
+    """The script as a module, for its argument parser."""
+    spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_help(quickstart, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--model", "--steps", "--max-minutes", "--lr", "--batch-size", "--size", "--seed", "--output-dir"):
+        assert option in help_text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "30"], "--size must be a positive multiple of 16 (the patch size), got 30."),
+        (["--frames", "6"], "--frames must be 1 + 4·k"),
+        (["--steps", "0"], "--steps must be at least 1, got 0."),
+        (["--model", "no/such/folder"], "--model must be a folder written by save_pretrained"),
+    ],
+)
+def test_quickstart_rejects_bad_arguments(quickstart, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quickstart_rejects_tiny_with_a_saved_model(quickstart, capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        quickstart.parse_args(["--tiny", "--model", str(tmp_path)])
+    assert "--tiny builds a new model; it cannot be combined with --model." in capsys.readouterr().err
