@@ -72,7 +72,12 @@ class HydraXTokLossConfig:
         l1_weight: weight of the mean absolute pixel error.
         lpips_weight: weight of LPIPS (averaged over frames).
         gan_weight: weight of the generator's hinge loss (multiplied by the adaptive weight when enabled).
-        kl_weight: weight of the bottleneck KL to N(0, 1) (summed over latent elements, averaged over the batch).
+        kl_weight: weight of the bottleneck KL to N(0, 1).
+        kl_reduction: `"mean"` averages the KL over latent elements, on the same per-element scale as the mean L1;
+            `"sum"` sums it over a sample's latent elements (the LDM convention, meant for a summed reconstruction
+            loss: next to the mean L1 it is as many times heavier as a sample has latent elements, 16,384 for a 256²
+            image, which at 1e-4 holds the posterior near N(0, 1) and stalls reconstruction). Both average over the
+            batch.
         distill_image_weight: weight of `1 − cos` between the anchor's distillation features and the image teacher.
         distill_video_weight: weight of `1 − cos` between the Decompressor's output and the video teacher.
         gan_start_step: training step from which the GAN terms (generator and discriminator) are switched on.
@@ -99,6 +104,7 @@ class HydraXTokLossConfig:
     lpips_weight: float = 0.1
     gan_weight: float = 0.075
     kl_weight: float = 1e-4
+    kl_reduction: str = "mean"
     distill_image_weight: float = 1.0
     distill_video_weight: float = 1.0
     gan_start_step: int = 0
@@ -122,6 +128,8 @@ class HydraXTokLossConfig:
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}; set it to 0 to switch the term off.")
+        if self.kl_reduction not in ("mean", "sum"):
+            raise ValueError(f"`kl_reduction` must be 'mean' or 'sum', got {self.kl_reduction!r}.")
         if self.discriminator_norm not in ("group", "spectral"):
             raise ValueError(f"`discriminator_norm` must be 'group' or 'spectral', got {self.discriminator_norm!r}.")
         if self.discriminator_layers < 1 or self.discriminator_channels < 1:
@@ -920,6 +928,8 @@ class HydraXTokLoss(nn.Module):
         latent_dist = getattr(output, "latent_dist", None)
         if latent_dist is not None and config.kl_weight > 0:
             terms["kl"] = latent_dist.kl().float().mean()
+            if config.kl_reduction == "mean":
+                terms["kl"] = terms["kl"] / latent_dist.mean[0].numel()
             total = total + config.kl_weight * terms["kl"]
 
         gan_weight = zero

@@ -540,6 +540,21 @@ def test_zero_weights_switch_parts_off(tiny_lpips):
         loss_fn(clip, output, mode="discriminator")
 
 
+def test_kl_reduction_scales_by_latent_elements():
+    clip = random_clip(2, 4)
+    output, _ = make_output(clip)
+    per_sample = output.latent_dist.kl().mean()
+    elements = output.latent_dist.mean[0].numel()
+    for reduction, expected in (("mean", per_sample / elements), ("sum", per_sample)):
+        only_kl = dict.fromkeys(("l1_weight", "lpips_weight", "gan_weight", "distill_image_weight"), 0.0)
+        config = HydraXTokLossConfig(kl_reduction=reduction, distill_video_weight=0.0, **only_kl)
+        losses = HydraXTokLoss(config)(clip, output)
+        torch.testing.assert_close(losses["kl"], expected.detach())
+        torch.testing.assert_close(losses["loss"].detach(), 1e-4 * expected.detach())
+    with pytest.raises(ValueError, match="`kl_reduction` must be 'mean' or 'sum', got 'max'"):
+        HydraXTokLossConfig(kl_reduction="max")
+
+
 def test_loss_config_loads_lpips_from_a_folder(tiny_lpips, tmp_path):
     tiny_lpips.save_pretrained(tmp_path)
     loss_fn = HydraXTokLoss(HydraXTokLossConfig(lpips_name_or_path=str(tmp_path), discriminator_channels=8))
