@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import (
     Siglip2VisionConfig,
     Siglip2VisionModel,
@@ -339,6 +340,80 @@ def test_teachers_from_pretrained_local_folders_read_processor_normalisation(tmp
     assert HydraXTokTeachers.from_config(TokConfig(str(image_dir), str(video_dir))).video_hidden_size == VIDEO_DIM
     with pytest.raises(ValueError, match="image_teacher_hidden_size=24"):
         HydraXTokTeachers.from_config(TokConfig(str(image_dir), str(video_dir), image_teacher_hidden_size=1152))
+
+
+REMOTE_VIDEO_CONFIG = """
+from transformers import PreTrainedConfig
+
+
+class TinyRemoteVideoConfig(PreTrainedConfig):
+    model_type = "tiny_remote_video"
+
+    def __init__(self, hidden_size=20, patch_size=16, tubelet_size=2, num_frames=4, image_size=32, **kwargs):
+        self.hidden_size, self.patch_size, self.tubelet_size = hidden_size, patch_size, tubelet_size
+        self.num_frames, self.image_size = num_frames, image_size
+        super().__init__(**kwargs)
+"""
+
+REMOTE_VIDEO_MODEL = """
+import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+
+from .configuration_tiny_remote_video import TinyRemoteVideoConfig
+
+
+class TinyRemoteVideoModel(PreTrainedModel):
+    config_class = TinyRemoteVideoConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        patch = (config.tubelet_size, config.patch_size, config.patch_size)
+        self.embed = torch.nn.Conv3d(3, config.hidden_size, kernel_size=patch, stride=patch)
+        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, config.hidden_size))
+        self.post_init()
+
+    def forward(self, pixel_values):  # [B, C, T, H, W], the InternVideo layout
+        tokens = self.embed(pixel_values).flatten(2).transpose(1, 2)
+        return BaseModelOutput(last_hidden_state=torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], 1))
+"""
+
+
+def test_remote_code_video_teacher_in_bcthw_layout(tmp_path):
+    """The InternVideo-Next route: a remote-code `AutoModel` fed `pixel_values` as `[B, C, T, H, W]`, its leading
+    CLS token dropped and its tubelet grid resampled to every student frame."""
+    folder = tmp_path / "tiny-remote-video"
+    folder.mkdir()
+    (folder / "configuration_tiny_remote_video.py").write_text(REMOTE_VIDEO_CONFIG)
+    (folder / "modeling_tiny_remote_video.py").write_text(REMOTE_VIDEO_MODEL)
+    config = {
+        "model_type": "tiny_remote_video",
+        "hidden_size": VIDEO_DIM,
+        "auto_map": {
+            "AutoConfig": "configuration_tiny_remote_video.TinyRemoteVideoConfig",
+            "AutoModel": "modeling_tiny_remote_video.TinyRemoteVideoModel",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    weights = {"embed.weight": torch.randn(VIDEO_DIM, 3, 2, 16, 16), "embed.bias": torch.randn(VIDEO_DIM)}
+    weights["cls_token"] = torch.randn(1, 1, VIDEO_DIM)
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        HydraXTokTeachers.from_pretrained(None, str(folder))
+    teachers = HydraXTokTeachers.from_pretrained(
+        None, str(folder), trust_remote_code=True, video_layout="BCTHW", video_mean=(0.5,) * 3, video_std=(0.5,) * 3
+    )
+    assert teachers.video_num_frames == 4 and teachers.video_hidden_size == VIDEO_DIM
+    clip = random_clip(2, 8)  # 8 frames, resampled to the teacher's 4
+    features = teachers(clip).video
+    assert features.shape == (2, 8 * 2 * 2, VIDEO_DIM)
+    evenly_spaced = clip[:, :, 1:][:, :, [0, 2, 5, 7]]  # linspace(0, 7, 4), rounded
+    direct = teachers.video_model(pixel_values=evenly_spaced).last_hidden_state[:, 1:]  # mean = std = 0.5: as is
+    tubelets = direct.reshape(2, 2, 4, VIDEO_DIM)
+    frames = features.view(2, 8, 4, VIDEO_DIM)
+    torch.testing.assert_close(frames[:, 0], tubelets[:, 0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(frames[:, -1], tubelets[:, 1], rtol=1e-4, atol=1e-5)
 
 
 def test_teachers_reject_bad_arguments():
