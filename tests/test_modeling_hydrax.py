@@ -113,7 +113,9 @@ def test_remote_code_route_matches_installed(model, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers_modules" in result.stdout
     remote = load_file(tmp_path / "out.safetensors")
-    assert torch.equal(remote["logits"], expected.logits) and torch.equal(remote["velocity"], expected.velocity)
+    # Same code, but the child may run with another thread count, which reorders float reductions.
+    torch.testing.assert_close(remote["logits"], expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(remote["velocity"], expected.velocity, rtol=1e-5, atol=1e-5)
 
 
 def test_eager_matches_sdpa(model):

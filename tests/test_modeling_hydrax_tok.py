@@ -174,6 +174,20 @@ def test_save_and_auto_load_round_trip(tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
+def test_latent_bridge_starts_at_unit_scale():
+    """The Linears into and out of the latent are fan-in scaled, so the posterior mean starts near unit std (it was
+    ≈ 0.3 under the std-0.02 default, drowned by the posterior noise), and the decoder and Sem-ViT receive it."""
+    torch.manual_seed(0)
+    model = build()
+    for name in ("gen_vit.bottleneck", "sem_vit.latent_proj", "decoder.latent_proj"):
+        weight = model.get_submodule(name).weight
+        assert weight.std().item() == pytest.approx(weight.shape[1] ** -0.5, rel=0.2), name
+    assert model.get_submodule("decoder.out_proj").weight.std().item() == pytest.approx(0.02, rel=0.2)
+    with torch.no_grad():
+        mean = model.encode(clip(5, batch=4)).latent_dist.mean
+    assert 0.5 < mean.std().item() < 2.0
+
+
 def test_latent_normalisation_from_config(tmp_path):
     mean, std = [0.5] * 8, [2.0] * 8
     plain = build()
