@@ -10,6 +10,7 @@ from .processing_hydrax import HYDRAX_CHAT_TEMPLATE, HydraXProcessor
 from .tokenization_hydrax import QWEN2_5_SPECIAL_TOKENS, build_tiny_qwen2_tokenizer
 from .video_processing_hydrax import HydraXVideoProcessor, make_list_of_videos, read_video_pyav, sample_frame_indices
 
+
 HYDRAX_MODEL_TYPE = "hydrax"
 
 

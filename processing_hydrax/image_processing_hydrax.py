@@ -21,6 +21,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
+
 HYDRAX_IMAGE_MEAN = (0.5, 0.5, 0.5)
 HYDRAX_IMAGE_STD = (0.5, 0.5, 0.5)
 OUTPUT_TYPES = ("pil", "np", "pt")

@@ -13,6 +13,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from .image_processing_hydrax import describe_input
 from .video_processing_hydrax import make_list_of_videos
 
+
 # Understanding, text-to-image, text-to-video and editing turns, Qwen2.5 format. A visual block with data (an image,
 # url, path, base64 or video key) becomes `<|vision_start|><|image_pad|><|vision_end|>` (or `<|video_pad|>`); one
 # without data is a generation target, `<|vision_start|><|vision_pad|><|vision_end|>`, whose size the processor
@@ -58,7 +59,8 @@ class HydraXProcessor(ProcessorMixin):
     `<|vision_start|>` ... `<|vision_end|>`, as the chat template writes it), becomes
     `<|vision_start|>` + one pad token per latent token (latent frames x h x w, read from the sub-processors' grids)
     + `<|vision_end|>`. A `<|vision_pad|>` marks a **generation target**: the block the model must produce, expanded
-    to the size given by `visual_targets` (see `__call__`) or the chat block, with `<|image_pad|>` or `<|video_pad|>` tokens.
+    to the size given by `visual_targets` (see `__call__`) or the chat block, with `<|image_pad|>` or `<|video_pad|>`
+    tokens.
     Visual blocks inside assistant turns (`<|im_start|>assistant`) are targets too, e.g. the edited image of an
     editing sample used for training.
 

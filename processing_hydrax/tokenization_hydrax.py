@@ -10,6 +10,7 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from .processing_hydrax import HYDRAX_CHAT_TEMPLATE
 
+
 # Qwen2.5's special tokens, in Qwen2.5's id order (151643 ... 151664 in the real vocabulary).
 QWEN2_5_SPECIAL_TOKENS = [
     "<|endoftext|>",

@@ -353,18 +353,15 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         videos = make_list_of_videos(videos)
         metadata = self._make_metadata_list(kwargs.pop("video_metadata"), len(videos))
         temporal_compression = kwargs["temporal_compression"]
-        if kwargs["do_sample_frames"]:
-            sample_fn = lambda metadata, name="the video": sample_frame_indices(
+        resample = kwargs["do_sample_frames"]
+
+        def sample_fn(metadata, name="the video"):
+            rate = {"num_frames": kwargs["num_frames"], "fps": kwargs["fps"], "video_fps": metadata.fps}
+            return sample_frame_indices(
                 metadata.total_num_frames,
-                num_frames=kwargs["num_frames"],
-                fps=kwargs["fps"],
-                video_fps=metadata.fps,
                 temporal_compression=temporal_compression,
                 name=name,
-            )
-        else:
-            sample_fn = lambda metadata, name="the video": sample_frame_indices(
-                metadata.total_num_frames, temporal_compression=temporal_compression, name=name
+                **(rate if resample else {}),
             )
 
         pixel_values, grids, metadata_out = [], [], []
