@@ -60,11 +60,12 @@ class HydraXTokFrameCache:
 
 
 class HydraXTokDiagonalGaussian:
-    """The bottleneck posterior N(mean, exp(logvar)) over latents `[B, C, F, h, w]`."""
+    """The bottleneck posterior N(mean, exp(logvar)) over latents `[B, C, F, h, w]`; `encode` clamps `logvar` to
+    [-30, 20] chunk by chunk as it fills the output, so the posterior holds no second copy of it."""
 
     def __init__(self, mean: torch.Tensor, logvar: torch.Tensor):
         self.mean = mean
-        self.logvar = torch.clamp(logvar, -30.0, 20.0)
+        self.logvar = logvar
 
     @property
     def std(self) -> torch.Tensor:
@@ -699,7 +700,9 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             chunk_moments = chunk_moments.permute(0, 3, 1, 2).unflatten(3, grid)
             if moments is None:
                 moments = chunk_moments.new_empty(*chunk_moments.shape[:2], num_latent, *grid)
-            moments[:, :, start:stop] = chunk_moments
+            channels = self.config.latent_channels
+            moments[:, :channels, start:stop] = chunk_moments[:, :channels]
+            moments[:, channels:, start:stop] = chunk_moments[:, channels:].clamp(-30.0, 20.0)
             if chunk_frames is not None or cache is not None:
                 cache = (cache or HydraXTokFrameCache()).updated("encoder", presents, stop - start)
         mean, logvar = moments.chunk(2, dim=1)

@@ -188,6 +188,16 @@ def test_latent_bridge_starts_at_unit_scale():
     assert 0.5 < mean.std().item() < 2.0
 
 
+@pytest.mark.parametrize("chunk_frames", [None, 1])
+def test_posterior_logvar_is_clamped_in_the_shared_moments_buffer(chunk_frames):
+    model = build()
+    with torch.no_grad():
+        model.gen_vit.bottleneck.bias[8:] = 100.0  # the logvar half: far above the clamp
+        posterior = model.encode(clip(5), chunk_frames=chunk_frames).latent_dist
+    assert posterior.logvar.max().item() == 20.0
+    assert posterior.logvar.untyped_storage().data_ptr() == posterior.mean.untyped_storage().data_ptr()
+
+
 def test_latent_normalisation_from_config(tmp_path):
     mean, std = [0.5] * 8, [2.0] * 8
     plain = build()
