@@ -7,8 +7,9 @@ Every figure is a ratio against a baseline measured in the same run, so numbers 
 
 Parts:
 - `modes`:  encoder forward time of full / causal / tubelet attention × single / hierarchical temporal compression on
-            one 17-frame clip, as speedups over "full" (the paper's Table 1 timing), beside the attention-FLOP ratio
-            that bounds them.
+            one 17-frame clip, as speedups over "full" (the paper's Table 1 timing), each beside the attention-FLOP
+            ratio that bounds it (the bound the MLPs lower further), and the time inside the attention modules
+            alone (share of the forward, speedup).
 - `attention`: attention alone on the 17 frames, dense SDPA over all tokens vs the block-sparse tubelet kernel.
 - `stream`: chunked encoding of 17, 65 and 257 frames, each in a fresh process: time per frame and peak resident
             memory above the input (reset with /proc/self/clear_refs), split into the returned latents/posterior
@@ -33,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
+from modeling_hydrax.modeling_hydrax_tok import HydraXTokAttention  # noqa: E402
 
 
 def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical") -> HydraXTokModel:
@@ -50,7 +52,7 @@ def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarch
         temporal_compression=temporal_compression,
         use_decompressor=False,
     )
-    return HydraXTokModel._from_config(config, attn_implementation="sdpa").eval()
+    return HydraXTokModel._from_config(config, attn_implementation=args.attn_implementation).eval()
 
 
 def timed(fn, repeats: int) -> float:
@@ -64,14 +66,40 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def attention_flop_ratio(mode: str, compression: str, frames: int) -> float:
-    """Attention FLOPs of `full` divided by those of `mode`, over the encoder's frame rates (ignores the MLPs)."""
-    rates = (
-        [1 + (frames - 1) // 2, 1 + (frames - 1) // 4] if compression == "hierarchical" else [1 + (frames - 1) // 4]
-    )
-    full = sum(f * f for f in rates)
-    keys = {"full": full, "causal": sum(f * (f + 1) / 2 for f in rates), "tubelet": sum(2 * f - 1 for f in rates)}
-    return full / keys[mode]
+def attention_work(mode: str, compression: str, frames: int, layers: int) -> float:
+    """The Gen-ViT's attention FLOPs in units of one frame's queries against one frame's keys (MLPs ignored).
+
+    With hierarchical compression the first `layers // 2` layers (the benchmark's `gen_fold_layer`) run at 1 + T/2
+    frames and the rest at 1 + T/4; with single compression every layer runs at 1 + T/4.
+    """
+    coarse = 1 + (frames - 1) // 4
+    parts = [(layers // 2, 1 + (frames - 1) // 2), (layers - layers // 2, coarse)]
+    if compression == "single":
+        parts = [(layers, coarse)]
+    pairs = {"full": lambda f: f * f, "causal": lambda f: f * (f + 1) / 2, "tubelet": lambda f: 2 * f - 1}[mode]
+    return sum(count * pairs(f) for count, f in parts)
+
+
+class AttentionTimer:
+    """Wall time spent inside a model's attention modules (projections, RoPE and the attention kernel), via hooks."""
+
+    def __init__(self, model: HydraXTokModel):
+        self.seconds, self._start = 0.0, 0.0
+        self._handles = []
+        for module in model.modules():
+            if isinstance(module, HydraXTokAttention):
+                self._handles.append(module.register_forward_pre_hook(self._enter))
+                self._handles.append(module.register_forward_hook(self._exit))
+
+    def _enter(self, module, inputs):
+        self._start = time.perf_counter()
+
+    def _exit(self, module, inputs, output):
+        self.seconds += time.perf_counter() - self._start
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
 
 
 def bench_modes(args) -> dict:
@@ -80,20 +108,47 @@ def bench_modes(args) -> dict:
     for compression in ("single", "hierarchical"):
         for mode in ("full", "causal", "tubelet"):
             model = build_encoder(args, mode, compression)
+            timer, attention_runs = AttentionTimer(model), []
+
+            def run():
+                timer.seconds = 0.0
+                model.encode(clip)
+                attention_runs.append(timer.seconds)
+
             with torch.inference_mode():
-                seconds = timed(lambda: model.encode(clip), args.repeats)
-            results[f"{mode}/{compression}"] = seconds
+                seconds = timed(run, args.repeats)
+            timer.remove()
+            attention = statistics.median(attention_runs[1:])  # the same runs as `seconds`, warm-up left out
+            results[f"{mode}/{compression}"] = {"seconds": seconds, "attention_seconds": attention}
     baseline = results["full/single"]
     print(
-        f"\n== modes: encoder forward, {args.frames}×{args.size}², width {args.hidden_size}, {args.gen_layers} layers"
+        f"\n== modes: encoder forward, {args.frames}×{args.size}², width {args.hidden_size}, "
+        f"{args.gen_layers} layers, {args.attn_implementation} attention"
     )
-    print(f"{'mode':<24}{'seconds':>10}{'vs full/single':>16}{'vs full/same':>14}{'attn FLOP bound':>17}")
-    for key, seconds in results.items():
+    print(
+        f"{'mode':<24}{'seconds':>9}{'vs full/single':>16}{'FLOP bound':>12}{'vs full/same':>14}{'FLOP bound':>12}"
+        f"{'attn share':>12}{'attn vs full/same':>19}"
+    )
+    for key, row in results.items():
         mode, compression = key.split("/")
         same = results[f"full/{compression}"]
-        bound = attention_flop_ratio(mode, compression, args.frames)
-        print(f"{key:<24}{seconds:>10.3f}{baseline / seconds:>15.2f}×{same / seconds:>13.2f}×{bound:>16.2f}×")
-    return {key: {"seconds": s, "speedup_vs_full_single": baseline / s} for key, s in results.items()}
+        work = attention_work(mode, compression, args.frames, args.gen_layers)
+        row["speedup_vs_full_single"] = baseline["seconds"] / row["seconds"]
+        row["attention_flop_bound_vs_full_single"] = (
+            attention_work("full", "single", args.frames, args.gen_layers) / work
+        )
+        row["speedup_vs_full_same"] = same["seconds"] / row["seconds"]
+        row["attention_flop_bound_vs_full_same"] = (
+            attention_work("full", compression, args.frames, args.gen_layers) / work
+        )
+        row["attention_speedup_vs_full_same"] = same["attention_seconds"] / row["attention_seconds"]
+        print(
+            f"{key:<24}{row['seconds']:>9.3f}{row['speedup_vs_full_single']:>15.2f}×"
+            f"{row['attention_flop_bound_vs_full_single']:>11.2f}×{row['speedup_vs_full_same']:>13.2f}×"
+            f"{row['attention_flop_bound_vs_full_same']:>11.2f}×{row['attention_seconds'] / row['seconds']:>12.0%}"
+            f"{row['attention_speedup_vs_full_same']:>18.2f}×"
+        )
+    return results
 
 
 def bench_attention(args) -> dict:
@@ -133,8 +188,8 @@ def stream_worker(args) -> None:
         seconds = time.perf_counter() - start
     peak_mib = (_status_kb("VmHWM") - base) / 1024
     outputs = (encoded.latents, encoded.latent_dist.mean, encoded.latent_dist.logvar)
-    output_mib = sum(t.untyped_storage().nbytes() for t in {id(t.untyped_storage()): t for t in outputs}.values())
-    output_mib /= 2**20
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in outputs}
+    output_mib = sum(storages.values()) / 2**20
     row = {"frames": args.worker_frames, "seconds": seconds, "peak_mib": peak_mib, "output_mib": output_mib}
     print(json.dumps(row))
 
@@ -175,6 +230,7 @@ def _size_flags(args) -> list[str]:
         "--size", str(args.size), "--hidden-size", str(args.hidden_size), "--heads", str(args.heads),
         "--intermediate-size", str(args.intermediate_size), "--gen-layers", str(args.gen_layers),
         "--chunk-frames", str(args.chunk_frames), "--threads", str(torch.get_num_threads()),
+        "--attn-implementation", args.attn_implementation,
     ]  # fmt: skip
 
 
@@ -215,6 +271,12 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk-frames", type=int, default=2, help="latent frames per chunk in `stream`")
     parser.add_argument("--stream-frames", type=int, nargs="+", default=[17, 65, 257])
+    parser.add_argument(
+        "--attn-implementation",
+        choices=["sdpa", "eager"],
+        default="sdpa",
+        help="attention kernel for every mode: `sdpa` (fused, the default) or `eager` (materialised score matrices)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--worker-frames", type=int, help=argparse.SUPPRESS)
