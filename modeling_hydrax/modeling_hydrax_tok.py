@@ -553,7 +553,7 @@ class HydraXTokPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         # The Linears into and out of the latent have fan-in 64 (or D → 2·64): at std 0.02 the posterior mean starts
         # at std ≈ 0.28 against the sampling noise's 1, and the latent reaches the decoder / Sem-ViT at std ≈ 0.05,
-        # so reconstruction starts with almost no signal from the encoder (the quickstart fitted 2–3 dB worse).
+        # so reconstruction starts with almost no signal from the encoder (the quickstart fitted 2–4 dB worse).
         # Fan-in scaling (std 1/√fan_in) keeps them unit-scale.
         bridge = [getattr(self, "gen_vit", None), getattr(self, "sem_vit", None), getattr(self, "decoder", None)]
         bridge = [getattr(part, name, None) for part in bridge for name in ("bottleneck", "latent_proj")]
