@@ -192,15 +192,6 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
-def block_causal_mask(num_frames: int, num_past: int, tokens: int, dtype: torch.dtype, device: torch.device):
-    """Additive mask letting query frame i (after `num_past` cached frames) see key frames 0..num_past + i."""
-    query_frame = torch.arange(num_frames, device=device).repeat_interleave(tokens) + num_past
-    key_frame = torch.arange(num_past + num_frames, device=device).repeat_interleave(tokens)
-    allowed = key_frame[None, :] <= query_frame[:, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
-
-
 class HydraXTokAttention(nn.Module):
     """Multi-head attention over latent frames `[B, F, N, D]` in tubelet, causal or full mode."""
 
@@ -248,10 +239,22 @@ class HydraXTokAttention(nn.Module):
             flat_q = query.transpose(1, 2).reshape(batch, self.num_heads, frames * tokens, self.head_dim)
             flat_k = key.transpose(1, 2).reshape(batch, self.num_heads, -1, self.head_dim)
             flat_v = value.transpose(1, 2).reshape(batch, self.num_heads, -1, self.head_dim)
-            mask = None
-            if mode == "causal" and frames > 1:
-                mask = block_causal_mask(frames, past, tokens, query.dtype, query.device)
-            attn_output = self._attend(flat_q, flat_k, flat_v, mask).view(batch, frames, tokens, -1)
+            if mode == "causal":
+                # Block-sparse: frame i's queries against the key prefix of frames 0..past + i (views, no mask).
+                attn_output = torch.cat(
+                    [
+                        self._attend(
+                            flat_q[:, :, i * tokens : (i + 1) * tokens],
+                            flat_k[:, :, : (past + i + 1) * tokens],
+                            flat_v[:, :, : (past + i + 1) * tokens],
+                        )
+                        for i in range(frames)
+                    ],
+                    dim=1,
+                )
+            else:
+                attn_output = self._attend(flat_q, flat_k, flat_v)
+            attn_output = attn_output.view(batch, frames, tokens, -1)
             present = (key, value) if mode == "causal" else None
         return self.out_proj(attn_output.reshape(batch, frames, tokens, -1)), present
 

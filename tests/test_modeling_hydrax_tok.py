@@ -75,6 +75,40 @@ def test_full_attention_is_not_causal():
     assert not torch.allclose(a[:, :, 0], b[:, :, 0])
 
 
+@pytest.mark.parametrize("mode", ["tubelet", "causal", "full"])
+@pytest.mark.parametrize("past", [0, 2])
+def test_attention_modes_match_a_dense_masked_reference(mode, past):
+    """Each block-sparse mode equals one dense softmax over all keys with the mode's frame mask, cached frames too."""
+    torch.manual_seed(0)
+    attention = build(attention_mode=mode).gen_vit.encoder.layers[0].self_attn
+    frames, tokens, heads, dim = 4, 3, 2, 16
+    hidden = torch.randn(1, frames, tokens, 32)
+    cache = (torch.randn(1, past, heads, tokens, dim), torch.randn(1, past, heads, tokens, dim)) if past else None
+    if mode == "tubelet" and past:
+        cache = (cache[0][:, -1:], cache[1][:, -1:])
+    with torch.no_grad():
+        output, _ = attention(hidden, past_key_value=cache)
+        shape = (1, frames, tokens, heads, dim)
+        query, key, value = (
+            proj(hidden).view(shape).transpose(2, 3) for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
+        if cache is not None:
+            key, value = torch.cat([cache[0], key], dim=1), torch.cat([cache[1], value], dim=1)
+        seen = key.shape[1] - frames
+        query_frame = torch.arange(frames).repeat_interleave(tokens)[:, None] + seen
+        key_frame = torch.arange(key.shape[1]).repeat_interleave(tokens)[None, :]
+        allowed = {
+            "full": torch.ones_like(key_frame - query_frame, dtype=torch.bool),
+            "causal": key_frame <= query_frame,
+            "tubelet": (key_frame <= query_frame) & (key_frame >= query_frame - 1),
+        }[mode]
+        flat = [t.transpose(1, 2).reshape(1, heads, -1, dim) for t in (query, key, value)]
+        scores = (flat[0] @ flat[1].transpose(-1, -2)) * dim**-0.5
+        weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        expected = attention.out_proj((weights @ flat[2]).transpose(1, 2).reshape(1, frames, tokens, -1))
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["tubelet", "causal"])
 @pytest.mark.parametrize("compression", COMPRESSIONS)
 def test_image_is_first_latent_frame_of_video(mode, compression):
