@@ -3,7 +3,8 @@
 Pipeline (paper order): spatio-temporal patchify → Gen-ViT part 1 → 2× temporal fold → Gen-ViT part 2 → Gaussian
 bottleneck (64 channels) → per-channel normalisation → {Sem-ViT → semantic features, pixel decoder → pixels}.
 Every ViT uses the same block class and the same tubelet attention: a latent frame attends to its own tokens and
-to those of the frame just before it, computed block-sparse (frames folded into the batch), never as a dense mask.
+to those of the frame just before it, computed block-sparse (frames folded into the batch), never as a dense mask;
+the `causal` ablation mode is block-sparse too (each frame against its key prefix).
 """
 
 from collections.abc import Callable
@@ -207,13 +208,14 @@ class HydraXTokAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=config.attention_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def _attend(self, query, key, value, mask=None):
-        """`[b, H, n, d]` queries against `[b, H, m, d]` keys → `[b, n, H, d]`."""
+    def _attend(self, query, key, value):
+        """`[b, H, n, d]` queries against all `[b, H, m, d]` keys (every mode's sparsity is in what it passes in)
+        → `[b, n, H, d]`."""
         interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         dropout = self.config.attention_dropout if self.training else 0.0
-        return interface(self, query, key, value, mask, scaling=self.scaling, dropout=dropout, is_causal=False)[0]
+        return interface(self, query, key, value, None, scaling=self.scaling, dropout=dropout, is_causal=False)[0]
 
     def forward(self, hidden_states, position_embeddings=None, past_key_value=None):
         batch, frames, tokens, _ = hidden_states.shape
