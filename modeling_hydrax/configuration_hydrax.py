@@ -1,16 +1,13 @@
 """Configuration of Hydra-X, the unified model: a Qwen2.5 LLM over Hydra-XTok semantic features, with a flow head."""
 
-import json
-from pathlib import Path
+import copy
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .configuration_hydrax_presets import HYDRAX_PRESETS, preset_kwargs
 from .configuration_hydrax_tok import HydraXTokConfig
-
-
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @strict
@@ -72,6 +69,10 @@ class HydraXConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # Work on copies: the caller's sub-configs (e.g. a tokenizer config still used to save that tokenizer) must
+        # keep their values, such as `use_decompressor`, which the unified model turns off.
+        self.text_config = copy.deepcopy(self.text_config)
+        self.vision_config = copy.deepcopy(self.vision_config)
         super().__post_init__(**kwargs)
         if self.vision_config.use_decompressor:
             self.vision_config.use_decompressor = False
@@ -87,17 +88,12 @@ class HydraXConfig(PreTrainedConfig):
 
     @classmethod
     def available_presets(cls) -> list[str]:
-        return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+        return sorted(HYDRAX_PRESETS)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "HydraXConfig":
         """The configuration of a named preset: `hydrax-7b`, `hydrax-1.5b` or `tiny` (for tests)."""
-        path = PRESETS_DIR / f"{name}.json"
-        if not path.is_file():
-            raise ValueError(f"Unknown preset {name!r}; available presets: {cls.available_presets()}.")
-        kwargs = json.loads(path.read_text())
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(**{**preset_kwargs(name), **overrides})
 
 
 __all__ = ["HydraXConfig"]

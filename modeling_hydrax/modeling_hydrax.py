@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -47,7 +48,8 @@ class HydraXCausalLMOutputWithPast(ModelOutput):
     loss (`torch.FloatTensor`): `lm_loss_weight · lm_loss + flow_loss_weight · flow_loss` over the parts present.
     lm_loss (`torch.FloatTensor`): next-token prediction loss on text labels.
     flow_loss (`torch.FloatTensor`): rectified-flow velocity MSE on the generation targets' latent tokens.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
+    logits (`torch.FloatTensor` of shape `(batch_size, kept_positions, vocab_size)`): next-token logits where
+        `forward` computed them (see its docstring: not for labelled training batches unless asked).
     velocity (`torch.FloatTensor` of shape `(batch_size, latent_channels, frames, h, w)`): predicted velocity of the
         generation targets.
     cache (`Cache`): the LLM key/value cache.
@@ -120,6 +122,11 @@ class HydraXTimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(features)))
 
 
+class HydraXAdaLNModulation(nn.Linear):
+    """The Linear that turns the timestep condition into AdaLN shifts, scales and gates. It starts at zero (DiT's
+    AdaLN-Zero, see `HydraXPreTrainedModel._init_weights`), so a fresh flow-head block is an identity residual."""
+
+
 class HydraXFlowHeadBlock(nn.Module):
     """Residual MLP block whose LayerNorm shift/scale and residual gate are modulated by the timestep (AdaLN)."""
 
@@ -127,7 +134,7 @@ class HydraXFlowHeadBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.modulation = nn.Linear(width, 3 * width)
+        self.modulation = HydraXAdaLNModulation(width, 3 * width)
 
     def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.modulation(F.silu(condition)).chunk(3, dim=-1)
@@ -144,7 +151,7 @@ class HydraXFlowHead(nn.Module):
         self.time_embedding = HydraXTimestepEmbedding(config.timestep_embedding_dim, width)
         self.blocks = nn.ModuleList([HydraXFlowHeadBlock(width) for _ in range(config.flow_head_num_layers)])
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Linear(width, 2 * width)
+        self.final_modulation = HydraXAdaLNModulation(width, 2 * width)
         self.out_proj = nn.Linear(width, config.vision_config.latent_channels)
 
     def forward(self, hidden_states: torch.Tensor, timesteps: torch.Tensor, latent_shape) -> torch.Tensor:
@@ -166,10 +173,18 @@ class HydraXPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HydraXTokBlock", "Qwen2DecoderLayer", "HydraXFlowHead"]
-    _skip_keys_device_placement = "cache"
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # AdaLN-Zero (DiT): the flow head's modulations start at zero, so every block starts as an identity residual
+        # (closed gate) and the output normalisation unmodulated; the head learns how much t should steer it.
+        if isinstance(module, HydraXAdaLNModulation):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
 
 
 class HydraXModel(HydraXPreTrainedModel):
@@ -407,29 +422,40 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         return torch.where(before_target & ~keep, torch.full_like(input_ids, config.pad_token_id), input_ids)
 
     def _generation_masks(self, input_ids, with_source, num_target_tokens=None, target_mask=None):
-        """Token masks of the generation target (each sample's last visual block, or the block `target_mask`
-        marks) and of the edit source (the block before it)."""
+        """Token masks of the generation targets and of their edit sources, and the rows that hold a target.
+
+        Without `target_mask` every sample's last visual block is its target. With it, a sample's target is the
+        last block `target_mask` marks (earlier marked blocks, e.g. images of earlier assistant turns, are clean
+        context) and a sample with no mark has no target. An edit's source is the block right before its target.
+        """
         block_ids = self.model.visual_block_ids(input_ids)
         marked = block_ids if target_mask is None else block_ids.masked_fill(~target_mask.bool(), -1)
         last = marked.max(dim=1, keepdim=True).values
-        if bool((last < 0).any()):
+        if target_mask is None and bool((last < 0).any()):
             raise ValueError(
                 "A generation target needs a visual placeholder block (<|vision_start|> + pads) in every sample's "
                 "text; build the prompt with HydraXProcessor's generation template."
             )
-        target = block_ids == last
+        rows = (last >= 0).squeeze(1)
+        target = (block_ids == last) & rows[:, None]
         source = (block_ids == last - 1) & (last >= 1) if with_source else None
-        if num_target_tokens is not None and bool((target.sum(dim=1) != num_target_tokens).any()):
+        if not bool(rows.any()):
+            raise ValueError(
+                "`target_mask` marks no generation target in any sample, but generation targets were given."
+            )
+        counts = target.sum(dim=1)[rows]
+        if num_target_tokens is not None and bool((counts != num_target_tokens).any()):
             raise ValueError(
                 f"Each sample's generation block must hold {num_target_tokens} placeholder tokens (the target's "
-                f"latent frames × h × w), got {target.sum(dim=1).tolist()}; size the block from the target's grid."
+                f"latent frames × h × w), got {counts.tolist()}; size the block from the target's grid."
             )
-        return target, source
+        return target, source, rows
 
     def _split_targets(self, input_ids, target_mask, pixel_values, pixel_values_videos):
         """HydraXProcessor puts training targets among the inputs (`pixel_values` / `pixel_values_videos`, in text
-        order) and marks their blocks with `target_mask`: take them out as generation targets. An image block right
-        before a target image in the same sample is that target's edit source."""
+        order) and marks their blocks with `target_mask`: take them out as generation targets. A sample's target is
+        its last marked block (earlier ones stay clean context); a sample without a mark has none. An image of the
+        target's size right before a target image in the same sample is that target's edit source."""
         image_token = self.config.image_token_id
         block_ids = self.model.visual_block_ids(input_ids)
         pools = {
@@ -439,24 +465,32 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         clean = {True: [], False: []}
         targets, sources = [], []
         for row, blocks, marks in zip(input_ids, block_ids, target_mask.bool()):
-            marked = blocks[marks & (blocks >= 0)].unique()
-            if marked.numel() != 1:
-                raise ValueError(f"Each sample needs exactly one generation target block, got {marked.numel()}.")
-            is_image = {int(b): bool(row[blocks == b][0] == image_token) for b in blocks[blocks >= 0].unique()}
-            for block, image in is_image.items():
+            items = {}
+            for block in blocks[blocks >= 0].unique().tolist():
+                image = bool(row[blocks == block][0] == image_token)
                 if not pools[image]:
                     raise ValueError("The text has more visual blocks than images and videos were given.")
-                item = pools[image].pop(0)
-                if block == int(marked):
-                    targets.append(item)
-                elif block == int(marked) - 1 and image and is_image[int(marked)]:
-                    sources.append(item)
-                else:
-                    clean[image].append(item)
+                items[block] = (image, pools[image].pop(0))
+            marked = blocks[marks & (blocks >= 0)]
+            if marked.numel():
+                target_block = int(marked.max())
+                target_is_image, target = items.pop(target_block)
+                targets.append(target)
+                source_is_image, source = items.get(target_block - 1, (False, None))
+                if target_is_image and source_is_image and source.shape == target.shape:
+                    sources.append(items.pop(target_block - 1)[1])
+            for image, item in items.values():
+                clean[image].append(item)
         if sources and len(sources) != len(targets):
             raise ValueError(
-                f"{len(sources)} of {len(targets)} samples are edits; put editing and generation samples in "
-                "separate batches."
+                f"{len(sources)} of {len(targets)} generation samples are edits; put editing and text-to-image "
+                "samples in separate batches."
+            )
+        shapes = sorted({tuple(target.shape) for target in targets})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"The generation targets of one batch must share a size, got {shapes}; batch targets of one "
+                "resolution and frame count together."
             )
         return batch_or_list(clean[True]), batch_or_list(clean[False]), torch.stack(targets), batch_or_list(sources)
 
@@ -479,7 +513,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         target_grid_thw: torch.Tensor | None = None,
         **kwargs,
@@ -487,15 +521,26 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
 
         Generation targets (`target_pixel_values` `[B, 3, H, W]` / `[B, 3, 1+T, H, W]`, or already-encoded
-        `target_latents`) fill each sample's last visual block; an edit source (`source_pixel_values`, one image per
-        sample) fills the block before it; HydraXProcessor's `target_mask` (1 on target placeholders) may mark the
-        target instead. `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed:
-        modalities and sizes follow from the placeholder tokens and the pixels. The target is noised with the
-        rectified-flow schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the
-        resolution shift), and while training each sample's text is dropped with probability
-        `config.text_dropout_prob`. Visual placeholders never count in the LM loss.
+        `target_latents` `[B, C, h, w]` / `[B, C, F, h, w]`) fill each sample's last visual block; an edit source
+        (`source_pixel_values`, one image per sample) fills the block before it. HydraXProcessor's `target_mask`
+        (1 on target placeholders) may mark the targets instead: then a sample's target is its last marked block,
+        earlier marked blocks are clean context, and samples without a mark (understanding samples) have no target,
+        so one batch can mix understanding and generation; the flow loss averages over the samples with a target.
+        `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
+        sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
+        schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift), and
+        while training each generation sample's text is dropped with probability `config.text_dropout_prob`; dropped
+        tokens and visual placeholders never count in the LM loss.
+
+        The LM head runs only where it is needed: with `labels`, on the positions that predict a label (`logits` is
+        then `None` unless `logits_to_keep` asks for it); without labels, on every position of an understanding
+        batch and on none of a batch with generation targets (1.2 GB of bf16 logits per 1024² image at Qwen2.5's
+        vocabulary). `logits_to_keep` (an int: the last n positions, 0 for all; or a 1-D tensor of positions) always
+        returns those logits.
         """
-        # 1. Noise the generation target (and encode the edit source)
+        # 1. Noise the generation targets (and encode the edit sources)
+        if target_mask is not None and not bool(target_mask.any()):
+            target_mask = None  # a collated batch without generation samples
         if target_mask is not None and target_pixel_values is None and target_latents is None:
             pixel_values, pixel_values_videos, target_pixel_values, source_pixel_values = self._split_targets(
                 input_ids, target_mask, pixel_values, pixel_values_videos
@@ -503,22 +548,37 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         generation_embeds = generation_mask = velocity_target = None
         has_target = target_pixel_values is not None or target_latents is not None
         if has_target:
-            z0 = target_latents if target_latents is not None else self.model.encode_latents(target_pixel_values)
+            if target_latents is not None:
+                z0 = self.model.vision_tower._check_latents(target_latents, "target_latents")
+            else:
+                z0 = self.model.encode_latents(target_pixel_values)
             batch, num_tokens = z0.shape[0], z0[0, 0].numel()
+            source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
+            target_mask, source_mask, target_rows = self._generation_masks(
+                input_ids, source is not None, num_tokens, target_mask
+            )
+            if int(target_rows.sum()) != batch:
+                raise ValueError(
+                    f"{batch} generation targets were given for {int(target_rows.sum())} samples with a target "
+                    "block; give one target per sample that has one."
+                )
             if timesteps is None:
                 timesteps = self.sample_timesteps(batch, num_tokens, z0.device)
             noise = torch.randn_like(z0) if noise is None else noise
             t = timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
             noisy = (1 - t) * z0 + t * noise
             velocity_target = noise - z0
-            source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
             source_embeds, target_embeds = self.model.embed_noisy_latents(noisy, timesteps, source)
-            target_mask, source_mask = self._generation_masks(input_ids, source is not None, num_tokens, target_mask)
             generation_mask = target_mask if source is None else target_mask | source_mask
             generation_embeds = target_embeds if source is None else torch.cat([source_embeds, target_embeds], 1)
             if self.training and self.config.text_dropout_prob > 0:
-                drop = torch.rand(batch, 1, device=input_ids.device) < self.config.text_dropout_prob
-                input_ids = torch.where(drop, self.unconditional_input_ids(input_ids), input_ids)
+                drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.text_dropout_prob
+                dropped = torch.where(
+                    (drop & target_rows)[:, None], self.unconditional_input_ids(input_ids), input_ids
+                )
+                if labels is not None:  # a dropped token is no longer in the input: never a label either
+                    labels = labels.masked_fill(dropped != input_ids, -100)
+                input_ids = dropped
 
         # 2. Run the LLM over text, clean visual blocks and the noisy target
         outputs = self.model(
@@ -537,17 +597,32 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
 
-        # 3. Heads and losses
-        velocity = flow_loss = lm_loss = None
+        # 3. Heads and losses: the LM head runs only where a label or `logits_to_keep` needs it
+        velocity = flow_loss = lm_loss = logits = None
         if has_target:
             target_hidden = hidden_states[target_mask].view(batch, num_tokens, -1)
             velocity = self.model.flow_head(target_hidden, timesteps, z0.shape)
             flow_loss = F.mse_loss(velocity.float(), velocity_target.float())
-        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-        logits = self.lm_head(hidden_states[:, keep])
+        if logits_to_keep is None and labels is None and not has_target:
+            logits_to_keep = 0
+        if logits_to_keep is not None:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep])
         if labels is not None:
             labels = labels.masked_fill(outputs.visual_block_ids >= 0, -100)
-            lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+            next_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            scored = next_labels != -100
+            scored_logits = self.lm_head(hidden_states[scored])
+            lm_loss = (
+                self.loss_function(
+                    logits=scored_logits,
+                    labels=None,
+                    shift_labels=next_labels[scored],
+                    vocab_size=self.config.text_config.vocab_size,
+                )
+                if bool(scored.any())
+                else scored_logits.sum()  # nothing to score (e.g. all text dropped): zero, still in the graph
+            )
         parts = [(self.config.lm_loss_weight, lm_loss), (self.config.flow_loss_weight, flow_loss)]
         present = [weight * value for weight, value in parts if value is not None]
         loss = sum(present) if present else None
@@ -582,7 +657,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             semantic = self.model.vision_tower.get_semantic_features(source_latents)
             source_cache = semantic.cache
             generation_embeds = self.model.projector(semantic.last_hidden_state)
-            generation_mask, _ = self._generation_masks(input_ids, with_source=False)
+            generation_mask, _, _ = self._generation_masks(input_ids, with_source=False)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -50,8 +50,12 @@ def test_understanding_generation_and_edit_outputs(model):
     with torch.no_grad():
         ids = understanding_ids(config)
         out = model(input_ids=ids, pixel_values=image(), labels=ids)
-        assert out.logits.shape == (1, ids.shape[1], config.text_config.vocab_size)
+        assert out.logits is None, "a labelled batch computes logits only for its loss"
         assert out.flow_loss is None and out.loss == out.lm_loss
+        full = (1, ids.shape[1], config.text_config.vocab_size)
+        assert model(input_ids=ids, pixel_values=image()).logits.shape == full
+        assert model(input_ids=ids, pixel_values=image(), labels=ids, logits_to_keep=0).logits.shape == full
+        assert model(input_ids=ids, pixel_values=image(), logits_to_keep=torch.tensor([0, 3])).logits.shape[1] == 2
         gen = model(input_ids=t2i_ids(config), target_pixel_values=image(), labels=t2i_ids(config))
         assert gen.velocity.shape == (1, 8, 1, 2, 2)
         torch.testing.assert_close(gen.loss, gen.lm_loss + gen.flow_loss)
@@ -63,6 +67,10 @@ def test_understanding_generation_and_edit_outputs(model):
 
 
 def test_save_and_auto_load_round_trip(model, tmp_path):
+    model = tiny_hydrax()
+    with torch.no_grad():  # trained-looking flow-head modulations: loading must not re-apply AdaLN-Zero
+        for block in model.model.flow_head.blocks:
+            block.modulation.weight.normal_(std=0.02)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["auto_map"]["AutoModel"].endswith("HydraXForConditionalGeneration")
@@ -78,7 +86,7 @@ def test_save_and_auto_load_round_trip(model, tmp_path):
         assert type(loaded) is HydraXForConditionalGeneration
         with torch.no_grad():
             t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
-            kwargs = dict(input_ids=t2i_ids(model.config), target_pixel_values=image(), timesteps=t, noise=noise)
+            kwargs = dict(input_ids=t2i_ids(model.config), timesteps=t, noise=noise, logits_to_keep=0)
             torch.manual_seed(1)
             kwargs["target_pixel_values"] = image()
             a, b = model(**kwargs), loaded(**kwargs)
@@ -93,7 +101,7 @@ def test_remote_code_route_matches_installed(model, tmp_path):
     inputs = {"input_ids": t2i_ids(config), "target_pixel_values": image(), "timesteps": t, "noise": noise}
     save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
     with torch.no_grad():
-        expected = model(**inputs)
+        expected = model(**inputs, logits_to_keep=0)
     script = textwrap.dedent(
         f"""
         import sys, torch
@@ -102,8 +110,11 @@ def test_remote_code_route_matches_installed(model, tmp_path):
         model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert "modeling_hydrax" not in sys.modules and "processing_hydrax" not in sys.modules
         inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
+        preset = type(model.config).from_preset("tiny")  # presets ship with the remote code
+        assert preset.text_config.vocab_size == model.config.text_config.vocab_size
+        assert preset.vision_config.hidden_size == model.config.vision_config.hidden_size
         with torch.no_grad():
-            out = model(**inputs)
+            out = model(**inputs, logits_to_keep=0)
         save_file({{"logits": out.logits, "velocity": out.velocity}}, {str(tmp_path / "out.safetensors")!r})
         print(type(model).__module__)
         """
@@ -178,8 +189,8 @@ def test_noisy_target_never_leaks_into_earlier_text(model):
     config = model.config
     ids = t2i_ids(config)
     with torch.no_grad():
-        a = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.5]))
-        b = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.9]))
+        a = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.5]), logits_to_keep=0)
+        b = model(input_ids=ids, target_pixel_values=image(), timesteps=torch.tensor([0.9]), logits_to_keep=0)
     start = int((ids[0] == config.vision_start_token_id).nonzero()[0])
     assert torch.equal(a.logits[:, : start + 1], b.logits[:, : start + 1])
     assert not torch.allclose(a.velocity, b.velocity)
@@ -202,9 +213,20 @@ def _task_inputs(config, task):
     )
 
 
+def open_adaln_gates(model):
+    """A fresh flow head's AdaLN-Zero gates are closed, so its block MLPs get no gradient until the first step
+    opens them; open them as training does, so every path carries gradient."""
+    with torch.no_grad():
+        head = model.model.flow_head
+        for modulation in [*(block.modulation for block in head.blocks), head.final_modulation]:
+            for param in modulation.parameters():
+                param.normal_(std=0.02)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_gradients_reach_every_trainable_module(task):
     model = tiny_hydrax(text_dropout_prob=0.0).train()
+    open_adaln_gates(model)
     out = model(**_task_inputs(model.config, task))
     out.loss.backward()
     unused = ("model.flow_head", "model.timestep_embedding") if task == "understanding" else ()
@@ -265,10 +287,16 @@ def test_batch_equals_items_one_by_one(model):
     z0 = torch.randn(2, 8, 1, 2, 2)
     t, noise = fixed_noise(model, z0.shape, 2)
     with torch.no_grad():
-        batched = model(input_ids=ids, attention_mask=mask, target_latents=z0, timesteps=t, noise=noise)
+        batched = model(
+            input_ids=ids, attention_mask=mask, target_latents=z0, timesteps=t, noise=noise, logits_to_keep=0
+        )
         for i, item in enumerate((torch.tensor([short]), torch.tensor([long]))):
             single = model(
-                input_ids=item, target_latents=z0[i : i + 1], timesteps=t[i : i + 1], noise=noise[i : i + 1]
+                input_ids=item,
+                target_latents=z0[i : i + 1],
+                timesteps=t[i : i + 1],
+                noise=noise[i : i + 1],
+                logits_to_keep=0,
             )
             torch.testing.assert_close(batched.velocity[i : i + 1], single.velocity, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(
@@ -381,6 +409,7 @@ def test_device_map_auto_places_tiny_model(model, tmp_path):
 
 def test_gradient_checkpointing_gives_same_gradients():
     model = tiny_hydrax(text_dropout_prob=0.0).train()
+    open_adaln_gates(model)
     inputs = _task_inputs(model.config, "editing")
     t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
     model(**inputs, timesteps=t, noise=noise).loss.backward()
@@ -393,3 +422,87 @@ def test_gradient_checkpointing_gives_same_gradients():
     for name, param in model.named_parameters():
         if name in reference:
             torch.testing.assert_close(param.grad, reference[name], rtol=1e-4, atol=1e-6)
+
+
+def test_flow_head_starts_as_adaln_zero(model):
+    head = model.model.flow_head
+    hidden = torch.randn(2, IMAGE_TOKENS, model.config.text_config.hidden_size)
+    t = torch.tensor([0.2, 0.9])
+    condition = head.time_embedding(t)[:, None]
+    x = head.input_proj(hidden)
+    with torch.no_grad():
+        for block in head.blocks:
+            assert torch.equal(block(x, condition), x), "a fresh block must be an identity residual (closed gate)"
+        expected = head.out_proj(head.final_norm(x)).transpose(1, 2).reshape(2, 8, 1, 2, 2)
+        torch.testing.assert_close(head(hidden, t, (2, 8, 1, 2, 2)), expected)
+
+
+def test_config_never_changes_the_callers_tokenizer_config(tmp_path):
+    from conftest import tiny_tok_config
+
+    from modeling_hydrax import HydraXTokModel
+
+    tokenizer = HydraXTokModel(tiny_tok_config(use_decompressor=True))
+    config = HydraXConfig(text_config=HydraXConfig.from_preset("tiny").text_config, vision_config=tokenizer.config)
+    assert not config.vision_config.use_decompressor and tokenizer.config.use_decompressor
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = HydraXTokModel.from_pretrained(tmp_path)
+    assert reloaded.decompressor is not None, "the Decompressor's weights must survive a save after HydraXConfig"
+    for (name, saved), (_, loaded) in zip(tokenizer.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(saved, loaded), name
+
+
+def test_skip_keys_device_placement_names_whole_keys(model):
+    assert model._skip_keys_device_placement == {"cache"}, "a string would become a set of its characters"
+
+
+def test_target_latents_accept_images_without_a_frame_axis(model):
+    ids = t2i_ids(model.config)
+    z0 = torch.randn(1, 8, 1, 2, 2)
+    t, noise = fixed_noise(model, z0.shape, 1)
+    with torch.no_grad():
+        five = model(input_ids=ids, target_latents=z0, timesteps=t, noise=noise)
+        four = model(input_ids=ids, target_latents=z0[:, :, 0], timesteps=t, noise=noise)
+        assert torch.equal(five.velocity, four.velocity) and torch.equal(five.flow_loss, four.flow_loss)
+        with pytest.raises(ValueError, match=r"`target_latents` must be \[B, 8, frames, h, w\], got \(1, 3, 1, 2"):
+            model(input_ids=ids, target_latents=torch.randn(1, 3, 2, 2))
+
+
+def test_text_dropout_removes_dropped_tokens_from_the_lm_loss():
+    model = tiny_hydrax(text_dropout_prob=0.999999).train()
+    ids = t2i_ids(model.config, prompt=(5, 6, 7, 8, 9))
+    fixed = dict(target_pixel_values=image(), timesteps=torch.tensor([0.5]), noise=torch.zeros(1, 8, 1, 2, 2))
+    dropped = model(input_ids=ids, labels=ids, **fixed)
+    model.config.text_dropout_prob = 0.0
+    uncond = model.unconditional_input_ids(ids)
+    expected = model(input_ids=uncond, labels=ids.masked_fill(uncond != ids, -100), **fixed)
+    leaky = model(input_ids=uncond, labels=ids, **fixed)
+    torch.testing.assert_close(dropped.lm_loss, expected.lm_loss)
+    assert not torch.allclose(dropped.lm_loss, leaky.lm_loss), "pads must not learn to predict the caption"
+    caption_only = torch.full_like(ids, -100)
+    caption_only[0, :5] = ids[0, :5]
+    model.config.text_dropout_prob = 0.999999
+    nothing_left = model(input_ids=ids, labels=caption_only, **fixed)
+    assert nothing_left.lm_loss == 0 and torch.isfinite(nothing_left.loss)
+    nothing_left.loss.backward()
+
+
+def test_lm_head_runs_only_where_needed(model):
+    config = model.config
+    ids = t2i_ids(config)
+    fixed = dict(target_pixel_values=image(), timesteps=torch.tensor([0.5]), noise=torch.randn(1, 8, 1, 2, 2))
+    rows = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1].numel()))
+    try:
+        with torch.no_grad():
+            labelled = model(input_ids=ids, labels=ids, **fixed)
+            assert rows == [4], "3 prompt tokens predict the next one and the last target token predicts vision_end"
+            model(input_ids=ids, **fixed)
+            assert rows == [4], "a generation batch without labels needs no logits"
+            full = model(input_ids=ids, labels=ids, logits_to_keep=0, **fixed)
+    finally:
+        handle.remove()
+    masked = ids.masked_fill(model.model.visual_block_ids(ids) >= 0, -100)
+    reference = model.loss_function(logits=full.logits, labels=masked, vocab_size=config.text_config.vocab_size)
+    torch.testing.assert_close(labelled.lm_loss, reference)
+    torch.testing.assert_close(full.lm_loss, reference)

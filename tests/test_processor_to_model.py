@@ -71,12 +71,3 @@ def test_edit_training_batch(processor):
     explicit = {"target_pixel_values": pixels[1::2], "source_pixel_values": pixels[0::2]}
     run_both_ways(model, inputs, explicit)
 
-
-def test_target_count_errors(processor):
-    model = tiny_hydrax()
-    conversation = [{"role": "user", "content": [{"type": "image", "image": pictures(1)[0]}]}]
-    inputs = processor.apply_chat_template(
-        conversation, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs={"images_kwargs": SIZE}
-    )
-    with pytest.raises(ValueError, match="exactly one generation target"):
-        model(**inputs, target_mask=torch.zeros_like(inputs["input_ids"]))

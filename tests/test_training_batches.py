@@ -1,0 +1,114 @@
+"""Training batches as a data mixture builds them with HydraXProcessor: multi-turn conversations whose earlier turns
+hold images, and batches that mix understanding samples (no target) with generation samples."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_hydrax
+
+from processing_hydrax import HydraXImageProcessor, HydraXProcessor, HydraXVideoProcessor, build_tiny_qwen2_tokenizer
+
+
+SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 32 * 32}}}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return HydraXProcessor(HydraXImageProcessor(), build_tiny_qwen2_tokenizer(), HydraXVideoProcessor())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_hydrax()
+
+
+def pictures(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def chat(processor, conversations):
+    return processor.apply_chat_template(
+        conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs=SIZE
+    )
+
+
+def fixed_flow(samples):
+    generator = torch.Generator().manual_seed(0)
+    return dict(timesteps=torch.rand(samples, generator=generator), noise=torch.randn(samples, 8, 1, 2, 2))
+
+
+def understanding(image):
+    return [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a cat"}]},
+    ]
+
+
+def text_to_image(image):
+    return [
+        {"role": "user", "content": [{"type": "text", "text": "Draw a cat"}]},
+        {"role": "assistant", "content": [{"type": "image", "image": image}]},
+    ]
+
+
+def test_earlier_assistant_image_is_context_and_the_last_one_the_target(model, processor):
+    first, second = pictures(2)
+    conversation = text_to_image(first) + [
+        {"role": "user", "content": [{"type": "text", "text": "Now make it darker"}]},
+        {"role": "assistant", "content": [{"type": "image", "image": second}]},
+    ]
+    inputs = chat(processor, conversation)
+    assert int(inputs["target_mask"].sum()) == 8, "the processor marks both assistant images"
+    flow = fixed_flow(1)
+    pixels = inputs["pixel_values"]
+    with torch.no_grad():
+        out = model(**inputs, **flow)
+        # The earlier image is the block right before the target and has its size: the target's edit source.
+        explicit = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            target_pixel_values=pixels[1:],
+            source_pixel_values=pixels[:1],
+            **flow,
+        )
+    assert out.velocity.shape == (1, 8, 1, 2, 2)
+    torch.testing.assert_close(out.velocity, explicit.velocity)
+    torch.testing.assert_close(out.flow_loss, explicit.flow_loss)
+
+
+def test_batch_mixing_understanding_and_generation_equals_each_sample_alone(model, processor):
+    seen, drawn = pictures(2, seed=1)
+    batch = chat(processor, [understanding(seen), text_to_image(drawn)])
+    assert batch["target_mask"].sum(dim=1).tolist() == [0, 4]
+    flow = fixed_flow(1)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        mixed = model(**batch, labels=labels, logits_to_keep=0, **flow)
+        alone_understanding = model(**chat(processor, [understanding(seen)]), logits_to_keep=0)
+        alone_generation = model(**chat(processor, [text_to_image(drawn)]), **flow)
+    assert mixed.velocity.shape == (1, 8, 1, 2, 2), "only the generation sample has a target"
+    torch.testing.assert_close(mixed.velocity, alone_generation.velocity, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed.flow_loss, alone_generation.flow_loss, rtol=1e-4, atol=1e-6)
+    rows = batch["attention_mask"][0].bool()
+    torch.testing.assert_close(mixed.logits[0, rows], alone_understanding.logits[0], rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(mixed.lm_loss)
+
+
+def test_a_collated_batch_without_targets_is_an_understanding_batch(model, processor):
+    batch = chat(processor, [understanding(image) for image in pictures(2)])
+    with torch.no_grad():
+        plain = model(**batch, logits_to_keep=0)
+        zeros = model(**batch, target_mask=torch.zeros_like(batch["input_ids"]), logits_to_keep=0)
+    assert plain.velocity is None and zeros.velocity is None
+    torch.testing.assert_close(plain.logits, zeros.logits)
+
+
+def test_explicit_targets_must_match_the_marked_samples(model, processor):
+    batch = chat(processor, [understanding(pictures(1)[0]), text_to_image(pictures(1)[0])])
+    with pytest.raises(ValueError, match="2 generation targets were given for 1 samples with a target block"):
+        model(
+            input_ids=batch["input_ids"],
+            target_mask=batch["target_mask"],
+            target_pixel_values=torch.rand(2, 3, 32, 32) * 2 - 1,
+        )
