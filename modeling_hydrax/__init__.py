@@ -1,5 +1,6 @@
 """Hydra-X modeling: the Hydra-XTok visual tokenizer and the unified model, registered with transformers' Auto* classes
-on import; saved checkpoints carry this code (`auto_map`) for `trust_remote_code=True` loading."""
+on import (together with the processors of `processing_hydrax`); saved checkpoints carry this code (`auto_map`) for
+`trust_remote_code=True` loading."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
@@ -16,6 +17,12 @@ AutoModel.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
 HydraXConfig.register_for_auto_class()
 HydraXForConditionalGeneration.register_for_auto_class("AutoModel")
+HydraXTokConfig.register_for_auto_class()
+HydraXTokModel.register_for_auto_class("AutoModel")
+
+# The processors register themselves (with this package's HydraXConfig) on import: either package is enough.
+import processing_hydrax  # noqa: E402, F401
+
 
 __all__ = [
     "HydraXConfig",

@@ -7,6 +7,7 @@ to those of the frame just before it, computed block-sparse (frames folded into 
 the `causal` ablation mode is block-sparse too (each frame against its key prefix).
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,11 +16,25 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hydrax_tok import HydraXTokConfig
+
+
+logger = logging.get_logger(__name__)
+
+# A unified Hydra-X checkpoint (`HydraXConfig`, model_type "hydrax") keeps the tokenizer under this prefix; once the
+# tower's keys are renamed, what still starts with `model.` or `lm_head.` is the LLM, projector and flow head.
+UNIFIED_MODEL_TYPE = "hydrax"
+UNIFIED_VISION_TOWER_PREFIX = "model.vision_tower."
+UNIFIED_OTHER_PARTS = re.compile(r"(model|lm_head)\.")
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
 # Modules each training stage of the paper trains (stage 1: everything; 2: decoder with the GAN loss;
@@ -91,11 +106,19 @@ class HydraXTokEncoderOutput(ModelOutput):
     latents (`torch.Tensor` of shape `(batch_size, latent_channels, 1 + T/4, H/16, W/16)`): normalised latents.
     latent_dist (`HydraXTokDiagonalGaussian`): the un-normalised posterior.
     cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    hidden_states (`tuple[torch.Tensor]`, *optional*, with `output_hidden_states=True`): the Gen-ViT's input and
+        the output of each of its blocks, `[batch_size, frames, h * w, hidden_size]` at the block's frame rate
+        (before the second temporal fold: 1 + T/2 frames under hierarchical compression); with `chunk_frames`, the
+        first chunk's input, then each chunk's block outputs in turn.
+    attentions (`tuple[torch.Tensor]`, *optional*, with `output_attentions=True`): each Gen-ViT block's attention
+        weights in the block-sparse layout described in [`HydraXTokAttention`].
     """
 
     latents: torch.Tensor | None = None
     latent_dist: HydraXTokDiagonalGaussian | None = None
     cache: HydraXTokFrameCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -103,10 +126,16 @@ class HydraXTokDecoderOutput(ModelOutput):
     """
     sample (`torch.Tensor` of shape `(batch_size, 3, frames, H, W)`): decoded pixels in [-1, 1] (not clamped).
     cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    hidden_states (`tuple[torch.Tensor]`, *optional*, with `output_hidden_states=True`): the decoder's input and the
+        output of each of its blocks, `[batch_size, frames, h * w, decoder_hidden_size]` at the block's frame rate.
+    attentions (`tuple[torch.Tensor]`, *optional*, with `output_attentions=True`): each decoder block's attention
+        weights in the block-sparse layout described in [`HydraXTokAttention`].
     """
 
     sample: torch.Tensor | None = None
     cache: HydraXTokFrameCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -115,10 +144,17 @@ class HydraXTokSemanticOutput(ModelOutput):
     last_hidden_state (`torch.Tensor` of shape `(batch_size, latent_frames * h * w, hidden_size)`): Sem-ViT features,
         frame-major; in editing mode the source's `h * w` tokens come first.
     cache (`HydraXTokFrameCache`): the cache after the last frame (e.g. the edit source, reused every step).
+    hidden_states (`tuple[torch.Tensor]`, *optional*, with `output_hidden_states=True`): the Sem-ViT's input and the
+        output of each of its blocks, `[batch_size, latent_frames, h * w, hidden_size]` (the last one before
+        `post_layernorm`, as in SigLIP 2).
+    attentions (`tuple[torch.Tensor]`, *optional*, with `output_attentions=True`): each Sem-ViT block's attention
+        weights in the block-sparse layout described in [`HydraXTokAttention`].
     """
 
     last_hidden_state: torch.Tensor | None = None
     cache: HydraXTokFrameCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -132,6 +168,10 @@ class HydraXTokOutput(ModelOutput):
         frame's semantic features projected to the image teacher's width.
     video_distill_features (`torch.Tensor` of shape `(batch_size, T * h * w, video_teacher_hidden_size)`): the
         Decompressor's output for frames 1..T; `None` for images.
+    encoder_hidden_states / semantic_hidden_states / decoder_hidden_states (`tuple[torch.Tensor]`, *optional*):
+        with `output_hidden_states=True`, the `hidden_states` of `encode`, `get_semantic_features` and `decode`.
+    encoder_attentions / semantic_attentions / decoder_attentions (`tuple[torch.Tensor]`, *optional*): with
+        `output_attentions=True`, their `attentions`.
     """
 
     reconstruction: torch.Tensor | None = None
@@ -140,6 +180,12 @@ class HydraXTokOutput(ModelOutput):
     semantic_features: torch.Tensor | None = None
     image_distill_features: torch.Tensor | None = None
     video_distill_features: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    semantic_hidden_states: tuple[torch.Tensor, ...] | None = None
+    semantic_attentions: tuple[torch.Tensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +240,15 @@ def eager_attention_forward(
 
 
 class HydraXTokAttention(nn.Module):
-    """Multi-head attention over latent frames `[B, F, N, D]` in tubelet, causal or full mode."""
+    """Multi-head attention over latent frames `[B, F, N, D]` in tubelet, causal or full mode.
+
+    Returns the output, the attention weights (only with `output_attentions=True`, else `None`) and the keys/values
+    to carry to the next chunk. Weights are computed by the eager path (sdpa and flash return none, so a call that
+    asks for them falls back to eager) and laid out per query frame, `[B, F, heads, N, K]`:
+    `tubelet`: K = 2N, the `[previous frame, own frame]` keys (the clip's anchor has no previous frame: its first N
+    columns are 0); `causal`: K = (cached + F)·N, all keys of the cached and current frames, 0 after the query's own
+    frame; `full`: K = F·N, every key of the clip. Each row sums to 1.
+    """
 
     def __init__(self, config: HydraXTokConfig, hidden_size: int, num_heads: int):
         super().__init__()
@@ -208,17 +262,33 @@ class HydraXTokAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=config.attention_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def _attend(self, query, key, value):
+    def _attend(self, query, key, value, output_attentions: bool = False):
         """`[b, H, n, d]` queries against all `[b, H, m, d]` keys (every mode's sparsity is in what it passes in)
-        → `[b, n, H, d]`."""
-        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        → (`[b, n, H, d]`, `[b, H, n, m]` weights or `None`)."""
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            logger.warning_once(
+                f"`output_attentions=True` needs the attention weights, which attn_implementation={implementation!r} "
+                "does not return: falling back to eager attention for those calls. Load the model with "
+                "`attn_implementation='eager'` to silence this warning."
+            )
+            implementation = "eager"
+        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         dropout = self.config.attention_dropout if self.training else 0.0
-        return interface(self, query, key, value, None, scaling=self.scaling, dropout=dropout, is_causal=False)[0]
+        output, weights = interface(
+            self, query, key, value, None, scaling=self.scaling, dropout=dropout, is_causal=False
+        )
+        return output, weights if output_attentions else None
 
-    def forward(self, hidden_states, position_embeddings=None, past_key_value=None):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
         batch, frames, tokens, _ = hidden_states.shape
+        output_attentions = bool(kwargs.get("output_attentions", self.config.output_attentions))
         shape = (batch, frames, tokens, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(2, 3)
         key = self.k_proj(hidden_states).view(shape).transpose(2, 3)
@@ -230,7 +300,7 @@ class HydraXTokAttention(nn.Module):
 
         mode = self.config.attention_mode
         if mode == "tubelet":
-            attn_output = self._tubelet(query, key, value, past_key_value)
+            attn_output, attn_weights = self._tubelet(query, key, value, past_key_value, output_attentions)
             # Copies, so a carried cache holds one frame rather than keeping the whole chunk's keys/values alive.
             present = (key[:, -1:].clone(), value[:, -1:].clone())
         else:
@@ -243,30 +313,39 @@ class HydraXTokAttention(nn.Module):
             flat_v = value.transpose(1, 2).reshape(batch, self.num_heads, -1, self.head_dim)
             if mode == "causal":
                 # Block-sparse: frame i's queries against the key prefix of frames 0..past + i (views, no mask).
-                attn_output = torch.cat(
-                    [
-                        self._attend(
-                            flat_q[:, :, i * tokens : (i + 1) * tokens],
-                            flat_k[:, :, : (past + i + 1) * tokens],
-                            flat_v[:, :, : (past + i + 1) * tokens],
-                        )
-                        for i in range(frames)
-                    ],
-                    dim=1,
-                )
+                per_frame = [
+                    self._attend(
+                        flat_q[:, :, i * tokens : (i + 1) * tokens],
+                        flat_k[:, :, : (past + i + 1) * tokens],
+                        flat_v[:, :, : (past + i + 1) * tokens],
+                        output_attentions,
+                    )
+                    for i in range(frames)
+                ]
+                attn_output = torch.cat([output for output, _ in per_frame], dim=1)
+                attn_weights = None
+                if output_attentions:
+                    width = flat_k.shape[2]
+                    attn_weights = torch.stack(
+                        [F.pad(weights, (0, width - weights.shape[-1])) for _, weights in per_frame], dim=1
+                    )
             else:
-                attn_output = self._attend(flat_q, flat_k, flat_v)
-            attn_output = attn_output.view(batch, frames, tokens, -1)
+                attn_output, attn_weights = self._attend(flat_q, flat_k, flat_v, output_attentions)
+                if output_attentions:
+                    attn_weights = attn_weights.unflatten(2, (frames, tokens)).transpose(1, 2)
             present = (key, value) if mode == "causal" else None
-        return self.out_proj(attn_output.reshape(batch, frames, tokens, -1)), present
+        return self.out_proj(attn_output.reshape(batch, frames, tokens, -1)), attn_weights, present
 
-    def _tubelet(self, query, key, value, past_key_value):
+    def _tubelet(self, query, key, value, past_key_value, output_attentions: bool = False):
         """Each frame's queries against `[previous frame, own frame]` keys, frames folded into the batch."""
         batch, frames, heads, tokens, dim = query.shape
-        outputs = []
+        outputs, weights = [], []
         if past_key_value is None:
             # The clip's first frame (the anchor) has no previous frame: it attends to itself only.
-            outputs.append(self._attend(query[:, 0], key[:, 0], value[:, 0])[:, None])
+            output, anchor_weights = self._attend(query[:, 0], key[:, 0], value[:, 0], output_attentions)
+            outputs.append(output[:, None])
+            if output_attentions:
+                weights.append(F.pad(anchor_weights, (tokens, 0))[:, None])
             query, prev_key, prev_value = query[:, 1:], key[:, :-1], value[:, :-1]
             key, value = key[:, 1:], value[:, 1:]
         else:
@@ -277,9 +356,12 @@ class HydraXTokAttention(nn.Module):
             pair_key = torch.cat([prev_key, key], dim=3).reshape(batch * paired, heads, 2 * tokens, dim)
             pair_value = torch.cat([prev_value, value], dim=3).reshape(batch * paired, heads, 2 * tokens, dim)
             pair_query = query.reshape(batch * paired, heads, tokens, dim)
-            out = self._attend(pair_query, pair_key, pair_value)
-            outputs.append(out.view(batch, paired, tokens, heads, dim))
-        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+            output, pair_weights = self._attend(pair_query, pair_key, pair_value, output_attentions)
+            outputs.append(output.view(batch, paired, tokens, heads, dim))
+            if output_attentions:
+                weights.append(pair_weights.view(batch, paired, heads, tokens, 2 * tokens))
+        attn_output = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        return attn_output, torch.cat(weights, dim=1) if output_attentions else None
 
 
 class HydraXTokMLP(nn.Module):
@@ -303,9 +385,17 @@ class HydraXTokBlock(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = HydraXTokMLP(config, hidden_size, intermediate_size)
 
-    def forward(self, hidden_states, position_embeddings=None, past_key_value=None):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
         """`[B, F, N, D]` → (`[B, F, N, D]`, this layer's keys/values to carry to the next chunk)."""
-        attn_output, present = self.self_attn(self.layer_norm1(hidden_states), position_embeddings, past_key_value)
+        attn_output, _, present = self.self_attn(
+            self.layer_norm1(hidden_states), position_embeddings, past_key_value, **kwargs
+        )
         hidden_states = hidden_states + attn_output
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
         return hidden_states, present
@@ -351,7 +441,7 @@ class HydraXTokStack(nn.Module):
         first = (2 * latent_offset - 1 if latent_offset > 0 else 0) if fine else latent_offset
         return self.rotary(first, frames, *grid, device)
 
-    def forward(self, hidden, grid, latent_offset=0, cache=None, fine=False):
+    def forward(self, hidden, grid, latent_offset=0, cache=None, fine=False, **kwargs: Unpack[TransformersKwargs]):
         """Run the blocks on `[B, F, N, D]`; `fine` says whether `hidden` is at the finer (pre-fold) frame rate.
 
         Returns the hidden states and `{layer index: keys/values}` to carry to the next chunk.
@@ -364,7 +454,7 @@ class HydraXTokStack(nn.Module):
                 hidden, fine = self._resample(hidden, includes_anchor), not fine
                 rope = self._rope(latent_offset, fine, hidden.shape[1], grid, hidden.device)
             past = cache.get(self.name, idx) if cache is not None else None
-            hidden, presents[idx] = layer(hidden, rope, past)
+            hidden, presents[idx] = layer(hidden, rope, past, **kwargs)
         if self.resample_kind is not None and self.resample_after == len(self.layers):
             hidden = self._resample(hidden, includes_anchor)
         return hidden, presents
@@ -431,7 +521,7 @@ class HydraXTokGenViT(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bottleneck = nn.Linear(config.hidden_size, 2 * config.latent_channels)
 
-    def forward(self, pixel_values, latent_offset=0, cache=None):
+    def forward(self, pixel_values, latent_offset=0, cache=None, **kwargs: Unpack[TransformersKwargs]):
         """`[B, C, F, H, W]` pixels → (posterior moments `[B, F2, N, 2C]`, keys/values per layer)."""
         config = self.config
         grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
@@ -440,7 +530,7 @@ class HydraXTokGenViT(nn.Module):
         if config.use_abs_pos_embed:
             hidden = hidden + self.position_embedding(*grid)
         fine = config.temporal_compression == "hierarchical"
-        hidden, presents = self.encoder(hidden, grid, latent_offset, cache, fine=fine)
+        hidden, presents = self.encoder(hidden, grid, latent_offset, cache, fine=fine, **kwargs)
         return self.bottleneck(self.norm(hidden)), presents
 
 
@@ -460,10 +550,10 @@ class HydraXTokSemViT(nn.Module):
         )
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, latents, latent_offset=0, cache=None):
+    def forward(self, latents, latent_offset=0, cache=None, **kwargs: Unpack[TransformersKwargs]):
         grid = latents.shape[-2:]
         hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
-        hidden, presents = self.encoder(hidden, grid, latent_offset, cache)
+        hidden, presents = self.encoder(hidden, grid, latent_offset, cache, **kwargs)
         return self.post_layernorm(hidden), presents
 
 
@@ -492,13 +582,13 @@ class HydraXTokDecoder(nn.Module):
         tp, p = config.first_temporal_patch_size, config.patch_size
         self.out_proj = nn.Linear(width, tp * p * p * config.num_channels)
 
-    def forward(self, latents, latent_offset=0, cache=None):
+    def forward(self, latents, latent_offset=0, cache=None, **kwargs: Unpack[TransformersKwargs]):
         config = self.config
         grid = tuple(latents.shape[-2:])
         hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
         if config.use_abs_pos_embed:
             hidden = hidden + self.position_embedding(*grid)
-        hidden, presents = self.decoder(hidden, grid, latent_offset, cache)
+        hidden, presents = self.decoder(hidden, grid, latent_offset, cache, **kwargs)
         patches = self.out_proj(self.norm(hidden))
         pixels = unpatchify(
             patches,
@@ -553,6 +643,7 @@ class HydraXTokPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": HydraXTokBlock, "attentions": HydraXTokAttention}
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -593,6 +684,52 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         self.decoder = HydraXTokDecoder(config)
         self.decompressor = HydraXTokDecompressor(config) if config.use_decompressor else None
         self.post_init()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        r"""[`PreTrainedModel.from_pretrained`] for a Hydra-XTok checkpoint, or the vision tower of a unified Hydra-X
+        checkpoint: its `vision_config` and its `model.vision_tower.*` weights, exactly, the way `CLIPVisionModel`
+        loads from a CLIP checkpoint (the LLM, projector and flow head are left out and not reported). The unified
+        model's tower has no Decompressor, so neither has the loaded tokenizer.
+        """
+        if pretrained_model_name_or_path is not None:
+            model_type, architectures = cls._checkpoint_kind(pretrained_model_name_or_path, kwargs)
+            if model_type == UNIFIED_MODEL_TYPE:
+                key_mapping = {rf"^{re.escape(UNIFIED_VISION_TOWER_PREFIX)}": ""}
+                kwargs["key_mapping"] = {**key_mapping, **(kwargs.get("key_mapping") or {})}
+            elif model_type != cls.config_class.model_type:
+                classes = ", ".join(architectures) if architectures else "no architectures listed"
+                raise ValueError(
+                    f"{str(pretrained_model_name_or_path)!r} holds a {model_type!r} checkpoint ({classes}), "
+                    f"neither a Hydra-XTok tokenizer ({cls.config_class.model_type!r}) nor a unified Hydra-X model "
+                    f"({UNIFIED_MODEL_TYPE!r}). Pass a folder written by `HydraXTokModel.save_pretrained` or by "
+                    "`HydraXForConditionalGeneration.save_pretrained` (e.g. `conversion/build_hydrax.py`); load this "
+                    "one with `AutoModel.from_pretrained(..., trust_remote_code=True)`."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @staticmethod
+    def _checkpoint_kind(pretrained_model_name_or_path, kwargs) -> tuple[str | None, list[str] | None]:
+        """`model_type` and `architectures` of the checkpoint's config.json (the tokenizer's own when the caller
+        passes a `config` and the folder has no config.json)."""
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        try:
+            config_dict, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError:
+            if not isinstance(kwargs.get("config"), PreTrainedConfig):
+                raise
+            return kwargs["config"].model_type, None
+        return config_dict.get("model_type"), config_dict.get("architectures")
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """From a unified checkpoint, the weights outside the vision tower belong to the unified model, so they are not
+        reported as unexpected. Only this class's own loading does this: as a submodule (the unified model's vision
+        tower) it adds nothing to its parent's ignore patterns."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        loading_info.unexpected_keys = {
+            key for key in loading_info.unexpected_keys if not UNIFIED_OTHER_PARTS.match(key)
+        }
 
     # ---------------------------------------------------------------- input checks
     def _check_pixel_values(self, pixel_values, continuing: bool) -> torch.Tensor:
@@ -672,6 +809,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         return latents * std + mean
 
     # ---------------------------------------------------------------- public API
+    @capture_outputs(tie_last_hidden_states=False)
     def encode(
         self,
         pixel_values: torch.Tensor,
@@ -679,12 +817,14 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         chunk_frames: int | None = None,
         generator: torch.Generator | None = None,
         cache: HydraXTokFrameCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokEncoderOutput:
         """Pixels `[B, 3, 1+T, H, W]` (or `[B, 3, H, W]`) in [-1, 1] → normalised latents `[B, C, 1+T/4, h, w]`.
 
         `sample` draws from the posterior instead of taking its mean. `chunk_frames` encodes `chunk_frames` latent
         frames at a time, carrying each layer's last-frame keys/values, so memory stays flat with length and the
         result equals the whole clip. Pass the returned `cache` back to continue a stream with the next 4·k frames.
+        `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model.
         """
         self._check_chunking(chunk_frames, cache)
         offset = cache.seen("encoder") if cache is not None else 0
@@ -701,7 +841,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             pixel_stop = ratio * (offset + stop) - ratio + 1
             pixel_base = 0 if offset == 0 else ratio * offset - ratio + 1
             chunk = pixel_values[:, :, pixel_start - pixel_base : pixel_stop - pixel_base]
-            chunk_moments, presents = self.gen_vit(chunk, first, cache)
+            chunk_moments, presents = self.gen_vit(chunk, first, cache, **kwargs)
             chunk_moments = chunk_moments.permute(0, 3, 1, 2).unflatten(3, grid)
             if moments is None:
                 moments = chunk_moments.new_empty(*chunk_moments.shape[:2], num_latent, *grid)
@@ -715,11 +855,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         latents = latent_dist.sample(generator) if sample else latent_dist.mode()
         return HydraXTokEncoderOutput(self.normalize_latents(latents), latent_dist, cache)
 
+    @capture_outputs(tie_last_hidden_states=False)
     def decode(
         self,
         latents: torch.Tensor,
         chunk_frames: int | None = None,
         cache: HydraXTokFrameCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokDecoderOutput:
         """Normalised latents `[B, C, F, h, w]` → pixels `[B, 3, 1 + 4·(F-1), 16·h, 16·w]` (continuation chunks of a
         stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result)."""
@@ -731,17 +873,19 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         frames = []
         for start in range(0, num_latent, step):
             stop = min(start + step, num_latent)
-            pixels, presents = self.decoder(latents[:, :, start:stop], offset + start, cache)
+            pixels, presents = self.decoder(latents[:, :, start:stop], offset + start, cache, **kwargs)
             frames.append(pixels)
             if chunk_frames is not None or cache is not None:
                 cache = (cache or HydraXTokFrameCache()).updated("decoder", presents, stop - start)
         return HydraXTokDecoderOutput(torch.cat(frames, dim=2), cache)
 
+    @capture_outputs(tie_last_hidden_states=False)
     def get_semantic_features(
         self,
         latents: torch.Tensor,
         source_latents: torch.Tensor | None = None,
         cache: HydraXTokFrameCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokSemanticOutput:
         """Sem-ViT features `[B, F·h·w, D]` of normalised latents `[B, C, F, h, w]` (or `[B, C, h, w]`).
 
@@ -761,7 +905,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 )
             latents = torch.cat([source_latents, latents], dim=2)
         offset = cache.seen("semantic") if cache is not None else 0
-        hidden, presents = self.sem_vit(latents, offset, cache)
+        hidden, presents = self.sem_vit(latents, offset, cache, **kwargs)
         if self.config.attention_mode != "full":
             cache = (cache or HydraXTokFrameCache()).updated("semantic", presents, latents.shape[2])
         return HydraXTokSemanticOutput(hidden.flatten(1, 2), cache)
@@ -778,36 +922,44 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 trainable.append(name)
         return trainable
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         sample_posterior: bool | None = None,
         generator: torch.Generator | None = None,
-        return_dict: bool = True,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokOutput | tuple:
         """Full training pass: encode, (sample), Sem-ViT, decode and, with the Decompressor, distillation features.
 
-        `sample_posterior` defaults to `self.training`.
+        `sample_posterior` defaults to `self.training`. `output_hidden_states` / `output_attentions` fill the
+        `encoder_*`, `semantic_*` and `decoder_*` fields (the training-only Decompressor's blocks are not recorded).
         """
         sample = self.training if sample_posterior is None else sample_posterior
-        encoded = self.encode(pixel_values, sample=sample, generator=generator)
+        encoded = self.encode(pixel_values, sample=sample, generator=generator, return_dict=True, **kwargs)
         latents = encoded.latents
-        semantic = self.get_semantic_features(latents).last_hidden_state
-        reconstruction = self.decode(latents).sample
+        semantic_output = self.get_semantic_features(latents, return_dict=True, **kwargs)
+        semantic = semantic_output.last_hidden_state
+        decoded = self.decode(latents, return_dict=True, **kwargs)
         image_features = video_features = None
         if self.decompressor is not None:
             grid = tuple(latents.shape[-2:])
             per_frame = semantic.view(latents.shape[0], latents.shape[2], grid[0] * grid[1], -1)
             image_features, video_features = self.decompressor(per_frame, grid)
-        output = HydraXTokOutput(
-            reconstruction=reconstruction,
+        return HydraXTokOutput(
+            reconstruction=decoded.sample,
             latents=latents,
             latent_dist=encoded.latent_dist,
             semantic_features=semantic,
             image_distill_features=image_features,
             video_distill_features=video_features,
+            encoder_hidden_states=encoded.hidden_states,
+            encoder_attentions=encoded.attentions,
+            semantic_hidden_states=semantic_output.hidden_states,
+            semantic_attentions=semantic_output.attentions,
+            decoder_hidden_states=decoded.hidden_states,
+            decoder_attentions=decoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["HydraXTokFrameCache", "HydraXTokModel", "HydraXTokPreTrainedModel"]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 from conftest import tiny_tok_config
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, Qwen2Config, modeling_utils
+from transformers.testing_utils import CaptureLogger
 
 from modeling_hydrax import HydraXTokFrameCache, HydraXTokModel
 
@@ -78,7 +79,8 @@ def test_full_attention_is_not_causal():
 @pytest.mark.parametrize("mode", ["tubelet", "causal", "full"])
 @pytest.mark.parametrize("past", [0, 2])
 def test_attention_modes_match_a_dense_masked_reference(mode, past):
-    """Each block-sparse mode equals one dense softmax over all keys with the mode's frame mask, cached frames too."""
+    """Each block-sparse mode equals one dense softmax over all keys with the mode's frame mask, cached frames too;
+    its weights (with `output_attentions`) are that softmax in the documented per-frame layout."""
     torch.manual_seed(0)
     attention = build(attention_mode=mode).gen_vit.encoder.layers[0].self_attn
     frames, tokens, heads, dim = 4, 3, 2, 16
@@ -87,7 +89,8 @@ def test_attention_modes_match_a_dense_masked_reference(mode, past):
     if mode == "tubelet" and past:
         cache = (cache[0][:, -1:], cache[1][:, -1:])
     with torch.no_grad():
-        output, _ = attention(hidden, past_key_value=cache)
+        output, no_weights, _ = attention(hidden, past_key_value=cache)
+        _, weights_out, _ = attention(hidden, past_key_value=cache, output_attentions=True)
         shape = (1, frames, tokens, heads, dim)
         query, key, value = (
             proj(hidden).view(shape).transpose(2, 3) for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
@@ -107,6 +110,13 @@ def test_attention_modes_match_a_dense_masked_reference(mode, past):
         weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
         expected = attention.out_proj((weights @ flat[2]).transpose(1, 2).reshape(1, frames, tokens, -1))
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    assert no_weights is None, "weights are computed only when asked for"
+    per_frame = weights.unflatten(2, (frames, tokens)).transpose(1, 2)  # [1, F, H, N, all keys]
+    if mode == "tubelet":  # keys of [previous frame, own frame]; the anchor has no previous frame
+        padded = torch.nn.functional.pad(per_frame, (tokens, 0))
+        windows = [padded[:, f, ..., (seen + f) * tokens : (seen + f + 2) * tokens] for f in range(frames)]
+        per_frame = torch.stack(windows, dim=1)
+    torch.testing.assert_close(weights_out, per_frame, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["tubelet", "causal"])
@@ -351,3 +361,149 @@ def test_frame_cache_is_immutable():
     newer = cache.updated("encoder", {0: kv}, 2)
     assert cache.seen("encoder") == 0 and cache.get("encoder", 0) is None
     assert newer.seen("encoder") == 2 and newer.get("encoder", 0) is kv
+
+
+# ---------------------------------------------------------------- recorded outputs (hidden states, attentions)
+
+
+def test_hidden_states_count_shapes_and_values():
+    """`output_hidden_states=True`: each stack's input plus one state per block, at the block's frame rate (tiny
+    config: Gen-ViT 3 blocks folded after 1, Sem-ViT 2, decoder 3 un-folded after 2; 9 frames → 5 fine, 3 latent)."""
+    model = build()
+    pixels = clip(9)
+    with torch.no_grad():
+        out = model(pixels, output_hidden_states=True)
+        encoded = model.encode(pixels, output_hidden_states=True)
+        semantic = model.get_semantic_features(encoded.latents, output_hidden_states=True)
+        decoded = model.decode(encoded.latents, output_hidden_states=True)
+        plain = model(pixels)
+    frames = {"encoder": [5, 5, 3, 3], "semantic": [3, 3, 3], "decoder": [3, 3, 3, 5]}
+    for part, counts in frames.items():
+        states = getattr(out, f"{part}_hidden_states")
+        assert [tuple(s.shape) for s in states] == [(1, f, 4, 32) for f in counts], part
+        assert getattr(out, f"{part}_attentions") is None and getattr(plain, f"{part}_hidden_states") is None
+    for part, single in (("encoder", encoded), ("semantic", semantic), ("decoder", decoded)):
+        assert all(
+            torch.equal(a, b) for a, b in zip(getattr(out, f"{part}_hidden_states"), single.hidden_states, strict=True)
+        )
+    # The recorded states are the real ones: the last feeds the bottleneck / post-layernorm (SigLIP 2 convention).
+    moments = model.gen_vit.bottleneck(model.gen_vit.norm(encoded.hidden_states[-1]))[..., :8]
+    torch.testing.assert_close(moments.permute(0, 3, 1, 2).unflatten(3, (2, 2)), encoded.latent_dist.mean)
+    torch.testing.assert_close(model.sem_vit.post_layernorm(semantic.hidden_states[-1]).flatten(1, 2), semantic[0])
+    assert torch.equal(out.reconstruction, plain.reconstruction)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attention_outputs(mode):
+    """`output_attentions=True`: one weight tensor per block, `[B, F, heads, N, K]` per query frame (tubelet K = 2N:
+    [previous, own]; causal and full K = all keys), rows summing to 1, no weight outside the mode's frames."""
+    model = build(attention_mode=mode)
+    with torch.no_grad():
+        out = model(clip(9, batch=2), output_attentions=True)
+    layers = {"encoder": (3, [5, 3, 3]), "semantic": (2, [3, 3]), "decoder": (3, [3, 3, 5])}
+    for part, (count, frames) in layers.items():
+        attentions = getattr(out, f"{part}_attentions")
+        assert len(attentions) == count and getattr(out, f"{part}_hidden_states") is None, part
+        for weights, f in zip(attentions, frames):
+            keys = 8 if mode == "tubelet" else 4 * f
+            assert weights.shape == (2, f, 2, 4, keys), (part, weights.shape)
+            torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+            if mode == "tubelet":
+                assert torch.all(weights[:, 0, ..., :4] == 0), "the anchor has no previous frame"
+            if mode == "causal":
+                for q in range(f):
+                    assert torch.all(weights[:, q, ..., 4 * (q + 1) :] == 0), "a frame attended to a later one"
+
+
+def test_return_dict_false_gives_tuples():
+    model = build()
+    pixels = clip(5)
+    with torch.no_grad():
+        as_dict = model(pixels, output_hidden_states=True)
+        as_tuple = model(pixels, output_hidden_states=True, return_dict=False)
+        encoded = model.encode(pixels, return_dict=False)
+        decoded = model.decode(as_dict.latents, return_dict=False, output_attentions=True)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    for a, b in zip(as_tuple, as_dict.to_tuple(), strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else type(a) is type(b)
+    assert isinstance(encoded, tuple) and torch.equal(encoded[0], as_dict.latents)
+    assert isinstance(decoded, tuple) and len(decoded) == 2 and len(decoded[1]) == 3  # sample, attentions
+    torch.testing.assert_close(decoded[0], as_dict.reconstruction)  # eager (for the weights) vs sdpa
+
+
+def test_forward_hooks_on_blocks_and_attention_fire():
+    """Plain PyTorch hooks see every block, and an attention module's output carries weights only when asked."""
+    model = build()
+    seen = []
+    blocks = [model.gen_vit.encoder.layers[0], model.sem_vit.encoder.layers[1], model.decoder.decoder.layers[2]]
+    handles = [block.register_forward_hook(lambda m, args, out: seen.append(tuple(out[0].shape))) for block in blocks]
+    weights = []
+    attention = model.sem_vit.encoder.layers[0].self_attn
+    handles.append(attention.register_forward_hook(lambda m, args, out: weights.append(out[1])))
+    with torch.no_grad():
+        model(clip(5))
+        assert seen == [(1, 3, 4, 32), (1, 2, 4, 32), (1, 3, 4, 32)]  # Gen-ViT before the fold, Sem-ViT, decoder
+        model.get_semantic_features(model.encode(clip(5)).latents, output_attentions=True)
+    for handle in handles:
+        handle.remove()
+    assert weights[0] is None and weights[1].shape == (1, 2, 2, 4, 8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eager_with_weights_equals_sdpa(mode):
+    """Asking for weights under sdpa falls back to eager for that call; the outputs stay those of sdpa."""
+    sdpa = HydraXTokModel._from_config(tiny_tok_config(attention_mode=mode), attn_implementation="sdpa").eval()
+    eager = HydraXTokModel._from_config(tiny_tok_config(attention_mode=mode), attn_implementation="eager").eval()
+    eager.load_state_dict(sdpa.state_dict())
+    pixels = clip(9)
+    with torch.no_grad():
+        reference = sdpa(pixels)
+        fallback = sdpa(pixels, output_attentions=True)
+        with_weights = eager(pixels, output_attentions=True)
+    assert len(fallback.encoder_attentions) == 3 and len(with_weights.semantic_attentions) == 2
+    for out in (fallback, with_weights):
+        torch.testing.assert_close(out.reconstruction, reference.reconstruction, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out.semantic_features, reference.semantic_features, rtol=1e-4, atol=1e-5)
+    for a, b in zip(fallback.decoder_attentions, with_weights.decoder_attentions, strict=True):
+        torch.testing.assert_close(a, b)
+    eager.config.output_attentions = True  # the config default, as in any transformers model
+    with torch.no_grad():
+        from_config = eager(pixels)
+    assert len(from_config.encoder_attentions) == 3 and from_config.encoder_hidden_states is None
+
+
+# ---------------------------------------------------------------- loading from a unified Hydra-X checkpoint
+
+
+@pytest.fixture(scope="module")
+def unified_checkpoint(tmp_path_factory):
+    from conftest import tiny_hydrax
+
+    model = tiny_hydrax()
+    path = tmp_path_factory.mktemp("unified")
+    model.save_pretrained(path)
+    return path, model.model.vision_tower
+
+
+def test_loads_the_vision_tower_of_a_unified_checkpoint_exactly(unified_checkpoint):
+    path, tower = unified_checkpoint
+    with CaptureLogger(modeling_utils.logger) as captured:
+        loaded, info = HydraXTokModel.from_pretrained(path, output_loading_info=True)
+    assert "LOAD REPORT" not in captured.out, captured.out
+    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+    expected, state = tower.state_dict(), loaded.state_dict()
+    assert set(state) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    assert loaded.config.use_decompressor is False and loaded.decompressor is None
+    pixels = clip(5)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval().encode(pixels).latents, tower.encode(pixels).latents)
+
+
+def test_from_pretrained_names_a_foreign_checkpoint(tmp_path):
+    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match=r"'qwen2' checkpoint.*HydraXTokModel.save_pretrained"):
+        HydraXTokModel.from_pretrained(tmp_path)
