@@ -1,14 +1,18 @@
 # Copyright 2026 The Hydra-X Authors. Licensed under the Apache License, Version 2.0.
-"""Hydra-X processors. Importing this package registers them with `AutoProcessor`, `AutoImageProcessor` and
-`AutoVideoProcessor` for the model type `"hydrax"`, and marks them so that `save_pretrained` writes their code next
-to the configs (loadable with `trust_remote_code=True` where this package is not installed)."""
+"""Hydra-X processors. Importing this package registers them with `AutoProcessor`, `AutoImageProcessor`,
+`AutoVideoProcessor` and `AutoTokenizer` for the model type `"hydrax"` and its `HydraXConfig` (importing
+`modeling_hydrax`, which registers `AutoConfig` / `AutoModel`), so a Hydra-X folder loads without remote code; and it
+marks them so that `save_pretrained` writes their code next to the configs (loadable with `trust_remote_code=True`
+where this package is not installed)."""
 
-from transformers import AutoImageProcessor, AutoProcessor, AutoVideoProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, AutoVideoProcessor, Qwen2TokenizerFast
+
+from modeling_hydrax.configuration_hydrax import HydraXConfig
 
 from .image_processing_hydrax import HydraXImageProcessor, smart_resize
 from .processing_hydrax import HYDRAX_CHAT_TEMPLATE, HydraXProcessor
 from .tokenization_hydrax import QWEN2_5_SPECIAL_TOKENS, build_tiny_qwen2_tokenizer
-from .video_processing_hydrax import HydraXVideoProcessor, make_list_of_videos, read_video_pyav, sample_frame_indices
+from .video_processing_hydrax import HydraXVideoProcessor, sample_frame_indices
 
 
 HYDRAX_MODEL_TYPE = "hydrax"
@@ -33,12 +37,15 @@ def register_hydrax_processors(config_class=HYDRAX_MODEL_TYPE, exist_ok: bool = 
     )
     AutoVideoProcessor.register(config_class, HydraXVideoProcessor, exist_ok=exist_ok)
     AutoProcessor.register(config_class, HydraXProcessor, exist_ok=exist_ok)
+    if not isinstance(config_class, str):
+        AutoTokenizer.register(config_class, fast_tokenizer_class=Qwen2TokenizerFast, exist_ok=exist_ok)
 
 
 HydraXImageProcessor.register_for_auto_class("AutoImageProcessor")
 HydraXVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 HydraXProcessor.register_for_auto_class("AutoProcessor")
 register_hydrax_processors()
+register_hydrax_processors(HydraXConfig)
 
 __all__ = [
     "HYDRAX_CHAT_TEMPLATE",
@@ -48,8 +55,6 @@ __all__ = [
     "HydraXProcessor",
     "HydraXVideoProcessor",
     "build_tiny_qwen2_tokenizer",
-    "make_list_of_videos",
-    "read_video_pyav",
     "register_hydrax_processors",
     "sample_frame_indices",
     "smart_resize",

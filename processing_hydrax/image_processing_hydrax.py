@@ -8,23 +8,18 @@ import os
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import (
-    ChannelDimension,
-    PILImageResampling,
-    SizeDict,
-    load_image,
-)
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, is_valid_image, load_image
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType
 
 
 HYDRAX_IMAGE_MEAN = (0.5, 0.5, 0.5)
 HYDRAX_IMAGE_STD = (0.5, 0.5, 0.5)
 OUTPUT_TYPES = ("pil", "np", "pt")
+# Seconds a download of an image or a video may stall before it fails (`load_image` waits forever by default).
+URL_TIMEOUT = 30.0
 
 
 def smart_resize(
@@ -46,7 +41,7 @@ def smart_resize(
     ```
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"Cannot resize an image of size {height}x{width}: both sides must be at least 1 pixel.")
+        raise ValueError(f"Cannot resize an image of zero size {height}x{width}; it needs at least 1x1 pixels.")
     if max(height, width) / min(height, width) > max_aspect_ratio:
         raise ValueError(
             f"An image of size {height}x{width} has an aspect ratio above {max_aspect_ratio}; crop it to a less "
@@ -70,7 +65,7 @@ def smart_resize(
 
 
 def describe_input(value) -> str:
-    """A short human-readable description of an input, for error messages."""
+    """A short description of an input, for error messages."""
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         return repr(text if len(text) <= 120 else text[:117] + "...")
@@ -81,138 +76,89 @@ def describe_input(value) -> str:
     return f"an object of type {type(value).__name__}"
 
 
-def pil_to_array(image: PIL.Image.Image) -> np.ndarray:
-    """RGB (or RGBA when the image has transparency, to be composited onto white) `(H, W, C)` pixels of any PIL
-    mode: grayscale, palette, CMYK, ..."""
-    has_alpha = "A" in image.getbands() or "transparency" in image.info
-    return np.array(image.convert("RGBA" if has_alpha else "RGB"))
-
-
-def prefers_channels_last(value, input_data_format=None) -> bool:
-    """The layout to assume when both `(..., H, W, C)` and `(..., C, H, W)` fit the shape: `input_data_format` when
-    given, else channels-last for numpy arrays and PIL images and channels-first for tensors."""
-    if isinstance(value, PIL.Image.Image):
-        return True
-    if input_data_format is not None:
-        return ChannelDimension(input_data_format) == ChannelDimension.LAST
-    return isinstance(value, np.ndarray)
-
-
-def to_channels_first(
-    array: torch.Tensor, name: str, ndim: int, prefer_last: bool = False, convert_rgb: bool = True
-) -> torch.Tensor:
-    """Puts the channel axis of an image (`ndim=3`) or a stack of frames (`ndim=4`) right before (H, W) and, with
-    `convert_rgb`, turns grayscale into RGB and composites RGBA onto white. Returns a tensor `[..., 3, H, W]`.
-    `prefer_last` picks (H, W, C) when both layouts fit the shape (e.g. a 4x4x3 image)."""
-    if array.ndim == ndim - 1:  # grayscale without a channel axis
-        array = array.unsqueeze(-3)
-    if array.ndim != ndim:
+def load_image_source(source: str) -> PIL.Image.Image:
+    """`load_image` with a timeout, and errors that name the source: a missing file is reported as such rather than
+    as invalid base64, and an unreadable one as a `ValueError`."""
+    if not source.startswith(("http://", "https://", "data:image/")) and not os.path.isfile(source):
+        try:
+            base64.b64decode(source, validate=True)
+        except (binascii.Error, ValueError):
+            raise FileNotFoundError(
+                f"Image file {describe_input(source)} does not exist. Pass an existing path, an http(s) URL, a "
+                "base64 string, a PIL image, a numpy array or a torch tensor."
+            ) from None
+    try:
+        return load_image(source, timeout=URL_TIMEOUT)
+    except (OSError, ValueError) as error:
         raise ValueError(
-            f"{name} has shape {tuple(array.shape)}; expected {ndim} dimensions "
-            f"({'(H, W, C) or (C, H, W)' if ndim == 3 else '(T, H, W, C) or (T, C, H, W)'})."
-        )
-    channels_first, channels_last = array.shape[-3] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
-    if channels_last and (prefer_last or not channels_first):
-        array = array.movedim(-1, -3)
-    elif not channels_first:
-        raise ValueError(
-            f"{name} has shape {tuple(array.shape)}: no axis holds 1, 3 or 4 channels. Pass RGB, grayscale or "
-            "RGBA pixels laid out as (H, W, C) or (C, H, W)."
-        )
-    if 0 in array.shape[-2:]:
-        raise ValueError(f"{name} has zero size {tuple(array.shape[-2:])}; every image needs at least 1x1 pixels.")
-    if array.shape[-3] != 3 and not convert_rgb:
-        raise ValueError(f"{name} has {array.shape[-3]} channels; pass RGB pixels or set `do_convert_rgb=True`.")
-    if array.shape[-3] == 1:
-        array = array.expand(*array.shape[:-3], 3, *array.shape[-2:])
-    elif array.shape[-3] == 4:
-        scale = 255.0 if not array.is_floating_point() or array.max() > 1 else 1.0
-        rgb, alpha = array[..., :3, :, :].float(), array[..., 3:, :, :].float() / scale
-        array = rgb * alpha + scale * (1.0 - alpha)
-    return array.contiguous()
+            f"Could not read the image {describe_input(source)} ({error}). Check that it is a valid image (PNG, JPEG, "
+            "WebP, ...) or pass it as a PIL image or an array."
+        ) from error
 
 
-def numpy_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
-    if array.dtype == np.bool_ or array.dtype.kind not in "uif":
-        raise TypeError(f"{name} has dtype {array.dtype}; pass uint8 pixels in [0, 255] or floats.")
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def resize_to_grid(processor, pixels: torch.Tensor, size: SizeDict, resample, patch_size: int, max_aspect_ratio):
-    """Resizes a stack `[..., C, H, W]` of same-sized images or frames with `smart_resize` (shared by the image and
-    the video processor)."""
+def to_grid(
+    processor, pixels: torch.Tensor, size: SizeDict, resample, patch_size: int, max_aspect_ratio, do_resize, name: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resizes a stack `[..., 3, H, W]` of same-sized images or frames with `smart_resize` (shared by the image and
+    the video processor); returns it and its latent grid `(H / patch_size, W / patch_size)`."""
     height, width = pixels.shape[-2:]
-    new_height, new_width = smart_resize(
-        height, width, patch_size, size.min_pixels, size.max_pixels, max_aspect_ratio or processor.max_aspect_ratio
-    )
-    if (new_height, new_width) == (height, width):
-        return pixels
-    return TorchvisionBackend.resize(
-        processor, pixels, SizeDict(height=new_height, width=new_width), resample=resample
-    )
+    if not height or not width:
+        raise ValueError(f"{name} has zero size {height}x{width}; every image needs at least 1x1 pixels.")
+    if do_resize:
+        if size is None or size.min_pixels is None or size.max_pixels is None:
+            raise ValueError(f"`size` must be a dict with 'min_pixels' and 'max_pixels', got {size}.")
+        new_size = smart_resize(height, width, patch_size, size.min_pixels, size.max_pixels, max_aspect_ratio)
+        if new_size != (height, width):
+            height, width = new_size
+            pixels = processor.resize(pixels, SizeDict(height=height, width=width), resample=resample)
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"{name} of size {height}x{width} is not a multiple of the patch size {patch_size}; use "
+            "`do_resize=True` or crop it to multiples of the patch size."
+        )
+    return pixels, (height // patch_size, width // patch_size)
 
 
-def check_size_dict(size: SizeDict, do_resize: bool):
-    if do_resize and (size is None or size.min_pixels is None or size.max_pixels is None):
-        raise ValueError(f"`size` must be a dict with 'min_pixels' and 'max_pixels', got {size}.")
+def grid_batch(key: str, pixels: list[torch.Tensor], grid_key: str, grids: list, return_tensors) -> BatchFeature:
+    """`pixels` as one tensor when every item has the same shape, else as a list: Hydra-XTok patchifies each item on
+    its own grid, so padding would add latent tokens that do not exist."""
+    uniform = len({tuple(item.shape) for item in pixels}) == 1
+    data = {key: torch.stack(pixels) if uniform else pixels, grid_key: torch.tensor(grids, dtype=torch.long)}
+    return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=None if uniform else [key])
 
 
-def postprocess_pixels(pixels, mean, std, output_type: str, kind: str):
-    """Maps tokenizer-range pixels back to [0, 1] and converts them; `kind` is "image" ([3, H, W] items) or "video"
-    ([3, T, H, W] items)."""
+def stack_if_uniform(items: list):
+    """One stacked tensor or array when every item has the same shape, else the list itself."""
+    if len({tuple(item.shape) for item in items}) > 1:
+        return items
+    return torch.stack(items) if isinstance(items[0], torch.Tensor) else np.stack(items)
+
+
+def postprocess_pixels(pixels, mean, std, output_type: str, video: bool = False):
+    """Maps generated pixels in the tokenizer range back to [0, 1] as `output_type`. Items are images `[3, H, W]` or
+    videos `[3, T, H, W]` (returned frame-first, `[T, 3, H, W]` or `[T, H, W, 3]`, the diffusers layouts)."""
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-    item_ndim = 3 if kind == "image" else 4
-    if isinstance(pixels, np.ndarray):
-        pixels = torch.from_numpy(pixels)
-    if isinstance(pixels, torch.Tensor):
-        if pixels.ndim == item_ndim:
-            pixels = pixels.unsqueeze(0)
-        if pixels.ndim != item_ndim + 1:
-            raise ValueError(
-                f"Expected {kind} outputs of shape {'[N, 3, H, W]' if kind == 'image' else '[N, 3, T, H, W]'}, "
-                f"got {tuple(pixels.shape)}."
-            )
-        items = list(pixels)
-    elif isinstance(pixels, (list, tuple)) and all(isinstance(p, (torch.Tensor, np.ndarray)) for p in pixels):
-        items = [torch.as_tensor(p) for p in pixels]
-    else:
-        raise TypeError(
-            f"Expected a tensor, an array or a list of them as {kind} outputs, got {describe_input(pixels)}."
-        )
-    mean = torch.tensor(mean, dtype=torch.float32).view(3, *([1] * (item_ndim - 1)))
-    std = torch.tensor(std, dtype=torch.float32).view(3, *([1] * (item_ndim - 1)))
+    item_ndim = 4 if video else 3
+    if isinstance(pixels, (np.ndarray, torch.Tensor)) and pixels.ndim == item_ndim:
+        pixels = pixels[None]
+    shape = (3, *[1] * (item_ndim - 1))
+    mean, std = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
     outputs = []
-    for item in items:
+    for item in pixels:
+        item = torch.as_tensor(item)
         if item.ndim != item_ndim or item.shape[0] != 3:
-            raise ValueError(f"Each {kind} output must have 3 channels first, got shape {tuple(item.shape)}.")
+            layout = "[3, T, H, W]" if video else "[3, H, W]"
+            raise ValueError(f"Each output must be {layout} with 3 channels first, got shape {tuple(item.shape)}.")
         item = (item.detach().float().cpu() * std + mean).clamp(0.0, 1.0)
-        if kind == "video":
-            item = item.permute(1, 0, 2, 3)  # [T, 3, H, W]
-        if output_type == "pt":
-            outputs.append(item)
-            continue
-        array = item.movedim(-3, -1).numpy()  # [..., H, W, 3]
-        if output_type == "np":
-            outputs.append(array)
-        else:
-            uint8 = (array * 255).round().astype(np.uint8)
-            outputs.append(
-                PIL.Image.fromarray(uint8) if kind == "image" else [PIL.Image.fromarray(frame) for frame in uint8]
-            )
-    if output_type == "pil":
-        return outputs
-    same_shape = len({tuple(o.shape) for o in outputs}) == 1
-    if not same_shape:
-        return outputs
-    return torch.stack(outputs) if output_type == "pt" else np.stack(outputs)
-
-
-def stack_if_uniform(tensors: list[torch.Tensor]):
-    """A single batched tensor when every item has the same shape, else the list itself."""
-    if len({tuple(t.shape) for t in tensors}) == 1:
-        return torch.stack(tensors)
-    return tensors
+        outputs.append(item.transpose(0, 1) if video else item)
+    if output_type == "pt":
+        return stack_if_uniform(outputs)
+    arrays = [item.movedim(-3, -1).numpy() for item in outputs]
+    if output_type == "np":
+        return stack_if_uniform(arrays)
+    uint8 = [(array * 255).round().astype(np.uint8) for array in arrays]
+    return [[PIL.Image.fromarray(frame) for frame in item] if video else PIL.Image.fromarray(item) for item in uint8]
 
 
 class HydraXImageProcessorKwargs(ImagesKwargs, total=False):
@@ -230,8 +176,8 @@ class HydraXImageProcessorKwargs(ImagesKwargs, total=False):
 
 class HydraXImageProcessor(TorchvisionBackend):
     r"""
-    Image processor of Hydra-X. Turns images (paths, URLs, PIL images, numpy arrays, torch tensors; grayscale, RGBA
-    and palette images are converted to RGB) into pixels for the Hydra-XTok visual tokenizer:
+    Image processor of Hydra-X. Turns images (paths, URLs, base64 strings, PIL images, numpy arrays, torch tensors;
+    grayscale, RGBA and palette images are converted to RGB) into pixels for the Hydra-XTok visual tokenizer:
 
     1. resize keeping the aspect ratio so that the pixel count lies in
        `[size["min_pixels"], size["max_pixels"]]` and both sides are multiples of `patch_size` (16);
@@ -272,77 +218,39 @@ class HydraXImageProcessor(TorchvisionBackend):
         super().__init__(**kwargs)
 
     def fetch_images(self, image_url_or_urls):
-        """Loads paths, URLs and base64 strings to PIL images (keeping their mode, so that transparency is composited
-        onto white later); anything else is returned unchanged for validation."""
-        if isinstance(image_url_or_urls, (list, tuple)):
-            return [self.fetch_images(item) for item in image_url_or_urls]
-        if isinstance(image_url_or_urls, os.PathLike):
-            image_url_or_urls = os.fspath(image_url_or_urls)
-        if not isinstance(image_url_or_urls, str):
-            return image_url_or_urls
-        source = image_url_or_urls
-        if os.path.isfile(source):
-            try:
-                image = PIL.Image.open(source)
-                image.load()
-            except (OSError, PIL.UnidentifiedImageError) as error:
-                raise ValueError(
-                    f"Could not read the image file {describe_input(source)} ({error}). Check that it is a valid "
-                    "image (PNG, JPEG, WebP, ...) or pass the image as a PIL image or an array."
-                ) from error
-            return PIL.ImageOps.exif_transpose(image)
-        if not source.startswith(("http://", "https://", "data:image/")):
-            try:
-                base64.b64decode(source, validate=True)
-            except (binascii.Error, ValueError):
-                raise FileNotFoundError(
-                    f"Image file {describe_input(source)} does not exist. Pass an existing path, an http(s) URL, a "
-                    "base64 string, a PIL image, a numpy array or a torch tensor."
-                ) from None
-        return load_image(source)
-
-    def flatten_images(self, images) -> list:
-        """Flattens nested lists (e.g. one list per sample) and batched 4D arrays into a list of single images,
-        rejecting unsupported types with a message that names the offending input."""
-
-        def flatten(item) -> list:
-            if isinstance(item, (list, tuple)):
-                return [image for sub_item in item for image in flatten(sub_item)]
-            if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
-                return list(item)
-            if isinstance(item, (PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike)):
-                return [item]
+        """Loads paths, URLs and base64 strings with `load_image`, gives grayscale `(H, W)` arrays the channel axis
+        that `make_flat_list_of_images` expects, and rejects anything else that is not an image, naming it."""
+        image = image_url_or_urls
+        if isinstance(image, (list, tuple)):
+            return [self.fetch_images(item) for item in image]
+        if isinstance(image, (str, os.PathLike)):
+            return load_image_source(os.fspath(image))
+        if not is_valid_image(image):
             raise TypeError(
-                f"Unsupported image input: {describe_input(item)}. Pass a path, a URL, a PIL image, a numpy array or "
+                f"Unsupported image input: {describe_input(image)}. Pass a path, a URL, a PIL image, a numpy array or "
                 "a torch tensor (or a list of them)."
             )
+        if not isinstance(image, PIL.Image.Image) and image.ndim == 2:  # numpy is channels-last, torch channels-first
+            return image[..., None] if isinstance(image, np.ndarray) else image[None]
+        return image
 
-        flat = flatten(images)
-        if not flat:
-            raise ValueError("Received an empty list of images; pass at least one image or `images=None`.")
-        return flat
-
-    def _preprocess_image_like_inputs(self, images, *args, **kwargs) -> BatchFeature:
-        images = self.fetch_images(self.flatten_images(images))
-        prepared = []
-        for index, image in enumerate(images):
-            name = f"Image {index} ({describe_input(image)})"
-            prefer_last = prefers_channels_last(image, kwargs.get("input_data_format"))
-            if isinstance(image, PIL.Image.Image):
-                image = pil_to_array(image)
-            if isinstance(image, np.ndarray):
-                image = numpy_to_tensor(image, name)
-            image = to_channels_first(
-                image, name, ndim=3, prefer_last=prefer_last, convert_rgb=kwargs["do_convert_rgb"]
-            )
-            prepared.append(image.to(kwargs["device"]) if kwargs.get("device") is not None else image)
-        return self._preprocess(prepared, *args, **kwargs)
-
-    def resize(
-        self, image: torch.Tensor, size: SizeDict, resample=None, patch_size=None, max_aspect_ratio=None, **kwargs
-    ):
-        """Resizes an image `[3, H, W]` (or a stack of them) with `smart_resize`."""
-        return resize_to_grid(self, image, size, resample, patch_size or self.patch_size, max_aspect_ratio)
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
+        """`TorchvisionBackend.process_image`, except that numpy arrays are read as `(H, W, C)` when their last axis
+        can hold channels (transformers assumes `(C, H, W)` when both fit), read-only arrays are copied (torch cannot
+        share them), and an array without a channel axis is rejected with its shape."""
+        if isinstance(image, np.ndarray):
+            image = np.require(image, requirements="W")
+            if input_data_format is None and image.shape[-1] in (1, 3, 4):
+                input_data_format = ChannelDimension.LAST
+        if input_data_format is None and not isinstance(image, PIL.Image.Image):
+            if not {image.shape[0], image.shape[-1]} & {1, 3, 4}:
+                raise ValueError(
+                    f"An image of shape {tuple(image.shape)} has no axis of 1, 3 or 4 channels. Pass RGB, grayscale "
+                    "or RGBA pixels laid out as (H, W, C) or (C, H, W)."
+                )
+        return super().process_image(
+            image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device, **kwargs
+        )
 
     def _preprocess(
         self,
@@ -356,41 +264,28 @@ class HydraXImageProcessor(TorchvisionBackend):
         image_mean,
         image_std,
         patch_size: int,
-        return_tensors: str | TensorType | None = None,
-        max_aspect_ratio: float | None = None,
+        max_aspect_ratio: float,
+        return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
-        check_size_dict(size, do_resize)
+        if not images:
+            raise ValueError("Received an empty list of images; pass at least one image or `images=None`.")
         pixel_values, grids = [], []
-        for image in images:
-            if do_resize:
-                image = self.resize(
-                    image, size, resample=resample, patch_size=patch_size, max_aspect_ratio=max_aspect_ratio
-                )
-            height, width = image.shape[-2:]
-            if height % patch_size or width % patch_size:
-                raise ValueError(
-                    f"An image of size {height}x{width} is not a multiple of the patch size {patch_size}; "
-                    "use `do_resize=True` or crop it to multiples of the patch size."
-                )
-            image = self.rescale_and_normalize(
-                image[None], do_rescale, rescale_factor, do_normalize, image_mean, image_std
-            )[0]
-            pixel_values.append(image)
-            grids.append([1, height // patch_size, width // patch_size])
-        data = {
-            "pixel_values": stack_if_uniform(pixel_values),
-            "image_grid_thw": torch.tensor(grids, dtype=torch.long),
-        }
-        skip = ["pixel_values"] if isinstance(data["pixel_values"], list) else None
-        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=skip)
+        for index, image in enumerate(images):
+            image, grid = to_grid(
+                self, image, size, resample, patch_size, max_aspect_ratio, do_resize, name=f"Image {index}"
+            )
+            pixel_values.append(
+                self.rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            )
+            grids.append([1, *grid])
+        return grid_batch("pixel_values", pixel_values, "image_grid_thw", grids, return_tensors)
 
     def get_image_grid_thw(self, height: int, width: int, images_kwargs: dict | None = None) -> tuple[int, int, int]:
         """The latent grid `(1, h, w)` that an image of `height x width` pixels will get, without processing it."""
         images_kwargs = images_kwargs or {}
         patch_size = images_kwargs.get("patch_size") or self.patch_size
-        size = images_kwargs.get("size") or self.size
-        size = size if isinstance(size, SizeDict) else SizeDict(**size)
+        size = SizeDict(**dict(images_kwargs.get("size") or self.size))
         new_height, new_width = smart_resize(
             height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
         )
@@ -419,7 +314,7 @@ class HydraXImageProcessor(TorchvisionBackend):
         (128, 128, 128)
         ```
         """
-        return postprocess_pixels(images, self.image_mean, self.image_std, output_type, kind="image")
+        return postprocess_pixels(images, self.image_mean, self.image_std, output_type)
 
 
 __all__ = ["HydraXImageProcessor", "smart_resize"]

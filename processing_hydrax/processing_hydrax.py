@@ -8,6 +8,7 @@ import warnings
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 
 from .image_processing_hydrax import describe_input
@@ -141,7 +142,13 @@ class HydraXProcessor(ProcessorMixin):
             if not isinstance(text, (list, tuple)) or not all(isinstance(sample, str) for sample in text):
                 raise TypeError(f"`text` must be a string or a list of strings, got {describe_input(text)}.")
             text = list(text)
-        targets = self._validate_placeholders(text, images, videos, visual_targets)
+        if images is not None:
+            images = make_flat_list_of_images(self.image_processor.fetch_images(images))
+        if videos is not None:
+            videos = make_list_of_videos(videos)
+        if text is not None:
+            num_images, num_videos = len(images or []), len(videos or [])
+            targets = self._validate_placeholders(text, num_images, num_videos, visual_targets)
 
         merged = self._merge_kwargs(ProcessingKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs = merged["text_kwargs"]
@@ -161,9 +168,7 @@ class HydraXProcessor(ProcessorMixin):
                 data.pop("video_metadata", None)
 
         if text is not None:
-            text, offsets, target_flags, target_grids = self._expand_placeholders(
-                text, data.get("image_grid_thw"), data.get("video_grid_thw"), targets
-            )
+            text, offsets, target_flags, target_grids = self._expand_placeholders(text, data, targets)
             text_inputs = self.tokenizer(text, **text_kwargs)
             data.update(text_inputs)
             if return_offsets:
@@ -192,28 +197,22 @@ class HydraXProcessor(ProcessorMixin):
         ]
         return re.compile("|".join(groups))
 
-    def _validate_placeholders(self, text, images, videos, visual_targets) -> list[dict]:
+    def _validate_placeholders(self, text, num_images: int, num_videos: int, visual_targets) -> list[dict]:
         """Checks that placeholders and inputs match in number and returns one target spec per target placeholder."""
-        num_images = len(self.image_processor.flatten_images(images)) if images is not None else 0
-        num_videos = len(make_list_of_videos(videos)) if videos is not None else 0
         counts = {"image": [], "video": [], "target": []}
         pattern = self._block_pattern()
-        for sample in text or []:
+        for sample in text:
             kinds = [match.lastgroup for match in pattern.finditer(sample)]
             for kind, per_sample in counts.items():
                 per_sample.append(kinds.count(kind))
-        if text is not None:
-            for kind, given, token in (
-                ("image", num_images, self.image_token),
-                ("video", num_videos, self.video_token),
-            ):
-                found = sum(counts[kind])
-                if found != given:
-                    raise ValueError(
-                        f"Got {given} {kind}(s) but the text has {found} {kind} placeholder(s) {token!r} "
-                        f"(per sample: {counts[kind]}). Put one {token!r} in the text for each {kind}, in the order "
-                        f"the {kind}s are passed (apply_chat_template does this for {{'type': '{kind}'}} blocks)."
-                    )
+        for kind, given, token in (("image", num_images, self.image_token), ("video", num_videos, self.video_token)):
+            found = sum(counts[kind])
+            if found != given:
+                raise ValueError(
+                    f"Got {given} {kind}(s) but the text has {found} {kind} placeholder(s) {token!r} "
+                    f"(per sample: {counts[kind]}). Put one {token!r} in the text for each {kind}, in the order "
+                    f"the {kind}s are passed (apply_chat_template does this for {{'type': '{kind}'}} blocks)."
+                )
         num_targets = sum(counts["target"])
         if visual_targets is None:
             return [{}] * num_targets
@@ -281,16 +280,37 @@ class HydraXProcessor(ProcessorMixin):
             )
         return kind, [latent_frames, grid_h, grid_w]
 
-    def _expand_placeholders(self, text, image_grids, video_grids, targets):
+    def _visual_block(self, kind: str, grid) -> str:
+        """`<|vision_start|>`, one pad token per latent token of `grid`, `<|vision_end|>`."""
+        token = self.image_token if kind == "image" else self.video_token
+        return self.vision_start_token + token * math.prod(grid) + self.vision_end_token
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The full block of image `image_idx`, sized by its `image_grid_thw` (transformers' placeholder hook)."""
+        return self._visual_block("image", image_inputs["image_grid_thw"][image_idx].tolist())
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        """The full block of video `video_idx`, sized by its `video_grid_thw` (transformers' placeholder hook)."""
+        return self._visual_block("video", video_inputs["video_grid_thw"][video_idx].tolist())
+
+    def _check_edit_grid(self, source: list[int], target: list[int], sample_index: int):
+        """An image right before a target image is its edit source (as the model reads it): both must share a grid."""
+        if source != target:
+            patch = self.image_processor.patch_size
+            raise ValueError(
+                f"Sample {sample_index} is an edit whose target image is {target[1] * patch}x{target[2] * patch} "
+                f"pixels after resizing (latent grid {target[1]}x{target[2]}) but whose source image is "
+                f"{source[1] * patch}x{source[2] * patch} (grid {source[1]}x{source[2]}); an edit keeps the source's "
+                "grid. Resize the target image to the source image's size (or give the target no height / width)."
+            )
+
+    def _expand_placeholders(self, text, data, targets):
         """Replaces every placeholder with its full visual block. Returns the new texts, the replacement offsets (the
         transformers format used to align assistant masks), per-sample target flags (one per visual block) and the
         grids of the targets."""
         pattern = self._block_pattern()
         turn_pattern = re.compile(re.escape("<|im_start|>") + r"(\w+)")
-        grids = {
-            "image": iter(image_grids.tolist() if image_grids is not None else []),
-            "video": iter(video_grids.tolist() if video_grids is not None else []),
-        }
+        indices = {"image": 0, "video": 0}
         targets = iter(targets)
         expanded, all_offsets, all_flags, target_grids = [], [], [], []
         target_index = 0
@@ -303,15 +323,19 @@ class HydraXProcessor(ProcessorMixin):
                 if kind == "target":
                     name = f"Generation target {target_index} (sample {sample_index})"
                     kind, grid = self._target_grid(next(targets), previous, name)
+                    replacement = self._visual_block(kind, grid)
                     target_index += 1
                     is_target = True
                 else:
-                    grid = next(grids[kind])
+                    grid = data[f"{kind}_grid_thw"][indices[kind]].tolist()
+                    replace = self.replace_image_token if kind == "image" else self.replace_video_token
+                    replacement = replace(data, indices[kind])
+                    indices[kind] += 1
                     turn = bisect.bisect_right(turn_starts, match.start()) - 1
                     is_target = turn >= 0 and turns[turn][1] == "assistant"
+                if is_target and kind == "image" and previous is not None and previous[0] == "image":
+                    self._check_edit_grid(previous[1], grid, sample_index)
                 previous = (kind, grid)
-                token = self.image_token if kind == "image" else self.video_token
-                replacement = self.vision_start_token + token * math.prod(grid) + self.vision_end_token
                 start, end = match.span()
                 offsets.append(
                     {
@@ -380,13 +404,17 @@ class HydraXProcessor(ProcessorMixin):
         inputs = processor.apply_chat_template(t2i, tokenize=True, return_dict=True)
         ```
         """
+        # transformers writes `return_offsets_mapping` & co. into `processor_kwargs`: work on a copy, so that the
+        # caller's dict stays valid for their next `processor(...)` call.
+        processor_kwargs = {
+            key: dict(value) if isinstance(value, dict) else value
+            for key, value in (kwargs.pop("processor_kwargs", None) or {}).items()
+        }
         if kwargs.get("tokenize"):
             targets = self._targets_from_conversations(conversation)
             if targets:
-                processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
                 processor_kwargs.setdefault("visual_targets", targets)
-                kwargs["processor_kwargs"] = processor_kwargs
-        return super().apply_chat_template(conversation, chat_template, **kwargs)
+        return super().apply_chat_template(conversation, chat_template, processor_kwargs=processor_kwargs, **kwargs)
 
     @staticmethod
     def _targets_from_conversations(conversation) -> list[dict]:

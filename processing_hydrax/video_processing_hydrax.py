@@ -1,6 +1,7 @@
 # Copyright 2026 The Hydra-X Authors. Licensed under the Apache License, Version 2.0.
 """Video processor for Hydra-X: decode with PyAV, sample 1 + 4k frames, resize to a 16-pixel grid, normalise."""
 
+import functools
 import io
 import math
 import os
@@ -11,24 +12,21 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoMetadata
+from transformers.video_utils import VideoMetadata, make_batched_videos, read_video_pyav
 
 from .image_processing_hydrax import (
     HYDRAX_IMAGE_MEAN,
     HYDRAX_IMAGE_STD,
-    check_size_dict,
+    URL_TIMEOUT,
     describe_input,
-    numpy_to_tensor,
-    pil_to_array,
+    grid_batch,
     postprocess_pixels,
-    prefers_channels_last,
-    resize_to_grid,
     smart_resize,
-    stack_if_uniform,
-    to_channels_first,
+    to_grid,
 )
 
 
@@ -119,155 +117,93 @@ def sample_frame_indices(
     return np.arange(count, dtype=np.int64)
 
 
-def _is_frame(value) -> bool:
-    return isinstance(value, PIL.Image.Image) or (
-        isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3)
-    )
-
-
-def make_list_of_videos(videos) -> list:
-    r"""
-    Normalises video inputs to a flat list with one entry per video: a path or URL (`str`), a `[T, ...]` array or
-    tensor, or a list of frames. Accepts a single video, a batch, a 5D array, and nested lists (one list per sample,
-    as `apply_chat_template` builds them). A single frame (PIL image or 3D array) counts as a one-frame video.
-
-    Example:
-
-    ```python
-    >>> import numpy as np
-    >>> len(make_list_of_videos(np.zeros((2, 5, 8, 8, 3), dtype=np.uint8)))
-    2
-    ```
-    """
-    flat = _flatten_videos(videos)
-    if not flat:
-        raise ValueError("Received an empty list of videos; pass at least one video or `videos=None`.")
-    return flat
-
-
-def _flatten_videos(videos) -> list:
-    if isinstance(videos, (str, os.PathLike)):
-        return [os.fspath(videos)]
-    if isinstance(videos, (np.ndarray, torch.Tensor)):
-        if videos.ndim == 5:
-            return list(videos)
-        if videos.ndim in (2, 3, 4):
-            return [videos if videos.ndim == 4 else videos[None]]
-        raise ValueError(
-            f"Unsupported video array of shape {tuple(videos.shape)}: pass (T, H, W, C) / (T, C, H, W) for one video "
-            "or (N, T, ...) for a batch."
-        )
-    if isinstance(videos, PIL.Image.Image):
-        return [[videos]]
-    if not isinstance(videos, (list, tuple)):
+def _checked_leaves(videos):
+    """`videos` with path-like leaves as strings, rejecting leaves `make_batched_videos` would silently drop."""
+    if isinstance(videos, (list, tuple)):
+        return [_checked_leaves(item) for item in videos]
+    if isinstance(videos, os.PathLike):
+        return os.fspath(videos)
+    if isinstance(videos, PIL.Image.Image):  # palette, grayscale or RGBA frames; transparency onto white
+        return convert_to_rgb(videos, return_numpy=True)
+    if not isinstance(videos, (str, PIL.Image.Image, np.ndarray, torch.Tensor)):
         raise TypeError(
             f"Unsupported video input: {describe_input(videos)}. Pass a path, a URL, a list of frames (PIL images or "
             "arrays), a (T, H, W, C) array or tensor, or a list of those."
         )
-    if videos and all(_is_frame(item) for item in videos):
-        return [list(videos)]
-    flat = []
-    for item in videos:
-        if _is_frame(item):
-            raise TypeError(
-                f"A video list mixes single frames ({describe_input(item)}) with whole videos; pass either the frames "
-                "of one video or a list of videos."
-            )
-        flat.extend(_flatten_videos(item))
-    return flat
+    return videos
 
 
-def _import_av():
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError("Decoding video files needs PyAV: `pip install av`, or pass the decoded frames.") from error
-    return av
+def make_list_of_videos(videos) -> list:
+    """`make_batched_videos` (one path, URL or `[T, ...]` array per video) with errors for empty and unsupported
+    inputs, which it would crash on or drop."""
+    videos = _checked_leaves(videos)
+    videos = make_batched_videos(videos) if not isinstance(videos, list) or videos else []  # it fails on []
+    if not videos:
+        raise ValueError("Received an empty list of videos; pass at least one video or `videos=None`.")
+    return videos
 
 
-def _fetch_video(source: str, name: str) -> bytes | None:
-    """Downloads an http(s) video once (returns its bytes); checks that a local path exists (returns None)."""
+def _metadata_list(videos: list, video_metadata) -> list[VideoMetadata]:
+    """One `VideoMetadata` per video, also from partial entries such as `{"fps": 30}`: the frame count and duration
+    of a decoded video come from its frames (a file's come from its container when it is decoded)."""
+    if video_metadata is None:
+        video_metadata = [{}] * len(videos)
+    elif isinstance(video_metadata, (dict, VideoMetadata)):
+        video_metadata = [video_metadata]
+    elif len(video_metadata) == 1 and isinstance(video_metadata[0], (list, tuple)):  # as apply_chat_template nests it
+        video_metadata = video_metadata[0]
+    if len(video_metadata) != len(videos):
+        raise ValueError(
+            f"Received {len(videos)} videos but {len(video_metadata)} `video_metadata` entries; pass one per video."
+        )
+    metadata = []
+    for video, entry in zip(videos, video_metadata):
+        entry = VideoMetadata(**{"total_num_frames": 0, **dict(entry or {})})
+        if not isinstance(video, str):
+            entry.total_num_frames = len(video)
+            entry.duration = len(video) / entry.fps if entry.fps else None
+        metadata.append(entry)
+    return metadata
+
+
+def _open_video(source: str, name: str) -> tuple:
+    """The file to decode (a path, or the bytes of an http(s) URL downloaded with a timeout) and its frame count,
+    checked up front: transformers' PyAV reader assumes a video stream with a frame rate and takes the frame count
+    from the container, which WebM and MKV do not record (it is then counted here from the packets)."""
     if source.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(source) as response:
-                return response.read()
+            with urllib.request.urlopen(source, timeout=URL_TIMEOUT) as response:
+                source = io.BytesIO(response.read())
         except OSError as error:
             raise ValueError(
                 f"Could not download video {name} ({error}); check the URL or pass a local file."
             ) from error
-    if not os.path.isfile(source):
+    elif not os.path.isfile(source):
         raise FileNotFoundError(
             f"Video file {name} does not exist. Pass an existing path, an http(s) URL, or the decoded frames."
         )
-    return None
-
-
-def _open_container(source: str, payload: bytes | None, name: str):
-    av = _import_av()
     try:
-        return av.open(io.BytesIO(payload) if payload is not None else source)
+        import av
+    except ImportError as error:
+        raise ImportError("Decoding video files needs PyAV: `pip install av`, or pass the decoded frames.") from error
+    try:
+        with av.open(source) as container:
+            stream = container.streams.video[0] if container.streams.video else None
+            readable = stream is not None and stream.average_rate is not None
+            total = readable and (stream.frames or sum(1 for packet in container.demux(stream) if packet.size))
     except (av.FFmpegError, OSError) as error:
         raise ValueError(
             f"Could not open video {name} ({error}). Check that it is a complete, valid video file (re-encode it "
             "with ffmpeg if needed) or pass the decoded frames instead."
         ) from error
-
-
-def read_video_pyav(source: str, sample_indices_fn) -> tuple[np.ndarray, VideoMetadata]:
-    r"""
-    Decodes the frames `sample_indices_fn(metadata)` of the video at `source` (a path or an http(s) URL) with PyAV.
-    Only the chosen frames are converted to RGB. When the container's frame count is missing or wrong, the frames are
-    counted by decoding and sampling is redone on the true count.
-
-    Returns the frames `[T, H, W, 3]` (uint8) and a `VideoMetadata` with fps, duration, size and sampled indices.
-    """
-    av = _import_av()
-    name = describe_input(source)
-    payload = _fetch_video(source, name)
-    with _open_container(source, payload, name) as container:
-        if not container.streams.video:
-            raise ValueError(f"{name} has no video stream; pass a video file.")
-        stream = container.streams.video[0]
-        if stream.codec_context is None:
-            raise ValueError(
-                f"Video {name} is corrupted: its video stream cannot be decoded. Re-encode it with ffmpeg or pass the "
-                "decoded frames instead."
-            )
-        rate = stream.average_rate or stream.guessed_rate
-        total = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-        metadata = VideoMetadata(
-            total_num_frames=int(total),
-            fps=float(rate) if rate else None,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            duration=float(total / rate) if rate else None,
-            video_backend="pyav",
+    if not total:
+        raise ValueError(
+            f"Could not open video {name}: it has no video stream with frames and a frame rate. Re-encode it with "
+            "ffmpeg or pass the decoded frames instead."
         )
-    for _ in range(2):
-        indices = np.asarray(sample_indices_fn(metadata=metadata)) if metadata.total_num_frames else np.zeros(0)
-        wanted, frames, decoded = set(indices.tolist()), {}, 0
-        with _open_container(source, payload, name) as container:
-            container.streams.video[0].thread_type = "AUTO"
-            try:
-                for decoded, frame in enumerate(container.decode(video=0), start=1):
-                    if decoded - 1 in wanted:
-                        frames[decoded - 1] = frame.to_ndarray(format="rgb24")
-                    if len(frames) == len(wanted):
-                        break
-            except av.FFmpegError as error:
-                raise ValueError(
-                    f"Video {name} is corrupted: decoding stopped after {decoded} frames ({error}). Re-encode it with "
-                    "ffmpeg or pass the decoded frames instead."
-                ) from error
-        if len(wanted) and len(frames) == len(wanted):
-            metadata.frames_indices = indices.tolist()
-            return np.stack([frames[i] for i in indices.tolist()]), metadata
-        if decoded == 0:
-            raise ValueError(f"Video {name} has no decodable frames; check that the file is a valid, complete video.")
-        # The container announced more frames than it holds: sample again on the decoded count.
-        metadata.total_num_frames = decoded
-        metadata.duration = decoded / metadata.fps if metadata.fps else None
-    raise ValueError(f"Could not decode the sampled frames of {name}; re-encode the video with ffmpeg.")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return source, total
 
 
 class HydraXVideoProcessorKwargs(VideosKwargs, total=False):
@@ -335,6 +271,9 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         super().__init__(**kwargs)
 
     def preprocess(self, videos, **kwargs: Unpack[HydraXVideoProcessorKwargs]) -> BatchFeature:
+        """`BaseVideoProcessor.preprocess`, except that unknown keyword arguments are errors, an explicit `fps`
+        replaces the default `num_frames`, and frames are always sampled: `do_sample_frames=False` keeps every frame
+        but still trims the tail to `1 + 4k`."""
         valid_names = set(self.valid_kwargs.__annotations__) | {"return_tensors"}
         unknown = sorted(set(kwargs) - valid_names)
         if unknown:
@@ -342,122 +281,112 @@ class HydraXVideoProcessor(BaseVideoProcessor):
                 f"Unexpected keyword argument(s) {unknown} for {type(self).__name__}; valid ones: "
                 f"{sorted(valid_names)}."
             )
-        if kwargs.get("fps") is not None and "num_frames" not in kwargs:
-            kwargs["num_frames"] = None  # an explicit fps replaces the default frame count
-        for key in self.valid_kwargs.__annotations__:
-            kwargs.setdefault(key, getattr(self, key, None))
-        kwargs = self._standardize_kwargs(**kwargs)
-        self._validate_preprocess_kwargs(**kwargs)
-        check_size_dict(kwargs["size"], kwargs["do_resize"])
+        if not kwargs.get("do_sample_frames", self.do_sample_frames):
+            kwargs.update(num_frames=None, fps=None)
+        elif kwargs.get("fps") is not None:
+            kwargs.setdefault("num_frames", None)
+        return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
 
-        videos = make_list_of_videos(videos)
-        metadata = self._make_metadata_list(kwargs.pop("video_metadata"), len(videos))
-        temporal_compression = kwargs["temporal_compression"]
-        resample = kwargs["do_sample_frames"]
-
-        def sample_fn(metadata, name="the video"):
-            rate = {"num_frames": kwargs["num_frames"], "fps": kwargs["fps"], "video_fps": metadata.fps}
-            return sample_frame_indices(
-                metadata.total_num_frames,
-                temporal_compression=temporal_compression,
-                name=name,
-                **(rate if resample else {}),
-            )
-
-        pixel_values, grids, metadata_out = [], [], []
-        for index, (video, video_metadata) in enumerate(zip(videos, metadata)):
-            frames, video_metadata = self._load_frames(video, index, video_metadata, sample_fn, kwargs)
-            pixels, grid = self._process_frames(frames, kwargs)
-            pixel_values.append(pixels)
-            grids.append(grid)
-            metadata_out.append(video_metadata)
-
-        data = {
-            "pixel_values_videos": stack_if_uniform(pixel_values),
-            "video_grid_thw": torch.tensor(grids, dtype=torch.long),
-        }
-        if kwargs["return_metadata"]:
-            data["video_metadata"] = metadata_out
-        skip = ["video_metadata"] + (["pixel_values_videos"] if isinstance(data["pixel_values_videos"], list) else [])
-        return BatchFeature(data=data, tensor_type=kwargs["return_tensors"], skip_tensor_conversion=skip)
-
-    @staticmethod
-    def _make_metadata_list(video_metadata, num_videos: int) -> list:
-        if video_metadata is None:
-            return [None] * num_videos
-        if isinstance(video_metadata, (dict, VideoMetadata)):
-            video_metadata = [video_metadata]
-        if len(video_metadata) == 1 and isinstance(video_metadata[0], (list, tuple)):
-            video_metadata = video_metadata[0]
-        if len(video_metadata) != num_videos:
-            raise ValueError(
-                f"Received {num_videos} videos but {len(video_metadata)} `video_metadata` entries; pass one per video."
-            )
-        return [
-            m if m is None or isinstance(m, VideoMetadata) else VideoMetadata(**{"total_num_frames": 0, **m})
-            for m in video_metadata
-        ]
-
-    def _load_frames(self, video, index: int, metadata, sample_fn, kwargs) -> tuple[torch.Tensor, VideoMetadata]:
-        """Decodes or converts one video and keeps the sampled frames: returns `[T, 3, H, W]` and its metadata."""
-        name = f"video {index} ({describe_input(video)})"
-        if isinstance(video, str):
-            frames, metadata = read_video_pyav(video, lambda metadata: sample_fn(metadata, name=name))
-            return to_channels_first(torch.from_numpy(frames), name, ndim=4, prefer_last=True), metadata  # RGB24
-        if isinstance(video, list):  # frames
-            frames = [pil_to_array(frame) if isinstance(frame, PIL.Image.Image) else frame for frame in video]
-            shapes = {tuple(f.shape) for f in frames}
-            if len(shapes) != 1:
-                raise ValueError(f"The frames of {name} have different shapes {sorted(shapes)}; resize them to one.")
-            if isinstance(frames[0], torch.Tensor):
-                video = torch.stack([torch.as_tensor(frame) for frame in frames])
-            else:
-                video = np.stack(frames)
-        prefer_last = prefers_channels_last(video, kwargs.get("input_data_format"))
-        if isinstance(video, np.ndarray):
-            video = numpy_to_tensor(video, name)
-        if video.shape[0] == 0:
-            raise ValueError(f"{name} has no frames.")
-        metadata = VideoMetadata(**dict(metadata)) if metadata is not None else VideoMetadata(total_num_frames=0)
-        metadata.total_num_frames = video.shape[0]
-        metadata.duration = video.shape[0] / metadata.fps if metadata.fps else None
-        indices = sample_fn(metadata, name=name)
-        metadata.frames_indices = indices.tolist()
-        frames = to_channels_first(
-            video[torch.from_numpy(indices)],
-            name,
-            ndim=4,
-            prefer_last=prefer_last,
-            convert_rgb=kwargs["do_convert_rgb"],
+    def sample_frames(
+        self,
+        metadata: VideoMetadata,
+        num_frames=None,
+        fps=None,
+        temporal_compression=None,
+        name: str = "The video",
+        **kwargs,
+    ) -> np.ndarray:
+        """`sample_frame_indices` on a video's metadata: `1 + 4k` frame indices by `num_frames` or `fps`."""
+        return sample_frame_indices(
+            metadata.total_num_frames,
+            num_frames=num_frames,
+            fps=fps,
+            video_fps=metadata.fps,
+            temporal_compression=temporal_compression or self.temporal_compression,
+            name=name,
         )
-        metadata.height, metadata.width = frames.shape[-2:]
+
+    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
+        """Decodes a path or an http(s) URL (or a list of them) with transformers' PyAV reader, the one behind
+        `load_video(backend="pyav")`: the base class hard-codes torchcodec, which needs a system FFmpeg that matches
+        torch, while PyAV wheels bundle FFmpeg. Samples on the frame count `_open_video` found. Returns the sampled
+        frames `[T, H, W, 3]` and their metadata."""
+        if isinstance(video_url_or_urls, (list, tuple)):
+            return list(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
+        import av
+
+        name = describe_input(video_url_or_urls)
+        source, total = _open_video(video_url_or_urls, name)
+        sample_indices_fn = sample_indices_fn or self.sample_frames
+
+        def sample_counted_frames(metadata, **kwargs):
+            metadata.update({"total_num_frames": total, "duration": total / metadata.fps})
+            return sample_indices_fn(metadata=metadata)
+
+        try:
+            frames, metadata = read_video_pyav(source, sample_counted_frames)
+        except av.FFmpegError as error:
+            raise ValueError(
+                f"Video {name} is corrupted: decoding failed ({error}). Re-encode it with ffmpeg or pass the decoded "
+                "frames instead."
+            ) from error
+        if len(frames) != len(metadata.frames_indices):
+            raise ValueError(
+                f"Video {name} is truncated: it announces {metadata.total_num_frames} frames but only "
+                f"{len(frames)} of the {len(metadata.frames_indices)} sampled ones could be decoded. Re-encode it "
+                "with ffmpeg or pass the decoded frames instead."
+            )
         return frames, metadata
 
-    def _process_frames(self, frames: torch.Tensor, kwargs) -> tuple[torch.Tensor, list[int]]:
-        """Resizes and normalises sampled frames `[T, 3, H, W]`; returns `[3, T, H', W']` and the latent grid."""
-        patch_size, temporal_compression = kwargs["patch_size"], kwargs["temporal_compression"]
-        if kwargs["device"] is not None:
-            frames = frames.to(kwargs["device"])
-        if kwargs["do_resize"]:
-            frames = resize_to_grid(
-                self, frames, kwargs["size"], kwargs["resample"], patch_size, kwargs["max_aspect_ratio"]
+    def _decode_and_sample_videos(self, videos, video_metadata, do_sample_frames=None, sample_indices_fn=None):
+        """Samples every video, decoded arrays directly and files while decoding them; a batch may mix both."""
+        videos = make_list_of_videos(videos)
+        sampled, sampled_metadata = [], []
+        for index, (video, metadata) in enumerate(zip(videos, _metadata_list(videos, video_metadata))):
+            sample = functools.partial(sample_indices_fn, name=f"video {index} ({describe_input(video)})")
+            if isinstance(video, str):
+                video, metadata = self.fetch_videos(video, sample)
+            else:
+                metadata.frames_indices = sample(metadata=metadata)
+                video = video[metadata.frames_indices]  # a copy: writable and contiguous, as torch wants it
+            metadata.frames_indices = [int(index) for index in metadata.frames_indices]
+            sampled.append(video)
+            sampled_metadata.append(metadata)
+        return sampled, sampled_metadata
+
+    def _prepare_input_videos(self, videos, do_convert_rgb=None, input_data_format=None, device=None):
+        """Reads numpy videos as `(T, H, W, C)` when their last axis can hold channels, as the image processor does
+        (transformers does not infer RGBA, and assumes channels-first when both layouts fit)."""
+        if input_data_format is None and all(isinstance(v, np.ndarray) and v.shape[-1] in (1, 3, 4) for v in videos):
+            input_data_format = ChannelDimension.LAST
+        return super()._prepare_input_videos(videos, do_convert_rgb, input_data_format, device)
+
+    def _preprocess(
+        self,
+        videos: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        patch_size: int,
+        temporal_compression: int,
+        max_aspect_ratio: float,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        pixel_values, grids = [], []
+        for index, video in enumerate(videos):
+            video, grid = to_grid(
+                self, video, size, resample, patch_size, max_aspect_ratio, do_resize, name=f"Video {index}"
             )
-        num_frames, _, height, width = frames.shape
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"A video of frame size {height}x{width} is not a multiple of the patch size {patch_size}; use "
-                "`do_resize=True` or crop it to multiples of the patch size."
-            )
-        frames = self.rescale_and_normalize(
-            frames,
-            kwargs["do_rescale"],
-            kwargs["rescale_factor"],
-            kwargs["do_normalize"],
-            kwargs["image_mean"],
-            kwargs["image_std"],
-        )
-        grid = [1 + (num_frames - 1) // temporal_compression, height // patch_size, width // patch_size]
-        return frames.permute(1, 0, 2, 3).contiguous(), grid
+            video = self.rescale_and_normalize(video, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+            pixel_values.append(video.transpose(0, 1).contiguous())  # [3, T, H, W], the clip layout of Hydra-XTok
+            grids.append([1 + (len(video) - 1) // temporal_compression, *grid])
+        return grid_batch("pixel_values_videos", pixel_values, "video_grid_thw", grids, return_tensors)
 
     def get_video_grid_thw(
         self, num_frames: int, height: int, width: int, videos_kwargs: dict | None = None
@@ -467,8 +396,7 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         videos_kwargs = videos_kwargs or {}
         patch_size = videos_kwargs.get("patch_size") or self.patch_size
         temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
-        size = videos_kwargs.get("size") or self.size
-        size = size if isinstance(size, SizeDict) else SizeDict(**size)
+        size = SizeDict(**dict(videos_kwargs.get("size") or self.size))
         new_height, new_width = smart_resize(
             height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
         )
@@ -497,7 +425,7 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         (5, (32, 32))
         ```
         """
-        return postprocess_pixels(videos, self.image_mean, self.image_std, output_type, kind="video")
+        return postprocess_pixels(videos, self.image_mean, self.image_std, output_type, video=True)
 
 
-__all__ = ["HydraXVideoProcessor", "make_list_of_videos", "read_video_pyav", "sample_frame_indices"]
+__all__ = ["HydraXVideoProcessor", "sample_frame_indices"]

@@ -253,6 +253,8 @@ def test_video_processor_accepts_arrays_tensors_frames_and_batches():
         by_fps = processor(video, fps=5, video_metadata={"fps": 10})
     assert by_fps["video_metadata"][0].frames_indices == [0, 2, 4, 6, 8]
     assert by_fps["video_metadata"][0].duration == pytest.approx(1.3)
+    transparent = np.concatenate([video[:9], np.zeros((9, 48, 64, 1), np.uint8)], axis=-1)  # RGBA -> white
+    assert torch.all(processor(transparent)["pixel_values_videos"] == 1)
 
 
 def test_tiny_mp4_decodes_to_the_expected_frames(tiny_mp4):
@@ -356,6 +358,91 @@ def test_video_bad_inputs_give_clear_errors(tmp_path, tiny_mp4):
         processor(np.zeros((9, 32, 32, 3), np.uint8), num_frame=9)
     with pytest.raises(ValueError, match="zero size"):
         processor(np.zeros((9, 0, 32, 3), np.uint8))
+
+
+def test_video_container_without_frame_count_is_counted(tmp_path):
+    """WebM / MKV do not record a frame count; transformers' PyAV reader would see 0 frames."""
+    import av
+
+    path = str(tmp_path / "tiny.mkv")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(21):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 12 * i, np.uint8))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(path) as container:
+        assert container.streams.video[0].frames == 0
+    out = HydraXVideoProcessor(num_frames=9, size={"min_pixels": 32 * 32, "max_pixels": 64 * 48})(path)
+    metadata = out["video_metadata"][0]
+    assert (metadata.total_num_frames, metadata.fps, metadata.duration) == (21, 10.0, 2.1)
+    expected = np.linspace(0, 20, 9).round().astype(int).tolist()
+    assert metadata.frames_indices == expected
+    values = frame_values(out["pixel_values_videos"][0])
+    assert all(abs(value - 12 * index) <= 3 for value, index in zip(values, expected)), values
+
+
+def test_url_downloads_time_out(monkeypatch):
+    """A server that accepts the connection and never answers must not hang the processors."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(image_processing_hydrax, "URL_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(video_processing_hydrax, "URL_TIMEOUT", 0.5, raising=False)
+    server = socket.create_server(("127.0.0.1", 0))
+    connections = []
+    threading.Thread(target=lambda: connections.extend(server.accept() for _ in range(2)), daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    errors = {}
+
+    def fetch(name, load):
+        try:
+            load()
+        except Exception as error:  # the error raised, for the checks below
+            errors[name] = error
+
+    threads = [
+        threading.Thread(target=fetch, args=("video", lambda: HydraXVideoProcessor()(f"{url}/clip.mp4")), daemon=True),
+        threading.Thread(target=fetch, args=("image", lambda: HydraXImageProcessor()(f"{url}/a.png")), daemon=True),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        assert not any(thread.is_alive() for thread in threads), "a download hung without a timeout"
+    finally:
+        for connection, _ in connections:
+            connection.close()
+        server.close()
+    assert isinstance(errors["video"], ValueError) and "Could not download video" in str(errors["video"])
+    assert "timed out" in str(errors["image"]).lower()
+
+
+def test_read_only_arrays_give_no_warnings():
+    """torch warns (once per process, hence the subprocess) when it wraps a read-only numpy array."""
+    script = textwrap.dedent(
+        """
+        import warnings
+        import numpy as np
+        from processing_hydrax import HydraXImageProcessor, HydraXVideoProcessor
+        image = np.zeros((32, 32, 3), np.uint8)
+        video = np.zeros((5, 32, 32, 3), np.uint8)
+        image.setflags(write=False)
+        video.setflags(write=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            HydraXImageProcessor(do_resize=False)(image)
+            HydraXImageProcessor(do_resize=False)([image[:16], image[:, :16]])
+            HydraXVideoProcessor(num_frames=5, do_resize=False)(video)
+        print("clean")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "clean", result.stderr[-3000:]
 
 
 def test_video_postprocess():
@@ -583,6 +670,50 @@ def test_left_padding_for_batched_generation_prompts(processor, astronaut):
     assert torch.all(pad_positions == torch.arange(len(pad_positions)))
     assert out["mm_token_type_ids"].shape == ids.shape
     assert torch.equal(out["mm_token_type_ids"] == 1, ids == processor.image_token_id)
+
+
+def test_edit_target_must_share_the_source_grid(processor, astronaut):
+    source, target = astronaut[:200, :300], astronaut[:256, :256]
+    (_, source_h, source_w), (_, target_h, target_w) = (
+        processor.image_processor.get_image_grid_thw(
+            *image.shape[:2], {"size": {"min_pixels": 64**2, "max_pixels": 256**2}}
+        )
+        for image in (source, target)
+    )
+    assert (source_h, source_w) != (target_h, target_w)
+    expected = (
+        rf"Sample 0 is an edit whose target image is {target_h * 16}x{target_w * 16} pixels .* but whose source image "
+        rf"is {source_h * 16}x{source_w * 16} .* Resize the target image to the source image's size"
+    )
+    user = {"role": "user", "content": [{"type": "image", "image": source}, {"type": "text", "text": "Night."}]}
+    edit = [user, {"role": "assistant", "content": [{"type": "image", "image": target}]}]
+    with pytest.raises(ValueError, match=expected):
+        processor.apply_chat_template(edit, tokenize=True, return_dict=True)
+    with pytest.raises(ValueError, match="an edit keeps the source's grid"):
+        processor(
+            text="<|image_pad|> Night. <|vision_pad|>", images=source, visual_targets={"height": 64, "width": 64}
+        )
+    sized = [user, {"role": "assistant", "content": [{"type": "image", "height": 64, "width": 64}]}]
+    with pytest.raises(ValueError, match="give the target no height / width"):
+        processor.apply_chat_template(sized, tokenize=True, return_dict=True)
+
+
+def test_apply_chat_template_never_mutates_processor_kwargs(processor, astronaut):
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": astronaut}, {"type": "text", "text": "Describe."}]},
+        {"role": "assistant", "content": "An astronaut."},
+    ]
+    kwargs = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 64}}, "padding": True}
+    before = json.dumps(kwargs, sort_keys=True)
+    out = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, processor_kwargs=kwargs
+    )
+    assert "assistant_masks" in out and json.dumps(kwargs, sort_keys=True) == before
+    again = processor(text="<|image_pad|> hi", images=astronaut, **kwargs)
+    assert not {"offset_mapping", "text_replacement_offsets"} & set(again)
+    target = [messages[0], {"role": "assistant", "content": [{"type": "image", "height": 64, "width": 64}]}]
+    processor.apply_chat_template(target, tokenize=True, return_assistant_tokens_mask=True, processor_kwargs=kwargs)
+    assert json.dumps(kwargs, sort_keys=True) == before
 
 
 def test_left_padded_generation_targets(processor):
