@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.modeling_hydrax_tok import HydraXTokAttention  # noqa: E402
+from script_args import check_output_folder  # noqa: E402
 
 
 def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical") -> HydraXTokModel:
@@ -261,16 +262,29 @@ def bench_flops(args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["modes", "attention", "stream", "flops", "all"], default="all")
+    parser.add_argument(
+        "--part",
+        choices=["modes", "attention", "stream", "flops", "all"],
+        default="all",
+        help="which benchmark to run (see Parts above; default: all)",
+    )
     parser.add_argument("--size", type=int, default=256, help="square frame side in pixels (multiple of 16)")
     parser.add_argument("--frames", type=int, default=17, help="clip length for `modes` and `flops` (1 + 4k)")
-    parser.add_argument("--hidden-size", type=int, default=384)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--intermediate-size", type=int, default=1536)
-    parser.add_argument("--gen-layers", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden-size", type=int, default=384, help="encoder width (default: 384)")
+    parser.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
+    parser.add_argument("--intermediate-size", type=int, default=1536, help="MLP width (default: 1536)")
+    parser.add_argument("--gen-layers", type=int, default=6, help="Gen-ViT encoder layers (default: 6)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per measurement, after a warm-up (default: 3)"
+    )
     parser.add_argument("--chunk-frames", type=int, default=2, help="latent frames per chunk in `stream`")
-    parser.add_argument("--stream-frames", type=int, nargs="+", default=[17, 65, 257])
+    parser.add_argument(
+        "--stream-frames",
+        type=int,
+        nargs="+",
+        default=[17, 65, 257],
+        help="clip lengths for `stream`, each 1 + 4k (default: 17 65 257)",
+    )
     parser.add_argument(
         "--attn-implementation",
         choices=["sdpa", "eager"],
@@ -281,6 +295,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--worker-frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.output is not None:
+        check_output_folder(parser, "--output", args.output.parent)
     if args.size % 16:
         parser.error(f"--size must be a multiple of 16, got {args.size}")
     for frames in [args.frames, *args.stream_frames]:

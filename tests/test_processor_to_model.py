@@ -70,4 +70,3 @@ def test_edit_training_batch(processor):
     assert pixels.shape[0] == 4
     explicit = {"target_pixel_values": pixels[1::2], "source_pixel_values": pixels[0::2]}
     run_both_ways(model, inputs, explicit)
-

