@@ -24,6 +24,22 @@ HydraXTokModel.register_for_auto_class("AutoModel")
 import processing_hydrax  # noqa: E402, F401
 
 
+# The diffusers pipelines (diffusers is optional) load on first access: `from modeling_hydrax import HydraXPipeline`.
+PIPELINE_MODULES = {
+    "HydraXPipeline": "pipeline_hydrax",
+    "HydraXPipelineOutput": "pipeline_hydrax",
+    "HydraXEditPipeline": "pipeline_hydrax_edit",
+}
+
+
+def __getattr__(name):
+    if name in PIPELINE_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{PIPELINE_MODULES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "HydraXConfig",
     "HydraXForConditionalGeneration",

@@ -1,0 +1,619 @@
+"""Hydra-X text-to-image, text-to-video and image-to-video pipeline, and the sampler every Hydra-X pipeline shares.
+
+One loop (`HydraXSamplerMixin._denoise`) serves every task. The prompt (with an edit's source) runs through the LLM
+once (`HydraXForConditionalGeneration.prepare_generation_prefix`); each Euler step of diffusers'
+`FlowMatchEulerDiscreteScheduler` then predicts the velocity of the noisy target after that cached prefix
+(`predict_velocity`, which computes no LM-head logits), with every guidance branch in one batched forward. The tasks
+differ only in what is cached, what is noisy and what is clean:
+
+| task           | cached prefix                                    | noisy                 | clean                 |
+|----------------|--------------------------------------------------|-----------------------|-----------------------|
+| text-to-image  | prompt                                           | the image latent      | -                     |
+| text-to-video  | prompt                                           | all latent frames     | -                     |
+| image-to-video | prompt                                           | latent frames 1, 2, … | latent frame 0, image |
+| edit           | prompt + source tokens; source's Sem-ViT cache   | the target latent     | -                     |
+
+This file imports only torch, diffusers, transformers and its sibling `pipeline_loading_hydrax`: a checkpoint folder
+carries it as pipeline code for `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import __version__ as diffusers_version
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from .pipeline_loading_hydrax import HydraXRootModel, HydraXRootProcessor
+
+
+logger = logging.get_logger(__name__)
+
+# Files a pipeline folder carries (copied from beside this module): the pipeline code at the root, and the loader that
+# diffusers' generic `from_pretrained` finds in the `model/` and `processor/` component folders (and that the pipeline
+# code imports).
+LOADER_FILE = "pipeline_loading_hydrax.py"
+PIPELINE_FILES = ("pipeline_hydrax.py", "pipeline_hydrax_edit.py", LOADER_FILE)
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import sys, tempfile
+        >>> sys.path.insert(0, "conversion")  # run from the repository root; a trained checkpoint needs none of this
+        >>> from build_hydrax import build_checkpoint
+        >>> from modeling_hydrax import HydraXPipeline
+
+        >>> folder = build_checkpoint("tiny", f"{tempfile.mkdtemp()}/hydrax-tiny")  # random weights, 32² = 2×2 latents
+        >>> pipe = HydraXPipeline.from_pretrained(folder)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> image = pipe("A red fox in the snow", height=32, width=32, num_inference_steps=2).images[0]
+        >>> image.size
+        (32, 32)
+        >>> video = pipe("A red fox running", height=32, width=32, num_frames=5, num_inference_steps=2).frames[0]
+        >>> len(video), video[0].size
+        (5, (32, 32))
+        >>> animated = pipe("The fox runs off", image=image, num_frames=5, num_inference_steps=2).frames[0]
+        >>> len(animated)
+        5
+        ```
+
+        Save a video with `diffusers.utils.export_to_video(video, "fox.mp4", fps=8)` (needs `imageio-ffmpeg`).
+"""
+
+
+@dataclass
+class HydraXPipelineOutput(BaseOutput):
+    """
+    Output of the Hydra-X pipelines.
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` `[B, H, W, 3]` or `torch.Tensor` `[B, 3, H, W]`, in [0, 1]):
+            Generated or edited images (`num_frames=1`); normalised latents `[B, C, 1, h, w]` for
+            `output_type="latent"`.
+        frames (`list[list[PIL.Image.Image]]`, `np.ndarray` `[B, F, H, W, 3]` or `torch.Tensor` `[B, F, 3, H, W]`):
+            Generated videos (`num_frames > 1`); normalised latents `[B, C, 1 + (F - 1) / 4, h, w]` for
+            `output_type="latent"`.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None = None
+
+
+def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The rectified-flow scheduler Hydra-X samples with: Euler steps, σ = 1 is noise, and the resolution shift `mu`
+    that the pipelines take from `HydraXForConditionalGeneration.flow_shift_mu`."""
+    return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+
+
+def write_pipeline_files(folder, scheduler: FlowMatchEulerDiscreteScheduler | None = None, pipeline_class=None):
+    """Turn a Hydra-X checkpoint folder (the model's and processor's transformers files, as `save_pretrained` and
+    `conversion/build_hydrax.py` write them) into a diffusers pipeline folder as well, with no second copy of the
+    weights: `model_index.json`, `scheduler/`, the pipeline code, and the root-component loader in `model/` and
+    `processor/` (see `pipeline_loading_hydrax.py`). `pipeline_class` (default `HydraXPipeline`) is the class that
+    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` builds."""
+    folder = Path(folder)
+    pipeline_class = pipeline_class or HydraXPipeline
+    scheduler = scheduler if scheduler is not None else default_scheduler()
+    scheduler.save_pretrained(folder / "scheduler")
+    here = Path(__file__).resolve().parent
+    for name in PIPELINE_FILES:
+        if (here / name).is_file():  # remote code copies only the modules it loaded
+            shutil.copyfile(here / name, folder / name)
+    for component in ("model", "processor"):
+        (folder / component).mkdir(exist_ok=True)
+        shutil.copyfile(here / LOADER_FILE, folder / component / LOADER_FILE)
+    loader = Path(LOADER_FILE).stem
+    index = {
+        "_class_name": [pipeline_class.__module__.rsplit(".", 1)[-1], pipeline_class.__name__],
+        "_diffusers_version": diffusers_version,
+        "model": [loader, HydraXRootModel.__name__],
+        "processor": [loader, HydraXRootProcessor.__name__],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def image_count(image) -> int:
+    """How many images `image` holds: one PIL image / `[C, H, W]` tensor / `[H, W, C]` array, a batch, or a list."""
+    if isinstance(image, (list, tuple)):
+        return len(image)
+    if isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4:
+        return image.shape[0]
+    return 1
+
+
+def image_size(image) -> tuple[int, int]:
+    """`(height, width)` of a PIL image, a `[(B,) C, H, W]` tensor, a `[(B,) H, W, C]` array or a list's first item."""
+    if isinstance(image, (list, tuple)):
+        return image_size(image[0])
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if isinstance(image, torch.Tensor):
+        return tuple(image.shape[-2:])
+    return tuple(image.shape[-3:-1])
+
+
+class HydraXSamplerMixin:
+    r"""
+    What the Hydra-X pipelines share: components, checks, prompt and image preparation, the sampling loop, decoding,
+    and loading from / saving to a Hydra-X checkpoint folder. Mixed into `DiffusionPipeline`.
+
+    Args:
+        model ([`HydraXForConditionalGeneration`]):
+            The unified model: Hydra-XTok (encode / decode, Sem-ViT) + Qwen2.5 LLM + flow head.
+        processor ([`HydraXProcessor`]):
+            Builds the chat prompts and their visual placeholders.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`]):
+            Rectified-flow Euler scheduler; with `use_dynamic_shifting=True` it takes the model's resolution shift.
+    """
+
+    model_cpu_offload_seq = "model"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, scheduler: FlowMatchEulerDiscreteScheduler):
+        super().__init__()
+        self.register_modules(model=model, processor=processor, scheduler=scheduler)
+        self.patch_size = model.config.vision_config.patch_size
+        self.temporal_compression = model.config.vision_config.temporal_compression_ratio
+        self.video_processor = VideoProcessor(vae_scale_factor=self.patch_size)
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self):
+        return self._interrupt
+
+    # ------------------------------------------------------------------------------------- loading / saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""
+        Load the pipeline from a Hydra-X checkpoint folder or Hub repo: the model and processor from its root (the
+        transformers files, one copy shared with `AutoModel` / `AutoProcessor`), the scheduler from `scheduler/`, or
+        [`default_scheduler`] when there is none (e.g. a folder from `conversion/build_hydrax.py`).
+
+        `dtype` (or `torch_dtype`), `device_map`, `attn_implementation`, `trust_remote_code` and the Hub arguments
+        (`cache_dir`, `revision`, `token`, `local_files_only`, ...) go to the model's `from_pretrained`. Components
+        passed by name (`model=`, `processor=`, `scheduler=`) are used as they are.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        components = {name: kwargs.pop(name) for name in ("model", "processor", "scheduler") if name in kwargs}
+        if "torch_dtype" in kwargs:
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        if "model" not in components:
+            components["model"] = AutoModel.from_pretrained(path, **kwargs)
+        if "processor" not in components:
+            remote = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
+            components["processor"] = AutoProcessor.from_pretrained(path, **hub_kwargs, **remote)
+        if "scheduler" not in components:
+            try:
+                components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    path, subfolder="scheduler", **hub_kwargs
+                )
+            except OSError:
+                logger.info(f"{path} has no scheduler/ folder; using `default_scheduler()`.")
+                components["scheduler"] = default_scheduler()
+        pipeline = cls(**components)
+        pipeline.register_to_config(_name_or_path=path)
+        return pipeline
+
+    def save_pretrained(
+        self, save_directory, max_shard_size: int | str = "50GB", variant: str | None = None, **kwargs
+    ):
+        """Save a folder that both routes load: the model and processor at the root (transformers' files, with their
+        remote code), plus `model_index.json`, `scheduler/`, the pipeline code and the root-component loaders (see
+        [`write_pipeline_files`]). Other keyword arguments go to the model's `save_pretrained`."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "push_to_hub is not supported by Hydra-X pipelines: save_pretrained(folder), then upload the folder "
+                "with huggingface_hub.upload_folder."
+            )
+        self.model.save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
+        self.processor.save_pretrained(save_directory)
+        write_pipeline_files(save_directory, self.scheduler, type(self))
+
+    # --------------------------------------------------------------------------------------------- checks
+    @staticmethod
+    def _prompt_list(prompt, name: str = "prompt") -> list[str]:
+        if isinstance(prompt, str):
+            return [prompt]
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(item, str) for item in prompt):
+            raise TypeError(
+                f"`{name}` must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}."
+            )
+        if not prompt:
+            raise ValueError(f"`{name}` is an empty list; pass at least one prompt.")
+        return list(prompt)
+
+    def _negative_prompt_list(self, negative_prompt, num_prompts: int) -> list[str] | None:
+        if negative_prompt is None:
+            return None
+        negatives = self._prompt_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            return negatives * num_prompts
+        if len(negatives) != num_prompts:
+            raise ValueError(
+                f"Got {len(negatives)} negative prompts for {num_prompts} prompts; pass one negative prompt or "
+                "one per prompt."
+            )
+        return negatives
+
+    def _check_inputs(
+        self,
+        height,
+        width,
+        num_inference_steps,
+        sigmas,
+        num_images_per_prompt,
+        negative_prompts,
+        guided: bool,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        patch = self.patch_size
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < patch or value % patch:
+                nearest = max(patch, round(value / patch) * patch) if isinstance(value, (int, float)) else 16 * patch
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of the tokenizer's patch size {patch}, got {value!r}; "
+                    f"use e.g. {nearest}."
+                )
+        if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"`num_inference_steps` must be an int ≥ 1, got {num_inference_steps!r}.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an int ≥ 1, got {num_images_per_prompt!r}.")
+        if negative_prompts is not None and not guided:
+            raise ValueError(
+                f"`negative_prompt` only acts through classifier-free guidance, which is off at guidance_scale="
+                f"{self._guidance_scale}; raise the guidance scale above 1 or drop `negative_prompt`."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = [
+            name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs
+        ]
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` names {unknown}, which this pipeline does not have; choose "
+                f"from {self._callback_tensor_inputs}."
+            )
+
+    def _check_images(self, image, num_prompts: int, name: str = "image"):
+        items = image if isinstance(image, (list, tuple)) else [image]
+        for item in items:
+            if not isinstance(item, (PIL.Image.Image, np.ndarray, torch.Tensor)):
+                raise TypeError(
+                    f"`{name}` must be a PIL image, a numpy array `[H, W, C]` or a torch tensor `[C, H, W]` in [0, 1] "
+                    f"(or a batch or list of them), got {type(item).__name__}."
+                )
+        count = image_count(image)
+        if count not in (1, num_prompts):
+            raise ValueError(
+                f"Got {count} images for {num_prompts} prompts; pass one image for all prompts or one per prompt."
+            )
+
+    # ----------------------------------------------------------------------------------- inputs to tensors
+    def _output_size(self, height, width, image=None) -> tuple[int, int]:
+        """`height` and `width`, by default the size of `image` snapped to the nearest multiples of the patch size (the
+        latent grid), or without an image the square root of the processor's `max_pixels` (1024 by default)."""
+        patch = self.patch_size
+        if image is not None:
+            default = [max(patch, round(side / patch) * patch) for side in image_size(image)]
+        else:
+            side = int(self.processor.image_processor.size["max_pixels"] ** 0.5)
+            default = [max(patch, side - side % patch)] * 2
+        return default[0] if height is None else height, default[1] if width is None else width
+
+    def _preprocess_images(self, image, height: int, width: int, num_prompts: int) -> torch.Tensor:
+        """Images → pixels `[num_prompts, 3, height, width]` in [-1, 1]; a resize is logged."""
+        items = image if isinstance(image, (list, tuple)) else [image]
+        sizes = sorted({image_size(item) for item in items} - {(height, width)})
+        if sizes:
+            logger.warning(f"Resizing the input image(s) of size(s) {sizes} (height, width) to {height}x{width}.")
+        pixels = self.video_processor.preprocess(image, height=height, width=width)
+        return pixels.expand(num_prompts, -1, -1, -1) if pixels.shape[0] == 1 else pixels
+
+    @staticmethod
+    def _conversation(text: str, target: dict, source: torch.Tensor | None = None) -> list[dict]:
+        """A one-turn chat: the user's text (after the edit source, if any), then the data-less target block."""
+        content = [{"type": "text", "text": text}]
+        if source is not None:
+            content.insert(0, {"type": "image", "image": source})
+        return [{"role": "user", "content": content}, {"role": "assistant", "content": [target]}]
+
+    def _tokenize(self, conversations: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chat conversations whose last turn is the data-less target block → the prompt prefix up to and including
+        the target's `<|vision_start|>`, left-padded to one length (`input_ids`, `attention_mask`)."""
+        images_kwargs = {"do_resize": False, "do_rescale": False, "do_normalize": False}  # sources come in [-1, 1]
+        inputs = self.processor.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True, "padding_side": "left", "images_kwargs": images_kwargs},
+        )
+        starts = inputs["target_mask"].int().argmax(dim=1)
+        if bool((starts != starts[0]).any()):
+            raise ValueError(f"The prompts' generation targets start at different positions {starts.tolist()}.")
+        start = int(starts[0])
+        return inputs["input_ids"][:, :start], inputs["attention_mask"][:, :start]
+
+    def _encode_prompts(self, conversations: list, negative_conversations: list | None):
+        """`(ids, mask)` of the conditional prefixes and of the text-free ones: the negative prompts, or else the
+        prompts with their text dropped as in training (`unconditional_input_ids`); tokenized together, so every
+        guidance branch has one length and they batch."""
+        ids, mask = self._tokenize(conversations + (negative_conversations or []))
+        if negative_conversations:
+            count = len(conversations)
+            return (ids[:count], mask[:count]), (ids[count:], mask[count:])
+        return (ids, mask), (self.model.unconditional_input_ids(ids), mask)
+
+    def _prepare_prefix(self, branches: list, num_images_per_prompt: int, source_pixel_values=None):
+        """Run the guidance branches' prompts (branch-major, each prompt repeated per image) through the LLM once."""
+        device = self._execution_device
+        ids = torch.cat([branch[0] for branch in branches]).repeat_interleave(num_images_per_prompt, 0).to(device)
+        mask = torch.cat([branch[1] for branch in branches]).repeat_interleave(num_images_per_prompt, 0).to(device)
+        if source_pixel_values is not None:
+            source_pixel_values = source_pixel_values.repeat_interleave(num_images_per_prompt, 0)
+            source_pixel_values = source_pixel_values.to(device, self.model.dtype)
+        return self.model.prepare_generation_prefix(ids, mask, source_pixel_values=source_pixel_values)
+
+    def _prepare_latents(self, batch_size, num_frames, height, width, generator, latents) -> torch.Tensor:
+        vision = self.model.config.vision_config
+        latent_frames = (num_frames - 1) // self.temporal_compression + 1
+        shape = (
+            batch_size,
+            vision.latent_channels,
+            latent_frames,
+            height // self.patch_size,
+            width // self.patch_size,
+        )
+        device = self._execution_device
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if tuple(latents.shape) != shape:
+            raise ValueError(
+                f"`latents` must have shape {shape} (batch × num_images_per_prompt, channels, latent frames, "
+                f"height / {self.patch_size}, width / {self.patch_size}), got {tuple(latents.shape)}."
+            )
+        return latents.to(device, torch.float32)
+
+    def _set_timesteps(self, num_inference_steps, sigmas, num_tokens: int):
+        """Timesteps with the model's resolution shift for a target of `num_tokens` latent tokens."""
+        mu = self.model.flow_shift_mu(num_tokens) if self.scheduler.config.use_dynamic_shifting else None
+        steps = len(sigmas) if sigmas is not None else num_inference_steps
+        self.scheduler.set_timesteps(steps, device=self._execution_device, sigmas=sigmas, mu=mu)
+        self.scheduler.set_begin_index(0)
+
+    # ------------------------------------------------------------------------------------------- sampling
+    def _denoise(
+        self,
+        prefix,
+        guidance_weights: list[float],
+        latents: torch.Tensor,
+        clean_latents: torch.Tensor | None,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+    ) -> torch.Tensor:
+        """The sampling loop of every Hydra-X task.
+
+        `prefix` (from `prepare_generation_prefix`) holds one batch of `len(guidance_weights)` branches; each step
+        predicts all branches in one forward after it and combines them as `Σ weight · velocity` (CFG and dual CFG
+        are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step.
+        """
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        num_branches, dtype = len(guidance_weights), self.model.dtype
+        num_clean = 0 if clean_latents is None else clean_latents.shape[2]
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                if num_clean:
+                    latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
+                model_input = latents.to(dtype).repeat(num_branches, 1, 1, 1, 1)
+                sigma = self.scheduler.sigmas[i].to(latents.device).expand(model_input.shape[0])
+                velocities = self.model.predict_velocity(model_input, sigma, prefix).float().chunk(num_branches)
+                velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+
+                progress_bar.update()
+        self._current_timestep = None
+        if num_clean:
+            latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
+        return latents
+
+    def _postprocess(self, latents: torch.Tensor, output_type: str, video: bool):
+        """Decode normalised latents with Hydra-XTok and convert to `output_type` (`"latent"` returns them as they
+        are)."""
+        if output_type == "latent":
+            return latents
+        pixels = self.model.model.vision_tower.decode(latents.to(self.model.dtype)).sample.float().clamp(-1, 1)
+        if video:
+            return self.video_processor.postprocess_video(pixels, output_type=output_type)
+        return self.video_processor.postprocess(pixels[:, :, 0], output_type=output_type)
+
+
+class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
+    r"""
+    Text-to-image, text-to-video and image-to-video with Hydra-X.
+
+    The prompt runs through the LLM once and its key/value cache is reused at every denoising step; the conditional
+    and unconditional branches of classifier-free guidance share one batched forward. The unconditional branch is the
+    negative prompt, or the prompt with its text dropped exactly as in training (same length, so no padding between
+    branches). Image-to-video keeps the clean latent of `image` as the anchor frame at every step: Hydra-XTok is
+    causal in time, so the first decoded frame is the tokenizer's reconstruction of `image`.
+
+    Load it from a Hydra-X checkpoint folder with `HydraXPipeline.from_pretrained(folder)` (see
+    [`~HydraXSamplerMixin.from_pretrained`]), or without this package, from a folder written by `save_pretrained`,
+    with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+    """
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = 1,
+        image=None,
+        num_inference_steps: int = 50,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ):
+        r"""
+        Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
+
+        Args:
+            prompt (`str` or `list[str]`):
+                What to generate; one output (or `num_images_per_prompt`) per prompt.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces the text-free branch of classifier-free guidance; needs `guidance_scale > 1`.
+            height (`int`, *optional*), width (`int`, *optional*):
+                Output size in pixels, multiples of the tokenizer's patch size (16). Default: the size of `image`
+                (snapped to the grid, logged), else the side of the processor's `max_pixels` (1024).
+            num_frames (`int`, defaults to 1):
+                1 for an image; `1 + 4k` frames for a video (other counts are rounded to that form, with a warning).
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
+                Image-to-video: the first frame, one for all prompts or one per prompt (needs `num_frames > 1`).
+            num_inference_steps (`int`, defaults to 50):
+                Euler steps.
+            sigmas (`list[float]`, *optional*):
+                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule.
+            guidance_scale (`float`, defaults to 4.0):
+                Classifier-free guidance scale; off at ≤ 1.
+            num_images_per_prompt (`int`, defaults to 1):
+                Outputs per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                For reproducible noise (one per output when a list).
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `[B, C, 1 + (num_frames - 1) / 4, height / 16, width / 16]`.
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` or `"latent"` (normalised Hydra-XTok latents, not decoded).
+            return_dict (`bool`, defaults to `True`):
+                Return a [`HydraXPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; may return
+                replacements for the tensors in `callback_kwargs`.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                Tensors passed to the callback, among `_callback_tensor_inputs`.
+
+        Examples:
+
+        Returns:
+            [`HydraXPipelineOutput`] with `images` (`num_frames=1`) or `frames`, or a one-element tuple of them.
+        """
+        # 1. Check inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        prompts = self._prompt_list(prompt)
+        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts))
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(
+                f"`num_frames` must be an int ≥ 1 (1 for an image, 1 + 4k for a video), got {num_frames!r}."
+            )
+        step = self.temporal_compression
+        if (num_frames - 1) % step:
+            snapped = (num_frames - 1) // step * step + 1
+            logger.warning(f"`num_frames - 1` has to be divisible by {step}; rounding {num_frames} to {snapped}.")
+            num_frames = snapped
+        if image is not None:
+            self._check_images(image, len(prompts))
+            if num_frames == 1:
+                raise ValueError(
+                    "`image` is the first frame of image-to-video and needs num_frames = 1 + 4k > 1 (e.g. 17); to "
+                    "edit an image use HydraXEditPipeline."
+                )
+        height, width = self._output_size(height, width, image)
+        self._guidance_scale = guidance_scale
+        self._check_inputs(
+            height,
+            width,
+            num_inference_steps,
+            sigmas,
+            num_images_per_prompt,
+            negative_prompts,
+            guidance_scale > 1,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._interrupt = False
+        self._current_timestep = None
+
+        # 2. Run the prompt once: conditional and unconditional branches in one cached batch
+        video = num_frames > 1
+        target = {"type": "video", "num_frames": num_frames} if video else {"type": "image"}
+        target.update(height=height, width=width)
+        conditional, text_free = self._encode_prompts(
+            [self._conversation(text, target) for text in prompts],
+            None if negative_prompts is None else [self._conversation(text, target) for text in negative_prompts],
+        )
+        branches, weights = [conditional], [1.0]
+        if guidance_scale > 1:
+            branches, weights = [conditional, text_free], [guidance_scale, 1 - guidance_scale]
+        prefix = self._prepare_prefix(branches, num_images_per_prompt)
+
+        # 3. Prepare the noisy latents and, for image-to-video, the clean anchor
+        batch_size = len(prompts) * num_images_per_prompt
+        latents = self._prepare_latents(batch_size, num_frames, height, width, generator, latents)
+        clean_latents = None
+        if image is not None:
+            pixels = self._preprocess_images(image, height, width, len(prompts))
+            pixels = pixels.repeat_interleave(num_images_per_prompt, 0).to(latents.device, self.model.dtype)
+            clean_latents = self.model.model.encode_latents(pixels).float()
+
+        # 4. Prepare timesteps with the model's resolution shift
+        self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
+
+        # 5. Denoising loop
+        latents = self._denoise(
+            prefix, weights, latents, clean_latents, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+
+        # 6. Decode
+        output = self._postprocess(latents, output_type, video)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (output,)
+        return HydraXPipelineOutput(frames=output) if video else HydraXPipelineOutput(images=output)

@@ -1,0 +1,185 @@
+"""Hydra-X instruction-based image editing pipeline (the sampler is `pipeline_hydrax.HydraXSamplerMixin`'s)."""
+
+from typing import Callable
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import replace_example_docstring
+
+from .pipeline_hydrax import HydraXPipelineOutput, HydraXSamplerMixin
+
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import sys, tempfile
+        >>> import PIL.Image
+        >>> sys.path.insert(0, "conversion")  # run from the repository root; a trained checkpoint needs none of this
+        >>> from build_hydrax import build_checkpoint
+        >>> from modeling_hydrax import HydraXEditPipeline
+
+        >>> folder = build_checkpoint("tiny", f"{tempfile.mkdtemp()}/hydrax-tiny")  # random weights
+        >>> pipe = HydraXEditPipeline.from_pretrained(folder)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> source = PIL.Image.new("RGB", (48, 32), "white")
+        >>> edited = pipe(source, "Paint the wall blue", num_inference_steps=2).images[0]
+        >>> edited.size
+        (48, 32)
+        ```
+"""
+
+
+class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
+    r"""
+    Instruction-based image editing with Hydra-X.
+
+    The source image and the noisy target form a 2-frame Sem-ViT clip (Hydra-XTok's source–target interaction: the
+    target sees the source, never the reverse), and the source's tokens also sit in the LLM prompt. Both are computed
+    once: the prompt with the source through the LLM, and the source's Sem-ViT frame cache, reused at every step.
+
+    Guidance is dual classifier-free guidance over three branches in one batched forward, with `s_txt =
+    guidance_scale` and `s_img = image_guidance_scale`:
+    `v = v_uncond + s_img · (v_img − v_uncond) + s_txt · (v_cond − v_img)`, where `v_cond` sees the instruction and
+    the source, `v_img` the source without the instruction (its text dropped as in training, or the negative prompt),
+    and `v_uncond` neither. The image-free branch keeps the prompt's length (so the branches batch) and replaces the
+    source by a **null image**: mid-gray, zeros in Hydra-XTok's [-1, 1] pixel range, both in the LLM prompt and in the
+    Sem-ViT clip. That is the pixel-space form of InstructPix2Pix's zero image condition; a model trained to drop the
+    source drops it the same way (zero `source_pixel_values`). A scale ≤ 1 turns its term off: with
+    `image_guidance_scale ≤ 1` only the text term runs (two branches), with both ≤ 1 a single branch.
+    """
+
+    @property
+    def image_guidance_scale(self):
+        return self._image_guidance_scale
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        sigmas: list[float] | None = None,
+        guidance_scale: float = 4.0,
+        image_guidance_scale: float = 1.5,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ):
+        r"""
+        Edit `image` following the instruction `prompt`.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list):
+                The source image(s) (arrays `[H, W, C]` / tensors `[C, H, W]` in [0, 1]): one for all prompts or one
+                per prompt.
+            prompt (`str` or `list[str]`):
+                The editing instruction(s).
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces the instruction in the two branches without it; needs a guidance scale above 1.
+            height (`int`, *optional*), width (`int`, *optional*):
+                Output size, multiples of the patch size (16). Default: the source's size, snapped to the nearest
+                multiples of 16; the source is resized to the output size, and any resize is logged.
+            num_inference_steps (`int`, defaults to 50):
+                Euler steps.
+            sigmas (`list[float]`, *optional*):
+                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule.
+            guidance_scale (`float`, defaults to 4.0):
+                Text guidance `s_txt` (see the class docstring); off at ≤ 1.
+            image_guidance_scale (`float`, defaults to 1.5):
+                Image guidance `s_img`: how closely the output follows the source; off at ≤ 1.
+            num_images_per_prompt (`int`, defaults to 1):
+                Outputs per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                For reproducible noise (one per output when a list).
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `[B, C, 1, height / 16, width / 16]`.
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` or `"latent"` (normalised Hydra-XTok latents, not decoded).
+            return_dict (`bool`, defaults to `True`):
+                Return a [`HydraXPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; may return
+                replacements for the tensors in `callback_kwargs`.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                Tensors passed to the callback, among `_callback_tensor_inputs`.
+
+        Examples:
+
+        Returns:
+            [`HydraXPipelineOutput`] with `images`, or a one-element tuple of them.
+        """
+        # 1. Check inputs
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        prompts = self._prompt_list(prompt)
+        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts))
+        self._check_images(image, len(prompts))
+        height, width = self._output_size(height, width, image)
+        self._guidance_scale = guidance_scale
+        self._image_guidance_scale = image_guidance_scale
+        self._check_inputs(
+            height,
+            width,
+            num_inference_steps,
+            sigmas,
+            num_images_per_prompt,
+            negative_prompts,
+            guidance_scale > 1 or image_guidance_scale > 1,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._interrupt = False
+        self._current_timestep = None
+
+        # 2. Resize the sources to the output size
+        sources = self._preprocess_images(image, height, width, len(prompts))
+
+        # 3. Run prompt + source once: the source's Sem-ViT cache and LLM tokens for every guidance branch
+        target = {"type": "image"}  # takes the source's grid
+        conditional, text_free = self._encode_prompts(
+            [self._conversation(text, target, source) for text, source in zip(prompts, sources)],
+            None
+            if negative_prompts is None
+            else [self._conversation(text, target, source) for text, source in zip(negative_prompts, sources)],
+        )
+        text_scale, image_scale = max(guidance_scale, 1.0), max(image_guidance_scale, 1.0)
+        if image_scale > 1:
+            branches, branch_sources = (
+                [conditional, text_free, text_free],
+                [sources, sources, torch.zeros_like(sources)],
+            )
+            weights = [text_scale, image_scale - text_scale, 1 - image_scale]
+        elif text_scale > 1:
+            branches, branch_sources = [conditional, text_free], [sources, sources]
+            weights = [text_scale, 1 - text_scale]
+        else:
+            branches, branch_sources, weights = [conditional], [sources], [1.0]
+        prefix = self._prepare_prefix(branches, num_images_per_prompt, torch.cat(branch_sources))
+
+        # 4. Prepare the noisy target latents
+        batch_size = len(prompts) * num_images_per_prompt
+        latents = self._prepare_latents(batch_size, 1, height, width, generator, latents)
+
+        # 5. Prepare timesteps with the model's resolution shift
+        self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
+
+        # 6. Denoising loop
+        latents = self._denoise(
+            prefix, weights, latents, None, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+
+        # 7. Decode
+        images = self._postprocess(latents, output_type, video=False)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return HydraXPipelineOutput(images=images)

@@ -1,0 +1,349 @@
+"""HydraXPipeline and HydraXEditPipeline on a tiny checkpoint (32² images = 2×2 latent grid), 2 steps, CPU."""
+
+import inspect
+import io
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "conversion"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_pipelines import main as bench_main  # noqa: E402
+from bench_pipelines import reference_sample  # noqa: E402
+from build_hydrax import build_checkpoint  # noqa: E402
+from test_remote_code_tok import BLOCK_OUR_PACKAGES  # noqa: E402
+
+from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, pipeline_hydrax, pipeline_hydrax_edit  # noqa: E402
+
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("pipelines") / "hydrax-tiny")
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    pipe = HydraXPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def edit(pipe):
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    return edit
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def source_image(seed=1, height=32, width=32) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=seeded(seed))
+
+
+def pipeline_warnings(fn) -> str:
+    """What the pipelines log while `fn` runs."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = diffusers_logging.get_logger(pipeline_hydrax.__name__)
+    logger.addHandler(handler)
+    try:
+        fn()
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def test_call_signatures_follow_diffusers():
+    required = {"num_inference_steps", "num_images_per_prompt", "generator", "latents", "output_type", "return_dict"}
+    required |= {"prompt", "negative_prompt", "height", "width", "guidance_scale", "callback_on_step_end"}
+    for cls, extra in ((HydraXPipeline, {"num_frames", "image"}), (HydraXEditPipeline, {"image_guidance_scale"})):
+        parameters = set(inspect.signature(cls.__call__).parameters)
+        assert required | extra <= parameters, (required | extra) - parameters
+        assert cls.model_cpu_offload_seq == "model" and cls._callback_tensor_inputs == ["latents"]
+
+
+def test_text_to_image_output_types(pipe):
+    kwargs = dict(height=32, width=48, num_inference_steps=STEPS)
+    pil = pipe("a red fox", generator=seeded(), **kwargs).images
+    assert len(pil) == 1 and pil[0].size == (48, 32)
+    np_images = pipe("a red fox", generator=seeded(), output_type="np", **kwargs).images
+    assert np_images.shape == (1, 32, 48, 3) and 0 <= np_images.min() and np_images.max() <= 1
+    pt = pipe("a red fox", generator=seeded(), output_type="pt", **kwargs).images
+    assert pt.shape == (1, 3, 32, 48)
+    np.testing.assert_allclose(np.asarray(pil[0]), (np_images[0] * 255).round(), atol=1)
+    latents = pipe("a red fox", generator=seeded(), output_type="latent", **kwargs).images
+    assert latents.shape == (1, 8, 1, 2, 3)
+    (images,) = pipe("a red fox", generator=seeded(), output_type="pt", return_dict=False, **kwargs)
+    torch.testing.assert_close(images, pt)
+
+
+def test_latent_output_decodes_to_the_default_path(pipe):
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS)
+    latents = pipe("a cat", generator=seeded(), output_type="latent", **kwargs).images
+    pixels = pipe("a cat", generator=seeded(), output_type="pt", **kwargs).images
+    decoded = pipe.model.model.vision_tower.decode(latents).sample.clamp(-1, 1)
+    torch.testing.assert_close((decoded[:, :, 0] / 2 + 0.5).clamp(0, 1), pixels)
+
+
+def test_text_to_video_frames_and_num_frames_rounding(pipe):
+    frames = pipe("a fox running", height=32, width=32, num_frames=5, num_inference_steps=STEPS, output_type="np")
+    assert frames.images is None and frames.frames.shape == (1, 5, 32, 32, 3)
+    pil = pipe("a fox running", height=32, width=32, num_frames=5, num_inference_steps=STEPS).frames
+    assert len(pil) == 1 and len(pil[0]) == 5 and pil[0][0].size == (32, 32)
+    result = {}
+    logged = pipeline_warnings(
+        lambda: result.update(
+            out=pipe("x", height=32, width=32, num_frames=7, num_inference_steps=STEPS, output_type="pt")
+        )
+    )
+    assert "rounding 7 to 5" in logged and result["out"].frames.shape == (1, 5, 3, 32, 32)
+
+
+def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
+    image = source_image()
+    frames = pipe("it moves", image=image, num_frames=9, num_inference_steps=STEPS, output_type="pt").frames
+    assert frames.shape == (1, 9, 3, 32, 32)
+    tokenizer = pipe.model.model.vision_tower
+    with torch.no_grad():
+        reconstruction = tokenizer.decode(tokenizer.encode(image[None] * 2 - 1).latents).sample.clamp(-1, 1)
+    torch.testing.assert_close(frames[0, 0], (reconstruction[0, :, 0] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+    assert not torch.allclose(frames[0, 1], frames[0, 0], atol=1e-3)
+
+
+def test_same_seed_same_output_different_seed_different(pipe, edit):
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    first = pipe("a boat", generator=seeded(0), **kwargs).images
+    torch.testing.assert_close(pipe("a boat", generator=seeded(0), **kwargs).images, first, atol=0, rtol=0)
+    assert not torch.allclose(pipe("a boat", generator=seeded(1), **kwargs).images, first)
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt")
+    edited = edit(source_image(), "make it red", generator=seeded(0), **kwargs).images
+    torch.testing.assert_close(edit(source_image(), "make it red", generator=seeded(0), **kwargs).images, edited)
+    assert not torch.allclose(edit(source_image(), "make it red", generator=seeded(1), **kwargs).images, edited)
+
+
+def test_batched_prompts_and_num_images_per_prompt_equal_single_calls(pipe, edit):
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt", negative_prompt="blurry")
+    prompts = ["a red fox", "a small blue boat on the lake"]  # different lengths: left padding between them
+    batched = pipe(prompts, generator=[seeded(0), seeded(1)], **kwargs).images
+    singles = [pipe(p, generator=seeded(i), **kwargs).images for i, p in enumerate(prompts)]
+    torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-5)
+    repeated = pipe(prompts[0], num_images_per_prompt=2, generator=[seeded(0), seeded(5)], **kwargs).images
+    torch.testing.assert_close(repeated[0], singles[0][0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(repeated[0], repeated[1])
+
+    sources = [source_image(1), source_image(2)]
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt")
+    batched = edit(sources, ["make it red", "add a hat"], generator=[seeded(0), seeded(1)], **kwargs).images
+    singles = [
+        edit(s, p, generator=seeded(i), **kwargs).images
+        for i, (s, p) in enumerate(zip(sources, ["make it red", "add a hat"]))
+    ]
+    torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-5)
+
+
+def test_callback_runs_once_per_step_and_can_replace_latents(pipe, edit):
+    calls = []
+
+    def callback(pipeline, step, timestep, callback_kwargs):
+        calls.append((step, pipeline.current_timestep, callback_kwargs["latents"].shape))
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])} if step == 2 else {}
+
+    out = pipe(
+        "a fox", height=32, width=32, num_inference_steps=3, output_type="latent", callback_on_step_end=callback
+    )
+    assert [step for step, _, _ in calls] == [0, 1, 2] and pipe.num_timesteps == 3
+    assert all(timestep is not None for _, timestep, _ in calls) and pipe.current_timestep is None
+    assert torch.equal(out.images, torch.zeros(1, 8, 1, 2, 2))
+    calls.clear()
+    out = edit(source_image(), "x", num_inference_steps=3, output_type="latent", callback_on_step_end=callback)
+    assert len(calls) == 3 and torch.equal(out.images, torch.zeros(1, 8, 1, 2, 2))
+
+
+def test_edit_outputs_follow_the_source(edit):
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt")
+    first = edit(source_image(1), "make it red", generator=seeded(), **kwargs).images
+    second = edit(source_image(2), "make it red", generator=seeded(), **kwargs).images
+    assert first.shape == (1, 3, 32, 32) and not torch.allclose(first, second, atol=1e-4)
+    result = {}
+    logged = pipeline_warnings(lambda: result.update(out=edit(source_image(1, 30, 50), "x", **kwargs)))
+    assert "(30, 50)" in logged and "32x48" in logged and result["out"].images.shape == (1, 3, 32, 48)
+    pil = edit(PIL.Image.new("RGB", (48, 32), "white"), "x", num_inference_steps=STEPS).images
+    assert pil[0].size == (48, 32)
+    sized = edit(source_image(), "x", height=48, width=64, num_inference_steps=STEPS, output_type="np").images
+    assert sized.shape == (1, 48, 64, 3)
+    for scales in ((1.0, 1.0), (3.0, 1.0), (1.0, 2.0)):
+        out = edit(source_image(), "x", guidance_scale=scales[0], image_guidance_scale=scales[1], **kwargs).images
+        assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_cached_sampler_equals_the_reference_sampler(pipe, edit):
+    """The pipelines' loop (prompt and source computed once, branches batched) against full forwards per branch."""
+    target = {"type": "image", "height": 32, "width": 48}
+    noise = torch.randn(1, 8, 1, 2, 3, generator=seeded(3))
+    cached = pipe("a red fox", height=32, width=48, num_inference_steps=3, guidance_scale=3.0, latents=noise,
+                  output_type="latent").images  # fmt: skip
+    branches = list(pipe._encode_prompts([pipe._conversation("a red fox", target)], None))
+    reference = reference_sample(pipe, branches, [3.0, -2.0], noise.clone(), 3)
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+
+    pixels = edit.video_processor.preprocess(source_image(), height=32, width=32)
+    cached = edit(source_image(), "make it red", num_inference_steps=3, guidance_scale=3.0, image_guidance_scale=2.0,
+                  latents=noise[..., :2], output_type="latent").images  # fmt: skip
+    conditional, text_free = edit._encode_prompts(
+        [edit._conversation("make it red", {"type": "image"}, pixels[0])], None
+    )
+    sources = [pixels, pixels, torch.zeros_like(pixels)]
+    reference = reference_sample(
+        edit, [conditional, text_free, text_free], [3.0, -1.0, -1.0], noise[..., :2].clone(), 3, sources
+    )
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip_and_generic_diffusers_loading(pipe, tmp_path):
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    expected = pipe("a fox", generator=seeded(), **kwargs).images
+    pipe.save_pretrained(tmp_path / "saved")
+    names = {path.name for path in (tmp_path / "saved").iterdir()}
+    assert {"model_index.json", "scheduler", "config.json", "model.safetensors", "pipeline_hydrax.py"} <= names
+    assert len(list((tmp_path / "saved").rglob("*.safetensors"))) == 1, "one copy of the weights"
+    loaded = HydraXPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(loaded("a fox", generator=seeded(), **kwargs).images, expected)
+    assert loaded.scheduler.config.use_dynamic_shifting
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    generic.set_progress_bar_config(disable=True)
+    assert type(generic).__name__ == "HydraXPipeline"
+    torch.testing.assert_close(generic("a fox", generator=seeded(), **kwargs).images, expected)
+    bf16 = HydraXPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.bfloat16)
+    assert bf16.model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(tmp_path / "saved")
+
+
+def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    expected = pipe(
+        "a fox", height=32, width=32, num_inference_steps=STEPS, generator=seeded(), output_type="pt"
+    ).images
+    torch.save(expected, tmp_path / "expected.pt")
+    source = str(tmp_path / "saved")
+    script = BLOCK_OUR_PACKAGES + textwrap.dedent(
+        f"""
+        import sys, torch
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({source!r}, custom_pipeline="pipeline_hydrax", trust_remote_code=True)
+        assert type(pipe.model).__module__.startswith("transformers_modules."), type(pipe.model).__module__
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe("a fox", height=32, width=32, num_inference_steps={STEPS},
+                   generator=torch.Generator().manual_seed(0), output_type="pt").images
+        torch.testing.assert_close(out, torch.load({str(tmp_path / "expected.pt")!r}))
+        edit = DiffusionPipeline.from_pretrained({source!r}, custom_pipeline="pipeline_hydrax_edit",
+                                                 trust_remote_code=True, dtype=torch.bfloat16)
+        assert type(edit).__name__ == "HydraXEditPipeline" and edit.model.dtype == torch.bfloat16
+        edit.set_progress_bar_config(disable=True)
+        assert edit(torch.rand(3, 32, 32), "x", num_inference_steps=1, output_type="pt").images.shape == (1, 3, 32, 32)
+        edit.save_pretrained({str(tmp_path / "again")!r})
+        assert type(DiffusionPipeline.from_pretrained({str(tmp_path / "again")!r}, trust_remote_code=True)).__name__ \\
+            == "HydraXEditPipeline"
+        print("ok")
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            dict(height=30, width=32),
+            ValueError,
+            "`height` must be a positive multiple of the tokenizer's patch size 16",
+        ),
+        (dict(num_frames=0), ValueError, "`num_frames` must be an int ≥ 1"),
+        (dict(prompt=[]), ValueError, "`prompt` is an empty list"),
+        (dict(prompt=3), TypeError, "`prompt` must be a string or a list of strings"),
+        (
+            dict(image=[torch.rand(3, 32, 32)] * 3, num_frames=5, prompt=["a", "b"]),
+            ValueError,
+            "3 images for 2 prompts",
+        ),
+        (dict(image="not-an-image.png", num_frames=5), TypeError, "`image` must be a PIL image"),
+        (dict(image=torch.rand(3, 32, 32)), ValueError, "needs num_frames = 1 \\+ 4k > 1"),
+        (dict(negative_prompt="ugly", guidance_scale=1.0), ValueError, "raise the guidance scale above 1"),
+        (dict(negative_prompt=["a", "b"]), ValueError, "2 negative prompts for 1 prompts"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, r"names \['noise'\]"),
+        (dict(output_type="jpeg"), ValueError, "`output_type` must be one of"),
+        (dict(latents=torch.randn(1, 8, 1, 3, 3)), ValueError, r"`latents` must have shape \(1, 8, 1, 2, 2\)"),
+        (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be an int ≥ 1"),
+    ],
+)
+def test_bad_input_names_the_value_and_the_fix(pipe, kwargs, error, message):
+    call = dict(prompt="a fox", height=32, width=32, num_inference_steps=1) | kwargs
+    with pytest.raises(error, match=message):
+        pipe(**call)
+
+
+def test_bad_edit_input(edit):
+    with pytest.raises(TypeError, match="`image` must be a PIL image"):
+        edit({"not": "an image"}, "x")
+    with pytest.raises(ValueError, match="2 images for 3 prompts"):
+        edit([source_image(), source_image()], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="raise the guidance scale above 1"):
+        edit(source_image(), "x", negative_prompt="y", guidance_scale=1.0, image_guidance_scale=1.0)
+
+
+@pytest.mark.parametrize("module", [pipeline_hydrax, pipeline_hydrax_edit])
+def test_example_docstrings_run(module, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    lines = [line.strip() for line in module.EXAMPLE_DOC_STRING.splitlines()]
+    code, expected = [], []
+    for line in lines:
+        if line.startswith((">>> ", "... ")):
+            code.append(line[4:])
+        elif line and not line.startswith(("```", "Examples:", "Save")) and code:
+            expected.append((len(code) - 1, line))
+    namespace = {}
+    for index, statement in enumerate(code):
+        outputs = [text for at, text in expected if at == index]
+        if outputs:
+            assert repr(eval(statement, namespace)) == outputs[0], statement
+        else:
+            exec(statement, namespace)
+
+
+def test_bench_runs_at_toy_sizes(capsys):
+    bench_main(["--grid", "2", "--steps", "3", "--short-prompt", "4", "--long-prompt", "12", "--hidden-size", "64",
+                "--layers", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "faster per step than the reference" in out and "prompt length:" in out
+    errors = [float(value.rstrip(",")) for value in out.split("max |Δ latents|")[1].split() if value[0].isdigit()]
+    assert len(errors) == 2 and max(errors) < 1e-4
+
+
+def test_model_cpu_offload_runs(checkpoint):
+    pipe = HydraXPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_model_cpu_offload(device="cpu")  # an accelerator moves the model there per call; CPU checks the hooks
+    out = pipe("a fox", height=32, width=32, num_inference_steps=1, output_type="pt").images
+    assert out.shape == (1, 3, 32, 32)
