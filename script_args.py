@@ -1,9 +1,17 @@
-"""Up-front checks of path arguments, shared by the scripts in examples/, conversion/ and bench/: a bad path stops the
-script in argparse, naming the option and the path, before any work starts."""
+"""What the scripts in examples/, conversion/ and bench/ share: up-front checks of path arguments (a bad path stops the
+script in argparse, naming the option and the path, before any work starts), the help formatter, and the command line
+and run of the pipeline examples (examples/text_to_image.py, text_to_video.py, image_to_video.py, edit_image.py).
+
+The examples write MP4s with PyAV (the `video` / `dev` extra): diffusers' `export_to_video` needs `imageio-ffmpeg`,
+or OpenCV when imageio is missing, and neither is a dependency of this project.
+"""
 
 import argparse
 import os
 from pathlib import Path
+
+
+PATCH_SIZE = 16  # pixels per latent token side in every Hydra-X preset
 
 
 def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, required_file: str | None = None):
@@ -18,14 +26,33 @@ def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, 
     parser.error(f"{option} {path}: {problem}; {hint}")
 
 
-def check_output_folder(parser: argparse.ArgumentParser, option: str, path):
-    """`parser.error` unless `path` is a folder, or can be created as one, that this user can write to."""
+def check_file(parser: argparse.ArgumentParser, option: str, path, hint: str):
+    """`parser.error` unless `path` is a file; `hint` says what to pass."""
     path = Path(path)
+    if not path.is_file():
+        parser.error(f"{option} {path}: {'not a file' if path.exists() else 'no such file'}; {hint}")
+
+
+def check_output_folder(parser: argparse.ArgumentParser, option: str, path, given=None):
+    """`parser.error` unless `path` is a folder, or can be created as one, that this user can write to; the message
+    names `given` (default `path`), the value passed to `option`."""
+    path = Path(path)
+    given = path if given is None else given
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
-        parser.error(f"{option} {path}: {existing} is a file, not a folder; pass a folder path")
+        parser.error(f"{option} {given}: {existing} is a file, not a folder; pass a folder path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        parser.error(f"{option} {path}: {existing} is not writable; pass a folder you can write to")
+        parser.error(f"{option} {given}: {existing} is not writable; pass a folder you can write to")
+
+
+def check_output_file(parser: argparse.ArgumentParser, option: str, path, suffix: str):
+    """`parser.error` unless `path` ends in `suffix`, is not a folder, and its folder is (or can be made) writable."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        parser.error(f"{option} {path}: the file name must end in {suffix}")
+    if path.is_dir():
+        parser.error(f"{option} {path}: a folder; pass a file path ending in {suffix}")
+    check_output_folder(parser, option, path.parent, given=path)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -36,3 +63,145 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.help is None or no_value or "%(default)" in action.help:
             return action.help
         return f"{action.help} (default: %(default)s)"
+
+
+def pipeline_parser(
+    description: str, prompt: str, output: str, video: bool = False, source: bool = False, edit: bool = False
+) -> argparse.ArgumentParser:
+    """The command line of a pipeline example: `video` adds --num-frames and --fps, `source` --image, `edit`
+    --image-guidance-scale."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a Hydra-X checkpoint folder (default: a tiny model with random weights, built in a temporary folder: "
+        "its output is noise)",
+    )
+    parser.add_argument("--prompt", default=prompt, help="what to generate" if not edit else "the edit instruction")
+    parser.add_argument(
+        "--output", type=Path, default=Path(output), help=f"the {'MP4' if video else 'PNG'} file to write"
+    )
+    if source:
+        parser.add_argument(
+            "--image",
+            type=Path,
+            help=f"the {'source' if edit else 'first frame'}, center-cropped and resized to --height × --width "
+            "(default: scikit-image's astronaut photo)",
+        )
+    parser.add_argument("--height", type=int, default=64, help=f"output height in pixels, a multiple of {PATCH_SIZE}")
+    parser.add_argument("--width", type=int, default=64, help=f"output width in pixels, a multiple of {PATCH_SIZE}")
+    if video:
+        parser.add_argument("--num-frames", type=int, default=9, help="video length: 1 + 4k frames, k ≥ 1")
+        parser.add_argument("--fps", type=int, default=8, help="frames per second of the MP4")
+    parser.add_argument("--steps", type=int, default=4, help="denoising (Euler) steps")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=4.0, help="classifier-free guidance on the prompt; ≤ 1 turns it off"
+    )
+    if edit:
+        parser.add_argument(
+            "--image-guidance-scale",
+            type=float,
+            default=1.5,
+            help="guidance on the source image (how closely the edit follows it); ≤ 1 turns it off",
+        )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    return parser
+
+
+def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse and check a pipeline example's arguments (see `pipeline_parser`) before any work starts."""
+    args = parser.parse_args(argv)
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value < PATCH_SIZE or value % PATCH_SIZE:
+            parser.error(f"{option} must be a positive multiple of {PATCH_SIZE}, got {value}")
+    if args.steps < 1:
+        parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    video = hasattr(args, "num_frames")
+    if video and (args.num_frames < 5 or (args.num_frames - 1) % 4):
+        parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got {args.num_frames}")
+    if args.model is not None:
+        hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
+        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    if getattr(args, "image", None) is not None:
+        check_file(parser, "--image", args.image, "pass an image file (PNG, JPEG, …)")
+    check_output_file(parser, "--output", args.output, ".mp4" if video else ".png")
+    return args
+
+
+def load_pipeline(pipeline_class, model: Path | None):
+    """`pipeline_class` from the checkpoint folder `model`, or from a tiny random-weight one built in a temporary
+    folder (conversion/build_hydrax.py must be importable)."""
+    if model is not None:
+        return pipeline_class.from_pretrained(model)
+    import tempfile
+
+    from build_hydrax import build_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        pipe = pipeline_class.from_pretrained(build_checkpoint("tiny", Path(folder) / "hydrax-tiny"))
+    print("no --model: using a tiny Hydra-X with random weights, built on the fly; its output is noise")
+    return pipe
+
+
+def load_source(path: Path | None, height: int, width: int):
+    """The image at `path` (default: scikit-image's astronaut photo), center-cropped and resized to height × width."""
+    from PIL import Image, ImageOps
+
+    if path is None:
+        from skimage import data
+
+        image = Image.fromarray(data.astronaut())
+    else:
+        image = Image.open(path)
+    return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BICUBIC)
+
+
+def write_video(frames, path: Path, fps: int) -> None:
+    """PIL frames → an H.264 MP4 at `path`, with PyAV; written beside it and renamed into place, so a failure never
+    leaves a half-written file."""
+    import av
+
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with av.open(str(partial), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height = frames[0].size
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+            container.mux(stream.encode())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def run_example(pipeline_class, description: str, argv=None, **parser_options) -> None:
+    """A pipeline example from its command line to its output file: parse and check the arguments (see
+    `pipeline_parser` for `parser_options`), load the pipeline, generate, write the PNG or MP4 and print where."""
+    import torch
+
+    parser = pipeline_parser(description, **parser_options)
+    args = parse_pipeline_args(parser, argv)
+    inputs = {}
+    if hasattr(args, "num_frames"):
+        inputs["num_frames"] = args.num_frames
+    if hasattr(args, "image"):
+        inputs["image"] = load_source(args.image, args.height, args.width)
+    if hasattr(args, "image_guidance_scale"):
+        inputs["image_guidance_scale"] = args.image_guidance_scale
+    pipe = load_pipeline(pipeline_class, args.model)
+    output = pipe(
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+        **inputs,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if output.frames is not None:
+        write_video(output.frames[0], args.output, args.fps)
+    else:
+        output.images[0].save(args.output)
+    print(f"wrote {args.output}")

@@ -129,7 +129,8 @@ def main(argv=None):
     for name, (seconds, peak) in results.items():
         print(f"{name:<24}{seconds:>10.3f}{peak / 2**20:>10.0f}")
     (old_t, old_m), (new_t, new_m) = results.values()
-    print(f"speed-up {old_t / new_t:.2f}x, peak memory {new_m / old_m:.2f}x of the old; same LM loss")
+    memory = f"{new_m / old_m:.2f}x of the old" if old_m > 0 else "not measurable at this size"
+    print(f"speed-up {old_t / new_t:.2f}x, peak memory {memory}; same LM loss")
     print(f"7B model, bf16: the skipped logits of one sample are {positions * 152064 * 2 / 2**30:.2f} GiB")
 
 

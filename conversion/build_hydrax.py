@@ -3,7 +3,10 @@
 The folder holds everything a Hub checkpoint holds: `config.json` (with `auto_map`), `model.safetensors`,
 `generation_config.json`, the processor (image + video processor configs, tokenizer, chat template) and the
 remote-code files, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
-`AutoProcessor.from_pretrained(folder, trust_remote_code=True)` work without this package.
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)` work without this package. With diffusers installed
+it is a diffusers pipeline folder too (`model_index.json`, `scheduler/` and the pipeline code, no second copy of the
+weights): `HydraXPipeline.from_pretrained(folder)` or `DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)`.
 
     python conversion/build_hydrax.py --preset tiny --random-init --output outputs/hydrax-tiny
     python conversion/build_hydrax.py --preset hydrax-7b --random-init --tokenizer /path/to/Qwen2.5-7B-Instruct \
@@ -101,6 +104,12 @@ def build_checkpoint(
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        try:
+            from modeling_hydrax.pipeline_hydrax import write_pipeline_files
+        except ImportError:  # diffusers is optional: the folder stays a transformers checkpoint
+            pass
+        else:
+            write_pipeline_files(staging)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

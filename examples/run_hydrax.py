@@ -1,5 +1,5 @@
 """Hydra-X end to end on a tiny model built on the fly: train understanding + text-to-image together, answer image
-questions with `generate`, and sample images from text with a cached, batched-CFG rectified-flow sampler.
+questions with `generate`, and sample images from text with `HydraXPipeline` (cached prompt, batched CFG).
 
     python examples/run_hydrax.py                                       # ~10 s on an idle 2-core CPU
     python examples/run_hydrax.py --tokenizer outputs/quickstart/model  # ~15 s: the Hydra-XTok fitted by quickstart.py
@@ -8,9 +8,10 @@ Steps: (1) build a tiny random checkpoint folder with conversion/build_hydrax.py
 as a user would (`AutoModel` / `AutoProcessor`); (2) train on four real images with captions (skimage): captioning
 (next-token loss on the answer) and caption → image (flow-matching loss), one forward each; (3) ask "What is in the
 image?" about each training image and count exact captions (`train_caption_exact_match`: memorisation, not
-generalisation); (4) sample each caption's image with diffusers' `FlowMatchEulerDiscreteScheduler`, the prompt's LLM
-cache computed once and the conditional and unconditional branches batched; (5) save the model, `samples.png` (each
-caption above its training image and the image sampled from it) and metrics.json into `--output-dir`.
+generalisation); (4) sample each caption's image with `HydraXPipeline` (diffusers' `FlowMatchEulerDiscreteScheduler`,
+the prompt's LLM cache computed once, the conditional and unconditional branches batched); (5) save the pipeline
+(`model/`: loads with `AutoModel`, `HydraXPipeline` or `DiffusionPipeline`), `samples.png` (each caption above its
+training image and the image sampled from it) and metrics.json into `--output-dir`.
 """
 
 import argparse
@@ -31,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
 from build_hydrax import build_checkpoint  # noqa: E402
-from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
-from modeling_hydrax import HydraXTokModel  # noqa: E402
+from modeling_hydrax import HydraXPipeline, HydraXTokModel  # noqa: E402
+from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
 from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
 
@@ -90,14 +91,19 @@ def caption_batch(processor, images, size):
     return dict(inputs, labels=labels)
 
 
+def drawing_prompts() -> list[str]:
+    """The caption → image instructions, in `CAPTIONS` order."""
+    return [f"Draw {caption}." for caption in CAPTIONS.values()]
+
+
 def generation_prompts(processor, size):
     """Caption → image conversations; the assistant turn is the image block to generate."""
     conversations = [
         [
-            {"role": "user", "content": [{"type": "text", "text": f"Draw {CAPTIONS[name]}."}]},
+            {"role": "user", "content": [{"type": "text", "text": prompt}]},
             {"role": "assistant", "content": [{"type": "image", "height": size, "width": size}]},
         ]
-        for name in CAPTIONS
+        for prompt in drawing_prompts()
     ]
     return chat_batch(processor, conversations)
 
@@ -145,36 +151,11 @@ def answer_questions(model, processor, images, size) -> dict[str, str]:
     return {name: text.strip() for name, text in zip(CAPTIONS, texts)}
 
 
-@torch.no_grad()
-def sample_images(model, processor, size, steps, guidance_scale, seed) -> torch.Tensor:
-    """Text → image: prompt cache computed once for [conditional; unconditional], Euler steps of diffusers'
-    FlowMatchEulerDiscreteScheduler with the model's resolution shift."""
-    config = model.config
-    prompts = generation_prompts(processor, size)
-    ids, mask = prompts["input_ids"], prompts["attention_mask"]
-    start = int(prompts["target_mask"][0].nonzero()[0]) if prompts["target_mask"][0].any() else ids.shape[1]
-    prefix_ids = torch.cat([ids[:, :start], model.unconditional_input_ids(ids)[:, :start]])
-    prefix = model.prepare_generation_prefix(prefix_ids, torch.cat([mask[:, :start]] * 2))
-    grid = size // config.vision_config.patch_size
-    batch = ids.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(batch, config.vision_config.latent_channels, 1, grid, grid, generator=generator)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
-    scheduler.set_timesteps(steps, mu=model.flow_shift_mu(grid * grid))
-    for i, timestep in enumerate(tqdm(scheduler.timesteps, desc="sampling")):
-        sigma = scheduler.sigmas[i].expand(2 * batch)
-        velocity = model.predict_velocity(torch.cat([latents, latents]), sigma, prefix)
-        conditional, unconditional = velocity.chunk(2)
-        guided = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(guided, timestep, latents).prev_sample
-    return model.model.vision_tower.decode(latents).sample.clamp(-1, 1)
-
-
 def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor, captions) -> None:
-    """One column per caption, written above it: the training image, then the image sampled from the caption. Tiles
-    are enlarged (nearest) to at least `LABEL_SIDE` pixels so the labels fit."""
+    """One column per caption, written above it: the training image, then the image sampled from the caption (both
+    `[B, 3, H, W]` in [-1, 1]). Tiles are enlarged (nearest) to at least `LABEL_SIDE` pixels so the labels fit."""
     scale = -(-LABEL_SIDE // originals.shape[-1])
-    rows = [torch.cat(list(images), dim=-1) for images in (originals, samples[:, :, 0])]
+    rows = [torch.cat(list(images), dim=-1) for images in (originals, samples)]
     pixels = ((torch.cat(rows, dim=-2) + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     grid = Image.fromarray(pixels)
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
@@ -256,15 +237,23 @@ def main(argv=None):
     answers = answer_questions(model, processor, images, args.size)
     correct = sum(answers[name] == CAPTIONS[name] for name in CAPTIONS)
 
-    # 4. Generation: sample each caption's image
-    samples = sample_images(model, processor, args.size, args.sampling_steps, args.guidance_scale, args.seed)
-    save_grid(output_dir / "samples.png", to_pixels(images), samples, list(CAPTIONS.values()))
+    # 4. Generation: sample each caption's image with the pipeline
+    pipe = HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler())
+    samples = pipe(
+        drawing_prompts(),
+        height=args.size,
+        width=args.size,
+        num_inference_steps=args.sampling_steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="pt",
+    ).images
+    save_grid(output_dir / "samples.png", to_pixels(images), samples * 2 - 1, list(CAPTIONS.values()))
 
     # 5. Save everything (model folder written beside and renamed into place)
     staging = output_dir / ".model-staging"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
+    pipe.save_pretrained(staging)
     shutil.rmtree(output_dir / "model", ignore_errors=True)
     staging.rename(output_dir / "model")
     metrics = {

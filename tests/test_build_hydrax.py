@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from diffusers import DiffusionPipeline
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,12 @@ def test_checkpoint_folder_is_complete(checkpoint):
         "modeling_hydrax_tok.py",
         "configuration_hydrax.py",
         "processing_hydrax.py",
+        "model_index.json",
+        "scheduler",
+        "pipeline_hydrax.py",
     ):
         assert name in names, name
+    assert len(list(checkpoint.rglob("*.safetensors"))) == 1, "one copy of the weights"
     assert not any(name.startswith(".") for name in names)
     assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".hydrax-tiny")], "staging folder left"
 
@@ -65,6 +70,14 @@ def test_remote_code_end_to_end_without_our_packages(checkpoint, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok transformers_modules" in result.stdout
+
+
+def test_loads_as_a_diffusers_pipeline(checkpoint):
+    pipe = DiffusionPipeline.from_pretrained(checkpoint, trust_remote_code=True)
+    assert type(pipe).__name__ == "HydraXPipeline" and pipe.scheduler.config.use_dynamic_shifting
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a cat", height=32, width=32, num_inference_steps=1, output_type="pt").images
+    assert image.shape == (1, 3, 32, 32)
 
 
 def test_refuses_to_overwrite_and_needs_a_tokenizer_for_real_presets(checkpoint, tmp_path):

@@ -31,6 +31,7 @@ def test_short_run_writes_model_samples_and_metrics(tmp_path):
     assert (header.min(axis=(0, 2)) < 128).all(), "a caption must be written above every column"
     assert samples[20:, :100].min() < 128, "the rows must be labelled"
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "processor_config.json").is_file()
+    assert (out / "model" / "model_index.json").is_file(), "the saved model is a pipeline folder too"
     assert not (out / ".model-staging").exists()
 
 
