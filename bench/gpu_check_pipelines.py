@@ -1,0 +1,164 @@
+"""GPU check of the pipelines at full size: `hydrax-7b` with random weights in bf16, saved as a pipeline folder and
+reloaded with `HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map="cuda")`, then seconds
+and peak GPU memory for a 512² and a 1024² image (30 steps, CFG), a 17-frame 512² video and a 1024² edit (dual CFG),
+each without and with `torch.compile` of the LLM; the table is appended to docs/PERFORMANCE.md.
+
+    python bench/gpu_check_pipelines.py                                   # one ≥ 40 GB CUDA GPU, ~20 GB disk
+    python bench/gpu_check_pipelines.py --preset tiny --device cpu --image-sizes 32 --video-size 32 \\
+        --edit-size 32 --steps 2 --no-compile --report /tmp/report.md      # a smoke run of the same code on a CPU
+
+No tokenizer download is needed: prompts go through the tiny offline Qwen2.5-style tokenizer, and the model's special
+token ids are set to that tokenizer's (random weights either way; speed does not depend on token ids). For scale:
+BAGEL is reported at about 5 s per 1024² image on an H800 and needs more than 80 GB; the goal is under 5 s on one
+H200 within 40 GB.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modeling_hydrax import (  # noqa: E402
+    HydraXConfig,
+    HydraXEditPipeline,
+    HydraXForConditionalGeneration,
+    HydraXPipeline,
+)
+from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
+from processing_hydrax import (  # noqa: E402
+    HydraXImageProcessor,
+    HydraXProcessor,
+    HydraXVideoProcessor,
+    build_tiny_qwen2_tokenizer,
+)
+from script_args import HelpFormatter, check_output_folder  # noqa: E402
+
+
+def save_random_pipeline(preset: str, folder: Path, device: str) -> None:
+    """A random-weight `preset` in bf16, built directly on `device`, saved as a pipeline folder."""
+    processor = HydraXProcessor(HydraXImageProcessor(), build_tiny_qwen2_tokenizer(), HydraXVideoProcessor())
+    special_ids = {
+        "image_token_id": processor.image_token_id,
+        "video_token_id": processor.video_token_id,
+        "vision_start_token_id": processor.vision_start_token_id,
+        "vision_end_token_id": processor.vision_end_token_id,
+        "pad_token_id": processor.tokenizer.pad_token_id,
+    }
+    config = HydraXConfig.from_preset(preset, **special_ids)
+    with torch.device(device):
+        model = HydraXForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(folder)
+
+
+def measure(device: str, run) -> tuple[float, float]:
+    """(seconds, peak GiB of device memory; 0 on a CPU) of `run()` after a warm-up call."""
+    run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+    return time.perf_counter() - start, 0.0
+
+
+def workloads(pipe, edit, args) -> dict:
+    """The timed calls, by row name."""
+    common = dict(num_inference_steps=args.steps, guidance_scale=4.0, output_type="pt")
+    rows = {
+        f"image {size}², {args.steps} steps, CFG": lambda size=size: pipe(
+            "A red fox in the snow", height=size, width=size, **common
+        )
+        for size in args.image_sizes
+    }
+    video = args.video_size
+    rows[f"video 17×{video}², {args.steps} steps, CFG"] = lambda: pipe(
+        "A red fox running", height=video, width=video, num_frames=17, **common
+    )
+    source = Image.new("RGB", (args.edit_size, args.edit_size), "gray")
+    rows[f"edit {args.edit_size}², {args.steps} steps, dual CFG"] = lambda: edit(
+        source, "Make it night", image_guidance_scale=1.5, **common
+    )
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--preset", default="hydrax-7b", help="model preset to build")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu only for a smoke run")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[512, 1024], help="square image sides")
+    parser.add_argument("--video-size", type=int, default=512, help="side of the 17-frame video")
+    parser.add_argument("--edit-size", type=int, default=1024, help="side of the edited image")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps per call")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--output-dir", type=Path, help="where to save the pipeline folder (default: a temp dir)")
+    parser.add_argument(
+        "--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="Markdown file the table is appended to"
+    )
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU; pass --device cpu for a smoke run")
+    for size in [*args.image_sizes, args.video_size, args.edit_size]:
+        if size < 16 or size % 16:
+            parser.error(f"image, video and edit sizes must be multiples of 16, got {size}")
+    if args.steps < 1:
+        parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    if args.output_dir is not None:
+        check_output_folder(parser, "--output-dir", args.output_dir)
+    check_output_folder(parser, "--report", args.report.parent)
+
+    # 1. Build with random weights on the device and save as a pipeline folder
+    folder = args.output_dir or Path(tempfile.mkdtemp(prefix="hydrax-pipeline-check-")) / "pipeline"
+    start = time.perf_counter()
+    save_random_pipeline(args.preset, folder, args.device)
+    build_s = time.perf_counter() - start
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+
+    # 2. Reload as a user would
+    start = time.perf_counter()
+    pipe = HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map=args.device)
+    load_s = time.perf_counter() - start
+    pipe.set_progress_bar_config(disable=True)
+    edit = HydraXEditPipeline(model=pipe.model, processor=pipe.processor, scheduler=pipe.scheduler)
+    edit.set_progress_bar_config(disable=True)
+
+    # 3. Timed calls, then the same with the LLM compiled
+    rows = []
+    for compiled in [False] if args.no_compile else [False, True]:
+        if compiled:
+            pipe.model.model.language_model.compile(dynamic=True)
+        with torch.inference_mode():
+            for name, run in workloads(pipe, edit, args).items():
+                seconds, peak = measure(args.device, run)
+                rows.append(f"| {name} | {'yes' if compiled else 'no'} | {seconds:.2f} s | {peak:.1f} GiB |")
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    report = "\n".join(
+        [
+            f"\n## Pipeline GPU check: {args.preset} on {device_name} (bf16, random weights)\n",
+            f"Command: `python bench/gpu_check_pipelines.py`; build + save {build_s:.1f} s, "
+            f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map='{args.device}')` {load_s:.1f} s.\n",
+            "| call | torch.compile | time | peak memory |",
+            "| --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
+    print(report)
+    with args.report.open("a") as handle:
+        handle.write(report + "\n")
+    print(f"appended to {args.report}")
+
+
+if __name__ == "__main__":
+    main()
