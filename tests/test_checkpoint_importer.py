@@ -1,0 +1,189 @@
+"""conversion/checkpoint_importer.py: rule semantics, strictness, safe reading and its command line."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from modeling_hydrax import HydraXTokModel
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from checkpoint_importer import (  # noqa: E402
+    CheckpointImportError,
+    import_checkpoint,
+    main,
+    module_cover,
+    plan_import,
+    read_checkpoint,
+    write_model,
+)
+
+
+class Pickled:
+    """Not a tensor: `torch.load(weights_only=True)` must refuse to rebuild it."""
+
+
+def target_model():
+    torch.manual_seed(0)
+    return nn.ModuleDict({"encoder": nn.Linear(4, 3), "head": nn.Linear(3, 2)})
+
+
+def source_tensors():
+    return {
+        "blocks.0.w": torch.randn(3, 4),
+        "blocks.0.b": torch.randn(3),
+        "out.w": torch.randn(2, 3),
+        "out.b": torch.randn(2),
+        "ema.out.w": torch.randn(2, 3),
+    }
+
+
+RULES = [
+    (r"blocks\.0\.w", "encoder.weight"),
+    (r"blocks\.0\.b", "encoder.bias"),
+    (r"ema\..*", None),
+    (r"out\.(?P<kind>w|b)", r"head.\g<kind>"),
+    (r"out\.w", "never.used"),
+]
+
+
+def test_rules_first_full_match_wins_groups_expand_and_none_drops():
+    model, source = target_model(), source_tensors()
+    rules = [*RULES[:3], (r"out\.w", "head.weight"), (r"out\.b", "head.bias"), RULES[4]]
+    plan = import_checkpoint(source, model, rules)
+    assert plan.sources["head.weight"] == "out.w", "the first matching rule wins over the later one"
+    assert plan.dropped == {"ema.out.w": r"ema\..*"}
+    assert torch.equal(model["encoder"].weight, source["blocks.0.w"])
+    assert torch.equal(model["head"].bias, source["out.b"])
+    # Groups expand, and a pattern must match the whole key: "out.w" does not match "xout.w".
+    plan = plan_import({"xout.w": torch.zeros(2, 3)}, model.state_dict(), [(r"out\.(w)", r"head.\1eight")])
+    assert plan.unmapped == ["xout.w"]
+    plan = plan_import({"out.w": torch.zeros(2, 3)}, model.state_dict(), [(r"out\.(w)", r"head.\1eight")])
+    assert plan.sources == {"head.weight": "out.w"}
+
+
+def test_strict_lists_unmapped_and_missing_keys_and_non_strict_reports_them():
+    model, source = target_model(), source_tensors()
+    source["stray.tensor"] = torch.zeros(1)
+    rules = [RULES[0], RULES[2], (r"out\.w", "head.weight")]
+    with pytest.raises(CheckpointImportError) as error:
+        import_checkpoint(source, model, rules)
+    message = str(error.value)
+    assert "match no rule" in message and "blocks.0.b" in message and "stray.tensor" in message
+    assert "filled by no source tensor" in message and "encoder.bias" in message and "head.bias" in message
+    before = model["encoder"].bias.clone()
+    plan = import_checkpoint(source, model, rules, strict=False)
+    assert plan.unmapped == ["blocks.0.b", "out.b", "stray.tensor"]
+    assert plan.missing == ["encoder.bias", "head.bias"]
+    assert torch.equal(model["encoder"].bias, before) and torch.equal(model["head"].weight, source["out.w"])
+    plan = import_checkpoint(source, model, [*rules, (r".*", None)], new=[r".*\.bias"])
+    assert plan.new == ["encoder.bias", "head.bias"] and not plan.missing
+
+
+@pytest.mark.parametrize(
+    "source, rules, message",
+    [
+        (
+            {"a": torch.zeros(3, 5)},
+            [("a", "encoder.weight")],
+            "'a' → 'encoder.weight': the source has shape (3, 5), the target (3, 4)",
+        ),
+        ({"a": torch.zeros(3, 4, dtype=torch.int64)}, [("a", "encoder.weight")], "dtype torch.int64 cannot become"),
+        ({"a": torch.zeros(3), "b": torch.zeros(3)}, [("[ab]", "encoder.bias")], "'a' and 'b' both map to"),
+        ({"a": torch.zeros(3)}, [("a", "decoder.bias")], "'a' maps to 'decoder.bias', which the target model"),
+        ({"a": torch.zeros(3)}, [("(", "x")], "Rule 0: '(' is not a valid regex"),
+        ({"a": torch.zeros(3)}, [("a", 3)], "the replacement must be a string or None"),
+    ],
+)
+def test_impossible_imports_are_errors_even_when_not_strict(source, rules, message):
+    with pytest.raises(CheckpointImportError) as error:
+        import_checkpoint(source, target_model(), rules, strict=False)
+    assert message in str(error.value)
+
+
+def test_transforms_are_planned_on_meta_and_applied_on_load():
+    def transposed(tensor):
+        return tensor.t()
+
+    source = {"w": torch.randn(4, 3)}
+    model = target_model()
+    plan = plan_import({"w": source["w"].to("meta")}, model.state_dict(), [("w", "encoder.weight")], (".*",), {})
+    assert "shape (4, 3), the target (3, 4)" in plan.errors[0]
+    plan = import_checkpoint(source, model, [("w", "encoder.weight")], [".*"], {r"encoder\.weight": transposed})
+    assert plan.shapes == {"encoder.weight": (3, 4)}
+    assert plan.summary()["transforms"] == {"encoder.weight": "transposed"}
+    assert torch.equal(model["encoder"].weight, source["w"].t())
+    assert module_cover(model, plan.new) == ["head", "encoder.bias"], "whole modules, then stray tensors"
+
+
+def test_reading_pickles_only_with_weights_only(tmp_path):
+    tensors = {"out.w": torch.randn(2, 3)}
+    torch.save({"model": tensors, "step": 3}, tmp_path / "trainer.pt")
+    assert torch.equal(read_checkpoint(tmp_path / "trainer.pt", "model")["out.w"], tensors["out.w"])
+    with pytest.raises(CheckpointImportError, match="entries that are not tensors: model, step"):
+        read_checkpoint(tmp_path / "trainer.pt")
+    with pytest.raises(CheckpointImportError, match="no entry 'weights'"):
+        read_checkpoint(tmp_path / "trainer.pt", "weights")
+    torch.save({"out.w": tensors["out.w"], "object": Pickled()}, tmp_path / "unsafe.bin")
+    with pytest.raises(CheckpointImportError, match=r"weights_only=True\) refused it"):
+        read_checkpoint(tmp_path / "unsafe.bin")
+
+
+def test_reading_shards_and_naming_broken_ones(tmp_path):
+    save_file({"a": torch.zeros(2)}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.ones(3)}, tmp_path / "model-00002-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert {name: tensor.shape for name, tensor in read_checkpoint(tmp_path).items()} == {"a": (2,), "b": (3,)}
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(CheckpointImportError, match=f"{shard} is not a readable safetensors file"):
+        read_checkpoint(tmp_path)
+    shard.unlink()
+    with pytest.raises(CheckpointImportError, match="lists the shard model-00002-of-00002.safetensors, which is"):
+        read_checkpoint(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointImportError, match="holds no model.safetensors.index.json"):
+        read_checkpoint(tmp_path / "empty")
+
+
+def test_command_line_imports_a_training_state_dict(tok_config, tmp_path, capsys):
+    reference = HydraXTokModel(tok_config).eval()
+    reference.config.save_pretrained(tmp_path / "config")
+    state = {f"module.{name}": tensor for name, tensor in reference.state_dict().items()}
+    state |= {f"ema.{name}": tensor for name, tensor in reference.state_dict().items() if "decoder" in name}
+    torch.save({"model": state}, tmp_path / "step-100.pt")
+    rules = [[r"module\.decompressor\..*", None], [r"module\.(.*)", r"\1"], [r"ema\..*", None]]
+    rules = {"rules": rules, "new": [r"decompressor\..*"]}
+    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    output = tmp_path / "imported"
+    arguments = ["--source", tmp_path / "step-100.pt", "--rules", tmp_path / "rules.json"]
+    arguments += ["--model-config", tmp_path / "config", "--output", output, "--state-dict-key", "model"]
+    main(list(map(str, arguments)))
+    assert "newly initialised: decompressor" in capsys.readouterr().out
+    imported, expected = HydraXTokModel.from_pretrained(output).state_dict(), reference.state_dict()
+    assert all(torch.equal(imported[name], tensor) for name, tensor in expected.items() if "decompressor" not in name)
+    report = json.loads((output / "conversion_report.json").read_text())
+    assert report["new_modules"] == ["decompressor"] and report["source_tensors"] == len(state)
+    assert report["mapped_tensors"] == len(expected) - report["new_tensors"] == len(state) - report["dropped_tensors"]
+    assert report["checks"][0].startswith("reloaded from disk: all")
+    with pytest.raises(SystemExit):
+        main(list(map(str, arguments)))
+    assert f"--output {output}: already exists; pass --force" in capsys.readouterr().err
+    (tmp_path / "rules.json").write_text(json.dumps({"rules": [[r"module\.(.*)", r"\1"]]}))
+    with pytest.raises(SystemExit):
+        main([*map(str, arguments), "--force"])
+    assert "ema.decoder" in capsys.readouterr().err and output.is_dir(), "the old output survives a failed import"
+
+
+def test_write_model_refuses_an_existing_folder_without_force(tok_config, tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="--force"):
+        write_model(HydraXTokModel(tok_config), tmp_path / "out", {})
