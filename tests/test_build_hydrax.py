@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from build_hydrax import build_checkpoint  # noqa: E402
+from build_hydrax import build_checkpoint, main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def test_checkpoint_folder_is_complete(checkpoint):
     for name in (
         "config.json",
         "model.safetensors",
+        "README.md",
         "generation_config.json",
         "tokenizer.json",
         "chat_template.jinja",
@@ -81,7 +82,7 @@ def test_loads_as_a_diffusers_pipeline(checkpoint):
 
 
 def test_refuses_to_overwrite_and_needs_a_tokenizer_for_real_presets(checkpoint, tmp_path):
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--force"):
         build_checkpoint("tiny", checkpoint)
     with pytest.raises(ValueError, match="--tokenizer"):
         build_checkpoint("hydrax-1.5b", tmp_path / "real")
@@ -98,3 +99,25 @@ def test_cli_help_and_errors(tmp_path):
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert bad.returncode == 2 and "needs a Qwen2.5 tokenizer" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "pass --random-init --preset NAME for random weights, or --vision PATH --llm PATH_OR_ID"),
+        (["--random-init", "--preset", "tiny", "--llm", "Qwen/Qwen2.5-7B-Instruct"], "not both"),
+        (["--random-init"], "--random-init needs --preset"),
+        (["--llm", "Qwen/Qwen2.5-7B-Instruct"], "needs both --vision and --llm; missing --vision"),
+        (
+            ["--vision", "v", "--llm", "Qwen/Qwen2.5-7B-Instruct", "--preset", "tiny"],
+            "--preset and --tokenizer go with",
+        ),
+        (["--random-init", "--preset", "tiny", "--private"], "--private goes with --push-to-hub"),
+        (["--vision", "{tmp}", "--llm", "Qwen/Qwen2.5-7B-Instruct"], "--vision {tmp}: a folder without config.json"),
+    ],
+)
+def test_cli_takes_exactly_one_source_of_weights(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg.format(tmp=tmp_path) for arg in args] + ["--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,292 @@
+"""Model cards (README.md) for Hydra-X checkpoint folders, written with huggingface_hub's `ModelCard`.
+
+The metadata follows what the Hub expects of a unified model (`pipeline_tag: any-to-any`, `library_name:
+transformers`, `base_model`, tags, licence, `model-index` when evaluation results are given). The body says where the
+weights came from, how to use the checkpoint (understanding, generation and editing snippets that run as written
+against the folder or repo they name), the training details and results when given, and the limitations: a card of a
+random-initialised or freshly converted (not yet trained) checkpoint says so at the top.
+
+    from model_card_hydrax import build_model_card
+    card = build_model_card("you/hydrax-7b", config, weights="converted", base_models=["Qwen/Qwen2.5-7B-Instruct"])
+    card.save("outputs/hydrax-7b/README.md")
+
+conversion/build_hydrax.py writes a card into every folder it builds. After training, rewrite a folder's card with the
+training details and results (`--eval-results` is a JSON list of `huggingface_hub.EvalResult` fields):
+
+    python conversion/model_card_hydrax.py --model outputs/hydrax-7b-sft --model-id you/hydrax-7b-sft \
+        --base-model Qwen/Qwen2.5-7B-Instruct --training-details training.md --eval-results results.json
+
+`card.validate()` asks the Hub; offline, parse the text back with `ModelCard(text).data.to_dict()`.
+"""
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from script_args import HelpFormatter, check_file, check_folder  # noqa: E402
+
+
+HYDRAX_TAGS = [
+    "hydrax",
+    "multimodal",
+    "text-to-image",
+    "image-to-image",
+    "text-to-video",
+    "image-text-to-text",
+    "video-text-to-text",
+]
+PAPER_URL = "https://arxiv.org/abs/2606.13289"
+WEIGHT_ORIGINS = ("random", "converted", "trained")
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}\n"
+
+WARNINGS = {
+    "random": (
+        "> [!WARNING]\n> **Random weights.** Every weight of this checkpoint is random (`conversion/build_hydrax.py "
+        "--random-init`): it answers with gibberish and generates noise. It exists to test loading, fine-tuning and "
+        "serving code, not to be used as a model."
+    ),
+    "converted": (
+        "> [!WARNING]\n> **Not trained as a multimodal model yet.** The language model and the vision tower are "
+        "pretrained weights copied exactly, but the projector, the timestep embedding and the flow head are newly "
+        "initialised (see `conversion_report.json`). Text-only chat behaves as the source language model does; image "
+        "and video understanding, generation and editing produce meaningless output until Hydra-X's training stages "
+        "have run."
+    ),
+}
+
+
+def usage_snippets(model_id: str, image_size: int) -> dict[str, str]:
+    """Runnable Python for understanding, generation and editing with the checkpoint `model_id` (a Hub id or a
+    folder), through the remote code the checkpoint carries (no Hydra-X package needed). `image_size` is the
+    resolution the snippets ask for."""
+    understanding = f"""\
+        from PIL import Image
+        from transformers import AutoModel, AutoProcessor
+
+        model_id = {json.dumps(model_id)}
+        model = AutoModel.from_pretrained(model_id, dtype="auto", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
+        image = Image.open("photo.jpg")
+        content = [{{"type": "image", "image": image}}, {{"type": "text", "text": "Describe this image."}}]
+        messages = [{{"role": "user", "content": content}}]
+        inputs = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        ).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        print(processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0])
+        """
+    generation = f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+
+        model_id = {json.dumps(model_id)}
+        pipe = DiffusionPipeline.from_pretrained(model_id, trust_remote_code=True)  # HydraXPipeline
+        generator = torch.Generator().manual_seed(0)
+        image = pipe(
+            "A red fox in the snow", height={image_size}, width={image_size}, num_inference_steps=30,
+            guidance_scale=4.0, generator=generator,
+        ).images[0]
+        image.save("fox.png")
+        video = pipe(
+            "A red fox running through the snow", height={image_size}, width={image_size}, num_frames=17,
+            num_inference_steps=30, generator=generator,
+        ).frames[0]  # 1 + 4k frames
+        video[0].save("fox.gif", save_all=True, append_images=video[1:], duration=125, loop=0)
+        """
+    editing = f"""\
+        from diffusers import DiffusionPipeline
+        from PIL import Image
+
+        model_id = {json.dumps(model_id)}
+        edit = DiffusionPipeline.from_pretrained(
+            model_id, custom_pipeline="pipeline_hydrax_edit", trust_remote_code=True
+        )  # HydraXEditPipeline
+        source = Image.open("photo.jpg").convert("RGB").resize(({image_size}, {image_size}))
+        edited = edit(source, "Make it night", guidance_scale=4.0, image_guidance_scale=1.5, num_inference_steps=30)
+        edited.images[0].save("night.png")
+        """
+    snippets = {"understanding": understanding, "generation": generation, "editing": editing}
+    return {name: textwrap.dedent(code) for name, code in snippets.items()}
+
+
+def eval_results_from_json(path) -> list[EvalResult]:
+    """Evaluation results from a JSON file: a list of objects with `EvalResult`'s fields (`task_type`,
+    `dataset_type`, `dataset_name`, `metric_type`, `metric_value`, optionally `metric_name`, `dataset_split`, …)."""
+    entries = json.loads(Path(path).read_text())
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ValueError(
+            f"{path}: expected a JSON list of objects with EvalResult fields, got {type(entries).__name__}."
+        )
+    try:
+        return [EvalResult(**entry) for entry in entries]
+    except TypeError as error:
+        raise ValueError(
+            f"{path}: {error}; each entry needs task_type, dataset_type, dataset_name, metric_type and metric_value"
+        ) from error
+
+
+def architecture_section(config) -> str:
+    """What the checkpoint is made of, read from its `HydraXConfig`."""
+    text, vision = config.text_config, config.vision_config
+    rows = {
+        "language model (Qwen2)": f"hidden {text.hidden_size}, {text.num_hidden_layers} layers, "
+        f"{text.num_attention_heads} heads ({text.num_key_value_heads} KV), vocabulary {text.vocab_size}, "
+        f"{'tied' if text.tie_word_embeddings else 'untied'} embeddings",
+        "Hydra-XTok": f"width {vision.hidden_size}, Gen-ViT {vision.num_gen_layers} + Sem-ViT {vision.num_sem_layers} "
+        f"layers, decoder {vision.num_decoder_layers} layers, patch {vision.patch_size}, "
+        f"{vision.latent_channels} latent channels",
+        "flow head": f"{config.flow_head_num_layers} AdaLN blocks, width {config.flow_head_hidden_size}",
+    }
+    table = "\n".join(f"| {part} | {size} |" for part, size in rows.items())
+    return (
+        f"## Model\n\nHydra-X is a native unified multimodal model ([paper]({PAPER_URL})): one Qwen2.5 language model "
+        "that understands images and videos, generates images and videos from text, and edits images from an "
+        "instruction. All visual input and output goes through one visual tokenizer, Hydra-XTok; the language model "
+        "sees only its semantic (Sem-ViT) features, through a 2-layer MLP projector. Generation is rectified flow on "
+        f"Hydra-XTok's {vision.latent_channels}-channel latents, predicted by an AdaLN flow head on the language "
+        f"model's hidden states.\n\n| part | size |\n| --- | --- |\n{table}"
+    )
+
+
+def build_model_card(
+    model_id: str,
+    config,
+    weights: str,
+    base_models: list[str] | None = None,
+    sources: dict[str, str] | None = None,
+    license: str = "apache-2.0",
+    training_details: str | None = None,
+    eval_results: list[EvalResult] | None = None,
+    model_name: str | None = None,
+) -> ModelCard:
+    """The model card of a Hydra-X checkpoint.
+
+    `model_id` is what the usage snippets load (the Hub repo, or the folder); `config` its `HydraXConfig`; `weights`
+    one of `random`, `converted` (pretrained parts, new modules untrained) or `trained`. `sources` maps each part
+    (e.g. "language model") to where its weights came from. `training_details` is Markdown; `eval_results` go to the
+    `model-index` metadata and to a table.
+    """
+    if weights not in WEIGHT_ORIGINS:
+        raise ValueError(f"`weights` must be one of {WEIGHT_ORIGINS}, got {weights!r}.")
+    model_name = model_name or Path(model_id).name
+    data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="any-to-any",
+        base_model=list(base_models) if base_models else None,
+        tags=list(HYDRAX_TAGS),
+        eval_results=eval_results or None,
+    )
+    # 1. Title, warning and provenance
+    parts = [f"# {model_name}"]
+    if weights in WARNINGS:
+        parts.append(WARNINGS[weights])
+    parts.append(architecture_section(config))
+    if sources:
+        rows = "\n".join(f"| {part} | `{origin}` |" for part, origin in sources.items())
+        parts.append(f"## Weights\n\n| part | from |\n| --- | --- |\n{rows}")
+    # 2. Usage
+    image_size = config.vision_config.patch_size * config.vision_config.position_embedding_size
+    usage = usage_snippets(model_id, image_size)
+    parts.append(
+        "## Usage\n\nThe checkpoint carries its code: transformers and diffusers load it with "
+        "`trust_remote_code=True`, no Hydra-X package needed. Images are sampled at the tokenizer's native "
+        f"{image_size}² here; any multiple of {config.vision_config.patch_size} pixels works."
+    )
+    titles = {
+        "understanding": "Understanding (image or video in, text out)",
+        "generation": "Generation (text to image, text to video)",
+        "editing": "Editing (image + instruction to image)",
+    }
+    parts.extend(f"### {titles[name]}\n\n```python\n{code}```" for name, code in usage.items())
+    # 3. Training and evaluation
+    if training_details:
+        parts.append(f"## Training details\n\n{training_details.strip()}")
+    if eval_results:
+        rows = "\n".join(
+            f"| {result.dataset_name} | {result.metric_name or result.metric_type} | {result.metric_value} |"
+            for result in eval_results
+        )
+        parts.append(f"## Evaluation\n\n| dataset | metric | value |\n| --- | --- | --- |\n{rows}")
+    # 4. Limitations and citation
+    limitations = [
+        "Hydra-X is a research model: its outputs can be wrong, biased or unsafe, as those of the models it is "
+        "built from can be.",
+        "Video frames come in 1 + 4k; images and videos are resized to multiples of the patch size.",
+    ]
+    if weights != "trained":
+        limitations.insert(0, WARNINGS[weights].split("**")[1] + " See the warning above.")
+    parts.append("## Limitations\n\n" + "\n".join(f"- {line}" for line in limitations))
+    parts.append(
+        "## Citation\n\n```bibtex\n@article{hydrax2026,\n  title = {Native Unified Multimodal Models with Holistic "
+        "Visual Tokenizers},\n  journal = {arXiv preprint arXiv:2606.13289},\n  year = {2026}\n}\n```"
+    )
+    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
+
+
+def add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model-card options that conversion/build_hydrax.py shares with this script."""
+    parser.add_argument(
+        "--base-model",
+        action="append",
+        help="a Hub id the weights derive from, for the card's `base_model` (repeat for several; default: the "
+        "sources' ids where known)",
+    )
+    parser.add_argument("--license", default="apache-2.0", help="the card's licence (a Hub licence id)")
+    parser.add_argument("--training-details", type=Path, help="a Markdown file describing the training, for the card")
+    parser.add_argument(
+        "--eval-results",
+        type=Path,
+        help="a JSON file with a list of evaluation results (huggingface_hub.EvalResult fields), for the card",
+    )
+
+
+def card_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """`build_model_card` keyword arguments from the options of `add_card_arguments`, checked up front."""
+    for option, path in (("--training-details", args.training_details), ("--eval-results", args.eval_results)):
+        if path is not None:
+            check_file(parser, option, path, f"pass a {'Markdown' if option == '--training-details' else 'JSON'} file")
+    try:
+        eval_results = eval_results_from_json(args.eval_results) if args.eval_results is not None else None
+    except (ValueError, json.JSONDecodeError) as error:
+        parser.error(f"--eval-results {args.eval_results}: {error}")
+    return {
+        "base_models": args.base_model,
+        "license": args.license,
+        "training_details": args.training_details.read_text() if args.training_details is not None else None,
+        "eval_results": eval_results,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the Hydra-X checkpoint folder whose card to write")
+    parser.add_argument("--model-id", help="what the usage snippets load: the Hub repo id (default: the folder)")
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHT_ORIGINS,
+        default="trained",
+        help="where the weights stand (sets the card's warning)",
+    )
+    add_card_arguments(parser)
+    args = parser.parse_args(argv)
+    check_folder(parser, "--model", args.model, "pass a Hydra-X checkpoint folder", required_file="config.json")
+    kwargs = card_arguments(parser, args)
+    from modeling_hydrax import HydraXConfig
+
+    config = HydraXConfig.from_pretrained(args.model)
+    card = build_model_card(args.model_id or str(args.model.resolve()), config, args.weights, **kwargs)
+    card.save(args.model / "README.md")
+    print(f"wrote {args.model / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

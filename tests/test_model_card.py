@@ -1,0 +1,106 @@
+"""conversion/model_card_hydrax.py: cards that parse back with their metadata, and usage snippets that run as written
+against the folder they name."""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from modeling_hydrax import HydraXConfig
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from build_hydrax import build_checkpoint  # noqa: E402
+from model_card_hydrax import HYDRAX_TAGS, build_model_card, eval_results_from_json, main  # noqa: E402
+
+
+EVAL_RESULTS = [
+    {
+        "task_type": "text-to-image",
+        "dataset_type": "geneval",
+        "dataset_name": "GenEval",
+        "metric_type": "accuracy",
+        "metric_name": "GenEval overall",
+        "metric_value": 0.12,
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("card") / "hydrax-tiny")
+
+
+def python_snippets(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_random_init_card_parses_back_and_warns(checkpoint):
+    text = (checkpoint / "README.md").read_text()
+    data = ModelCard(text).data.to_dict()
+    assert data["pipeline_tag"] == "any-to-any" and data["library_name"] == "transformers"
+    assert data["tags"] == HYDRAX_TAGS and data["license"] == "apache-2.0"
+    body = text.split("---", 2)[2]
+    assert body.index("**Random weights.**") < body.index("## Model") and "Random weights" in body.split("## Limit")[1]
+    assert len(python_snippets(text)) == 3
+
+
+def test_snippets_run_against_the_folder(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save("photo.jpg")
+    for code in python_snippets((checkpoint / "README.md").read_text()):
+        assert f'model_id = "{checkpoint.resolve()}"' in code
+        exec(compile(code, "README.md", "exec"), {"__name__": "__snippet__"})
+    assert Image.open("fox.png").size == (64, 64) and Image.open("night.png").size == (64, 64)
+    assert Image.open("fox.gif").n_frames == 17
+
+
+def test_converted_card_with_training_and_results(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(EVAL_RESULTS))
+    card = build_model_card(
+        "me/hydrax-7b",
+        HydraXConfig.from_preset("hydrax-7b"),
+        "converted",
+        base_models=["Qwen/Qwen2.5-7B-Instruct", "google/siglip2-so400m-patch16-naflex"],
+        sources={"language model (Qwen2.5)": "Qwen/Qwen2.5-7B-Instruct"},
+        training_details="Stage 1: 300k steps at 256 px.",
+        eval_results=eval_results_from_json(tmp_path / "results.json"),
+    )
+    data = ModelCard(str(card)).data
+    assert data.base_model == ["Qwen/Qwen2.5-7B-Instruct", "google/siglip2-so400m-patch16-naflex"]
+    assert data.model_name == "hydrax-7b" and data.eval_results[0].metric_value == 0.12
+    assert "Not trained as a multimodal model yet" in card.text and "Stage 1: 300k steps" in card.text
+    assert "| GenEval | GenEval overall | 0.12 |" in card.text and "height=256" in card.text
+    assert "hidden 3584, 28 layers, 28 heads (4 KV), vocabulary 152064, untied" in card.text
+    trained = build_model_card("me/hydrax-7b", HydraXConfig.from_preset("hydrax-7b"), "trained")
+    assert "[!WARNING]" not in trained.text
+    with pytest.raises(ValueError, match="`weights` must be one of"):
+        build_model_card("me/x", HydraXConfig.from_preset("tiny"), "pretrained")
+
+
+def test_cli_rewrites_a_folder_card(checkpoint, tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(EVAL_RESULTS))
+    (tmp_path / "training.md").write_text("Fine-tuned for 10 steps.")
+    readme = (checkpoint / "README.md").read_text()
+    try:
+        args = ["--model", checkpoint, "--model-id", "me/tiny", "--base-model", "Qwen/Qwen2.5-1.5B"]
+        args += ["--eval-results", tmp_path / "results.json", "--training-details", tmp_path / "training.md"]
+        main(list(map(os.fspath, args)))
+        card = ModelCard.load(checkpoint / "README.md")
+        assert card.data.base_model == ["Qwen/Qwen2.5-1.5B"] and card.data.eval_results[0].dataset_name == "GenEval"
+        assert "Fine-tuned for 10 steps." in card.text and 'model_id = "me/tiny"' in card.text
+    finally:
+        (checkpoint / "README.md").write_text(readme)
+    (tmp_path / "bad.json").write_text(json.dumps([{"dataset_name": "x"}]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(checkpoint), "--eval-results", str(tmp_path / "bad.json")])
+    assert exit_info.value.code == 2 and "each entry needs task_type" in capsys.readouterr().err
