@@ -1,5 +1,5 @@
-"""Write a complete Hydra-X checkpoint folder, fully offline: random-initialised for a preset, or built from pretrained
-parts (a Hydra-XTok tokenizer checkpoint and a Qwen2.5-Instruct checkpoint).
+r"""Write a complete Hydra-X checkpoint folder, fully offline: random-initialised for a preset, or built from
+pretrained parts (a Hydra-XTok tokenizer checkpoint and a Qwen2.5-Instruct checkpoint).
 
 The folder holds everything a Hub checkpoint holds: `config.json` (with `auto_map`), safetensors shards,
 `generation_config.json`, the processor (image + video processor configs, tokenizer, chat template), the remote-code

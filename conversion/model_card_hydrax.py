@@ -1,4 +1,4 @@
-"""Model cards (README.md) for Hydra-X checkpoint folders, written with huggingface_hub's `ModelCard`.
+r"""Model cards (README.md) for Hydra-X checkpoint folders, written with huggingface_hub's `ModelCard`.
 
 The metadata follows what the Hub expects of a unified model (`pipeline_tag: any-to-any`, `library_name:
 transformers`, `base_model`, tags, licence, `model-index` when evaluation results are given). The body says where the
