@@ -23,6 +23,9 @@ class HydraXConfig(PreTrainedConfig):
         flow_head_num_layers (`int`): AdaLN-modulated MLP blocks of the flow head.
         flow_head_hidden_size (`int`, *optional*): the flow head's width; defaults to the LLM width.
         text_dropout_prob (`float`): probability of dropping a generation sample's text, for classifier-free guidance.
+        source_dropout_prob (`float`): probability of replacing an edit's source image by the null image (all zeros
+            in [-1, 1], mid-gray), independently of the text, so the edit pipeline's image guidance has a trained
+            image-free branch (InstructPix2Pix's condition dropout).
         flow_logit_mean / flow_logit_std (`float`): logit-normal training distribution of the flow time t.
         flow_base_seq_len / flow_max_seq_len / flow_base_shift / flow_max_shift: resolution-dependent time shift:
             `mu` is interpolated linearly in the number of latent tokens and t ↦ e^mu / (e^mu + 1/t − 1), the
@@ -53,6 +56,7 @@ class HydraXConfig(PreTrainedConfig):
     flow_head_num_layers: int = 3
     flow_head_hidden_size: int | None = None
     text_dropout_prob: float = 0.1
+    source_dropout_prob: float = 0.05
     flow_logit_mean: float = 0.0
     flow_logit_std: float = 1.0
     flow_base_seq_len: int = 256
@@ -81,8 +85,9 @@ class HydraXConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of `@strict`-powered validation."""
-        if not 0.0 <= self.text_dropout_prob < 1.0:
-            raise ValueError(f"`text_dropout_prob` must lie in [0, 1), got {self.text_dropout_prob}.")
+        for name in ("text_dropout_prob", "source_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
         if self.flow_head_num_layers < 1:
             raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
 

@@ -367,6 +367,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # `forward` takes **kwargs but averages its losses per batch: Trainer must keep dividing by the accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: HydraXConfig):
         super().__init__(config)
@@ -454,8 +456,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def _split_targets(self, input_ids, target_mask, pixel_values, pixel_values_videos):
         """HydraXProcessor puts training targets among the inputs (`pixel_values` / `pixel_values_videos`, in text
         order) and marks their blocks with `target_mask`: take them out as generation targets. A sample's target is
-        its last marked block (earlier ones stay clean context); a sample without a mark has none. An image of the
-        target's size right before a target image in the same sample is that target's edit source."""
+        its last marked block (earlier ones stay clean context); a sample without a mark has none. An image right
+        before a target image in the same sample is that target's edit source (HydraXProcessor's rule too)."""
         image_token = self.config.image_token_id
         block_ids = self.model.visual_block_ids(input_ids)
         pools = {
@@ -477,7 +479,12 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 target_is_image, target = items.pop(target_block)
                 targets.append(target)
                 source_is_image, source = items.get(target_block - 1, (False, None))
-                if target_is_image and source_is_image and source.shape == target.shape:
+                if target_is_image and source_is_image:
+                    if source.shape != target.shape:
+                        raise ValueError(
+                            f"An edit's source {tuple(source.shape)} and target {tuple(target.shape)} differ in size; "
+                            "resize the target image to the source's size (HydraXProcessor checks this up front)."
+                        )
                     sources.append(items.pop(target_block - 1)[1])
             for image, item in items.values():
                 clean[image].append(item)
@@ -528,9 +535,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         so one batch can mix understanding and generation; the flow loss averages over the samples with a target.
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
-        schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift), and
-        while training each generation sample's text is dropped with probability `config.text_dropout_prob`; dropped
-        tokens and visual placeholders never count in the LM loss.
+        schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift). While
+        training each generation sample's text is dropped with probability `config.text_dropout_prob` (dropped tokens
+        and visual placeholders never count in the LM loss) and, independently, each edit's source is replaced by the
+        null image (zeros) with probability `config.source_dropout_prob`, the image-free branch of edit guidance.
 
         The LM head runs only where it is needed: with `labels`, on the positions that predict a label (`logits` is
         then `None` unless `logits_to_keep` asks for it); without labels, on every position of an understanding
@@ -553,6 +561,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             else:
                 z0 = self.model.encode_latents(target_pixel_values)
             batch, num_tokens = z0.shape[0], z0[0, 0].numel()
+            if self.training and source_pixel_values is not None and self.config.source_dropout_prob > 0:
+                kept = torch.rand(batch, device=z0.device) >= self.config.source_dropout_prob
+                kept = kept.view(-1, *[1] * (source_pixel_values.ndim - 1)).to(source_pixel_values.dtype)
+                source_pixel_values = source_pixel_values * kept
             source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
             target_mask, source_mask, target_rows = self._generation_masks(
                 input_ids, source is not None, num_tokens, target_mask
@@ -675,11 +687,30 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def predict_velocity(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prefix: HydraXGenerationPrefix
     ) -> torch.Tensor:
-        """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[B]` after a cached prefix; the prefix
-        (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step."""
+        """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[b]` after a cached prefix of `B` rows;
+        the prefix (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step.
+
+        `noisy_latents` may hold `b = B / k` rows for `k` guidance branches of the prefix (branch-major, e.g. CFG's
+        conditional and unconditional prompts): Sem-ViT, projector and timestep embedding then run once and their
+        embeddings are shared by the branches, unless the prefix has an edit source (each branch's Sem-ViT sees its own
+        source, so the latents are repeated for it)."""
+        rows = prefix.attention_mask.shape[0]
+        if rows % noisy_latents.shape[0]:
+            raise ValueError(
+                f"The prefix has {rows} rows, not a multiple of the {noisy_latents.shape[0]} noisy latents; pass one "
+                "latent per prefix row or one per guidance branch's row."
+            )
+        branches = rows // noisy_latents.shape[0]
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(noisy_latents.shape[0])
+        if prefix.source_cache is not None and branches > 1:
+            noisy_latents, timesteps, branches = (
+                noisy_latents.repeat(branches, 1, 1, 1, 1),
+                timesteps.repeat(branches),
+                1,
+            )
         _, target_embeds = self.model.embed_noisy_latents(noisy_latents, timesteps, source_cache=prefix.source_cache)
+        target_embeds, timesteps = target_embeds.repeat(branches, 1, 1), timesteps.repeat(branches)
         batch, tokens = target_embeds.shape[:2]
         attention_mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(batch, tokens)], dim=1)
         position_ids = prefix.next_position[:, None] + torch.arange(tokens, device=noisy_latents.device)
@@ -697,7 +728,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             ).last_hidden_state
         finally:
             prefix.cache.crop(prefix.length - prefix.cache.get_seq_length())
-        return self.model.flow_head(hidden, timesteps, noisy_latents.shape)
+        return self.model.flow_head(hidden, timesteps, (rows, *noisy_latents.shape[1:]))
 
 
 __all__ = ["HydraXForConditionalGeneration", "HydraXModel", "HydraXPreTrainedModel"]

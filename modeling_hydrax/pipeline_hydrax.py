@@ -436,9 +436,9 @@ class HydraXSamplerMixin:
                 self._current_timestep = t
                 if num_clean:
                     latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
-                model_input = latents.to(dtype).repeat(num_branches, 1, 1, 1, 1)
-                sigma = self.scheduler.sigmas[i].to(latents.device).expand(model_input.shape[0])
-                velocities = self.model.predict_velocity(model_input, sigma, prefix).float().chunk(num_branches)
+                sigma = self.scheduler.sigmas[i].to(latents.device).expand(latents.shape[0])
+                # One latent per output: the branches share its Sem-ViT embedding (see `predict_velocity`)
+                velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
                 velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
 

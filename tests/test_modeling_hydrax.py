@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 from conftest import tiny_hydrax, visual_block
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForImageTextToText
 
@@ -225,7 +226,7 @@ def open_adaln_gates(model):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_gradients_reach_every_trainable_module(task):
-    model = tiny_hydrax(text_dropout_prob=0.0).train()
+    model = tiny_hydrax(text_dropout_prob=0.0, source_dropout_prob=0.0).train()
     open_adaln_gates(model)
     out = model(**_task_inputs(model.config, task))
     out.loss.backward()
@@ -408,7 +409,7 @@ def test_device_map_auto_places_tiny_model(model, tmp_path):
 
 
 def test_gradient_checkpointing_gives_same_gradients():
-    model = tiny_hydrax(text_dropout_prob=0.0).train()
+    model = tiny_hydrax(text_dropout_prob=0.0, source_dropout_prob=0.0).train()
     open_adaln_gates(model)
     inputs = _task_inputs(model.config, "editing")
     t, noise = fixed_noise(model, (1, 8, 1, 2, 2), 1)
@@ -506,3 +507,53 @@ def test_lm_head_runs_only_where_needed(model):
     reference = model.loss_function(logits=full.logits, labels=masked, vocab_size=config.text_config.vocab_size)
     torch.testing.assert_close(labelled.lm_loss, reference)
     torch.testing.assert_close(full.lm_loss, reference)
+
+
+def test_guidance_branches_share_one_sem_vit_pass(model):
+    config = model.config
+    ids = t2i_ids(config)
+    prompt = torch.cat([ids, model.unconditional_input_ids(ids)])[:, : ids.shape[1] - IMAGE_TOKENS - 1]
+    z, t = torch.randn(1, 8, 1, 2, 2), torch.tensor([0.4])
+    passes = []
+    handle = model.model.vision_tower.sem_vit.register_forward_hook(lambda *args: passes.append(1))
+    try:
+        with torch.no_grad():
+            prefix = model.prepare_generation_prefix(prompt)
+            shared = model.predict_velocity(z, t, prefix)
+            assert len(passes) == 1, "one Sem-ViT pass for both branches"
+            repeated = model.predict_velocity(z.repeat(2, 1, 1, 1, 1), t.repeat(2), prefix)
+            with pytest.raises(ValueError, match="The prefix has 2 rows, not a multiple of the 3 noisy latents"):
+                model.predict_velocity(z.repeat(3, 1, 1, 1, 1), t.repeat(3), prefix)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(shared, repeated)
+    edit = edit_ids(config)[:, : -IMAGE_TOKENS - 1]
+    with torch.no_grad():
+        edit_prefix = model.prepare_generation_prefix(edit.repeat(2, 1), source_pixel_values=image(2))
+        torch.testing.assert_close(
+            model.predict_velocity(z, t, edit_prefix),
+            model.predict_velocity(z.repeat(2, 1, 1, 1, 1), t.repeat(2), edit_prefix),
+        )
+
+
+def test_source_dropout_trains_the_null_image_branch():
+    model = tiny_hydrax(text_dropout_prob=0.0, source_dropout_prob=0.999999).train()
+    inputs = dict(input_ids=edit_ids(model.config), target_pixel_values=image(), timesteps=torch.tensor([0.5]))
+    inputs["noise"] = torch.randn(1, 8, 1, 2, 2)
+    source = image()
+    dropped = model(**inputs, source_pixel_values=source)
+    model.config.source_dropout_prob = 0.0
+    null = model(**inputs, source_pixel_values=torch.zeros_like(source))
+    kept = model(**inputs, source_pixel_values=source)
+    torch.testing.assert_close(dropped.velocity, null.velocity)
+    assert not torch.allclose(kept.velocity, null.velocity)
+    with pytest.raises(StrictDataclassClassValidationError, match=r"`source_dropout_prob` must lie in \[0, 1\)"):
+        HydraXConfig.from_preset("tiny", source_dropout_prob=1.0)
+
+
+def test_trainer_keeps_dividing_by_gradient_accumulation(model):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
+    trainer = Trainer(model=model, args=args)
+    assert model.accepts_loss_kwargs is False and not trainer.model_accepts_loss_kwargs

@@ -4,7 +4,7 @@ hold images, and batches that mix understanding samples (no target) with generat
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_hydrax
+from conftest import tiny_hydrax, visual_block
 
 from processing_hydrax import HydraXImageProcessor, HydraXProcessor, HydraXVideoProcessor, build_tiny_qwen2_tokenizer
 
@@ -112,3 +112,13 @@ def test_explicit_targets_must_match_the_marked_samples(model, processor):
             target_mask=batch["target_mask"],
             target_pixel_values=torch.rand(2, 3, 32, 32) * 2 - 1,
         )
+
+
+def test_an_edit_source_of_another_size_is_a_clear_error(model):
+    config = model.config
+    ids = [5] + visual_block(config, 8) + [6] + visual_block(config, 4)
+    ids = torch.tensor([ids])
+    target_mask = (model.model.visual_block_ids(ids) == 1).long()
+    pixels = [torch.rand(3, 64, 32) * 2 - 1, torch.rand(3, 32, 32) * 2 - 1]
+    with pytest.raises(ValueError, match=r"source \(3, 64, 32\) and target \(3, 32, 32\) differ in size; resize"):
+        model(input_ids=ids, pixel_values=pixels, target_mask=target_mask)
