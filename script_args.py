@@ -33,6 +33,11 @@ def check_file(parser: argparse.ArgumentParser, option: str, path, hint: str):
         parser.error(f"{option} {path}: {'not a file' if path.exists() else 'no such file'}; {hint}")
 
 
+def looks_like_path(value: str) -> bool:
+    """A value meant as a local path rather than a Hub id (`org/name`)."""
+    return Path(value).exists() or value.startswith((".", "/", "~")) or value.count("/") != 1
+
+
 def check_output_folder(parser: argparse.ArgumentParser, option: str, path, given=None):
     """`parser.error` unless `path` is a folder, or can be created as one, that this user can write to; the message
     names `given` (default `path`), the value passed to `option`."""
@@ -156,13 +161,21 @@ def load_source(path: Path | None, height: int, width: int):
     return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BICUBIC)
 
 
-def write_video(frames, path: Path, fps: int) -> None:
-    """PIL frames → an H.264 MP4 at `path`, with PyAV; written beside it and renamed into place, so a failure never
-    leaves a half-written file."""
-    import av
-
+def write_atomically(path: Path, write) -> None:
+    """`write(partial_path)` beside `path`, then renamed into place, so a failure never leaves a half-written file."""
     partial = path.with_name(f".{path.name}.partial")
     try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_video(frames, path: Path, fps: int) -> None:
+    """PIL frames → an H.264 MP4 at `path`, with PyAV (written atomically)."""
+    import av
+
+    def encode(partial: Path) -> None:
         with av.open(str(partial), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = frames[0].size
@@ -170,9 +183,8 @@ def write_video(frames, path: Path, fps: int) -> None:
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_image(frame)))
             container.mux(stream.encode())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+
+    write_atomically(path, encode)
 
 
 def run_example(pipeline_class, description: str, argv=None, **parser_options) -> None:
@@ -203,5 +215,5 @@ def run_example(pipeline_class, description: str, argv=None, **parser_options) -
     if output.frames is not None:
         write_video(output.frames[0], args.output, args.fps)
     else:
-        output.images[0].save(args.output)
+        write_atomically(args.output, lambda partial: output.images[0].save(partial, format="PNG"))
     print(f"wrote {args.output}")

@@ -25,6 +25,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from build_hydrax import special_token_ids  # noqa: E402
 
 from modeling_hydrax import (  # noqa: E402
     HydraXConfig,
@@ -45,14 +48,7 @@ from script_args import HelpFormatter, check_output_folder  # noqa: E402
 def save_random_pipeline(preset: str, folder: Path, device: str) -> None:
     """A random-weight `preset` in bf16, built directly on `device`, saved as a pipeline folder."""
     processor = HydraXProcessor(HydraXImageProcessor(), build_tiny_qwen2_tokenizer(), HydraXVideoProcessor())
-    special_ids = {
-        "image_token_id": processor.image_token_id,
-        "video_token_id": processor.video_token_id,
-        "vision_start_token_id": processor.vision_start_token_id,
-        "vision_end_token_id": processor.vision_end_token_id,
-        "pad_token_id": processor.tokenizer.pad_token_id,
-    }
-    config = HydraXConfig.from_preset(preset, **special_ids)
+    config = HydraXConfig.from_preset(preset, **special_token_ids(processor))
     with torch.device(device):
         model = HydraXForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(folder)

@@ -67,7 +67,7 @@ from processing_hydrax import (  # noqa: E402
     HydraXVideoProcessor,
     build_tiny_qwen2_tokenizer,
 )
-from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder, looks_like_path  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -567,11 +567,6 @@ def push_folder(folder: Path, repo_id: str, private: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- command line
-def looks_like_path(value: str) -> bool:
-    """A value meant as a local path rather than a Hub id (`org/name`)."""
-    return Path(value).exists() or value.startswith((".", "/", "~")) or value.count("/") != 1
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(

@@ -321,14 +321,23 @@ def check_reloaded(model: torch.nn.Module, reloaded: torch.nn.Module) -> str:
 @contextmanager
 def staged_folder(output: Path):
     """A temporary folder next to `output`, renamed into place (replacing `output`) when the block completes and
-    removed when it fails, so `output` is never half-written."""
+    removed when it fails, so `output` is never half-written. A replaced `output` is first moved aside and deleted
+    only once the new folder is in place, so no failure leaves neither."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        previous = staging.with_name(f"{staging.name}-previous") if output.exists() else None
+        if previous is not None:
+            output.rename(previous)
+        try:
+            staging.rename(output)
+        except BaseException:
+            if previous is not None:
+                previous.rename(output)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -65,7 +65,7 @@ from transformers.models.siglip2.image_processing_siglip2 import convert_image_t
 from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings  # noqa: E402
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
-from script_args import HelpFormatter, check_file, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_file, check_folder, check_output_folder, looks_like_path  # noqa: E402
 
 
 SIGLIP2_CLASSES = {"siglip2": Siglip2Model, "siglip2_vision_model": Siglip2VisionModel}
@@ -301,7 +301,10 @@ def verify_equivalences(siglip, model: HydraXTokModel) -> list[str]:
     for index, ((name, layer), source_layer) in enumerate(zip(layers, siglip.encoder.layers, strict=True)):
         output = layer(hidden[:, None])[0][:, 0]
         worst = max(worst, max_difference(output, source_layer(hidden, None), f"{name} (SigLIP 2 layer {index})"))
-    checks.append(f"each of the {len(layers)} copied layers gives SigLIP 2's output (max |Δ| {worst:.2e})")
+    checks.append(
+        f"each of the {len(layers)} copied layers gives SigLIP 2's output without RoPE (max |Δ| {worst:.2e}); "
+        "Hydra-XTok's 3D RoPE on top is learned in training"
+    )
     difference = max_difference(model.sem_vit.post_layernorm(hidden), siglip.post_layernorm(hidden), "post_layernorm")
     checks.append(f"sem_vit.post_layernorm equals SigLIP 2's post_layernorm (max |Δ| {difference:.2e})")
     return checks
@@ -413,10 +416,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for the newly initialised modules")
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
-    local = Path(args.siglip)
-    if local.exists() or args.siglip.startswith((".", "/", "~")) or args.siglip.count("/") != 1:
+    if looks_like_path(args.siglip):
         hint = "pass a SigLIP 2 checkpoint folder or a Hub id such as google/siglip2-so400m-patch16-naflex"
-        check_folder(parser, "--siglip", local, hint, required_file="config.json")
+        check_folder(parser, "--siglip", Path(args.siglip), hint, required_file="config.json")
     overrides = parse_overrides(parser, args.config)
     check_output_folder(parser, "--output", args.output)
     if args.output.exists() and not args.force:

@@ -16,7 +16,6 @@ training image and the image sampled from it) and metrics.json into `--output-di
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
 from build_hydrax import build_checkpoint  # noqa: E402
+from checkpoint_importer import staged_folder  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from modeling_hydrax import HydraXPipeline, HydraXTokModel  # noqa: E402
@@ -251,11 +251,8 @@ def main(argv=None):
     save_grid(output_dir / "samples.png", to_pixels(images), samples * 2 - 1, list(CAPTIONS.values()))
 
     # 5. Save everything (model folder written beside and renamed into place)
-    staging = output_dir / ".model-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging)
-    shutil.rmtree(output_dir / "model", ignore_errors=True)
-    staging.rename(output_dir / "model")
+    with staged_folder(output_dir / "model") as staging:
+        pipe.save_pretrained(staging)
     metrics = {
         "train_caption_exact_match": f"{correct}/{len(CAPTIONS)}",
         "note": "the questions are about the training images: exact captions show memorisation, not generalisation",

@@ -393,6 +393,11 @@ class HydraXSamplerMixin:
             width // self.patch_size,
         )
         device = self._execution_device
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"Got {len(generator)} generators for {batch_size} outputs (prompts × num_images_per_prompt); pass "
+                "one generator, or one per output."
+            )
         if latents is None:
             return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         if tuple(latents.shape) != shape:

@@ -187,3 +187,29 @@ def test_write_model_refuses_an_existing_folder_without_force(tok_config, tmp_pa
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="--force"):
         write_model(HydraXTokModel(tok_config), tmp_path / "out", {})
+
+
+def test_staged_folder_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    from checkpoint_importer import staged_folder
+
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "old.txt").write_text("old")
+    with staged_folder(output) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in output.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no staging or previous folder left behind"
+
+    real_rename = Path.rename
+
+    def failing_rename(self, target):
+        if Path(target) == output and "previous" not in self.name:
+            raise OSError("disk full")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk full"):
+        with staged_folder(output) as staging:
+            (staging / "newer.txt").write_text("newer")
+    assert sorted(p.name for p in output.iterdir()) == ["new.txt"], "the previous folder is restored"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

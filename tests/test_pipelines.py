@@ -296,6 +296,11 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
         (dict(output_type="jpeg"), ValueError, "`output_type` must be one of"),
         (dict(latents=torch.randn(1, 8, 1, 3, 3)), ValueError, r"`latents` must have shape \(1, 8, 1, 2, 2\)"),
         (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be an int ≥ 1"),
+        (
+            dict(generator=[torch.Generator()] * 2, num_images_per_prompt=3),
+            ValueError,
+            "2 generators for 3 outputs",
+        ),
     ],
 )
 def test_bad_input_names_the_value_and_the_fix(pipe, kwargs, error, message):
