@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_hydrax import HydraXConfig
 from .configuration_hydrax_tok import HydraXTokConfig
+from .data_collator_hydrax import HydraXDataCollator
 from .modeling_hydrax import HydraXForConditionalGeneration, HydraXGenerationPrefix, HydraXModel, HydraXPreTrainedModel
 from .modeling_hydrax_tok import HydraXTokFrameCache, HydraXTokModel, HydraXTokPreTrainedModel
 
@@ -42,6 +43,7 @@ def __getattr__(name):
 
 __all__ = [
     "HydraXConfig",
+    "HydraXDataCollator",
     "HydraXForConditionalGeneration",
     "HydraXGenerationPrefix",
     "HydraXModel",

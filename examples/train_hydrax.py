@@ -1,0 +1,615 @@
+"""Fine-tune Hydra-X with transformers' Trainer: the paper's three unified-model stages, a mixture of chat datasets
+collated on the fly, per-module learning rates, LoRA, evaluation, resuming, and an atomically written output folder.
+
+    python examples/train_hydrax.py --max-steps 5                    # tiny model + built-in demo data, ~20 s on CPU
+    python examples/train_hydrax.py --model CKPT --stage 2 --data a.jsonl:3 b.jsonl:1 --eval-split 0.05
+
+Stages (SPEC §2; Gen-ViT and the pixel decoder are always frozen, they fix the latent space):
+  1  LLM frozen; vision head (projector, timestep embedding, flow head) 1e-4, Sem-ViT 5e-5
+  2  everything else trainable; vision head 5e-5, LLM and Sem-ViT 2e-5
+  3  as stage 2 (the paper's high-quality instruction data at 1024 px)
+`--learning-rate-scale` multiplies these; `--vision-head-lr`, `--sem-vit-lr` and `--llm-lr` replace them.
+
+Data: `--data SOURCE[:WEIGHT] ...`; a SOURCE is a JSONL manifest (one `{"messages": [...]}` conversation per line
+in the processor's chat format; image/video blocks give a `path` relative to the manifest's folder), a folder written
+by `datasets`' `save_to_disk`, or a name `datasets.load_dataset` knows, with a `messages` column. Several sources are
+interleaved with probabilities proportional to their weights (`datasets.interleave_datasets`). A conversation learns
+from its assistant turns: text by next-token loss, images/videos by flow matching, e.g.
+  {"messages": [{"role": "user", "content": [{"type": "image", "path": "cat.png"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "a cat"}]}]}
+  {"messages": [{"role": "user", "content": [{"type": "text", "text": "Draw a cat."}]},
+                {"role": "assistant", "content": [{"type": "image", "path": "cat.png"}]}]}
+Without --data a tiny demo set (scikit-image photos: captions, caption → image and one edit) is written to
+OUTPUT_DIR/demo_data. Samples whose files are missing or unreadable, and manifest lines without an assistant turn,
+are reported with their file and line, then skipped or fatal (`--on-bad-sample`).
+
+Small grids: flow times near noise are where conditioning is learned, and the default logit-normal(0, 1) rarely draws
+them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 2.5` (SPEC §2).
+
+Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
+loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
+with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`; `model/` is then the merged model).
+Batches may mix understanding and generation samples, but the generation targets of one batch must share a size and be
+all edits or all text-to-image: keep --batch-size 1 (and raise --gradient-accumulation-steps) for mixed data.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from build_hydrax import build_checkpoint  # noqa: E402
+from checkpoint_importer import staged_folder  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModel,
+    AutoProcessor,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+
+from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
+from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+
+
+logger = logging.get_logger("train_hydrax")
+
+# Learning rate per parameter group and stage (the paper's; a group absent from a stage is frozen).
+STAGE_LEARNING_RATES = {
+    1: {"vision_head": 1e-4, "sem_vit": 5e-5},
+    2: {"vision_head": 5e-5, "llm": 2e-5, "sem_vit": 2e-5},
+    3: {"vision_head": 5e-5, "llm": 2e-5, "sem_vit": 2e-5},
+}
+# Parameter name prefixes of each group (after PEFT's `base_model.model.` prefix is removed).
+PARAMETER_GROUPS = {
+    "frozen": HYDRAX_FROZEN_MODULES,
+    "vision_head": ("model.projector", "model.timestep_embedding", "model.flow_head"),
+    "sem_vit": ("model.vision_tower.sem_vit",),
+    "llm": ("model.language_model", "lm_head"),
+}
+# LoRA's default targets: the Qwen2 attention and MLP projections of the LLM (not those of the vision tower).
+DEFAULT_LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+CONFIG_OPTIONS = (
+    "flow_logit_mean",
+    "flow_logit_std",
+    "text_dropout_prob",
+    "source_dropout_prob",
+    "lm_loss_weight",
+    "flow_loss_weight",
+)
+RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
+DEMO_SIZE = 32
+DEMO_CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
+
+
+# ---------------------------------------------------------------------------------------------------- parameters
+def parameter_group(name: str) -> str:
+    """The group (`frozen`, `vision_head`, `sem_vit` or `llm`) of a parameter, by its name."""
+    name = name.removeprefix("base_model.model.")
+    for group, prefixes in PARAMETER_GROUPS.items():
+        if name.startswith(prefixes):
+            return group
+    raise ValueError(f"Parameter {name!r} belongs to no group of {sorted(PARAMETER_GROUPS)}; extend PARAMETER_GROUPS.")
+
+
+def stage_learning_rates(stage: int, scale: float = 1.0, **overrides) -> dict[str, float]:
+    """Per-group learning rates of `stage`, times `scale`; `overrides` (`vision_head=…`, …; `None` ignored) replace
+    them."""
+    rates = {group: rate * scale for group, rate in STAGE_LEARNING_RATES[stage].items()}
+    for group, rate in overrides.items():
+        if rate is not None:
+            if group not in rates:
+                raise ValueError(f"Stage {stage} freezes {group}; a learning rate for it has no effect.")
+            rates[group] = rate
+    return rates
+
+
+def set_trainable(model, learning_rates: dict[str, float]) -> None:
+    """Train the groups that have a learning rate, freeze the rest (Gen-ViT and decoder always)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(parameter_group(name) in learning_rates)
+
+
+def optimizer_groups(model, learning_rates: dict[str, float], weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: one per (module group, decay or not) with that group's learning rate; biases and
+    norms get no weight decay."""
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = parameter_group(name)
+        decay = param.ndim >= 2
+        key = (group, decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr": learning_rates[group],
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{group}{'' if decay else '_no_decay'}",
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def add_lora(model, args, learning_rates: dict[str, float]):
+    """Wrap the model with PEFT LoRA adapters on the LLM; the stage's other trainable groups are trained in full and
+    saved with the adapter (`modules_to_save`)."""
+    from peft import LoraConfig, get_peft_model
+
+    full = [
+        prefix.removeprefix("model.")
+        for group in learning_rates
+        if group != "llm"
+        for prefix in PARAMETER_GROUPS[group]
+    ]
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules,
+        modules_to_save=full,
+    )
+    return get_peft_model(model, config)
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def report_bad_sample(message: str, on_bad_sample: str) -> None:
+    """Raise on a bad sample, or log it as skipped; never silent."""
+    if on_bad_sample == "error":
+        raise ValueError(f"{message} (pass --on-bad-sample skip to leave such samples out)")
+    logger.warning(f"Skipping {message}")
+
+
+def read_manifest(path: Path, on_bad_sample: str):
+    """A JSONL manifest as a `datasets.Dataset` of (`messages` as JSON, `origin` = file:line, `root` = its folder),
+    each line checked up front: JSON, a `messages` list, an assistant turn, and existing image/video files."""
+    from datasets import Dataset
+
+    rows = {"messages": [], "origin": [], "root": []}
+    root = str(path.resolve().parent)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        origin = f"{path}:{number}"
+        try:
+            messages = normalize_messages(json.loads(line)["messages"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            report_bad_sample(f"{origin}: not a JSON object with a `messages` list ({error!r})", on_bad_sample)
+            continue
+        problem = find_problem(messages, root)
+        if problem is not None:
+            report_bad_sample(f"{origin}: {problem}", on_bad_sample)
+            continue
+        rows["messages"].append(json.dumps(messages))
+        rows["origin"].append(origin)
+        rows["root"].append(root)
+    if not rows["messages"]:
+        raise ValueError(f"{path}: no usable conversation in the manifest.")
+    return Dataset.from_dict(rows)
+
+
+def load_source(source: str, on_bad_sample: str):
+    """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns."""
+    import datasets
+
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        return read_manifest(path, on_bad_sample)
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+        dataset = datasets.load_from_disk(str(path))
+        root = str(path.resolve())
+    else:
+        dataset = datasets.load_dataset(source, split="train")
+        root = str(path.resolve()) if path.is_dir() else None
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset["train"]
+    if "messages" not in dataset.column_names:
+        raise ValueError(f"{source}: the dataset has no `messages` column (columns: {dataset.column_names}).")
+    return dataset.map(
+        lambda row, index: {
+            "messages": json.dumps(row["messages"]),
+            "origin": f"{source} row {index}",
+            "root": root,
+        },
+        with_indices=True,
+        remove_columns=dataset.column_names,
+    )
+
+
+def parse_source(value: str) -> tuple[str, float]:
+    """`SOURCE[:WEIGHT]` → (source, weight); a weight must be positive."""
+    source, _, weight = value.rpartition(":")
+    try:
+        parsed = float(weight)
+    except ValueError:
+        return value, 1.0
+    if not source or parsed <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive number")
+    return source, parsed
+
+
+def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int):
+    """The training mixture (sources interleaved with probabilities ∝ weights) and the evaluation set (`eval_sources`
+    concatenated, or an `eval_split` fraction held out of every source), or `None`."""
+    import datasets
+
+    loaded = [(load_source(source, on_bad_sample), weight) for source, weight in sources]
+    held_out = []
+    if eval_split > 0:
+        splits = [dataset.train_test_split(test_size=eval_split, seed=seed) for dataset, _ in loaded]
+        loaded = [(split["train"], weight) for split, (_, weight) in zip(splits, loaded)]
+        held_out = [split["test"] for split in splits]
+    held_out += [load_source(source, on_bad_sample) for source, _ in eval_sources]
+    total = sum(weight for _, weight in loaded)
+    train = (
+        loaded[0][0]
+        if len(loaded) == 1
+        else datasets.interleave_datasets(
+            [dataset for dataset, _ in loaded],
+            probabilities=[weight / total for _, weight in loaded],
+            seed=seed,
+            stopping_strategy="all_exhausted",
+        )
+    )
+    return train, datasets.concatenate_datasets(held_out) if held_out else None
+
+
+def write_demo_data(folder: Path) -> Path:
+    """A tiny real-image manifest: captioning, caption → image, and one edit (make it darker), from scikit-image."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, caption in DEMO_CAPTIONS.items():
+        array = getattr(data, name)()
+        side = min(array.shape[:2])
+        crop = Image.fromarray(array[:side, :side]).convert("RGB").resize((DEMO_SIZE, DEMO_SIZE))
+        crop.save(folder / f"{name}.png")
+        image = {"type": "image", "path": f"{name}.png"}
+        lines.append([user([image, text("What is in the image?")]), assistant([text(caption)])])
+        lines.append([user([text(f"Draw {caption}.")]), assistant([image])])
+    Image.fromarray((np.asarray(crop) * 0.5).astype(np.uint8)).save(folder / "rocket_dark.png")
+    edit = [{"type": "image", "path": "rocket.png"}, text("Make it darker.")]
+    lines.append([user(edit), assistant([{"type": "image", "path": "rocket_dark.png"}])])
+    manifest = folder / "demo.jsonl"
+    manifest.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in lines))
+    return manifest
+
+
+def user(content):
+    return {"role": "user", "content": content}
+
+
+def assistant(content):
+    return {"role": "assistant", "content": content}
+
+
+def text(value):
+    return {"type": "text", "text": value}
+
+
+# ------------------------------------------------------------------------------------------------------- trainer
+class HydraXTrainer(Trainer):
+    """Trainer with per-module learning rates (optimizer parameter groups) and `lm_loss` / `flow_loss` logged beside
+    `loss` (averaged over the batches since the last log; `eval_lm_loss` / `eval_flow_loss` in evaluation)."""
+
+    def __init__(self, *args, learning_rates: dict[str, float], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rates = learning_rates
+        self.loss_sums = {"train": {}, "eval": {}}
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            groups = optimizer_groups(self.model, self.learning_rates, self.args.weight_decay)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        sums = self.loss_sums["train" if model.training else "eval"]
+        for name in ("lm_loss", "flow_loss"):
+            value = getattr(outputs, name, None)
+            if value is not None:
+                total, count = sums.get(name, (0.0, 0))
+                sums[name] = (total + value.detach().float().item(), count + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split, prefix = ("train", "") if "loss" in logs else ("eval", "eval_") if "eval_loss" in logs else (None, "")
+        if split is not None:
+            for name, (total, count) in self.loss_sums[split].items():
+                logs[prefix + name] = total / count
+            self.loss_sums[split] = {}
+        super().log(logs, start_time)
+
+
+class RunRecordCallback(TrainerCallback):
+    """Writes `hydrax_training.json` (stage, LoRA settings, architecture, trainable parameters) into every checkpoint,
+    so a resume can check it continues the same kind of run."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (folder / RUN_FILE).write_text(json.dumps(self.record, indent=2))
+
+
+def run_record(model, args) -> dict:
+    """What a checkpoint of this run must match to be resumed from."""
+    config = model.config.to_dict()
+    architecture = {
+        "text": {k: config["text_config"][k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+        "vision": {k: config["vision_config"][k] for k in ("hidden_size", "latent_channels")},
+    }
+    trainable = sum(param.requires_grad for param in model.parameters())
+    lora = None if args.lora_r is None else {"r": args.lora_r, "targets": args.lora_target_modules}
+    return {"stage": args.stage, "lora": lora, "architecture": architecture, "trainable_tensors": trainable}
+
+
+def check_resumable(checkpoint: Path, record: dict) -> None:
+    """A clear error when `checkpoint` was not written by a run like this one (its optimizer state and weights would
+    not fit, or would silently continue a different run)."""
+    path = checkpoint / RUN_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it has no {RUN_FILE}, so it is not a checkpoint of "
+            "examples/train_hydrax.py. Start from a model folder with --model instead."
+        )
+    saved = json.loads(path.read_text())
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
+        for key, value in record.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it was trained differently ({'; '.join(differences)}). Resume with the "
+            "checkpoint's settings, or start the new run from a finished model folder with --model."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="the Hydra-X checkpoint folder to fine-tune (default: a tiny random one built on the fly)",
+    )
+    parser.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2, 3),
+        default=1,
+        help="the paper's training stage: which modules train and their learning rates (see above)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        type=parse_source,
+        default=[],
+        metavar="SOURCE[:WEIGHT]",
+        help="training data: JSONL manifests, save_to_disk folders or load_dataset names, each with "
+        "an optional mixture weight (default: the built-in demo set)",
+    )
+    parser.add_argument(
+        "--eval-data",
+        nargs="+",
+        type=parse_source,
+        default=[],
+        metavar="SOURCE",
+        help="held-out evaluation data (same kinds of source as --data)",
+    )
+    parser.add_argument(
+        "--eval-split", type=float, default=0.0, help="fraction of every --data source held out for evaluation"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("outputs/train_hydrax"), help="where work/, model/ (and adapter/) go"
+    )
+    parser.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="samples per device and step (see the note on mixed batches above)"
+    )
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
+    parser.add_argument("--learning-rate-scale", type=float, default=1.0, help="multiplies the stage's learning rates")
+    for group in ("vision-head", "sem-vit", "llm"):
+        parser.add_argument(
+            f"--{group}-lr",
+            type=float,
+            help=f"learning rate of the {group.replace('-', ' ')} group, replacing the stage's",
+        )
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (not on biases/norms)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
+    parser.add_argument(
+        "--flow-logit-mean",
+        type=float,
+        help="mean of the logit-normal flow-time distribution "
+        "(config field; >0 draws times toward noise: use ~2.5 for small grids)",
+    )
+    parser.add_argument("--flow-logit-std", type=float, help="std of the logit-normal flow-time distribution")
+    parser.add_argument(
+        "--text-dropout-prob",
+        type=float,
+        help="CFG text dropout of generation samples (the model "
+        "applies it in forward; dropped text never counts in the LM loss)",
+    )
+    parser.add_argument(
+        "--source-dropout-prob", type=float, help="probability of replacing an edit's source by the null image"
+    )
+    parser.add_argument("--lm-loss-weight", type=float, help="weight of the next-token loss")
+    parser.add_argument("--flow-loss-weight", type=float, help="weight of the flow-matching loss")
+    parser.add_argument("--min-pixels", type=int, help="smallest image area after resizing (default: the processor's)")
+    parser.add_argument("--max-pixels", type=int, help="largest image area after resizing (default: the processor's)")
+    parser.add_argument(
+        "--lora-r",
+        type=int,
+        help="train LoRA adapters of this rank on the LLM instead of its full weights (stages 2 and 3)",
+    )
+    parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
+    parser.add_argument(
+        "--lora-target-modules",
+        default=DEFAULT_LORA_TARGETS,
+        help="regex of the modules LoRA adapts (default: the Qwen2 attention and MLP projections)",
+    )
+    parser.add_argument(
+        "--on-bad-sample",
+        choices=("skip", "error"),
+        default="error",
+        help="what to do with a "
+        "sample whose files are missing or unreadable or that has no assistant turn (always reported)",
+    )
+    parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder under OUTPUT_DIR/work, or 'last'")
+    parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps")
+    parser.add_argument("--eval-steps", type=int, help="evaluate every this many steps (default: at the end only)")
+    parser.add_argument("--logging-steps", type=int, default=10, help="log losses every this many steps")
+    parser.add_argument(
+        "--report-to", default=None, help="Trainer's report_to (default: tensorboard when installed, else none)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and flow noise")
+    args = parser.parse_args(argv)
+    if not 0 <= args.eval_split < 1:
+        parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
+    if args.max_steps < 1 or args.batch_size < 1:
+        parser.error(f"--max-steps and --batch-size must be ≥ 1, got {args.max_steps} and {args.batch_size}")
+    if args.lora_r is not None and args.stage == 1:
+        parser.error("--lora-r adapts the LLM, which stage 1 freezes; use --stage 2 or 3")
+    if args.eval_split and not args.data:
+        parser.error("--eval-split needs --data (the demo set is too small to split)")
+    if args.model is not None:
+        hint = "pass a checkpoint folder written by conversion/build_hydrax.py or this script (OUTPUT_DIR/model)"
+        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    if args.resume_from_checkpoint not in (None, "last"):
+        hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
+        check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
+    check_output_folder(parser, "--output-dir", args.output_dir)
+    return args
+
+
+def report_to() -> str:
+    """TensorBoard when it is installed, otherwise no logging integration."""
+    import importlib.util
+
+    return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+
+
+def main(argv=None) -> HydraXTrainer:
+    """Train, save OUTPUT_DIR/model (and adapter/), and return the Trainer (its `state.log_history` has the losses)."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    output_dir, work_dir = args.output_dir, args.output_dir / "work"
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. Model and processor, with the config pass-throughs
+    checkpoint = args.model or build_checkpoint("tiny", output_dir / "initial", seed=args.seed, overwrite=True)
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    config = AutoConfig.from_pretrained(checkpoint, **overrides)
+    model = AutoModel.from_pretrained(checkpoint, config=config)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+
+    # 2. Trainable groups and learning rates of the stage; LoRA on the LLM
+    learning_rates = stage_learning_rates(
+        args.stage, args.learning_rate_scale, vision_head=args.vision_head_lr, sem_vit=args.sem_vit_lr, llm=args.llm_lr
+    )
+    set_trainable(model, learning_rates)
+    if args.lora_r is not None:
+        model = add_lora(model, args, learning_rates)
+    record = run_record(model, args)
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
+    if resume is not None:
+        check_resumable(Path(resume), record)
+
+    # 3. Data: the mixture, the held-out set, and the on-the-fly collator
+    sources = args.data or [(str(write_demo_data(output_dir / "demo_data")), 1.0)]
+    pixels = (args.min_pixels, args.max_pixels)
+    if not args.data and pixels == (None, None):
+        pixels = (DEMO_SIZE**2, DEMO_SIZE**2)
+    size = {key: value for key, value in zip(("min_pixels", "max_pixels"), pixels) if value is not None}
+    processor_kwargs = {"images_kwargs": {"size": size}, "videos_kwargs": {"size": size}} if size else {}
+    train_dataset, eval_dataset = build_datasets(
+        sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed
+    )
+    collator = HydraXDataCollator(processor, processor_kwargs, on_bad_sample=args.on_bad_sample)
+
+    # 4. Train
+    training_args = TrainingArguments(
+        output_dir=str(work_dir),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=max(learning_rates.values()),
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        eval_strategy="no" if eval_dataset is None else "steps",
+        eval_steps=args.eval_steps or args.max_steps,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        report_to=args.report_to or report_to(),
+        seed=args.seed,
+        data_seed=args.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = HydraXTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        learning_rates=learning_rates,
+        callbacks=[RunRecordCallback(record)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+
+    # 5. Save: adapter (LoRA), then the full model as a transformers + diffusers folder, each staged and renamed
+    trained = trainer.model
+    if args.lora_r is not None:
+        with staged_folder(output_dir / "adapter") as staging:
+            trained.save_pretrained(staging)
+        trained = trained.merge_and_unload()
+    save_model(trained, processor, output_dir / "model")
+    final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
+    print(json.dumps(final, indent=2))
+    print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))
+    return trainer
+
+
+def save_model(model, processor, folder: Path) -> None:
+    """The trained model, its processor and the pipeline files (a folder for `AutoModel` and `HydraXPipeline`),
+    written to a staging folder and renamed into place."""
+    from modeling_hydrax import HydraXPipeline
+    from modeling_hydrax.pipeline_hydrax import default_scheduler
+
+    with staged_folder(folder) as staging:
+        HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(staging)
+
+
+if __name__ == "__main__":
+    main()

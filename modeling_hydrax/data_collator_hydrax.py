@@ -1,0 +1,151 @@
+"""Training batches for Hydra-X from chat conversations, built on the fly: images are loaded and the chat template
+applied at collate time, so no pre-tokenised copy of a dataset is ever written (TRL's vision-language collators work
+the same way). It lives in the package, beside the model whose `forward` it feeds, so that any training loop (Trainer,
+TRL, Accelerate) can use it; it imports only torch, transformers and the standard library.
+
+A sample is a dict with `messages` (the conversation in the processor's chat format, as a list or a JSON string),
+and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it) and `root` (the
+folder that relative `path`s of image and video blocks are relative to).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers.image_utils import load_image
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+VISUAL_TYPES = ("image", "video")
+
+
+def normalize_messages(messages) -> list[dict]:
+    """A conversation as plain dicts: parsed from JSON when it is a string, and without the `None`-valued keys that
+    Arrow adds when it unifies content blocks of different shapes (a `path: None` would make a generation target
+    look like an input image to the chat template)."""
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    normalized = []
+    for message in messages:
+        message = {key: value for key, value in message.items() if value is not None}
+        content = message.get("content")
+        if isinstance(content, (list, tuple)):
+            message["content"] = [{k: v for k, v in block.items() if v is not None} for block in content]
+        normalized.append(message)
+    return normalized
+
+
+def resolve_path(path: str, root: str | None) -> Path:
+    """`path` as written in the data, relative to `root` (the manifest's folder) unless absolute."""
+    path = Path(os.path.expanduser(path))
+    return path if path.is_absolute() or root is None else Path(root) / path
+
+
+def find_problem(messages: list[dict], root: str | None = None) -> str | None:
+    """Why a conversation cannot be a training sample (no assistant turn to learn from, a missing image or video file),
+    or `None`. Cheap: files are only looked up, not decoded."""
+    if not any(message.get("role") == "assistant" for message in messages):
+        roles = [message.get("role") for message in messages]
+        return f"the conversation has no assistant turn (roles: {roles}), so nothing in it is a training target"
+    for message in messages:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") in VISUAL_TYPES and "path" in block:
+                path = resolve_path(block["path"], root)
+                if not path.is_file():
+                    return f"{block['type']} {path}: no such file"
+    return None
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be trained on; the message names where it came from and why."""
+
+
+class HydraXDataCollator:
+    """Conversations → a padded Hydra-X training batch.
+
+    Per batch: (1) each sample's conversation is checked and its image files loaded (a bad sample is reported with its
+    `origin` and skipped, or raises, by `on_bad_sample`); (2) the processor's chat template renders, tokenizes and
+    right-pads the batch and marks assistant tokens (`return_assistant_tokens_mask`) and generation targets
+    (`target_mask`: the visual blocks of assistant turns); (3) `labels` are the input ids, -100 everywhere except the
+    assistant's text: padding, system and user turns and every image/video placeholder are never labelled.
+
+    Classifier-free-guidance text dropout is not applied here: the model drops a generation sample's text in `forward`
+    (`config.text_dropout_prob`, training mode only) and removes the dropped tokens from the labels there, so it
+    happens exactly once. Understanding and generation samples may share a batch; the generation targets of one batch
+    must share a size and be all edits or all text-to-image (the model checks this).
+
+    Args:
+        processor (`HydraXProcessor`): the checkpoint's processor.
+        processor_kwargs (`dict`, *optional*): passed to the processor, e.g.
+            `{"images_kwargs": {"size": {"min_pixels": 256 * 256, "max_pixels": 256 * 256}}}`.
+        on_bad_sample (`str`): `"error"` raises on a bad sample, `"skip"` logs a warning naming it and leaves it out.
+    """
+
+    def __init__(self, processor, processor_kwargs: dict | None = None, on_bad_sample: str = "error"):
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"`on_bad_sample` must be 'error' or 'skip', got {on_bad_sample!r}.")
+        self.processor = processor
+        self.processor_kwargs = dict(processor_kwargs or {})
+        self.on_bad_sample = on_bad_sample
+
+    def load_sample(self, example: dict) -> list[dict]:
+        """The sample's conversation with its image files loaded (PIL) and video paths resolved; `BadSampleError` when
+        it cannot be trained on."""
+        origin = example.get("origin") or "a sample"
+        root = example.get("root")
+        messages = normalize_messages(example["messages"])
+        problem = find_problem(messages, root)
+        if problem is not None:
+            raise BadSampleError(f"{origin}: {problem}")
+        for message in messages:
+            content = message.get("content")
+            for block in content if isinstance(content, list) else []:
+                if block.get("type") not in VISUAL_TYPES or "path" not in block:
+                    continue
+                path = resolve_path(block.pop("path"), root)
+                if block["type"] == "video":
+                    block["path"] = str(path)
+                    continue
+                try:
+                    block["image"] = load_image(str(path))
+                except Exception as error:
+                    raise BadSampleError(f"{origin}: image {path} cannot be read ({error})") from error
+        return messages
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        # 1. Check and load every sample
+        conversations, problems = [], []
+        for example in examples:
+            try:
+                conversations.append(self.load_sample(example))
+            except BadSampleError as error:
+                if self.on_bad_sample == "error":
+                    raise
+                logger.warning(f"Skipping a bad training sample: {error}")
+                problems.append(str(error))
+        if not conversations:
+            raise BadSampleError(f"Every sample of this batch is bad: {problems}")
+
+        # 2. Chat template, tokenization (right padding) and visual preprocessing
+        batch = self.processor.apply_chat_template(
+            conversations,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            return_assistant_tokens_mask=True,
+            processor_kwargs={**self.processor_kwargs, "padding": True, "padding_side": "right"},
+        )
+
+        # 3. Labels on the assistant's text only
+        input_ids = batch["input_ids"]
+        assistant = batch.pop("assistant_masks").bool() & batch["attention_mask"].bool()
+        placeholder = (input_ids == self.processor.image_token_id) | (input_ids == self.processor.video_token_id)
+        batch["labels"] = input_ids.masked_fill(~assistant | placeholder, -100)
+        return dict(batch)
+
+
+__all__ = ["BadSampleError", "HydraXDataCollator", "find_problem", "normalize_messages"]

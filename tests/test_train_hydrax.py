@@ -1,0 +1,271 @@
+"""examples/train_hydrax.py: the three stages on Trainer, the on-the-fly collator's labels and masks, the data mixture,
+LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint built once."""
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel
+
+from modeling_hydrax import HydraXPipeline
+from modeling_hydrax.data_collator_hydrax import BadSampleError, HydraXDataCollator
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_hydrax.py"
+SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 32 * 32}}}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_hydrax", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_hydrax = load_script()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def processor(checkpoint):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return train_hydrax.write_demo_data(tmp_path_factory.mktemp("demo"))
+
+
+def train(checkpoint, out, *args):
+    argv = ["--model", str(checkpoint), "--output-dir", str(out), "--max-steps", "2", "--logging-steps", "1"]
+    return train_hydrax.main([*argv, *map(str, args)])
+
+
+def write_manifest(path: Path, conversations) -> Path:
+    path.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in conversations))
+    return path
+
+
+def understanding(image_path, answer="a cat"):
+    return [
+        train_hydrax.user([{"type": "image", "path": image_path}, train_hydrax.text("What is it?")]),
+        train_hydrax.assistant([train_hydrax.text(answer)]),
+    ]
+
+
+def text_to_image(image_path, reply="ok"):
+    return [
+        train_hydrax.user([train_hydrax.text("Draw a cat")]),
+        train_hydrax.assistant([train_hydrax.text(reply), {"type": "image", "path": image_path}]),
+    ]
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_hydrax.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in (
+        "--stage",
+        "--data",
+        "--flow-logit-mean",
+        "--lora-r",
+        "--on-bad-sample",
+        "--resume-from-checkpoint",
+    ):
+        assert option in out
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, demo, tmp_path):
+    out = tmp_path / "out"
+    extra = ["--eval-data", demo] if stage == 2 else []
+    trainer = train(checkpoint, out, "--stage", stage, "--flow-logit-mean", 2.5, "--data", demo, *extra)
+    expected = train_hydrax.STAGE_LEARNING_RATES[stage]
+    rates = {group["name"].removesuffix("_no_decay"): group["initial_lr"] for group in trainer.optimizer.param_groups}
+    assert rates == expected
+    history = trainer.state.log_history
+    assert any("lm_loss" in entry for entry in history) and any("flow_loss" in entry for entry in history)
+    if stage == 2:
+        assert any("eval_lm_loss" in entry and "eval_flow_loss" in entry for entry in history)
+
+    before = AutoModel.from_pretrained(checkpoint).state_dict()
+    model = AutoModel.from_pretrained(out / "model")
+    assert model.config.flow_logit_mean == 2.5
+    for name, value in model.state_dict().items():
+        group = train_hydrax.parameter_group(name)
+        changed = not torch.equal(value, before[name])
+        if group == "frozen" or group not in expected:
+            assert not changed, f"stage {stage} must not change {name}"
+    assert not torch.equal(model.model.flow_head.out_proj.weight, before["model.flow_head.out_proj.weight"])
+    assert HydraXPipeline.from_pretrained(out / "model").model.config.flow_logit_mean == 2.5
+    assert not [path.name for path in out.iterdir() if path.name.startswith(".model")], "staging left behind"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_trainable_sets_and_learning_rates_per_stage(stage, checkpoint):
+    model = AutoModel.from_pretrained(checkpoint)
+    rates = train_hydrax.stage_learning_rates(stage, scale=2.0, sem_vit=1e-3)
+    train_hydrax.set_trainable(model, rates)
+    trainable = {train_hydrax.parameter_group(n) for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {train_hydrax.parameter_group(n) for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable == ({"vision_head", "sem_vit"} if stage == 1 else {"vision_head", "sem_vit", "llm"})
+    assert "frozen" in frozen and (("llm" in frozen) == (stage == 1))
+    for prefix in ("model.vision_tower.gen_vit", "model.vision_tower.decoder"):
+        assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(prefix))
+    groups = train_hydrax.optimizer_groups(model, rates, weight_decay=0.1)
+    by_name = {group["name"]: group for group in groups}
+    assert by_name["vision_head"]["lr"] == 2 * train_hydrax.STAGE_LEARNING_RATES[stage]["vision_head"]
+    assert by_name["sem_vit"]["lr"] == 1e-3
+    assert by_name["vision_head_no_decay"]["weight_decay"] == 0.0 and by_name["vision_head"]["weight_decay"] == 0.1
+    assert sum(len(group["params"]) for group in groups) == sum(p.requires_grad for p in model.parameters())
+    if stage == 1:
+        with pytest.raises(ValueError, match="Stage 1 freezes llm"):
+            train_hydrax.stage_learning_rates(1, llm=1e-5)
+
+
+@pytest.fixture
+def pictures(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("seen.png", "drawn.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    return tmp_path
+
+
+def sample(messages, root, origin="test.jsonl:1"):
+    return {"messages": json.dumps(messages), "origin": origin, "root": str(root)}
+
+
+def labelled_tokens(processor, labels) -> list[str]:
+    return processor.tokenizer.convert_ids_to_tokens(labels[labels != -100].tolist())
+
+
+def test_collator_labels_only_assistant_text_and_marks_targets(processor, pictures):
+    collator = HydraXDataCollator(processor, SIZE)
+    samples = [
+        sample(understanding("seen.png", "a small cat"), pictures),
+        sample(text_to_image("drawn.png"), pictures),
+    ]
+    batch = collator(samples)
+    ids, labels, attention = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    # right padding: the shorter row ends in padding, never labelled
+    assert not attention.all() and (attention.diff(dim=1) <= 0).all() and (labels[attention == 0] == -100).all()
+    # hand-checked: the answer "a cat" and the end of turn; for the drawing, its text, the block markers, end of turn
+    assert "".join(labelled_tokens(processor, labels[0])) == "aĠsmallĠcat<|im_end|>"
+    assert labelled_tokens(processor, labels[1]) == ["ok", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"]
+    placeholders = ids == processor.image_token_id
+    assert (labels[placeholders] == -100).all() and placeholders.sum(dim=1).tolist() == [4, 4]
+    # the drawing's image is its generation target; the understanding sample's image is an input
+    assert batch["target_mask"].bool().equal(placeholders & torch.tensor([[False], [True]]))
+    again = collator(samples)
+    assert again["input_ids"].equal(ids), "the collator itself drops no text: the model does, once"
+
+
+def test_a_dropped_sample_never_counts_in_the_lm_loss(processor, pictures, checkpoint, monkeypatch):
+    model = AutoModel.from_pretrained(checkpoint).train()
+    batch = HydraXDataCollator(processor, SIZE)(
+        [sample(understanding("seen.png"), pictures), sample(text_to_image("drawn.png"), pictures)]
+    )
+    scored = []
+    loss_function = model.loss_function
+    monkeypatch.setattr(
+        model, "loss_function", lambda **kw: scored.append(kw["shift_labels"].tolist()) or loss_function(**kw)
+    )
+    answer = processor.tokenizer("a cat", add_special_tokens=False)["input_ids"]
+    im_end, start, end, ok = processor.tokenizer.convert_tokens_to_ids(
+        ["<|im_end|>", "<|vision_start|>", "<|vision_end|>", "ok"]
+    )
+    model.config.text_dropout_prob = 0.0
+    model(**batch)
+    assert scored[-1] == answer + [im_end] + [ok, start, end, im_end]
+    # every sample with a target is dropped: its text "ok" leaves the input and the labels; the understanding sample
+    # (no target, nothing to guide) keeps its text
+    model.config.text_dropout_prob = 0.5
+    monkeypatch.setattr(torch, "rand", lambda size, device=None: torch.zeros(size, device=device))
+    output = model(**batch)
+    assert scored[-1] == answer + [im_end] + [start, end, im_end]
+    assert torch.isfinite(output.lm_loss) and output.flow_loss is not None
+
+
+def test_mixture_ratios_are_respected(tmp_path, pictures):
+    first = write_manifest(tmp_path / "a.jsonl", [understanding(str(pictures / "seen.png"))] * 400)
+    second = write_manifest(tmp_path / "b.jsonl", [understanding(str(pictures / "seen.png"), "b")] * 400)
+    train_set, eval_set = train_hydrax.build_datasets(
+        [(str(first), 3.0), (str(second), 1.0)], [], 0.0, "error", seed=0
+    )
+    origins = [origin.split(":")[0] for origin in train_set["origin"]]
+    share = origins.count(str(first)) / len(origins)
+    assert eval_set is None and len(origins) >= 1000 and 0.70 < share < 0.80, share
+    assert train_hydrax.parse_source("data/x.jsonl:3") == ("data/x.jsonl", 3.0)
+    assert train_hydrax.parse_source("org/name") == ("org/name", 1.0)
+
+
+def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_path, processor):
+    from peft import PeftModel
+
+    out = tmp_path / "out"
+    train(checkpoint, out, "--stage", 2, "--lora-r", 4, "--llm-lr", 1e-2, "--data", demo)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == train_hydrax.DEFAULT_LORA_TARGETS
+    adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), out / "adapter").eval()
+    merged = AutoModel.from_pretrained(out / "model").eval()
+    base = AutoModel.from_pretrained(checkpoint).eval()
+    rows = [json.loads(line) | {"root": str(demo.parent)} for line in demo.read_text().splitlines()[:2]]
+    batch = HydraXDataCollator(processor, SIZE)(rows)
+    flow = {"timesteps": torch.tensor([0.5]), "noise": torch.randn(1, 8, 1, 2, 2)}
+    with torch.no_grad():
+        outputs = [model(**batch, **flow, logits_to_keep=0) for model in (adapted, merged, base)]
+    torch.testing.assert_close(outputs[0].logits, outputs[1].logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[0].velocity, outputs[1].velocity, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(outputs[0].logits, outputs[2].logits), "the adapter must change the model"
+
+
+def test_bad_samples_are_reported_then_skipped_or_fatal(tmp_path, pictures, processor, caplog):
+    (pictures / "broken.png").write_bytes(b"not a png")
+    manifest = write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            understanding("seen.png"),
+            understanding("missing.png"),
+            [train_hydrax.user([train_hydrax.text("hello")])],
+            understanding("broken.png"),
+        ],
+    )
+    with pytest.raises(ValueError, match=rf"{manifest}:2: image {pictures / 'missing.png'}: no such file"):
+        train_hydrax.read_manifest(manifest, "error")
+    with caplog.at_level(logging.WARNING):
+        dataset = train_hydrax.read_manifest(manifest, "skip")
+    assert f"{manifest}:2: image {pictures / 'missing.png'}: no such file" in caplog.text
+    assert f"{manifest}:3: the conversation has no assistant turn" in caplog.text
+    assert dataset["origin"] == [f"{manifest}:1", f"{manifest}:4"]
+    rows = list(dataset)
+    with pytest.raises(BadSampleError, match=rf"{manifest}:4: image {pictures / 'broken.png'} cannot be read"):
+        HydraXDataCollator(processor, SIZE)(rows)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        batch = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")(rows)
+    assert batch["input_ids"].shape[0] == 1 and f"{manifest}:4: image {pictures / 'broken.png'}" in caplog.text
+
+
+def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp_path):
+    out = tmp_path / "out"
+    train(checkpoint, out, "--stage", 1, "--save-steps", 2, "--data", demo)
+    saved = out / "work" / "checkpoint-2"
+    assert (saved / train_hydrax.RUN_FILE).is_file() and (saved / "processor_config.json").is_file()
+    with pytest.raises(ValueError, match=r"trained differently \(stage: checkpoint 1, this run 2"):
+        train(checkpoint, out, "--stage", 2, "--resume-from-checkpoint", saved, "--data", demo)
+    (saved / train_hydrax.RUN_FILE).unlink()
+    with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
+        train(checkpoint, out, "--stage", 1, "--resume-from-checkpoint", "last", "--data", demo)
