@@ -31,9 +31,17 @@ loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a stagi
 with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`; `model/` is then the merged model).
 Batches may mix understanding and generation samples, but the generation targets of one batch must share a size and be
 all edits or all text-to-image: keep --batch-size 1 (and raise --gradient-accumulation-steps) for mixed data.
+
+Scale-out: the script runs unchanged under `torchrun` or `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-2/3; configs
+and commands in examples/accelerate/README.md). Each process trains on its own samples; the main process writes
+the demo data, the checkpoints' run records and the final model (gathered in full from FSDP / ZeRO-3 shards).
+Resuming (`--resume-from-checkpoint last`) continues the same losses as an uninterrupted run: weights, optimizer,
+scheduler, data position and every process's RNG state come back from the checkpoint. Keep --max-steps: the
+learning-rate schedule is laid out over it.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -91,6 +99,7 @@ CONFIG_OPTIONS = (
 )
 RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
 DEMO_SIZE = 32
+DEMO_MANIFEST = "demo.jsonl"
 DEMO_CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
 
 
@@ -285,7 +294,7 @@ def write_demo_data(folder: Path) -> Path:
     Image.fromarray((np.asarray(crop) * 0.5).astype(np.uint8)).save(folder / "rocket_dark.png")
     edit = [{"type": "image", "path": "rocket.png"}, text("Make it darker.")]
     lines.append([user(edit), assistant([{"type": "image", "path": "rocket_dark.png"}])])
-    manifest = folder / "demo.jsonl"
+    manifest = folder / DEMO_MANIFEST
     manifest.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in lines))
     return manifest
 
@@ -347,8 +356,22 @@ class RunRecordCallback(TrainerCallback):
         self.record = record
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        (folder / RUN_FILE).write_text(json.dumps(self.record, indent=2))
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / RUN_FILE).write_text(json.dumps(self.record, indent=2))
+
+
+class SampleLog:
+    """Wraps a collator to append the `origin` of every sample it collates to `path`, one per line (`--log-samples`:
+    which data each process loaded)."""
+
+    def __init__(self, collator, path: Path):
+        self.collator, self.path = collator, path
+
+    def __call__(self, samples):
+        with self.path.open("a") as file:
+            file.writelines(sample["origin"] + "\n" for sample in samples)
+        return self.collator(samples)
 
 
 def run_record(model, args) -> dict:
@@ -485,6 +508,21 @@ def parse_args(argv=None):
         "--report-to", default=None, help="Trainer's report_to (default: tensorboard when installed, else none)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and flow noise")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (less memory, ~30%% more compute)",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 mixed precision (an accelerate config can also set it)"
+    )
+    parser.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="every process appends the origin of each sample it loads (the data loader reads one batch ahead) "
+        "to OUTPUT_DIR/samples_rank{R}.txt and, at the end, a checksum of each of its parameters to "
+        "OUTPUT_DIR/weights_rank{R}.txt",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.eval_split < 1:
         parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
@@ -516,44 +554,14 @@ def main(argv=None) -> HydraXTrainer:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     output_dir, work_dir = args.output_dir, args.output_dir / "work"
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    # 1. Model and processor, with the config pass-throughs
-    checkpoint = args.model or build_checkpoint("tiny", output_dir / "initial", seed=args.seed, overwrite=True)
-    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    config = AutoConfig.from_pretrained(checkpoint, **overrides)
-    model = AutoModel.from_pretrained(checkpoint, config=config)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-
-    # 2. Trainable groups and learning rates of the stage; LoRA on the LLM
+    checkpoint = args.model or output_dir / "initial"
+    sources = args.data or [(str(output_dir / "demo_data" / DEMO_MANIFEST), 1.0)]
     learning_rates = stage_learning_rates(
         args.stage, args.learning_rate_scale, vision_head=args.vision_head_lr, sem_vit=args.sem_vit_lr, llm=args.llm_lr
     )
-    set_trainable(model, learning_rates)
-    if args.lora_r is not None:
-        model = add_lora(model, args, learning_rates)
-    record = run_record(model, args)
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-        if resume is None:
-            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
-    if resume is not None:
-        check_resumable(Path(resume), record)
 
-    # 3. Data: the mixture, the held-out set, and the on-the-fly collator
-    sources = args.data or [(str(write_demo_data(output_dir / "demo_data")), 1.0)]
-    pixels = (args.min_pixels, args.max_pixels)
-    if not args.data and pixels == (None, None):
-        pixels = (DEMO_SIZE**2, DEMO_SIZE**2)
-    size = {key: value for key, value in zip(("min_pixels", "max_pixels"), pixels) if value is not None}
-    processor_kwargs = {"images_kwargs": {"size": size}, "videos_kwargs": {"size": size}} if size else {}
-    train_dataset, eval_dataset = build_datasets(
-        sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed
-    )
-    collator = HydraXDataCollator(processor, processor_kwargs, on_bad_sample=args.on_bad_sample)
-
-    # 4. Train
+    # 1. Training arguments first: they set up the processes (torchrun / accelerate launch), and DeepSpeed ZeRO-3 must
+    # be configured before the model is loaded to partition it while loading
     training_args = TrainingArguments(
         output_dir=str(work_dir),
         max_steps=args.max_steps,
@@ -566,7 +574,7 @@ def main(argv=None) -> HydraXTrainer:
         max_grad_norm=args.max_grad_norm,
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
-        eval_strategy="no" if eval_dataset is None else "steps",
+        eval_strategy="steps" if args.eval_data or args.eval_split else "no",
         eval_steps=args.eval_steps or args.max_steps,
         prediction_loss_only=True,
         remove_unused_columns=False,
@@ -575,7 +583,49 @@ def main(argv=None) -> HydraXTrainer:
         data_seed=args.seed,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        activation_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
     )
+
+    # 2. Files: the main process writes the tiny checkpoint and the demo set and fills the datasets cache; the others
+    # wait for it, then read them
+    with training_args.main_process_first(local=False, desc="the initial checkpoint and the data"):
+        if training_args.process_index == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if args.model is None:
+                build_checkpoint("tiny", checkpoint, seed=args.seed, overwrite=True)
+            if not args.data:
+                write_demo_data(output_dir / "demo_data")
+        train_dataset, eval_dataset = build_datasets(
+            sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed
+        )
+
+    # 3. Model and processor, with the config pass-throughs; trainable groups and learning rates of the stage; LoRA
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    config = AutoConfig.from_pretrained(checkpoint, **overrides)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = load_model(checkpoint, config, learning_rates, args)
+    record = run_record(model, args)
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
+    if resume is not None:
+        check_resumable(Path(resume), record)
+
+    # 4. The on-the-fly collator (32² demo images unless sizes are given)
+    pixels = (args.min_pixels, args.max_pixels)
+    if not args.data and pixels == (None, None):
+        pixels = (DEMO_SIZE**2, DEMO_SIZE**2)
+    size = {key: value for key, value in zip(("min_pixels", "max_pixels"), pixels) if value is not None}
+    processor_kwargs = {"images_kwargs": {"size": size}, "videos_kwargs": {"size": size}} if size else {}
+    collator = HydraXDataCollator(processor, processor_kwargs, on_bad_sample=args.on_bad_sample)
+    rank = training_args.process_index
+    if args.log_samples:
+        collator = SampleLog(collator, output_dir / f"samples_rank{rank}.txt")
+
+    # 5. Train
     trainer = HydraXTrainer(
         model=model,
         args=training_args,
@@ -587,18 +637,52 @@ def main(argv=None) -> HydraXTrainer:
         callbacks=[RunRecordCallback(record)],
     )
     trainer.train(resume_from_checkpoint=resume)
+    if args.log_samples:
+        held = trainer.accelerator.unwrap_model(trainer.model)
+        (output_dir / f"weights_rank{rank}.txt").write_text(json.dumps(parameter_checksums(held), indent=0))
 
-    # 5. Save: adapter (LoRA), then the full model as a transformers + diffusers folder, each staged and renamed
-    trained = trainer.model
-    if args.lora_r is not None:
-        with staged_folder(output_dir / "adapter") as staging:
-            trained.save_pretrained(staging)
-        trained = trained.merge_and_unload()
-    save_model(trained, processor, output_dir / "model")
-    final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
-    print(json.dumps(final, indent=2))
-    print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))
+    # 6. Save (main process): adapter (LoRA), then the full model as a transformers + diffusers folder, each staged and
+    # renamed into place
+    trained = gathered_model(trainer, lambda: load_model(checkpoint, config, learning_rates, args))
+    if trainer.is_world_process_zero():
+        if args.lora_r is not None:
+            with staged_folder(output_dir / "adapter") as staging:
+                trained.save_pretrained(staging)
+            trained = trained.merge_and_unload()
+        save_model(trained, processor, output_dir / "model")
+        final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
+        print(json.dumps(final, indent=2))
+        print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))
+    trainer.accelerator.wait_for_everyone()
     return trainer
+
+
+def load_model(checkpoint: Path, config, learning_rates: dict[str, float], args):
+    """The model to train: `checkpoint` with `config`, the stage's groups trainable, LoRA when asked."""
+    model = AutoModel.from_pretrained(checkpoint, config=config)
+    set_trainable(model, learning_rates)
+    return model if args.lora_r is None else add_lora(model, args, learning_rates)
+
+
+def gathered_model(trainer: HydraXTrainer, fresh_model):
+    """The trained model with full weights on the main process (`None` on the others when they are sharded). FSDP and
+    DeepSpeed shards are gathered by every process (a collective call) into a full state dict on the main process,
+    which loads it into `fresh_model()`; otherwise the trained model itself."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return trainer.accelerator.unwrap_model(trainer.model)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return None
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    with plugin.zero3_init_context_manager(enable=False) if plugin else contextlib.nullcontext():
+        model = fresh_model()  # on this process alone: not partitioned by ZeRO-3 while loading
+    model.load_state_dict(state_dict)
+    return model
+
+
+def parameter_checksums(model) -> dict[str, float]:
+    """A float64 sum of every parameter (`--log-samples`: do all processes hold the same weights?)."""
+    return {name: param.detach().double().sum().item() for name, param in model.named_parameters()}
 
 
 def save_model(model, processor, folder: Path) -> None:

@@ -1,0 +1,110 @@
+"""examples/train_hydrax.py scaled out: resuming reproduces an uninterrupted run's losses and weights exactly, and two
+processes under torchrun (gloo, CPU) train on different samples and end with the same weights, which the saved model
+holds. The accelerate configs of examples/accelerate/ load as accelerate's own plugins."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_hydrax.py"
+CONFIGS = ROOT / "examples" / "accelerate"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_hydrax", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_hydrax = load_script()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
+
+
+def losses(trainer, after: int) -> list[tuple]:
+    return [
+        (entry["step"], entry["loss"], entry.get("lm_loss"), entry.get("flow_loss"))
+        for entry in trainer.state.log_history
+        if "loss" in entry and entry["step"] > after
+    ]
+
+
+def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint, tmp_path, monkeypatch):
+    # 2 samples per step: 6 steps cross the demo set's epoch (9 samples), so the data order after a resume and the
+    # next epoch's shuffle both count; text and source dropout are raised so the model's own randomness counts too
+    argv = ["--model", checkpoint, "--stage", 2, "--max-steps", 6, "--save-steps", 3, "--logging-steps", 1]
+    argv += ["--gradient-accumulation-steps", 2, "--text-dropout-prob", 0.5, "--source-dropout-prob", 0.5]
+    argv += ["--report-to", "none"]
+    argv = list(map(str, argv))
+    whole = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "whole")])
+
+    class Interrupt(train_hydrax.RunRecordCallback):
+        """Stops the run right after its first checkpoint, as a crash there would."""
+
+        def on_save(self, args, state, control, **kwargs):
+            super().on_save(args, state, control, **kwargs)
+            control.should_training_stop = True
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_hydrax, "RunRecordCallback", Interrupt)
+        stopped = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "split")])
+    assert stopped.state.global_step == 3
+    torch.manual_seed(1234)  # whatever the global RNG holds now, the resume restores the checkpoint's
+    resumed = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "split"), "--resume-from-checkpoint", "last"])
+
+    assert losses(stopped, 0) == losses(whole, 0)[:3]
+    assert [entry[0] for entry in losses(resumed, 3)] == [4, 5, 6]
+    assert losses(resumed, 3) == losses(whole, 3)
+    expected = AutoModel.from_pretrained(tmp_path / "whole" / "model").state_dict()
+    for name, value in AutoModel.from_pretrained(tmp_path / "split" / "model").state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_two_processes_train_on_different_samples_and_agree_on_the_weights(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
+    command += ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
+    command += ["--report-to", "none"]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    seen = [(out / f"samples_rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert [len(origins) for origins in seen] == [4, 4], seen  # 3 steps, and the batch the loader reads ahead
+    assert not set(seen[0]) & set(seen[1]), f"both processes trained on {set(seen[0]) & set(seen[1])}"
+
+    held = [json.loads((out / f"weights_rank{rank}.txt").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    saved = train_hydrax.parameter_checksums(AutoModel.from_pretrained(out / "model"))
+    initial = train_hydrax.parameter_checksums(AutoModel.from_pretrained(checkpoint))
+    assert saved == held[0]
+    trained = [name for name in saved if saved[name] != initial[name]]
+    assert trained and all(train_hydrax.parameter_group(name) in ("vision_head", "sem_vit") for name in trained)
+
+
+def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    configs = {path.stem: ClusterConfig.from_yaml_file(path) for path in CONFIGS.glob("*.yaml")}
+    assert set(configs) == {"ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_cpu"}
+    assert all(config.mixed_precision == "bf16" for name, config in configs.items() if name != "multi_cpu")
+    fsdp = configs["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    wrapped = set(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","))
+    model = AutoModel.from_pretrained(checkpoint)
+    assert wrapped == {"Qwen2DecoderLayer", "HydraXTokBlock"} <= {type(module).__name__ for module in model.modules()}
+    assert wrapped <= set(model._no_split_modules)
+    assert configs["deepspeed_zero3"].deepspeed_config["zero3_save_16bit_model"] is True
