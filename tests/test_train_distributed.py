@@ -2,7 +2,6 @@
 processes under torchrun (gloo, CPU) train on different samples and end with the same weights, which the saved model
 holds. The accelerate configs of examples/accelerate/ load as accelerate's own plugins."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from transformers import AutoModel
 
 
@@ -19,14 +19,7 @@ SCRIPT = ROOT / "examples" / "train_hydrax.py"
 CONFIGS = ROOT / "examples" / "accelerate"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_hydrax", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_hydrax = load_script()
+train_hydrax = load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

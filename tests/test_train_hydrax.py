@@ -1,7 +1,6 @@
 """examples/train_hydrax.py: the three stages on Trainer, the on-the-fly collator's labels and masks, the data mixture,
 LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint built once."""
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from transformers import AutoModel
 
@@ -20,14 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_hydrax.py"
 SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 32 * 32}}}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_hydrax", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_hydrax = load_script()
+train_hydrax = load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")
