@@ -1,17 +1,19 @@
 """Toy world: a proof of learning that runs offline on a CPU in minutes, scored on compositions never trained on.
 
-    python examples/toy_world.py                  # ~10 minutes on a 2-core CPU
+    python examples/toy_world.py                  # ~4 minutes on a 2-core CPU
     python examples/toy_world.py --help           # every option
 
 (1) Draws a procedural world: a circle, square or triangle in one of four colours on a background of another, 32²
-pixels (a 2×2 latent grid), each combination at three sizes. A third of the 36 shape × colour × background
-combinations is held out: every (colour, background) pair keeps two of its three shapes, so each held-out image is a
-new composition of attributes that all appear in training. (2) Fits a tiny Hydra-XTok on the training images with
-examples/quickstart.py's `train` (L1 + KL) and sets the latent statistics. (3) Builds a tiny Hydra-X around it
-(conversion/build_hydrax.py) and trains it with examples/train_hydrax.py's `main`, the command a user runs, on three
-JSONL manifests: questions ("What colour is the square?"), captions → images ("a red circle on blue") and edits
-("make the circle green"), all trainable (stage 2) with `--flow-logit-mean 2.5`: on a 2×2 grid conditioning is
-learned at flow times near noise, which the default logit-normal(0, 1) rarely draws (SPEC §2).
+pixels (a 2×2 latent grid), each combination at three sizes. A third of the 36 shape × colour × background combinations
+is held out: every (colour, background) pair keeps two of its three shapes, so each held-out image is a new composition
+of attributes that all appear in training. (2) Fits a tiny Hydra-XTok on the training images with
+examples/quickstart.py's `train` (L1 + KL), with 8 latent channels rather than quickstart's 64 (the tiny Hydra-X's LLM
+and flow head are 64 wide: with 64 channels the flow loss stays at its predict-zero level, 2.0), and sets the latent
+statistics. (3) Builds a tiny Hydra-X around it (conversion/build_hydrax.py) and trains it with
+examples/train_hydrax.py's `main`, the command a user runs, on three JSONL manifests: questions ("What colour is the
+square?"), captions → images ("a red circle on blue") and edits ("make the circle green"), all trainable (stage 2) with
+`--flow-logit-mean 2.5`: on a 2×2 grid conditioning is learned at flow times near noise, which the default
+logit-normal(0, 1) rarely draws (SPEC §2).
 (4) Scores the held-out combinations, each against the best constant guess ("chance": the share of the most common
 right answer): (a) greedy answers, exact match; (b) `HydraXPipeline` images from held-out captions: the named colour
 (nearest of the four) of the centre and of the border; (c) `HydraXEditPipeline` edits whose result is a held-out
@@ -147,8 +149,11 @@ def pixels(images: list[Image.Image]) -> torch.Tensor:
 
 
 def fit_tokenizer(images: list[Image.Image], args) -> tuple[HydraXTokModel, dict]:
-    """A tiny Hydra-XTok fitted with quickstart.py's `train` on `images`, its latent statistics set from them."""
-    model = HydraXTokModel(quickstart.build_config(args.size, tiny=False))
+    """A tiny Hydra-XTok (quickstart.py's small config, `args.latent_channels` channels) fitted with quickstart.py's
+    `train` on `images`, its latent statistics set from them."""
+    config = quickstart.build_config(args.size, tiny=False)
+    config.latent_channels = args.latent_channels  # few: the tiny Hydra-X's 64-wide LLM must carry them (docs)
+    model = HydraXTokModel(config)
     batch = pixels(images)
     fit_args = argparse.Namespace(
         steps=args.tokenizer_steps,
@@ -289,8 +294,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--tokenizer-steps", type=int, default=3000, help="most Hydra-XTok steps (the time budget usually ends first)"
     )
+    parser.add_argument(
+        "--latent-channels",
+        type=int,
+        default=8,
+        help="Hydra-XTok latent channels; the tiny Hydra-X's flow path is 64 wide, so 64 channels leave it no room "
+        "to learn (flow loss stays at 2.0)",
+    )
     parser.add_argument("--tokenizer-lr", type=float, default=1e-3, help="peak learning rate of the Hydra-XTok fit")
-    parser.add_argument("--steps", type=int, default=3000, help="Hydra-X optimizer steps (batch 1) of train_hydrax.py")
+    parser.add_argument("--steps", type=int, default=6000, help="Hydra-X optimizer steps (batch 1) of train_hydrax.py")
     parser.add_argument(
         "--learning-rate-scale",
         type=float,
@@ -311,7 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
         parser.error(f"--size must be a multiple of 16 of at least 32, got {args.size}")
-    for name in ("tokenizer_steps", "steps", "sampling_steps"):
+    for name in ("tokenizer_steps", "steps", "sampling_steps", "latent_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("tokenizer_minutes", "tokenizer_lr", "learning_rate_scale"):

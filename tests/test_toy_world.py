@@ -1,10 +1,6 @@
-"""examples/toy_world.py: the world is drawn and held out as described, its scores measure what they claim, and a
-short run goes end to end (fit, train_hydrax.py, the three held-out evaluations, grids, metrics.json).
-
-No learning threshold is asserted: at a CI-sized budget (--tokenizer-minutes 0.25 --steps 800 --sampling-steps 4,
-~40–60 s) held-out question accuracy measured 16.7 %, 27.8 %, 27.8 % for seeds 0, 1, 2 against a chance of 16.7 %, and
-text-to-image and edits were at chance (docs/TOY_WORLD.md). A threshold far above chance would fail; one below the
-worst seed could not.
+"""examples/toy_world.py: the world is drawn and held out as described, its scores measure what they claim, a
+short run goes end to end (fit, train_hydrax.py, the three held-out evaluations, grids, metrics.json), and a reduced
+run (~70 s) learns what generalises: held-out question answering and keeping the background in edits.
 """
 
 import sys
@@ -61,3 +57,15 @@ def test_short_run_scores_every_part_against_chance(tmp_path):
     for name in ("text_to_image.png", "edits.png", "metrics.json", "hydrax/model/model_index.json"):
         assert (out / name).is_file(), name
     assert len((out / "world" / "questions.jsonl").read_text().splitlines()) == 24 * 3 * 3
+
+
+def test_reduced_run_generalises_to_held_out_combinations(tmp_path):
+    """Held-out question accuracy and edits' kept background, far above chance (1/6 and 1/4). Measured with these
+    arguments, seeds 0, 1, 2 (2-core CPU, 73–81 s each): questions 66.7 %, 69.4 %, 36.1 %; edit background kept
+    100 %, 79.2 %, 70.8 %. Before the fix (64 latent channels, reduced runs of 800 steps) the flow loss did not move,
+    questions were 16.7–27.8 % and background kept 29–46 %; thresholds sit below the worst seed, above those."""
+    fit = ("--tokenizer-steps", "500", "--tokenizer-minutes", "5")  # bounded by steps, not by the CPU's speed
+    reduced = (*fit, "--steps", "2500", "--sampling-steps", "4", "--seed", "0")
+    metrics = toy_world.main(["--output-dir", str(tmp_path / "out"), *reduced])
+    assert metrics["questions"]["accuracy"] >= 0.3, metrics["answers"]
+    assert metrics["edits"]["background_kept"]["accuracy"] >= 0.6, metrics["edits"]
