@@ -45,12 +45,12 @@ from processing_hydrax import (  # noqa: E402
 from script_args import HelpFormatter, check_output_folder  # noqa: E402
 
 
-def save_random_pipeline(preset: str, folder: Path, device: str) -> None:
-    """A random-weight `preset` in bf16, built directly on `device`, saved as a pipeline folder."""
+def save_random_pipeline(preset: str, folder: Path, device: str, dtype: torch.dtype = torch.bfloat16) -> None:
+    """A random-weight `preset` in `dtype`, built directly on `device`, saved as a pipeline folder."""
     processor = HydraXProcessor(HydraXImageProcessor(), build_tiny_qwen2_tokenizer(), HydraXVideoProcessor())
     config = HydraXConfig.from_preset(preset, **special_token_ids(processor))
     with torch.device(device):
-        model = HydraXForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        model = HydraXForConditionalGeneration._from_config(config, dtype=dtype)
     HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(folder)
 
 
@@ -86,6 +86,13 @@ def workloads(pipe, edit, args) -> dict:
         source, "Make it night", image_guidance_scale=1.5, **common
     )
     return rows
+
+
+def append_lines(report: Path, lines: list[str]) -> None:
+    """Print `lines` and append them to `report` at once, so a run cut short keeps what it measured."""
+    print("\n".join(lines), flush=True)
+    with report.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def main(argv=None):
@@ -129,30 +136,24 @@ def main(argv=None):
     edit = HydraXEditPipeline(model=pipe.model, processor=pipe.processor, scheduler=pipe.scheduler)
     edit.set_progress_bar_config(disable=True)
 
-    # 3. Timed calls, then the same with the LLM compiled
-    rows = []
+    # 3. Timed calls, then the same with the LLM compiled; each row is appended as soon as it is measured
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    header = [
+        f"\n## Pipeline GPU check: {args.preset} on {device_name} (bf16, random weights)\n",
+        f"Command: `python bench/gpu_check_pipelines.py`; build + save {build_s:.1f} s, "
+        f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map='{args.device}')` {load_s:.1f} s.\n",
+        "| call | torch.compile | time | peak memory |",
+        "| --- | --- | --- | --- |",
+    ]
+    append_lines(args.report, header)
     for compiled in [False] if args.no_compile else [False, True]:
         if compiled:
             pipe.model.model.language_model.compile(dynamic=True)
         with torch.inference_mode():
             for name, run in workloads(pipe, edit, args).items():
                 seconds, peak = measure(args.device, run)
-                rows.append(f"| {name} | {'yes' if compiled else 'no'} | {seconds:.2f} s | {peak:.1f} GiB |")
-
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    report = "\n".join(
-        [
-            f"\n## Pipeline GPU check: {args.preset} on {device_name} (bf16, random weights)\n",
-            f"Command: `python bench/gpu_check_pipelines.py`; build + save {build_s:.1f} s, "
-            f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map='{args.device}')` {load_s:.1f} s.\n",
-            "| call | torch.compile | time | peak memory |",
-            "| --- | --- | --- | --- |",
-            *rows,
-        ]
-    )
-    print(report)
-    with args.report.open("a") as handle:
-        handle.write(report + "\n")
+                row = f"| {name} | {'yes' if compiled else 'no'} | {seconds:.2f} s | {peak:.1f} GiB |"
+                append_lines(args.report, [row])
     print(f"appended to {args.report}")
 
 

@@ -1,0 +1,137 @@
+"""GPU check of examples/train_hydrax.py: the tiny model trained on one GPU with bf16 and gradient checkpointing, and
+under `accelerate launch` with the FSDP2 and DDP configs of examples/accelerate/ (one process each: the machine has
+one GPU), each output folder loaded back; then `hydrax-1.5b` (random weights, fp32 master weights) trained at stage 2
+on 256² demo data with bf16 autocast and gradient checkpointing: seconds per step and peak GPU memory. Rows are
+appended to docs/PERFORMANCE.md as they are measured.
+
+    python bench/gpu_check_training.py                                  # one CUDA GPU, ~15 GB disk
+    python bench/gpu_check_training.py --preset tiny --device cpu --steps 2 --launchers --report /tmp/r.md  # CPU smoke
+
+DeepSpeed is not exercised here (not installed on the GPU machine this was written for); its configs are checked by
+the CPU test suite as accelerate plugins.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "examples"))
+
+import train_hydrax  # noqa: E402
+from gpu_check_pipelines import append_lines, save_random_pipeline  # noqa: E402
+
+from script_args import HelpFormatter, check_output_folder  # noqa: E402
+
+
+SCRIPT = ROOT / "examples" / "train_hydrax.py"
+LAUNCHERS = {"FSDP2": "fsdp.yaml", "DDP": "ddp.yaml"}
+
+
+def launch(config: str | None, device: str, output: Path, steps: int) -> tuple[int, float, str]:
+    """Train the tiny model `steps` steps in a subprocess (through `accelerate launch --config_file config` unless
+    `config` is None); returns (exit code, seconds, the end of the output)."""
+    argv = [str(SCRIPT), "--output-dir", str(output), "--max-steps", str(steps), "--stage", "2"]
+    argv += ["--gradient-checkpointing", "--report-to", "none"]
+    if config is None:
+        command = [sys.executable, *argv, "--bf16"] if device == "cuda" else [sys.executable, *argv]
+    else:
+        config_file = ROOT / "examples" / "accelerate" / config
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+        command += ["--num_processes", "1"]
+        if device == "cpu":
+            command += ["--cpu", "--mixed_precision", "no"]
+        command += argv
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    return result.returncode, time.perf_counter() - start, (result.stdout + result.stderr)[-3000:]
+
+
+def loads_back(folder: Path) -> str:
+    """'loads' when `AutoModel.from_pretrained(folder)` works, else the error."""
+    try:
+        AutoModel.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        return f"does not load: {error}"
+    return "loads with AutoModel"
+
+
+def train_full_size(args, work: Path) -> str:
+    """A stage-2 run of `args.preset` in-process: the report row with seconds per step and peak memory."""
+    checkpoint = work / args.preset
+    save_random_pipeline(args.preset, checkpoint, args.device, dtype=torch.float32)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    argv = ["--model", checkpoint, "--output-dir", work / "full", "--stage", 2, "--max-steps", args.steps]
+    argv += ["--min-pixels", args.size**2, "--max-pixels", args.size**2, "--logging-steps", 1, "--report-to", "none"]
+    argv += ["--gradient-checkpointing"] + (["--bf16"] if args.device == "cuda" else [])
+    trainer = train_hydrax.main(list(map(str, argv)))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+    steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+    metrics = trainer.state.log_history[-1]
+    seconds = metrics["train_runtime"] / trainer.state.global_step
+    return (
+        f"| {args.preset}, stage 2, {args.size}², bf16 autocast + gradient checkpointing, batch 1 | "
+        f"{seconds:.2f} s/step over {trainer.state.global_step} steps (first included), peak {peak:.1f} GiB, "
+        f"loss {steps[0]['loss']:.3f} → {steps[-1]['loss']:.3f} |"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--preset", default="hydrax-1.5b", help="preset of the full-size training row")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu only for a smoke run")
+    parser.add_argument("--steps", type=int, default=10, help="training steps of each run")
+    parser.add_argument("--size", type=int, default=256, help="image side of the full-size row")
+    parser.add_argument("--launchers", action="store_true", help="also run the accelerate configs on a CPU")
+    parser.add_argument(
+        "--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="Markdown file the rows are appended to"
+    )
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU; pass --device cpu for a smoke run")
+    if args.steps < 1:
+        parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    check_output_folder(parser, "--report", args.report.parent)
+    work = Path(tempfile.mkdtemp(prefix="hydrax-training-check-"))
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+
+    # 1. The tiny model: one process, then each accelerate config
+    append_lines(
+        args.report,
+        [
+            f"\n## Training GPU check on {device_name}\n",
+            "Command: `python bench/gpu_check_training.py`\n",
+            "| run | result |",
+            "| --- | --- |",
+        ],
+    )
+    runs = {"one process, bf16 + gradient checkpointing": None}
+    if args.device == "cuda" or args.launchers:
+        runs |= {f"`accelerate launch` {name} ({config}, 1 process)": config for name, config in LAUNCHERS.items()}
+    for name, config in runs.items():
+        output = work / (config or "single")
+        code, seconds, tail = launch(config, args.device, output, args.steps)
+        result = loads_back(output / "model") if code == 0 else f"exit code {code}: `{tail[-300:]!r}`"
+        if code != 0:
+            print(tail)
+        append_lines(args.report, [f"| tiny, {args.steps} steps, {name} | {result}, {seconds:.0f} s in all |"])
+
+    # 2. A full-size preset at stage 2
+    append_lines(args.report, [train_full_size(args, work)])
+
+
+if __name__ == "__main__":
+    main()

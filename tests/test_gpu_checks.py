@@ -1,0 +1,32 @@
+"""The GPU checks of bench/ run their whole path on a CPU at toy sizes (the GPU runs themselves need a lent GPU)."""
+
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import gpu_check_pipelines  # noqa: E402
+import gpu_check_training  # noqa: E402
+
+
+def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
+    report = tmp_path / "report.md"
+    sizes = ["--image-sizes", "32", "--video-size", "32", "--edit-size", "32", "--steps", "2"]
+    gpu_check_pipelines.main(["--preset", "tiny", "--device", "cpu", *sizes, "--no-compile", "--report", str(report)])
+    table = report.read_text()
+    assert "## Pipeline GPU check: tiny on CPU" in table
+    for row in ("| image 32², 2 steps, CFG | no |", "| video 17×32², 2 steps, CFG | no |", "| edit 32², 2 steps"):
+        assert row in table, row
+    assert f"appended to {report}" in capsys.readouterr().out
+
+
+def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
+    report = tmp_path / "report.md"
+    gpu_check_training.main(
+        ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--size", "32", "--report", str(report)]
+    )
+    table = report.read_text()
+    assert "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel," in table
+    assert "| tiny, stage 2, 32², bf16 autocast + gradient checkpointing, batch 1 | " in table
+    assert "s/step over 1 steps" in table
