@@ -13,7 +13,8 @@ import gpu_check_training  # noqa: E402
 def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
     report = tmp_path / "report.md"
     sizes = ["--image-sizes", "32", "--video-size", "32", "--edit-size", "32", "--steps", "2"]
-    gpu_check_pipelines.main(["--preset", "tiny", "--device", "cpu", *sizes, "--no-compile", "--report", str(report)])
+    sizes += ["--compile", "no"]
+    gpu_check_pipelines.main(["--preset", "tiny", "--device", "cpu", *sizes, "--report", str(report)])
     table = report.read_text()
     assert "## Pipeline GPU check: tiny on CPU" in table
     for row in ("| image 32², 2 steps, CFG | no |", "| video 17×32², 2 steps, CFG | no |", "| edit 32², 2 steps"):
