@@ -313,8 +313,8 @@ def text(value):
 
 # ------------------------------------------------------------------------------------------------------- trainer
 class HydraXTrainer(Trainer):
-    """Trainer with per-module learning rates (optimizer parameter groups) and `lm_loss` / `flow_loss` logged beside
-    `loss` (averaged over the batches since the last log; `eval_lm_loss` / `eval_flow_loss` in evaluation)."""
+    """Trainer with per-module learning rates (optimizer parameter groups) and the model's `logged_terms` (`lm_loss`,
+    `flow_loss`) logged beside `loss` (averaged over the batches since the last log; `eval_…` in evaluation)."""
 
     def __init__(self, *args, learning_rates: dict[str, float], **kwargs):
         super().__init__(*args, **kwargs)
@@ -329,11 +329,13 @@ class HydraXTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    logged_terms = ("lm_loss", "flow_loss")
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         sums = self.loss_sums["train" if model.training else "eval"]
-        for name in ("lm_loss", "flow_loss"):
-            value = getattr(outputs, name, None)
+        for name in self.logged_terms:
+            value = outputs.get(name)
             if value is not None:
                 total, count = sums.get(name, (0.0, 0))
                 sums[name] = (total + value.detach().float().item(), count + 1)
@@ -386,14 +388,14 @@ def run_record(model, args) -> dict:
     return {"stage": args.stage, "lora": lora, "architecture": architecture, "trainable_tensors": trainable}
 
 
-def check_resumable(checkpoint: Path, record: dict) -> None:
+def check_resumable(checkpoint: Path, record: dict, script: str = "examples/train_hydrax.py") -> None:
     """A clear error when `checkpoint` was not written by a run like this one (its optimizer state and weights would
     not fit, or would silently continue a different run)."""
     path = checkpoint / RUN_FILE
     if not path.is_file():
         raise ValueError(
-            f"Cannot resume from {checkpoint}: it has no {RUN_FILE}, so it is not a checkpoint of "
-            "examples/train_hydrax.py. Start from a model folder with --model instead."
+            f"Cannot resume from {checkpoint}: it has no {RUN_FILE}, so it is not a checkpoint of {script}. Start "
+            "from a model folder with --model instead."
         )
     saved = json.loads(path.read_text())
     differences = [

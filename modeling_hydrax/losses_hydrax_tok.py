@@ -196,7 +196,8 @@ class HydraXTokLPIPS(nn.Module):
 
     Args:
         channels: widths of the five VGG16 stages; `(64, 128, 256, 512, 512)` is the real network, smaller widths
-            give a random network of the same shape for tests.
+            give a random network of the same shape for tests. Until weights are loaded, the trunk is random and each
+            head weighs its channels alike (a non-negative distance between normalised random features).
 
     Example:
 
@@ -229,6 +230,8 @@ class HydraXTokLPIPS(nn.Module):
             stage += item == "M"
         self.features = make_layers(cfg, batch_norm=False)
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in channels)
+        for head, width in zip(self.heads, channels):  # LPIPS' heads are non-negative; until loaded, weigh all alike
+            nn.init.constant_(head.weight, 1.0 / width)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -783,7 +786,9 @@ class HydraXTokLoss(nn.Module):
     averaged over the samples flagged by `video_mask` when one is given. Teacher tokens come from `teachers` (a
     [`HydraXTokTeachers`]) or, when precomputed, from `teacher_features`.
 
-    Train the discriminator with `loss_fn.discriminator.parameters()`; LPIPS is frozen.
+    The generator's GAN term reaches the generator only (the discriminator's weights are detached in it), and the
+    discriminator step sees detached pixels: the two losses can be summed into one backward pass, with the
+    discriminator's parameters in their own optimizer (or parameter group). LPIPS is frozen.
 
     Example:
 
@@ -934,7 +939,7 @@ class HydraXTokLoss(nn.Module):
 
         gan_weight = zero
         if reconstruction is not None and config.gan_weight > 0 and gan_active:
-            terms["gan"] = hinge_g_loss(self.discriminator(reconstruction).float())
+            terms["gan"] = hinge_g_loss(self._frozen_discriminator(reconstruction).float())
             gan_weight = torch.tensor(config.gan_weight, device=clip.device)
             if config.adaptive_gan_weight and torch.is_grad_enabled():
                 gan_weight = gan_weight * self._adaptive_weight(rec_loss, terms["gan"], last_layer)
@@ -1013,6 +1018,12 @@ class HydraXTokLoss(nn.Module):
                 terms["distill_video"] = (per_sample * weights).sum() / weights.sum().clamp(min=1.0)
             total = total + config.distill_video_weight * terms["distill_video"]
         return total
+
+    def _frozen_discriminator(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits with its weights detached: the generator's GAN term trains the generator only,
+        so one backward pass can carry both players' losses (the discriminator's own loss sees detached pixels)."""
+        weights = {name: param.detach() for name, param in self.discriminator.named_parameters()}
+        return torch.func.functional_call(self.discriminator, weights, (pixels,))
 
     def _discriminator_loss(
         self, clip: torch.Tensor, reconstruction: torch.Tensor | None, gan_active: bool

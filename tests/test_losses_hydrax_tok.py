@@ -518,7 +518,26 @@ def test_total_loss_reaches_reconstruction_posterior_and_distillation_features(t
     losses["loss"].backward()
     for name, leaf in leaves.items():
         assert leaf.grad is not None and leaf.grad.abs().sum() > 0, name
+    # the generator's GAN term trains the generator only; the discriminator learns from its own step
+    assert all(p.grad is None for p in loss_fn.discriminator.parameters())
+    loss_fn(clip, output, step=0, mode="discriminator")["loss"].backward()
     assert all(p.grad is not None for p in loss_fn.discriminator.parameters())
+
+
+def test_summed_generator_and_discriminator_losses_equal_separate_steps(tiny_lpips):
+    # one backward of (generator + discriminator) gives each player exactly the gradient of its own loss
+    loss_fn = make_loss(tiny_lpips, distill_image_weight=0.0, distill_video_weight=0.0, kl_weight=0.0)
+    clip = random_clip(2, 0)
+    reconstruction = (clip + 0.1 * torch.randn_like(clip)).requires_grad_()
+    output = StandInOutput(reconstruction=reconstruction)
+    generator = loss_fn(clip, output)["loss"]
+    (expected_pixels,) = torch.autograd.grad(generator, reconstruction)
+    discriminator = loss_fn(clip, output, mode="discriminator")["loss"]
+    expected_weights = torch.autograd.grad(discriminator, list(loss_fn.discriminator.parameters()))
+    (loss_fn(clip, output)["loss"] + loss_fn(clip, output, mode="discriminator")["loss"]).backward()
+    torch.testing.assert_close(reconstruction.grad, expected_pixels)
+    for param, expected in zip(loss_fn.discriminator.parameters(), expected_weights):
+        torch.testing.assert_close(param.grad, expected)
 
 
 def test_gan_terms_wait_for_gan_start_step(tiny_lpips):

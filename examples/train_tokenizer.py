@@ -1,0 +1,564 @@
+"""Train Hydra-XTok with transformers' Trainer: the paper's three stages, images and videos, one GPU to many.
+
+    python examples/train_tokenizer.py --data photos/ clips/ --max-steps 20 --preset tiny --no-teachers --size 64
+    python examples/train_tokenizer.py --model ckpt/model --stage 2 --data photos/ --lpips lpips/ --bf16
+
+Stages (SPEC §1; every loss weight is a flag, these are the defaults, from the predecessor HYDRA):
+  1  everything trains: L1 1.0 + LPIPS 0.1 + KL 1e-4 + image / video distillation 1.0 each; no GAN
+  2  encoder and Sem-ViT frozen, the pixel decoder fine-tuned with L1 1.0 + LPIPS 0.1 + GAN 0.075 (hinge, PatchGAN)
+  3  the per-channel latent mean / std computed over the training data first (written into the saved config with the
+     number of samples used), then Gen-ViT and decoder frozen and the Sem-ViT (+ Decompressor) trained by
+     distillation only
+`--compute-latent-stats` runs only the statistics pass and saves the model.
+
+GAN (stage 2): the discriminator is its own AdamW parameter group (`--discriminator-lr`, betas 0.5 / 0.9, no weight
+decay, gradients clipped apart from the generator's), trained from `--gan-start-step` on. The generator's GAN term
+sees the discriminator's weights detached and the discriminator's hinge loss sees detached reconstructions, so one
+backward pass trains both (a separate Adam optimiser gives the same updates), and DDP, FSDP, DeepSpeed and exact
+resuming need nothing more. The GAN weight is fixed (`--gan-weight`) or, with `--adaptive-gan-weight`, scaled by
+‖∇ reconstruction loss‖ / ‖∇ GAN loss‖ at the decoder's last layer (VQGAN; single-process runs).
+
+Teachers: SigLIP 2 for images and InternVideo-Next (remote code) or V-JEPA 2 for video, by name or folder
+(`--image-teacher`, `--video-teacher`; defaults from the tokenizer config), loaded once, frozen, in bf16 on a GPU
+that supports it. `--no-teachers` switches distillation off (the log says so). LPIPS: `--lpips FOLDER` (a
+`HydraXTokLPIPS` checkpoint); without it LPIPS has random VGG16 weights and a warning says so.
+
+Data (`--data SOURCE ...`): image / video folders (searched recursively), JSONL manifests of `{"image": path}` /
+`{"video": path}` lines, or `datasets` datasets with an `image` or `video` column. Every file is probed up front;
+unreadable ones and videos shorter than a clip are reported by path (`--on-bad-sample skip|error`). Batches hold one
+resolution bucket (`--resolutions 256 256x384 ...`, by nearest aspect ratio) and one kind; `--video-ratio` is the
+share of video batches; clips are `--num-frames` (1+4k) frames at a random start.
+
+Output (OUTPUT_DIR): `work/` (Trainer checkpoints with a reconstruction grid each, logs: l1, lpips, kl, gan,
+discriminator, distill_image, distill_video, psnr; eval_psnr on the held-out split) and `model/`, a `HydraXTokModel`
+folder that `AutoModel.from_pretrained` loads and `conversion/build_hydrax.py --vision` accepts (staged, renamed into
+place). Scale-out: the same script under `accelerate launch` (examples/accelerate/: ddp.yaml, fsdp_tokenizer.yaml,
+deepspeed_zero2.yaml) or `torchrun`; `--resume-from-checkpoint last` continues the same losses.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conversion"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checkpoint_importer import staged_folder  # noqa: E402
+from PIL import Image  # noqa: E402
+from train_hydrax import (  # noqa: E402
+    HydraXTrainer,
+    RunRecordCallback,
+    check_resumable,
+    gathered_model,
+    report_to,
+)
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.utils import logging  # noqa: E402
+
+from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
+    HydraXTokBucketBatchSampler,
+    HydraXTokClipDataset,
+    collate_clips,
+    parse_resolution,
+    psnr,
+)
+from modeling_hydrax.losses_hydrax_tok import (  # noqa: E402
+    HydraXTokLoss,
+    HydraXTokLossConfig,
+    HydraXTokLPIPS,
+    HydraXTokTeachers,
+)
+from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+
+
+logger = logging.get_logger("train_tokenizer")
+
+STAGE_WEIGHTS = {
+    1: {"l1": 1.0, "lpips": 0.1, "kl": 1e-4, "gan": 0.0, "distill_image": 1.0, "distill_video": 1.0},
+    2: {"l1": 1.0, "lpips": 0.1, "kl": 0.0, "gan": 0.075, "distill_image": 0.0, "distill_video": 0.0},
+    3: {"l1": 0.0, "lpips": 0.0, "kl": 0.0, "gan": 0.0, "distill_image": 1.0, "distill_video": 1.0},
+}
+STAGE_LEARNING_RATES = {1: 2e-4, 2: 1e-4, 3: 1e-4}
+LOGGED_TERMS = ("l1", "lpips", "kl", "gan", "discriminator", "distill_image", "distill_video", "psnr")
+PREVIEW_SAMPLES = 4
+PREVIEW_FILE = "reconstructions.png"
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+def tokenizer_config(preset: str, size: int) -> HydraXTokConfig:
+    """A new tokenizer's config: `so400m` (the paper's size, SigLIP 2 so400m widths), `small` (~3M parameters) or
+    `tiny` (tests), with the position table sized for `size`² inputs."""
+    if preset == "so400m":
+        return HydraXTokConfig()
+    widths = (32, 2, 64, 8) if preset == "tiny" else (192, 4, 768, 64)
+    return HydraXTokConfig(
+        **dict(zip(("hidden_size", "num_attention_heads", "intermediate_size", "latent_channels"), widths)),
+        num_gen_layers=2,
+        gen_fold_layer=1,
+        num_sem_layers=1 if preset == "tiny" else 2,
+        num_decoder_layers=2,
+        decoder_unfold_layer=1,
+        position_embedding_size=size // 16,
+        image_teacher_hidden_size=32 if preset == "tiny" else 192,
+        video_teacher_hidden_size=32 if preset == "tiny" else 192,
+    )
+
+
+class HydraXTokTrainingModel(nn.Module):
+    """The tokenizer and its objective as one module for Trainer: `forward(pixel_values)` returns the total loss (the
+    generator's terms plus, when a discriminator exists, its hinge loss) and every term, detached, for logging.
+
+    The teachers are frozen and kept out of the module's parameters and state dict (they are not trained, saved or
+    sharded); `step` gates the GAN by `gan_start_step` and is kept in sync by `StepCallback`."""
+
+    def __init__(self, tokenizer: HydraXTokModel, loss_fn: HydraXTokLoss, teachers: HydraXTokTeachers | None):
+        super().__init__()
+        self.tokenizer, self.loss_fn = tokenizer, loss_fn
+        self._teachers = [teachers]  # a list: not registered as a submodule
+        self.step = 0
+
+    @property
+    def teachers(self) -> HydraXTokTeachers | None:
+        teachers = self._teachers[0]
+        if teachers is not None:
+            device = next(self.tokenizer.parameters()).device
+            if next(teachers.parameters()).device != device:
+                self._teachers[0] = teachers = teachers.to(device)
+        return teachers
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        output = self.tokenizer(pixel_values)
+        last_layer = self.tokenizer.decoder.out_proj.weight if self.loss_fn.config.adaptive_gan_weight else None
+        losses = self.loss_fn(pixel_values, output, step=self.step, teachers=self.teachers, last_layer=last_layer)
+        total = losses["loss"]
+        if self.loss_fn.discriminator is not None:
+            discriminator = self.loss_fn(pixel_values, output, step=self.step, mode="discriminator")
+            losses["discriminator"] = discriminator["loss"].detach()
+            total = total + discriminator["loss"]
+        with torch.no_grad():
+            losses["psnr"] = psnr(
+                output.reconstruction.clamp(-1, 1), pixel_values.reshape(output.reconstruction.shape)
+            )
+        return {**losses, "loss": total, "psnr": losses["psnr"].mean()}
+
+
+class HydraXTokTrainer(HydraXTrainer):
+    """Trainer for `HydraXTokTrainingModel`: batches from one resolution bucket, the tokenizer's trainable parameters
+    and the discriminator as separate AdamW groups clipped separately, each loss term logged."""
+
+    logged_terms = LOGGED_TERMS
+
+    def __init__(self, *args, batch_sampler, eval_batches=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_sampler, self.eval_batches = batch_sampler, eval_batches
+
+    def get_train_dataloader(self):
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_sampler=self.batch_sampler,
+            collate_fn=collate_clips,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        loader = torch.utils.data.DataLoader(
+            self.eval_dataset, batch_sampler=self.eval_batches, collate_fn=collate_clips, num_workers=0
+        )
+        return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            groups = []
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    player = "discriminator" if name.startswith("loss_fn.discriminator.") else "tokenizer"
+                    decay = param.ndim >= 2 and player == "tokenizer"
+                    groups.append((f"{player}{'' if decay else '_no_decay'}", player, decay, param))
+            param_groups = {}
+            for group_name, player, decay, param in groups:
+                group = param_groups.setdefault(
+                    group_name,
+                    {
+                        "params": [],
+                        "name": group_name,
+                        "lr": self.learning_rates[player],
+                        "weight_decay": self.args.weight_decay if decay else 0.0,
+                        **({"betas": (0.5, 0.9)} if player == "discriminator" else {}),
+                    },
+                )
+                group["params"].append(param)
+            self.optimizer = optimizer_cls(list(param_groups.values()), **optimizer_kwargs)
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        """Clip the tokenizer's and the discriminator's gradients apart (one player's large gradient must not shrink
+        the other's step); returns the tokenizer's pre-clip norm."""
+        players = {"tokenizer": [], "discriminator": []}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                players["discriminator" if "loss_fn.discriminator." in name else "tokenizer"].append(param)
+        if players["discriminator"]:
+            self.accelerator.clip_grad_norm_(players["discriminator"], self.args.max_grad_norm)
+        return self.accelerator.clip_grad_norm_(players["tokenizer"], self.args.max_grad_norm)
+
+
+class StepCallback(TrainerCallback):
+    """Keeps `HydraXTokTrainingModel.step` at the global step (the GAN's start gate)."""
+
+    def __init__(self, module: HydraXTokTrainingModel):
+        self.module = module
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.module.step = state.global_step
+
+
+class PreviewCallback(TrainerCallback):
+    """Saves `reconstructions.png` (originals above reconstructions, posterior mean) into every checkpoint."""
+
+    def __init__(self, module: HydraXTokTrainingModel, pixels: torch.Tensor):
+        self.module, self.pixels = module, pixels
+
+    def on_save(self, args, state, control, **kwargs):
+        tokenizer = self.module.tokenizer
+        pixels = self.pixels.to(next(tokenizer.parameters()).device)
+        was_training = tokenizer.training
+        tokenizer.eval()
+        with torch.no_grad():
+            rebuilt = reconstruct(tokenizer, pixels)
+        tokenizer.train(was_training)
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_grid(pixels, rebuilt, folder / PREVIEW_FILE)
+
+
+def reconstruct(tokenizer: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Encode (posterior mean), decode, clamp to [-1, 1], in the input's shape."""
+    return tokenizer.decode(tokenizer.encode(pixels).latents).sample.clamp(-1, 1).reshape(pixels.shape)
+
+
+def save_grid(originals: torch.Tensor, rebuilt: torch.Tensor, path: Path, scale: int = 1) -> None:
+    """A PNG with, per sample, its frames in a row and the reconstructed frames below (images: one frame)."""
+    rows = []
+    for original, reconstruction in zip(originals, rebuilt):
+        for clip in (original, reconstruction):
+            frames = clip[:, None] if clip.ndim == 3 else clip
+            rows.append(torch.cat(list(frames.unbind(1)), dim=2))
+    width = max(row.shape[-1] for row in rows)
+    grid = torch.cat([nn.functional.pad(row, (0, width - row.shape[-1]), value=-1) for row in rows], dim=1)
+    array = ((grid.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(array)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+
+
+# ------------------------------------------------------------------------------------------------- latent statistics
+@torch.no_grad()
+def compute_latent_stats(tokenizer: HydraXTokModel, dataset: HydraXTokClipDataset, max_samples: int, batch_size: int):
+    """Per-channel mean and std of the raw (un-normalised) posterior means over the first `max_samples` items of
+    `dataset` (centred crops, the middle clip), in float64; returns (mean, std, samples used)."""
+    device = next(tokenizer.parameters()).device
+    was_training = tokenizer.training
+    tokenizer.eval()
+    channels = tokenizer.config.latent_channels
+    total, total_sq = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    count, used = 0, 0
+    for batch in eval_batches(dataset, batch_size, max_samples):
+        samples = [sample for sample in (dataset[key] for key in batch) if sample is not None]
+        if not samples:
+            continue
+        pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
+        dtype = next(tokenizer.parameters()).dtype
+        latents = tokenizer.encode(pixels.to(dtype)).latent_dist.mean.double().cpu()
+        total += latents.sum(dim=(0, 2, 3, 4))
+        total_sq += latents.pow(2).sum(dim=(0, 2, 3, 4))
+        count += latents[:, 0].numel()
+        used += len(samples)
+    tokenizer.train(was_training)
+    if used == 0:
+        raise ValueError("No sample could be loaded for the latent statistics.")
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist(), used
+
+
+def eval_batches(dataset: HydraXTokClipDataset, batch_size: int, max_samples: int | None = None) -> list[list]:
+    """Deterministic batches of `(index, None)` keys (centred crops), bucket by bucket, at most `max_samples` keys."""
+    batches, budget = [], max_samples if max_samples is not None else len(dataset)
+    for indices in dataset.buckets.values():
+        indices = indices[: max(0, budget)]
+        budget -= len(indices)
+        batches += [
+            [(index, None) for index in indices[i : i + batch_size]] for i in range(0, len(indices), batch_size)
+        ]
+    return [batch for batch in batches if batch]
+
+
+# --------------------------------------------------------------------------------------------------------- arguments
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", type=Path, help="a HydraXTokModel folder (or a Hydra-X checkpoint) to train")
+    parser.add_argument(
+        "--preset",
+        choices=("tiny", "small", "so400m"),
+        default="small",
+        help="size of a new tokenizer when --model is not given",
+    )
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), default=1, help="the paper's stage (see above)")
+    parser.add_argument(
+        "--compute-latent-stats", action="store_true", help="only compute the latent statistics and save the model"
+    )
+    parser.add_argument("--stats-samples", type=int, default=1000, help="most samples for the latent statistics")
+    parser.add_argument("--data", nargs="+", default=[], help="training data sources (folders, manifests, datasets)")
+    parser.add_argument("--eval-data", nargs="+", default=[], help="held-out sources for evaluation (PSNR)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/train_tokenizer"), help="work/ and model/")
+    parser.add_argument("--resolutions", nargs="+", type=parse_resolution, help="H or HxW buckets (default: --size)")
+    parser.add_argument("--size", type=int, default=256, help="square training side when --resolutions is not given")
+    parser.add_argument("--num-frames", type=int, default=17, help="frames per video clip (1 + 4k)")
+    parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame of a video")
+    parser.add_argument("--video-ratio", type=float, default=0.5, help="share of video batches when there are both")
+    parser.add_argument("--min-crop-fraction", type=float, default=0.5, help="smallest random crop, share of a side")
+    parser.add_argument("--shuffle-channels", action="store_true", help="permute RGB channels of training crops")
+    parser.add_argument("--on-bad-sample", choices=("skip", "error"), default="skip", help="unreadable media")
+    parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="images or clips per device and step")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
+    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: stage 1 2e-4, else 1e-4)")
+    parser.add_argument("--discriminator-lr", type=float, default=1e-4, help="discriminator learning rate (stage 2)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps, then cosine decay")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, per player")
+    for term in STAGE_WEIGHTS[1]:
+        parser.add_argument(
+            f"--{term.replace('_', '-')}-weight", type=float, help=f"weight of the {term} loss (default: the stage's)"
+        )
+    parser.add_argument("--gan-start-step", type=int, default=0, help="step from which the GAN terms are on")
+    parser.add_argument("--adaptive-gan-weight", action="store_true", help="VQGAN's adaptive GAN weight")
+    parser.add_argument("--lpips", type=Path, help="a HydraXTokLPIPS folder (default: random VGG16 weights)")
+    parser.add_argument("--image-teacher", help="image teacher name or folder (default: the config's, SigLIP 2)")
+    parser.add_argument("--video-teacher", help="video teacher name or folder (default: the config's)")
+    parser.add_argument("--no-teachers", action="store_true", help="switch the distillation terms off")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a teacher's own code (InternVideo)")
+    parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'last'")
+    parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every n steps")
+    parser.add_argument("--eval-steps", type=int, help="evaluate every n steps (default: at the end)")
+    parser.add_argument("--logging-steps", type=int, default=10, help="log every n steps")
+    parser.add_argument("--report-to", help="Trainer integrations (default: tensorboard when installed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    args = parser.parse_args(argv)
+    if not args.data:
+        parser.error("--data is required: image / video folders, JSONL manifests or datasets.")
+    if args.model is not None:
+        check_folder(parser, "--model", args.model, "a HydraXTokModel folder", required_file="config.json")
+    if args.lpips is not None:
+        check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
+    check_output_folder(parser, "--output-dir", args.output_dir)
+    if args.num_frames < 1 or (args.num_frames - 1) % 4:
+        parser.error(f"--num-frames must be 1 + 4k (an anchor plus a multiple of 4), got {args.num_frames}.")
+    args.resolutions = args.resolutions or [(args.size, args.size)]
+    for height, width in args.resolutions:
+        if height % 16 or width % 16 or min(height, width) < 16:
+            parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "stats_samples", "save_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.stage == 3 and args.no_teachers:
+        parser.error("stage 3 trains the Sem-ViT by distillation only: it needs the teachers (drop --no-teachers).")
+    return args
+
+
+def loss_weights(args) -> dict[str, float]:
+    """The stage's loss weights with the flags that were given; distillation off without teachers."""
+    weights = {term: getattr(args, f"{term}_weight") for term in STAGE_WEIGHTS[args.stage]}
+    weights = {term: STAGE_WEIGHTS[args.stage][term] if value is None else value for term, value in weights.items()}
+    if args.no_teachers:
+        weights["distill_image"] = weights["distill_video"] = 0.0
+    return weights
+
+
+def load_teachers(args, config: HydraXTokConfig, new_model: bool) -> HydraXTokTeachers | None:
+    """The frozen teachers (bf16 on a GPU that has it), or None with `--no-teachers` (logged)."""
+    if args.no_teachers:
+        logger.warning("--no-teachers: the image and video distillation terms are off; the Sem-ViT gets no signal.")
+        return None
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    names = {
+        "image_teacher_name": args.image_teacher or config.image_teacher_name,
+        "video_teacher_name": args.video_teacher or config.video_teacher_name,
+    }
+    teachers = HydraXTokTeachers.from_pretrained(**names, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    if new_model:
+        config.image_teacher_hidden_size = teachers.image_hidden_size or config.image_teacher_hidden_size
+        config.video_teacher_hidden_size = teachers.video_hidden_size or config.video_teacher_hidden_size
+    for kind in ("image", "video"):
+        expected, actual = getattr(config, f"{kind}_teacher_hidden_size"), getattr(teachers, f"{kind}_hidden_size")
+        if actual is not None and actual != expected:
+            raise ValueError(
+                f"The {kind} teacher {names[f'{kind}_teacher_name']!r} has hidden size {actual}, but the tokenizer's "
+                f"distillation head projects to {expected}; train with the teacher it was built for."
+            )
+    config.update(names)
+    print(
+        f"Teachers (frozen, {dtype}): image {names['image_teacher_name']}, video {names['video_teacher_name']}"
+    )
+    return teachers
+
+
+def build_objective(args, weights: dict[str, float], config: HydraXTokConfig) -> HydraXTokLoss:
+    """`HydraXTokLoss` with the run's weights, GAN settings and LPIPS (`--lpips`, else random VGG16 with a warning)."""
+    lpips = HydraXTokLPIPS.from_pretrained(args.lpips) if args.lpips is not None and weights["lpips"] > 0 else None
+    loss_config = HydraXTokLossConfig(
+        **{f"{term}_weight": value for term, value in weights.items()},
+        gan_start_step=args.gan_start_step,
+        adaptive_gan_weight=args.adaptive_gan_weight,
+        patch_size=config.patch_size,
+    )
+    return HydraXTokLoss(loss_config, lpips=lpips)
+
+
+def run_record(tokenizer: HydraXTokModel, args, weights: dict) -> dict:
+    """What a checkpoint of this run must match to be resumed from."""
+    config = tokenizer.config
+    architecture = {key: getattr(config, key) for key in ("hidden_size", "latent_channels", "num_gen_layers")}
+    return {"script": "train_tokenizer", "stage": args.stage, "architecture": architecture, "loss_weights": weights}
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> HydraXTokTrainer | None:
+    """Train (or only compute the latent statistics), save OUTPUT_DIR/model, return the Trainer."""
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    output_dir, work_dir = args.output_dir, args.output_dir / "work"
+    weights = loss_weights(args)
+    learning_rate = args.learning_rate or STAGE_LEARNING_RATES[args.stage]
+
+    # 1. Training arguments first: they set up the processes (torchrun / accelerate launch)
+    training_args = TrainingArguments(
+        output_dir=str(work_dir),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type="cosine",
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        eval_strategy="steps" if args.eval_data else "no",
+        eval_steps=args.eval_steps or args.max_steps,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        report_to=args.report_to or report_to(),
+        seed=args.seed,
+        data_seed=args.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        activation_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
+    )
+
+    # 2. Data, probed once (every process probes the same files: a deterministic list)
+    data_options = dict(
+        resolutions=args.resolutions,
+        num_frames=args.num_frames,
+        frame_stride=args.frame_stride,
+        on_bad_sample=args.on_bad_sample,
+    )
+    train_dataset = HydraXTokClipDataset(
+        args.data, min_crop_fraction=args.min_crop_fraction, shuffle_channels=args.shuffle_channels, **data_options
+    )
+    eval_dataset = HydraXTokClipDataset(args.eval_data, **data_options) if args.eval_data else None
+    kinds = train_dataset.kinds()
+    video_ratio = args.video_ratio if len(kinds) == 2 else float("video" in kinds)
+    print(f"Training data: {len(train_dataset)} items in buckets {sorted(train_dataset.buckets)}")
+
+    # 3. The tokenizer, its stage, the teachers and the objective
+    new_model = args.model is None
+    if new_model:
+        tokenizer = HydraXTokModel(tokenizer_config(args.preset, max(max(size) for size in args.resolutions)))
+    else:
+        tokenizer = HydraXTokModel.from_pretrained(args.model)
+    distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
+    teachers = load_teachers(args, tokenizer.config, new_model) if distilling else None
+    if new_model and teachers is not None:
+        tokenizer = HydraXTokModel(tokenizer.config)  # distillation heads sized for the teachers
+    device = training_args.device
+    tokenizer.to(device)
+    if args.stage == 3 or args.compute_latent_stats:
+        tokenizer.config.latents_mean = tokenizer.config.latents_std = None
+        mean, std, used = compute_latent_stats(tokenizer, train_dataset, args.stats_samples, args.batch_size)
+        tokenizer.config.latents_mean, tokenizer.config.latents_std = mean, std
+        tokenizer.config.latents_stats_samples = used
+        print(
+            f"Latent statistics over {used} samples: mean {min(mean):.3f}…{max(mean):.3f}, "
+            f"std {min(std):.3f}…{max(std):.3f}"
+        )
+        if args.compute_latent_stats:
+            if training_args.process_index == 0:
+                save_tokenizer(tokenizer, output_dir / "model")
+                print(f"model with latent statistics: {output_dir / 'model'}")
+            return None
+    tokenizer.set_training_stage(args.stage)
+    module = HydraXTokTrainingModel(tokenizer, build_objective(args, weights, tokenizer.config), teachers).to(device)
+    record = run_record(tokenizer, args, weights)
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
+    if resume is not None:
+        check_resumable(Path(resume), record, script="examples/train_tokenizer.py")
+
+    # 4. Train
+    preview_source = eval_dataset or train_dataset
+    preview = [preview_source[key] for key in eval_batches(preview_source, PREVIEW_SAMPLES)[0]]
+    preview_pixels = torch.stack([sample["pixel_values"] for sample in preview if sample is not None])
+    trainer = HydraXTokTrainer(
+        model=module,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        batch_sampler=HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
+        eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
+        learning_rates={"tokenizer": learning_rate, "discriminator": args.discriminator_lr},
+        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+
+    # 5. Save the tokenizer (main process), staged and renamed into place
+    fresh = lambda: HydraXTokTrainingModel(  # noqa: E731
+        HydraXTokModel(tokenizer.config), build_objective(args, weights, tokenizer.config), None
+    )
+    trained = gathered_model(trainer, fresh)
+    if trainer.is_world_process_zero():
+        save_tokenizer(trained.tokenizer, output_dir / "model")
+        final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
+        print(json.dumps(final, indent=2))
+        print(f"model: {output_dir / 'model'}")
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def save_tokenizer(tokenizer: HydraXTokModel, folder: Path) -> None:
+    """`save_pretrained` into a staging folder, renamed into place: never a half-written model."""
+    with staged_folder(folder) as staging:
+        tokenizer.save_pretrained(staging)
+
+
+if __name__ == "__main__":
+    main()

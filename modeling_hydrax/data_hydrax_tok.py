@@ -1,0 +1,357 @@
+"""Training data for Hydra-XTok: images and videos from folders, JSONL manifests and `datasets` datasets, probed once
+up front (size, frame count, readability), grouped into resolution buckets so that a batch holds one size and one
+kind, and cropped to random 1+4k-frame clips at load time.
+
+The sampler draws whole batches (`HydraXTokBucketBatchSampler`): each batch is image or video with probability set by
+`video_ratio`, from one bucket, and every sample carries its own random seed. A batch's content is therefore a
+function of (seed, epoch, position) alone: a resumed run sees exactly the batches an uninterrupted one would, and
+accelerate hands whole batches to each process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+
+class HydraXTokBadSample(ValueError):
+    """A media file that cannot be used (missing, unreadable, too short), named with its origin."""
+
+
+@dataclass(frozen=True)
+class HydraXTokMedia:
+    """One image or video: where it is read from and what the probe found.
+
+    Args:
+        kind: `"image"` or `"video"`.
+        source: a file path, or `(dataset, row)` for an image stored in a `datasets` dataset.
+        origin: where it came from, for messages (`file`, `manifest.jsonl:LINE`, `dataset row N`).
+        height / width: size in pixels.
+        num_frames: frames of a video (1 for an image).
+    """
+
+    kind: str
+    source: object
+    origin: str
+    height: int
+    width: int
+    num_frames: int = 1
+
+
+def report(message: str, on_bad_sample: str) -> None:
+    """Raise for `on_bad_sample="error"`, else log a warning that the sample is skipped."""
+    if on_bad_sample == "error":
+        raise HydraXTokBadSample(f"{message} (pass --on-bad-sample skip to leave such samples out)")
+    logger.warning(f"Skipping {message}")
+
+
+def probe_video(path: str) -> tuple[int, int, int]:
+    """(frames, height, width) of a video file, read with PyAV; the frame count is counted from the packets when the
+    container does not record it (WebM, MKV)."""
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("it has no video stream")
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    return frames, height, width
+
+
+def probe(kind: str, source, origin: str) -> HydraXTokMedia:
+    """Reads a file's header (image) or stream (video) into a `HydraXTokMedia`; raises `HydraXTokBadSample`."""
+    try:
+        if kind == "image":
+            image = source[0][source[1]]["image"] if isinstance(source, tuple) else Image.open(source)
+            image = image if isinstance(image, Image.Image) else Image.open(image)
+            width, height = image.size
+            return HydraXTokMedia(kind, source, origin, height, width)
+        frames, height, width = probe_video(str(source))
+    except Exception as error:  # PIL, PyAV and the OS each raise their own types for an unreadable file
+        raise HydraXTokBadSample(f"{origin}: unreadable {kind} ({type(error).__name__}: {error})") from error
+    if not frames:
+        raise HydraXTokBadSample(f"{origin}: the video has no decodable frames")
+    return HydraXTokMedia(kind, source, origin, height, width, frames)
+
+
+def list_source(source: str) -> list[tuple[str, object, str]]:
+    """`(kind, source, origin)` of every item of a data source: a folder of images and/or videos (searched
+    recursively), a JSONL manifest of `{"image": path}` / `{"video": path}` lines (paths relative to the manifest),
+    or a `datasets` dataset (a `save_to_disk` folder or a `load_dataset` name) with an `image` or `video` column."""
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"Manifest {path} does not exist.")
+        items = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            kinds = [kind for kind in ("image", "video") if kind in entry]
+            if len(kinds) != 1:
+                raise ValueError(f"{path}:{number}: a line needs exactly one of 'image' or 'video', got {line!r}.")
+            items.append((kinds[0], str(path.parent / entry[kinds[0]]), f"{path}:{number}"))
+        return items
+    if path.is_dir() and not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+        files = sorted(file for file in path.rglob("*") if file.is_file())
+        items = [("image", str(file), str(file)) for file in files if file.suffix.lower() in IMAGE_SUFFIXES]
+        items += [("video", str(file), str(file)) for file in files if file.suffix.lower() in VIDEO_SUFFIXES]
+        if not items:
+            raise ValueError(f"{path} holds no image ({', '.join(IMAGE_SUFFIXES)}) or video file.")
+        return items
+    import datasets
+
+    dataset = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(source, split="train")
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset["train"]
+    if "image" in dataset.column_names:
+        return [("image", (dataset, row), f"{source} row {row}") for row in range(len(dataset))]
+    if "video" in dataset.column_names:
+        root = path if path.is_dir() else Path(".")
+        return [("video", str(root / video), f"{source} row {row}") for row, video in enumerate(dataset["video"])]
+    raise ValueError(f"{source}: the dataset has neither an 'image' nor a 'video' column ({dataset.column_names}).")
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    """`"256"` → (256, 256); `"256x384"` → (256, 384) as (height, width)."""
+    height, _, width = value.lower().partition("x")
+    return int(height), int(width or height)
+
+
+class HydraXTokClipDataset(torch.utils.data.Dataset):
+    """Images and video clips for Hydra-XTok, read lazily and cropped to their resolution bucket.
+
+    Every source is probed once (sizes, frame counts); unreadable files and videos shorter than a clip are reported
+    with their origin, then skipped or fatal (`on_bad_sample`). Each item is assigned to the bucket of `resolutions`
+    nearest its aspect ratio. Index it with `(index, seed)`: a seed gives a random crop (scale in
+    `[min_crop_fraction, 1]` of the largest box of the bucket's aspect ratio), a horizontal flip, optionally shuffled
+    colour channels and, for videos, a random clip start; `seed=None` gives the centred full box and the middle clip.
+
+    Args:
+        sources: data sources (see `list_source`).
+        resolutions: `(height, width)` buckets, multiples of the tokenizer's patch size.
+        num_frames: frames of a video clip, `1 + 4·k`.
+        frame_stride: take every `frame_stride`-th frame of a video.
+        min_crop_fraction: smallest side of a random crop, as a fraction of the largest box.
+        shuffle_channels: permute the RGB channels of training crops (colour is then learnt, not memorised).
+        on_bad_sample: `"skip"` or `"error"`.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.new("RGB", (64, 48), "red").save(f"{folder}/red.png")
+    >>> dataset = HydraXTokClipDataset([folder], resolutions=[(32, 32)], num_frames=5)
+    >>> dataset[(0, 1)]["pixel_values"].shape
+    torch.Size([3, 32, 32])
+    ```
+    """
+
+    def __init__(
+        self,
+        sources,
+        resolutions,
+        num_frames: int = 17,
+        frame_stride: int = 1,
+        min_crop_fraction: float = 0.5,
+        shuffle_channels: bool = False,
+        on_bad_sample: str = "skip",
+    ):
+        if num_frames < 1 or (num_frames - 1) % 4:
+            raise ValueError(f"`num_frames` must be 1 + 4·k (an anchor plus a multiple of 4), got {num_frames}.")
+        if not 0 < min_crop_fraction <= 1:
+            raise ValueError(f"`min_crop_fraction` must be in (0, 1], got {min_crop_fraction}.")
+        self.resolutions = [tuple(resolution) for resolution in resolutions]
+        self.num_frames, self.frame_stride = num_frames, frame_stride
+        self.min_crop_fraction, self.shuffle_channels = min_crop_fraction, shuffle_channels
+        self.on_bad_sample = on_bad_sample
+        span = frame_stride * (num_frames - 1) + 1
+        self.items = []
+        for source in sources:
+            for kind, location, origin in list_source(str(source)):
+                try:
+                    item = probe(kind, location, origin)
+                except HydraXTokBadSample as error:
+                    report(str(error), on_bad_sample)
+                    continue
+                if kind == "video" and item.num_frames < span:
+                    report(
+                        f"{origin}: the video has {item.num_frames} frames, shorter than a clip of {num_frames} "
+                        f"frames at stride {frame_stride} ({span} frames); lower --num-frames or --frame-stride",
+                        on_bad_sample,
+                    )
+                    continue
+                self.items.append(item)
+        if not self.items:
+            raise ValueError(f"No usable image or video in {[str(source) for source in sources]}.")
+        self.buckets: dict[tuple[str, int, int], list[int]] = {}
+        for index, item in enumerate(self.items):
+            self.buckets.setdefault((item.kind, *self.bucket_size(item)), []).append(index)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def bucket_size(self, item: HydraXTokMedia) -> tuple[int, int]:
+        """The resolution nearest the item's aspect ratio (in log scale)."""
+        aspect = math.log(item.width / item.height)
+        return min(self.resolutions, key=lambda size: abs(math.log(size[1] / size[0]) - aspect))
+
+    def kinds(self) -> set[str]:
+        return {item.kind for item in self.items}
+
+    def _frames(self, item: HydraXTokMedia, generator: torch.Generator | None) -> torch.Tensor:
+        """uint8 `[T, 3, H, W]`: the image, or the video's clip (random start, or the middle one)."""
+        if item.kind == "image":
+            image = item.source[0][item.source[1]]["image"] if isinstance(item.source, tuple) else item.source
+            image = image if isinstance(image, Image.Image) else Image.open(image)
+            array = np.asarray(image.convert("RGB"))
+            return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+        from processing_hydrax import HydraXVideoProcessor
+
+        span = self.frame_stride * (self.num_frames - 1) + 1
+        last_start = item.num_frames - span
+        start = last_start // 2 if generator is None else int(torch.randint(last_start + 1, (), generator=generator))
+        indices = np.arange(start, start + span, self.frame_stride)
+        frames, _ = HydraXVideoProcessor().fetch_videos(str(item.source), lambda metadata, **kwargs: indices)
+        frames = torch.as_tensor(np.asarray(frames))
+        return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
+
+    def load(self, index: int, seed: int | None) -> dict:
+        """The item at `index` as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video)."""
+        item = self.items[index]
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        try:
+            frames = self._frames(item, generator)
+        except Exception as error:  # a file that probed fine can still fail to decode (truncated, changed on disk)
+            raise HydraXTokBadSample(f"{item.origin}: unreadable {item.kind} ({type(error).__name__}: {error})")
+        height, width = self.bucket_size(item)
+        source_height, source_width = frames.shape[-2:]
+        scale = min(source_height / height, source_width / width)
+        box_height, box_width = height * scale, width * scale
+        if generator is None:
+            fraction, flip = 1.0, False
+        else:
+            draw = torch.rand(2, generator=generator)
+            fraction = self.min_crop_fraction + (1 - self.min_crop_fraction) * float(draw[0])
+            flip = bool(draw[1] < 0.5)
+        box_height, box_width = max(1, round(box_height * fraction)), max(1, round(box_width * fraction))
+        if generator is None:
+            top, left = (source_height - box_height) // 2, (source_width - box_width) // 2
+        else:
+            top = int(torch.randint(source_height - box_height + 1, (), generator=generator))
+            left = int(torch.randint(source_width - box_width + 1, (), generator=generator))
+            if self.shuffle_channels:
+                frames = frames[:, torch.randperm(3, generator=generator)]
+        box = frames[..., top : top + box_height, left : left + box_width].float()
+        pixels = F.interpolate(box, size=(height, width), mode="bilinear", antialias=True) / 127.5 - 1
+        pixels = pixels.clamp(-1, 1).flip(-1) if flip else pixels.clamp(-1, 1)
+        pixels = pixels[0] if item.kind == "image" else pixels.transpose(0, 1)
+        return {"pixel_values": pixels, "origin": item.origin}
+
+    def __getitem__(self, key) -> dict | None:
+        """`dataset[(index, seed)]` (or `dataset[index]`, the centred crop): the sample, or `None` when its file
+        fails to decode and `on_bad_sample` is `"skip"`."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            return self.load(index, seed)
+        except HydraXTokBadSample as error:
+            report(str(error), self.on_bad_sample)
+            return None
+
+
+class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of `(index, seed)` keys, each from one bucket of a `HydraXTokClipDataset`.
+
+    A batch is a video batch with probability `video_ratio` (when the data has both kinds), from a bucket drawn in
+    proportion to its size; items come from a per-bucket shuffled queue, so every item is seen before any repeats.
+    The draws depend on `seed` and the epoch (`set_epoch`) only. `len()` is the number of batches of one epoch:
+    `ceil(len(dataset) / batch_size)`.
+    """
+
+    def __init__(self, dataset: HydraXTokClipDataset, batch_size: int, video_ratio: float = 0.5, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be ≥ 1, got {batch_size}.")
+        if not 0 <= video_ratio <= 1:
+            raise ValueError(f"`video_ratio` must be in [0, 1], got {video_ratio}.")
+        self.buckets = dataset.buckets
+        self.batch_size, self.video_ratio, self.seed = batch_size, video_ratio, seed
+        self.num_batches = math.ceil(len(dataset) / batch_size)
+        self.epoch = 0
+        kinds = dataset.kinds()
+        if video_ratio == 1 and "video" not in kinds or video_ratio == 0 and "image" not in kinds:
+            raise ValueError(f"`video_ratio` {video_ratio} asks for a kind of data these sources lack ({kinds}).")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        by_kind = {
+            kind: [key for key in self.buckets if key[0] == kind] for kind in ("image", "video") if self._has(kind)
+        }
+        queues = {key: [] for key in self.buckets}
+        for _ in range(self.num_batches):
+            if len(by_kind) == 2:
+                kind = "video" if float(torch.rand((), generator=generator)) < self.video_ratio else "image"
+            else:
+                kind = next(iter(by_kind))
+            keys = by_kind[kind]
+            sizes = torch.tensor([len(self.buckets[key]) for key in keys], dtype=torch.float)
+            key = keys[int(torch.multinomial(sizes, 1, generator=generator))]
+            batch = []
+            for _ in range(self.batch_size):
+                if not queues[key]:
+                    order = torch.randperm(len(self.buckets[key]), generator=generator).tolist()
+                    queues[key] = [self.buckets[key][position] for position in order]
+                seed = int(torch.randint(2**62, (), generator=generator))
+                batch.append((queues[key].pop(), seed))
+            yield batch
+
+    def _has(self, kind: str) -> bool:
+        return any(key[0] == kind for key in self.buckets)
+
+
+def collate_clips(samples: list[dict | None]) -> dict:
+    """Stacks a bucket's samples into `pixel_values` (and `origins`), leaving out the ones that failed to load."""
+    kept = [sample for sample in samples if sample is not None]
+    if not kept:
+        raise HydraXTokBadSample("every sample of a batch failed to load; see the warnings above for their files")
+    return {"pixel_values": torch.stack([sample["pixel_values"] for sample in kept])}
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR (dB) for pixels in [-1, 1] (peak-to-peak 2)."""
+    mse = (reconstruction.float() - target.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(4 / mse)
+
+
+__all__ = [
+    "HydraXTokBadSample",
+    "HydraXTokBucketBatchSampler",
+    "HydraXTokClipDataset",
+    "HydraXTokMedia",
+    "collate_clips",
+    "parse_resolution",
+    "psnr",
+]
