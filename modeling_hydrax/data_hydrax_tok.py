@@ -89,6 +89,16 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
     return HydraXTokMedia(kind, source, origin, height, width, frames)
 
 
+def decode_frames(path: str, indices: np.ndarray) -> torch.Tensor:
+    """The frames at `indices` of a video file as uint8 `[T, 3, H, W]`, decoded by the project's video processor
+    (PyAV)."""
+    from processing_hydrax import HydraXVideoProcessor
+
+    frames, _ = HydraXVideoProcessor().fetch_videos(path, lambda metadata, **kwargs: indices)
+    frames = torch.as_tensor(np.asarray(frames))
+    return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
+
+
 def list_source(source: str) -> list[tuple[str, object, str]]:
     """`(kind, source, origin)` of every item of a data source: a folder of images and/or videos (searched
     recursively), a JSONL manifest of `{"image": path}` / `{"video": path}` lines (paths relative to the manifest),
@@ -150,6 +160,8 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         min_crop_fraction: smallest side of a random crop, as a fraction of the largest box.
         shuffle_channels: permute the RGB channels of training crops (colour is then learnt, not memorised).
         on_bad_sample: `"skip"` or `"error"`.
+        cache_media: decode each file once and keep its pixels in memory (small data sets: a video clip is then a
+            slice, an image a crop, with no decoding).
 
     Example:
 
@@ -174,6 +186,7 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         min_crop_fraction: float = 0.5,
         shuffle_channels: bool = False,
         on_bad_sample: str = "skip",
+        cache_media: bool = False,
     ):
         if num_frames < 1 or (num_frames - 1) % 4:
             raise ValueError(f"`num_frames` must be 1 + 4·k (an anchor plus a multiple of 4), got {num_frames}.")
@@ -182,7 +195,8 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         self.resolutions = [tuple(resolution) for resolution in resolutions]
         self.num_frames, self.frame_stride = num_frames, frame_stride
         self.min_crop_fraction, self.shuffle_channels = min_crop_fraction, shuffle_channels
-        self.on_bad_sample = on_bad_sample
+        self.on_bad_sample, self.cache_media = on_bad_sample, cache_media
+        self._cache: dict[str, torch.Tensor] = {}
         span = frame_stride * (num_frames - 1) + 1
         self.items = []
         for source in sources:
@@ -219,20 +233,26 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
 
     def _frames(self, item: HydraXTokMedia, generator: torch.Generator | None) -> torch.Tensor:
         """uint8 `[T, 3, H, W]`: the image, or the video's clip (random start, or the middle one)."""
+        if item.kind == "image" and self.cache_media:
+            if item.origin not in self._cache:
+                self._cache[item.origin] = self._decode_image(item)
+            return self._cache[item.origin]
         if item.kind == "image":
-            image = item.source[0][item.source[1]]["image"] if isinstance(item.source, tuple) else item.source
-            image = image if isinstance(image, Image.Image) else Image.open(image)
-            array = np.asarray(image.convert("RGB"))
-            return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
-        from processing_hydrax import HydraXVideoProcessor
-
+            return self._decode_image(item)
         span = self.frame_stride * (self.num_frames - 1) + 1
         last_start = item.num_frames - span
         start = last_start // 2 if generator is None else int(torch.randint(last_start + 1, (), generator=generator))
-        indices = np.arange(start, start + span, self.frame_stride)
-        frames, _ = HydraXVideoProcessor().fetch_videos(str(item.source), lambda metadata, **kwargs: indices)
-        frames = torch.as_tensor(np.asarray(frames))
-        return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
+        if self.cache_media:
+            if item.origin not in self._cache:
+                self._cache[item.origin] = decode_frames(str(item.source), np.arange(item.num_frames))
+            return self._cache[item.origin][start : start + span : self.frame_stride]
+        return decode_frames(str(item.source), np.arange(start, start + span, self.frame_stride))
+
+    @staticmethod
+    def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
+        image = item.source[0][item.source[1]]["image"] if isinstance(item.source, tuple) else item.source
+        image = image if isinstance(image, Image.Image) else Image.open(image)
+        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None]
 
     def load(self, index: int, seed: int | None) -> dict:
         """The item at `index` as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video)."""

@@ -928,37 +928,44 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         pixel_values: torch.Tensor,
         sample_posterior: bool | None = None,
         generator: torch.Generator | None = None,
+        decode: bool = True,
+        semantic: bool = True,
         **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokOutput | tuple:
         """Full training pass: encode, (sample), Sem-ViT, decode and, with the Decompressor, distillation features.
 
-        `sample_posterior` defaults to `self.training`. `output_hidden_states` / `output_attentions` fill the
-        `encoder_*`, `semantic_*` and `decoder_*` fields (the training-only Decompressor's blocks are not recorded).
+        `sample_posterior` defaults to `self.training`. `decode=False` skips the pixel decoder and `semantic=False`
+        the Sem-ViT and Decompressor (their fields are then None): training stages that do not use an output need
+        not pay for it. `output_hidden_states` / `output_attentions` fill the `encoder_*`, `semantic_*` and
+        `decoder_*` fields (the training-only Decompressor's blocks are not recorded).
         """
         sample = self.training if sample_posterior is None else sample_posterior
         encoded = self.encode(pixel_values, sample=sample, generator=generator, return_dict=True, **kwargs)
         latents = encoded.latents
-        semantic_output = self.get_semantic_features(latents, return_dict=True, **kwargs)
-        semantic = semantic_output.last_hidden_state
-        decoded = self.decode(latents, return_dict=True, **kwargs)
+        semantic_output = decoded = None
         image_features = video_features = None
-        if self.decompressor is not None:
-            grid = tuple(latents.shape[-2:])
-            per_frame = semantic.view(latents.shape[0], latents.shape[2], grid[0] * grid[1], -1)
-            image_features, video_features = self.decompressor(per_frame, grid)
+        if semantic:
+            semantic_output = self.get_semantic_features(latents, return_dict=True, **kwargs)
+            if self.decompressor is not None:
+                grid = tuple(latents.shape[-2:])
+                features = semantic_output.last_hidden_state
+                per_frame = features.view(latents.shape[0], latents.shape[2], grid[0] * grid[1], -1)
+                image_features, video_features = self.decompressor(per_frame, grid)
+        if decode:
+            decoded = self.decode(latents, return_dict=True, **kwargs)
         return HydraXTokOutput(
-            reconstruction=decoded.sample,
+            reconstruction=decoded.sample if decoded is not None else None,
             latents=latents,
             latent_dist=encoded.latent_dist,
-            semantic_features=semantic,
+            semantic_features=semantic_output.last_hidden_state if semantic_output is not None else None,
             image_distill_features=image_features,
             video_distill_features=video_features,
             encoder_hidden_states=encoded.hidden_states,
             encoder_attentions=encoded.attentions,
-            semantic_hidden_states=semantic_output.hidden_states,
-            semantic_attentions=semantic_output.attentions,
-            decoder_hidden_states=decoded.hidden_states,
-            decoder_attentions=decoded.attentions,
+            semantic_hidden_states=semantic_output.hidden_states if semantic_output is not None else None,
+            semantic_attentions=semantic_output.attentions if semantic_output is not None else None,
+            decoder_hidden_states=decoded.hidden_states if decoded is not None else None,
+            decoder_attentions=decoded.attentions if decoded is not None else None,
         )
 
 

@@ -92,7 +92,7 @@ def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint
     from accelerate.commands.config.config_args import ClusterConfig
 
     configs = {path.stem: ClusterConfig.from_yaml_file(path) for path in CONFIGS.glob("*.yaml")}
-    assert set(configs) == {"ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_cpu"}
+    assert set(configs) == {"ddp", "fsdp", "fsdp_tokenizer", "deepspeed_zero2", "deepspeed_zero3", "multi_cpu"}
     assert all(config.mixed_precision == "bf16" for name, config in configs.items() if name != "multi_cpu")
     fsdp = configs["fsdp"].fsdp_config
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -101,3 +101,10 @@ def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint
     assert wrapped == {"Qwen2DecoderLayer", "HydraXTokBlock"} <= {type(module).__name__ for module in model.modules()}
     assert wrapped <= set(model._no_split_modules)
     assert configs["deepspeed_zero3"].deepspeed_config["zero3_save_16bit_model"] is True
+    # the tokenizer's config wraps its blocks alone: FSDP refuses a class name the model does not have
+    tokenizer = configs["fsdp_tokenizer"].fsdp_config
+    assert {key: value for key, value in tokenizer.items() if key != "fsdp_transformer_layer_cls_to_wrap"} == {
+        key: value for key, value in fsdp.items() if key != "fsdp_transformer_layer_cls_to_wrap"
+    }
+    blocks = {type(module).__name__ for module in model.model.vision_tower.modules()}
+    assert tokenizer["fsdp_transformer_layer_cls_to_wrap"] == "HydraXTokBlock" and "Qwen2DecoderLayer" not in blocks

@@ -1,0 +1,133 @@
+"""Hydra-XTok's stage 1, then stage 2 (the GAN stage), on the quickstart's photos and clips, offline on a CPU: the
+evidence of docs/TOKENIZER_TRAINING.md.
+
+    python examples/tokenizer_stages.py                     # ~11 minutes on a 2-core CPU
+    python examples/tokenizer_stages.py --tiny --stage1-minutes 0.1 --stage2-minutes 0.1 --size 32  # a smoke run
+
+Both stages run through examples/train_tokenizer.py's code. Stage 1 trains everything with L1 + LPIPS 0.1 + KL 1e-4
+(no teachers: none can be downloaded here). Stage 2 freezes the encoder and fine-tunes the pixel decoder with
+L1 + LPIPS + GAN 0.075 (PatchGAN, hinge, its own learning rate); a control run fine-tunes the decoder for the same
+time with the GAN weight at 0, so the GAN's effect is not mixed up with more decoder training.
+
+LPIPS: real LPIPS weights (ImageNet VGG16 + the `lpips` package's heads) cannot be downloaded here, so the LPIPS of
+training is a small random network (`HydraXTokLPIPS(channels=(16, 32, 64, 64, 64))`, seed 0, equal head weights),
+and LPIPS is measured with both that network and a second one (seed 1) that training never saw. Held-out data: the
+photos `chelsea` and `coffee` and a clip of `bigbuckbunny.mp4`, as in the quickstart. Writes `metrics.json` and
+`reconstructions.png` (one held-out image per row: original, stage 1, stage 2 with GAN, stage 2 without) to
+--output-dir.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quickstart  # noqa: E402
+import train_tokenizer  # noqa: E402
+
+from modeling_hydrax import HydraXTokModel  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
+from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
+from script_args import HelpFormatter, check_output_folder  # noqa: E402
+
+
+LPIPS_CHANNELS = (16, 32, 64, 64, 64)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/tokenizer_stages"), help="where runs go")
+    parser.add_argument("--stage1-minutes", type=float, default=5.0, help="time budget of stage 1")
+    parser.add_argument("--stage2-minutes", type=float, default=3.0, help="time budget of each stage-2 run")
+    parser.add_argument("--size", type=int, default=128, help="train / evaluation side in pixels (multiple of 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
+    parser.add_argument("--tiny", action="store_true", help="the test-sized tokenizer (hidden 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
+    args = parser.parse_args(argv)
+    if args.size < 32 or args.size % 16:
+        parser.error(f"--size must be a multiple of 16 of at least 32 (LPIPS pools 4 times), got {args.size}.")
+    if min(args.stage1_minutes, args.stage2_minutes) <= 0:
+        parser.error("--stage1-minutes and --stage2-minutes must be positive.")
+    check_output_folder(parser, "--output-dir", args.output_dir)
+    return args
+
+
+def run_stage(args, manifest: Path, output: Path, minutes: float, *options) -> Path:
+    """One examples/train_tokenizer.py run on the quickstart data; returns its model folder."""
+    argv = ["--data", manifest, "--output-dir", output, "--no-teachers", "--lpips", args.output_dir / "lpips_train"]
+    argv += ["--size", args.size, "--num-frames", 5, "--frame-stride", quickstart.CLIP_STRIDE, "--cache-media"]
+    argv += ["--video-ratio", 0.25, "--shuffle-channels", "--max-steps", 100_000, "--max-minutes", minutes]
+    argv += ["--batch-size", args.batch_size, "--seed", args.seed, "--report-to", "none", "--cpu"]
+    argv += ["--save-steps", 100_000, "--logging-steps", 25, "--warmup-steps", 20, *options]
+    train_tokenizer.main(list(map(str, argv)))
+    return output / "model"
+
+
+@torch.no_grad()
+def evaluate(model: HydraXTokModel, evaluations: dict, lpips_nets: dict) -> tuple[dict, dict]:
+    """Held-out PSNR and LPIPS (each network) per kind, and the reconstructions."""
+    model.eval()
+    metrics, outputs = {}, {}
+    for kind, pixels in evaluations.items():
+        outputs[kind] = train_tokenizer.reconstruct(model, pixels)
+        metrics[f"{kind}_psnr"] = psnr(outputs[kind], pixels).mean().item()
+        for name, net in lpips_nets.items():
+            metrics[f"{kind}_lpips_{name}"] = net(outputs[kind], pixels).mean().item()
+    return metrics, outputs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    out = args.output_dir
+
+    # 1. The quickstart's data and held-out sets; the two random LPIPS networks
+    data_args = argparse.Namespace(size=args.size, frames=5, video_every=4)
+    manifest, evaluations, video_skipped = quickstart.prepare_data(out / "data", data_args)
+    lpips_nets = {}
+    for name, seed in (("train", 0), ("unseen", 1)):
+        torch.manual_seed(seed)
+        lpips_nets[name] = HydraXTokLPIPS(channels=LPIPS_CHANNELS)
+        lpips_nets[name].save_pretrained(out / f"lpips_{name}")
+
+    # 2. Stage 1 from a new tokenizer, then stage 2 with and without the GAN, each from stage 1's model
+    preset = "tiny" if args.tiny else "small"
+    stage1 = run_stage(args, manifest, out / "stage1", args.stage1_minutes, "--stage", 1, "--preset", preset)
+    with_gan = run_stage(args, manifest, out / "stage2_gan", args.stage2_minutes, "--stage", 2, "--model", stage1)
+    no_gan = run_stage(
+        args, manifest, out / "stage2_no_gan", args.stage2_minutes, "--stage", 2, "--model", stage1, "--gan-weight", 0
+    )
+
+    # 3. Held-out PSNR and LPIPS of each model
+    results, rows = {}, {}
+    originals = evaluations["image"]
+    for name, folder in (("stage 1", stage1), ("stage 2 + GAN", with_gan), ("stage 2, no GAN", no_gan)):
+        results[name], outputs = evaluate(HydraXTokModel.from_pretrained(folder), evaluations, lpips_nets)
+        rows[name] = outputs["image"]
+    strips = [torch.cat([original, *(row[i] for row in rows.values())], dim=2) for i, original in enumerate(originals)]
+    pixels = ((torch.cat(strips, dim=1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(out / "reconstructions.png")
+    (out / "metrics.json").write_text(json.dumps({"results": results, "video_skipped": video_skipped}, indent=2))
+
+    kinds = list(evaluations)
+    header = " | ".join(f"{kind} PSNR | {kind} LPIPS (train net / unseen net)" for kind in kinds)
+    print(f"\n| model | {header} |\n|---|" + "---|" * (2 * len(kinds)))
+    for name, metrics in results.items():
+        cells = " | ".join(
+            f"{metrics[f'{kind}_psnr']:.2f} dB | {metrics[f'{kind}_lpips_train']:.4f} / "
+            f"{metrics[f'{kind}_lpips_unseen']:.4f}"
+            for kind in kinds
+        )
+        print(f"| {name} | {cells} |")
+    print(f"\nWrote metrics.json and reconstructions.png to {out}/")
+
+
+if __name__ == "__main__":
+    main()
