@@ -1,19 +1,20 @@
 """Hydra-XTok's stage 1, then stage 2 (the GAN stage), on the quickstart's photos and clips, offline on a CPU: the
 evidence of docs/TOKENIZER_TRAINING.md.
 
-    python examples/tokenizer_stages.py                     # ~11 minutes on a 2-core CPU
+    python examples/tokenizer_stages.py                     # ~15 minutes on a 2-core CPU
     python examples/tokenizer_stages.py --tiny --stage1-minutes 0.1 --stage2-minutes 0.1 --size 32  # a smoke run
 
 Both stages run through examples/train_tokenizer.py's code. Stage 1 trains everything with L1 + LPIPS 0.1 + KL 1e-4
 (no teachers: none can be downloaded here). Stage 2 freezes the encoder and fine-tunes the pixel decoder with
 L1 + LPIPS + GAN 0.075 (PatchGAN, hinge, its own learning rate); a control run fine-tunes the decoder for the same
-time with the GAN weight at 0, so the GAN's effect is not mixed up with more decoder training.
+time with the GAN weight at 0, so the GAN's effect is not mixed up with more decoder training, and a third run scales
+the GAN term by VQGAN's adaptive weight (‖∇ reconstruction‖ / ‖∇ GAN‖ at the decoder's last layer).
 
 LPIPS: real LPIPS weights (ImageNet VGG16 + the `lpips` package's heads) cannot be downloaded here, so the LPIPS of
 training is a small random network (`HydraXTokLPIPS(channels=(16, 32, 64, 64, 64))`, seed 0, equal head weights),
 and LPIPS is measured with both that network and a second one (seed 1) that training never saw. Held-out data: the
 photos `chelsea` and `coffee` and a clip of `bigbuckbunny.mp4`, as in the quickstart. Writes `metrics.json` and
-`reconstructions.png` (one held-out image per row: original, stage 1, stage 2 with GAN, stage 2 without) to
+`reconstructions.png` (one held-out image per row: original, then each model in the order of the table) to
 --output-dir.
 """
 
@@ -23,7 +24,6 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +39,11 @@ from script_args import HelpFormatter, check_output_folder  # noqa: E402
 
 
 LPIPS_CHANNELS = (16, 32, 64, 64, 64)
+STAGE2_RUNS = (  # (name, output folder, extra options), each from the stage-1 model for the same time
+    ("stage 2 + GAN", "stage2_gan", ()),
+    ("stage 2 + GAN, adaptive weight", "stage2_gan_adaptive", ("--adaptive-gan-weight",)),
+    ("stage 2, no GAN", "stage2_no_gan", ("--gan-weight", 0)),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
     parser.add_argument("--tiny", action="store_true", help="the test-sized tokenizer (hidden 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
+    parser.add_argument("--stage1-model", type=Path, help="reuse this stage-1 model instead of training one")
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
         parser.error(f"--size must be a multiple of 16 of at least 32 (LPIPS pools 4 times), got {args.size}.")
@@ -98,22 +104,24 @@ def main(argv=None):
         lpips_nets[name].save_pretrained(out / f"lpips_{name}")
 
     # 2. Stage 1 from a new tokenizer, then stage 2 with and without the GAN, each from stage 1's model
-    preset = "tiny" if args.tiny else "small"
-    stage1 = run_stage(args, manifest, out / "stage1", args.stage1_minutes, "--stage", 1, "--preset", preset)
-    with_gan = run_stage(args, manifest, out / "stage2_gan", args.stage2_minutes, "--stage", 2, "--model", stage1)
-    no_gan = run_stage(
-        args, manifest, out / "stage2_no_gan", args.stage2_minutes, "--stage", 2, "--model", stage1, "--gan-weight", 0
-    )
+    stage1 = args.stage1_model
+    if stage1 is None:
+        preset = ["--preset", "tiny" if args.tiny else "small"]
+        stage1 = run_stage(args, manifest, out / "stage1", args.stage1_minutes, "--stage", 1, *preset)
+    models = {"stage 1": stage1}
+    for name, folder, options in STAGE2_RUNS:
+        models[name] = run_stage(
+            args, manifest, out / folder, args.stage2_minutes, "--stage", 2, "--model", stage1, *options
+        )
 
     # 3. Held-out PSNR and LPIPS of each model
     results, rows = {}, {}
     originals = evaluations["image"]
-    for name, folder in (("stage 1", stage1), ("stage 2 + GAN", with_gan), ("stage 2, no GAN", no_gan)):
+    for name, folder in models.items():
         results[name], outputs = evaluate(HydraXTokModel.from_pretrained(folder), evaluations, lpips_nets)
         rows[name] = outputs["image"]
-    strips = [torch.cat([original, *(row[i] for row in rows.values())], dim=2) for i, original in enumerate(originals)]
-    pixels = ((torch.cat(strips, dim=1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(out / "reconstructions.png")
+    grid = [[original, *(row[i] for row in rows.values())] for i, original in enumerate(originals)]
+    train_tokenizer.save_rows(grid, out / "reconstructions.png")
     (out / "metrics.json").write_text(json.dumps({"results": results, "video_skipped": video_skipped}, indent=2))
 
     kinds = list(evaluations)

@@ -7,9 +7,9 @@
 pixels (a 2×2 latent grid), each combination at three sizes. A third of the 36 shape × colour × background combinations
 is held out: every (colour, background) pair keeps two of its three shapes, so each held-out image is a new composition
 of attributes that all appear in training. (2) Fits a tiny Hydra-XTok on the training images with
-examples/quickstart.py's `train` (L1 + KL), with 8 latent channels rather than quickstart's 64 (the tiny Hydra-X's LLM
-and flow head are 64 wide: with 64 channels the flow loss stays at its predict-zero level, 2.0), and sets the latent
-statistics. (3) Builds a tiny Hydra-X around it (conversion/build_hydrax.py) and trains it with
+examples/train_tokenizer.py's stage 1 (L1 + KL), with 8 latent channels rather than the quickstart's 64 (the tiny
+Hydra-X's LLM and flow head are 64 wide: with 64 channels the flow loss stays at its predict-zero level, 2.0), and sets
+the latent statistics. (3) Builds a tiny Hydra-X around it (conversion/build_hydrax.py) and trains it with
 examples/train_hydrax.py's `main`, the command a user runs, on three JSONL manifests: questions ("What colour is the
 square?"), captions → images ("a red circle on blue") and edits ("make the circle green"), all trainable (stage 2) with
 `--flow-logit-mean 2.5`: on a 2×2 grid conditioning is learned at flow times near noise, which the default
@@ -38,14 +38,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "conversion"))
 
-import quickstart  # noqa: E402
 import train_hydrax  # noqa: E402
+import train_tokenizer  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from run_hydrax import chat_batch, plug_in_tokenizer  # noqa: E402
 from train_hydrax import assistant, text, user  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, HydraXTokModel  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
 from script_args import HelpFormatter, check_output_folder  # noqa: E402
 
@@ -148,30 +149,33 @@ def pixels(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def fit_tokenizer(images: list[Image.Image], args) -> tuple[HydraXTokModel, dict]:
-    """A tiny Hydra-XTok (quickstart.py's small config, `args.latent_channels` channels) fitted with quickstart.py's
-    `train` on `images`, its latent statistics set from them."""
-    config = quickstart.build_config(args.size, tiny=False)
+def fit_tokenizer(images: list[Image.Image], args, folder: Path) -> tuple[HydraXTokModel, dict]:
+    """A tiny Hydra-XTok (train_tokenizer.py's small config, `args.latent_channels` channels) fitted on `images` by
+    train_tokenizer.py's stage 1 (L1 + KL; whole images, flips and shuffled colour channels), its latent statistics
+    then set from them; returns it and the run's figures."""
+    config = train_tokenizer.tokenizer_config("small", args.size)
     config.latent_channels = args.latent_channels  # few: the tiny Hydra-X's 64-wide LLM must carry them (docs)
-    model = HydraXTokModel(config)
-    batch = pixels(images)
-    fit_args = argparse.Namespace(
-        steps=args.tokenizer_steps,
-        max_minutes=args.tokenizer_minutes,
-        lr=args.tokenizer_lr,
-        batch_size=16,
-        size=args.size,
-        frames=1,
-        video_every=0,
-        seed=args.seed,
-        device="cpu",
-    )
-    uint8 = [((image + 1) * 127.5).round().to(torch.uint8)[None] for image in batch]
-    stats = quickstart.train(model, uint8, [], fit_args)
+    train_tokenizer.save_tokenizer(HydraXTokModel(config), folder / "initial")
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for number, image in enumerate(images):
+        image.save(folder / "images" / f"{number}.png")
+    argv = ["--data", folder / "images", "--model", folder / "initial", "--output-dir", folder, "--stage", 1]
+    argv += ["--no-teachers", "--lpips-weight", 0, "--size", args.size, "--min-crop-fraction", 1, "--cache-media"]
+    argv += ["--shuffle-channels", "--max-steps", args.tokenizer_steps, "--max-minutes", args.tokenizer_minutes]
+    argv += ["--learning-rate", args.tokenizer_lr, "--batch-size", 16, "--warmup-steps", 20, "--seed", args.seed]
+    argv += ["--save-steps", args.tokenizer_steps, "--report-to", "none", "--cpu"]
+    trainer = train_tokenizer.main(list(map(str, argv)))
+    model = HydraXTokModel.from_pretrained(folder / "model").eval()
     with torch.no_grad():
-        latents = model.eval().encode(batch).latents.transpose(0, 1).flatten(1)
+        latents = model.encode(pixels(images)).latents.transpose(0, 1).flatten(1)
     model.config.latents_mean = latents.mean(1).tolist()
     model.config.latents_std = latents.std(1).clamp_min(1e-3).tolist()
+    steps = trainer.state.global_step
+    stats = {
+        "steps": steps,
+        "train_seconds": round(trainer.state.log_history[-1]["train_runtime"], 1),
+        "stopped_by": "steps" if steps == args.tokenizer_steps else "time budget",
+    }
     return model, stats
 
 
@@ -358,10 +362,12 @@ def main(argv=None) -> dict:
     manifests = write_world(output_dir / "world", args.size)
     print(f"World: {len(train_combos)} training combinations × {len(RADII)} sizes, {len(held_out)} held out")
     train_images = [render(*combo, radius, args.size) for combo in train_combos for radius in RADII]
-    tokenizer, tokenizer_stats = fit_tokenizer(train_images, args)
-    quickstart.save_model(tokenizer, output_dir / "tokenizer")
+    tokenizer, tokenizer_stats = fit_tokenizer(train_images, args, output_dir / "tokenizer_training")
+    train_tokenizer.save_tokenizer(tokenizer, output_dir / "tokenizer")
     held_out_pixels = pixels([render(*combo, RADII[EVAL_RADIUS], args.size) for combo in held_out])
-    tokenizer_psnr = quickstart.psnr(quickstart.reconstruct(tokenizer, held_out_pixels), held_out_pixels)
+    with torch.no_grad():
+        rebuilt = train_tokenizer.reconstruct(tokenizer, held_out_pixels)
+    tokenizer_psnr = psnr(rebuilt, held_out_pixels).mean().item()
 
     # 3. Hydra-X trained by train_hydrax.py
     command = train_args(args, manifests, build_model(tokenizer, output_dir / "initial", args.seed))
@@ -380,9 +386,9 @@ def main(argv=None) -> dict:
     edit_metrics, sources, edited = evaluate_edits(edit_pipe, pairs, args)
 
     scale = max(1, 128 // args.size)
-    quickstart.save_strip([list(held_out_pixels), list(samples)], output_dir / "text_to_image.png", scale)
+    train_tokenizer.save_rows([list(held_out_pixels), list(samples)], output_dir / "text_to_image.png", scale)
     targets = pixels([render(*result, RADII[EVAL_RADIUS], args.size) for _, result in pairs])
-    quickstart.save_strip([list(sources), list(targets), list(edited)], output_dir / "edits.png", scale)
+    train_tokenizer.save_rows([list(sources), list(targets), list(edited)], output_dir / "edits.png", scale)
     metrics = {
         "questions": question_metrics,
         "text_to_image": image_metrics,

@@ -29,11 +29,11 @@ unreadable ones and videos shorter than a clip are reported by path (`--on-bad-s
 resolution bucket (`--resolutions 256 256x384 ...`, by nearest aspect ratio) and one kind; `--video-ratio` is the
 share of video batches; clips are `--num-frames` (1+4k) frames at a random start.
 
-Output (OUTPUT_DIR): `work/` (Trainer checkpoints with a reconstruction grid each, logs: l1, lpips, kl, gan,
-discriminator, distill_image, distill_video, psnr; eval_psnr on the held-out split) and `model/`, a `HydraXTokModel`
-folder that `AutoModel.from_pretrained` loads and `conversion/build_hydrax.py --vision` accepts (staged, renamed into
-place). Scale-out: the same script under `accelerate launch` (examples/accelerate/: ddp.yaml, fsdp_tokenizer.yaml,
-deepspeed_zero2.yaml) or `torchrun`; `--resume-from-checkpoint last` continues the same losses.
+Output (OUTPUT_DIR): `work/` (Trainer checkpoints with a reconstruction grid each; logs: l1, lpips, kl, gan,
+gan_weight, discriminator, distill_image, distill_video, psnr, and eval_psnr on the held-out split) and `model/`, a
+`HydraXTokModel` folder that `AutoModel.from_pretrained` loads and `conversion/build_hydrax.py --vision` accepts
+(staged, renamed into place). Scale-out: the same script under `accelerate launch` (examples/accelerate/: ddp.yaml,
+fsdp_tokenizer.yaml, deepspeed_zero2.yaml) or `torchrun`; `--resume-from-checkpoint last` continues the same losses.
 """
 
 import argparse
@@ -90,7 +90,7 @@ STAGE_WEIGHTS = {
     3: {"l1": 0.0, "lpips": 0.0, "kl": 0.0, "gan": 0.0, "distill_image": 1.0, "distill_video": 1.0},
 }
 STAGE_LEARNING_RATES = {1: 2e-4, 2: 1e-4, 3: 1e-4}
-LOGGED_TERMS = ("l1", "lpips", "kl", "gan", "discriminator", "distill_image", "distill_video", "psnr")
+LOGGED_TERMS = ("l1", "lpips", "kl", "gan", "gan_weight", "discriminator", "distill_image", "distill_video", "psnr")
 PREVIEW_SAMPLES = 4
 PREVIEW_FILE = "reconstructions.png"
 
@@ -98,7 +98,8 @@ PREVIEW_FILE = "reconstructions.png"
 # ------------------------------------------------------------------------------------------------------ the model
 def tokenizer_config(preset: str, size: int) -> HydraXTokConfig:
     """A new tokenizer's config: `so400m` (the paper's size, SigLIP 2 so400m widths), `small` (~3M parameters) or
-    `tiny` (tests), with the position table sized for `size`² inputs."""
+    `tiny` (tests), with the position table sized for `size`² inputs. The small ones start without the Decompressor;
+    `main` adds it, sized for the teachers, when there are teachers."""
     if preset == "so400m":
         return HydraXTokConfig()
     widths = (32, 2, 64, 8) if preset == "tiny" else (192, 4, 768, 64)
@@ -110,8 +111,7 @@ def tokenizer_config(preset: str, size: int) -> HydraXTokConfig:
         num_decoder_layers=2,
         decoder_unfold_layer=1,
         position_embedding_size=size // 16,
-        image_teacher_hidden_size=32 if preset == "tiny" else 192,
-        video_teacher_hidden_size=32 if preset == "tiny" else 192,
+        use_decompressor=False,  # built when teachers are given (it serves distillation only)
     )
 
 
@@ -127,6 +127,10 @@ class HydraXTokTrainingModel(nn.Module):
         self.tokenizer, self.loss_fn = tokenizer, loss_fn
         self._teachers = [teachers]  # a list: not registered as a submodule
         self.step = 0
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """Trainer's `--gradient-checkpointing`: recompute the tokenizer's blocks in the backward pass."""
+        self.tokenizer.activation_checkpointing_enable(**kwargs)
 
     @property
     def teachers(self) -> HydraXTokTeachers | None:
@@ -182,6 +186,10 @@ class TimeBudget(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.loss = (logs or {}).get("loss", self.loss)
+        if self.bar is not None and logs:  # what ProgressCallback, which this replaces, would print
+            self.bar.write(
+                str({key: f"{value:.4g}" if isinstance(value, float) else value for key, value in logs.items()})
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -202,6 +210,7 @@ class HydraXTokTrainer(HydraXTrainer):
     def __init__(self, *args, batch_sampler, eval_batches=None, time_budget: TimeBudget | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_sampler, self.eval_batches, self.time_budget = batch_sampler, eval_batches, time_budget
+        self.can_return_loss = True  # forward(pixel_values) takes no labels: without this, evaluation skips the loss
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.time_budget is None or self.lr_scheduler is not None:
@@ -297,18 +306,22 @@ def reconstruct(tokenizer: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor
     return tokenizer.decode(tokenizer.encode(pixels).latents).sample.clamp(-1, 1).reshape(pixels.shape)
 
 
+def save_rows(rows: list[list[torch.Tensor]], path: Path, scale: int = 1) -> None:
+    """Tile rows of `[3, H, W]` tensors in [-1, 1] into one PNG (shorter rows padded), enlarged `scale`× (nearest)."""
+    strips = [torch.cat(row, dim=2) for row in rows]
+    width = max(strip.shape[-1] for strip in strips)
+    grid = torch.cat([nn.functional.pad(strip, (0, width - strip.shape[-1]), value=-1) for strip in strips], dim=1)
+    array = ((grid.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(array)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+
+
 def save_grid(originals: torch.Tensor, rebuilt: torch.Tensor, path: Path, scale: int = 1) -> None:
     """A PNG with, per sample, its frames in a row and the reconstructed frames below (images: one frame)."""
     rows = []
     for original, reconstruction in zip(originals, rebuilt):
-        for clip in (original, reconstruction):
-            frames = clip[:, None] if clip.ndim == 3 else clip
-            rows.append(torch.cat(list(frames.unbind(1)), dim=2))
-    width = max(row.shape[-1] for row in rows)
-    grid = torch.cat([nn.functional.pad(row, (0, width - row.shape[-1]), value=-1) for row in rows], dim=1)
-    array = ((grid.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(array)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+        rows += [list(clip.unbind(1)) if clip.ndim == 4 else [clip] for clip in (original, reconstruction)]
+    save_rows(rows, path, scale)
 
 
 # ------------------------------------------------------------------------------------------------- latent statistics
@@ -389,6 +402,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: stage 1 2e-4, else 1e-4)")
     parser.add_argument("--discriminator-lr", type=float, default=1e-4, help="discriminator learning rate (stage 2)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
+    parser.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW β2 of the tokenizer's parameters")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps, then cosine decay")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, per player")
     for term in STAGE_WEIGHTS[1]:
@@ -512,6 +526,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=learning_rate,
         weight_decay=args.weight_decay,
+        adam_beta2=args.adam_beta2,
         warmup_steps=args.warmup_steps,
         lr_scheduler_type="cosine",
         max_grad_norm=args.max_grad_norm,
@@ -559,7 +574,13 @@ def main(argv=None) -> HydraXTokTrainer | None:
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
     teachers = load_teachers(args, tokenizer.config, new_model) if distilling else None
     if new_model and teachers is not None:
+        tokenizer.config.use_decompressor = True
         tokenizer = HydraXTokModel(tokenizer.config)  # distillation heads sized for the teachers
+    if teachers is not None and tokenizer.decompressor is None:
+        raise ValueError(
+            f"{args.model} has no Decompressor (use_decompressor=False), which distillation needs: train it with "
+            "--no-teachers, or start from a model built with one."
+        )
     device = training_args.device
     tokenizer.to(device)
     if args.stage == 3 or args.compute_latent_stats:

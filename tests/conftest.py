@@ -68,3 +68,52 @@ def load_script(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_siglip2(hidden_size: int = 24, patch_size: int = 8):
+    """A random one-layer SigLIP 2 vision tower (image distillation teacher) for CPU tests."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    config = Siglip2VisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        patch_size=patch_size,
+        num_patches=16,
+        vision_use_head=False,
+    )
+    return Siglip2VisionModel(config).eval()
+
+
+def tiny_vjepa2(hidden_size: int = 20, tubelet_size: int = 2, patch_size: int = 16, crop_size: int = 32):
+    """A random one-layer V-JEPA 2 (video distillation teacher) for CPU tests."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    config = VJEPA2Config(
+        patch_size=patch_size,
+        crop_size=crop_size,
+        frames_per_clip=4,
+        tubelet_size=tubelet_size,
+        hidden_size=hidden_size,
+        num_attention_heads=2,
+        num_hidden_layers=1,
+        mlp_ratio=2.0,
+        num_pooler_layers=1,
+        pred_hidden_size=8,
+        pred_num_attention_heads=2,
+        pred_num_hidden_layers=1,
+    )
+    return VJEPA2Model(config).eval()
+
+
+def interrupting(callback_class):
+    """A subclass of a run-record callback that stops the run right after its first checkpoint, as a crash there
+    would (resume tests)."""
+
+    class Interrupt(callback_class):
+        def on_save(self, args, state, control, **kwargs):
+            super().on_save(args, state, control, **kwargs)
+            control.should_training_stop = True
+
+    return Interrupt

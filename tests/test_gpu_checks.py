@@ -31,3 +31,15 @@ def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
     assert "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel," in table
     assert "| tiny, stage 2, 32², bf16 autocast + gradient checkpointing, batch 1 | " in table
     assert "s/step over 1 steps" in table
+
+
+def test_tokenizer_training_gpu_check_smoke_run_on_cpu(tmp_path):
+    import gpu_check_tokenizer_training
+
+    report = tmp_path / "report.md"
+    argv = ["--preset", "tiny", "--device", "cpu", "--size", "32", "--steps", "1", "--batch-size", "2"]
+    gpu_check_tokenizer_training.main([*argv, "--report", str(report)])
+    table = report.read_text()
+    assert "| tiny, 32², batch 2, 1 steps, stage 1 (L1 + LPIPS + KL), bf16 + gradient checkpointing | " in table
+    assert "| tiny, 32², batch 2, 1 steps, stage 2 (decoder + PatchGAN), bf16 + gradient checkpointing | " in table
+    assert "| tiny, 3 steps, `accelerate launch` fsdp_tokenizer.yaml (1 process) | loads with AutoModel," in table

@@ -11,18 +11,15 @@ from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import (
-    Siglip2VisionConfig,
-    Siglip2VisionModel,
     SiglipConfig,
     SiglipModel,
     SiglipVisionModel,
-    VJEPA2Config,
-    VJEPA2Model,
 )
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
@@ -63,34 +60,11 @@ class StandInOutput:
 
 
 def tiny_siglip2(patch_size=8):
-    config = Siglip2VisionConfig(
-        hidden_size=IMAGE_DIM,
-        intermediate_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        patch_size=patch_size,
-        num_patches=16,
-        vision_use_head=False,
-    )
-    return Siglip2VisionModel(config).eval()
+    return conftest.tiny_siglip2(IMAGE_DIM, patch_size)
 
 
 def tiny_vjepa2(tubelet_size=2, patch_size=16, crop_size=32):
-    config = VJEPA2Config(
-        patch_size=patch_size,
-        crop_size=crop_size,
-        frames_per_clip=4,
-        tubelet_size=tubelet_size,
-        hidden_size=VIDEO_DIM,
-        num_attention_heads=2,
-        num_hidden_layers=1,
-        mlp_ratio=2.0,
-        num_pooler_layers=1,
-        pred_hidden_size=8,
-        pred_num_attention_heads=2,
-        pred_num_hidden_layers=1,
-    )
-    return VJEPA2Model(config).eval()
+    return conftest.tiny_vjepa2(VIDEO_DIM, tubelet_size, patch_size, crop_size)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +123,20 @@ def test_lpips_zero_for_identical_positive_for_different_and_differentiable(tiny
     distance.sum().backward()
     assert y.grad is not None and y.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in tiny_lpips.parameters())
+
+
+def test_an_unloaded_lpips_is_a_non_negative_distance_for_any_seed():
+    # its heads weigh every channel alike until weights are loaded: random heads gave negative "distances" that a
+    # training loss drove to minus infinity
+    for seed in range(5):
+        torch.manual_seed(seed)
+        lpips = HydraXTokLPIPS(channels=(4, 8, 8, 8, 8))
+        x, y = torch.rand(2, 4, 3, 32, 32) * 2 - 1
+        assert (lpips(x, y) > 0).all()
+        assert all(
+            torch.equal(head.weight, torch.full_like(head.weight, 1 / c))
+            for head, c in zip(lpips.heads, lpips.channels)
+        )
 
 
 def test_lpips_folds_video_frames_into_the_batch(tiny_lpips):

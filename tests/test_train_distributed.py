@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import interrupting, load_script
 from transformers import AutoModel
 
 
@@ -44,15 +44,8 @@ def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint,
     argv = list(map(str, argv))
     whole = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "whole")])
 
-    class Interrupt(train_hydrax.RunRecordCallback):
-        """Stops the run right after its first checkpoint, as a crash there would."""
-
-        def on_save(self, args, state, control, **kwargs):
-            super().on_save(args, state, control, **kwargs)
-            control.should_training_stop = True
-
     with monkeypatch.context() as patch:
-        patch.setattr(train_hydrax, "RunRecordCallback", Interrupt)
+        patch.setattr(train_hydrax, "RunRecordCallback", interrupting(train_hydrax.RunRecordCallback))
         stopped = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "split")])
     assert stopped.state.global_step == 3
     torch.manual_seed(1234)  # whatever the global RNG holds now, the resume restores the checkpoint's

@@ -1,0 +1,590 @@
+"""examples/train_tokenizer.py: the three stages on Trainer (what each trains, logs and saves), the latent statistics,
+exact resuming, two processes under torchrun (gloo, CPU), bad data, and the data module's buckets, batches and crops.
+
+Everything is tiny and offline: 32×32 crops of a few 48×64 / 64×48 PNGs and a 12-frame MP4, a `tiny` tokenizer,
+random SigLIP 2 / V-JEPA 2 teachers and a tiny LPIPS saved to folders once per module. The script runs in-process.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import interrupting, load_script, tiny_siglip2, tiny_vjepa2
+from PIL import Image
+from transformers import AutoModel
+
+from modeling_hydrax import HydraXTokModel
+from modeling_hydrax.data_hydrax_tok import (
+    HydraXTokBadSample,
+    HydraXTokBucketBatchSampler,
+    HydraXTokClipDataset,
+    collate_clips,
+    parse_resolution,
+)
+from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_tokenizer.py"
+VIDEO_FRAMES = 12  # frame t of the test clip is uniformly grey, level 16·t + 8
+
+train_tokenizer = load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and two threads on a 2-core machine that is also busy elsewhere
+    slow a step down a hundredfold (OpenMP's spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def write_images(folder: Path, count: int = 6) -> None:
+    """`count` PNGs, alternately 48×64 (landscape) and 64×48 (portrait): colour ramps plus noise."""
+    rng = np.random.default_rng(0)
+    for number in range(count):
+        height, width = (48, 64) if number % 2 == 0 else (64, 48)
+        y, x = np.mgrid[0:height, 0:width]
+        noise = rng.integers(0, 256, (height, width))
+        pixels = np.stack([x * 255 // width, y * 255 // height, noise], axis=-1).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"image{number}.png")
+
+
+def write_video(path: Path, frames: int = VIDEO_FRAMES, height: int = 48, width: int = 64) -> Path:
+    """A grey MP4 whose frame t is uniformly 16·t + 8 (R = G = B and flat: the codec keeps it nearly exactly, and
+    any crop of a frame has its level as mean, so a clip's frames can be told from its pixels)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = width, height, "yuv420p", 10**7
+        for t in range(frames):
+            pixels = np.full((height, width, 3), 16 * t + 8, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """6 images and one 12-frame video: 7 items, 4 batches of 2 per epoch."""
+    folder = tmp_path_factory.mktemp("data")
+    write_images(folder)
+    write_video(folder / "clip.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory) -> Path:
+    """Random tiny teachers (SigLIP 2 image, V-JEPA 2 video) and a tiny LPIPS, saved as folders."""
+    folder = tmp_path_factory.mktemp("helpers")
+    torch.manual_seed(0)
+    tiny_siglip2(hidden_size=16).save_pretrained(folder / "image")
+    tiny_vjepa2(hidden_size=24).save_pretrained(folder / "video")
+    HydraXTokLPIPS(channels=(4, 8, 8, 8, 8)).save_pretrained(folder / "lpips")
+    return folder
+
+
+def common(data, out, *args) -> list[str]:
+    argv = ["--data", data, "--output-dir", out, "--size", 32, "--num-frames", 5, "--batch-size", 2]
+    argv += ["--max-steps", 4, "--save-steps", 2, "--logging-steps", 1, "--report-to", "none", *args]
+    return list(map(str, argv))
+
+
+def teacher_args(helpers) -> list:
+    return ["--image-teacher", helpers / "image", "--video-teacher", helpers / "video", "--lpips", helpers / "lpips"]
+
+
+def train(data, out, *args):
+    return train_tokenizer.main(common(data, out, *args))
+
+
+def state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    return AutoModel.from_pretrained(folder).state_dict()
+
+
+def train_log(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def stage1(data, helpers, tmp_path_factory):
+    """A new tiny tokenizer, 4 steps of stage 1 with teachers, LPIPS and an evaluation at the end (the training data
+    again): (output folder, trainer)."""
+    out = tmp_path_factory.mktemp("stage1")
+    return out, train(data, out, "--preset", "tiny", "--eval-data", data, *teacher_args(helpers))
+
+
+@pytest.fixture(scope="module")
+def stage2(data, helpers, stage1, tmp_path_factory):
+    """Stage 2 from stage 1's model; the discriminator's initial weights are recorded as it is built."""
+    out = tmp_path_factory.mktemp("stage2")
+    initial = []
+
+    def build_objective(*args, **kwargs):
+        objective = build(*args, **kwargs)
+        initial.append({name: value.clone() for name, value in objective.discriminator.state_dict().items()})
+        return objective
+
+    build = train_tokenizer.build_objective
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_tokenizer, "build_objective", build_objective)
+        trainer = train(
+            data, out, "--model", stage1[0] / "model", "--stage", 2, "--discriminator-lr", 3e-4, *teacher_args(helpers)
+        )
+    return out, trainer, initial[0]
+
+
+@pytest.fixture(scope="module")
+def stage3(data, helpers, stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage3")
+    return out, train(data, out, "--model", stage1[0] / "model", "--stage", 3, *teacher_args(helpers))
+
+
+# ----------------------------------------------------------------------------------------------------------- the CLI
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_tokenizer.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--stage", "--lpips", "--no-teachers", "--compute-latent-stats", "--resolutions", "--video-ratio"):
+        assert option in out, option
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
+        (["--resolutions", "40"], "resolutions must be multiples of 16"),
+        (["--stage", "3", "--no-teachers"], "stage 3 trains the Sem-ViT by distillation only"),
+    ],
+)
+def test_bad_arguments_stop_in_argparse(argv, message, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_tokenizer.parse_args(["--data", str(data), "--output-dir", str(tmp_path), *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------------------- the stages
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_trains_logs_its_losses_and_saves_a_loadable_model(stage, request):
+    out, trainer = request.getfixturevalue(f"stage{stage}")[:2]
+    model = AutoModel.from_pretrained(out / "model")
+    assert type(model) is HydraXTokModel
+    assert not [path.name for path in out.iterdir() if path.name.startswith(".model")], "staging left behind"
+    for step in (2, 4):
+        checkpoint = out / "work" / f"checkpoint-{step}"
+        assert (checkpoint / train_tokenizer.PREVIEW_FILE).is_file()
+        assert json.loads((checkpoint / "hydrax_training.json").read_text())["stage"] == stage
+    with Image.open(out / "work" / "checkpoint-4" / train_tokenizer.PREVIEW_FILE) as preview:
+        # the first 4 centred crops (the image bucket comes first), each original above its reconstruction
+        assert preview.size == (32, 8 * 32)
+
+    log = train_log(trainer)
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    weights = trainer.model.loss_fn.config
+    expected = train_tokenizer.STAGE_WEIGHTS[stage]
+    assert {term: getattr(weights, f"{term}_weight") for term in expected} == expected
+    active = {term for term, weight in expected.items() if weight > 0}  # a term off is logged as 0
+    for entry in log:
+        assert set(train_tokenizer.LOGGED_TERMS) - {"discriminator"} <= set(entry), entry
+        assert ("discriminator" in entry) == (stage == 2), entry
+        assert all(math.isfinite(entry[term]) for term in train_tokenizer.LOGGED_TERMS if term in entry), entry
+        assert entry["psnr"] > 5, entry
+        for term in ("l1", "lpips", "kl", "distill_image"):
+            assert (entry[term] > 0) == (term in active), (term, entry)
+        assert (entry["gan"] != 0) == (stage == 2) and entry["distill_video"] >= 0, entry
+    if stage == 2:
+        assert all(entry["discriminator"] > 0 for entry in log)
+    else:
+        assert any(entry["distill_video"] > 0 for entry in log), "no video batch was distilled"
+
+
+def test_stage_1_trains_the_whole_tokenizer_and_sizes_the_heads_for_the_teachers(stage1, helpers):
+    out, trainer = stage1
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["image_teacher_hidden_size"] == 16 and config["video_teacher_hidden_size"] == 24
+    assert config["image_teacher_name"] == str(helpers / "image")
+    trainable = {name.split(".")[1] for name, param in trainer.model.named_parameters() if param.requires_grad}
+    assert trainable == {"gen_vit", "sem_vit", "decoder", "decompressor"}
+    rates = {group["name"]: group["initial_lr"] for group in trainer.optimizer.param_groups}
+    assert rates == {"tokenizer": 2e-4, "tokenizer_no_decay": 2e-4}
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evaluations) == 1 and evaluations[0]["step"] == 4
+    assert {"eval_l1", "eval_psnr", "eval_distill_image"} <= set(evaluations[0]) and evaluations[0]["eval_psnr"] > 5
+
+
+def test_stage_2_trains_only_the_decoder_and_the_discriminator(stage1, stage2):
+    out, trainer, initial_discriminator = stage2
+    before, after = state_dict(stage1[0] / "model"), state_dict(out / "model")
+    assert before.keys() == after.keys()
+    changed = [name for name in after if not torch.equal(after[name], before[name])]
+    assert changed and all(name.startswith("decoder.") for name in changed), changed
+    assert any(name.startswith("decoder.") and name.endswith("weight") for name in changed)
+
+    groups = {group["name"]: group for group in trainer.optimizer.param_groups}
+    assert set(groups) == {"tokenizer", "tokenizer_no_decay", "discriminator_no_decay"}
+    assert groups["discriminator_no_decay"]["initial_lr"] == 3e-4 and groups["tokenizer"]["initial_lr"] == 1e-4
+    assert groups["discriminator_no_decay"]["betas"] == (0.5, 0.9)
+    assert groups["discriminator_no_decay"]["weight_decay"] == 0.0
+    discriminator = trainer.model.loss_fn.discriminator
+    in_groups = {id(param) for group in groups.values() for param in group["params"]}
+    assert {id(param) for param in discriminator.parameters()} <= in_groups
+    trained = [name for name, param in trainer.model.tokenizer.named_parameters() if id(param) in in_groups]
+    assert trained and all(name.startswith("decoder.") for name in trained), trained
+
+    final = discriminator.state_dict()
+    assert initial_discriminator.keys() == final.keys()
+    moved = [name for name in final if not torch.equal(final[name], initial_discriminator[name])]
+    assert any(name.endswith("weight") for name in moved), "the discriminator did not train"
+
+
+def test_stage_3_trains_only_the_sem_vit_and_decompressor(stage1, stage3):
+    out = stage3[0]
+    before, after = state_dict(stage1[0] / "model"), state_dict(out / "model")
+    changed = {name.split(".")[0] for name in after if not torch.equal(after[name], before[name])}
+    assert changed == {"sem_vit", "decompressor"}
+
+
+# ------------------------------------------------------------------------------------------------ latent statistics
+@pytest.fixture(scope="module")
+def latent_stats(data, stage1, tmp_path_factory):
+    """`--compute-latent-stats` on stage 1's model: no training, the model saved with its statistics."""
+    out = tmp_path_factory.mktemp("stats")
+    assert train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--no-teachers") is None
+    assert not (out / "work").exists()
+    return out
+
+
+def normalised_latent_moments(folder: Path, dataset: HydraXTokClipDataset, batch_size: int = 2):
+    """Per-channel mean and (population) variance of the model's normalised latents `encode(...).latents` over the
+    centred crops of `dataset`, batched as compute_latent_stats batches them, over all tokens (B, F, h, w)."""
+    model = AutoModel.from_pretrained(folder).eval()
+    total = total_sq = 0
+    count = 0
+    with torch.no_grad():
+        for batch in train_tokenizer.eval_batches(dataset, batch_size):
+            pixels = torch.stack([dataset[index]["pixel_values"] for index, seed in batch])
+            latents = model.encode(pixels).latents.double()
+            total = total + latents.sum(dim=(0, 2, 3, 4))
+            total_sq = total_sq + latents.pow(2).sum(dim=(0, 2, 3, 4))
+            count += latents[:, 0].numel()
+    mean = total / count
+    return mean, total_sq / count - mean.pow(2)
+
+
+@pytest.mark.parametrize("source", ["latent_stats", "stage3"])
+def test_the_saved_statistics_normalise_the_training_latents(source, request, data, latent_stats):
+    out = request.getfixturevalue(source)
+    out = out[0] if isinstance(out, tuple) else out
+    config = json.loads((out / "model" / "config.json").read_text())
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
+    assert config["latents_stats_samples"] == len(dataset) == 7
+    assert len(config["latents_mean"]) == len(config["latents_std"]) == config["latent_channels"] == 8
+    # the raw latents are far from normalised, so the check below means something
+    assert max(abs(value) for value in config["latents_mean"]) > 0.05
+    assert max(abs(value - 1) for value in config["latents_std"]) > 0.05
+    # stage 3 computes the same statistics first (same model, same data), then trains only the Sem-ViT side
+    reference = json.loads((latent_stats / "model" / "config.json").read_text())
+    for key in ("latents_mean", "latents_std"):
+        torch.testing.assert_close(torch.tensor(config[key]), torch.tensor(reference[key]), rtol=1e-5, atol=1e-6)
+
+    mean, variance = normalised_latent_moments(out / "model", dataset)
+    # measured: |mean| ≤ 2e-8 and |variance - 1| ≤ 1e-7 (float32 latents, float64 statistics)
+    assert mean.abs().max() < 1e-5, mean
+    assert (variance - 1).abs().max() < 1e-5, variance
+
+
+def test_the_statistics_use_at_most_stats_samples_items(data, stage1, latent_stats, tmp_path):
+    out = tmp_path / "out"
+    train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--no-teachers", "--stats-samples", 3)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["latents_stats_samples"] == 3
+    # the first 3 keys of eval_batches: 3 of the 6 images (no video), so other statistics than over all 7 items
+    full = json.loads((latent_stats / "model" / "config.json").read_text())
+    assert not torch.allclose(torch.tensor(config["latents_mean"]), torch.tensor(full["latents_mean"]))
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
+    keys = [key for batch in train_tokenizer.eval_batches(dataset, 2, 3) for key in batch]
+    assert keys == [(0, None), (1, None), (2, None)]
+    tokenizer = AutoModel.from_pretrained(stage1[0] / "model")
+    mean, std, used = train_tokenizer.compute_latent_stats(tokenizer, dataset, 3, 2)
+    assert used == 3
+    torch.testing.assert_close(torch.tensor(mean), torch.tensor(config["latents_mean"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(std), torch.tensor(config["latents_std"]), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------- resuming
+def losses(trainer, after: int = 0) -> list[tuple]:
+    terms = ("loss", "l1", "lpips", "kl", "psnr")
+    return [tuple(entry[key] for key in ("step", *terms)) for entry in train_log(trainer) if entry["step"] > after]
+
+
+def test_resuming_from_the_last_checkpoint_continues_the_same_losses(data, helpers, tmp_path, monkeypatch):
+    # 7 items, 2 per batch: 4 batches an epoch, so steps 4-6 finish epoch 0 after the skipped batches and start
+    # epoch 1's draws; the posterior is sampled, so the restored global RNG counts as well
+    argv = ["--preset", "tiny", "--no-teachers", "--lpips", helpers / "lpips", "--max-steps", 6, "--save-steps", 3]
+    whole = train(data, tmp_path / "whole", *argv)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_tokenizer, "RunRecordCallback", interrupting(train_tokenizer.RunRecordCallback))
+        stopped = train(data, tmp_path / "split", *argv)
+    assert stopped.state.global_step == 3
+    assert (tmp_path / "split" / "work" / "checkpoint-3" / "hydrax_training.json").is_file()
+
+    class Steps(train_tokenizer.RunRecordCallback):
+        """Records the steps this process runs (a run from scratch would reproduce the losses too)."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            ran.append(state.global_step + 1)
+
+    ran = []
+    torch.manual_seed(1234)  # whatever the global RNG holds now, the resume restores the checkpoint's
+    with monkeypatch.context() as patch:
+        patch.setattr(train_tokenizer, "RunRecordCallback", Steps)
+        resumed = train(data, tmp_path / "split", *argv, "--resume-from-checkpoint", "last")
+    assert ran == [4, 5, 6]
+
+    assert whole.state.epoch > 1 and len(losses(whole)) == 6
+    assert losses(stopped) == losses(whole)[:3]
+    assert [entry[0] for entry in losses(resumed, 3)] == [4, 5, 6]
+    assert losses(resumed, 3) == losses(whole, 3)
+    expected = state_dict(tmp_path / "whole" / "model")
+    for name, value in state_dict(tmp_path / "split" / "model").items():
+        assert torch.equal(value, expected[name]), name
+
+
+# ---------------------------------------------------------------------------------------------------- torchrun
+LAUNCHER = """
+import importlib.util, json, os, sys
+from pathlib import Path
+
+# examples/train_tokenizer.py's main, with every training sample's (index, seed) key and the final weights logged
+spec = importlib.util.spec_from_file_location("train_tokenizer", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+logs, rank = Path(sys.argv[2]), os.environ["RANK"]
+getitem = script.HydraXTokClipDataset.__getitem__
+
+def logged(self, key):
+    if isinstance(key, tuple) and key[1] is not None:
+        with open(logs / f"keys_rank{rank}.jsonl", "a") as file:
+            file.write(json.dumps(list(key)) + "\\n")
+    return getitem(self, key)
+
+script.HydraXTokClipDataset.__getitem__ = logged
+trainer = script.main(sys.argv[3:])
+tokenizer = trainer.accelerator.unwrap_model(trainer.model).tokenizer
+sums = {name: param.detach().double().sum().item() for name, param in tokenizer.named_parameters()}
+(logs / f"weights_rank{rank}.json").write_text(json.dumps(sums))
+"""
+
+
+def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_path):
+    launcher, logs, out = tmp_path / "launch.py", tmp_path / "logs", tmp_path / "out"
+    launcher.write_text(LAUNCHER)
+    logs.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, launcher]
+    command += [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
+    command += ["--max-steps", 3]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert type(AutoModel.from_pretrained(out / "model")) is HydraXTokModel
+
+    # accelerate deals the sampler's batches out in turn: rank r gets batches r, r + 2, … of every epoch
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
+    sampler = HydraXTokBucketBatchSampler(dataset, 2, 0.5, seed=0)
+    dealt = {0: [], 1: []}
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for number, batch in enumerate(sampler):
+            dealt[number % 2].append([list(key) for key in batch])
+    seen = {
+        rank: [json.loads(line) for line in (logs / f"keys_rank{rank}.jsonl").read_text().splitlines()]
+        for rank in (0, 1)
+    }
+    for rank in (0, 1):
+        # 3 steps (and maybe a batch the loader read ahead), in the dealt order
+        expected = [key for batch in dealt[rank] for key in batch]
+        assert len(seen[rank]) >= 6 and seen[rank] == expected[: len(seen[rank])], (rank, seen[rank])
+    assert not {tuple(key) for key in seen[0]} & {tuple(key) for key in seen[1]}
+
+    held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    saved = {
+        name: param.double().sum().item()
+        for name, param in AutoModel.from_pretrained(out / "model").named_parameters()
+    }
+    assert saved == held[0]
+
+
+# ------------------------------------------------------------------------------------------------------- bad data
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    """Two good images and a file that is not a PNG; a folder with a 3-frame video."""
+    folder = tmp_path_factory.mktemp("bad")
+    write_images(folder, 2)
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    short = tmp_path_factory.mktemp("short")
+    write_video(short / "short.mp4", frames=3)
+    return folder, short
+
+
+def test_an_unreadable_image_is_reported_and_skipped(bad_data, tmp_path, caplog):
+    folder, _ = bad_data
+    with caplog.at_level(logging.WARNING):
+        trainer = train(folder, tmp_path, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0, "--max-steps", 1)
+    assert f"Skipping {folder / 'broken.png'}: unreadable image" in caplog.text
+    assert trainer.state.global_step == 1 and len(trainer.train_dataset) == 2
+    assert type(AutoModel.from_pretrained(tmp_path / "model")) is HydraXTokModel
+
+
+def test_an_unreadable_image_is_fatal_with_on_bad_sample_error(bad_data, tmp_path):
+    folder, _ = bad_data
+    with pytest.raises(HydraXTokBadSample, match=re.escape(f"{folder / 'broken.png'}: unreadable image")) as error:
+        train(folder, tmp_path, "--preset", "tiny", "--no-teachers", "--on-bad-sample", "error")
+    assert isinstance(error.value, ValueError) and "--on-bad-sample skip" in str(error.value)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_video_shorter_than_a_clip_says_so(bad_data, data, tmp_path, caplog):
+    _, short = bad_data
+    message = f"{short / 'short.mp4'}: the video has 3 frames, shorter than a clip of 5 frames at stride 1"
+    with pytest.raises(HydraXTokBadSample, match=re.escape(message)):
+        train(short, tmp_path, "--preset", "tiny", "--no-teachers", "--on-bad-sample", "error")
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="No usable image or video"):
+        train(short, tmp_path, "--preset", "tiny", "--no-teachers")
+    assert "shorter than a clip" in caplog.text
+    # the 12-frame clip is too short for 9 frames at stride 2 (17 frames): skipped, the images stay
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=9, frame_stride=2)
+    assert dataset.kinds() == {"image"} and len(dataset) == 6
+    assert "has 12 frames, shorter than a clip of 9 frames at stride 2 (17 frames)" in caplog.text
+
+
+def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_path):
+    out, _ = stage1
+    argv = ["--model", out / "model", "--no-teachers", "--lpips-weight", 0]
+    with pytest.raises(ValueError, match=r"trained differently \(stage: checkpoint 1, this run 2"):
+        train(data, tmp_path, *argv, "--stage", 2, "--resume-from-checkpoint", out / "work" / "checkpoint-2")
+    with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
+        train(data, tmp_path, *argv, "--resume-from-checkpoint", out / "model")
+    with pytest.raises(ValueError, match="no checkpoint-N folder"):
+        train(data, tmp_path, *argv, "--resume-from-checkpoint", "last")
+    assert not (tmp_path / "model").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the data module
+BUCKETS = [(32, 32), (32, 48), (48, 32)]
+
+
+def test_items_go_to_the_bucket_nearest_their_aspect_ratio(data):
+    dataset = HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=5)
+    assert [item.origin for item in dataset.items] == [str(data / f"image{n}.png") for n in range(6)] + [
+        str(data / "clip.mp4")
+    ]
+    # 48×64 (landscape) → 32×48, 64×48 (portrait) → 48×32; the 48×64 video → its own video bucket
+    assert dataset.buckets == {("image", 32, 48): [0, 2, 4], ("image", 48, 32): [1, 3, 5], ("video", 32, 48): [6]}
+    assert dataset[(0, 7)]["pixel_values"].shape == (3, 32, 48)
+    assert dataset[1]["pixel_values"].shape == (3, 48, 32)
+    assert dataset[(6, 7)]["pixel_values"].shape == (3, 5, 32, 48)
+    square = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
+    assert square.buckets == {("image", 32, 32): list(range(6)), ("video", 32, 32): [6]}
+    assert parse_resolution("32") == (32, 32) and parse_resolution("32X48") == (32, 48)
+
+
+def test_batches_hold_one_bucket_and_repeat_per_seed_and_epoch(data):
+    dataset = HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=5)
+    bucket_of = {index: key for key, indices in dataset.buckets.items() for index in indices}
+
+    def draw(seed, epoch, video_ratio=0.5, batch_size=2):
+        sampler = HydraXTokBucketBatchSampler(dataset, batch_size, video_ratio, seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    kinds = set()
+    for seed in range(3):
+        for epoch in range(4):
+            batches = draw(seed, epoch)
+            assert len(batches) == 4 == math.ceil(len(dataset) / 2)
+            for batch in batches:
+                assert len(batch) == 2 and len({bucket_of[index] for index, _ in batch}) == 1, batch
+                kinds.add(bucket_of[batch[0][0]][0])
+            assert batches == draw(seed, epoch), "the same seed and epoch must give the same batches"
+    assert kinds == {"image", "video"}
+    assert draw(0, 0) != draw(0, 1) and draw(0, 0) != draw(1, 0)
+    assert all(bucket_of[index][0] == "image" for batch in draw(0, 0, 0.0, 3) for index, _ in batch)
+    assert all(bucket_of[index][0] == "video" for batch in draw(0, 0, 1.0) for index, _ in batch)
+    # 9 frames at stride 2 are more than the clip has: the video is skipped and only images remain
+    images = HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=9, frame_stride=2)
+    assert images.kinds() == {"image"}
+    with pytest.raises(ValueError, match="asks for a kind of data these sources lack"):
+        HydraXTokBucketBatchSampler(images, 2, video_ratio=1.0)
+
+
+def test_a_seeded_key_gives_a_random_crop_and_a_plain_index_the_centred_one(data):
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
+    first = dataset[(0, 11)]["pixel_values"]
+    assert torch.equal(first, dataset[(0, 11)]["pixel_values"])
+    assert not torch.equal(first, dataset[(0, 12)]["pixel_values"])
+    centred = dataset[0]["pixel_values"]
+    assert torch.equal(centred, dataset[(0, None)]["pixel_values"])
+    assert dataset[0]["origin"] == str(data / "image0.png")
+    # the 48×64 image's centred 48×48 box (columns 8-55), resized to 32×32
+    pixels = torch.from_numpy(np.array(Image.open(data / "image0.png").convert("RGB"))).permute(2, 0, 1).float()
+    expected = F.interpolate(pixels[None, :, :, 8:56], size=(32, 32), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(centred, (expected / 127.5 - 1).clamp(-1, 1))
+
+    # the video: the middle 5 of 12 frames (3-7) without a seed, 5 consecutive frames from a random start with one
+    def frame_numbers(pixels):  # frame t is grey level 16·t + 8 (in [-1, 1]: that / 127.5 - 1)
+        return ((pixels.mean(dim=(0, 2, 3)) + 1) * 127.5 - 8) / 16
+
+    torch.testing.assert_close(frame_numbers(dataset[6]["pixel_values"]), torch.arange(3.0, 8.0), atol=0.1, rtol=0)
+    starts = set()
+    for seed in range(8):
+        numbers = frame_numbers(dataset[(6, seed)]["pixel_values"])
+        start = round(float(numbers[0]))
+        torch.testing.assert_close(numbers, torch.arange(start, start + 5.0), atol=0.1, rtol=0)
+        starts.add(start)
+    assert len(starts) > 1 and starts <= set(range(8)), starts
+
+
+def test_clip_length_and_crop_fraction_are_checked(data):
+    for num_frames in (0, 4, 6):
+        with pytest.raises(ValueError, match="must be 1 \\+ 4·k"):
+            HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=num_frames)
+    with pytest.raises(ValueError, match="min_crop_fraction"):
+        HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5, min_crop_fraction=0)
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=1)
+    assert dataset[6]["pixel_values"].shape == (3, 1, 32, 32)
+    batch = collate_clips([dataset[0], None, dataset[1]])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    with pytest.raises(HydraXTokBadSample, match="every sample of a batch failed to load"):
+        collate_clips([None, None])
+
+
+def test_the_stages_evidence_script_runs_stage_1_then_each_stage_2_variant(tmp_path):
+    tokenizer_stages = load_script(ROOT / "examples" / "tokenizer_stages.py")
+    budget = ["--stage1-minutes", "0.01", "--stage2-minutes", "0.01"]
+    tokenizer_stages.main(["--tiny", "--size", "32", "--batch-size", "2", *budget, "--output-dir", str(tmp_path)])
+    results = json.loads((tmp_path / "metrics.json").read_text())["results"]
+    assert list(results) == ["stage 1", *(name for name, _, _ in tokenizer_stages.STAGE2_RUNS)]
+    for metrics in results.values():
+        for key in ("image_psnr", "image_lpips_train", "image_lpips_unseen", "video_psnr", "video_lpips_unseen"):
+            assert math.isfinite(metrics[key]) and (metrics[key] > 0 if "lpips" in key else True), (key, metrics)
+    with Image.open(tmp_path / "reconstructions.png") as grid:  # 2 held-out photos, original + 4 models each
+        assert grid.size == (5 * 32, 2 * 32)
