@@ -588,3 +588,15 @@ def test_the_stages_evidence_script_runs_stage_1_then_each_stage_2_variant(tmp_p
             assert math.isfinite(metrics[key]) and (metrics[key] > 0 if "lpips" in key else True), (key, metrics)
     with Image.open(tmp_path / "reconstructions.png") as grid:  # 2 held-out photos, original + 4 models each
         assert grid.size == (5 * 32, 2 * 32)
+
+
+def test_the_trained_tokenizer_goes_into_a_hydrax_checkpoint(stage1, tmp_path):
+    # conversion/build_hydrax.py --vision takes the script's output as it is: the tokenizer's weights copied exactly
+    from test_build_from_pretrained import build_from_pretrained, write_sources
+
+    sources = write_sources(tmp_path / "sources")
+    folder, report = build_from_pretrained(stage1[0] / "model", sources["llm"], tmp_path / "hydrax")
+    assert report["checks"]["vision_encode_max_abs_diff"] == 0.0
+    assert all(name.startswith("vision:decompressor.") for name in report["dropped"])
+    tokenizer = HydraXTokModel.from_pretrained(stage1[0] / "model")
+    assert AutoModel.from_pretrained(folder).config.vision_config.hidden_size == tokenizer.config.hidden_size
