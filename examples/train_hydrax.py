@@ -410,6 +410,18 @@ def check_resumable(checkpoint: Path, record: dict, script: str = "examples/trai
         )
 
 
+def resume_checkpoint(resume: str | None, work_dir: Path, record: dict, script: str = "examples/train_hydrax.py"):
+    """`--resume-from-checkpoint` as a checkpoint folder (`last`: the newest `checkpoint-N` in `work_dir`), checked
+    against this run's `record`; None when not resuming."""
+    if resume == "last":
+        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if resume is None:
+            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
+    if resume is not None:
+        check_resumable(Path(resume), record, script)
+    return resume
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -544,6 +556,35 @@ def parse_args(argv=None):
     return args
 
 
+def training_arguments(args, work_dir: Path, evaluate: bool, **overrides) -> TrainingArguments:
+    """`TrainingArguments` from the options the training scripts share (steps, batch, schedule, logging, saving,
+    seeds, activation checkpointing, bf16); `overrides` add or replace fields."""
+    shared = dict(
+        output_dir=str(work_dir),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=args.eval_steps or args.max_steps,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        report_to=args.report_to or report_to(),
+        seed=args.seed,
+        data_seed=args.seed,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        activation_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
+    )
+    return TrainingArguments(**{**shared, **overrides})
+
+
 def report_to() -> str:
     """TensorBoard when it is installed, otherwise no logging integration."""
     import importlib.util
@@ -564,29 +605,11 @@ def main(argv=None) -> HydraXTrainer:
 
     # 1. Training arguments first: they set up the processes (torchrun / accelerate launch), and DeepSpeed ZeRO-3 must
     # be configured before the model is loaded to partition it while loading
-    training_args = TrainingArguments(
-        output_dir=str(work_dir),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    training_args = training_arguments(
+        args,
+        work_dir,
+        evaluate=bool(args.eval_data or args.eval_split),
         learning_rate=max(learning_rates.values()),
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        max_grad_norm=args.max_grad_norm,
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        eval_strategy="steps" if args.eval_data or args.eval_split else "no",
-        eval_steps=args.eval_steps or args.max_steps,
-        prediction_loss_only=True,
-        remove_unused_columns=False,
-        report_to=args.report_to or report_to(),
-        seed=args.seed,
-        data_seed=args.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        activation_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16,
     )
 
     # 2. Files: the main process writes the tiny checkpoint and the demo set and fills the datasets cache; the others
@@ -608,13 +631,7 @@ def main(argv=None) -> HydraXTrainer:
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = load_model(checkpoint, config, learning_rates, args)
     record = run_record(model, args)
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-        if resume is None:
-            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
-    if resume is not None:
-        check_resumable(Path(resume), record)
+    resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record)
 
     # 4. The on-the-fly collator (32² demo images unless sizes are given)
     pixels = (args.min_pixels, args.max_pixels)

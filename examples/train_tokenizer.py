@@ -57,12 +57,11 @@ from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     HydraXTrainer,
     RunRecordCallback,
-    check_resumable,
     gathered_model,
-    report_to,
+    resume_checkpoint,
+    training_arguments,
 )
-from transformers import ProgressCallback, TrainerCallback, TrainingArguments  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers import ProgressCallback, TrainerCallback  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
@@ -473,18 +472,13 @@ def load_teachers(args, config: HydraXTokConfig, new_model: bool) -> HydraXTokTe
         "image_teacher_name": args.image_teacher or config.image_teacher_name,
         "video_teacher_name": args.video_teacher or config.video_teacher_name,
     }
-    teachers = HydraXTokTeachers.from_pretrained(**names, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    if new_model:
+    config.update(names)
+    if new_model:  # its distillation heads are sized for these teachers
+        teachers = HydraXTokTeachers.from_pretrained(**names, dtype=dtype, trust_remote_code=args.trust_remote_code)
         config.image_teacher_hidden_size = teachers.image_hidden_size or config.image_teacher_hidden_size
         config.video_teacher_hidden_size = teachers.video_hidden_size or config.video_teacher_hidden_size
-    for kind in ("image", "video"):
-        expected, actual = getattr(config, f"{kind}_teacher_hidden_size"), getattr(teachers, f"{kind}_hidden_size")
-        if actual is not None and actual != expected:
-            raise ValueError(
-                f"The {kind} teacher {names[f'{kind}_teacher_name']!r} has hidden size {actual}, but the tokenizer's "
-                f"distillation head projects to {expected}; train with the teacher it was built for."
-            )
-    config.update(names)
+    else:  # the heads exist: the teachers must match their widths
+        teachers = HydraXTokTeachers.from_config(config, dtype=dtype, trust_remote_code=args.trust_remote_code)
     print(f"Teachers (frozen, {dtype}): image {names['image_teacher_name']}, video {names['video_teacher_name']}")
     return teachers
 
@@ -518,31 +512,13 @@ def main(argv=None) -> HydraXTokTrainer | None:
     learning_rate = args.learning_rate or STAGE_LEARNING_RATES[args.stage]
 
     # 1. Training arguments first: they set up the processes (torchrun / accelerate launch)
-    training_args = TrainingArguments(
-        output_dir=str(work_dir),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+    training_args = training_arguments(
+        args,
+        work_dir,
+        evaluate=bool(args.eval_data),
         learning_rate=learning_rate,
-        weight_decay=args.weight_decay,
         adam_beta2=args.adam_beta2,
-        warmup_steps=args.warmup_steps,
         lr_scheduler_type="cosine",
-        max_grad_norm=args.max_grad_norm,
-        logging_steps=args.logging_steps,
-        save_steps=args.save_steps,
-        eval_strategy="steps" if args.eval_data else "no",
-        eval_steps=args.eval_steps or args.max_steps,
-        prediction_loss_only=True,
-        remove_unused_columns=False,
-        report_to=args.report_to or report_to(),
-        seed=args.seed,
-        data_seed=args.seed,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        activation_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16,
         use_cpu=args.cpu,
     )
 
@@ -604,13 +580,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
                 param.requires_grad_(False)
     module = HydraXTokTrainingModel(tokenizer, build_objective(args, weights, tokenizer.config), teachers).to(device)
     record = run_record(tokenizer, args, weights)
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-        if resume is None:
-            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
-    if resume is not None:
-        check_resumable(Path(resume), record, script="examples/train_tokenizer.py")
+    resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record, "examples/train_tokenizer.py")
 
     # 4. Train
     preview_source = eval_dataset or train_dataset
