@@ -59,6 +59,13 @@ def report(message: str, on_bad_sample: str) -> None:
     logger.warning(f"Skipping {message}")
 
 
+def open_image(source) -> Image.Image:
+    """The image at a path, or in row `source[1]` of a `datasets` dataset `source[0]` (a PIL image or a path); use it
+    as a context manager so the file is closed."""
+    image = source[0][source[1]]["image"] if isinstance(source, tuple) else source
+    return image if isinstance(image, Image.Image) else Image.open(image)
+
+
 def probe_video(path: str) -> tuple[int, int, int]:
     """(frames, height, width) of a video file, read with PyAV; the frame count is counted from the packets when the
     container does not record it (WebM, MKV)."""
@@ -77,9 +84,8 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
     """Reads a file's header (image) or stream (video) into a `HydraXTokMedia`; raises `HydraXTokBadSample`."""
     try:
         if kind == "image":
-            image = source[0][source[1]]["image"] if isinstance(source, tuple) else Image.open(source)
-            image = image if isinstance(image, Image.Image) else Image.open(image)
-            width, height = image.size
+            with open_image(source) as image:  # reads the header only
+                width, height = image.size
             return HydraXTokMedia(kind, source, origin, height, width)
         frames, height, width = probe_video(str(source))
     except Exception as error:  # PIL, PyAV and the OS each raise their own types for an unreadable file
@@ -250,9 +256,8 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
-        image = item.source[0][item.source[1]]["image"] if isinstance(item.source, tuple) else item.source
-        image = image if isinstance(image, Image.Image) else Image.open(image)
-        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None]
+        with open_image(item.source) as image:
+            return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None]
 
     def load(self, index: int, seed: int | None) -> dict:
         """The item at `index` as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video)."""
