@@ -238,7 +238,9 @@ class HydraXTokLPIPS(nn.Module):
         self.eval()
 
     def _taps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        taps, hidden = [], (images - self.shift) / self.scale
+        # normalise in fp32 (the buffers), then cast to the trunk's dtype: bf16 under FSDP's mixed precision
+        dtype = self.features[0].weight.dtype
+        taps, hidden = [], ((images.float() - self.shift) / self.scale).to(dtype)
         for index, layer in enumerate(self.features):
             hidden = layer(hidden)
             if index in self.tap_indices:
@@ -255,8 +257,7 @@ class HydraXTokLPIPS(nn.Module):
         frames_input, frames_target = _fold_frames(input, "input"), _fold_frames(target, "target")
         if min(frames_input.shape[-2:]) < 16:
             raise ValueError(f"LPIPS' VGG16 trunk pools 4 times and needs H, W >= 16, got {tuple(input.shape[-2:])}.")
-        dtype = self.heads[0].weight.dtype
-        both = self._taps(torch.cat([frames_input, frames_target]).to(dtype))
+        both = self._taps(torch.cat([frames_input, frames_target]))
         distance = 0.0
         for head, feats in zip(self.heads, both):
             feat_input, feat_target = feats.chunk(2)

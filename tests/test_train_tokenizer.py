@@ -600,3 +600,43 @@ def test_the_trained_tokenizer_goes_into_a_hydrax_checkpoint(stage1, tmp_path):
     assert all(name.startswith("vision:decompressor.") for name in report["dropped"])
     tokenizer = HydraXTokModel.from_pretrained(stage1[0] / "model")
     assert AutoModel.from_pretrained(folder).config.vision_config.hidden_size == tokenizer.config.hidden_size
+
+
+FSDP2_STEP = """
+import os, sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/examples"]
+import train_tokenizer
+from modeling_hydrax import HydraXTokModel
+from modeling_hydrax.modeling_hydrax_tok import HydraXTokBlock
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[4], rank=0, world_size=1)
+argv = ["--data", sys.argv[2], "--lpips", sys.argv[3], "--no-teachers", "--stage", sys.argv[5]]
+args = train_tokenizer.parse_args(argv)
+tokenizer = HydraXTokModel(train_tokenizer.tokenizer_config("tiny", 32))
+tokenizer.set_training_stage(args.stage)
+objective = train_tokenizer.build_objective(args, train_tokenizer.loss_weights(args), tokenizer.config)
+module = train_tokenizer.HydraXTokTrainingModel(tokenizer, objective, None)
+policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)  # what accelerate's `mixed_precision: bf16` sets
+for block in [m for m in module.modules() if isinstance(m, HydraXTokBlock)] + [module]:
+    fully_shard(block, mp_policy=policy)
+losses = module(torch.rand(2, 3, 32, 32) * 2 - 1)
+losses["loss"].backward()
+grads = [p.grad for p in module.parameters() if p.grad is not None]
+print("terms", {k: round(float(v), 4) for k, v in losses.items() if k != "loss"}, "grads", len(grads))
+"""
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_stage_runs_under_fsdp2_with_bf16_mixed_precision(stage, data, helpers, tmp_path):
+    # accelerate engages FSDP only on GPUs; torch's fully_shard runs on a CPU (gloo), with the same mixed-precision
+    # policy as fsdp_tokenizer.yaml: LPIPS once promoted its bf16 input back to fp32 there and failed on a GPU
+    script = tmp_path / "fsdp2_step.py"
+    script.write_text(FSDP2_STEP)
+    port = str(29600 + stage)
+    command = [sys.executable, str(script), str(ROOT), str(data), str(helpers / "lpips"), port, str(stage)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    terms = result.stdout.split("terms", 1)[1]
+    assert "'lpips': 0.0" not in terms and ("'discriminator'" in terms) == (stage == 2), terms
