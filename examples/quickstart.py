@@ -146,12 +146,6 @@ def load_videos(folder: Path, names, short: int) -> dict[str, torch.Tensor]:
     return videos
 
 
-@torch.no_grad()
-def reconstruct(model: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean), decode, clamped to [-1, 1], in the input's shape."""
-    return train_tokenizer.reconstruct(model, pixels)
-
-
 def crop(frames: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 `[T, 3, H, W]` → float `[T, 3, size, size]` in [-1, 1]: a random square crop of side `size`…short side,
     resized, flipped half the time, colour channels shuffled (so colour is learnt, not memorised from a dozen photos);
@@ -241,12 +235,13 @@ def main(argv=None):
         train_tokenizer.save_tokenizer(model, initial)
     model.to(device).eval()
     print(f"Hydra-XTok: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
-    before = {kind: psnr(reconstruct(model, pixels), pixels).mean().item() for kind, pixels in evaluations.items()}
+    rebuilt = {kind: train_tokenizer.reconstruct(model, pixels) for kind, pixels in evaluations.items()}
+    before = {kind: psnr(rebuilt[kind], pixels).mean().item() for kind, pixels in evaluations.items()}
 
     # 3. Train with examples/train_tokenizer.py's code; it writes OUTPUT_DIR/model
     trainer = train_tokenizer.main(training_argv(args, manifest, initial, video_skipped is None))
     model = HydraXTokModel.from_pretrained(args.output_dir / "model").to(device).eval()
-    outputs = {kind: reconstruct(model, pixels) for kind, pixels in evaluations.items()}
+    outputs = {kind: train_tokenizer.reconstruct(model, pixels) for kind, pixels in evaluations.items()}
     after = {kind: psnr(outputs[kind], pixels).mean().item() for kind, pixels in evaluations.items()}
     steps = trainer.state.global_step
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

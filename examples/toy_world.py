@@ -365,9 +365,7 @@ def main(argv=None) -> dict:
     tokenizer, tokenizer_stats = fit_tokenizer(train_images, args, output_dir / "tokenizer_training")
     train_tokenizer.save_tokenizer(tokenizer, output_dir / "tokenizer")
     held_out_pixels = pixels([render(*combo, RADII[EVAL_RADIUS], args.size) for combo in held_out])
-    with torch.no_grad():
-        rebuilt = train_tokenizer.reconstruct(tokenizer, held_out_pixels)
-    tokenizer_psnr = psnr(rebuilt, held_out_pixels).mean().item()
+    tokenizer_psnr = psnr(train_tokenizer.reconstruct(tokenizer, held_out_pixels), held_out_pixels).mean().item()
 
     # 3. Hydra-X trained by train_hydrax.py
     command = train_args(args, manifests, build_model(tokenizer, output_dir / "initial", args.seed))

@@ -292,16 +292,16 @@ class PreviewCallback(TrainerCallback):
         pixels = self.pixels.to(next(tokenizer.parameters()).device)
         was_training = tokenizer.training
         tokenizer.eval()
-        with torch.no_grad():
-            rebuilt = reconstruct(tokenizer, pixels)
+        rebuilt = reconstruct(tokenizer, pixels)
         tokenizer.train(was_training)
         if args.should_save:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             save_grid(pixels, rebuilt, folder / PREVIEW_FILE)
 
 
+@torch.no_grad()
 def reconstruct(tokenizer: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean), decode, clamp to [-1, 1], in the input's shape."""
+    """Encode (posterior mean), decode, clamp to [-1, 1], in the input's shape (no gradients)."""
     return tokenizer.decode(tokenizer.encode(pixels).latents).sample.clamp(-1, 1).reshape(pixels.shape)
 
 
