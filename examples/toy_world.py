@@ -1,6 +1,6 @@
 """Toy world: a proof of learning that runs offline on a CPU in minutes, scored on compositions never trained on.
 
-    python examples/toy_world.py                  # ~4 minutes on a 2-core CPU
+    python examples/toy_world.py                  # ~3 minutes on a 2-core CPU
     python examples/toy_world.py --help           # every option
 
 (1) Draws a procedural world: a circle, square or triangle in one of four colours on a background of another, 32²
@@ -11,9 +11,10 @@ examples/train_tokenizer.py's stage 1 (L1 + KL), with 8 latent channels rather t
 Hydra-X's LLM and flow head are 64 wide: with 64 channels the flow loss stays at its predict-zero level, 2.0), and sets
 the latent statistics. (3) Builds a tiny Hydra-X around it (conversion/build_hydrax.py) and trains it with
 examples/train_hydrax.py's `main`, the command a user runs, on three JSONL manifests: questions ("What colour is the
-square?"), captions → images ("a red circle on blue") and edits ("make the circle green"), all trainable (stage 2) with
-`--flow-logit-mean 2.5`: on a 2×2 grid conditioning is learned at flow times near noise, which the default
-logit-normal(0, 1) rarely draws (SPEC §2).
+square?"), captions → images ("a red circle on blue") and edits ("make the circle green"), mixed in batches of 16
+(at batch 1 the generated images stay in the background colour), all trainable (stage 2) with
+`--flow-logit-mean 1.0`: on a 2×2 grid conditioning is learned at flow times near noise, which the default
+logit-normal(0, 1) draws less often (SPEC §2); 2.5 draws almost nothing but noise and leaves the shapes faint.
 (4) Scores the held-out combinations, each against the best constant guess ("chance": the share of the most common
 right answer): (a) greedy answers, exact match; (b) `HydraXPipeline` images from held-out captions: the named colour
 (nearest of the four) of the centre and of the border; (c) `HydraXEditPipeline` edits whose result is a held-out
@@ -306,7 +307,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "to learn (flow loss stays at 2.0)",
     )
     parser.add_argument("--tokenizer-lr", type=float, default=1e-3, help="peak learning rate of the Hydra-XTok fit")
-    parser.add_argument("--steps", type=int, default=6000, help="Hydra-X optimizer steps (batch 1) of train_hydrax.py")
+    parser.add_argument("--steps", type=int, default=1500, help="Hydra-X optimizer steps of train_hydrax.py")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="Hydra-X samples per step, questions, captions and edits mixed (at batch 1 generation stays at the "
+        "background colour: docs/TOY_WORLD.md)",
+    )
     parser.add_argument(
         "--learning-rate-scale",
         type=float,
@@ -316,9 +324,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--flow-logit-mean",
         type=float,
-        default=2.5,
-        help="mean of the logit-normal flow-time distribution (2.5 draws times near noise, where small grids learn "
-        "their conditioning; SPEC §2)",
+        default=1.0,
+        help="mean of the logit-normal flow-time distribution (> 0 draws times near noise, where small grids learn "
+        "their conditioning, SPEC §2; 1.0 still trains the near-clean times the last sampling steps need)",
     )
     parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per generated or edited image")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free (text) guidance scale")
@@ -327,7 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
         parser.error(f"--size must be a multiple of 16 of at least 32, got {args.size}")
-    for name in ("tokenizer_steps", "steps", "sampling_steps", "latent_channels"):
+    for name in ("tokenizer_steps", "steps", "batch_size", "sampling_steps", "latent_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("tokenizer_minutes", "tokenizer_lr", "learning_rate_scale"):
@@ -342,8 +350,9 @@ def train_args(args, manifests: dict[str, Path], checkpoint: Path) -> list[str]:
     side = str(args.size**2)
     return [
         *("--model", str(checkpoint), "--stage", "2", "--data", *(f"{path}:1" for path in manifests.values())),
-        *("--output-dir", str(args.output_dir / "hydrax"), "--max-steps", str(args.steps), "--batch-size", "1"),
-        *("--learning-rate-scale", str(args.learning_rate_scale), "--warmup-steps", str(min(50, args.steps // 10))),
+        *("--output-dir", str(args.output_dir / "hydrax"), "--max-steps", str(args.steps)),
+        *("--batch-size", str(args.batch_size), "--learning-rate-scale", str(args.learning_rate_scale)),
+        *("--warmup-steps", str(min(50, args.steps // 10))),
         *("--flow-logit-mean", str(args.flow_logit_mean), "--min-pixels", side, "--max-pixels", side),
         *("--logging-steps", str(max(1, args.steps // 10)), "--save-steps", str(args.steps + 1)),
         *("--report-to", "none", "--seed", str(args.seed)),

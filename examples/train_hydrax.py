@@ -24,13 +24,15 @@ OUTPUT_DIR/demo_data. Samples whose files are missing or unreadable, and manifes
 are reported with their file and line, then skipped or fatal (`--on-bad-sample`).
 
 Small grids: flow times near noise are where conditioning is learned, and the default logit-normal(0, 1) rarely draws
-them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 2.5` (SPEC §2).
+them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 1.0` (SPEC §2;
+docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, and so the samples' detail, untrained).
 
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
 loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
 with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`; `model/` is then the merged model).
-Batches may mix understanding and generation samples, but the generation targets of one batch must share a size and be
-all edits or all text-to-image: keep --batch-size 1 (and raise --gradient-accumulation-steps) for mixed data.
+Batches may mix understanding, text-to-image and editing samples, but the generation targets of one batch must share a
+size (resolution and frame count): with targets of several sizes keep --batch-size 1 and raise
+--gradient-accumulation-steps.
 
 Scale-out: the script runs unchanged under `torchrun` or `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-2/3; configs
 and commands in examples/accelerate/README.md). Each process trains on its own samples; the main process writes
@@ -479,7 +481,7 @@ def parse_args(argv=None):
         "--flow-logit-mean",
         type=float,
         help="mean of the logit-normal flow-time distribution "
-        "(config field; >0 draws times toward noise: use ~2.5 for small grids)",
+        "(config field; >0 draws times toward noise: use ~1.0 for small grids)",
     )
     parser.add_argument("--flow-logit-std", type=float, help="std of the logit-normal flow-time distribution")
     parser.add_argument(
@@ -618,7 +620,8 @@ def main(argv=None) -> HydraXTrainer:
         if training_args.process_index == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
             if args.model is None:
-                build_checkpoint("tiny", checkpoint, seed=args.seed, overwrite=True)
+                with without_zero3_init():  # built by this process alone
+                    build_checkpoint("tiny", checkpoint, seed=args.seed, overwrite=True)
             if not args.data:
                 write_demo_data(output_dir / "demo_data")
         train_dataset, eval_dataset = build_datasets(
@@ -692,11 +695,26 @@ def gathered_model(trainer: HydraXTrainer, fresh_model):
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not trainer.is_world_process_zero():
         return None
-    plugin = trainer.accelerator.state.deepspeed_plugin
-    with plugin.zero3_init_context_manager(enable=False) if plugin else contextlib.nullcontext():
+    with without_zero3_init():
         model = fresh_model()  # on this process alone: not partitioned by ZeRO-3 while loading
     model.load_state_dict(state_dict)
     return model
+
+
+@contextlib.contextmanager
+def without_zero3_init():
+    """Models built in this block are not partitioned by DeepSpeed ZeRO-3: for a model one process builds alone, whose
+    partitioning (a collective call) would wait forever for the others. transformers partitions every model built
+    while a ZeRO-3 config is registered, and accelerate's `zero3_init_context_manager(enable=False)` (1.15) registers
+    it again, so the registration itself is lifted here."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 def parameter_checksums(model) -> dict[str, float]:

@@ -276,15 +276,15 @@ class HydraXModel(HydraXPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> HydraXModelOutputWithPast:
-        """Embed text, scatter clean visual features and `generation_embeds` (at `generation_mask`) into their
-        placeholders, and run the LLM with causal text and bidirectional visual blocks."""
+        """Embed text, scatter clean visual features and `generation_embeds` (`[B, n, H]` or `[tokens, H]`, at
+        `generation_mask`) into their placeholders, and run the LLM: causal text, bidirectional visual blocks."""
         inputs_embeds = self.get_input_embeddings()(input_ids)
         block_ids = self.visual_block_ids(input_ids)
         clean = block_ids >= 0
         if generation_mask is not None:
             clean = clean & ~generation_mask
             inputs_embeds = self._scatter(
-                inputs_embeds, generation_mask, generation_embeds.flatten(0, 1), "generation-target"
+                inputs_embeds, generation_mask, generation_embeds.flatten(0, -2), "generation-target"
             )
         if pixel_values is not None:
             features = self.get_image_features(pixel_values, image_grid_thw)
@@ -428,7 +428,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
 
         Without `target_mask` every sample's last visual block is its target. With it, a sample's target is the
         last block `target_mask` marks (earlier marked blocks, e.g. images of earlier assistant turns, are clean
-        context) and a sample with no mark has no target. An edit's source is the block right before its target.
+        context) and a sample with no mark has no target. An edit's source is the block right before its target;
+        `with_source` says whether the targets have one: a bool for all of them, or one bool per target.
         """
         block_ids = self.model.visual_block_ids(input_ids)
         marked = block_ids if target_mask is None else block_ids.masked_fill(~target_mask.bool(), -1)
@@ -440,11 +441,17 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             )
         rows = (last >= 0).squeeze(1)
         target = (block_ids == last) & rows[:, None]
-        source = (block_ids == last - 1) & (last >= 1) if with_source else None
         if not bool(rows.any()):
             raise ValueError(
                 "`target_mask` marks no generation target in any sample, but generation targets were given."
             )
+        source = None
+        if isinstance(with_source, torch.Tensor):
+            edit_rows = torch.zeros_like(rows)
+            edit_rows[rows] = with_source.to(rows.device)
+            source = (block_ids == last - 1) & (last >= 1) & edit_rows[:, None]
+        elif with_source:
+            source = (block_ids == last - 1) & (last >= 1)
         counts = target.sum(dim=1)[rows]
         if num_target_tokens is not None and bool((counts != num_target_tokens).any()):
             raise ValueError(
@@ -457,7 +464,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         """HydraXProcessor puts training targets among the inputs (`pixel_values` / `pixel_values_videos`, in text
         order) and marks their blocks with `target_mask`: take them out as generation targets. A sample's target is
         its last marked block (earlier ones stay clean context); a sample without a mark has none. An image right
-        before a target image in the same sample is that target's edit source (HydraXProcessor's rule too)."""
+        before a target image in the same sample is that target's edit source (HydraXProcessor's rule too); one batch
+        may hold edits and text-to-image targets. Also returns which targets are edits (`None` when none is)."""
         image_token = self.config.image_token_id
         block_ids = self.model.visual_block_ids(input_ids)
         pools = {
@@ -465,7 +473,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             False: [] if pixel_values_videos is None else list(pixel_values_videos),
         }
         clean = {True: [], False: []}
-        targets, sources = [], []
+        targets, sources, edited = [], [], []
         for row, blocks, marks in zip(input_ids, block_ids, target_mask.bool()):
             items = {}
             for block in blocks[blocks >= 0].unique().tolist():
@@ -479,7 +487,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 target_is_image, target = items.pop(target_block)
                 targets.append(target)
                 source_is_image, source = items.get(target_block - 1, (False, None))
-                if target_is_image and source_is_image:
+                edited.append(target_is_image and source_is_image)
+                if edited[-1]:
                     if source.shape != target.shape:
                         raise ValueError(
                             f"An edit's source {tuple(source.shape)} and target {tuple(target.shape)} differ in size; "
@@ -488,18 +497,35 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                     sources.append(items.pop(target_block - 1)[1])
             for image, item in items.values():
                 clean[image].append(item)
-        if sources and len(sources) != len(targets):
-            raise ValueError(
-                f"{len(sources)} of {len(targets)} generation samples are edits; put editing and text-to-image "
-                "samples in separate batches."
-            )
         shapes = sorted({tuple(target.shape) for target in targets})
         if len(shapes) > 1:
             raise ValueError(
                 f"The generation targets of one batch must share a size, got {shapes}; batch targets of one "
                 "resolution and frame count together."
             )
-        return batch_or_list(clean[True]), batch_or_list(clean[False]), torch.stack(targets), batch_or_list(sources)
+        edit_rows = torch.tensor(edited, device=input_ids.device) if sources else None
+        return (
+            batch_or_list(clean[True]),
+            batch_or_list(clean[False]),
+            torch.stack(targets),
+            batch_or_list(sources),
+            edit_rows,
+        )
+
+    def _generation_embeds(self, noisy, timesteps, source, edit_rows) -> torch.Tensor:
+        """Embeddings `[tokens, H]` of every generation block in sequence order: per sample, its edit source's tokens
+        (if any) then its noisy target's. Edits (`edit_rows`, `None`: all of them when `source` is given) and
+        text-to-image targets run through Sem-ViT as two groups (2-frame source-target clips and single targets)."""
+        if source is None:
+            return self.model.embed_noisy_latents(noisy, timesteps)[1].flatten(0, 1)
+        if edit_rows is None or bool(edit_rows.all()):
+            return torch.cat(self.model.embed_noisy_latents(noisy, timesteps, source), dim=1).flatten(0, 1)
+        source_embeds, edit_embeds = self.model.embed_noisy_latents(noisy[edit_rows], timesteps[edit_rows], source)
+        _, plain_embeds = self.model.embed_noisy_latents(noisy[~edit_rows], timesteps[~edit_rows])
+        edits, plains, rows = iter(zip(source_embeds, edit_embeds)), iter(plain_embeds), []
+        for is_edit in edit_rows.tolist():
+            rows.extend(next(edits) if is_edit else (next(plains),))
+        return torch.cat(rows)
 
     # ---------------------------------------------------------------- training / full forward
     def forward(
@@ -532,7 +558,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         (`source_pixel_values`, one image per sample) fills the block before it. HydraXProcessor's `target_mask`
         (1 on target placeholders) may mark the targets instead: then a sample's target is its last marked block,
         earlier marked blocks are clean context, and samples without a mark (understanding samples) have no target,
-        so one batch can mix understanding and generation; the flow loss averages over the samples with a target.
+        so one batch can mix understanding, text-to-image and editing samples (their targets of one size); the flow
+        loss averages over the samples with a target.
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
         schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift). While
@@ -550,9 +577,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         if target_mask is not None and not bool(target_mask.any()):
             target_mask = None  # a collated batch without generation samples
         if target_mask is not None and target_pixel_values is None and target_latents is None:
-            pixel_values, pixel_values_videos, target_pixel_values, source_pixel_values = self._split_targets(
-                input_ids, target_mask, pixel_values, pixel_values_videos
+            pixel_values, pixel_values_videos, target_pixel_values, source_pixel_values, edit_rows = (
+                self._split_targets(input_ids, target_mask, pixel_values, pixel_values_videos)
             )
+        else:
+            edit_rows = None  # with explicit sources every target is an edit
         generation_embeds = generation_mask = velocity_target = None
         has_target = target_pixel_values is not None or target_latents is not None
         if has_target:
@@ -562,12 +591,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 z0 = self.model.encode_latents(target_pixel_values)
             batch, num_tokens = z0.shape[0], z0[0, 0].numel()
             if self.training and source_pixel_values is not None and self.config.source_dropout_prob > 0:
-                kept = torch.rand(batch, device=z0.device) >= self.config.source_dropout_prob
+                kept = torch.rand(source_pixel_values.shape[0], device=z0.device) >= self.config.source_dropout_prob
                 kept = kept.view(-1, *[1] * (source_pixel_values.ndim - 1)).to(source_pixel_values.dtype)
                 source_pixel_values = source_pixel_values * kept
             source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
+            with_source = source is not None if edit_rows is None else edit_rows
             target_mask, source_mask, target_rows = self._generation_masks(
-                input_ids, source is not None, num_tokens, target_mask
+                input_ids, with_source, num_tokens, target_mask
             )
             if int(target_rows.sum()) != batch:
                 raise ValueError(
@@ -580,9 +610,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             t = timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
             noisy = (1 - t) * z0 + t * noise
             velocity_target = noise - z0
-            source_embeds, target_embeds = self.model.embed_noisy_latents(noisy, timesteps, source)
             generation_mask = target_mask if source is None else target_mask | source_mask
-            generation_embeds = target_embeds if source is None else torch.cat([source_embeds, target_embeds], 1)
+            generation_embeds = self._generation_embeds(noisy, timesteps, source, edit_rows)
             if self.training and self.config.text_dropout_prob > 0:
                 drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.text_dropout_prob
                 dropped = torch.where(
@@ -638,6 +667,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         parts = [(self.config.lm_loss_weight, lm_loss), (self.config.flow_loss_weight, flow_loss)]
         present = [weight * value for weight, value in parts if value is not None]
         loss = sum(present) if present else None
+        if loss is not None and not has_target and self.training and torch.is_grad_enabled():
+            loss = loss + self._idle_generation_path(hidden_states)
         return HydraXCausalLMOutputWithPast(
             loss=loss,
             lm_loss=lm_loss,
@@ -648,6 +679,18 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _idle_generation_path(self, like: torch.Tensor) -> torch.Tensor:
+        """Zero, computed through Sem-ViT, the projector, the timestep embedding and the flow head on one 1×1 latent:
+        in a training batch without generation targets these modules still take part in the loss (with a zero
+        gradient). Data-parallel engines reduce gradients in buckets that per-parameter hooks fill (DDP without
+        `find_unused_parameters`, i.e. with gradient checkpointing; DeepSpeed ZeRO-2/3), so processes whose batches
+        used different modules, one an understanding sample and one a generation sample, would reduce mismatched
+        buckets and fail or hang."""
+        latents = like.new_zeros(1, self.config.vision_config.latent_channels, 1, 1, 1)
+        timesteps = like.new_full((1,), 0.5)
+        _, embeds = self.model.embed_noisy_latents(latents, timesteps)
+        return 0.0 * self.model.flow_head(embeds, timesteps, latents.shape).float().sum()
 
     # ---------------------------------------------------------------- cached velocity prediction for samplers
     @torch.no_grad()

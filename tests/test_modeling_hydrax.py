@@ -234,8 +234,8 @@ def test_gradients_reach_every_trainable_module(task):
     for name, param in model.named_parameters():
         if name.startswith(HYDRAX_FROZEN_MODULES):
             assert param.grad is None, f"{task}: frozen {name} got a gradient"
-        elif name.startswith(unused):
-            assert param.grad is None, f"{task}: {name} is not part of this task"
+        elif name.startswith(unused):  # zero, yet present: every process of a data-parallel run reduces it
+            assert param.grad is not None and not param.grad.any(), f"{task}: {name} is not part of this task"
         else:
             assert param.grad is not None and param.grad.abs().sum() > 0, f"{task}: no gradient for {name}"
 

@@ -53,19 +53,24 @@ def test_short_run_scores_every_part_against_chance(tmp_path):
     assert [score["n"] for score in scores] == [36, 12, 12, 12, 24, 24]
     assert all(0 <= score["accuracy"] <= 1 and 0 < score["chance"] <= 1 for score in scores)
     assert len(metrics["answers"]) == 36 and metrics["train_command"].startswith("python examples/train_hydrax.py")
-    assert "--flow-logit-mean 2.5" in metrics["train_command"]
+    assert "--flow-logit-mean 1.0" in metrics["train_command"]
     for name in ("text_to_image.png", "edits.png", "metrics.json", "hydrax/model/model_index.json"):
         assert (out / name).is_file(), name
     assert len((out / "world" / "questions.jsonl").read_text().splitlines()) == 24 * 3 * 3
 
 
 def test_reduced_run_generalises_to_held_out_combinations(tmp_path):
-    """Held-out question accuracy and edits' kept background, far above chance (1/6 and 1/4). Measured with these
-    arguments, seeds 0, 1, 2 (2-core CPU, 73–81 s each): questions 66.7 %, 69.4 %, 36.1 %; edit background kept
-    100 %, 79.2 %, 70.8 %. Before the fix (64 latent channels, reduced runs of 800 steps) the flow loss did not move,
-    questions were 16.7–27.8 % and background kept 29–46 %; thresholds sit below the worst seed, above those."""
+    """Every part learns, scored on combinations held out of training, above chance (questions 1/6, colours 1/4, both
+    colours 1/12). Measured with these arguments, seeds 0, 1, 2 (2-core CPU, 74–77 s each): questions 33.3 %, 66.7 %,
+    44.4 %; text-to-image both colours right 50.0 %, 58.3 %, 75.0 % (background 100 %, 91.7 %, 100 %); edits
+    recoloured 95.8 %, 75.0 %, 83.3 %, background kept 100 %, 91.7 %, 91.7 %. With batch 1 (before mixed batches)
+    text-to-image drew no shape (both colours 0–8.3 %) and edits recoloured 0–33 %. Thresholds sit below the worst
+    seed."""
     fit = ("--tokenizer-steps", "500", "--tokenizer-minutes", "5")  # bounded by steps, not by the CPU's speed
-    reduced = (*fit, "--steps", "2500", "--sampling-steps", "4", "--seed", "0")
+    reduced = (*fit, "--steps", "1000", "--sampling-steps", "4", "--seed", "0")
     metrics = toy_world.main(["--output-dir", str(tmp_path / "out"), *reduced])
-    assert metrics["questions"]["accuracy"] >= 0.3, metrics["answers"]
-    assert metrics["edits"]["background_kept"]["accuracy"] >= 0.6, metrics["edits"]
+    assert metrics["questions"]["accuracy"] >= 0.25, metrics["answers"]
+    images = metrics["text_to_image"]
+    assert images["both"]["accuracy"] >= 0.35 and images["background_colour"]["accuracy"] >= 0.75, images
+    edits = metrics["edits"]
+    assert edits["shape_colour"]["accuracy"] >= 0.5 and edits["background_kept"]["accuracy"] >= 0.75, edits

@@ -59,11 +59,14 @@ def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint,
         assert torch.equal(value, expected[name]), name
 
 
-def test_two_processes_train_on_different_samples_and_agree_on_the_weights(checkpoint, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_two_processes_train_on_different_samples_and_agree_on_the_weights(checkpoint, tmp_path, checkpointing):
+    """With gradient checkpointing DDP runs without `find_unused_parameters`: a process whose sample is a question
+    must still reduce the flow head's gradients, else it waits for a bucket the other process never sends."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
     command += ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
-    command += ["--report-to", "none"]
+    command += ["--report-to", "none", *(["--gradient-checkpointing"] if checkpointing else [])]
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -91,7 +94,7 @@ def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     wrapped = set(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","))
     model = AutoModel.from_pretrained(checkpoint)
-    assert wrapped == {"Qwen2DecoderLayer", "HydraXTokBlock"} <= {type(module).__name__ for module in model.modules()}
+    assert wrapped == {"Qwen2DecoderLayer"} <= {type(module).__name__ for module in model.modules()}  # see fsdp.yaml
     assert wrapped <= set(model._no_split_modules)
     assert configs["deepspeed_zero3"].deepspeed_config["zero3_save_16bit_model"] is True
     # the tokenizer's config wraps its blocks alone: FSDP refuses a class name the model does not have

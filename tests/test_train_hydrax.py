@@ -3,6 +3,7 @@ LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint bui
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,27 @@ def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, d
     assert not torch.equal(model.model.flow_head.out_proj.weight, before["model.flow_head.out_proj.weight"])
     assert HydraXPipeline.from_pretrained(out / "model").model.config.flow_logit_mean == 2.5
     assert not [path.name for path in out.iterdir() if path.name.startswith(".model")], "staging left behind"
+
+
+def test_one_batch_mixes_questions_text_to_image_and_edits(checkpoint, demo, tmp_path, monkeypatch):
+    """The demo set (4 questions, 4 captions → images, 1 edit) in one batch: both losses, from one forward."""
+    batches = []
+    monkeypatch.setattr(HydraXDataCollator, "__call__", record_calls(HydraXDataCollator.__call__, batches))
+    size = ("--min-pixels", 32 * 32, "--max-pixels", 32 * 32)
+    trainer = train(checkpoint, tmp_path / "out", "--stage", 2, "--data", demo, "--batch-size", 9, *size)
+    assert int(batches[0]["target_mask"].any(dim=1).sum()) == 5, "the 4 text-to-image samples and the edit"
+    logged = [entry for entry in trainer.state.log_history if "flow_loss" in entry and "lm_loss" in entry]
+    assert len(logged) == 2 and all(math.isfinite(entry["flow_loss"]) for entry in logged)
+
+
+def record_calls(function, outputs: list):
+    """`function`, appending each of its results to `outputs`."""
+
+    def wrapped(*args, **kwargs):
+        outputs.append(function(*args, **kwargs))
+        return outputs[-1]
+
+    return wrapped
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

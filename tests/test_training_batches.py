@@ -1,5 +1,5 @@
 """Training batches as a data mixture builds them with HydraXProcessor: multi-turn conversations whose earlier turns
-hold images, and batches that mix understanding samples (no target) with generation samples."""
+hold images, and batches that mix understanding samples (no target) with text-to-image and editing samples."""
 
 import numpy as np
 import pytest
@@ -93,6 +93,39 @@ def test_batch_mixing_understanding_and_generation_equals_each_sample_alone(mode
     rows = batch["attention_mask"][0].bool()
     torch.testing.assert_close(mixed.logits[0, rows], alone_understanding.logits[0], rtol=1e-4, atol=1e-4)
     assert torch.isfinite(mixed.lm_loss)
+
+
+def edit(source, result):
+    return [
+        {"role": "user", "content": [{"type": "image", "image": source}, {"type": "text", "text": "Make it red"}]},
+        {"role": "assistant", "content": [{"type": "image", "image": result}]},
+    ]
+
+
+def test_batch_mixing_edits_text_to_image_and_understanding_equals_each_sample_alone(model, processor):
+    images = pictures(6, seed=2)
+    samples = [edit(images[0], images[1]), text_to_image(images[2]), understanding(images[3]), edit(*images[4:])]
+    batch = chat(processor, samples)
+    flow = fixed_flow(3)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        mixed = model(**batch, labels=labels, **flow)
+        alone = [
+            model(**chat(processor, [sample]), timesteps=flow["timesteps"][k : k + 1], noise=flow["noise"][k : k + 1])
+            for k, sample in zip((0, 1, 2), (samples[0], samples[1], samples[3]))
+        ]
+        edits_only = model(**chat(processor, samples[::3]), timesteps=flow["timesteps"][::2], noise=flow["noise"][::2])
+    assert mixed.velocity.shape == (3, 8, 1, 2, 2), "one target per generation sample, in batch order"
+    for k, single in enumerate(alone):
+        torch.testing.assert_close(mixed.velocity[k : k + 1], single.velocity, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed.flow_loss, sum(s.flow_loss for s in alone) / 3, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mixed.velocity[::2], edits_only.velocity, rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(mixed.lm_loss)
+    with torch.no_grad():  # the edit's source matters: its target drawn from text alone gets another velocity
+        unsourced = model(
+            **chat(processor, [text_to_image(images[1])]), timesteps=flow["timesteps"][:1], noise=flow["noise"][:1]
+        )
+    assert not torch.allclose(mixed.velocity[:1], unsourced.velocity, atol=1e-3)
 
 
 def test_a_collated_batch_without_targets_is_an_understanding_batch(model, processor):

@@ -1,0 +1,171 @@
+"""examples/train_hydrax.py under DeepSpeed ZeRO-2 and ZeRO-3 (examples/accelerate/deepspeed_zero*.yaml), two CPU
+processes: they train on different samples, end with the same weights, which the saved model holds, and resuming an
+interrupted run continues the uninterrupted run's losses. Skipped where DeepSpeed is not installed.
+
+On CPU the runs use DeepSpeed's CPU accelerator (`DS_ACCELERATOR=cpu`; gloo without oneCCL) and `--mixed_precision
+no` (transformers refuses bf16 without a GPU unless `use_cpu`, which turns DeepSpeed off). accelerate 1.15 finds no
+backend for DeepSpeed without a GPU and would run every process alone, so the script runs through a small launcher
+that names gloo for it (GPU runs take the NCCL path untouched)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script
+from transformers import AutoModel
+
+
+pytest.importorskip("deepspeed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_hydrax.py"
+CONFIGS = ROOT / "examples" / "accelerate"
+LAUNCHER = f"""
+import importlib.util, os, sys
+import accelerate.state
+from accelerate.utils import DistributedType
+
+prepare = accelerate.state.PartialState._prepare_backend
+
+
+def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+    backend, kind = prepare(self, cpu, sagemaker_dp, backend)
+    if backend is None and os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and "LOCAL_RANK" in os.environ:
+        return "gloo", DistributedType.MULTI_CPU  # DeepSpeed's CPU accelerator has set up gloo
+    return backend, kind
+
+
+accelerate.state.PartialState._prepare_backend = prepare_backend
+spec = importlib.util.spec_from_file_location("train_hydrax", {str(SCRIPT)!r})
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+if os.environ.get("STOP_AFTER_FIRST_CHECKPOINT"):  # as a crash right after it would
+
+    class Interrupt(script.RunRecordCallback):
+        def on_save(self, args, state, control, **kwargs):
+            super().on_save(args, state, control, **kwargs)
+            control.should_training_stop = True
+
+    script.RunRecordCallback = Interrupt
+script.main(sys.argv[1:])
+"""
+
+train_hydrax = load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    """8 captioning conversations of the demo images (a ZeRO-3 data set: every sample runs the same modules)."""
+    folder = tmp_path_factory.mktemp("captions")
+    demo = train_hydrax.write_demo_data(folder)
+    lines = [line for line in demo.read_text().splitlines() if "What is in the image?" in line]
+    lines += [line.replace("What is in the image?", "Describe the image.") for line in lines]
+    manifest = folder / "captions.jsonl"
+    manifest.write_text("".join(line + "\n" for line in lines))
+    return manifest
+
+
+def data_for(stage: int, captions: Path) -> list:
+    """ZeRO-2 trains on the demo set (captions, text-to-image and an edit mixed across processes); ZeRO-3 on the
+    captions alone, at the demo's 32² size."""
+    return [] if stage == 2 else ["--data", captions, "--min-pixels", 1024, "--max-pixels", 1024]
+
+
+def launch(tmp_path, stage: int, *args, stop=False):
+    """`accelerate launch --config_file deepspeed_zero{stage}.yaml --num_processes 2 --mixed_precision no` of the
+    script on CPU."""
+    launcher = tmp_path / "launch_train_hydrax.py"
+    launcher.write_text(LAUNCHER)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        CONFIGS / f"deepspeed_zero{stage}.yaml",
+    ]
+    command += ["--num_processes", 2, "--mixed_precision", "no", "--main_process_port", port, launcher, *args]
+    command += ["--report-to", "none", "--logging-steps", 1]
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env |= {"STOP_AFTER_FIRST_CHECKPOINT": "1"} if stop else {}
+    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def logged_losses(checkpoint: Path) -> list[tuple]:
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return [
+        (entry["step"], entry["loss"], entry.get("lm_loss"), entry.get("flow_loss"))
+        for entry in history
+        if "loss" in entry
+    ]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_processes_train_on_different_samples_and_save_the_weights_they_hold(
+    stage, checkpoint, captions, tmp_path
+):
+    """Both ranks load different samples, end with the same weights, and OUTPUT_DIR/model (gathered from the ZeRO-3
+    partitions) loads with AutoModel and holds them; only the stage-1 groups changed."""
+    out = tmp_path / "out"
+    launch(
+        tmp_path,
+        stage,
+        "--model",
+        checkpoint,
+        *data_for(stage, captions),
+        "--output-dir",
+        out,
+        "--max-steps",
+        3,
+        "--log-samples",
+    )
+
+    seen = [(out / f"samples_rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert [len(origins) for origins in seen] == [4, 4], seen  # 3 steps, and the batch the loader reads ahead
+    assert not set(seen[0]) & set(seen[1]), f"both processes trained on {set(seen[0]) & set(seen[1])}"
+
+    held = [json.loads((out / f"weights_rank{rank}.txt").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    model = AutoModel.from_pretrained(out / "model")
+    saved = train_hydrax.parameter_checksums(model)
+    assert set(saved) == set(held[0])
+    if {param.dtype for param in model.parameters()} == {torch.float32}:
+        assert saved == held[0]
+    else:  # zero3_save_16bit_model with bf16 mixed precision: the saved copy is rounded to bf16
+        mismatched = [name for name in saved if saved[name] != pytest.approx(held[0][name], rel=1e-2, abs=1e-2)]
+        assert not mismatched, mismatched
+    initial = train_hydrax.parameter_checksums(AutoModel.from_pretrained(checkpoint))
+    trained = [name for name in saved if saved[name] != initial[name]]
+    assert trained and all(train_hydrax.parameter_group(name) in ("vision_head", "sem_vit") for name in trained)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resuming_an_interrupted_run_continues_the_same_losses(stage, checkpoint, captions, tmp_path):
+    """A run stopped after its checkpoint at step 2 and resumed with `--resume-from-checkpoint last` logs the
+    uninterrupted run's losses at steps 3 and 4 (DeepSpeed's own checkpoint, optimizer included) and saves the same
+    model."""
+    argv = ["--model", checkpoint, *data_for(stage, captions), "--stage", 2, "--max-steps", 4, "--save-steps", 2]
+    launch(tmp_path, stage, *argv, "--output-dir", tmp_path / "whole")
+    launch(tmp_path, stage, *argv, "--output-dir", tmp_path / "split", stop=True)
+    assert not (tmp_path / "split" / "work" / "checkpoint-4").exists()
+    launch(tmp_path, stage, *argv, "--output-dir", tmp_path / "split", "--resume-from-checkpoint", "last")
+
+    whole = logged_losses(tmp_path / "whole" / "work" / "checkpoint-4")
+    assert [entry[0] for entry in whole] == [1, 2, 3, 4]
+    assert logged_losses(tmp_path / "split" / "work" / "checkpoint-4") == whole
+    expected = AutoModel.from_pretrained(tmp_path / "whole" / "model").state_dict()
+    for name, value in AutoModel.from_pretrained(tmp_path / "split" / "model").state_dict().items():
+        assert torch.equal(value, expected[name]), name
