@@ -614,6 +614,14 @@ def main(argv=None) -> HydraXTrainer:
         learning_rate=max(learning_rates.values()),
     )
 
+    if training_args.deepspeed_plugin is not None and training_args.world_size > 1:
+        logger.warning(
+            "DeepSpeed reduces gradients in the order they become ready, and Hydra-X's backward order depends on what "
+            "a batch holds: train on data of one kind (e.g. only questions, or only text-to-image at one size), or "
+            "use examples/accelerate/ddp.yaml or fsdp.yaml for mixed data. Processes whose batches differ in kind get "
+            "gradients summed out of place (ZeRO-2) or stop on a collective mismatch (ZeRO-3)."
+        )
+
     # 2. Files: the main process writes the tiny checkpoint and the demo set and fills the datasets cache; the others
     # wait for it, then read them
     with training_args.main_process_first(local=False, desc="the initial checkpoint and the data"):
