@@ -559,7 +559,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         (1 on target placeholders) may mark the targets instead: then a sample's target is its last marked block,
         earlier marked blocks are clean context, and samples without a mark (understanding samples) have no target,
         so one batch can mix understanding, text-to-image and editing samples (their targets of one size); the flow
-        loss averages over the samples with a target.
+        loss averages over the samples with a target. A training batch without targets still runs the generation
+        modules (`_idle_generation_path`, weighted zero), so every data-parallel process reduces the same gradients.
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
         schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift). While
