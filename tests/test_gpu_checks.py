@@ -13,12 +13,13 @@ import gpu_check_training  # noqa: E402
 def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
     report = tmp_path / "report.md"
     sizes = ["--image-sizes", "32", "--video-size", "32", "--edit-size", "32", "--steps", "2"]
-    sizes += ["--compile", "no"]
     gpu_check_pipelines.main(["--preset", "tiny", "--device", "cpu", *sizes, "--report", str(report)])
     table = report.read_text()
     assert "## Pipeline GPU check: tiny on CPU" in table
-    for row in ("| image 32², 2 steps, CFG | no |", "| video 17×32², 2 steps, CFG | no |", "| edit 32², 2 steps"):
-        assert row in table, row
+    assert "Command: `python bench/gpu_check_pipelines.py --preset tiny --device cpu --image-sizes 32" in table
+    for compiled in ("no", "yes"):
+        for row in ("image 32², 2 steps, CFG", "video 17×32², 2 steps, CFG", "edit 32², 2 steps, dual CFG"):
+            assert f"| {row} | {compiled} |" in table, (row, compiled)
     assert f"appended to {report}" in capsys.readouterr().out
 
 

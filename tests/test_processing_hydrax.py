@@ -17,6 +17,7 @@ from skimage import data as skdata
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, AutoVideoProcessor, PreTrainedConfig
 
 import processing_hydrax
+from modeling_hydrax import modeling_hydrax
 from processing_hydrax import (
     QWEN2_5_SPECIAL_TOKENS,
     HydraXImageProcessor,
@@ -864,7 +865,14 @@ def test_decoding_and_visual_post_processing(processor):
 
 @pytest.mark.parametrize(
     "module",
-    [image_processing_hydrax, video_processing_hydrax, processing_module, tokenization_hydrax, processing_hydrax],
+    [
+        image_processing_hydrax,
+        video_processing_hydrax,
+        processing_module,
+        tokenization_hydrax,
+        processing_hydrax,
+        modeling_hydrax,
+    ],
 )
 def test_docstring_examples_run(module):
     class FencedParser(doctest.DocTestParser):  # the examples sit in ```python fences, as in transformers

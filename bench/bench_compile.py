@@ -1,0 +1,116 @@
+"""torch.compile warm-up of the Hydra-X sampler: the whole LLM (`model.model.language_model.compile()`) against
+regional compilation of its decoder layers (`model.compile_repeated_blocks()`), each on a fresh copy of the same
+model, in one process, with eager sampling as the baseline.
+
+    python bench/bench_compile.py                   # 28 layers (hydrax-7b's depth) at width 64, ~5 minutes
+    python bench/bench_compile.py --layers 4        # quick
+
+Compilation time grows with the graph that is compiled, hardly with its width: a narrow LLM with the 7B's 28 layers
+shows what the whole LLM costs to compile against one layer. Every variant starts with dynamo reset and inductor's
+caches off, so each warm-up compiles from scratch. Rows: the first call (the warm-up, compilation included), the
+median step of a second call, the graphs compiled, and the largest difference of the output latents from eager.
+Per-step times at this width say little about a GPU at 7B width; the warm-up and graph counts carry over.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch._dynamo.utils import counters
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_pipelines import build_pipeline  # noqa: E402
+
+from modeling_hydrax import HydraXPipeline  # noqa: E402
+
+
+VARIANTS = {
+    "eager": lambda model, backend: None,
+    "whole LLM, language_model.compile()": lambda model, backend: model.model.language_model.compile(backend=backend),
+    "decoder layers, compile_repeated_blocks()": lambda model, backend: model.compile_repeated_blocks(
+        backend=backend, fullgraph=True
+    ),
+}
+
+
+def run_variant(args, compile_model) -> tuple[float, float, int, torch.Tensor]:
+    """(first-call seconds, median seconds per step of a second call, graphs compiled, output latents) of text-to-image
+    with CFG on a fresh pipeline that `compile_model(model, backend)` prepared."""
+    torch._dynamo.reset()
+    counters.clear()
+    pipe = HydraXPipeline.from_pipe(build_pipeline(args))
+    pipe.set_progress_bar_config(disable=True)
+    compile_model(pipe.model, args.backend)
+    size = args.grid * pipe.patch_size
+    channels = pipe.model.config.vision_config.latent_channels
+    noise = torch.randn(1, channels, 1, args.grid, args.grid, generator=torch.Generator().manual_seed(0))
+    stamps = []
+
+    def call(callback=None):
+        return pipe(
+            "A red fox in the snow",
+            height=size,
+            width=size,
+            num_inference_steps=args.steps,
+            guidance_scale=4.0,
+            latents=noise,
+            output_type="latent",
+            callback_on_step_end=callback,
+        ).images
+
+    def stamp(pipeline, step, timestep, callback_kwargs):
+        stamps.append(time.perf_counter())
+        return {}
+
+    with torch.no_grad():
+        began = time.perf_counter()
+        call()
+        first = time.perf_counter() - began
+        latents = call(stamp)
+    step = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    return first, step, counters["stats"]["unique_graphs"], latents
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=28, help="LLM layers (default: 28, as in hydrax-7b)")
+    parser.add_argument("--hidden-size", type=int, default=64, help="LLM width (default: 64)")
+    parser.add_argument("--grid", type=int, default=8, help="latent grid side of the target (default: 8)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps per call, ≥ 3 (default: 4)")
+    parser.add_argument(
+        "--backend", default="inductor", help="torch.compile backend (default: inductor; aot_eager for a smoke run)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    args = parser.parse_args(argv)
+    if args.layers < 1 or args.hidden_size < 64 or args.grid < 1 or args.steps < 3:
+        parser.error(
+            f"need --layers ≥ 1, --hidden-size ≥ 64, --grid ≥ 1 and --steps ≥ 3, got {args.layers}, "
+            f"{args.hidden_size}, {args.grid}, {args.steps}"
+        )
+    torch.set_num_threads(args.threads)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            rows = {name: run_variant(args, compile_model) for name, compile_model in VARIANTS.items()}
+    print(
+        f"Hydra-X text-to-image with CFG, {args.grid}² latent tokens, {args.steps} steps, LLM {args.layers} layers × "
+        f"width {args.hidden_size}, backend {args.backend}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'variant':<44}{'first call s':>14}{'s / step':>10}{'graphs':>8}{'max |Δ| vs eager':>18}")
+    eager = rows["eager"][3]
+    for name, (first, step, graphs, latents) in rows.items():
+        print(f"{name:<44}{first:>14.2f}{step:>10.4f}{graphs:>8}{(latents - eager).abs().max().item():>18.1e}")
+    whole, regional = rows["whole LLM, language_model.compile()"], rows["decoder layers, compile_repeated_blocks()"]
+    print(
+        f"warm-up: compile_repeated_blocks is {whole[0] / regional[0]:.1f}x faster to its first image than compiling "
+        f"the whole LLM ({regional[2]} graph(s) against {whole[2]})"
+    )
+
+
+if __name__ == "__main__":
+    main()
