@@ -20,10 +20,12 @@ import shlex
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch._dynamo.utils import counters
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,9 +169,14 @@ def main(argv=None):
             pipe.model.compile_repeated_blocks(fullgraph=True)
         with torch.inference_mode():
             for name, run in workloads(pipe, edit, args).items():
-                first, seconds, peak = measure(args.device, run)
-                used = "yes" if compiled else "no"
-                row = f"| {name} | {used} | {first:.2f} s | {seconds:.2f} s | {peak:.1f} GiB |"
+                try:
+                    first, seconds, peak = measure(args.device, run)
+                except Exception as error:  # a failed row must not cost the rows after it their GPU time
+                    traceback.print_exc()
+                    row = f"| {name} | {'yes' if compiled else 'no'} | failed: {type(error).__name__} | | |"
+                else:
+                    graphs = f"yes ({counters['stats']['unique_graphs']} graphs so far)" if compiled else "no"
+                    row = f"| {name} | {graphs} | {first:.2f} s | {seconds:.2f} s | {peak:.1f} GiB |"
                 append_lines(args.report, [row])
     print(f"appended to {args.report}")
 

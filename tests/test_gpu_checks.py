@@ -17,9 +17,9 @@ def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
     table = report.read_text()
     assert "## Pipeline GPU check: tiny on CPU" in table
     assert "Command: `python bench/gpu_check_pipelines.py --preset tiny --device cpu --image-sizes 32" in table
-    for compiled in ("no", "yes"):
-        for row in ("image 32², 2 steps, CFG", "video 17×32², 2 steps, CFG", "edit 32², 2 steps, dual CFG"):
-            assert f"| {row} | {compiled} |" in table, (row, compiled)
+    for row in ("image 32², 2 steps, CFG", "video 17×32², 2 steps, CFG", "edit 32², 2 steps, dual CFG"):
+        assert f"| {row} | no |" in table and f"| {row} | yes (" in table, row
+    assert "failed" not in table
     assert f"appended to {report}" in capsys.readouterr().out
 
 
