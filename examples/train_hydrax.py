@@ -30,9 +30,8 @@ docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, 
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
 loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
 with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`; `model/` is then the merged model).
-Batches may mix understanding, text-to-image and editing samples, but the generation targets of one batch must share a
-size (resolution and frame count): with targets of several sizes keep --batch-size 1 and raise
---gradient-accumulation-steps.
+Batches may mix understanding, text-to-image and editing samples, with generation targets of different sizes
+(resolutions and frame counts): the model runs Sem-ViT and the flow head once per size in a batch.
 
 Scale-out: the script runs unchanged under `torchrun` or `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-2/3; configs
 and commands in examples/accelerate/README.md). Each process trains on its own samples; the main process writes
@@ -464,7 +463,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="samples per device and step (see the note on mixed batches above)"
+        "--batch-size", type=int, default=1, help="samples per device and step (may mix tasks and target sizes)"
     )
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--learning-rate-scale", type=float, default=1.0, help="multiplies the stage's learning rates")

@@ -75,8 +75,8 @@ class HydraXDataCollator:
 
     Classifier-free-guidance text dropout is not applied here: the model drops a generation sample's text in `forward`
     (`config.text_dropout_prob`, training mode only) and removes the dropped tokens from the labels there, so it
-    happens exactly once. Understanding, text-to-image and editing samples may share a batch; the generation targets of
-    one batch must share a size (the model checks this).
+    happens exactly once. Understanding, text-to-image and editing samples may share a batch, with generation targets
+    of different sizes (the model runs each size as its own group).
 
     Args:
         processor (`HydraXProcessor`): the checkpoint's processor.

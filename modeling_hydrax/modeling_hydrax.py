@@ -51,8 +51,9 @@ class HydraXCausalLMOutputWithPast(ModelOutput):
     flow_loss (`torch.FloatTensor`): rectified-flow velocity MSE on the generation targets' latent tokens.
     logits (`torch.FloatTensor` of shape `(batch_size, kept_positions, vocab_size)`): next-token logits where
         `forward` computed them (see its docstring: not for labelled training batches unless asked).
-    velocity (`torch.FloatTensor` of shape `(batch_size, latent_channels, frames, h, w)`): predicted velocity of the
-        generation targets.
+    velocity (`torch.FloatTensor` of shape `(targets, latent_channels, frames, h, w)`, or a list of
+        `(latent_channels, frames, h, w)` tensors when the targets differ in size): predicted velocity of the
+        generation targets, in sample order.
     cache (`Cache`): the LLM key/value cache.
     """
 
@@ -60,7 +61,7 @@ class HydraXCausalLMOutputWithPast(ModelOutput):
     lm_loss: torch.FloatTensor | None = None
     flow_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    velocity: torch.FloatTensor | None = None
+    velocity: torch.FloatTensor | list[torch.FloatTensor] | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -79,6 +80,25 @@ class HydraXGenerationPrefix:
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
+
+
+@dataclass
+class HydraXTargetGroup:
+    """The noised generation targets of one size in a training batch.
+
+    rows (`torch.LongTensor`): which of the batch's targets (in sample order) are in the group.
+    noisy, velocity_target (`torch.Tensor` `[n, C, F, h, w]`): `z_t` and the velocity `ε − z0` it should predict.
+    timesteps (`torch.Tensor` `[n]`): their flow times.
+    source (`torch.Tensor`, *optional*): latents of the group's edit sources, one per edit.
+    edit_rows (`torch.BoolTensor`, *optional*): which of the group's targets are edits (`None`: all, with `source`).
+    """
+
+    rows: torch.LongTensor
+    noisy: torch.Tensor
+    velocity_target: torch.Tensor
+    timesteps: torch.Tensor
+    source: torch.Tensor | None = None
+    edit_rows: torch.BoolTensor | None = None
 
 
 def batch_or_list(items: list[torch.Tensor]):
@@ -495,6 +515,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         last block `target_mask` marks (earlier marked blocks, e.g. images of earlier assistant turns, are clean
         context) and a sample with no mark has no target. An edit's source is the block right before its target;
         `with_source` says whether the targets have one: a bool for all of them, or one bool per target.
+        `num_target_tokens` (`[targets]`) are the targets' latent token counts, checked against their blocks.
         """
         block_ids = self.model.visual_block_ids(input_ids)
         marked = block_ids if target_mask is None else block_ids.masked_fill(~target_mask.bool(), -1)
@@ -518,10 +539,17 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         elif with_source:
             source = (block_ids == last - 1) & (last >= 1)
         counts = target.sum(dim=1)[rows]
-        if num_target_tokens is not None and bool((counts != num_target_tokens).any()):
+        if num_target_tokens is not None and num_target_tokens.numel() != counts.numel():
             raise ValueError(
-                f"Each sample's generation block must hold {num_target_tokens} placeholder tokens (the target's "
-                f"latent frames × h × w), got {counts.tolist()}; size the block from the target's grid."
+                f"{num_target_tokens.numel()} generation targets were given for {counts.numel()} samples with a "
+                "target block; give one target per sample that has one."
+            )
+        if num_target_tokens is not None and bool((counts != num_target_tokens.to(counts.device)).any()):
+            expected = sorted(set(num_target_tokens.tolist()))
+            expected = f"{expected[0]}" if len(expected) == 1 else f"its target's {num_target_tokens.tolist()}"
+            raise ValueError(
+                f"Each sample's generation block must hold {expected} placeholder tokens (the target's latent "
+                f"frames × h × w), got {counts.tolist()}; size the block from the target's grid."
             )
         return target, source, rows
 
@@ -530,7 +558,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         order) and marks their blocks with `target_mask`: take them out as generation targets. A sample's target is
         its last marked block (earlier ones stay clean context); a sample without a mark has none. An image right
         before a target image in the same sample is that target's edit source (HydraXProcessor's rule too); one batch
-        may hold edits and text-to-image targets. Also returns which targets are edits (`None` when none is)."""
+        may hold edits and text-to-image targets of any sizes (targets and sources come back as lists when their sizes
+        differ). Also returns which targets are edits (`None` when none is)."""
         image_token = self.config.image_token_id
         block_ids = self.model.visual_block_ids(input_ids)
         pools = {
@@ -562,17 +591,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                     sources.append(items.pop(target_block - 1)[1])
             for image, item in items.values():
                 clean[image].append(item)
-        shapes = sorted({tuple(target.shape) for target in targets})
-        if len(shapes) > 1:
-            raise ValueError(
-                f"The generation targets of one batch must share a size, got {shapes}; batch targets of one "
-                "resolution and frame count together."
-            )
         edit_rows = torch.tensor(edited, device=input_ids.device) if sources else None
         return (
             batch_or_list(clean[True]),
             batch_or_list(clean[False]),
-            torch.stack(targets),
+            batch_or_list(targets),
             batch_or_list(sources),
             edit_rows,
         )
@@ -591,6 +614,102 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         for is_edit in edit_rows.tolist():
             rows.extend(next(edits) if is_edit else (next(plains),))
         return torch.cat(rows)
+
+    def _noised_targets(self, targets, are_latents, sources, edit_rows, timesteps, noise) -> list:
+        """Noise the generation targets, one `HydraXTargetGroup` per target size (a batched tensor is one size; a
+        list may hold several, each group then runs Sem-ViT and the flow head as a batch of its own).
+
+        `targets` are pixels or (`are_latents`) latents; `sources` the edit sources of the targets that `edit_rows`
+        marks (all of them when it is `None`); `timesteps` `[targets]` and `noise` (a tensor, or a list with one per
+        target) are drawn when not given: t logit-normal with each size's resolution shift."""
+        if isinstance(targets, torch.Tensor):
+            index_groups = [torch.arange(targets.shape[0])]
+        else:
+            shapes = {}
+            for index, target in enumerate(targets):
+                shapes.setdefault(tuple(target.shape), []).append(index)
+            index_groups = [torch.tensor(indices) for indices in shapes.values()]
+        whole = len(index_groups) == 1
+
+        def pick(items, indices):  # a group's items as a batch; a batch that is all of one group as it is
+            if whole and isinstance(items, torch.Tensor):
+                return items
+            return torch.stack([items[i] for i in indices.tolist()])
+
+        edits = torch.ones(len(targets), dtype=torch.bool) if edit_rows is None else edit_rows.cpu()
+        source_index = edits.long().cumsum(0) - 1
+        groups = []
+        for rows in index_groups:
+            z0 = pick(targets, rows)
+            z0 = (
+                self.model.vision_tower._check_latents(z0, "target_latents")
+                if are_latents
+                else self.model.encode_latents(z0)
+            )
+            group_edits = edits[rows]
+            source = None
+            if sources is not None and bool(group_edits.any()):
+                source = pick(sources, source_index[rows][group_edits])
+                if self.training and self.config.source_dropout_prob > 0:
+                    kept = torch.rand(source.shape[0], device=z0.device) >= self.config.source_dropout_prob
+                    source = source * kept.view(-1, *[1] * (source.ndim - 1)).to(source.dtype)
+                source = self.model.encode_latents(source)
+            if timesteps is None:
+                group_timesteps = self.sample_timesteps(z0.shape[0], z0[0, 0].numel(), z0.device)
+            else:
+                group_timesteps = timesteps if whole else timesteps[rows.to(timesteps.device)]
+            group_noise = torch.randn_like(z0) if noise is None else pick(noise, rows)
+            t = group_timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
+            groups.append(
+                HydraXTargetGroup(
+                    rows=rows,
+                    noisy=(1 - t) * z0 + t * group_noise,
+                    timesteps=group_timesteps,
+                    velocity_target=group_noise - z0,
+                    source=source,
+                    edit_rows=None if source is None or edit_rows is None else group_edits.to(edit_rows.device),
+                )
+            )
+        return groups
+
+    @staticmethod
+    def _in_sample_order(groups, embeds) -> torch.Tensor:
+        """Each group's generation embeddings `[tokens, H]` (per sample: source tokens, then target tokens), merged
+        into the samples' order, as their blocks follow each other in the batch."""
+        if len(groups) == 1:
+            return embeds[0]
+        chunks = {}
+        for group, flat in zip(groups, embeds):
+            tokens = group.velocity_target[0, 0].numel()
+            if group.source is None:
+                edited = [False] * len(group.rows)
+            else:
+                edited = [True] * len(group.rows) if group.edit_rows is None else group.edit_rows.tolist()
+            sizes = [tokens * (2 if edit else 1) for edit in edited]
+            chunks.update(zip(group.rows.tolist(), flat.split(sizes)))
+        return torch.cat([chunks[row] for row in sorted(chunks)])
+
+    def _flow_head_and_loss(self, groups, target_hidden, num_tokens):
+        """Velocity of every target from its tokens' hidden states (`[Σ tokens, H]`, in sample order) and the flow
+        loss, the mean squared error over every latent element; the velocity is `[targets, C, F, h, w]`, or a list
+        in sample order when the targets differ in size."""
+        if len(groups) == 1:
+            group = groups[0]
+            hidden = target_hidden.view(len(group.rows), int(num_tokens[0]), -1)
+            velocity = self.model.flow_head(hidden, group.timesteps, group.velocity_target.shape)
+            return velocity, F.mse_loss(velocity.float(), group.velocity_target.float())
+        chunks = target_hidden.split(num_tokens.tolist())
+        velocities, squared_error, elements = [None] * len(chunks), 0, 0
+        for group in groups:
+            hidden = torch.stack([chunks[row] for row in group.rows.tolist()])
+            velocity = self.model.flow_head(hidden, group.timesteps, group.velocity_target.shape)
+            squared_error = squared_error + F.mse_loss(
+                velocity.float(), group.velocity_target.float(), reduction="sum"
+            )
+            elements += group.velocity_target.numel()
+            for row, item in zip(group.rows.tolist(), velocity):
+                velocities[row] = item
+        return velocities, squared_error / elements
 
     # ---------------------------------------------------------------- training / full forward
     def forward(
@@ -619,13 +738,16 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
 
         Generation targets (`target_pixel_values` `[B, 3, H, W]` / `[B, 3, 1+T, H, W]`, or already-encoded
-        `target_latents` `[B, C, h, w]` / `[B, C, F, h, w]`) fill each sample's last visual block; an edit source
+        `target_latents` `[B, C, h, w]` / `[B, C, F, h, w]`; lists of differently sized ones, with `noise` a list too
+        when given) fill each sample's last visual block; an edit source
         (`source_pixel_values`, one image per sample) fills the block before it. HydraXProcessor's `target_mask`
         (1 on target placeholders) may mark the targets instead: then a sample's target is its last marked block,
         earlier marked blocks are clean context, and samples without a mark (understanding samples) have no target,
-        so one batch can mix understanding, text-to-image and editing samples (their targets of one size); the flow
-        loss averages over the samples with a target. A training batch without targets still runs the generation
-        modules (`_idle_generation_path`, weighted zero), so every data-parallel process reduces the same gradients.
+        so one batch can mix understanding, text-to-image and editing samples, with targets of different sizes
+        (each size then runs Sem-ViT and the flow head as its own batch, and `velocity` is a list in sample order);
+        the flow loss averages over every latent element of the targets. A training batch without targets still runs
+        the generation modules (`_idle_generation_path`, weighted zero), so every data-parallel process reduces the
+        same gradients.
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
         schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift). While
@@ -648,36 +770,28 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             )
         else:
             edit_rows = None  # with explicit sources every target is an edit
-        generation_embeds = generation_mask = velocity_target = None
+        generation_embeds = generation_mask = None
         has_target = target_pixel_values is not None or target_latents is not None
         if has_target:
-            if target_latents is not None:
-                z0 = self.model.vision_tower._check_latents(target_latents, "target_latents")
-            else:
-                z0 = self.model.encode_latents(target_pixel_values)
-            batch, num_tokens = z0.shape[0], z0[0, 0].numel()
-            if self.training and source_pixel_values is not None and self.config.source_dropout_prob > 0:
-                kept = torch.rand(source_pixel_values.shape[0], device=z0.device) >= self.config.source_dropout_prob
-                kept = kept.view(-1, *[1] * (source_pixel_values.ndim - 1)).to(source_pixel_values.dtype)
-                source_pixel_values = source_pixel_values * kept
-            source = self.model.encode_latents(source_pixel_values) if source_pixel_values is not None else None
-            with_source = source is not None if edit_rows is None else edit_rows
+            groups = self._noised_targets(
+                target_latents if target_latents is not None else target_pixel_values,
+                target_latents is not None,
+                source_pixel_values,
+                edit_rows,
+                timesteps,
+                noise,
+            )
+            num_tokens = torch.zeros(sum(len(group.rows) for group in groups), dtype=torch.long)
+            for group in groups:
+                num_tokens[group.rows] = group.velocity_target[0, 0].numel()
+            with_source = any(group.source is not None for group in groups) if edit_rows is None else edit_rows
             target_mask, source_mask, target_rows = self._generation_masks(
                 input_ids, with_source, num_tokens, target_mask
             )
-            if int(target_rows.sum()) != batch:
-                raise ValueError(
-                    f"{batch} generation targets were given for {int(target_rows.sum())} samples with a target "
-                    "block; give one target per sample that has one."
-                )
-            if timesteps is None:
-                timesteps = self.sample_timesteps(batch, num_tokens, z0.device)
-            noise = torch.randn_like(z0) if noise is None else noise
-            t = timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
-            noisy = (1 - t) * z0 + t * noise
-            velocity_target = noise - z0
-            generation_mask = target_mask if source is None else target_mask | source_mask
-            generation_embeds = self._generation_embeds(noisy, timesteps, source, edit_rows)
+            generation_mask = target_mask if source_mask is None else target_mask | source_mask
+            generation_embeds = self._in_sample_order(
+                groups, [self._generation_embeds(g.noisy, g.timesteps, g.source, g.edit_rows) for g in groups]
+            )
             if self.training and self.config.text_dropout_prob > 0:
                 drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.text_dropout_prob
                 dropped = torch.where(
@@ -707,9 +821,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         # 3. Heads and losses: the LM head runs only where a label or `logits_to_keep` needs it
         velocity = flow_loss = lm_loss = logits = None
         if has_target:
-            target_hidden = hidden_states[target_mask].view(batch, num_tokens, -1)
-            velocity = self.model.flow_head(target_hidden, timesteps, z0.shape)
-            flow_loss = F.mse_loss(velocity.float(), velocity_target.float())
+            velocity, flow_loss = self._flow_head_and_loss(groups, hidden_states[target_mask], num_tokens)
         if logits_to_keep is None and labels is None and not has_target:
             logits_to_keep = 0
         if logits_to_keep is not None:

@@ -118,6 +118,22 @@ def test_one_batch_mixes_questions_text_to_image_and_edits(checkpoint, demo, tmp
     assert len(logged) == 2 and all(math.isfinite(entry["flow_loss"]) for entry in logged)
 
 
+def test_one_batch_holds_targets_of_different_sizes(checkpoint, tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    for name, height in (("tall.png", 64), ("square.png", 32)):
+        Image.fromarray(rng.integers(0, 255, (height, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    manifest = write_manifest(
+        tmp_path / "mixed.jsonl", [text_to_image(str(tmp_path / name)) for name in ("tall.png", "square.png") * 2]
+    )
+    batches = []
+    monkeypatch.setattr(HydraXDataCollator, "__call__", record_calls(HydraXDataCollator.__call__, batches))
+    size = ("--min-pixels", 32 * 32, "--max-pixels", 64 * 32)
+    trainer = train(checkpoint, tmp_path / "out", "--stage", 2, "--data", manifest, "--batch-size", 4, *size)
+    assert sorted(batches[0]["target_mask"].sum(dim=1).tolist()) == [4, 4, 8, 8], "2×2 and 4×2 latent grids"
+    logged = [entry for entry in trainer.state.log_history if "flow_loss" in entry]
+    assert len(logged) == 2 and all(math.isfinite(entry["flow_loss"]) for entry in logged)
+
+
 def record_calls(function, outputs: list):
     """`function`, appending each of its results to `outputs`."""
 

@@ -155,3 +155,66 @@ def test_an_edit_source_of_another_size_is_a_clear_error(model):
     pixels = [torch.rand(3, 64, 32) * 2 - 1, torch.rand(3, 32, 32) * 2 - 1]
     with pytest.raises(ValueError, match=r"source \(3, 64, 32\) and target \(3, 32, 32\) differ in size; resize"):
         model(input_ids=ids, pixel_values=pixels, target_mask=target_mask)
+
+
+def test_targets_of_different_sizes_share_a_batch_and_equal_each_sample_alone(model, processor):
+    rng = np.random.default_rng(3)
+
+    def picture(height):
+        return rng.integers(0, 255, (height, 32, 3), dtype=np.uint8)
+
+    samples = [
+        text_to_image(picture(64)),
+        understanding(picture(32)),
+        edit(picture(32), picture(32)),
+        edit(picture(64), picture(64)),
+        text_to_image(picture(32)),
+    ]
+    sizes = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}}
+
+    def collate(conversations):
+        return processor.apply_chat_template(
+            conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs=sizes
+        )
+
+    batch = collate(samples)
+    assert batch["target_mask"].sum(dim=1).tolist() == [8, 0, 4, 8, 4], "2×4 and 2×2 latent grids"
+    generator = torch.Generator().manual_seed(0)
+    timesteps = torch.rand(4, generator=generator)
+    noise = [torch.randn(8, 1, *grid, generator=generator) for grid in ((4, 2), (2, 2), (4, 2), (2, 2))]
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        mixed = model(**batch, labels=labels, timesteps=timesteps, noise=noise)
+        alone = [
+            model(**collate([sample]), timesteps=timesteps[k : k + 1], noise=noise[k][None])
+            for k, sample in enumerate(samples[:1] + samples[2:])
+        ]
+    assert [tuple(v.shape) for v in mixed.velocity] == [(8, 1, 4, 2), (8, 1, 2, 2), (8, 1, 4, 2), (8, 1, 2, 2)]
+    for k, single in enumerate(alone):
+        torch.testing.assert_close(mixed.velocity[k][None], single.velocity, rtol=1e-4, atol=1e-5)
+    elements = torch.tensor([n.numel() for n in noise], dtype=torch.float)
+    per_element = sum(single.flow_loss * count for single, count in zip(alone, elements)) / elements.sum()
+    torch.testing.assert_close(mixed.flow_loss, per_element, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(mixed.lm_loss)
+
+
+def test_a_mixed_size_batch_trains_every_generation_module(processor):
+    model = tiny_hydrax().train()
+    rng = np.random.default_rng(4)
+    samples = [
+        text_to_image(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)),
+        edit(*(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2))),
+    ]
+    batch = processor.apply_chat_template(
+        samples,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        padding=True,
+        processor_kwargs={"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}},
+    )
+    model(**batch).loss.backward()
+    for part in ("model.projector", "model.timestep_embedding", "model.flow_head", "model.vision_tower.sem_vit"):
+        gradients = [p.grad for name, p in model.named_parameters() if name.startswith(part) and p.requires_grad]
+        assert gradients and all(g is not None for g in gradients), part
+        assert sum(g.abs().sum() for g in gradients) > 0, part
