@@ -2,7 +2,7 @@
 on a text-to-image target or an edit. Run by tests/test_fsdp_mixed_batches.py, or by hand (gloo, CPU):
 
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp_mixed_worker.py \
-        --wrap Qwen2DecoderLayer --cases abcd
+        --wrap Qwen2DecoderLayer --cases abcde
 
 Each process builds the tiny Hydra-X (same seed), freezes Gen-ViT and the pixel decoder as examples/train_hydrax.py
 does, shards it as accelerate 1.15's FSDP2 path does (`fsdp2_prepare_model`: every module of the wrapped classes,
@@ -44,7 +44,7 @@ from modeling_hydrax.data_collator_hydrax import HydraXDataCollator  # noqa: E40
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
 
 
-SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 32 * 32}}}
+SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}}
 WRAPS = {"both": "Qwen2DecoderLayer,HydraXTokBlock", "llm": "Qwen2DecoderLayer"}
 # The samples of rank 0's and rank 1's batch in each case.
 CASES = {
@@ -52,13 +52,15 @@ CASES = {
     "b": (["text_to_image", "edit"], ["edit"]),  # rank 0: two Sem-ViT groups (edit clips, single targets)
     "c": (["question", "text_to_image"], ["text_to_image"]),
     "d": (["question", "text_to_image", "edit"], ["question"]),
+    "e": (["text_to_image", "tall_text_to_image"], ["edit"]),  # rank 0: targets of two sizes (two groups)
     "s": (["text_to_image"], ["text_to_image"]),  # control: the same kind on both ranks
 }
 LR = 1e-3
 
 
 def conversation(kind: str) -> list[dict]:
-    """A question about an image, a caption → image, or an edit, in the chat format of examples/train_hydrax.py."""
+    """A question about an image, a caption → image (32², or 64×32 when tall), or an edit, in the chat format of
+    examples/train_hydrax.py."""
 
     def text(value):
         return {"type": "text", "text": value}
@@ -68,10 +70,11 @@ def conversation(kind: str) -> list[dict]:
             {"role": "user", "content": [{"type": "image", "path": "seen.png"}, text("What is it?")]},
             {"role": "assistant", "content": [text("a cat")]},
         ]
-    if kind == "text_to_image":
+    if kind in ("text_to_image", "tall_text_to_image"):
+        picture = "drawn.png" if kind == "text_to_image" else "tall.png"
         return [
             {"role": "user", "content": [text("Draw a cat")]},
-            {"role": "assistant", "content": [text("ok"), {"type": "image", "path": "drawn.png"}]},
+            {"role": "assistant", "content": [text("ok"), {"type": "image", "path": picture}]},
         ]
     if kind == "edit":
         return [
@@ -83,8 +86,9 @@ def conversation(kind: str) -> list[dict]:
 
 def write_pictures(folder: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    for name in ("seen.png", "drawn.png", "source.png", "edited.png"):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    for name in ("seen.png", "drawn.png", "source.png", "edited.png", "tall.png"):
+        height = 64 if name == "tall.png" else 32
+        Image.fromarray(rng.integers(0, 255, (height, 32, 3), dtype=np.uint8)).save(folder / name)
 
 
 def shard(model, classes: set[str], **kwargs) -> None:
@@ -183,7 +187,7 @@ def run_case(case: str, classes: set[str], processor, folder: Path, args) -> str
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wrap", default="both", help="'both', 'llm', or comma-separated class names to wrap")
-    parser.add_argument("--cases", default="abcd", help=f"letters of {sorted(CASES)} to run, in order")
+    parser.add_argument("--cases", default="abcde", help=f"letters of {sorted(CASES)} to run, in order")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=60, help="seconds a gloo collective may wait")
     parser.add_argument("--no-idle", action="store_true", help="drop the model's zero-weighted idle generation path")

@@ -44,12 +44,13 @@ def test_fsdp_yaml_makes_only_the_qwen2_layers_shard_units():
 def test_fsdp_yaml_trains_on_batches_of_different_kinds_and_the_processes_agree():
     """With fsdp.yaml's wrap policy, 2 processes train on (a) a question vs a text-to-image target, (b) a batch mixing
     a text-to-image target and an edit (two Sem-ViT groups) vs an edit, (c) a question + a text-to-image target vs a
-    text-to-image target, (d) all three kinds vs a question: no hang, no error, and every gathered parameter equals
-    the unsharded reference (averaged gradients) on both processes."""
-    result = run_worker("--wrap", wrapped_classes(), "--cases", "abcd")
+    text-to-image target, (d) all three kinds vs a question, (e) text-to-image targets of two sizes (two groups) vs
+    an edit: no hang, no error, and every gathered parameter equals the unsharded reference (averaged gradients) on
+    both processes."""
+    result = run_worker("--wrap", wrapped_classes(), "--cases", "abcde")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("CASE ")]
-    assert [line.split()[1:3] for line in lines] == [[case, "ok"] for case in "abcd"], result.stdout
+    assert [line.split()[1:3] for line in lines] == [[case, "ok"] for case in "abcde"], result.stdout
     assert all("ranks_equal=True" in line for line in lines), result.stdout
 
 
