@@ -545,8 +545,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 "target block; give one target per sample that has one."
             )
         if num_target_tokens is not None and bool((counts != num_target_tokens.to(counts.device)).any()):
-            expected = sorted(set(num_target_tokens.tolist()))
-            expected = f"{expected[0]}" if len(expected) == 1 else f"its target's {num_target_tokens.tolist()}"
+            sizes = num_target_tokens.unique().tolist()
+            expected = sizes[0] if len(sizes) == 1 else f"its target's {num_target_tokens.tolist()}"
             raise ValueError(
                 f"Each sample's generation block must hold {expected} placeholder tokens (the target's latent "
                 f"frames × h × w), got {counts.tolist()}; size the block from the target's grid."

@@ -10,6 +10,7 @@ from processing_hydrax import HydraXImageProcessor, HydraXProcessor, HydraXVideo
 
 
 SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 32 * 32}}}
+TWO_SIZES = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}}  # 32² and 64×32 stay as given
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def pictures(count, seed=0):
     return [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def chat(processor, conversations):
+def chat(processor, conversations, sizes=SIZE):
     return processor.apply_chat_template(
-        conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs=SIZE
+        conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs=sizes
     )
 
 
@@ -170,14 +171,7 @@ def test_targets_of_different_sizes_share_a_batch_and_equal_each_sample_alone(mo
         edit(picture(64), picture(64)),
         text_to_image(picture(32)),
     ]
-    sizes = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}}
-
-    def collate(conversations):
-        return processor.apply_chat_template(
-            conversations, tokenize=True, return_dict=True, return_tensors="pt", padding=True, processor_kwargs=sizes
-        )
-
-    batch = collate(samples)
+    batch = chat(processor, samples, TWO_SIZES)
     assert batch["target_mask"].sum(dim=1).tolist() == [8, 0, 4, 8, 4], "2×4 and 2×2 latent grids"
     generator = torch.Generator().manual_seed(0)
     timesteps = torch.rand(4, generator=generator)
@@ -186,7 +180,7 @@ def test_targets_of_different_sizes_share_a_batch_and_equal_each_sample_alone(mo
     with torch.no_grad():
         mixed = model(**batch, labels=labels, timesteps=timesteps, noise=noise)
         alone = [
-            model(**collate([sample]), timesteps=timesteps[k : k + 1], noise=noise[k][None])
+            model(**chat(processor, [sample], TWO_SIZES), timesteps=timesteps[k : k + 1], noise=noise[k][None])
             for k, sample in enumerate(samples[:1] + samples[2:])
         ]
     assert [tuple(v.shape) for v in mixed.velocity] == [(8, 1, 4, 2), (8, 1, 2, 2), (8, 1, 4, 2), (8, 1, 2, 2)]
@@ -205,15 +199,7 @@ def test_a_mixed_size_batch_trains_every_generation_module(processor):
         text_to_image(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)),
         edit(*(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2))),
     ]
-    batch = processor.apply_chat_template(
-        samples,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        padding=True,
-        processor_kwargs={"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}},
-    )
-    model(**batch).loss.backward()
+    model(**chat(processor, samples, TWO_SIZES)).loss.backward()
     for part in ("model.projector", "model.timestep_embedding", "model.flow_head", "model.vision_tower.sem_vit"):
         gradients = [p.grad for name, p in model.named_parameters() if name.startswith(part) and p.requires_grad]
         assert gradients and all(g is not None for g in gradients), part
