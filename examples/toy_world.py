@@ -162,7 +162,8 @@ def fit_tokenizer(images: list[Image.Image], args, folder: Path) -> tuple[HydraX
         image.save(folder / "images" / f"{number}.png")
     argv = ["--data", folder / "images", "--model", folder / "initial", "--output-dir", folder, "--stage", 1]
     argv += ["--no-teachers", "--lpips-weight", 0, "--size", args.size, "--min-crop-fraction", 1, "--cache-media"]
-    argv += ["--shuffle-channels", "--max-steps", args.tokenizer_steps, "--max-minutes", args.tokenizer_minutes]
+    argv += ["--shuffle-channels", "--max-steps", args.tokenizer_steps]
+    argv += ["--max-minutes", args.tokenizer_minutes] if args.tokenizer_minutes else []
     argv += ["--learning-rate", args.tokenizer_lr, "--batch-size", 16, "--warmup-steps", 20, "--seed", args.seed]
     argv += ["--save-steps", args.tokenizer_steps, "--report-to", "none", "--cpu"]
     trainer = train_tokenizer.main(list(map(str, argv)))
@@ -294,7 +295,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 16 (32: 2×2 tokens)")
     parser.add_argument(
-        "--tokenizer-minutes", type=float, default=1.5, help="time budget of the Hydra-XTok fit, in minutes"
+        "--tokenizer-minutes",
+        type=float,
+        default=1.5,
+        help="time budget of the Hydra-XTok fit, in minutes; 0: none, so the fit and its learning-rate schedule "
+        "depend on --tokenizer-steps alone and the run repeats exactly (a budget's schedule follows the clock)",
     )
     parser.add_argument(
         "--tokenizer-steps", type=int, default=3000, help="most Hydra-XTok steps (the time budget usually ends first)"
@@ -338,9 +343,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("tokenizer_steps", "steps", "batch_size", "sampling_steps", "latent_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("tokenizer_minutes", "tokenizer_lr", "learning_rate_scale"):
+    for name in ("tokenizer_lr", "learning_rate_scale"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.tokenizer_minutes < 0:
+        parser.error(f"--tokenizer-minutes must be ≥ 0 (0: no time budget), got {args.tokenizer_minutes}")
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 

@@ -2,6 +2,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +36,15 @@ def tiny_tok_config(**overrides) -> HydraXTokConfig:
 @pytest.fixture
 def tok_config():
     return tiny_tok_config()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random Hydra-X checkpoint folder as conversion/build_hydrax.py writes it, one per test module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conversion"))
+    from build_hydrax import build_checkpoint
+
+    return build_checkpoint("tiny", tmp_path_factory.mktemp("checkpoint") / "hydrax-tiny")
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,6 @@ sys.path.insert(0, str(ROOT / "conversion"))
 from build_hydrax import build_checkpoint, main  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "hydrax-tiny")
-
-
 def test_checkpoint_folder_is_complete(checkpoint):
     names = {path.name for path in checkpoint.iterdir()}
     for name in (

@@ -18,7 +18,6 @@ from modeling_hydrax import HydraXConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from build_hydrax import build_checkpoint  # noqa: E402
 from model_card_hydrax import HYDRAX_TAGS, build_model_card, eval_results_from_json, main  # noqa: E402
 
 
@@ -32,11 +31,6 @@ EVAL_RESULTS = [
         "metric_value": 0.12,
     }
 ]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint("tiny", tmp_path_factory.mktemp("card") / "hydrax-tiny")
 
 
 def python_snippets(text: str) -> list[str]:

@@ -17,23 +17,16 @@ from diffusers.utils import logging as diffusers_logging
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "conversion"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_pipelines import main as bench_main  # noqa: E402
 from bench_pipelines import reference_sample  # noqa: E402
-from build_hydrax import build_checkpoint  # noqa: E402
 from test_remote_code_tok import BLOCK_OUR_PACKAGES  # noqa: E402
 
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, pipeline_hydrax, pipeline_hydrax_edit  # noqa: E402
 
 
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint("tiny", tmp_path_factory.mktemp("pipelines") / "hydrax-tiny")
 
 
 @pytest.fixture(scope="module")

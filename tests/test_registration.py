@@ -10,14 +10,6 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "conversion"))
-
-from build_hydrax import build_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "hydrax-tiny")
 
 
 @pytest.mark.parametrize("package", ["processing_hydrax", "modeling_hydrax"])

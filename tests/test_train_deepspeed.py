@@ -65,11 +65,6 @@ train_hydrax = load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def captions(tmp_path_factory):
     """8 captioning conversations of the demo images (data of one kind)."""
     folder = tmp_path_factory.mktemp("captions")

@@ -22,11 +22,6 @@ CONFIGS = ROOT / "examples" / "accelerate"
 train_hydrax = load_script(SCRIPT)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
-
-
 def losses(trainer, after: int) -> list[tuple]:
     return [
         (entry["step"], entry["loss"], entry.get("lm_loss"), entry.get("flow_loss"))

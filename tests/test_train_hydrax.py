@@ -25,11 +25,6 @@ train_hydrax = load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return train_hydrax.build_checkpoint("tiny", tmp_path_factory.mktemp("base") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def processor(checkpoint):
     from transformers import AutoProcessor
 
