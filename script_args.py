@@ -50,6 +50,15 @@ def check_output_folder(parser: argparse.ArgumentParser, option: str, path, give
         parser.error(f"{option} {given}: {existing} is not writable; pass a folder you can write to")
 
 
+def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, force: bool):
+    """`check_output_folder`, and `parser.error` when `path` is a folder with contents and `force` is off: an output
+    folder is replaced as a whole at the end of a run, so an existing one goes only when asked (`--force`)."""
+    check_output_folder(parser, option, path)
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not force:
+        parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")
+
+
 def check_output_file(parser: argparse.ArgumentParser, option: str, path, suffix: str):
     """`parser.error` unless `path` ends in `suffix`, is not a folder, and its folder is (or can be made) writable."""
     path = Path(path)

@@ -1,5 +1,7 @@
+import doctest
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +129,56 @@ def interrupting(callback_class):
             control.should_training_stop = True
 
     return Interrupt
+
+
+def tiny_clip(folder) -> str:
+    """A random one-layer CLIP (32-pixel images, a byte-level tokenizer without merges) saved with its processor in
+    `folder`, for the CLIP score and CLIP-I metrics; returns the folder."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(0)  # module-scoped fixtures run before the autouse seed
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char], vocab[f"{char}</w>"] = len(vocab), len(vocab) + 1
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(tower, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1),
+        vision_config=dict(tower, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer(vocab=vocab, merges=[])).save_pretrained(
+        folder
+    )
+    return str(folder)
+
+
+def tiny_dinov2(folder) -> str:
+    """A random one-layer DINOv2 saved with its image processor in `folder` (feature model for Fréchet distances and
+    DINO similarity); returns the folder."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+class FencedDocTestParser(doctest.DocTestParser):
+    """Doctests whose examples sit in ```python fences, as in transformers' docstrings."""
+
+    def parse(self, string, name="<string>"):
+        return super().parse(re.sub(r"^[ \t]*```(?:python)?[ \t]*$", "", string, flags=re.MULTILINE), name)
+
+
+def run_docstring_examples(module) -> doctest.DocTestRunner:
+    """Run every docstring example of `module`; the runner counts `tries` and `failures`."""
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(parser=FencedDocTestParser()).find(module):
+        runner.run(test)
+    return runner

@@ -1,9 +1,7 @@
 """Tests of processing_hydrax: image / video processors, the tiny tokenizer and HydraXProcessor (issue 3)."""
 
-import doctest
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import run_docstring_examples
 from skimage import data as skdata
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, AutoVideoProcessor, PreTrainedConfig
 
@@ -875,11 +874,5 @@ def test_decoding_and_visual_post_processing(processor):
     ],
 )
 def test_docstring_examples_run(module):
-    class FencedParser(doctest.DocTestParser):  # the examples sit in ```python fences, as in transformers
-        def parse(self, string, name="<string>"):
-            return super().parse(re.sub(r"^[ \t]*```(?:python)?[ \t]*$", "", string, flags=re.MULTILINE), name)
-
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for test in doctest.DocTestFinder(parser=FencedParser()).find(module):
-        runner.run(test)
+    runner = run_docstring_examples(module)
     assert runner.tries > 0 and runner.failures == 0

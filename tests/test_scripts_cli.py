@@ -9,10 +9,11 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(
+SCRIPTS = sorted(  # every file of these folders that runs as a script (evaluation/metrics_hydrax.py is a module)
     str(path.relative_to(ROOT))
-    for folder in ("examples", "conversion", "bench")
+    for folder in ("examples", "conversion", "bench", "evaluation")
     for path in (ROOT / folder).glob("*.py")
+    if '__name__ == "__main__"' in path.read_text()
 )
 
 

@@ -1,0 +1,289 @@
+"""Reconstruction quality of a Hydra-XTok on images and videos: PSNR, SSIM, LPIPS and rFD.
+
+    python evaluation/evaluate_tokenizer.py --model outputs/quickstart/model --data photos/ clips.jsonl \\
+        --resolution 256 --num-frames 17 --output-dir outputs/eval-tokenizer
+    python evaluation/evaluate_tokenizer.py --model outputs/hydrax-7b --data val/ --lpips lpips/ \\
+        --feature-model facebook/dinov2-base --device cuda --dtype bfloat16 --chunk-frames 2
+
+`--data` takes the training script's sources: folders of images and videos, JSONL manifests, `datasets` datasets.
+Each item is cropped to the centred box of the `--resolution` bucket nearest its aspect ratio (videos: the middle
+`--num-frames`-frame clip), encoded with the posterior mean (`--sample` draws from the posterior instead) and decoded,
+`--chunk-frames` latent frames at a time when given (streaming: equal to the whole clip). Per kind (image, video):
+- `psnr`: dB over each item's pixels in [-1, 1], averaged over items;
+- `ssim`: Gaussian 11×11 window (scikit-image's `gaussian_weights=True`), per frame, averaged over frames and items;
+- `lpips`: with `--lpips` (a `HydraXTokLPIPS` folder; `HydraXTokLPIPS.from_lpips_package()` converts the real one);
+- `rfd_<model>`: the Fréchet distance between the features of every original and every reconstructed frame under
+  `--feature-model` (any transformers vision model; `facebook/dinov2-base` gives rFD-DINOv2; FID's own Inception
+  network is not a transformers model). Like FID, it depends on the number of frames: compare runs at equal counts.
+`--model` is a `HydraXTokModel` folder, or a Hydra-X checkpoint, whose vision tower alone is read from its weights.
+
+Writes into `--output-dir`, all at once when the run completes (an existing folder is replaced only with `--force`):
+`metrics.json` (per kind, the settings, what was skipped and how to turn it on), `samples.jsonl` (each item's origin
+and metrics) and `examples/` (the first `--save-examples` items: original frames above reconstructed ones).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "conversion"))
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "evaluation"))
+
+import torch  # noqa: E402
+from checkpoint_importer import staged_folder  # noqa: E402
+from metrics_hydrax import HydraXFeatureStatistics, HydraXImageFeatures, frechet_distance, ssim  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from train_tokenizer import save_grid  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+
+from modeling_hydrax import HydraXTokModel  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset, list_source, parse_resolution, psnr  # noqa: E402
+from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOWER_PREFIX = "model.vision_tower."  # where HydraXForConditionalGeneration keeps its Hydra-XTok
+
+
+def load_tokenizer(path: Path, dtype: torch.dtype = torch.float32) -> HydraXTokModel:
+    """A `HydraXTokModel` from its own folder, or the vision tower of a Hydra-X checkpoint folder (only the tower's
+    tensors are read from the safetensors shards: the LLM is never loaded)."""
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type == "hydrax_tok":
+        return HydraXTokModel.from_pretrained(path, dtype=dtype).eval()
+    if config.model_type != "hydrax":
+        raise ValueError(f"{path} holds a {config.model_type!r} model; pass a Hydra-XTok or a Hydra-X checkpoint.")
+    state = {}
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as tensors:
+            for key in tensors.keys():
+                if key.startswith(TOWER_PREFIX):
+                    state[key.removeprefix(TOWER_PREFIX)] = tensors.get_tensor(key)
+    if not state:
+        raise ValueError(f"{path}: no tensor starts with {TOWER_PREFIX!r} in its safetensors files.")
+    model = HydraXTokModel(config.vision_config)
+    model.load_state_dict(state)
+    return model.to(dtype).eval()
+
+
+def item_batches(dataset: HydraXTokClipDataset, batch_size: int, limit: int | None) -> list[list[int]]:
+    """The evaluated items (the first `limit`, in data order) grouped into batches of one kind and one size."""
+    chosen = set(range(len(dataset) if limit is None else min(limit, len(dataset))))
+    batches = []
+    for key in sorted(dataset.buckets):
+        members = [index for index in dataset.buckets[key] if index in chosen]
+        batches += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
+    return batches
+
+
+def frames_of(pixels: torch.Tensor) -> torch.Tensor:
+    """`[B, 3, H, W]` or `[B, 3, F, H, W]` → every frame as `[N, 3, H, W]`."""
+    return pixels if pixels.ndim == 4 else pixels.transpose(1, 2).flatten(0, 1)
+
+
+@torch.no_grad()
+def reconstruct(model: HydraXTokModel, pixels: torch.Tensor, sample: bool, chunk_frames: int | None) -> torch.Tensor:
+    """Encode (posterior mean, or a sample) and decode, streaming `chunk_frames` latent frames at a time; the result
+    in the input's shape, clamped to [-1, 1], float32."""
+    dtype = next(model.parameters()).dtype
+    latents = model.encode(pixels.to(dtype), sample=sample, chunk_frames=chunk_frames).latents
+    return model.decode(latents, chunk_frames=chunk_frames).sample.float().clamp(-1, 1).reshape(pixels.shape)
+
+
+class HydraXTokEvaluation:
+    """Per-kind sums of the per-item metrics and the feature statistics of originals and reconstructions."""
+
+    def __init__(self, lpips: HydraXTokLPIPS | None, features: HydraXImageFeatures | None, feature_name: str):
+        self.lpips, self.features, self.feature_name = lpips, features, feature_name
+        self.sums: dict[str, dict[str, float]] = {}
+        self.statistics: dict[str, tuple[HydraXFeatureStatistics, HydraXFeatureStatistics]] = {}
+
+    def add(self, kind: str, originals: torch.Tensor, rebuilt: torch.Tensor) -> list[dict[str, float]]:
+        """Measure one batch of one kind; returns each item's metrics."""
+        count = originals.shape[0]
+        frame_ssim = ssim(frames_of(rebuilt), frames_of(originals))
+        values = {"psnr": psnr(rebuilt, originals), "ssim": frame_ssim.view(count, -1).mean(1)}
+        if self.lpips is not None:
+            device = next(self.lpips.parameters()).device
+            values["lpips"] = self.lpips(rebuilt.to(device), originals.to(device)).float().cpu()
+        if self.features is not None:
+            real, fake = self.statistics.setdefault(kind, (HydraXFeatureStatistics(), HydraXFeatureStatistics()))
+            real.update(self.features(frames_of(originals)))
+            fake.update(self.features(frames_of(rebuilt)))
+        totals = self.sums.setdefault(kind, {"count": 0})
+        totals["count"] += count
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0.0) + float(value.sum())
+        return [{name: float(value[row]) for name, value in values.items()} for row in range(count)]
+
+    def results(self) -> dict[str, dict[str, float]]:
+        """Per kind: `count`, the mean of every per-item metric and, with a feature model, `rfd_<name>` (None when a
+        kind has fewer than 2 frames)."""
+        results = {}
+        for kind, totals in self.sums.items():
+            count = totals["count"]
+            results[kind] = {
+                "count": count,
+                **{name: total / count for name, total in totals.items() if name != "count"},
+            }
+            if self.features is not None:
+                real, fake = self.statistics[kind]
+                enough = real.count >= 2
+                results[kind][f"rfd_{self.feature_name}"] = frechet_distance(real, fake) if enough else None
+        return results
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a Hydra-XTok or Hydra-X checkpoint folder")
+    parser.add_argument(
+        "--data", nargs="+", required=True, help="image / video folders, JSONL manifests or `datasets` datasets"
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="where metrics.json, samples.jsonl go")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument(
+        "--resolution",
+        nargs="+",
+        default=["256"],
+        help="evaluation sizes, `256` or `HxW` (multiples of 16); each item takes the one nearest its aspect ratio",
+    )
+    parser.add_argument("--num-frames", type=int, default=17, help="frames of each video clip, 1 + 4·k")
+    parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame of a video")
+    parser.add_argument(
+        "--chunk-frames", type=int, help="stream videos this many latent frames at a time (default: the whole clip)"
+    )
+    parser.add_argument("--sample", action="store_true", help="decode a posterior sample instead of its mean")
+    parser.add_argument("--lpips", type=Path, help="a HydraXTokLPIPS folder; without it LPIPS is skipped")
+    parser.add_argument(
+        "--feature-model", help="a transformers vision model (Hub id or folder) for rFD, e.g. facebook/dinov2-base"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="items per forward")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items")
+    parser.add_argument("--save-examples", type=int, default=4, help="side-by-side PNGs of the first N items")
+    parser.add_argument("--on-bad-sample", choices=["skip", "error"], default="skip", help="unreadable media")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the tokenizer's dtype")
+    parser.add_argument("--seed", type=int, default=0, help="seed for `--sample`")
+    args = parser.parse_args(argv)
+    check_folder(parser, "--model", args.model, "pass a Hydra-XTok or Hydra-X checkpoint folder", "config.json")
+    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
+    if args.lpips is not None:
+        hint = "pass a folder written by HydraXTokLPIPS.save_pretrained"
+        check_folder(parser, "--lpips", args.lpips, hint, "model.safetensors")
+    for source in args.data:
+        if looks_like_path(source) and not Path(source).exists():
+            parser.error(f"--data {source}: no such file or folder; pass a folder, a .jsonl manifest or a dataset")
+    if args.feature_model is not None and looks_like_path(args.feature_model):
+        check_folder(parser, "--feature-model", args.feature_model, "pass a Hub id or a model folder", "config.json")
+    try:
+        args.resolution = [parse_resolution(value) for value in args.resolution]
+    except ValueError:
+        parser.error(f"--resolution {' '.join(args.resolution)}: each must be a number or HxW, e.g. 256 or 256x384")
+    for height, width in args.resolution:
+        if height < 16 or width < 16 or height % 16 or width % 16:
+            parser.error(f"--resolution {height}x{width}: both sides must be positive multiples of 16")
+    if args.num_frames < 1 or (args.num_frames - 1) % 4:
+        parser.error(f"--num-frames {args.num_frames}: must be 1 + 4·k (an anchor plus a multiple of 4)")
+    for name in ("frame_stride", "batch_size", "chunk_frames", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be at least 1")
+    if args.save_examples < 0:
+        parser.error(f"--save-examples {args.save_examples}: must be ≥ 0")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available; use --device cpu")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+
+    # 1. The tokenizer, the optional LPIPS and feature models, the data
+    model = load_tokenizer(args.model, DTYPES[args.dtype]).to(args.device)
+    lpips = HydraXTokLPIPS.from_pretrained(args.lpips).to(args.device).eval() if args.lpips else None
+    features = HydraXImageFeatures.from_pretrained(args.feature_model, args.device) if args.feature_model else None
+    feature_name = Path(str(args.feature_model)).name.replace("-", "_").lower()
+    dataset = HydraXTokClipDataset(
+        args.data, args.resolution, args.num_frames, args.frame_stride, on_bad_sample=args.on_bad_sample
+    )
+    batches = item_batches(dataset, args.batch_size, args.limit)
+    usable = {item.origin for item in dataset.items}
+    listed = [origin for source in args.data for _, _, origin in list_source(source)]
+
+    # 2. Reconstruct batch by batch, measuring as we go
+    evaluation = HydraXTokEvaluation(lpips, features, feature_name)
+    samples, skipped = [], [origin for origin in listed if origin not in usable]  # unreadable or too short
+    with staged_folder(args.output_dir) as staging:
+        (staging / "examples").mkdir()
+        progress = tqdm(total=sum(map(len, batches)), desc="reconstructing", unit="item")
+        for indices in batches:
+            loaded = [(index, dataset[index]) for index in indices]
+            skipped += [dataset.items[index].origin for index, item in loaded if item is None]
+            loaded = [(index, item) for index, item in loaded if item is not None]
+            progress.update(len(indices))
+            if not loaded:
+                continue
+            originals = torch.stack([item["pixel_values"] for _, item in loaded]).to(args.device)
+            rebuilt = reconstruct(model, originals, args.sample, args.chunk_frames)
+            kind = dataset.items[loaded[0][0]].kind
+            for row, ((index, item), values) in enumerate(zip(loaded, evaluation.add(kind, originals, rebuilt))):
+                samples.append({"index": index, "origin": item["origin"], "kind": kind, **values})
+                if index < args.save_examples:
+                    pair = originals[row : row + 1], rebuilt[row : row + 1]
+                    save_grid(*pair, staging / "examples" / f"{index:05d}.png")
+        progress.close()
+
+        # 3. Summaries
+        skipped_metrics = {}
+        if lpips is None:
+            skipped_metrics["lpips"] = "pass --lpips FOLDER (HydraXTokLPIPS.save_pretrained)"
+        if features is None:
+            skipped_metrics["rfd"] = "pass --feature-model, e.g. facebook/dinov2-base"
+        metrics = {
+            **evaluation.results(),
+            "skipped_items": skipped,
+            "skipped_metrics": skipped_metrics,
+            "settings": {
+                "model": str(args.model),
+                "data": args.data,
+                "resolution": [f"{height}x{width}" for height, width in args.resolution],
+                "num_frames": args.num_frames,
+                "frame_stride": args.frame_stride,
+                "chunk_frames": args.chunk_frames,
+                "posterior": "sample" if args.sample else "mean",
+                "dtype": args.dtype,
+                "feature_model": args.feature_model,
+                "lpips": None if args.lpips is None else str(args.lpips),
+            },
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (staging / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
+
+    for kind in ("image", "video"):
+        if kind in metrics:
+            values = metrics[kind]
+            shown = ", ".join(
+                f"{name} {value:.4g}" for name, value in values.items() if name != "count" and value is not None
+            )
+            print(f"{kind}s ({values['count']}): {shown}")
+    for name, fix in skipped_metrics.items():
+        print(f"{name} skipped: {fix}")
+    if skipped:
+        print(f"{len(skipped)} unreadable item(s) skipped, listed in metrics.json")
+    print(f"Wrote metrics.json, samples.jsonl and examples/ to {args.output_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

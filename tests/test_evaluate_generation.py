@@ -1,0 +1,387 @@
+"""evaluation/evaluate_generation.py on the tiny random checkpoint with tiny random CLIP and DINOv2 models, offline:
+text-to-image from a .txt file (as a script) and from a JSONL manifest with reference images, instruction editing with
+and without targets, outputs that do not depend on the batch size, metrics equal to hand computations on the saved
+PNGs, skipped metrics that name what enables them, and bad inputs that stop with a message naming the fix. About 35 s
+on 2 busy CPU cores, a third of it the one script run's start-up."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_script, run_script, tiny_clip, tiny_dinov2
+from PIL import Image
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "evaluation" / "evaluate_generation.py"
+evaluation = load_script(SCRIPT)  # puts evaluation/ on sys.path, for metrics_hydrax below
+
+from metrics_hydrax import HydraXClipScore, HydraXFeatureStatistics, HydraXImageFeatures, frechet_distance  # noqa: E402
+
+
+HEIGHT, WIDTH = 32, 48
+SMALL = ["--height", str(HEIGHT), "--width", str(WIDTH), "--num-inference-steps", "2"]
+PROMPTS = ["a red fox in the snow", "a cat on a mat", "a lighthouse at night"]
+
+
+def random_png(path: Path, height: int, width: int, seed: int) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path.name
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny CLIP / DINOv2 folders, a prompt file with a blank line, a text-to-image manifest with reference images
+    (40×56, not the output size), a folder of reference images, and an edit manifest: two rows with a target (at the
+    output size) and a target caption (one names the instruction `instruction`), one with neither."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "references").mkdir()
+    for index in range(3):
+        random_png(folder / "references" / f"{index}.png", 40, 56, seed=index)
+    (folder / "prompts.txt").write_text(f"{PROMPTS[0]}\n\n{PROMPTS[1]}\n{PROMPTS[2]}\n")
+    t2i = [
+        {"prompt": prompt, "image": random_png(folder / f"ref{i}.png", 40, 56, 10 + i)}
+        for i, prompt in enumerate(PROMPTS)
+    ]
+    edit = [
+        {
+            "image": "ref0.png",
+            "prompt": "make it red",
+            "target": random_png(folder / "target0.png", HEIGHT, WIDTH, 20),
+            "target_caption": "a red square",
+        },
+        {
+            "image": "ref1.png",
+            "instruction": "make it blue",
+            "target": random_png(folder / "target1.png", HEIGHT, WIDTH, 21),
+            "target_caption": "a blue square",
+        },
+        {"image": "ref2.png", "prompt": "add snow"},
+    ]
+    torch.manual_seed(0)  # random weights whose cosines include positive ones (module fixtures precede `_seed`)
+    return {
+        "folder": folder,
+        "clip": tiny_clip(folder / "clip"),
+        "dinov2": tiny_dinov2(folder / "dinov2"),
+        "txt": str(folder / "prompts.txt"),
+        "t2i": write_jsonl(folder / "t2i.jsonl", t2i),
+        "edit": write_jsonl(folder / "edit.jsonl", edit),
+        "references": str(folder / "references"),
+    }
+
+
+def evaluate(output: Path, *args) -> Path:
+    """The script's `main` in this process; returns the output folder."""
+    evaluation.main([*map(str, args), "--output-dir", str(output)])
+    return output
+
+
+def read_outputs(output: Path) -> tuple[dict, list[dict]]:
+    samples = [json.loads(line) for line in (output / "samples.jsonl").read_text().splitlines()]
+    return json.loads((output / "metrics.json").read_text()), samples
+
+
+def png(output: Path, record: dict) -> np.ndarray:
+    return np.array(Image.open(output / record["file"]).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def t2i_run(checkpoint, data, tmp_path_factory):
+    """Text-to-image from the manifest: 2 images per prompt, batches of 2 prompts, FD against the manifest's images."""
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"]]
+    run = ["--model", checkpoint, "--data", data["t2i"], *SMALL, "--num-images-per-prompt", "2", *models]
+    return evaluate(tmp_path_factory.mktemp("t2i") / "out", *run, "--batch-size", "2"), run
+
+
+@pytest.fixture(scope="module")
+def edit_run(checkpoint, data, tmp_path_factory):
+    run = ["--task", "edit", "--model", checkpoint, "--data", data["edit"], *SMALL, "--batch-size", "2"]
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"]]
+    return evaluate(tmp_path_factory.mktemp("edit") / "out", *run, *models)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return evaluation.load_pipeline(str(checkpoint), "text-to-image")
+
+
+def test_text_to_image_from_a_prompt_file_as_a_script(checkpoint, data, tmp_path):
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"], "--reference", data["references"]]
+    output = tmp_path / "out"
+    args = ["--model", checkpoint, "--data", data["txt"], *SMALL, *models, "--output-dir", output]
+    result = run_script(SCRIPT, *map(str, args), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-3:] == [
+        f"images: {output / 'images'}",
+        f"metrics: {output / 'metrics.json'}",
+        f"samples: {output / 'samples.jsonl'}",
+    ]
+    metrics, samples = read_outputs(output)
+    assert metrics["metrics"]["clip_score"]["count"] == 3 and metrics["skipped"] == {}
+    fd = metrics["metrics"]["fd_dinov2"]
+    assert fd["count"] == 3 and fd["reference_count"] == 3 and fd["value"] > 0
+    assert [sample["prompt"] for sample in samples] == PROMPTS  # the blank line is no prompt
+    assert [sample["origin"] for sample in samples] == [f"{data['txt']}:{line}" for line in (1, 3, 4)]
+    assert sorted(path.name for path in (output / "images").iterdir()) == ["00000_0.png", "00001_0.png", "00002_0.png"]
+    assert all(Image.open(output / sample["file"]).size == (WIDTH, HEIGHT) for sample in samples)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"], "a staging folder was left behind"
+
+
+def test_text_to_image_from_a_manifest_with_reference_images(t2i_run, checkpoint, data):
+    output, _ = t2i_run
+    metrics, samples = read_outputs(output)
+    assert [(s["row"], s["sample"], s["seed"]) for s in samples] == [(i // 2, i % 2, i) for i in range(6)]
+    assert [s["prompt"] for s in samples] == [prompt for prompt in PROMPTS for _ in range(2)]
+    assert sorted(s["file"] for s in samples) == sorted(f"images/{p.name}" for p in (output / "images").iterdir())
+    assert all(Image.open(output / s["file"]).size == (WIDTH, HEIGHT) for s in samples)
+    clip_score = metrics["metrics"]["clip_score"]
+    assert clip_score["count"] == 6
+    assert clip_score["mean"] == pytest.approx(np.mean([s["clip_score"] for s in samples]))
+    fd = metrics["metrics"]["fd_dinov2"]
+    assert (fd["count"], fd["reference_count"]) == (6, 3) and "equal image counts" in fd["note"]
+    settings = metrics["settings"]
+    assert (settings["height"], settings["width"], settings["num_inference_steps"]) == (HEIGHT, WIDTH, 2)
+    assert (settings["model"], settings["data"], settings["seed"], settings["guidance_scale"]) == (
+        str(checkpoint),
+        data["t2i"],
+        0,
+        4.0,
+    )
+    assert "image_guidance_scale" not in settings and metrics["rows"] == 3 and metrics["images"] == 6
+    assert metrics["seconds"] > 0
+
+
+def test_outputs_do_not_depend_on_the_batch_size(t2i_run, pipe, data, tmp_path):
+    output, run = t2i_run
+    single = evaluate(tmp_path / "single", *run, "--batch-size", "1")
+    _, samples = read_outputs(output)
+    _, single_samples = read_outputs(single)
+    for sample, single_sample in zip(samples, single_samples, strict=True):
+        assert sample["file"] == single_sample["file"]
+        # the float outputs agree to ~1e-7 (below); rounding to 8 bits may flip a value sitting on a half level
+        difference = np.abs(png(output, sample).astype(int) - png(single, single_sample).astype(int))
+        assert difference.max() <= 1
+        assert sample["clip_score"] == pytest.approx(single_sample["clip_score"], abs=1e-3)
+
+    rows = evaluation.read_rows(data["t2i"], "text-to-image")
+    settings = evaluation.GenerationSettings(HEIGHT, WIDTH, 2, num_images_per_prompt=2)
+    together = evaluation.generate_batch(pipe, "text-to-image", [rows[0], rows[1]], settings)
+    apart = torch.cat([evaluation.generate_batch(pipe, "text-to-image", [rows[i]], settings) for i in (0, 1)])
+    assert together.shape == (4, 3, HEIGHT, WIDTH) and 0 <= together.min() and together.max() <= 1
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=0)
+    # seeds are seed + row·K + sample: a seed further than rows·K away shares no noise
+    other = evaluation.GenerationSettings(HEIGHT, WIDTH, 2, num_images_per_prompt=2, seed=1000)
+    reseeded = evaluation.generate_batch(pipe, "text-to-image", [rows[0], rows[1]], other)
+    assert (reseeded - together).abs().flatten(1).amax(1).min() > 1e-2
+
+
+def test_clip_score_equals_a_clip_forward_on_the_saved_pngs(t2i_run, data):
+    """The script scores the pixels it saves (the pipeline's output rounded to 8 bits), so a CLIP forward on the PNG
+    files, outside metrics_hydrax, gives the same scores."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    output, _ = t2i_run
+    _, samples = read_outputs(output)
+    model, processor = CLIPModel.from_pretrained(data["clip"]).eval(), CLIPProcessor.from_pretrained(data["clip"])
+    inputs = processor(
+        text=[s["prompt"] for s in samples],
+        images=[png(output, s) for s in samples],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        result = model(**inputs)
+    expected = 100 * (result.image_embeds * result.text_embeds).sum(-1).clamp_min(0)
+    scores = torch.tensor([s["clip_score"] for s in samples])
+    assert (scores > 0).any(), "every cosine was negative: the comparison would only check zeros"
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
+
+
+def test_fd_equals_frechet_distance_of_features_computed_by_hand(t2i_run, data):
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    output, _ = t2i_run
+    metrics, samples = read_outputs(output)
+    model, processor = (
+        Dinov2Model.from_pretrained(data["dinov2"]).eval(),
+        AutoImageProcessor.from_pretrained(data["dinov2"]),
+    )
+    references = [np.array(Image.open(data["folder"] / f"ref{i}.png").convert("RGB")) for i in range(3)]
+    statistics = []
+    for images in ([png(output, s) for s in samples], references):
+        with torch.no_grad():
+            features = model(**processor(images=images, return_tensors="pt")).pooler_output
+        statistics.append(HydraXFeatureStatistics())
+        statistics[-1].update(features)
+    assert metrics["metrics"]["fd_dinov2"]["value"] == pytest.approx(frechet_distance(*statistics), rel=1e-4)
+
+
+def test_edit_reports_magicbrush_metrics_with_and_without_targets(edit_run, data):
+    metrics, samples = read_outputs(edit_run)
+    counts = {name: entry["count"] for name, entry in metrics["metrics"].items()}
+    assert counts == {
+        "l1": 2,
+        "clip_i": 2,
+        "dino": 2,
+        "clip_t": 2,
+        "clip_t_instruction": 1,
+        "source_l1": 1,
+        "source_clip_i": 1,
+        "source_dino": 1,
+    }
+    assert metrics["skipped"] == {} and metrics["settings"]["image_guidance_scale"] == 1.5
+    with_target, _, without_target = samples
+    assert with_target["target_caption"] == "a red square" and samples[1]["prompt"] == "make it blue"
+    assert set(without_target) >= {"source_l1", "source_clip_i", "source_dino", "clip_t_instruction"}
+    assert not set(without_target) & {"l1", "clip_i", "dino", "clip_t"}
+    for sample in samples:
+        assert Image.open(edit_run / sample["file"]).size == (WIDTH, HEIGHT)
+        for name, value in sample.items():
+            if name.endswith("l1"):
+                assert 0 < value < 1
+            elif name.endswith(("clip_i", "dino")):
+                assert -1 <= value <= 1
+            elif name.startswith("clip_t"):
+                assert 0 <= value <= 100
+    for index, sample in enumerate(samples[:2]):  # L1 by hand: targets are at the output size, so no resize
+        target = np.array(Image.open(data["folder"] / f"target{index}.png").convert("RGB")).astype(float)
+        expected = np.abs(png(edit_run, sample).astype(float) - target).mean() / 255
+        assert sample["l1"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_edit_scores_of_outputs_against_themselves(data):
+    clip = HydraXClipScore.from_pretrained(data["clip"])
+    features = HydraXImageFeatures.from_pretrained(data["dinov2"])
+    pixels = torch.rand(3, 3, HEIGHT, WIDTH) * 2 - 1
+    instructions, captions = ["make it red", "make it blue", "add snow"], ["a red square", None, None]
+    scores = evaluation.score_edits(
+        pixels, instructions, pixels, [pixels[0], pixels[1], None], captions, clip, features
+    )
+    for score in scores[:2]:
+        assert score["l1"] == 0 and score["clip_i"] == pytest.approx(1, abs=1e-5)
+        assert score["dino"] == pytest.approx(1, abs=1e-5)
+    assert scores[2]["source_l1"] == 0 and scores[2]["source_dino"] == pytest.approx(1, abs=1e-5)
+    assert ("clip_t" in scores[0], "clip_t_instruction" in scores[1]) == (True, True)
+    assert scores[0]["clip_t"] == pytest.approx(float(clip.score(pixels[:1], ["a red square"])[0]), abs=1e-4)
+    assert evaluation.l1_distance(-torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4)).tolist() == [1.0]
+
+
+def test_skipped_metrics_name_what_enables_them(checkpoint, data, tmp_path, capsys):
+    output = evaluate(tmp_path / "out", "--model", checkpoint, "--data", data["txt"], *SMALL, "--limit", "1")
+    metrics, samples = read_outputs(output)
+    assert metrics["metrics"] == {} and len(samples) == 1 and metrics["settings"]["limit"] == 1
+    assert "--clip-model" in metrics["skipped"]["clip_score"]
+    assert "--feature-model" in metrics["skipped"]["fd"] and "--reference" in metrics["skipped"]["fd"]
+    assert re.search(r"\n  clip_score +skipped: no --clip-model", capsys.readouterr().out)
+    requirements = evaluation.edit_requirements({"target", "caption"}, clip=False, features=True)
+    assert "--clip-model" in requirements["clip_i"][0] and requirements["dino"] == [None, None]
+    assert "every row has a target" in requirements["source_l1"][0]
+
+
+def test_a_failure_leaves_no_output_folder(checkpoint, data, tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return generate_batch(*args, **kwargs)
+
+    generate_batch = evaluation.generate_batch
+    monkeypatch.setattr(evaluation, "generate_batch", fail_on_second_batch)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(tmp_path / "out", "--model", checkpoint, "--data", data["txt"], *SMALL, "--batch-size", "1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_columns_and_unreadable_images_name_the_row_and_the_fix(data, tmp_path):
+    import datasets
+
+    manifest = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"caption_text": "a cat", "image": "x.png"}])
+    with pytest.raises(
+        evaluation.EvaluationDataError, match=r"bad.jsonl:2: no prompt \(the line has \['caption_text'"
+    ):
+        evaluation.read_rows(manifest, "text-to-image")
+    folder = tmp_path / "dataset"
+    datasets.Dataset.from_dict({"caption_text": ["a cat"], "id": [0]}).save_to_disk(str(folder))
+    with pytest.raises(evaluation.EvaluationDataError) as error:
+        evaluation.read_rows(str(folder), "text-to-image")
+    assert "no prompt column among ['caption_text', 'id']" in str(error.value)
+    assert "`prompt` / `caption` / `text`: rename a column" in str(error.value)
+
+    (tmp_path / "broken.png").write_text("not an image")
+    manifest = write_jsonl(tmp_path / "edit.jsonl", [{"image": "broken.png", "instruction": "make it red"}])
+    with pytest.raises(
+        evaluation.EvaluationDataError, match=r"edit.jsonl:1: image .*broken.png is not a readable image"
+    ):
+        evaluation.read_rows(manifest, "edit")
+    manifest = write_jsonl(tmp_path / "missing.jsonl", [{"image": "nowhere.png", "prompt": "make it red"}])
+    with pytest.raises(
+        evaluation.EvaluationDataError, match="missing.jsonl:1: image file .*nowhere.png does not exist"
+    ):
+        evaluation.read_rows(manifest, "edit")
+
+
+def test_dataset_folders_give_pil_images_and_their_split(tmp_path):
+    import datasets
+
+    images = [Image.new("RGB", (40, 24), color) for color in ("red", "blue")]
+    split = datasets.Dataset.from_dict({"caption": ["a red box", "a blue box"], "image": images})
+    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "dataset"))
+    rows = evaluation.read_rows(str(tmp_path / "dataset"), "text-to-image", split="test", limit=1)
+    assert len(rows) == 1 and rows.present == {"prompt", "image"}
+    assert rows[0]["prompt"] == "a red box" and rows[0]["origin"] == f"{tmp_path / 'dataset'} row 0"
+    assert evaluation.load_image(rows[0]["image"], rows[0]["origin"], "image").getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(evaluation.EvaluationDataError, match=r"no split 'train'; pass --split with one of \['test'\]"):
+        evaluation.read_rows(str(tmp_path / "dataset"), "text-to-image")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "edit"], "--data {txt}: a .txt file holds prompts only, but --task edit needs a source image"),
+        (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such folder; pass a Hydra-X checkpoint folder"),
+        (["--clip-model", "{tmp}"], "--clip-model {tmp}: a folder without config.json; pass a CLIP or SigLIP"),
+        (["--data", "{tmp}/prompts.csv"], "--data {tmp}/prompts.csv: no such file or folder; pass a .txt or .jsonl"),
+        (["--output-dir", "{tmp}"], "--output-dir {tmp}: already exists; pass --force to replace it"),
+        (["--height", "40"], "--height must be a positive multiple of 16, got 40"),
+        (["--task", "edit", "--data", "{edit}", "--reference", "{tmp}"], "--reference sets FD references for text"),
+    ],
+)
+def test_bad_command_lines_stop_before_any_work(args, message, checkpoint, data, tmp_path, capsys):
+    (tmp_path / "existing").write_text("")
+    paths = {"tmp": tmp_path, "txt": data["txt"], "edit": data["edit"]}
+    base = {"--model": str(checkpoint), "--data": data["txt"], "--output-dir": str(tmp_path / "out")}
+    argv = [arg.format(**paths) for arg in args]
+    argv += [item for option, value in base.items() if option not in argv for item in (option, value)]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(argv)
+    assert exit_info.value.code == 2 and message.format(**paths) in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["existing"]
+
+
+def test_help_documents_every_option(monkeypatch, capsys):
+    parsers = []
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def recording_parse_args(parser, *rest, **kwargs):
+        parsers.append(parser)
+        return parse_args(parser, *rest, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", recording_parse_args)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "FD is biased upward on small sets" in help_text
+    for action in parsers[0]._actions:
+        assert (action.help or "").strip() and action.option_strings[-1] in help_text

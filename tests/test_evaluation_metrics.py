@@ -1,0 +1,108 @@
+"""evaluation/metrics_hydrax.py: each metric against a reference implementation or its definition."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_docstring_examples, tiny_clip, tiny_dinov2
+from scipy import linalg
+from skimage.metrics import structural_similarity
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
+
+import metrics_hydrax  # noqa: E402
+from metrics_hydrax import (  # noqa: E402
+    HydraXClipScore,
+    HydraXFeatureStatistics,
+    HydraXImageFeatures,
+    frechet_distance,
+    ssim,
+)
+
+
+def statistics(features: torch.Tensor, batch: int | None = None) -> HydraXFeatureStatistics:
+    stats = HydraXFeatureStatistics()
+    for chunk in features.split(batch or len(features)):
+        stats.update(chunk)
+    return stats
+
+
+def test_frechet_distance_equals_scipy_and_does_not_depend_on_batching():
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(300, 6, generator=generator, dtype=torch.float64)
+    second = torch.randn(200, 6, generator=generator, dtype=torch.float64) @ torch.randn(
+        6, 6, generator=generator, dtype=torch.float64
+    )
+    second = second + 0.5
+    mean_1, mean_2 = first.mean(0).numpy(), second.mean(0).numpy()
+    cov_1, cov_2 = np.cov(first.numpy(), rowvar=False), np.cov(second.numpy(), rowvar=False)
+    reference = (
+        ((mean_1 - mean_2) ** 2).sum() + np.trace(cov_1 + cov_2) - 2 * np.trace(linalg.sqrtm(cov_1 @ cov_2).real)
+    )
+    assert frechet_distance(statistics(first), statistics(second)) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(statistics(first, 7), statistics(second, 64)) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(statistics(second), statistics(first)) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(statistics(first), statistics(first, 11)) == pytest.approx(0, abs=1e-9)
+
+
+def test_feature_statistics_refuse_what_has_no_distance():
+    stats = HydraXFeatureStatistics()
+    with pytest.raises(ValueError, match="at least one `update`"):
+        frechet_distance(stats, stats)
+    stats.update(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="at least 2 samples, got 1"):
+        stats.covariance
+    with pytest.raises(ValueError, match="width 3 added to statistics of width 4"):
+        stats.update(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"\[N, D\], got shape \(4,\)"):
+        stats.update(torch.zeros(4))
+
+
+def test_ssim_equals_scikit_image():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 40, 52, generator=generator) * 2 - 1
+    targets = (images + 0.4 * torch.randn(images.shape, generator=generator)).clamp(-1, 1)
+    ours = ssim(images, targets)
+    options = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, channel_axis=0, data_range=1)
+    for value, image, target in zip(ours, images, targets):
+        reference = structural_similarity(
+            ((image + 1) / 2).double().numpy(), ((target + 1) / 2).double().numpy(), **options
+        )
+        assert float(value) == pytest.approx(reference, abs=1e-6)
+    assert torch.allclose(ssim(images, images), torch.ones(3))
+    with pytest.raises(ValueError, match="smaller than the 11-pixel SSIM window"):
+        ssim(images[..., :8, :8], targets[..., :8, :8])
+
+
+def test_clip_score_equals_a_manual_forward(tmp_path):
+    scorer = HydraXClipScore.from_pretrained(tiny_clip(tmp_path / "clip"))
+    images = torch.rand(2, 3, 48, 40) * 2 - 1
+    texts = ["a cat on a mat", "two dogs"]
+    inputs = scorer.processor(
+        text=texts, images=list(metrics_hydrax.to_uint8(images)), padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        output = scorer.model(**inputs)
+    cosine = torch.nn.functional.cosine_similarity(output.image_embeds, output.text_embeds)
+    assert torch.allclose(scorer.score(images, texts), 100 * cosine.clamp_min(0), atol=1e-4)
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        scorer.score(images, texts[:1])
+
+
+def test_image_features_pool_through_the_models_own_processor(tmp_path):
+    features = HydraXImageFeatures.from_pretrained(tiny_dinov2(tmp_path / "dinov2"))
+    images = torch.rand(2, 3, 40, 36) * 2 - 1
+    pixel_values = features.processor(images=metrics_hydrax.to_uint8(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = features.model(pixel_values=pixel_values).pooler_output
+    assert torch.allclose(features(images), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="not a dual encoder"):
+        HydraXClipScore(features.model, features.processor)
+
+
+def test_docstring_examples_run():
+    runner = run_docstring_examples(metrics_hydrax)
+    assert runner.tries > 0 and runner.failures == 0
