@@ -15,7 +15,8 @@ Each item is cropped to the centred box of the `--resolution` bucket nearest its
 - `rfd_<model>`: the Fréchet distance between the features of every original and every reconstructed frame under
   `--feature-model` (any transformers vision model; `facebook/dinov2-base` gives rFD-DINOv2; FID's own Inception
   network is not a transformers model). Like FID, it depends on the number of frames: compare runs at equal counts.
-`--model` is a `HydraXTokModel` folder, or a Hydra-X checkpoint, whose vision tower alone is read from its weights.
+`--model` is a `HydraXTokModel` folder or a Hydra-X checkpoint: `HydraXTokModel.from_pretrained` reads its vision tower
+alone (the LLM's weights stay on disk).
 
 Writes into `--output-dir`, all at once when the run completes (an existing folder is replaced only with `--force`):
 `metrics.json` (per kind, the settings, what was skipped and how to turn it on), `samples.jsonl` (each item's origin
@@ -38,10 +39,8 @@ sys.path.insert(0, str(ROOT / "evaluation"))
 import torch  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from metrics_hydrax import HydraXFeatureStatistics, HydraXImageFeatures, frechet_distance, ssim  # noqa: E402
-from safetensors import safe_open  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from train_tokenizer import save_grid  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset, list_source, parse_resolution, psnr  # noqa: E402
@@ -50,28 +49,6 @@ from script_args import HelpFormatter, check_folder, check_new_output_folder, lo
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOWER_PREFIX = "model.vision_tower."  # where HydraXForConditionalGeneration keeps its Hydra-XTok
-
-
-def load_tokenizer(path: Path, dtype: torch.dtype = torch.float32) -> HydraXTokModel:
-    """A `HydraXTokModel` from its own folder, or the vision tower of a Hydra-X checkpoint folder (only the tower's
-    tensors are read from the safetensors shards: the LLM is never loaded)."""
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type == "hydrax_tok":
-        return HydraXTokModel.from_pretrained(path, dtype=dtype).eval()
-    if config.model_type != "hydrax":
-        raise ValueError(f"{path} holds a {config.model_type!r} model; pass a Hydra-XTok or a Hydra-X checkpoint.")
-    state = {}
-    for shard in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as tensors:
-            for key in tensors.keys():
-                if key.startswith(TOWER_PREFIX):
-                    state[key.removeprefix(TOWER_PREFIX)] = tensors.get_tensor(key)
-    if not state:
-        raise ValueError(f"{path}: no tensor starts with {TOWER_PREFIX!r} in its safetensors files.")
-    model = HydraXTokModel(config.vision_config)
-    model.load_state_dict(state)
-    return model.to(dtype).eval()
 
 
 def item_batches(dataset: HydraXTokClipDataset, batch_size: int, limit: int | None) -> list[list[int]]:
@@ -209,7 +186,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
 
     # 1. The tokenizer, the optional LPIPS and feature models, the data
-    model = load_tokenizer(args.model, DTYPES[args.dtype]).to(args.device)
+    model = HydraXTokModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
     lpips = HydraXTokLPIPS.from_pretrained(args.lpips).to(args.device).eval() if args.lpips else None
     features = HydraXImageFeatures.from_pretrained(args.feature_model, args.device) if args.feature_model else None
     feature_name = Path(str(args.feature_model)).name.replace("-", "_").lower()

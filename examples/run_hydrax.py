@@ -220,7 +220,9 @@ def main(argv=None):
     # 1. A checkpoint folder, loaded the way a user loads a Hub checkpoint
     fitted = HydraXTokModel.from_pretrained(args.tokenizer) if args.tokenizer else None
     overrides = {"vision_config": fitted.config.to_dict()} if fitted else {}
-    checkpoint = args.model or build_checkpoint("tiny", output_dir / "initial", overwrite=True, **overrides)
+    checkpoint = args.model or build_checkpoint(
+        "tiny", output_dir / "initial", seed=args.seed, overwrite=True, **overrides
+    )
     model = AutoModel.from_pretrained(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint)
     if fitted is not None:

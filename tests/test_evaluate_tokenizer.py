@@ -138,13 +138,16 @@ def test_streaming_and_batching_do_not_change_the_metrics(evaluate, tokenizer_fo
         assert first["ssim"] == pytest.approx(second["ssim"], abs=1e-5)
 
 
-def test_a_hydrax_checkpoint_is_evaluated_through_its_vision_tower(evaluate, checkpoint):
+def test_a_hydrax_checkpoint_is_evaluated_through_its_vision_tower(evaluate, checkpoint, held_out, tmp_path):
     from transformers import AutoModel
 
-    tower = evaluate.load_tokenizer(checkpoint)
-    reference = AutoModel.from_pretrained(checkpoint).model.vision_tower.state_dict()
-    assert tower.state_dict().keys() == reference.keys()
-    assert all(torch.equal(tensor, reference[key]) for key, tensor in tower.state_dict().items())
+    tower_folder = tmp_path / "tower_model"
+    AutoModel.from_pretrained(checkpoint).model.vision_tower.save_pretrained(tower_folder)
+    results = [
+        run(evaluate, "--model", model, "--data", held_out, *SMALL, "--output-dir", tmp_path / name)[1]
+        for name, model in (("checkpoint", checkpoint), ("tower", tower_folder))
+    ]
+    assert results[0] == results[1]
 
 
 def test_unreadable_items_are_skipped_and_listed_or_stop_the_run_leaving_no_output(

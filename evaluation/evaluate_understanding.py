@@ -1,0 +1,595 @@
+"""Evaluate a Hydra-X checkpoint on multiple-choice image and video understanding benchmarks (MMBench, MME yes/no,
+SEED, MVBench style): score every option's likelihood (cloze scoring, as lm-evaluation-harness does), or generate an
+answer to a lettered prompt (VLMEvalKit's format) and parse the letter.
+
+    python evaluation/evaluate_understanding.py --model outputs/run_hydrax/model --data bench.jsonl \
+        --output-dir outputs/eval
+    python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --split dev \
+        --scoring generate --batch-size 8 --device cuda --dtype bfloat16 --output-dir outputs/eval-mmbench
+
+Data (`--data`): a JSONL manifest (media paths relative to its folder), a `datasets` `save_to_disk` folder (relative
+paths relative to that folder) or a Hub dataset name, loaded with `datasets.load_dataset(name, split=--split)`. One row
+per question:
+- `question`, and an optional `hint` (MMBench), shown before it;
+- the options: an `options` list column, or letter columns `A`, `B`, `C`, ... (MMBench's TSV style; a missing, None,
+  NaN or empty letter is no option);
+- `answer`: the option's letter, its 0-based index among the options, or its exact text;
+- media: `image` (a PIL image, a path or a `datasets` Image dict), `video` (a path, decoded by the processor with
+  PyAV, `--num-frames` frames) or neither (a text-only question);
+- optional `--category-column` (default `category`) for per-category accuracies.
+
+Scoring (`--scoring`):
+- `likelihood` (default): the prompt is the chat conversation (user turn: media, hint, question; then the generation
+  prompt) and each option's text is scored as the assistant's answer, by the sum of its token log-probabilities. The
+  prompt runs once per question with the KV cache; all its options then run as one right-padded batch over that cache.
+  `accuracy` takes the best sum, `accuracy_norm` the best sum per UTF-8 byte of the option (lm-eval's acc_norm).
+- `generate`: the prompt lists the lettered options (`Hint: ...`, `Question: ...`, `Options:`, `A. ...`, `Please
+  select the correct answer from the options above.`); greedy `generate` in batches of `--batch-size`; an answer that
+  is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
+  option's text (case and surrounding punctuation ignored) gives it, else it is `unparsed` (and wrong).
+
+Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written
+folder; an existing folder is replaced only with `--force`): `metrics.json` (accuracy,
+accuracy_norm or unparsed, count, chance = the mean of 1 / number of options, per-category accuracies and counts, the
+scoring mode, model, data, split and seconds) and `predictions.jsonl` (per row: index, answer letter, predicted letter,
+correct, and the option scores or the generated text).
+"""
+
+import argparse
+import json
+import math
+import re
+import string
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "conversion"))
+
+from checkpoint_importer import staged_folder  # noqa: E402
+from transformers import AutoModel, AutoProcessor  # noqa: E402
+from transformers.cache_utils import DynamicCache  # noqa: E402
+
+import modeling_hydrax  # noqa: E402, F401  (registers Hydra-X with the Auto classes)
+import processing_hydrax  # noqa: E402, F401  (and the processor)
+from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LETTERS = string.ascii_uppercase
+MEDIA_COLUMNS = ("image", "video")
+DATASET_FOLDER_FILES = ("dataset_info.json", "dataset_dict.json")  # what `save_to_disk` writes (Dataset, DatasetDict)
+ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
+
+
+@dataclass
+class Sample:
+    """One multiple-choice question, normalised: `options` maps letters to texts in order, `answer` is a letter."""
+
+    index: int
+    question: str
+    options: dict[str, str]
+    answer: str
+    hint: str | None = None
+    image: Image.Image | None = None
+    video: str | None = None
+    category: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def is_missing(value) -> bool:
+    """None, NaN (a pandas gap) or a blank string: the cell holds nothing."""
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def resolve_path(value, base: Path | None) -> Path:
+    """A media path from the data, relative to `base` (the manifest's or dataset's folder) unless absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def load_image(value, base: Path | None, where: str) -> Image.Image:
+    """An RGB PIL image from a PIL image, a path, or a `datasets` Image dict (`bytes` and/or `path`)."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        source, shown = BytesIO(value["bytes"]), f"the image bytes of {value.get('path') or 'the image column'}"
+    elif isinstance(value, dict) and value.get("path") is not None:
+        source = resolve_path(value["path"], base)
+        shown = f"image {value['path']!r} ({source})"
+    elif isinstance(value, (str, Path)):
+        source = resolve_path(value, base)
+        shown = f"image {str(value)!r} ({source})"
+    else:
+        raise ValueError(
+            f"{where}: the image is a {type(value).__name__}; give a PIL image, an image path or a datasets Image dict"
+        )
+    if isinstance(source, Path) and not source.is_file():
+        raise ValueError(f"{where}: {shown} does not exist; image paths are relative to the data's folder")
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: {shown} is not a readable image ({error}); pass a PNG, JPEG, ... file") from error
+
+
+def check_video(value, base: Path | None, where: str) -> str:
+    """The path of a video file from the data, checked to open with PyAV and to decode a first video frame."""
+    import av
+
+    if not isinstance(value, (str, Path)):
+        raise ValueError(f"{where}: the video is a {type(value).__name__}; give the path of a video file")
+    path = resolve_path(value, base)
+    if not path.is_file():
+        raise ValueError(
+            f"{where}: video {str(value)!r} ({path}) does not exist; paths are relative to the data's folder"
+        )
+    shown = f"video {str(value)!r} ({path})"
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{where}: {shown} has no video stream; pass a video file")
+            next(container.decode(video=0))
+    except (av.FFmpegError, OSError, StopIteration) as error:
+        raise ValueError(
+            f"{where}: {shown} is not a readable video ({error!r}); pass an MP4, WebM, ... file"
+        ) from error
+    return str(path)
+
+
+def row_options(row: dict, where: str) -> dict[str, str]:
+    """The options of a row: its `options` list, or its letter columns `A`, `B`, ... (missing ones skipped)."""
+    if "options" in row and not is_missing(row["options"]):
+        options = row["options"]
+        if not isinstance(options, (list, tuple)):
+            raise ValueError(
+                f"{where}: options {options!r} is a {type(options).__name__}; give a list of option texts"
+            )
+        if len(options) > len(LETTERS):
+            raise ValueError(f"{where}: {len(options)} options; at most {len(LETTERS)} (letters A-Z) are supported")
+        blank = [index for index, text in enumerate(options) if is_missing(text)]
+        if blank:
+            raise ValueError(f"{where}: options {list(options)!r} has empty entries at {blank}; remove them")
+        return {letter: str(text).strip() for letter, text in zip(LETTERS, options)}
+    letters = [letter for letter in LETTERS if letter in row]
+    if not letters:
+        raise ValueError(
+            f"{where} has no options; give an 'options' list column or letter columns 'A', 'B', ... "
+            f"(columns found: {sorted(row)})"
+        )
+    return {letter: str(row[letter]).strip() for letter in letters if not is_missing(row[letter])}
+
+
+def row_answer(value, options: dict[str, str], where: str) -> str:
+    """The letter of the answer, given as a letter, a 0-based index (an int) or an option's exact text."""
+    listed = ", ".join(f"{letter}: {text!r}" for letter, text in options.items())
+    if isinstance(value, bool) or not (isinstance(value, str) or hasattr(value, "__index__")):
+        raise ValueError(f"{where}: answer {value!r} is a {type(value).__name__}; {ANSWER_HINT} (options {listed})")
+    if not isinstance(value, str):
+        index = value.__index__()
+        if not 0 <= index < len(options):
+            raise ValueError(
+                f"{where}: answer index {index} is out of range for {len(options)} options ({listed}); "
+                f"give a 0-based index from 0 to {len(options) - 1}"
+            )
+        return list(options)[index]
+    text = value.strip()
+    if text in options:
+        return text
+    matches = [letter for letter, option in options.items() if option == text]
+    if not matches:
+        raise ValueError(f"{where}: answer {value!r} is not among the options ({listed}); {ANSWER_HINT}")
+    return matches[0]
+
+
+def normalize_row(
+    row: dict, index: int, base: Path | None = None, category_column: str = "category", media: bool = True
+) -> Sample:
+    """A data row as a `Sample`, checked: errors name the row, the bad value and the fix. `base` is the folder that
+    relative media paths start from; with `media=False` the image and video are left out (a quick check of the text
+    of every row)."""
+    where = f"row {index}"
+    for column in ("question", "answer"):
+        if column not in row:
+            raise ValueError(f"{where} has no {column!r} column (columns found: {sorted(row)}); add one")
+        if is_missing(row[column]):
+            raise ValueError(f"{where}: {column} is empty ({row[column]!r}); give every row a {column}")
+    options = row_options(row, where)
+    if len(options) < 2:
+        raise ValueError(
+            f"{where} has {len(options)} option(s) ({options}); a multiple-choice question needs at least 2"
+        )
+    answer = row_answer(row["answer"], options, where)
+    image_value, video_value = (None if is_missing(row.get(name)) else row.get(name) for name in MEDIA_COLUMNS)
+    if image_value is not None and video_value is not None:
+        raise ValueError(f"{where} has both an image and a video; give one of them (or neither)")
+    category = row.get(category_column)
+    return Sample(
+        index=index,
+        question=str(row["question"]).strip(),
+        options=options,
+        answer=answer,
+        hint=None if is_missing(row.get("hint")) else str(row["hint"]).strip(),
+        image=load_image(image_value, base, where) if media and image_value is not None else None,
+        video=check_video(video_value, base, where) if media and video_value is not None else None,
+        category=None if is_missing(category) else str(category),
+    )
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The rows of a JSONL manifest, one JSON object a line (blank lines skipped)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} line {number} is not valid JSON ({error}); write one JSON object a line"
+            ) from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is a JSON {type(row).__name__}; write one JSON object a line")
+        rows.append(row)
+    return rows
+
+
+def load_rows(data: str, split: str | None = None):
+    """The rows of `data` (a JSONL manifest, a `save_to_disk` folder or a Hub dataset name) as a list or a `Dataset`,
+    the folder that relative media paths start from, and the split used (None when the data has no splits)."""
+    import datasets
+
+    path = Path(data).expanduser()
+    if path.is_file():
+        return read_manifest(path), path.parent, None
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{data} has no split {split!r}; pass --split with one of {sorted(loaded)}")
+            return loaded[split], path, split
+        return loaded, path, None
+    return datasets.load_dataset(data, split=split), None, split
+
+
+def text_view(rows):
+    """`rows` without their media columns, so that every row's text can be checked without decoding images."""
+    if isinstance(rows, list):
+        return rows
+    return rows.remove_columns([column for column in MEDIA_COLUMNS if column in rows.column_names])
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def likelihood_text(sample: Sample) -> str:
+    """The user's text for likelihood scoring: the hint (if any), then the question."""
+    return f"{sample.hint}\n{sample.question}" if sample.hint else sample.question
+
+
+def multiple_choice_text(sample: Sample) -> str:
+    """The user's text for generation, in VLMEvalKit's multiple-choice format."""
+    lines = [f"Hint: {sample.hint}"] if sample.hint else []
+    lines += [f"Question: {sample.question}", "Options:"]
+    lines += [f"{letter}. {text}" for letter, text in sample.options.items()]
+    lines.append("Please select the correct answer from the options above.")
+    return "\n".join(lines)
+
+
+def conversation(sample: Sample, text: str) -> list[dict]:
+    """A one-turn user conversation: the sample's image or video, then `text`."""
+    content = []
+    if sample.image is not None:
+        content.append({"type": "image", "image": sample.image})
+    if sample.video is not None:
+        content.append({"type": "video", "video": sample.video})
+    content.append({"type": "text", "text": text})
+    return [{"role": "user", "content": content}]
+
+
+def media_kwargs(processor, max_pixels: int | None = None, num_frames: int | None = None) -> dict:
+    """Processor options: a pixel budget for images and video frames (`max_pixels`; the minimum is lowered to it when
+    above, so small images are not enlarged past it) and the number of frames sampled from each video."""
+    kwargs = {"images_kwargs": {}, "videos_kwargs": {}}
+    if max_pixels is not None:
+        for name, sub_processor in (
+            ("images_kwargs", processor.image_processor),
+            ("videos_kwargs", processor.video_processor),
+        ):
+            min_pixels = min(sub_processor.size["min_pixels"], max_pixels)
+            kwargs[name]["size"] = {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    if num_frames is not None:
+        kwargs["videos_kwargs"]["num_frames"] = num_frames
+    return kwargs
+
+
+def prompt_inputs(processor, samples: list[Sample], text_of, processor_kwargs: dict | None = None):
+    """The chat-template prompts (with the generation prompt) of `samples`, tokenized with their media, padded."""
+    conversations = [conversation(sample, text_of(sample)) for sample in samples]
+    try:
+        inputs = processor.apply_chat_template(
+            conversations,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True, **(processor_kwargs or {})},
+        )
+    except (ValueError, OSError) as error:
+        rows = ", ".join(str(sample.index) for sample in samples)
+        raise ValueError(
+            f"row(s) {rows}: the processor failed on the prompt ({error}); see --max-pixels and --num-frames"
+        ) from error
+    inputs.pop("mm_token_type_ids", None)
+    return inputs
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_options(model, processor, sample: Sample, processor_kwargs: dict | None = None) -> list[float]:
+    """The sum of the token log-probabilities of each option's text (in option order) as the assistant's answer.
+
+    The prompt (with its image or video) runs once, keeping the KV cache and the logits of its last position (which
+    score each option's first token); the cache is then repeated once per option and all options run as one batch
+    over it, right-padded and masked, and only the logits that score a token become log-probabilities."""
+    inputs = prompt_inputs(processor, [sample], likelihood_text, processor_kwargs).to(model.device)
+    option_ids = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in sample.options.values()]
+    count, length = len(option_ids), max(map(len, option_ids))
+    ids = torch.zeros(count, length, dtype=torch.long, device=model.device)  # right padding: never scored or seen
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(option_ids):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+
+    prompt = model(**inputs, cache=DynamicCache(config=model.config.text_config), use_cache=True, logits_to_keep=1)
+    scores = prompt.logits[0, -1].float().log_softmax(dim=-1)[ids[:, 0]]
+    if length > 1:
+        cache = prompt.cache
+        cache.batch_repeat_interleave(count)
+        attention_mask = torch.cat([inputs["attention_mask"].expand(count, -1), mask], dim=1)
+        positions = torch.arange(length - 1, device=model.device)  # each predicts the option's next token
+        logits = model(input_ids=ids, attention_mask=attention_mask, cache=cache, logits_to_keep=positions).logits
+        log_probs = logits.float().log_softmax(dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        scores = scores + (log_probs * mask[:, 1:]).sum(dim=-1)
+    return scores.tolist()
+
+
+def likelihood_record(sample: Sample, scores: list[float]) -> dict:
+    """The prediction record of a likelihood-scored sample: best sum, and best sum per UTF-8 byte (acc_norm)."""
+    letters = list(sample.options)
+    normalized = [score / len(text.encode("utf-8")) for score, text in zip(scores, sample.options.values())]
+    prediction = letters[max(range(len(scores)), key=scores.__getitem__)]
+    prediction_norm = letters[max(range(len(normalized)), key=normalized.__getitem__)]
+    return {
+        "index": sample.index,
+        "category": sample.category,
+        "answer": sample.answer,
+        "prediction": prediction,
+        "correct": prediction == sample.answer,
+        "prediction_norm": prediction_norm,
+        "correct_norm": prediction_norm == sample.answer,
+        "scores": dict(zip(letters, scores)),
+        "scores_norm": dict(zip(letters, normalized)),
+    }
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, without surrounding whitespace and punctuation, for comparing answers with option texts."""
+    return text.strip().strip(string.punctuation + string.whitespace).lower()
+
+
+def parse_prediction(text: str, options: dict[str, str]) -> str | None:
+    """The option letter a generated answer picks, or None (unparsed).
+
+    An answer that is an option letter, alone or followed by `.`, `)`, `:` or `,` (`B`, `B.`, `B) a cat`), or in
+    parentheses (`(B)`, `(B) a cat`), picks that letter; an answer that is not a letter alone but equals an option's
+    text (ignoring case and surrounding whitespace and punctuation) picks that option. A letter followed by a space
+    (`A cat`) is read as text, not as a letter."""
+    text = text.strip()
+    match = re.match(r"\(([A-Z])\)", text) or re.match(r"([A-Z])(?:[.):,]|$)", text)
+    if match and match.group(1) in options:
+        return match.group(1)
+    wanted = normalize_text(text)
+    for letter, option in options.items():
+        if wanted and normalize_text(option) == wanted:
+            return letter
+    return None
+
+
+@torch.no_grad()
+def generate_answers(
+    model, processor, samples: list[Sample], max_new_tokens: int, processor_kwargs: dict | None = None
+) -> list[str]:
+    """Greedy answers to the lettered multiple-choice prompts of `samples`, as one left-padded batch."""
+    kwargs = {**(processor_kwargs or {}), "padding_side": "left"}
+    inputs = prompt_inputs(processor, samples, multiple_choice_text, kwargs).to(model.device)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate_record(sample: Sample, text: str) -> dict:
+    """The prediction record of a generated answer (`prediction` None when it names no option)."""
+    prediction = parse_prediction(text, sample.options)
+    return {
+        "index": sample.index,
+        "category": sample.category,
+        "answer": sample.answer,
+        "prediction": prediction,
+        "correct": prediction == sample.answer,
+        "generated": text,
+    }
+
+
+def summarize(records: list[dict], chances: list[float], scoring: str) -> dict:
+    """Accuracy (and accuracy_norm or unparsed), count, chance and per-category accuracies of prediction records."""
+    keys = ("correct", "correct_norm") if scoring == "likelihood" else ("correct",)
+
+    def accuracies(items):
+        return {key.replace("correct", "accuracy"): sum(item[key] for item in items) / len(items) for key in keys}
+
+    metrics = {**accuracies(records), "count": len(records)}
+    if scoring == "generate":
+        metrics["unparsed"] = sum(record["prediction"] is None for record in records)
+    metrics["chance"] = sum(chances) / len(chances)
+    categories = defaultdict(list)
+    for record in records:
+        if record["category"] is not None:
+            categories[record["category"]].append(record)
+    metrics["per_category"] = {
+        name: {**accuracies(items), "count": len(items)} for name, items in sorted(categories.items())
+    }
+    return metrics
+
+
+def evaluate(model, processor, rows, base: Path | None, args) -> tuple[list[dict], list[float]]:
+    """Score or answer every row; returns the prediction records and each row's chance (1 / number of options)."""
+    kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
+    records, chances = [], []
+    if args.scoring == "likelihood":
+        for index, row in enumerate(tqdm(rows, desc="scoring options")):
+            sample = normalize_row(row, index, base, args.category_column)
+            records.append(likelihood_record(sample, score_options(model, processor, sample, kwargs)))
+            chances.append(1 / len(sample.options))
+        return records, chances
+    starts = range(0, len(rows), args.batch_size)
+    for start in tqdm(starts, desc="generating answers"):
+        indices = range(start, min(start + args.batch_size, len(rows)))
+        samples = [normalize_row(rows[index], index, base, args.category_column) for index in indices]
+        texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
+        records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
+        chances += [1 / len(sample.options) for sample in samples]
+    return records, chances
+
+
+def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
+    """metrics.json and predictions.jsonl, written beside `output_dir` and renamed into place."""
+    with staged_folder(output_dir) as staging:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        (staging / "predictions.jsonl").write_text(lines)
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", required=True, help="a Hydra-X checkpoint folder (or a Hub model id)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a JSONL manifest, a datasets save_to_disk folder, or a Hub dataset name (see above for the columns)",
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="where metrics.json and predictions.jsonl go")
+    parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
+    parser.add_argument(
+        "--split", default="test", help="the split of a Hub dataset or of a saved DatasetDict (a manifest has none)"
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=("likelihood", "generate"),
+        default="likelihood",
+        help="likelihood: score every option's text as the answer; generate: answer a lettered prompt and parse it",
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (--scoring generate)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=16, help="longest generated answer in tokens (--scoring generate)"
+    )
+    parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the model's weights dtype")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest pixel count of an image or video frame (default: the processor's); the processor's minimum is "
+        "lowered to it, so e.g. 4096 keeps a 64×64 image at 64×64",
+    )
+    parser.add_argument(
+        "--num-frames", type=int, help="frames sampled from each video, 1 + 4k (default: the processor's, 17)"
+    )
+    parser.add_argument(
+        "--category-column", default="category", help="the column whose values get per-category accuracies"
+    )
+    args = parser.parse_args(argv)
+    for option, value in (
+        ("--limit", args.limit),
+        ("--batch-size", args.batch_size),
+        ("--max-new-tokens", args.max_new_tokens),
+        ("--max-pixels", args.max_pixels),
+        ("--num-frames", args.num_frames),
+    ):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be ≥ 1, got {value}")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine; pass --device cpu")
+    if looks_like_path(args.model):
+        hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
+        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    if looks_like_path(args.data):
+        data = Path(args.data).expanduser()
+        hint = "pass a JSONL manifest, a datasets save_to_disk folder or a Hub dataset name (org/name)"
+        if data.is_dir() and not any((data / name).is_file() for name in DATASET_FOLDER_FILES):
+            parser.error(f"--data {args.data}: a folder without {' or '.join(DATASET_FOLDER_FILES)}; {hint}")
+        if not data.exists():
+            parser.error(f"--data {args.data}: no such file or folder; {hint}")
+    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    rows, base, split = load_rows(args.data, args.split)
+    if args.limit is not None:
+        rows = rows[: args.limit] if isinstance(rows, list) else rows.select(range(min(args.limit, len(rows))))
+    if not len(rows):
+        raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
+    for index, row in enumerate(text_view(rows)):  # every row's text is checked before the model loads
+        normalize_row(row, index, base, args.category_column, media=False)
+
+    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    records, chances = evaluate(model, processor, rows, base, args)
+
+    metrics = summarize(records, chances, args.scoring)
+    metrics.update(
+        scoring=args.scoring,
+        model=str(args.model),
+        data=str(args.data),
+        split=split,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    write_outputs(args.output_dir, metrics, records)
+    details = [f"accuracy {metrics['accuracy']:.3f}"]
+    if args.scoring == "likelihood":
+        details.append(f"accuracy_norm {metrics['accuracy_norm']:.3f}")
+    else:
+        details.append(f"unparsed {metrics['unparsed']}")
+    print(f"{', '.join(details)} on {metrics['count']} questions (chance {metrics['chance']:.3f})")
+    for name, category in metrics["per_category"].items():
+        print(f"  {name}: accuracy {category['accuracy']:.3f} on {category['count']}")
+    print(f"metrics: {args.output_dir / 'metrics.json'}\npredictions: {args.output_dir / 'predictions.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""evaluation/evaluate_understanding.py: cached option scores equal an uncached forward, a trained model's knowledge is
+found (likelihood and generate), the data forms agree, bad rows and paths stop with clear errors, outputs are whole."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_script, run_script
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES
+from script_args import write_video
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "evaluation" / "evaluate_understanding.py"
+RUN_HYDRAX = ROOT / "examples" / "run_hydrax.py"
+SIZE = 32  # pixels of the test images and video frames: a 2×2 latent grid
+TRAINED_SIZE = 64  # examples/run_hydrax.py --size: as fast as 32 and a little more robust (see the learning test)
+FRAMES = 5  # 1 + 4k frames: two latent frames
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def run_hydrax():
+    return load_script(RUN_HYDRAX)
+
+
+@pytest.fixture(scope="module")
+def random_model(checkpoint):
+    return AutoModel.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, run_hydrax):
+    """A 5-frame MP4 of the rocket photo sliding sideways."""
+    rocket = run_hydrax.load_images(SIZE)["rocket"]
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_video([Image.fromarray(np.roll(rocket, 4 * k, axis=1)) for k in range(FRAMES)], path, fps=5)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """examples/run_hydrax.py's tiny Hydra-X, trained 150 steps to answer "What is in the image?" with a caption."""
+    folder = tmp_path_factory.mktemp("run_hydrax")
+    out = folder / "out"
+    result = run_script(
+        RUN_HYDRAX, "--size", str(TRAINED_SIZE), "--sampling-steps", "1", "--output-dir", str(out), cwd=folder
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["train_caption_exact_match"] == "4/4"
+    return out / "model"
+
+
+def caption_rows(run_hydrax) -> list[dict]:
+    """run_hydrax's four training questions, the four captions as options (JSONL rows without the image)."""
+    captions = list(run_hydrax.CAPTIONS.values())
+    return [
+        {
+            "question": run_hydrax.QUESTION,
+            "options": captions,
+            "answer": caption,
+            "category": "animal" if name == "chelsea" else "thing",
+        }
+        for name, caption in run_hydrax.CAPTIONS.items()
+    ]
+
+
+def write_manifest(folder: Path, rows: list[dict], images: dict) -> Path:
+    """`rows` as a JSONL manifest in `folder`, each `images[i]` (if any) saved beside it as a PNG and referenced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, row in enumerate(rows):
+        if index in images:
+            Image.fromarray(images[index]).save(folder / f"image-{index}.png")
+            row["image"] = f"image-{index}.png"
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_outputs(folder: Path) -> tuple[dict, list[dict]]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    return metrics, predictions
+
+
+def check_consistent(metrics: dict, predictions: list[dict], count: int, chance: float) -> None:
+    """The metrics agree with the prediction records they summarise."""
+    assert metrics["count"] == len(predictions) == count
+    assert metrics["chance"] == pytest.approx(chance)
+    assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / count)
+    assert [p["index"] for p in predictions] == list(range(count))
+    per_category = metrics["per_category"]
+    assert sum(category["count"] for category in per_category.values()) == count
+    correct = sum(category["accuracy"] * category["count"] for category in per_category.values())
+    assert correct == pytest.approx(metrics["accuracy"] * count)
+
+
+def fine_tune_on_lettered_prompt(model, processor, samples, evaluator, run_hydrax, steps: int) -> None:
+    """Train `model` to answer the generate mode's lettered prompt about each sample with its answer's text."""
+    conversations = [
+        evaluator.conversation(sample, evaluator.multiple_choice_text(sample))
+        + [{"role": "assistant", "content": [{"type": "text", "text": sample.options[sample.answer]}]}]
+        for sample in samples
+    ]
+    batch = run_hydrax.chat_batch(processor, conversations, TRAINED_SIZE, return_assistant_tokens_mask=True)
+    labels = batch["input_ids"].masked_fill(batch.pop("assistant_masks") == 0, -100)
+    trainable = [p for name, p in model.named_parameters() if not name.startswith(HYDRAX_FROZEN_MODULES)]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+# ------------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("media", ["image", "video", "text"])
+def test_cached_option_scores_equal_an_uncached_forward(evaluator, run_hydrax, random_model, clip, media):
+    model, processor = random_model
+    options = ["a rocket", "a cup of hot coffee on a wooden table", "a"]  # 5, 22 and 1 tokens
+    sample = evaluator.Sample(
+        index=0,
+        question="What is shown?",
+        options=dict(zip("ABC", options)),
+        answer="A",
+        hint="Look closely.",
+        image=Image.fromarray(run_hydrax.load_images(SIZE)["chelsea"]) if media == "image" else None,
+        video=str(clip) if media == "video" else None,
+    )
+    kwargs = evaluator.media_kwargs(processor, SIZE * SIZE, FRAMES)
+    cached = evaluator.score_options(model, processor, sample, kwargs)
+
+    inputs = evaluator.prompt_inputs(processor, [sample], evaluator.likelihood_text, kwargs)
+    visual = {"image": model.config.image_token_id, "video": model.config.video_token_id, "text": None}[media]
+    assert visual is None or int((inputs["input_ids"] == visual).sum()) > 0
+    option_ids = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in options]
+    assert len({len(ids) for ids in option_ids}) == 3, "the options must differ in token length"
+    prompt_length = inputs["input_ids"].shape[1]
+    for ids, score in zip(option_ids, cached):
+        full = dict(inputs, input_ids=torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1))
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        with torch.no_grad():
+            log_probs = model(**full).logits[0].float().log_softmax(dim=-1)
+        expected = sum(log_probs[prompt_length - 1 + k, token] for k, token in enumerate(ids))
+        assert score == pytest.approx(expected.item(), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------- learning
+
+
+def test_trained_model_is_found_to_know_its_answers(evaluator, run_hydrax, trained, checkpoint, tmp_path):
+    images = run_hydrax.load_images(TRAINED_SIZE)
+    data = write_manifest(tmp_path / "data", caption_rows(run_hydrax), dict(enumerate(images.values())))
+    common = ["--data", str(data), "--max-pixels", str(TRAINED_SIZE * TRAINED_SIZE)]
+
+    # Likelihood: 4/4 (accuracy and accuracy_norm 1.0) measured for 10 of 10 trained models (5 seeds × 64 and 32 px);
+    # the untrained checkpoints of those seeds scored 0.25
+    evaluator.main(["--model", str(trained), "--output-dir", str(tmp_path / "trained"), *common])
+    metrics, predictions = read_outputs(tmp_path / "trained")
+    check_consistent(metrics, predictions, count=4, chance=0.25)
+    assert metrics["accuracy"] == metrics["accuracy_norm"] == 1.0, predictions
+    assert metrics["per_category"] == {
+        "animal": {"accuracy": 1.0, "accuracy_norm": 1.0, "count": 1},
+        "thing": {"accuracy": 1.0, "accuracy_norm": 1.0, "count": 3},
+    }
+
+    # The random checkpoint runs through the same path; its numbers are valid, not meaningful
+    evaluator.main(["--model", str(checkpoint), "--output-dir", str(tmp_path / "random"), *common])
+    random_metrics, random_predictions = read_outputs(tmp_path / "random")
+    check_consistent(random_metrics, random_predictions, count=4, chance=0.25)
+    for known, unknown in zip(predictions, random_predictions):
+        assert known["scores"][known["answer"]] > unknown["scores"][unknown["answer"]] + 1
+
+    # Generate: run_hydrax trains on the bare question; the same 10 models answered the lettered prompt with 0-0.75
+    # accuracy (chance 0.25). After 40 steps on the lettered prompt (~1 s) all 10 answered 4/4 with the caption text
+    model, processor = AutoModel.from_pretrained(trained), AutoProcessor.from_pretrained(trained)
+    rows = data.read_text().splitlines()
+    samples = [evaluator.normalize_row(json.loads(row), index, data.parent) for index, row in enumerate(rows)]
+    fine_tune_on_lettered_prompt(model, processor, samples, evaluator, run_hydrax, steps=40)
+    model.save_pretrained(tmp_path / "tuned")
+    processor.save_pretrained(tmp_path / "tuned")
+    evaluator.main(
+        ["--model", str(tmp_path / "tuned"), "--output-dir", str(tmp_path / "gen"), "--scoring", "generate", *common]
+    )
+    metrics, predictions = read_outputs(tmp_path / "gen")
+    check_consistent(metrics, predictions, count=4, chance=0.25)
+    assert metrics["accuracy"] >= 0.75 and metrics["unparsed"] == 0, predictions
+    assert {p["generated"] for p in predictions if p["correct"]} <= set(run_hydrax.CAPTIONS.values())
+
+
+# ------------------------------------------------------------------------------------------------- data forms
+
+
+def test_manifest_saved_dataset_and_video_rows_agree(evaluator, run_hydrax, checkpoint, clip, tmp_path):
+    import datasets
+
+    images = run_hydrax.load_images(SIZE)
+    # The same five questions: two images (one with three options), a video, text only with a hint, an image again
+    content = [
+        ("What is in the image?", ["an astronaut", "a cat", "a rocket", "a cup of coffee"], 0, "astronaut", None),
+        ("Which animal is this?", ["a dog", "a cat", "a bird"], 1, "chelsea", None),
+        ("What moves in the video?", ["a rocket", "a cat", "a cup", "nothing"], 0, None, "clip.mp4"),
+        ("What colour is the sky on a clear day?", ["green", "blue"], 1, None, None),
+        ("What is this?", ["a cup of coffee", "an astronaut"], 0, "coffee", None),
+    ]
+    hints = {3: "Think of noon."}
+    manifest_rows, letter_rows = [], []
+    for index, (question, options, answer, image, video) in enumerate(content):
+        common = {"question": question, "hint": hints.get(index), "category": "video" if video else "still"}
+        manifest_answer = answer if index % 2 else options[answer]  # 0-based index and exact text
+        manifest_rows.append({**common, "options": options, "answer": manifest_answer, "video": video})
+        letters = {letter: (options[k] if k < len(options) else None) for k, letter in enumerate("ABCD")}
+        letter_image = Image.fromarray(images[image]) if image else None
+        letter_rows.append({**common, **letters, "answer": "ABCD"[answer], "image": letter_image, "video": video})
+    manifest = write_manifest(
+        tmp_path / "manifest", manifest_rows, {i: images[c[3]] for i, c in enumerate(content) if c[3]}
+    )
+    (manifest.parent / "clip.mp4").write_bytes(clip.read_bytes())
+
+    features = datasets.Features(
+        {
+            **{name: datasets.Value("string") for name in ("question", "hint", "category", "A", "B", "C", "D")},
+            "answer": datasets.Value("string"),
+            "image": datasets.Image(),
+            "video": datasets.Value("string"),
+        }
+    )
+    columns = {name: [row[name] for row in letter_rows] for name in features}
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(columns, features=features)}).save_to_disk(saved)
+    (saved / "clip.mp4").write_bytes(clip.read_bytes())  # relative paths start from the dataset folder
+
+    media = ["--max-pixels", str(SIZE * SIZE), "--num-frames", str(FRAMES), "--model", str(checkpoint)]
+    evaluator.main(["--data", str(manifest), "--output-dir", str(tmp_path / "from-manifest"), *media])
+    evaluator.main(
+        ["--data", str(saved), "--split", "validation", "--output-dir", str(tmp_path / "from-saved"), *media]
+    )
+    manifest_metrics, from_manifest = read_outputs(tmp_path / "from-manifest")
+    saved_metrics, from_saved = read_outputs(tmp_path / "from-saved")
+    chance = (1 / 4 + 1 / 3 + 1 / 4 + 1 / 2 + 1 / 2) / 5
+    check_consistent(manifest_metrics, from_manifest, count=5, chance=chance)
+    check_consistent(saved_metrics, from_saved, count=5, chance=chance)
+    assert (manifest_metrics["split"], saved_metrics["split"]) == (None, "validation")
+    assert [p["answer"] for p in from_manifest] == [p["answer"] for p in from_saved] == list("ABABA")
+    for one, other in zip(from_manifest, from_saved):
+        assert one["prediction"] == other["prediction"] and one["prediction_norm"] == other["prediction_norm"]
+        assert one["scores"].keys() == other["scores"].keys()
+        for letter, score in one["scores"].items():
+            assert score == pytest.approx(other["scores"][letter], abs=1e-5)
+    assert list(from_saved[1]["scores"]) == ["A", "B", "C"], "a None letter is no option"
+
+    # Generate mode: a left-padded batch mixing images, a video and text gives what one question at a time gives
+    generate = ["--data", str(saved), "--split", "validation", "--scoring", "generate", "--max-new-tokens", "6"]
+    evaluator.main([*generate, "--batch-size", "5", "--output-dir", str(tmp_path / "batched"), *media])
+    evaluator.main([*generate, "--batch-size", "1", "--output-dir", str(tmp_path / "single"), *media])
+    batched_metrics, batched = read_outputs(tmp_path / "batched")
+    _, single = read_outputs(tmp_path / "single")
+    check_consistent(batched_metrics, batched, count=5, chance=chance)
+    assert [p["generated"] for p in batched] == [p["generated"] for p in single]
+    assert batched_metrics["unparsed"] == sum(p["prediction"] is None for p in batched)
+
+
+# ------------------------------------------------------------------------------------------------- parsing and errors
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("B", "B"),
+        ("B.", "B"),
+        ("(B)", "B"),
+        ("B)", "B"),
+        ("B: a cup of coffee", "B"),
+        ("(C) a cat", "C"),
+        ("  D\n", "D"),
+        ("a cat", "C"),
+        ("A Cat.", "C"),  # a letter followed by a space is text
+        ('"a cup of coffee"', "B"),
+        ("a rocket!", "D"),
+        ("E", None),  # not an option's letter
+        ("a dog", None),
+        ("", None),
+        ("b", None),  # letters are capitals
+    ],
+)
+def test_parse_prediction(evaluator, text, expected):
+    options = {"A": "an astronaut", "B": "a cup of coffee", "C": "a cat", "D": "A rocket"}
+    assert evaluator.parse_prediction(text, options) == expected
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"question": "Q?", "options": ["a", "b"], "answer": "c"},
+            "row 7: answer 'c' is not among the options (A: 'a', B: 'b')",
+        ),
+        ({"question": "Q?", "options": ["a"], "answer": "a"}, "row 7 has 1 option(s) ({'A': 'a'}); a multiple"),
+        ({"question": "Q?", "A": "a", "B": float("nan"), "answer": "A"}, "row 7 has 1 option(s)"),
+        (
+            {"prompt": "Q?", "options": ["a", "b"], "answer": "a"},
+            "row 7 has no 'question' column (columns found: ['answer', 'options', 'prompt'])",
+        ),
+        ({"question": "Q?", "answer": "a"}, "give an 'options' list column or letter columns 'A', 'B'"),
+        ({"question": "Q?", "options": ["a", "b"], "answer": 2}, "row 7: answer index 2 is out of range for 2"),
+        ({"question": "Q?", "options": ["a", "b"], "answer": "a", "image": "gone.png"}, "image 'gone.png' ("),
+        ({"question": "Q?", "options": ["a", "b"], "answer": "a", "image": "bad.png"}, "is not a readable image"),
+        ({"question": "Q?", "options": ["a", "b"], "answer": "a", "video": "bad.png"}, "is not a readable video"),
+    ],
+)
+def test_bad_rows_are_named(evaluator, tmp_path, row, message):
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError) as error:
+        evaluator.normalize_row(row, 7, tmp_path)
+    assert message in str(error.value)
+
+
+def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsys):
+    result = run_script(SCRIPT, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for option in ("--model", "--data", "--output-dir", "--split", "--scoring", "--limit", "--batch-size"):
+        assert option in result.stdout
+    assert "accuracy_norm" in result.stdout and "(default: likelihood)" in result.stdout
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"question": "Q?", "options": ["a", "b"], "answer": "a"}) + "\n")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("keep me")
+    cases = [
+        (["--model", str(tmp_path / "missing")], f"--model {tmp_path / 'missing'}: no such folder; pass a"),
+        (["--model", str(tmp_path)], f"--model {tmp_path}: a folder without config.json"),
+        (["--data", str(tmp_path / "gone.jsonl")], f"--data {tmp_path / 'gone.jsonl'}: no such file or folder"),
+        (["--data", str(tmp_path / "busy")], "a folder without dataset_info.json or dataset_dict.json"),
+        (["--output-dir", str(tmp_path / "busy")], "already exists; pass --force to replace it, or a new folder"),
+        (["--output-dir", str(data / "out")], f"--output-dir {data / 'out'}: {data} is a file"),
+        (["--limit", "0"], "--limit must be ≥ 1, got 0"),
+    ]
+    for args, message in cases:
+        argv = {"--model": str(checkpoint), "--data": str(data), "--output-dir": str(tmp_path / "out")}
+        argv.update(zip(args[::2], args[1::2]))
+        with pytest.raises(SystemExit) as exit_info:
+            evaluator.parse_args([item for pair in argv.items() for item in pair])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, args
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+
+
+def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, checkpoint, tmp_path, monkeypatch):
+    images = run_hydrax.load_images(SIZE)
+    rows = caption_rows(run_hydrax)
+    data = write_manifest(tmp_path / "data", rows, dict(enumerate(images.values())))
+    out = tmp_path / "results" / "eval"
+    argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE), "--limit", "3"]
+    for force in ([], ["--force"]):  # the second run replaces the first evaluation's folder
+        evaluator.main([*argv, "--output-dir", str(out), *force])
+        assert sorted(path.name for path in out.iterdir()) == ["metrics.json", "predictions.jsonl"]
+        assert [path.name for path in out.parent.iterdir()] == ["eval"], "no staging folder may be left"
+    metrics, predictions = read_outputs(out)
+    check_consistent(metrics, predictions, count=3, chance=0.25)
+    assert metrics["scoring"] == "likelihood" and metrics["data"] == str(data) and metrics["seconds"] > 0
+    for record in predictions:
+        best = max(record["scores"], key=record["scores"].get)
+        assert record["prediction"] == best and record["correct"] == (best == record["answer"])
+        assert set(record["scores_norm"]) == set(record["scores"]) == set("ABCD")
+
+    # An unreadable image in the third row stops the run after two rows: nothing is written
+    (data.parent / "image-2.png").write_text("not an image")
+    failed = tmp_path / "results" / "failed"
+    with pytest.raises(ValueError, match="row 2: image 'image-2.png' .* is not a readable image"):
+        evaluator.main([*argv, "--output-dir", str(failed)])
+    assert [path.name for path in failed.parent.iterdir()] == ["eval"]
+
+    # A bad row's text stops the run before the model loads
+    monkeypatch.setattr(evaluator.AutoModel, "from_pretrained", pytest.fail)
+    data.write_text(data.read_text() + json.dumps({"question": "Q?", "options": ["a", "b"], "answer": "z"}) + "\n")
+    with pytest.raises(ValueError, match="row 4: answer 'z' is not among the options"):
+        evaluator.main(["--model", str(checkpoint), "--data", str(data), "--output-dir", str(failed)])
