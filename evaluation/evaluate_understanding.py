@@ -372,6 +372,17 @@ def score_options(model, processor, sample: Sample, processor_kwargs: dict | Non
     return scores.tolist()
 
 
+def prediction_record(sample: Sample, prediction: str | None) -> dict:
+    """What every prediction record holds: the row, its category, the answer, the prediction, whether it is right."""
+    return {
+        "index": sample.index,
+        "category": sample.category,
+        "answer": sample.answer,
+        "prediction": prediction,
+        "correct": prediction == sample.answer,
+    }
+
+
 def likelihood_record(sample: Sample, scores: list[float]) -> dict:
     """The prediction record of a likelihood-scored sample: best sum, and best sum per UTF-8 byte (acc_norm)."""
     letters = list(sample.options)
@@ -379,11 +390,7 @@ def likelihood_record(sample: Sample, scores: list[float]) -> dict:
     prediction = letters[max(range(len(scores)), key=scores.__getitem__)]
     prediction_norm = letters[max(range(len(normalized)), key=normalized.__getitem__)]
     return {
-        "index": sample.index,
-        "category": sample.category,
-        "answer": sample.answer,
-        "prediction": prediction,
-        "correct": prediction == sample.answer,
+        **prediction_record(sample, prediction),
         "prediction_norm": prediction_norm,
         "correct_norm": prediction_norm == sample.answer,
         "scores": dict(zip(letters, scores)),
@@ -428,15 +435,7 @@ def generate_answers(
 
 def generate_record(sample: Sample, text: str) -> dict:
     """The prediction record of a generated answer (`prediction` None when it names no option)."""
-    prediction = parse_prediction(text, sample.options)
-    return {
-        "index": sample.index,
-        "category": sample.category,
-        "answer": sample.answer,
-        "prediction": prediction,
-        "correct": prediction == sample.answer,
-        "generated": text,
-    }
+    return {**prediction_record(sample, parse_prediction(text, sample.options)), "generated": text}
 
 
 def summarize(records: list[dict], chances: list[float], scoring: str) -> dict:
