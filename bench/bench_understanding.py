@@ -109,7 +109,7 @@ def main(argv=None):
     print("| --- | --- | --- | --- | --- |")
     for count in args.options:
         options = dict(zip("ABCDEFGH", OPTION_TEXTS[:count]))
-        sample = Sample(index=0, question=question, options=options, answer="A", image=image)
+        sample = Sample(index=0, question=question, options=options, answer="A", images=[image])
         cached, cached_scores = seconds_per_question(
             lambda: score_options(model, processor, sample, kwargs), args.repeats
         )

@@ -14,9 +14,14 @@ per question:
 - the options: an `options` list column, or letter columns `A`, `B`, `C`, ... (MMBench's TSV style; a missing, None,
   NaN or empty letter is no option);
 - `answer`: the option's letter, its 0-based index among the options, or its exact text;
-- media: `image` (a PIL image, a path or a `datasets` Image dict), `video` (a path, decoded by the processor with
-  PyAV, `--num-frames` frames) or neither (a text-only question);
-- optional `--category-column` (default `category`) for per-category accuracies.
+- media: `image` (a PIL image, a path or a `datasets` Image dict, or a list of them), MMMU's `image_1`, `image_2`,
+  ... (placed where the question says `<image k>`), `video` (a path, decoded by the processor with PyAV,
+  `--num-frames` frames) or none (a text-only question);
+- optional `--category-column` (default `category`) for per-category accuracies, and `--group-column` for MME's
+  accuracy+ (the share of images whose two questions are both right) and its score, Σ 100·(acc + acc+) over the
+  categories;
+- rows without options: `--yes-no` makes them Yes / No questions (MME); rows whose options are empty (MMMU's open
+  questions) stop the run unless `--skip-open` leaves them out (listed in metrics.json).
 
 Scoring (`--scoring`):
 - `likelihood` (default): the prompt is the chat conversation (user turn: media, hint, question; then the generation
@@ -36,6 +41,7 @@ correct, and the option scores or the generated text).
 """
 
 import argparse
+import ast
 import json
 import math
 import re
@@ -43,7 +49,7 @@ import string
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
@@ -67,9 +73,26 @@ from script_args import HelpFormatter, check_folder, check_new_output_folder, lo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LETTERS = string.ascii_uppercase
-MEDIA_COLUMNS = ("image", "video")
+MEDIA_COLUMNS = ("image", "video", *(f"image_{number}" for number in range(1, 10)))  # MMMU: image_1 … image_7
+IMAGE_PLACEHOLDER = re.compile(r"<image (\d+)>")  # MMMU's reference to its `image_k` column inside the text
+YES_NO = ("Yes", "No")
 DATASET_FOLDER_FILES = ("dataset_info.json", "dataset_dict.json")  # what `save_to_disk` writes (Dataset, DatasetDict)
 ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How rows are read beyond the fixed columns: the category column, the column that groups questions (MME asks
+    two about each image; `accuracy_plus` counts groups answered entirely right), and whether a row without options
+    is a yes/no question (MME) or an open question to leave out (MMMU's)."""
+
+    category_column: str = "category"
+    group_column: str | None = None
+    yes_no: bool = False
+
+
+class OpenQuestion(ValueError):
+    """A row without options: not a multiple-choice question."""
 
 
 @dataclass
@@ -81,9 +104,10 @@ class Sample:
     options: dict[str, str]
     answer: str
     hint: str | None = None
-    image: Image.Image | None = None
+    images: list[Image.Image] = field(default_factory=list)
     video: str | None = None
     category: str | None = None
+    group: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -153,10 +177,32 @@ def check_video(value, base: Path | None, where: str) -> str:
     return str(path)
 
 
-def row_options(row: dict, where: str) -> dict[str, str]:
-    """The options of a row: its `options` list, or its letter columns `A`, `B`, ... (missing ones skipped)."""
+def row_options(row: dict, where: str, yes_no: bool = False) -> dict[str, str]:
+    """The options of a row: its `options` list (or the string of one, as MMMU stores it), or its letter columns `A`,
+    `B`, ... (missing ones skipped); Yes / No for a row without either when `yes_no` is set. Empty options mark an
+    open question (`OpenQuestion`)."""
+    options = listed_options(row, where)
+    if options:
+        return options
+    if options is None and yes_no:
+        return dict(zip(LETTERS, YES_NO))
+    if options is None:
+        raise ValueError(
+            f"{where} has no options; give an 'options' list column or letter columns 'A', 'B', ... (columns "
+            f"found: {sorted(row)}), or pass --yes-no for yes/no questions (MME)"
+        )
+    raise OpenQuestion(f"{where} has empty options (an open question); pass --skip-open to leave such rows out")
+
+
+def listed_options(row: dict, where: str) -> dict[str, str] | None:
+    """The options a row lists, by letter: empty when its options are empty, None when it has no options at all."""
     if "options" in row and not is_missing(row["options"]):
         options = row["options"]
+        if isinstance(options, str) and options.lstrip().startswith("["):  # MMMU stores "['a', 'b']"
+            try:
+                options = ast.literal_eval(options)
+            except (ValueError, SyntaxError) as error:
+                raise ValueError(f"{where}: options {options!r} is not a list literal ({error})") from error
         if not isinstance(options, (list, tuple)):
             raise ValueError(
                 f"{where}: options {options!r} is a {type(options).__name__}; give a list of option texts"
@@ -168,11 +214,8 @@ def row_options(row: dict, where: str) -> dict[str, str]:
             raise ValueError(f"{where}: options {list(options)!r} has empty entries at {blank}; remove them")
         return {letter: str(text).strip() for letter, text in zip(LETTERS, options)}
     letters = [letter for letter in LETTERS if letter in row]
-    if not letters:
-        raise ValueError(
-            f"{where} has no options; give an 'options' list column or letter columns 'A', 'B', ... "
-            f"(columns found: {sorted(row)})"
-        )
+    if not letters and "options" not in row:
+        return None
     return {letter: str(row[letter]).strip() for letter in letters if not is_missing(row[letter])}
 
 
@@ -198,37 +241,61 @@ def row_answer(value, options: dict[str, str], where: str) -> str:
     return matches[0]
 
 
+def row_images(row: dict) -> list:
+    """The image values of a row, in order: its `image` (one, or a list) then MMMU's `image_1`, `image_2`, ..."""
+    values = row.get("image")
+    values = [] if is_missing(values) else list(values) if isinstance(values, (list, tuple)) else [values]
+    numbered = sorted(
+        (int(name.removeprefix("image_")), value)
+        for name, value in row.items()
+        if re.fullmatch(r"image_\d+", name) and not is_missing(value)
+    )
+    return values + [value for _, value in numbered]
+
+
 def normalize_row(
-    row: dict, index: int, base: Path | None = None, category_column: str = "category", media: bool = True
+    row: dict, index: int, base: Path | None = None, row_format: RowFormat = RowFormat(), media: bool = True
 ) -> Sample:
     """A data row as a `Sample`, checked: errors name the row, the bad value and the fix. `base` is the folder that
-    relative media paths start from; with `media=False` the image and video are left out (a quick check of the text
-    of every row)."""
+    relative media paths start from; with `media=False` the images and video are left out (a quick check of the text
+    of every row). A row without options raises `OpenQuestion` unless `row_format.yes_no`."""
     where = f"row {index}"
     for column in ("question", "answer"):
         if column not in row:
             raise ValueError(f"{where} has no {column!r} column (columns found: {sorted(row)}); add one")
         if is_missing(row[column]):
             raise ValueError(f"{where}: {column} is empty ({row[column]!r}); give every row a {column}")
-    options = row_options(row, where)
+    options = row_options(row, where, row_format.yes_no)
     if len(options) < 2:
         raise ValueError(
             f"{where} has {len(options)} option(s) ({options}); a multiple-choice question needs at least 2"
         )
     answer = row_answer(row["answer"], options, where)
-    image_value, video_value = (None if is_missing(row.get(name)) else row.get(name) for name in MEDIA_COLUMNS)
-    if image_value is not None and video_value is not None:
-        raise ValueError(f"{where} has both an image and a video; give one of them (or neither)")
-    category = row.get(category_column)
+    images, video = row_images(row), None if is_missing(row.get("video")) else row["video"]
+    if images and video is not None:
+        raise ValueError(f"{where} has both images and a video; give one kind (or neither)")
+    question = str(row["question"]).strip()
+    for number in map(int, IMAGE_PLACEHOLDER.findall(question) if media else ()):
+        if not 1 <= number <= len(images):
+            raise ValueError(
+                f"{where}: the question refers to <image {number}> but the row has {len(images)} image(s)"
+            )
+    group = None
+    if row_format.group_column is not None:
+        if is_missing(row.get(row_format.group_column)):
+            raise ValueError(f"{where} has no {row_format.group_column!r} (--group-column); give every row one")
+        group = str(row[row_format.group_column])
+    category = row.get(row_format.category_column)
     return Sample(
         index=index,
-        question=str(row["question"]).strip(),
+        question=question,
         options=options,
         answer=answer,
         hint=None if is_missing(row.get("hint")) else str(row["hint"]).strip(),
-        image=load_image(image_value, base, where) if media and image_value is not None else None,
-        video=check_video(video_value, base, where) if media and video_value is not None else None,
+        images=[load_image(value, base, where) for value in images] if media else [],
+        video=check_video(video, base, where) if media and video is not None else None,
         category=None if is_missing(category) else str(category),
+        group=group,
     )
 
 
@@ -293,13 +360,18 @@ def multiple_choice_text(sample: Sample) -> str:
 
 
 def conversation(sample: Sample, text: str) -> list[dict]:
-    """A one-turn user conversation: the sample's image or video, then `text`."""
-    content = []
-    if sample.image is not None:
-        content.append({"type": "image", "image": sample.image})
+    """A one-turn user conversation: the sample's video or images, then `text`. Images that `text` refers to as
+    `<image k>` (MMMU) stand where the text refers to them; the others come first."""
+    referred = {int(number) for number in IMAGE_PLACEHOLDER.findall(text)}
+    content = [{"type": "image", "image": image} for k, image in enumerate(sample.images, 1) if k not in referred]
     if sample.video is not None:
         content.append({"type": "video", "video": sample.video})
-    content.append({"type": "text", "text": text})
+    parts = IMAGE_PLACEHOLDER.split(text)  # text, number, text, number, ..., text
+    for position, part in enumerate(parts):
+        if position % 2:
+            content.append({"type": "image", "image": sample.images[int(part) - 1]})
+        elif part.strip():
+            content.append({"type": "text", "text": part})
     return [{"role": "user", "content": content}]
 
 
@@ -374,13 +446,14 @@ def score_options(model, processor, sample: Sample, processor_kwargs: dict | Non
 
 def prediction_record(sample: Sample, prediction: str | None) -> dict:
     """What every prediction record holds: the row, its category, the answer, the prediction, whether it is right."""
-    return {
+    record = {
         "index": sample.index,
         "category": sample.category,
         "answer": sample.answer,
         "prediction": prediction,
         "correct": prediction == sample.answer,
     }
+    return record if sample.group is None else {**record, "group": sample.group}
 
 
 def likelihood_record(sample: Sample, scores: list[float]) -> dict:
@@ -456,23 +529,41 @@ def summarize(records: list[dict], chances: list[float], scoring: str) -> dict:
     metrics["per_category"] = {
         name: {**accuracies(items), "count": len(items)} for name, items in sorted(categories.items())
     }
+    if records and "group" in records[0]:
+        metrics["accuracy_plus"] = accuracy_plus(records)
+        for name, items in categories.items():
+            metrics["per_category"][name]["accuracy_plus"] = accuracy_plus(items)
+        if categories:
+            metrics["mme_score"] = sum(
+                100 * (entry["accuracy"] + entry["accuracy_plus"]) for entry in metrics["per_category"].values()
+            )
     return metrics
 
 
-def evaluate(model, processor, rows, base: Path | None, args) -> tuple[list[dict], list[float]]:
-    """Score or answer every row; returns the prediction records and each row's chance (1 / number of options)."""
+def accuracy_plus(records: list[dict]) -> float:
+    """The share of groups (e.g. MME's two questions about one image) whose questions are all answered right."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record["correct"])
+    return sum(all(answers) for answers in groups.values()) / len(groups)
+
+
+def evaluate(
+    model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int]
+) -> tuple[list[dict], list[float]]:
+    """Score or answer the rows at `kept`; returns the prediction records and each row's chance (1 / options)."""
     kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
     records, chances = [], []
     if args.scoring == "likelihood":
-        for index, row in enumerate(tqdm(rows, desc="scoring options")):
-            sample = normalize_row(row, index, base, args.category_column)
+        for index in tqdm(kept, desc="scoring options"):
+            sample = normalize_row(rows[index], index, base, row_format)
             records.append(likelihood_record(sample, score_options(model, processor, sample, kwargs)))
             chances.append(1 / len(sample.options))
         return records, chances
-    starts = range(0, len(rows), args.batch_size)
+    starts = range(0, len(kept), args.batch_size)
     for start in tqdm(starts, desc="generating answers"):
-        indices = range(start, min(start + args.batch_size, len(rows)))
-        samples = [normalize_row(rows[index], index, base, args.category_column) for index in indices]
+        indices = kept[start : start + args.batch_size]
+        samples = [normalize_row(rows[index], index, base, row_format) for index in indices]
         texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
         records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
         chances += [1 / len(sample.options) for sample in samples]
@@ -528,6 +619,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--category-column", default="category", help="the column whose values get per-category accuracies"
     )
+    parser.add_argument(
+        "--group-column",
+        help="a column grouping questions (MME: the image, `question_id`): adds accuracy_plus, the share of groups "
+        "answered entirely right, and with categories MME's score, Σ 100·(accuracy + accuracy_plus) over them",
+    )
+    parser.add_argument("--yes-no", action="store_true", help="rows without options are Yes / No questions (MME)")
+    parser.add_argument(
+        "--skip-open", action="store_true", help="leave out rows whose options are empty (MMMU's open questions)"
+    )
     args = parser.parse_args(argv)
     for option, value in (
         ("--limit", args.limit),
@@ -563,12 +663,23 @@ def main(argv=None):
         rows = rows[: args.limit] if isinstance(rows, list) else rows.select(range(min(args.limit, len(rows))))
     if not len(rows):
         raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
+    row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
+    kept, skipped_open = [], []
     for index, row in enumerate(text_view(rows)):  # every row's text is checked before the model loads
-        normalize_row(row, index, base, args.category_column, media=False)
+        try:
+            normalize_row(row, index, base, row_format, media=False)
+        except OpenQuestion:
+            if not args.skip_open:
+                raise
+            skipped_open.append(index)
+            continue
+        kept.append(index)
+    if not kept:
+        raise SystemExit(f"--data {args.data}: every row is an open question; nothing to evaluate")
 
     model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    records, chances = evaluate(model, processor, rows, base, args)
+    records, chances = evaluate(model, processor, rows, base, args, row_format, kept)
 
     metrics = summarize(records, chances, args.scoring)
     metrics.update(
@@ -576,6 +687,7 @@ def main(argv=None):
         model=str(args.model),
         data=str(args.data),
         split=split,
+        skipped_open=skipped_open,
         seconds=round(time.perf_counter() - started, 1),
     )
     write_outputs(args.output_dir, metrics, records)
@@ -585,6 +697,11 @@ def main(argv=None):
     else:
         details.append(f"unparsed {metrics['unparsed']}")
     print(f"{', '.join(details)} on {metrics['count']} questions (chance {metrics['chance']:.3f})")
+    if "accuracy_plus" in metrics:
+        score = f", MME score {metrics['mme_score']:.1f}" if "mme_score" in metrics else ""
+        print(f"accuracy_plus {metrics['accuracy_plus']:.3f} (groups answered entirely right){score}")
+    if skipped_open:
+        print(f"{len(skipped_open)} open question(s) left out (--skip-open), listed in metrics.json")
     for name, category in metrics["per_category"].items():
         print(f"  {name}: accuracy {category['accuracy']:.3f} on {category['count']}")
     print(f"metrics: {args.output_dir / 'metrics.json'}\npredictions: {args.output_dir / 'predictions.jsonl'}")

@@ -127,25 +127,27 @@ def fine_tune_on_lettered_prompt(model, processor, samples, evaluator, run_hydra
 # ------------------------------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("media", ["image", "video", "text"])
+@pytest.mark.parametrize("media", ["image", "two images", "video", "text"])
 def test_cached_option_scores_equal_an_uncached_forward(evaluator, run_hydrax, random_model, clip, media):
     model, processor = random_model
     options = ["a rocket", "a cup of hot coffee on a wooden table", "a"]  # 5, 22 and 1 tokens
+    photos = [Image.fromarray(image) for image in run_hydrax.load_images(SIZE).values()]
     sample = evaluator.Sample(
         index=0,
-        question="What is shown?",
+        question="Which of <image 2> and <image 1> is warmer?" if media == "two images" else "What is shown?",
         options=dict(zip("ABC", options)),
         answer="A",
         hint="Look closely.",
-        image=Image.fromarray(run_hydrax.load_images(SIZE)["chelsea"]) if media == "image" else None,
+        images={"image": photos[:1], "two images": photos[:2]}.get(media, []),
         video=str(clip) if media == "video" else None,
     )
     kwargs = evaluator.media_kwargs(processor, SIZE * SIZE, FRAMES)
     cached = evaluator.score_options(model, processor, sample, kwargs)
 
     inputs = evaluator.prompt_inputs(processor, [sample], evaluator.likelihood_text, kwargs)
-    visual = {"image": model.config.image_token_id, "video": model.config.video_token_id, "text": None}[media]
-    assert visual is None or int((inputs["input_ids"] == visual).sum()) > 0
+    tokens = {"image": 4, "two images": 8, "video": 8, "text": 0}[media]  # 2×2 latent grids; the clip has 2 frames
+    visual = model.config.video_token_id if media == "video" else model.config.image_token_id
+    assert int((inputs["input_ids"] == visual).sum()) == tokens
     option_ids = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in options]
     assert len({len(ids) for ids in option_ids}) == 3, "the options must differ in token length"
     prompt_length = inputs["input_ids"].shape[1]
@@ -299,6 +301,70 @@ def test_manifest_saved_dataset_and_video_rows_agree(evaluator, run_hydrax, chec
 def test_parse_prediction(evaluator, text, expected):
     options = {"A": "an astronaut", "B": "a cup of coffee", "C": "a cat", "D": "A rocket"}
     assert evaluator.parse_prediction(text, options) == expected
+
+
+def test_mmmu_rows_place_each_image_where_the_question_refers_to_it(evaluator, run_hydrax, tmp_path):
+    images = list(run_hydrax.load_images(SIZE).values())
+    for number in (1, 2):
+        Image.fromarray(images[number]).save(tmp_path / f"{number}.png")
+    row = {
+        "question": "Is <image 2> bigger than <image 1>?",
+        "options": "['yes', 'no', \"can't tell\"]",  # MMMU stores its options as the string of a list
+        "answer": "C",
+        "image_2": "2.png",
+        "image_1": "1.png",
+        "image_3": None,
+    }
+    sample = evaluator.normalize_row(row, 0, tmp_path)
+    assert sample.options == {"A": "yes", "B": "no", "C": "can't tell"} and sample.answer == "C"
+    content = evaluator.conversation(sample, sample.question)[0]["content"]
+    assert [part["type"] for part in content] == ["text", "image", "text", "image", "text"]
+    assert [part["text"] for part in content if part["type"] == "text"] == ["Is ", " bigger than ", "?"]
+    pixels = [np.asarray(part["image"]) for part in content if part["type"] == "image"]
+    assert np.array_equal(pixels[0], images[2]) and np.array_equal(pixels[1], images[1])
+    with pytest.raises(ValueError, match=r"row 0: the question refers to <image 3> but the row has 2 image\(s\)"):
+        evaluator.normalize_row({**row, "question": "And <image 3>?"}, 0, tmp_path)
+
+
+def test_mme_yes_no_groups_and_open_questions(evaluator, run_hydrax, checkpoint, tmp_path):
+    """MME: yes/no rows without options, two questions per image (`question_id`); accuracy+ and the MME score follow
+    from the predictions. MMMU's open questions are left out with --skip-open and listed."""
+    images = run_hydrax.load_images(SIZE)
+    rows, pictures = [], {}
+    for number, (name, image) in enumerate(images.items()):
+        for question in (f"Is this {name}?", "Is this a dog?"):
+            pictures[len(rows)] = image
+            rows.append(
+                {
+                    "question": question,
+                    "answer": "Yes" if name in question else "No",
+                    "question_id": f"{name}.png",
+                    "category": "animals" if name == "chelsea" else "objects",
+                }
+            )
+    rows.append({"question": "How many?", "options": [], "answer": "3", "question_id": "open", "category": "x"})
+    data = write_manifest(tmp_path / "mme", rows, pictures)
+    argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE)]
+    with pytest.raises(ValueError, match="row 0 has no options.*pass --yes-no for yes/no questions"):
+        evaluator.main([*argv, "--output-dir", str(tmp_path / "stopped")])
+    assert not (tmp_path / "stopped").exists()
+
+    out = tmp_path / "scored"
+    with pytest.raises(evaluator.OpenQuestion, match="row 8 has empty options .an open question.; pass --skip-open"):
+        evaluator.main([*argv, "--yes-no", "--output-dir", str(tmp_path / "stopped")])
+    evaluator.main([*argv, "--yes-no", "--group-column", "question_id", "--skip-open", "--output-dir", str(out)])
+    metrics, predictions = read_outputs(out)
+    check_consistent(metrics, predictions, count=8, chance=0.5)
+    assert metrics["skipped_open"] == [8]
+    both_right = {}
+    for record in predictions:
+        both_right[record["group"]] = both_right.get(record["group"], True) and record["correct"]
+    assert metrics["accuracy_plus"] == pytest.approx(sum(both_right.values()) / 4)
+    animals = metrics["per_category"]["animals"]
+    assert animals["accuracy_plus"] == float(both_right["chelsea.png"]) and animals["count"] == 2
+    expected = sum(100 * (entry["accuracy"] + entry["accuracy_plus"]) for entry in metrics["per_category"].values())
+    assert metrics["mme_score"] == pytest.approx(expected)
+    assert all(set(record["scores"]) == {"A", "B"} for record in predictions)
 
 
 @pytest.mark.parametrize(
