@@ -11,8 +11,9 @@ Data (`--data`): a JSONL manifest (media paths relative to its folder), a `datas
 paths relative to that folder) or a Hub dataset name, loaded with `datasets.load_dataset(name, split=--split)`. One row
 per question:
 - `question`, and an optional `hint` (MMBench), shown before it;
-- the options: an `options` list column, or letter columns `A`, `B`, `C`, ... (MMBench's TSV style; a missing, None,
-  NaN or empty letter is no option);
+- the options: a list column `options` (also `choices`, `candidates`; MMMU's string of a list is read as one), or
+  letter columns `A`, `B`, `C`, ... (MMBench) or `choice_a`, `choice_b`, ... (SEED-Bench); a missing, None, NaN or
+  empty letter is no option, and options that carry their own letter (`A. a cat`, Video-MME) lose it;
 - `answer`: the option's letter, its 0-based index among the options, or its exact text;
 - media: `image` (a PIL image, a path or a `datasets` Image dict, or a list of them), MMMU's `image_1`, `image_2`,
   ... (placed where the question says `<image k>`), `video` (a path, decoded by the processor with PyAV,
@@ -76,6 +77,7 @@ LETTERS = string.ascii_uppercase
 MEDIA_COLUMNS = ("image", "video", *(f"image_{number}" for number in range(1, 10)))  # MMMU: image_1 … image_7
 IMAGE_PLACEHOLDER = re.compile(r"<image (\d+)>")  # MMMU's reference to its `image_k` column inside the text
 YES_NO = ("Yes", "No")
+LIST_COLUMNS = ("options", "choices", "candidates")
 DATASET_FOLDER_FILES = ("dataset_info.json", "dataset_dict.json")  # what `save_to_disk` writes (Dataset, DatasetDict)
 ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
 
@@ -195,28 +197,41 @@ def row_options(row: dict, where: str, yes_no: bool = False) -> dict[str, str]:
 
 
 def listed_options(row: dict, where: str) -> dict[str, str] | None:
-    """The options a row lists, by letter: empty when its options are empty, None when it has no options at all."""
-    if "options" in row and not is_missing(row["options"]):
-        options = row["options"]
+    """The options a row lists, by letter: empty when its options are empty, None when it has no options at all.
+
+    A list column is `options` (MMBench's HF copies, Video-MME, MMMU as the string of a list), `choices` or
+    `candidates` (MVBench); letter columns are `A`, `B`, ... (MMBench's TSV) or `choice_a`, `choice_b`, ...
+    (SEED-Bench). Options written with their own letter (`"A. a cat"`, Video-MME) lose it."""
+    column = next((name for name in LIST_COLUMNS if name in row), None)
+    if column is not None and not is_missing(row[column]):
+        options = row[column]
         if isinstance(options, str) and options.lstrip().startswith("["):  # MMMU stores "['a', 'b']"
             try:
                 options = ast.literal_eval(options)
             except (ValueError, SyntaxError) as error:
-                raise ValueError(f"{where}: options {options!r} is not a list literal ({error})") from error
+                raise ValueError(f"{where}: {column} {options!r} is not a list literal ({error})") from error
         if not isinstance(options, (list, tuple)):
             raise ValueError(
-                f"{where}: options {options!r} is a {type(options).__name__}; give a list of option texts"
+                f"{where}: {column} {options!r} is a {type(options).__name__}; give a list of option texts"
             )
         if len(options) > len(LETTERS):
             raise ValueError(f"{where}: {len(options)} options; at most {len(LETTERS)} (letters A-Z) are supported")
         blank = [index for index, text in enumerate(options) if is_missing(text)]
         if blank:
-            raise ValueError(f"{where}: options {list(options)!r} has empty entries at {blank}; remove them")
-        return {letter: str(text).strip() for letter, text in zip(LETTERS, options)}
-    letters = [letter for letter in LETTERS if letter in row]
-    if not letters and "options" not in row:
-        return None
-    return {letter: str(row[letter]).strip() for letter in letters if not is_missing(row[letter])}
+            raise ValueError(f"{where}: {column} {list(options)!r} has empty entries at {blank}; remove them")
+        options = dict(zip(LETTERS, (str(text).strip() for text in options)))
+    else:
+        columns = {
+            letter: name
+            for letter in LETTERS
+            for name in (letter, f"choice_{letter.lower()}")
+            if name in row and not is_missing(row[name])
+        }
+        if not columns and column is None and not any(letter in row for letter in LETTERS):
+            return None
+        options = {letter: str(row[name]).strip() for letter, name in columns.items()}
+    prefixed = all(re.match(rf"{letter}[.)]\s+\S", text) for letter, text in options.items())
+    return {letter: text[2:].strip() for letter, text in options.items()} if options and prefixed else options
 
 
 def row_answer(value, options: dict[str, str], where: str) -> str:

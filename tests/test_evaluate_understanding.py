@@ -326,6 +326,22 @@ def test_mmmu_rows_place_each_image_where_the_question_refers_to_it(evaluator, r
         evaluator.normalize_row({**row, "question": "And <image 3>?"}, 0, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"question": "Q?", "A": "a cat", "B": "a dog", "C": None, "D": float("nan"), "answer": "B"},  # MMBench
+        {"question": "Q?", "choice_a": "a cat", "choice_b": "a dog", "answer": "B"},  # SEED-Bench
+        {"question": "Q?", "candidates": ["a cat", "a dog"], "answer": "a dog"},  # MVBench
+        {"question": "Q?", "options": ["A. a cat", "B. a dog"], "answer": "B"},  # Video-MME
+        {"question": "Q?", "options": "['a cat', 'a dog']", "answer": "B"},  # MMMU
+        {"question": "Q?", "choices": ["a cat", "a dog"], "answer": 1},
+    ],
+)
+def test_benchmark_column_layouts_read_alike(evaluator, row):
+    sample = evaluator.normalize_row(row, 0)
+    assert sample.options == {"A": "a cat", "B": "a dog"} and sample.answer == "B"
+
+
 def test_mme_yes_no_groups_and_open_questions(evaluator, run_hydrax, checkpoint, tmp_path):
     """MME: yes/no rows without options, two questions per image (`question_id`); accuracy+ and the MME score follow
     from the predictions. MMMU's open questions are left out with --skip-open and listed."""
