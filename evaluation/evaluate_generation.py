@@ -78,6 +78,7 @@ from script_args import (  # noqa: E402
     check_file,
     check_folder,
     check_new_output_folder,
+    is_saved_dataset,
     looks_like_path,
 )
 
@@ -95,7 +96,6 @@ COLUMNS = {
     "reference": {"image": (("image",), True)},
 }
 IMAGE_FIELDS = ("image", "target")
-DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLIP_HINT = "no --clip-model: pass a CLIP or SigLIP checkpoint, e.g. --clip-model openai/clip-vit-large-patch14"
 FEATURE_HINT = "no --feature-model: pass a vision model, e.g. --feature-model facebook/dinov2-base"
@@ -112,11 +112,6 @@ class EvaluationDataError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-def is_dataset_folder(path: Path) -> bool:
-    """Whether `path` is a folder written by `datasets`' `save_to_disk` (a Dataset or a DatasetDict)."""
-    return path.is_dir() and any((path / name).is_file() for name in DATASET_FILES)
-
-
 class EvaluationRows(Sequence):
     """The rows of an evaluation data set, read lazily (a dataset's images are decoded only when a row is read).
 
@@ -290,7 +285,7 @@ def read_rows(source: str, task: str, split: str = "train", limit: int | None = 
         table, origins = read_prompt_file(path, limit)
     elif path.suffix == ".jsonl":
         table, origins = read_manifest(path, task, limit)
-    elif task == "reference" and path.is_dir() and not is_dataset_folder(path):
+    elif task == "reference" and path.is_dir() and not is_saved_dataset(path):
         files = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES)
         table, origins = [{"image": str(file)} for file in files[:limit]], [str(file) for file in files[:limit]]
     else:
@@ -689,7 +684,7 @@ def check_data(parser: argparse.ArgumentParser, option: str, value: str | None, 
     if path.suffix.lower() in (".txt", ".jsonl"):
         check_file(parser, option, path, f"pass {kinds} or a Hub dataset id")
     elif path.exists():
-        if not path.is_dir() or not (images_folder or is_dataset_folder(path)):
+        if not path.is_dir() or not (images_folder or is_saved_dataset(path)):
             parser.error(f"{option} {value}: neither {kinds} nor a Hub dataset id; pass one of those")
     elif looks_like_path(value):
         parser.error(f"{option} {value}: no such file or folder; pass {kinds} or a Hub dataset id (org/name)")

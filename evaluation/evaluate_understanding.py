@@ -69,7 +69,14 @@ from transformers.cache_utils import DynamicCache  # noqa: E402
 
 import modeling_hydrax  # noqa: E402, F401  (registers Hydra-X with the Auto classes)
 import processing_hydrax  # noqa: E402, F401  (and the processor)
-from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
+from script_args import (  # noqa: E402
+    SAVED_DATASET_FILES,
+    HelpFormatter,
+    check_folder,
+    check_new_output_folder,
+    is_saved_dataset,
+    looks_like_path,
+)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,7 +85,6 @@ MEDIA_COLUMNS = ("image", "video", *(f"image_{number}" for number in range(1, 10
 IMAGE_PLACEHOLDER = re.compile(r"<image (\d+)>")  # MMMU's reference to its `image_k` column inside the text
 YES_NO = ("Yes", "No")
 LIST_COLUMNS = ("options", "choices", "candidates")
-DATASET_FOLDER_FILES = ("dataset_info.json", "dataset_dict.json")  # what `save_to_disk` writes (Dataset, DatasetDict)
 ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
 
 
@@ -662,8 +668,8 @@ def parse_args(argv=None):
     if looks_like_path(args.data):
         data = Path(args.data).expanduser()
         hint = "pass a JSONL manifest, a datasets save_to_disk folder or a Hub dataset name (org/name)"
-        if data.is_dir() and not any((data / name).is_file() for name in DATASET_FOLDER_FILES):
-            parser.error(f"--data {args.data}: a folder without {' or '.join(DATASET_FOLDER_FILES)}; {hint}")
+        if data.is_dir() and not is_saved_dataset(data):
+            parser.error(f"--data {args.data}: a folder without {' or '.join(SAVED_DATASET_FILES)}; {hint}")
         if not data.exists():
             parser.error(f"--data {args.data}: no such file or folder; {hint}")
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)

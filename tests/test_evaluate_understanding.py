@@ -425,7 +425,7 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         (["--model", str(tmp_path / "missing")], f"--model {tmp_path / 'missing'}: no such folder; pass a"),
         (["--model", str(tmp_path)], f"--model {tmp_path}: a folder without config.json"),
         (["--data", str(tmp_path / "gone.jsonl")], f"--data {tmp_path / 'gone.jsonl'}: no such file or folder"),
-        (["--data", str(tmp_path / "busy")], "a folder without dataset_info.json or dataset_dict.json"),
+        (["--data", str(tmp_path / "busy")], "a folder without dataset_info.json or state.json or dataset_dict.json"),
         (["--output-dir", str(tmp_path / "busy")], "already exists; pass --force to replace it, or a new folder"),
         (["--output-dir", str(data / "out")], f"--output-dir {data / 'out'}: {data} is a file"),
         (["--limit", "0"], "--limit must be ≥ 1, got 0"),
