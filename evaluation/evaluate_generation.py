@@ -1,15 +1,19 @@
-"""Evaluate a Hydra-X checkpoint's text-to-image generation or instruction editing: generate from a data set's prompts
-(or edit its source images) with HydraXPipeline / HydraXEditPipeline, save every output as a PNG and score them.
+"""Evaluate a Hydra-X checkpoint's text-to-image or text-to-video generation or instruction editing: generate from a
+data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditPipeline, save every output as a PNG
+(videos: MP4) and score them.
 
     python evaluation/evaluate_generation.py --model CKPT --data prompts.txt --output-dir outputs/eval-t2i \\
         --clip-model openai/clip-vit-large-patch14 --feature-model facebook/dinov2-base --reference coco-val2017/
     python evaluation/evaluate_generation.py --task edit --model CKPT --data osunlp/MagicBrush --split dev \\
         --output-dir outputs/eval-edit --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vits16
+    python evaluation/evaluate_generation.py --task text-to-video --num-frames 17 --model CKPT --data prompts.txt \
+        --output-dir outputs/eval-t2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
 
 Data (--data; --limit N keeps the first N rows):
   text-to-image  a .txt file (one prompt per line), a JSONL manifest of {"prompt": ..., "image": optional reference
                  image}, a `datasets` save_to_disk folder or a Hub dataset (--split) with a `prompt`, `caption` or
                  `text` column and optionally an `image` column
+  text-to-video  the same (reference images, if any, are compared with every generated frame)
   edit           a JSONL manifest of {"image": source, "prompt": instruction, "target": optional ground-truth edit,
                  "target_caption": optional caption of the target}, or a dataset with those columns; also accepted:
                  `instruction` / `edit_prompt` (instruction), `source_img` / `input_image` (source), `target_img` /
@@ -29,18 +33,25 @@ Metrics (each only when its inputs exist; metrics.json lists the others under "s
                                                    much of the source the edit keeps
                  clip_t / clip_t_instruction       CLIP score against the row's `target_caption`, or against the
                                                    instruction when the row has none
+  text-to-video  clip_sim        the CLIP score of every frame with the prompt, averaged over the frames (CLIPSIM)
+                 background_consistency, subject_consistency   VBench's temporal consistency: over frames 2…F, the
+                                 mean of each frame's cosine with the first frame and with the previous one, on
+                                 --clip-model embeddings (background) and --feature-model features (subject; VBench
+                                 uses DINO ViT-B/16)
+                 fd_<name>       as for text-to-image, over every generated frame
 Every metric is computed on the pixels of the saved PNGs (the pipeline's output rounded to 8 bits), so the files
-reproduce it. FD is biased upward on small sets and its bias shrinks with the number of images: compare FD values only
-at equal image counts and against the same references (the literature uses 10k–50k images).
+reproduce it; videos are scored on their 8-bit frames before the (lossy) MP4 encoding. FD is biased upward on small
+sets and its bias shrinks with the number of images: compare FD values only at equal image counts and against the same
+references (the literature uses 10k–50k images).
 
 Seeds: output j of row i starts from the noise of `torch.Generator().manual_seed(--seed + i·K + j)`,
 K = --num-images-per-prompt, so the outputs do not depend on --batch-size. Runs whose --seed differ by less than
 rows·K share noise (--seed 1 is --seed 0 shifted by one output): pick seeds that far apart for independent runs.
 
-Output (--output-dir, written to a staging folder and renamed into place, so a failure never leaves a half-written
-one; an existing folder is replaced only with --force): images/ROW_SAMPLE.png, metrics.json (every metric's mean and
-count, the skipped ones, the settings and the seconds taken) and samples.jsonl (one line per image: row, sample,
-seed, where the row came from, prompt, file and its metric values).
+Output (--output-dir, written to a staging folder and renamed into place, so a failure never leaves a half-written one;
+an existing folder is replaced only with --force): images/ROW_SAMPLE.png (videos/ROW_SAMPLE.mp4), metrics.json (every
+metric's mean and count, the skipped ones, the settings and the seconds taken) and samples.jsonl (one line per image:
+row, sample, seed, where the row came from, prompt, file and its metric values).
 """
 
 import argparse
@@ -54,6 +65,7 @@ from statistics import fmean
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
@@ -80,13 +92,15 @@ from script_args import (  # noqa: E402
     check_new_output_folder,
     is_saved_dataset,
     looks_like_path,
+    write_video,
 )
 
 
-TASKS = ("text-to-image", "edit")
+TASKS = ("text-to-image", "text-to-video", "edit")
 # task → field → (accepted column names, first found wins; required). "reference" reads --reference's images.
 COLUMNS = {
     "text-to-image": {"prompt": (("prompt", "caption", "text"), True), "image": (("image",), False)},
+    "text-to-video": {"prompt": (("prompt", "caption", "text"), True), "image": (("image",), False)},
     "edit": {
         "prompt": (("instruction", "prompt", "edit_prompt"), True),
         "image": (("image", "source_img", "input_image"), True),
@@ -280,7 +294,7 @@ def read_rows(source: str, task: str, split: str = "train", limit: int | None = 
     fields = list(COLUMNS[task])
     root = path.parent
     if path.suffix == ".txt":
-        if task != "text-to-image":
+        if task == "edit":
             raise EvaluationDataError(f"{source}: a .txt file holds prompts only, which the {task} task cannot use")
         table, origins = read_prompt_file(path, limit)
     elif path.suffix == ".jsonl":
@@ -346,6 +360,7 @@ class GenerationSettings:
     image_guidance_scale: float = 1.5
     num_images_per_prompt: int = 1
     seed: int = 0
+    num_frames: int = 1
 
 
 def sample_seeds(rows: Sequence[dict], settings: GenerationSettings) -> list[int]:
@@ -368,8 +383,8 @@ def generate_batch(
     pipe, task: str, rows: Sequence[dict], settings: GenerationSettings, sources: list[Image.Image] | None = None
 ) -> torch.Tensor:
     """Generate (or, for "edit", edit `sources`, one per row, already at the output size) the outputs of `rows` in
-    one pipeline call: `[len(rows) · K, 3, H, W]` float pixels in [0, 1], row-major, each from its own generator
-    (`sample_seeds`)."""
+    one pipeline call: `[len(rows) · K, 3, H, W]` float pixels in [0, 1] (videos: `[len(rows) · K, F, 3, H, W]`),
+    row-major, each from its own generator (`sample_seeds`)."""
     generators = [torch.Generator().manual_seed(seed) for seed in sample_seeds(rows, settings)]
     options = dict(
         height=settings.height,
@@ -382,10 +397,12 @@ def generate_batch(
     )
     prompts = [row["prompt"] for row in rows]
     if task == "edit":
-        output = pipe(sources, prompts, image_guidance_scale=settings.image_guidance_scale, **options)
+        output = pipe(sources, prompts, image_guidance_scale=settings.image_guidance_scale, **options).images
+    elif task == "text-to-video":
+        output = pipe(prompts, num_frames=settings.num_frames, **options).frames
     else:
-        output = pipe(prompts, **options)
-    return output.images.float().cpu()
+        output = pipe(prompts, **options).images
+    return output.float().cpu()
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -402,6 +419,37 @@ def score_text_to_image(
     if clip is None:
         return [{} for _ in prompts]
     return [{"clip_score": value} for value in clip.score(pixels, prompts).tolist()]
+
+
+def consistency(features: torch.Tensor) -> float:
+    """VBench's subject / background consistency of one video's frame features `[F, D]`: the mean over frames 2…F of
+    the average cosine with the first frame and with the previous one."""
+    features = F.normalize(features.float(), dim=-1)
+    later = features[1:]
+    return float(((later @ features[0] + (later * features[:-1]).sum(-1)) / 2).mean())
+
+
+def score_videos(
+    videos: torch.Tensor,
+    prompts: list[str],
+    clip: HydraXClipScore | None = None,
+    features: HydraXImageFeatures | None = None,
+) -> list[dict[str, float]]:
+    """Per-video metrics of generated `[B, F, 3, H, W]` frames in [-1, 1]: with `clip`, `clip_sim` (the CLIP score of
+    every frame with the prompt, averaged over frames: CLIPSIM) and `background_consistency` (VBench's, on CLIP
+    image embeddings); with `features`, `subject_consistency` (VBench's, on DINO features)."""
+    scores = []
+    for frames, prompt in zip(videos, prompts):
+        values = {}
+        if clip is not None:
+            embeddings = clip.image_features(frames)
+            cosine = (embeddings * clip.text_features([prompt])).sum(-1)
+            values["clip_sim"] = float(100 * cosine.clamp_min(0).mean())
+            values["background_consistency"] = consistency(embeddings)
+        if features is not None:
+            values["subject_consistency"] = consistency(features(frames))
+        scores.append(values)
+    return scores
 
 
 def score_edits(
@@ -502,12 +550,13 @@ def edit_requirements(seen: set[str], clip: bool, features: bool) -> dict[str, l
 
 
 # ------------------------------------------------------------------------------------------------------- run
-def evaluate_batch(pipe, task, rows, settings, clip, features, generated, images_folder: Path) -> list[dict]:
-    """Generate `rows`' outputs, save them as PNGs in `images_folder`, add their features to `generated` (when
-    given) and return one record per output: row, sample, seed, origin, prompt, file and metric values."""
+def evaluate_batch(pipe, task, rows, settings, clip, features, generated, output_folder: Path, fps=8) -> list[dict]:
+    """Generate `rows`' outputs, save them in `output_folder` (PNGs; videos as MP4s at `fps`), add their features
+    (every frame of a video) to `generated` (when given) and return one record per output: row, sample, seed,
+    origin, prompt, file and metric values."""
     count, size = settings.num_images_per_prompt, (settings.width, settings.height)
     sources = [load_image(row["image"], row["origin"], "source", size) for row in rows] if task == "edit" else None
-    images = quantize(generate_batch(pipe, task, rows, settings, sources))
+    images = quantize(generate_batch(pipe, task, rows, settings, sources))  # videos: [N, F, 3, H, W]
     pixels = uint8_to_pixels(images)
     outputs = [(row, sample) for row in rows for sample in range(count)]
     prompts = [row["prompt"] for row, _ in outputs]
@@ -526,29 +575,47 @@ def evaluate_batch(pipe, task, rows, settings, clip, features, generated, images
             clip,
             features,
         )
+    elif task == "text-to-video":
+        scores = score_videos(pixels, prompts, clip, features)
     else:
         scores = score_text_to_image(pixels, prompts, clip)
     if generated is not None:
-        generated.update(features(pixels))
+        generated.update(features(pixels.flatten(0, 1) if task == "text-to-video" else pixels))
     records = []
     for (row, sample), seed, image, values in zip(outputs, sample_seeds(rows, settings), images, scores):
-        name = f"{row['row']:05d}_{sample}.png"
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(images_folder / name)
         record = {"row": row["row"], "sample": sample, "seed": seed, "origin": row["origin"], "prompt": row["prompt"]}
+        if task == "text-to-video":
+            name = f"videos/{row['row']:05d}_{sample}.mp4"
+            write_video(
+                [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in image], output_folder / name, fps
+            )
+        else:
+            name = f"images/{row['row']:05d}_{sample}.png"
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(output_folder / name)
         if row.get("target_caption") is not None:
             record["target_caption"] = row["target_caption"]
-        records.append({**record, "file": f"images/{name}", **values})
+        records.append({**record, "file": name, **values})
     return records
 
 
-def text_to_image_requirements(
-    feature_model: str | None, clip: bool, references: bool, generated, reference_statistics
+def generation_requirements(
+    task: str, feature_model: str | None, clip: bool, references: bool, generated, reference_statistics
 ) -> dict[str, list[str | None]]:
-    """Each text-to-image metric's missing inputs (None where an input is there); `generated` and
-    `reference_statistics` are the FD statistics, None when FD has no feature model or no references."""
+    """Each text-to-image or text-to-video metric's missing inputs (None where an input is there); `generated` and
+    `reference_statistics` are the FD statistics (of video frames, for videos), None when FD has no feature model or
+    no references."""
     counts = (generated.count, reference_statistics.count) if generated is not None else None
+    clip_missing, feature_missing = None if clip else CLIP_HINT, None if feature_model else FEATURE_HINT
+    if task == "text-to-video":
+        per_output = {
+            "clip_sim": [clip_missing],
+            "background_consistency": [clip_missing],
+            "subject_consistency": [feature_missing],
+        }
+    else:
+        per_output = {"clip_score": [clip_missing]}
     return {
-        "clip_score": [None if clip else CLIP_HINT],
+        **per_output,
         fd_name(feature_model): [
             None if feature_model else FEATURE_HINT,
             None if references else NO_REFERENCES,
@@ -567,7 +634,7 @@ def evaluate(args) -> dict:
     references = None
     if args.reference is not None:
         references = read_rows(args.reference, "reference", args.reference_split or args.split)
-    elif args.task == "text-to-image" and "image" in rows.present:
+    elif args.task != "edit" and "image" in rows.present:
         references = rows
     pipe = load_pipeline(args.model, args.task, args.device, DTYPES[args.dtype])
     clip = HydraXClipScore.from_pretrained(args.clip_model, args.device) if args.clip_model else None
@@ -580,19 +647,21 @@ def evaluate(args) -> dict:
         image_guidance_scale=args.image_guidance_scale,
         num_images_per_prompt=args.num_images_per_prompt,
         seed=args.seed,
+        num_frames=args.num_frames if args.task == "text-to-video" else 1,
     )
-    with_fd = args.task == "text-to-image" and features is not None and references is not None
+    with_fd = args.task != "edit" and features is not None and references is not None
     generated = HydraXFeatureStatistics() if with_fd else None
     records, seen = [], set()
     with staged_folder(args.output_dir) as staging:
-        (staging / "images").mkdir()
-        progress = tqdm(total=len(rows) * settings.num_images_per_prompt, desc="generating", unit="image")
+        (staging / ("videos" if args.task == "text-to-video" else "images")).mkdir()
+        unit = "video" if args.task == "text-to-video" else "image"
+        progress = tqdm(total=len(rows) * settings.num_images_per_prompt, desc="generating", unit=unit)
         for start in range(0, len(rows), args.batch_size):
             batch = [rows[index] for index in range(start, min(start + args.batch_size, len(rows)))]
             for row in batch:
                 seen.add("no_target" if row.get("target") is None else "target")
                 seen.add("no_caption" if row.get("target_caption") is None else "caption")
-            records += evaluate_batch(pipe, args.task, batch, settings, clip, features, generated, staging / "images")
+            records += evaluate_batch(pipe, args.task, batch, settings, clip, features, generated, staging, args.fps)
             progress.update(len(batch) * settings.num_images_per_prompt)
         progress.close()
 
@@ -602,8 +671,13 @@ def evaluate(args) -> dict:
             reference_statistics = (
                 image_statistics(features, references, args.batch_size, "reference features") if with_fd else None
             )
-            requirements = text_to_image_requirements(
-                args.feature_model, clip is not None, references is not None, generated, reference_statistics
+            requirements = generation_requirements(
+                args.task,
+                args.feature_model,
+                clip is not None,
+                references is not None,
+                generated,
+                reference_statistics,
             )
         summary = summarise(records, list(requirements))
         if with_fd and not any(requirements[fd_name(args.feature_model)]):
@@ -616,6 +690,10 @@ def evaluate(args) -> dict:
         generation = asdict(settings)
         if args.task != "edit":
             generation.pop("image_guidance_scale")
+        if args.task == "text-to-video":
+            generation["fps"] = args.fps
+        else:
+            generation.pop("num_frames")
         metrics = {
             "task": args.task,
             "metrics": summary,
@@ -649,21 +727,22 @@ def evaluate(args) -> dict:
 def print_summary(metrics: dict, output_dir: Path) -> None:
     """The metrics, the skipped ones with what enables them, and where the outputs went."""
     settings = metrics["settings"]
+    kind = "videos" if metrics["task"] == "text-to-video" else "images"
     print(
-        f"{metrics['task']}: {metrics['images']} images from {metrics['rows']} rows of {settings['data']}, "
+        f"{metrics['task']}: {metrics['images']} {kind} from {metrics['rows']} rows of {settings['data']}, "
         f"{settings['height']}×{settings['width']}, {settings['num_inference_steps']} steps, guidance "
         f"{settings['guidance_scale']}, {metrics['seconds']} s"
     )
     for name, entry in metrics["metrics"].items():
         if "value" in entry:
             counts = f"{entry['count']} generated, {entry['reference_count']} reference images; {entry['note']}"
-            print(f"  {name:<20} {entry['value']:.4f}  ({counts})")
+            print(f"  {name:<22} {entry['value']:.4f}  ({counts})")
         else:
-            print(f"  {name:<20} {entry['mean']:.4f}  (n = {entry['count']})")
+            print(f"  {name:<22} {entry['mean']:.4f}  (n = {entry['count']})")
     for name, reason in metrics["skipped"].items():
-        print(f"  {name:<20} skipped: {reason}")
+        print(f"  {name:<22} skipped: {reason}")
     print(
-        f"images: {output_dir / 'images'}\nmetrics: {output_dir / 'metrics.json'}\n"
+        f"{kind}: {output_dir / kind}\nmetrics: {output_dir / 'metrics.json'}\n"
         f"samples: {output_dir / 'samples.jsonl'}"
     )
 
@@ -729,6 +808,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1.5,
         help="edit only: guidance on the source image; ≤ 1 turns it off",
     )
+    parser.add_argument(
+        "--num-frames", type=int, default=17, help="text-to-video only: frames per video, 1 + 4k (17 = 1 + 16)"
+    )
+    parser.add_argument("--fps", type=int, default=8, help="text-to-video only: frame rate of the saved MP4s")
     parser.add_argument("--num-images-per-prompt", type=int, default=1, help="outputs per row (K)")
     parser.add_argument("--batch-size", type=int, default=4, help="rows per pipeline call (and feature batch)")
     parser.add_argument("--seed", type=int, default=0, help="output j of row i is seeded with seed + i·K + j")
@@ -745,6 +828,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for option, value in (
         ("--num-inference-steps", args.num_inference_steps),
         ("--num-images-per-prompt", args.num_images_per_prompt),
+        ("--fps", args.fps),
         ("--batch-size", args.batch_size),
         ("--limit", args.limit),
     ):
@@ -754,6 +838,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         torch.device(args.device)
     except RuntimeError as error:
         parser.error(f"--device {args.device}: {error}; pass e.g. cpu, cuda or cuda:1")
+    if args.task == "text-to-video" and (args.num_frames < 5 or (args.num_frames - 1) % 4):
+        parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 for text-to-video (e.g. 17), got {args.num_frames}")
     if args.task == "edit" and Path(args.data).suffix.lower() == ".txt":
         parser.error(
             f"--data {args.data}: a .txt file holds prompts only, but --task edit needs a source image per row; pass "

@@ -4,7 +4,6 @@ and without targets, outputs that do not depend on the batch size, metrics equal
 PNGs, skipped metrics that name what enables them, and bad inputs that stop with a message naming the fix. About 35 s
 on 2 busy CPU cores, a third of it the one script run's start-up."""
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -370,18 +369,64 @@ def test_bad_command_lines_stop_before_any_work(args, message, checkpoint, data,
     assert sorted(path.name for path in tmp_path.iterdir()) == ["existing"]
 
 
-def test_help_documents_every_option(monkeypatch, capsys):
-    parsers = []
-    parse_args = argparse.ArgumentParser.parse_args
-
-    def recording_parse_args(parser, *rest, **kwargs):
-        parsers.append(parser)
-        return parse_args(parser, *rest, **kwargs)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", recording_parse_args)
+def test_help_shows_the_metrics_and_their_caveats(capsys):
+    """Every option's help is checked for every script by tests/test_scripts_cli.py; this is the description."""
     with pytest.raises(SystemExit) as exit_info:
         evaluation.main(["--help"])
-    help_text = capsys.readouterr().out
+    help_text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0 and "FD is biased upward on small sets" in help_text
-    for action in parsers[0]._actions:
-        assert (action.help or "").strip() and action.option_strings[-1] in help_text
+    assert "VBench's temporal consistency" in help_text and "MagicBrush's metrics" in help_text
+
+
+def test_text_to_video_writes_mp4s_and_scores_every_frame(checkpoint, data, tmp_path):
+    """Text-to-video: 5-frame MP4s, CLIPSIM, VBench's consistencies and frame FD equal to hand computations on the
+    pipeline's 8-bit frames (the MP4s are lossy, so not on them); the same frames with batch sizes 1 and 2."""
+    import av
+
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"], "--reference", data["references"]]
+    run = ["--task", "text-to-video", "--num-frames", "5", "--model", checkpoint, "--data", data["txt"], *SMALL]
+    output = evaluate(tmp_path / "out", *run, *models, "--batch-size", "2")
+    metrics, samples = read_outputs(output)
+    assert metrics["settings"]["num_frames"] == 5 and metrics["settings"]["fps"] == 8 and metrics["skipped"] == {}
+    names = ("clip_sim", "background_consistency", "subject_consistency")
+    assert all(metrics["metrics"][name]["count"] == 3 for name in names)
+    assert metrics["metrics"]["fd_dinov2"]["count"] == 15 and metrics["metrics"]["fd_dinov2"]["reference_count"] == 3
+    for record in samples:
+        with av.open(str(output / record["file"])) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(frames) == 5 and frames[0].shape == (HEIGHT, WIDTH, 3)
+
+    pipe = evaluation.load_pipeline(str(checkpoint), "text-to-video")
+    settings = evaluation.GenerationSettings(height=HEIGHT, width=WIDTH, num_inference_steps=2, num_frames=5)
+    rows = list(evaluation.read_rows(data["txt"], "text-to-video"))
+    videos = evaluation.uint8_to_pixels(
+        evaluation.quantize(evaluation.generate_batch(pipe, "text-to-video", rows, settings))
+    )
+    clip = HydraXClipScore.from_pretrained(data["clip"])
+    dinov2 = HydraXImageFeatures.from_pretrained(data["dinov2"])
+    generated, references = HydraXFeatureStatistics(), HydraXFeatureStatistics()
+    for record, frames, row in zip(samples, videos, rows):
+        assert record["clip_sim"] == pytest.approx(float(clip.score(frames, [row["prompt"]] * 5).mean()), abs=1e-4)
+        for name, embeddings in (
+            ("background_consistency", clip.image_features(frames)),
+            ("subject_consistency", dinov2(frames)),
+        ):
+            unit = torch.nn.functional.normalize(embeddings, dim=-1)
+            expected = np.mean([(unit[t] @ unit[0] + unit[t] @ unit[t - 1]).item() / 2 for t in range(1, 5)])
+            assert record[name] == pytest.approx(expected, abs=1e-5)
+        generated.update(dinov2(frames))
+    for path in sorted(Path(data["references"]).iterdir()):
+        references.update(
+            dinov2(evaluation.uint8_to_pixels(evaluation.pil_to_uint8([Image.open(path).convert("RGB")])))
+        )
+    assert metrics["metrics"]["fd_dinov2"]["value"] == pytest.approx(frechet_distance(generated, references), rel=1e-4)
+
+    single = evaluate(tmp_path / "single", *run, "--batch-size", "1")
+    assert [record["seed"] for record in read_outputs(single)[1]] == [record["seed"] for record in samples]
+    assert set(read_outputs(single)[0]["skipped"]) == {*names, "fd"}
+
+
+def test_video_consistency_of_a_still_video_is_one():
+    still = torch.randn(1, 8).expand(5, 8)
+    assert evaluation.consistency(still) == pytest.approx(1.0)
+    assert evaluation.consistency(torch.eye(3)) == pytest.approx(0.0)
