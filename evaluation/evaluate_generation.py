@@ -742,8 +742,7 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     for name, reason in metrics["skipped"].items():
         print(f"  {name:<22} skipped: {reason}")
     print(
-        f"{kind}: {output_dir / kind}\nmetrics: {output_dir / 'metrics.json'}\n"
-        f"samples: {output_dir / 'samples.jsonl'}"
+        f"{kind}: {output_dir / kind}\nmetrics: {output_dir / 'metrics.json'}\nsamples: {output_dir / 'samples.jsonl'}"
     )
 
 

@@ -6,6 +6,12 @@ answer to a lettered prompt (VLMEvalKit's format) and parse the letter.
         --output-dir outputs/eval
     python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --split dev \
         --scoring generate --batch-size 8 --device cuda --dtype bfloat16 --output-dir outputs/eval-mmbench
+    accelerate launch --num_processes 8 evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench \
+        --split dev --dtype bfloat16 --output-dir outputs/eval-mmbench     # one GPU each, every 8th question
+
+Under `accelerate launch` or torchrun each process loads the model on its own device and takes every n-th question;
+the main process gathers the records and writes the outputs, the same as one process would (tested with 2 CPU
+processes).
 
 Data (`--data`): a JSONL manifest (media paths relative to its folder), a `datasets` `save_to_disk` folder (relative
 paths relative to that folder) or a Hub dataset name, loaded with `datasets.load_dataset(name, split=--split)`. One row
@@ -63,6 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
+from accelerate import PartialState  # noqa: E402
+from accelerate.utils import gather_object  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
@@ -570,19 +578,19 @@ def accuracy_plus(records: list[dict]) -> float:
 
 
 def evaluate(
-    model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int]
+    model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int], progress: bool = True
 ) -> tuple[list[dict], list[float]]:
     """Score or answer the rows at `kept`; returns the prediction records and each row's chance (1 / options)."""
     kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
     records, chances = [], []
     if args.scoring == "likelihood":
-        for index in tqdm(kept, desc="scoring options"):
+        for index in tqdm(kept, desc="scoring options", disable=not progress):
             sample = normalize_row(rows[index], index, base, row_format)
             records.append(likelihood_record(sample, score_options(model, processor, sample, kwargs)))
             chances.append(1 / len(sample.options))
         return records, chances
     starts = range(0, len(kept), args.batch_size)
-    for start in tqdm(starts, desc="generating answers"):
+    for start in tqdm(starts, desc="generating answers", disable=not progress):
         indices = kept[start : start + args.batch_size]
         samples = [normalize_row(rows[index], index, base, row_format) for index in indices]
         texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
@@ -626,7 +634,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-new-tokens", type=int, default=16, help="longest generated answer in tokens (--scoring generate)"
     )
-    parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device", help="where the model runs (default: this process's GPU when there is one, else cpu)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the model's weights dtype")
     parser.add_argument(
         "--max-pixels",
@@ -659,8 +669,7 @@ def parse_args(argv=None):
     ):
         if value is not None and value < 1:
             parser.error(f"{option} must be ≥ 1, got {value}")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.device is not None and args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine; pass --device cpu")
     if looks_like_path(args.model):
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
@@ -698,9 +707,16 @@ def main(argv=None):
     if not kept:
         raise SystemExit(f"--data {args.data}: every row is an open question; nothing to evaluate")
 
-    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
+    # Under `accelerate launch` / torchrun each process takes every n-th question; the main process writes the outputs
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes
+    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device or state.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    records, chances = evaluate(model, processor, rows, base, args, row_format, kept)
+    mine = kept[state.process_index :: state.num_processes]
+    records, chances = evaluate(model, processor, rows, base, args, row_format, mine, state.is_main_process)
+    pairs = sorted(gather_object(list(zip(records, chances))), key=lambda pair: pair[0]["index"])
+    if not state.is_main_process:
+        return
+    records, chances = [record for record, _ in pairs], [chance for _, chance in pairs]
 
     metrics = summarize(records, chances, args.scoring)
     metrics.update(
@@ -709,6 +725,7 @@ def main(argv=None):
         data=str(args.data),
         split=split,
         skipped_open=skipped_open,
+        processes=state.num_processes,
         seconds=round(time.perf_counter() - started, 1),
     )
     write_outputs(args.output_dir, metrics, records)

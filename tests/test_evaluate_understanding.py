@@ -471,3 +471,39 @@ def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, chec
     data.write_text(data.read_text() + json.dumps({"question": "Q?", "options": ["a", "b"], "answer": "z"}) + "\n")
     with pytest.raises(ValueError, match="row 4: answer 'z' is not among the options"):
         evaluator.main(["--model", str(checkpoint), "--data", str(data), "--output-dir", str(failed)])
+
+
+# ------------------------------------------------------------------------------------------------- scale-out
+
+
+def test_two_processes_split_the_questions_and_write_the_single_process_results(
+    evaluator, run_hydrax, checkpoint, tmp_path
+):
+    """Under torchrun (gloo, CPU) each process scores every other question; the main process gathers them and writes
+    the same predictions as one process, in row order."""
+    import os
+    import subprocess
+    import sys
+
+    rows = caption_rows(run_hydrax) + caption_rows(run_hydrax)[:1]  # 5 questions: one process gets 3, the other 2
+    images = list(run_hydrax.load_images(SIZE).values())
+    data = write_manifest(tmp_path / "data", rows, dict(enumerate(images + images[:1])))
+    argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE)]
+    evaluator.main([*argv, "--output-dir", str(tmp_path / "one")])
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*command, *argv, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (one, single), (two, split) = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "two")
+    assert two["processes"] == 2 and one["processes"] == 1 and two["count"] == 5
+    assert [record["index"] for record in split] == list(range(5))
+    for first, second in zip(single, split):
+        assert first["prediction"] == second["prediction"]
+        assert first["scores"] == pytest.approx(second["scores"], abs=1e-4)
+    ignored = ("processes", "seconds")
+    assert {key: value for key, value in one.items() if key not in ignored} == {
+        key: value for key, value in two.items() if key not in ignored
+    }
