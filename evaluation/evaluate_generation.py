@@ -8,6 +8,8 @@ data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditP
         --output-dir outputs/eval-edit --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vits16
     python evaluation/evaluate_generation.py --task text-to-video --num-frames 17 --model CKPT --data prompts.txt \
         --output-dir outputs/eval-t2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
+    accelerate launch --num_processes 8 evaluation/evaluate_generation.py --model CKPT --data prompts.txt \
+        --output-dir outputs/eval-t2i --dtype bfloat16   # one GPU each, every 8th row; the main process writes metrics
 
 Data (--data; --limit N keeps the first N rows):
   text-to-image  a .txt file (one prompt per line), a JSONL manifest of {"prompt": ..., "image": optional reference
@@ -59,6 +61,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
@@ -73,6 +76,8 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "conversion"), str(ROOT / "evaluation")]
 
+from accelerate import PartialState  # noqa: E402
+from accelerate.utils import broadcast_object_list, gather_object  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from metrics_hydrax import (  # noqa: E402
     HydraXClipScore,
@@ -626,19 +631,42 @@ def generation_requirements(
     }
 
 
-def evaluate(args) -> dict:
+def generate_rows(pipe, args, rows, indices, settings, clip, features, generated, staging, progress) -> tuple:
+    """Generate, save and score the rows at `indices` in batches of `--batch-size`; their records and the kinds of
+    rows seen (`target` / `no_target`, `caption` / `no_caption`)."""
+    records, seen = [], set()
+    unit = "video" if args.task == "text-to-video" else "image"
+    bar = tqdm(total=len(indices) * settings.num_images_per_prompt, desc="generating", unit=unit, disable=not progress)
+    for start in range(0, len(indices), args.batch_size):
+        batch = [rows[index] for index in indices[start : start + args.batch_size]]
+        for row in batch:
+            seen.add("no_target" if row.get("target") is None else "target")
+            seen.add("no_caption" if row.get("target_caption") is None else "caption")
+        records += evaluate_batch(pipe, args.task, batch, settings, clip, features, generated, staging, args.fps)
+        bar.update(len(batch) * settings.num_images_per_prompt)
+    bar.close()
+    return records, seen
+
+
+def evaluate(args) -> dict | None:
     """The whole evaluation of parsed arguments (see `parse_args`): read the data, generate and score every output,
-    write the output folder; returns what metrics.json holds."""
+    write the output folder; returns what metrics.json holds.
+
+    Under `accelerate launch` / torchrun each process generates every n-th row into the main process's staging folder;
+    the main process gathers the records and feature statistics, writes the metrics and returns them (the others
+    return None)."""
     started = time.perf_counter()
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes
+    device = args.device or str(state.device)
     rows = read_rows(args.data, args.task, args.split, args.limit)
     references = None
     if args.reference is not None:
         references = read_rows(args.reference, "reference", args.reference_split or args.split)
     elif args.task != "edit" and "image" in rows.present:
         references = rows
-    pipe = load_pipeline(args.model, args.task, args.device, DTYPES[args.dtype])
-    clip = HydraXClipScore.from_pretrained(args.clip_model, args.device) if args.clip_model else None
-    features = HydraXImageFeatures.from_pretrained(args.feature_model, args.device) if args.feature_model else None
+    pipe = load_pipeline(args.model, args.task, device, DTYPES[args.dtype])
+    clip = HydraXClipScore.from_pretrained(args.clip_model, device) if args.clip_model else None
+    features = HydraXImageFeatures.from_pretrained(args.feature_model, device) if args.feature_model else None
     settings = GenerationSettings(
         height=args.height,
         width=args.width,
@@ -651,19 +679,22 @@ def evaluate(args) -> dict:
     )
     with_fd = args.task != "edit" and features is not None and references is not None
     generated = HydraXFeatureStatistics() if with_fd else None
-    records, seen = [], set()
-    with staged_folder(args.output_dir) as staging:
-        (staging / ("videos" if args.task == "text-to-video" else "images")).mkdir()
-        unit = "video" if args.task == "text-to-video" else "image"
-        progress = tqdm(total=len(rows) * settings.num_images_per_prompt, desc="generating", unit=unit)
-        for start in range(0, len(rows), args.batch_size):
-            batch = [rows[index] for index in range(start, min(start + args.batch_size, len(rows)))]
-            for row in batch:
-                seen.add("no_target" if row.get("target") is None else "target")
-                seen.add("no_caption" if row.get("target_caption") is None else "caption")
-            records += evaluate_batch(pipe, args.task, batch, settings, clip, features, generated, staging, args.fps)
-            progress.update(len(batch) * settings.num_images_per_prompt)
-        progress.close()
+    with staged_folder(args.output_dir) if state.is_main_process else nullcontext() as staging:
+        staging = broadcast_object_list([staging])[0]  # every process writes into the main process's folder
+        if state.is_main_process:
+            (staging / ("videos" if args.task == "text-to-video" else "images")).mkdir()
+        state.wait_for_everyone()
+        indices = list(range(state.process_index, len(rows), state.num_processes))
+        records, seen = generate_rows(
+            pipe, args, rows, indices, settings, clip, features, generated, staging, state.is_main_process
+        )
+        records = sorted(gather_object(records), key=lambda record: (record["row"], record["sample"]))
+        seen = set().union(*gather_object([seen]))
+        if generated is not None:
+            for share in gather_object([generated])[1:]:
+                generated.merge(share)
+        if not state.is_main_process:
+            return None
 
         if args.task == "edit":
             requirements = edit_requirements(seen, clip is not None, features is not None)
@@ -712,7 +743,8 @@ def evaluate(args) -> dict:
                 "feature_model": args.feature_model,
                 **generation,
                 "batch_size": args.batch_size,
-                "device": args.device,
+                "device": device,
+                "processes": state.num_processes,
                 "dtype": args.dtype,
             },
             "rows": len(rows),
@@ -816,8 +848,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="output j of row i is seeded with seed + i·K + j")
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device of the pipeline and the metric models",
+        help="torch device of the pipeline and the metric models (default: this process's GPU when there is one, "
+        "else cpu)",
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the pipeline's dtype")
     args = parser.parse_args(argv)
@@ -834,9 +866,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value is not None and value < 1:
             parser.error(f"{option} must be ≥ 1, got {value}")
     try:
-        torch.device(args.device)
+        device = None if args.device is None else torch.device(args.device)
     except RuntimeError as error:
         parser.error(f"--device {args.device}: {error}; pass e.g. cpu, cuda or cuda:1")
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine; pass --device cpu")
     if args.task == "text-to-video" and (args.num_frames < 5 or (args.num_frames - 1) % 4):
         parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 for text-to-video (e.g. 17), got {args.num_frames}")
     if args.task == "edit" and Path(args.data).suffix.lower() == ".txt":
@@ -856,13 +890,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
     try:
         metrics = evaluate(args)
     except EvaluationDataError as error:
         raise SystemExit(f"error: {error}") from None
-    print_summary(metrics, args.output_dir)
+    if metrics is not None:  # the main process; under accelerate launch the others return None
+        print_summary(metrics, args.output_dir)
     return metrics
 
 

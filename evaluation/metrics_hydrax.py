@@ -49,6 +49,20 @@ class HydraXFeatureStatistics:
         self.total += features.sum(0)
         self.outer += features.T @ features
 
+    def merge(self, other: "HydraXFeatureStatistics") -> None:
+        """Add the features another set has seen (another process's share of the same evaluation)."""
+        if other.total is None:
+            return
+        if self.total is None:
+            self.total, self.outer = torch.zeros_like(other.total), torch.zeros_like(other.outer)
+        elif other.total.shape != self.total.shape:
+            raise ValueError(
+                f"Statistics of width {len(other.total)} merged into statistics of width {len(self.total)}."
+            )
+        self.count += other.count
+        self.total += other.total
+        self.outer += other.outer
+
     @property
     def mean(self) -> torch.Tensor:
         return self.total / self.count

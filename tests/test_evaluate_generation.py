@@ -430,3 +430,28 @@ def test_video_consistency_of_a_still_video_is_one():
     still = torch.randn(1, 8).expand(5, 8)
     assert evaluation.consistency(still) == pytest.approx(1.0)
     assert evaluation.consistency(torch.eye(3)) == pytest.approx(0.0)
+
+
+def test_two_processes_split_the_rows_and_write_what_one_process_writes(checkpoint, data, tmp_path):
+    """Under torchrun (gloo, CPU) each process generates every other row into the main process's folder; the main
+    process gathers the records and the FD statistics: the same files and metrics as one process."""
+    import os
+    import subprocess
+    import sys
+
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"]]
+    run = ["--model", str(checkpoint), "--data", data["t2i"], *SMALL, *models, "--batch-size", "1"]
+    single = evaluate(tmp_path / "one", *run)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*command, *map(str, run), "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (one, first), (two, second) = read_outputs(single), read_outputs(tmp_path / "two")
+    assert two["settings"]["processes"] == 2 and [record["row"] for record in second] == [0, 1, 2]
+    for a, b in zip(first, second):
+        assert np.array_equal(png(single, a), png(tmp_path / "two", b))
+        assert a["clip_score"] == pytest.approx(b["clip_score"], abs=1e-5)
+    assert two["metrics"]["fd_dinov2"]["value"] == pytest.approx(one["metrics"]["fd_dinov2"]["value"], rel=1e-6)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["one", "two"], "no staging folder may be left"

@@ -48,6 +48,18 @@ def test_frechet_distance_equals_scipy_and_does_not_depend_on_batching():
     assert frechet_distance(statistics(first), statistics(first, 11)) == pytest.approx(0, abs=1e-9)
 
 
+def test_merged_statistics_equal_one_pass():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 4, generator=generator)
+    merged = HydraXFeatureStatistics()
+    for share in (statistics(features[:20]), HydraXFeatureStatistics(), statistics(features[20:])):
+        merged.merge(share)
+    whole = statistics(features)
+    assert merged.count == 50 and torch.allclose(merged.covariance, whole.covariance, atol=1e-12)
+    with pytest.raises(ValueError, match="width 3 merged into statistics of width 4"):
+        merged.merge(statistics(torch.zeros(2, 3)))
+
+
 def test_feature_statistics_refuse_what_has_no_distance():
     stats = HydraXFeatureStatistics()
     with pytest.raises(ValueError, match="at least one `update`"):
