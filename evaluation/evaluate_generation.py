@@ -6,9 +6,9 @@ data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditP
         --clip-model openai/clip-vit-large-patch14 --feature-model facebook/dinov2-base --reference coco-val2017/
     python evaluation/evaluate_generation.py --task edit --model CKPT --data osunlp/MagicBrush --split dev \\
         --output-dir outputs/eval-edit --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vits16
-    python evaluation/evaluate_generation.py --task text-to-video --num-frames 17 --model CKPT --data prompts.txt \
+    python evaluation/evaluate_generation.py --task text-to-video --num-frames 17 --model CKPT --data prompts.txt \\
         --output-dir outputs/eval-t2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
-    accelerate launch --num_processes 8 evaluation/evaluate_generation.py --model CKPT --data prompts.txt \
+    accelerate launch --num_processes 8 evaluation/evaluate_generation.py --model CKPT --data prompts.txt \\
         --output-dir outputs/eval-t2i --dtype bfloat16   # one GPU each, every 8th row; the main process writes metrics
 
 Data (--data; --limit N keeps the first N rows):

@@ -1,12 +1,12 @@
-"""Evaluate a Hydra-X checkpoint on multiple-choice image and video understanding benchmarks (MMBench, MME yes/no,
-SEED, MVBench style): score every option's likelihood (cloze scoring, as lm-evaluation-harness does), or generate an
-answer to a lettered prompt (VLMEvalKit's format) and parse the letter.
+"""Evaluate a Hydra-X checkpoint on multiple-choice image and video understanding benchmarks (MMBench, MME, MMMU,
+SEED-Bench, MVBench, Video-MME style): score every option's likelihood (cloze scoring, as lm-evaluation-harness does),
+or generate an answer to a lettered prompt (VLMEvalKit's format) and parse the letter.
 
-    python evaluation/evaluate_understanding.py --model outputs/run_hydrax/model --data bench.jsonl \
+    python evaluation/evaluate_understanding.py --model outputs/run_hydrax/model --data bench.jsonl \\
         --output-dir outputs/eval
-    python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --split dev \
+    python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --split dev \\
         --scoring generate --batch-size 8 --device cuda --dtype bfloat16 --output-dir outputs/eval-mmbench
-    accelerate launch --num_processes 8 evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench \
+    accelerate launch --num_processes 8 evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench \\
         --split dev --dtype bfloat16 --output-dir outputs/eval-mmbench     # one GPU each, every 8th question
 
 Under `accelerate launch` or torchrun each process loads the model on its own device and takes every n-th question;
@@ -40,11 +40,11 @@ Scoring (`--scoring`):
   is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
   option's text (case and surrounding punctuation ignored) gives it, else it is `unparsed` (and wrong).
 
-Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written
-folder; an existing folder is replaced only with `--force`): `metrics.json` (accuracy,
-accuracy_norm or unparsed, count, chance = the mean of 1 / number of options, per-category accuracies and counts, the
-scoring mode, model, data, split and seconds) and `predictions.jsonl` (per row: index, answer letter, predicted letter,
-correct, and the option scores or the generated text).
+Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written folder;
+an existing folder is replaced only with `--force`): `metrics.json` (accuracy, accuracy_norm or unparsed, count, chance
+= the mean of 1 / number of options, per-category accuracies and counts, the scoring mode, model, data, split and
+seconds) and `predictions.jsonl` (per row: index, answer letter, predicted letter, correct, and the option scores or
+the generated text).
 """
 
 import argparse
