@@ -11,10 +11,12 @@ random-initialised or freshly converted (not yet trained) checkpoint says so at 
     card.save("outputs/hydrax-7b/README.md")
 
 conversion/build_hydrax.py writes a card into every folder it builds. After training, rewrite a folder's card with the
-training details and results (`--eval-results` is a JSON list of `huggingface_hub.EvalResult` fields):
+training details and results (`--eval-results` takes JSON lists of `huggingface_hub.EvalResult` fields, such as the
+`eval_results.json` each evaluation/ script writes):
 
     python conversion/model_card_hydrax.py --model outputs/hydrax-7b-sft --model-id you/hydrax-7b-sft \
-        --base-model Qwen/Qwen2.5-7B-Instruct --training-details training.md --eval-results results.json
+        --base-model Qwen/Qwen2.5-7B-Instruct --training-details training.md \
+        --eval-results outputs/eval-mmbench/eval_results.json outputs/eval-t2i/eval_results.json
 
 `card.validate()` asks the Hub; offline, parse the text back with `ModelCard(text).data.to_dict()`.
 """
@@ -245,19 +247,23 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-results",
         type=Path,
-        help="a JSON file with a list of evaluation results (huggingface_hub.EvalResult fields), for the card",
+        nargs="+",
+        help="JSON files, each a list of evaluation results (huggingface_hub.EvalResult fields), for the card: e.g. "
+        "the eval_results.json that every evaluation/ script writes",
     )
 
 
 def card_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """`build_model_card` keyword arguments from the options of `add_card_arguments`, checked up front."""
-    for option, path in (("--training-details", args.training_details), ("--eval-results", args.eval_results)):
-        if path is not None:
-            check_file(parser, option, path, f"pass a {'Markdown' if option == '--training-details' else 'JSON'} file")
-    try:
-        eval_results = eval_results_from_json(args.eval_results) if args.eval_results is not None else None
-    except (ValueError, json.JSONDecodeError) as error:
-        parser.error(f"--eval-results {args.eval_results}: {error}")
+    if args.training_details is not None:
+        check_file(parser, "--training-details", args.training_details, "pass a Markdown file")
+    eval_results = None
+    for path in args.eval_results or []:
+        check_file(parser, "--eval-results", path, "pass a JSON file")
+        try:
+            eval_results = (eval_results or []) + eval_results_from_json(path)
+        except (ValueError, json.JSONDecodeError) as error:
+            parser.error(f"--eval-results {path}: {error}")
     return {
         "base_models": args.base_model,
         "license": args.license,

@@ -53,7 +53,8 @@ rows·K share noise (--seed 1 is --seed 0 shifted by one output): pick seeds tha
 Output (--output-dir, written to a staging folder and renamed into place, so a failure never leaves a half-written one;
 an existing folder is replaced only with --force): images/ROW_SAMPLE.png (videos/ROW_SAMPLE.mp4), metrics.json (every
 metric's mean and count, the skipped ones, the settings and the seconds taken) and samples.jsonl (one line per image:
-row, sample, seed, where the row came from, prompt, file and its metric values).
+row, sample, seed, where the row came from, prompt, file and its metric values) and eval_results.json (for a model
+card: conversion/model_card_hydrax.py --eval-results).
 """
 
 import argparse
@@ -84,6 +85,7 @@ from metrics_hydrax import (  # noqa: E402
     HydraXFeatureStatistics,
     HydraXImageFeatures,
     cosine_similarity,
+    eval_results,
     frechet_distance,
 )
 
@@ -753,6 +755,11 @@ def evaluate(args) -> dict | None:
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (staging / "samples.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+        values = {name: entry.get("value", entry.get("mean")) for name, entry in summary.items()}
+        task_type = "image-to-image" if args.task == "edit" else args.task
+        split = None if Path(args.data).suffix.lower() in (".txt", ".jsonl") else args.split  # files have no splits
+        results = eval_results(task_type, args.data, split, values)
+        (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return metrics
 
 

@@ -20,7 +20,8 @@ alone (the LLM's weights stay on disk).
 
 Writes into `--output-dir`, all at once when the run completes (an existing folder is replaced only with `--force`):
 `metrics.json` (per kind, the settings, what was skipped and how to turn it on), `samples.jsonl` (each item's origin
-and metrics) and `examples/` (the first `--save-examples` items: original frames above reconstructed ones).
+and metrics), `eval_results.json` (for a model card: `conversion/model_card_hydrax.py --eval-results`) and `examples/`
+(the first `--save-examples` items: original frames above reconstructed ones).
 """
 
 import argparse
@@ -38,7 +39,13 @@ sys.path.insert(0, str(ROOT / "evaluation"))
 
 import torch  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
-from metrics_hydrax import HydraXFeatureStatistics, HydraXImageFeatures, frechet_distance, ssim  # noqa: E402
+from metrics_hydrax import (  # noqa: E402
+    HydraXFeatureStatistics,
+    HydraXImageFeatures,
+    eval_results,
+    frechet_distance,
+    ssim,
+)
 from tqdm.auto import tqdm  # noqa: E402
 from train_tokenizer import save_grid  # noqa: E402
 
@@ -246,6 +253,15 @@ def main(argv=None) -> dict:
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (staging / "samples.jsonl").write_text("".join(json.dumps(sample) + "\n" for sample in samples))
+        values = {
+            f"{kind}_{name}": value
+            for kind in ("image", "video")
+            for name, value in metrics.get(kind, {}).items()
+            if name != "count"
+        }
+        resolution = " ".join(metrics["settings"]["resolution"])
+        results = eval_results("image-to-image", "+".join(map(str, args.data)), None, values, resolution)
+        (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     for kind in ("image", "video"):
         if kind in metrics:

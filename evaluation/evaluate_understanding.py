@@ -43,8 +43,8 @@ Scoring (`--scoring`):
 Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written folder;
 an existing folder is replaced only with `--force`): `metrics.json` (accuracy, accuracy_norm or unparsed, count, chance
 = the mean of 1 / number of options, per-category accuracies and counts, the scoring mode, model, data, split and
-seconds) and `predictions.jsonl` (per row: index, answer letter, predicted letter, correct, and the option scores or
-the generated text).
+seconds), `predictions.jsonl` (per row: index, answer letter, predicted letter, correct, and the option scores or
+the generated text) and `eval_results.json` (for a model card: `conversion/model_card_hydrax.py --eval-results`).
 """
 
 import argparse
@@ -68,10 +68,12 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
+sys.path.insert(0, str(ROOT / "evaluation"))
 
 from accelerate import PartialState  # noqa: E402
 from accelerate.utils import gather_object  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
+from metrics_hydrax import eval_results  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
 
@@ -600,11 +602,16 @@ def evaluate(
 
 
 def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
-    """metrics.json and predictions.jsonl, written beside `output_dir` and renamed into place."""
+    """metrics.json, predictions.jsonl and eval_results.json (the model card's entries), written beside `output_dir`
+    and renamed into place."""
+    names = ("accuracy", "accuracy_norm", "accuracy_plus", "mme_score")
+    values = {name: metrics[name] for name in names if name in metrics}
+    results = eval_results("visual-question-answering", metrics["data"], metrics["split"], values)
     with staged_folder(output_dir) as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         lines = "".join(json.dumps(record) + "\n" for record in records)
         (staging / "predictions.jsonl").write_text(lines)
+        (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- command line

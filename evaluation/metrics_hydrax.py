@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -236,6 +238,29 @@ class HydraXClipScore:
         return 100 * cosine.clamp_min(0)
 
 
+def eval_results(
+    task_type: str, dataset: str, split: str | None, values: dict[str, float], config: str | None = None
+) -> list[dict]:
+    """Model-card entries for `values` (metric name → value): the fields of `huggingface_hub.EvalResult`, one entry
+    per metric, as `conversion/model_card_hydrax.py --eval-results` reads them into a card's `model-index`. A
+    dataset given as a local path is named by its folder or file stem."""
+    name = dataset if not Path(dataset).exists() else Path(dataset).stem
+    return [
+        {
+            "task_type": task_type,
+            "dataset_type": name,
+            "dataset_name": name,
+            "dataset_config": config,
+            "dataset_split": split,
+            "metric_type": metric,
+            "metric_name": metric,
+            "metric_value": round(float(value), 6),
+        }
+        for metric, value in values.items()
+        if value is not None
+    ]
+
+
 def cosine_similarity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine similarity of two `[B, D]` feature batches (CLIP-I, DINO similarity)."""
     return F.cosine_similarity(first.float(), second.float(), dim=-1)
@@ -246,6 +271,7 @@ __all__ = [
     "HydraXFeatureStatistics",
     "HydraXImageFeatures",
     "cosine_similarity",
+    "eval_results",
     "frechet_distance",
     "ssim",
     "to_uint8",

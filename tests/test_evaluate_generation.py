@@ -157,6 +157,13 @@ def test_text_to_image_from_a_manifest_with_reference_images(t2i_run, checkpoint
     )
     assert "image_guidance_scale" not in settings and metrics["rows"] == 3 and metrics["images"] == 6
     assert metrics["seconds"] > 0
+    entries = json.loads((output / "eval_results.json").read_text())  # the model card's model-index entries
+    assert {entry["metric_type"]: entry["metric_value"] for entry in entries} == pytest.approx(
+        {"clip_score": clip_score["mean"], "fd_dinov2": fd["value"]}, abs=1e-6
+    )
+    assert {(entry["task_type"], entry["dataset_name"], entry["dataset_split"]) for entry in entries} == {
+        ("text-to-image", "t2i", None)
+    }
 
 
 def test_outputs_do_not_depend_on_the_batch_size(t2i_run, pipe, data, tmp_path):

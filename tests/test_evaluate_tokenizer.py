@@ -126,6 +126,10 @@ def test_each_metric_equals_its_definition(evaluate, tokenizer_folder, held_out,
         assert metrics[kind]["rfd_dinov2"] == pytest.approx(evaluate.frechet_distance(real, fake), rel=1e-4)
         assert metrics[kind]["psnr"] == pytest.approx(np.mean([s["psnr"] for s in samples if s["kind"] == kind]))
     assert metrics["skipped_metrics"] == {} and metrics["settings"]["posterior"] == "mean"
+    entries = json.loads((tmp_path / "out" / "eval_results.json").read_text())  # the model card's entries
+    expected = {f"{kind}_{name}": value for kind in KINDS for name, value in metrics[kind].items() if name != "count"}
+    assert {entry["metric_type"]: entry["metric_value"] for entry in entries} == pytest.approx(expected, abs=1e-6)
+    assert {(entry["task_type"], entry["dataset_config"]) for entry in entries} == {("image-to-image", "32x32")}
 
 
 def test_streaming_and_batching_do_not_change_the_metrics(evaluate, tokenizer_folder, held_out, tmp_path):

@@ -449,7 +449,11 @@ def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, chec
     argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE), "--limit", "3"]
     for force in ([], ["--force"]):  # the second run replaces the first evaluation's folder
         evaluator.main([*argv, "--output-dir", str(out), *force])
-        assert sorted(path.name for path in out.iterdir()) == ["metrics.json", "predictions.jsonl"]
+        assert sorted(path.name for path in out.iterdir()) == [
+            "eval_results.json",
+            "metrics.json",
+            "predictions.jsonl",
+        ]
         assert [path.name for path in out.parent.iterdir()] == ["eval"], "no staging folder may be left"
     metrics, predictions = read_outputs(out)
     check_consistent(metrics, predictions, count=3, chance=0.25)
@@ -507,3 +511,42 @@ def test_two_processes_split_the_questions_and_write_the_single_process_results(
     assert {key: value for key, value in one.items() if key not in ignored} == {
         key: value for key, value in two.items() if key not in ignored
     }
+
+
+def test_eval_results_go_into_a_model_card(evaluator, run_hydrax, checkpoint, tmp_path):
+    """eval_results.json holds the model card's entries: conversion/model_card_hydrax.py puts them in `model-index`."""
+    import shutil
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    sys.path.insert(0, str(ROOT / "conversion"))
+    from model_card_hydrax import main as write_card
+
+    data = write_manifest(
+        tmp_path / "data", caption_rows(run_hydrax), dict(enumerate(run_hydrax.load_images(SIZE).values()))
+    )
+    out = tmp_path / "eval"
+    evaluator.main(
+        ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE), "--output-dir", str(out)]
+    )
+    metrics, _ = read_outputs(out)
+    entries = json.loads((out / "eval_results.json").read_text())
+    assert {entry["metric_type"]: entry["metric_value"] for entry in entries} == pytest.approx(
+        {"accuracy": metrics["accuracy"], "accuracy_norm": metrics["accuracy_norm"]}
+    )
+    assert {entry["task_type"] for entry in entries} == {"visual-question-answering"}
+    assert {entry["dataset_name"] for entry in entries} == {"data"}
+
+    card_folder = tmp_path / "card"
+    card_folder.mkdir()
+    shutil.copy(Path(checkpoint) / "config.json", card_folder)
+    write_card(
+        ["--model", str(card_folder), "--eval-results", str(out / "eval_results.json"), str(out / "eval_results.json")]
+    )
+    results = ModelCard.load(card_folder / "README.md").data.eval_results
+    assert (
+        len(results) == 4
+        and results[0].metric_type == "accuracy"
+        and results[0].task_type == "visual-question-answering"
+    )
