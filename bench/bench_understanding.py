@@ -111,7 +111,7 @@ def main(argv=None):
         options = dict(zip("ABCDEFGH", OPTION_TEXTS[:count]))
         sample = Sample(index=0, question=question, options=options, answer="A", images=[image])
         cached, cached_scores = seconds_per_question(
-            lambda: score_options(model, processor, sample, kwargs), args.repeats
+            lambda: score_options(model, processor, [sample], kwargs)[0], args.repeats
         )
         reference, scores = seconds_per_question(
             lambda: reference_scores(model, processor, sample, kwargs), args.repeats

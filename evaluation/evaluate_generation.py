@@ -905,6 +905,9 @@ def main(argv=None) -> dict | None:
         raise SystemExit(f"error: {error}") from None
     if metrics is not None:  # the main process; under accelerate launch the others return None
         print_summary(metrics, args.output_dir)
+    state = PartialState()
+    state.wait_for_everyone()  # no process exits while the group is still up: gloo aborts a process that does
+    state.destroy_process_group()
     return metrics
 
 

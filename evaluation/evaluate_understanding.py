@@ -33,8 +33,9 @@ per question:
 Scoring (`--scoring`):
 - `likelihood` (default): the prompt is the chat conversation (user turn: media, hint, question; then the generation
   prompt) and each option's text is scored as the assistant's answer, by the sum of its token log-probabilities. The
-  prompt runs once per question with the KV cache; all its options then run as one right-padded batch over that cache.
-  `accuracy` takes the best sum, `accuracy_norm` the best sum per UTF-8 byte of the option (lm-eval's acc_norm).
+  prompts of `--batch-size` questions run once, left-padded into one batch with the KV cache; all their options then
+  run as one right-padded batch over that cache. `accuracy` takes the best sum, `accuracy_norm` the best sum per UTF-8
+  byte of the option (lm-eval's acc_norm).
 - `generate`: the prompt lists the lettered options (`Hint: ...`, `Question: ...`, `Options:`, `A. ...`, `Please
   select the correct answer from the options above.`); greedy `generate` in batches of `--batch-size`; an answer that
   is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
@@ -447,32 +448,41 @@ def prompt_inputs(processor, samples: list[Sample], text_of, processor_kwargs: d
 
 
 @torch.no_grad()
-def score_options(model, processor, sample: Sample, processor_kwargs: dict | None = None) -> list[float]:
-    """The sum of the token log-probabilities of each option's text (in option order) as the assistant's answer.
+def score_options(model, processor, samples: list[Sample], processor_kwargs: dict | None = None) -> list[list[float]]:
+    """For each sample, the sum of the token log-probabilities of each option's text (in option order) as the
+    assistant's answer.
 
-    The prompt (with its image or video) runs once, keeping the KV cache and the logits of its last position (which
-    score each option's first token); the cache is then repeated once per option and all options run as one batch
-    over it, right-padded and masked, and only the logits that score a token become log-probabilities."""
-    inputs = prompt_inputs(processor, [sample], likelihood_text, processor_kwargs).to(model.device)
-    option_ids = [processor.tokenizer(text, add_special_tokens=False)["input_ids"] for text in sample.options.values()]
-    count, length = len(option_ids), max(map(len, option_ids))
-    ids = torch.zeros(count, length, dtype=torch.long, device=model.device)  # right padding: never scored or seen
+    The prompts (with their images or videos) run once, left-padded into one batch, keeping the KV cache and the
+    logits of their last position (which score each option's first token); the cache rows are then picked once per
+    option of their question and all options of all questions run as one batch over them, right-padded and masked,
+    and only the logits that score a token become log-probabilities."""
+    kwargs = {**(processor_kwargs or {}), "padding_side": "left"}
+    inputs = prompt_inputs(processor, samples, likelihood_text, kwargs).to(model.device)
+    pairs = [
+        (question, processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        for question, sample in enumerate(samples)
+        for text in sample.options.values()
+    ]
+    length = max(len(tokens) for _, tokens in pairs)
+    ids = torch.zeros(len(pairs), length, dtype=torch.long, device=model.device)  # right padding: never scored
     mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(option_ids):
+    for row, (_, tokens) in enumerate(pairs):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
+    questions = torch.tensor([question for question, _ in pairs], device=model.device)
 
     prompt = model(**inputs, cache=DynamicCache(config=model.config.text_config), use_cache=True, logits_to_keep=1)
-    scores = prompt.logits[0, -1].float().log_softmax(dim=-1)[ids[:, 0]]
+    scores = prompt.logits[:, -1].float().log_softmax(dim=-1)[questions, ids[:, 0]]
     if length > 1:
         cache = prompt.cache
-        cache.batch_repeat_interleave(count)
-        attention_mask = torch.cat([inputs["attention_mask"].expand(count, -1), mask], dim=1)
+        cache.batch_select_indices(questions)
+        attention_mask = torch.cat([inputs["attention_mask"][questions], mask], dim=1)
         positions = torch.arange(length - 1, device=model.device)  # each predicts the option's next token
         logits = model(input_ids=ids, attention_mask=attention_mask, cache=cache, logits_to_keep=positions).logits
         log_probs = logits.float().log_softmax(dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
         scores = scores + (log_probs * mask[:, 1:]).sum(dim=-1)
-    return scores.tolist()
+    counts = [len(sample.options) for sample in samples]
+    return [part.tolist() for part in scores.split(counts)]
 
 
 def prediction_record(sample: Sample, prediction: str | None) -> dict:
@@ -585,19 +595,21 @@ def evaluate(
     """Score or answer the rows at `kept`; returns the prediction records and each row's chance (1 / options)."""
     kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
     records, chances = [], []
-    if args.scoring == "likelihood":
-        for index in tqdm(kept, desc="scoring options", disable=not progress):
-            sample = normalize_row(rows[index], index, base, row_format)
-            records.append(likelihood_record(sample, score_options(model, processor, sample, kwargs)))
-            chances.append(1 / len(sample.options))
-        return records, chances
-    starts = range(0, len(kept), args.batch_size)
-    for start in tqdm(starts, desc="generating answers", disable=not progress):
-        indices = kept[start : start + args.batch_size]
-        samples = [normalize_row(rows[index], index, base, row_format) for index in indices]
-        texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
-        records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
+    description = "scoring options" if args.scoring == "likelihood" else "generating answers"
+    bar = tqdm(total=len(kept), desc=description, unit="question", disable=not progress)
+    for start in range(0, len(kept), args.batch_size):
+        samples = [
+            normalize_row(rows[index], index, base, row_format) for index in kept[start : start + args.batch_size]
+        ]
+        if args.scoring == "likelihood":
+            scores = score_options(model, processor, samples, kwargs)
+            records += [likelihood_record(sample, values) for sample, values in zip(samples, scores)]
+        else:
+            texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
+            records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
         chances += [1 / len(sample.options) for sample in samples]
+        bar.update(len(samples))
+    bar.close()
     return records, chances
 
 
@@ -637,7 +649,9 @@ def parse_args(argv=None):
         help="likelihood: score every option's text as the answer; generate: answer a lettered prompt and parse it",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions per generate call (--scoring generate)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="questions per forward (likelihood) or generate call (generate)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=16, help="longest generated answer in tokens (--scoring generate)"
     )
@@ -721,23 +735,27 @@ def main(argv=None):
     mine = kept[state.process_index :: state.num_processes]
     records, chances = evaluate(model, processor, rows, base, args, row_format, mine, state.is_main_process)
     pairs = sorted(gather_object(list(zip(records, chances))), key=lambda pair: pair[0]["index"])
-    if not state.is_main_process:
-        return
-    records, chances = [record for record, _ in pairs], [chance for _, chance in pairs]
+    if state.is_main_process:
+        metrics = summarize([record for record, _ in pairs], [chance for _, chance in pairs], args.scoring)
+        metrics.update(
+            scoring=args.scoring,
+            model=str(args.model),
+            data=str(args.data),
+            split=split,
+            skipped_open=skipped_open,
+            processes=state.num_processes,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+        write_outputs(args.output_dir, metrics, [record for record, _ in pairs])
+        print_summary(metrics, args.output_dir)
+    state.wait_for_everyone()  # no process exits while the group is still up: gloo aborts a process that does
+    state.destroy_process_group()
 
-    metrics = summarize(records, chances, args.scoring)
-    metrics.update(
-        scoring=args.scoring,
-        model=str(args.model),
-        data=str(args.data),
-        split=split,
-        skipped_open=skipped_open,
-        processes=state.num_processes,
-        seconds=round(time.perf_counter() - started, 1),
-    )
-    write_outputs(args.output_dir, metrics, records)
+
+def print_summary(metrics: dict, output_dir: Path) -> None:
+    """The accuracies, what was left out, and where the outputs went."""
     details = [f"accuracy {metrics['accuracy']:.3f}"]
-    if args.scoring == "likelihood":
+    if metrics["scoring"] == "likelihood":
         details.append(f"accuracy_norm {metrics['accuracy_norm']:.3f}")
     else:
         details.append(f"unparsed {metrics['unparsed']}")
@@ -745,11 +763,11 @@ def main(argv=None):
     if "accuracy_plus" in metrics:
         score = f", MME score {metrics['mme_score']:.1f}" if "mme_score" in metrics else ""
         print(f"accuracy_plus {metrics['accuracy_plus']:.3f} (groups answered entirely right){score}")
-    if skipped_open:
-        print(f"{len(skipped_open)} open question(s) left out (--skip-open), listed in metrics.json")
+    if metrics["skipped_open"]:
+        print(f"{len(metrics['skipped_open'])} open question(s) left out (--skip-open), listed in metrics.json")
     for name, category in metrics["per_category"].items():
         print(f"  {name}: accuracy {category['accuracy']:.3f} on {category['count']}")
-    print(f"metrics: {args.output_dir / 'metrics.json'}\npredictions: {args.output_dir / 'predictions.jsonl'}")
+    print(f"metrics: {output_dir / 'metrics.json'}\npredictions: {output_dir / 'predictions.jsonl'}")
 
 
 if __name__ == "__main__":

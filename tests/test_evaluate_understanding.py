@@ -142,7 +142,7 @@ def test_cached_option_scores_equal_an_uncached_forward(evaluator, run_hydrax, r
         video=str(clip) if media == "video" else None,
     )
     kwargs = evaluator.media_kwargs(processor, SIZE * SIZE, FRAMES)
-    cached = evaluator.score_options(model, processor, sample, kwargs)
+    cached = evaluator.score_options(model, processor, [sample], kwargs)[0]
 
     inputs = evaluator.prompt_inputs(processor, [sample], evaluator.likelihood_text, kwargs)
     tokens = {"image": 4, "two images": 8, "video": 8, "text": 0}[media]  # 2×2 latent grids; the clip has 2 frames
@@ -158,6 +158,25 @@ def test_cached_option_scores_equal_an_uncached_forward(evaluator, run_hydrax, r
             log_probs = model(**full).logits[0].float().log_softmax(dim=-1)
         expected = sum(log_probs[prompt_length - 1 + k, token] for k, token in enumerate(ids))
         assert score == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_a_batch_of_questions_scores_as_each_question_alone(evaluator, run_hydrax, random_model, clip):
+    """Left-padded prompts of different lengths and media, with different numbers of options, in one batch."""
+    model, processor = random_model
+    photos = [Image.fromarray(image) for image in run_hydrax.load_images(SIZE).values()]
+    samples = [
+        evaluator.Sample(
+            0, "What is shown here, in a few words?", {"A": "a rocket", "B": "a cat"}, "A", images=photos[:1]
+        ),
+        evaluator.Sample(1, "Which?", {"A": "a", "B": "a cup of hot coffee", "C": "two cats"}, "B", hint="Look."),
+        evaluator.Sample(2, "What moves?", {"A": "the rocket", "B": "nothing at all"}, "A", video=str(clip)),
+        evaluator.Sample(3, "Is <image 2> like <image 1>?", {"A": "yes", "B": "no"}, "B", images=photos[1:3]),
+    ]
+    kwargs = evaluator.media_kwargs(processor, SIZE * SIZE, FRAMES)
+    batched = evaluator.score_options(model, processor, samples, kwargs)
+    assert [len(scores) for scores in batched] == [2, 3, 2, 2]
+    for sample, scores in zip(samples, batched):
+        assert scores == pytest.approx(evaluator.score_options(model, processor, [sample], kwargs)[0], abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------- learning
