@@ -47,11 +47,12 @@ from metrics_hydrax import (  # noqa: E402
     ssim,
 )
 from tqdm.auto import tqdm  # noqa: E402
-from train_tokenizer import save_grid  # noqa: E402
+from train_tokenizer import reconstruct, save_grid  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset, list_source, parse_resolution, psnr  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
+from modeling_hydrax.losses_hydrax_tok import _fold_frames as frames_of  # noqa: E402
 from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
 
 
@@ -66,20 +67,6 @@ def item_batches(dataset: HydraXTokClipDataset, batch_size: int, limit: int | No
         members = [index for index in dataset.buckets[key] if index in chosen]
         batches += [members[start : start + batch_size] for start in range(0, len(members), batch_size)]
     return batches
-
-
-def frames_of(pixels: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, H, W]` or `[B, 3, F, H, W]` → every frame as `[N, 3, H, W]`."""
-    return pixels if pixels.ndim == 4 else pixels.transpose(1, 2).flatten(0, 1)
-
-
-@torch.no_grad()
-def reconstruct(model: HydraXTokModel, pixels: torch.Tensor, sample: bool, chunk_frames: int | None) -> torch.Tensor:
-    """Encode (posterior mean, or a sample) and decode, streaming `chunk_frames` latent frames at a time; the result
-    in the input's shape, clamped to [-1, 1], float32."""
-    dtype = next(model.parameters()).dtype
-    latents = model.encode(pixels.to(dtype), sample=sample, chunk_frames=chunk_frames).latents
-    return model.decode(latents, chunk_frames=chunk_frames).sample.float().clamp(-1, 1).reshape(pixels.shape)
 
 
 class HydraXTokEvaluation:

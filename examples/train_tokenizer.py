@@ -300,9 +300,14 @@ class PreviewCallback(TrainerCallback):
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: HydraXTokModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Encode (posterior mean), decode, clamp to [-1, 1], in the input's shape (no gradients)."""
-    return tokenizer.decode(tokenizer.encode(pixels).latents).sample.clamp(-1, 1).reshape(pixels.shape)
+def reconstruct(
+    tokenizer: HydraXTokModel, pixels: torch.Tensor, sample: bool = False, chunk_frames: int | None = None
+) -> torch.Tensor:
+    """Encode (posterior mean, or a sample with `sample`), decode, clamp to [-1, 1], in the input's shape, float32 (no
+    gradients); `chunk_frames` streams that many latent frames at a time (equal to the whole clip)."""
+    dtype = next(tokenizer.parameters()).dtype
+    latents = tokenizer.encode(pixels.to(dtype), sample=sample, chunk_frames=chunk_frames).latents
+    return tokenizer.decode(latents, chunk_frames=chunk_frames).sample.float().clamp(-1, 1).reshape(pixels.shape)
 
 
 def save_rows(rows: list[list[torch.Tensor]], path: Path, scale: int = 1) -> None:
