@@ -34,7 +34,9 @@ Batches may mix understanding, text-to-image and editing samples, with generatio
 (resolutions and frame counts): the model runs Sem-ViT and the flow head once per size in a batch.
 
 Scale-out: the script runs unchanged under `torchrun` or `accelerate launch` (DDP, FSDP2, DeepSpeed ZeRO-2/3; configs
-and commands in examples/accelerate/README.md). Each process trains on its own samples; the main process writes
+and commands in examples/accelerate/README.md). Batches of different kinds on different processes are fine under DDP,
+FSDP2 and ZeRO-2 (whose gradients the script reduces once per step in parameter order, `--deepspeed-grad-reduction`);
+ZeRO-3 needs data of one kind. Each process trains on its own samples; the main process writes
 the demo data, the checkpoints' run records and the final model (gathered in full from FSDP / ZeRO-3 shards).
 Resuming (`--resume-from-checkpoint last`) continues the same losses as an uninterrupted run: weights, optimizer,
 scheduler, data position and every process's RNG state come back from the checkpoint. Keep --max-steps: the
@@ -55,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
+from accelerate.utils.deepspeed import DeepSpeedEngineWrapper  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from transformers import (  # noqa: E402
@@ -317,9 +320,10 @@ class HydraXTrainer(Trainer):
     """Trainer with per-module learning rates (optimizer parameter groups) and the model's `logged_terms` (`lm_loss`,
     `flow_loss`) logged beside `loss` (averaged over the batches since the last log; `eval_…` in evaluation)."""
 
-    def __init__(self, *args, learning_rates: dict[str, float], **kwargs):
+    def __init__(self, *args, learning_rates: dict[str, float], deepspeed_grad_reduction: str = "step", **kwargs):
         super().__init__(*args, **kwargs)
         self.learning_rates = learning_rates
+        self.deepspeed_grad_reduction = deepspeed_grad_reduction
         self.loss_sums = {"train": {}, "eval": {}}
 
     def create_optimizer(self, model=None):
@@ -329,6 +333,13 @@ class HydraXTrainer(Trainer):
             groups = optimizer_groups(self.model, self.learning_rates, self.args.weight_decay)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        wrapped = self.accelerator.deepspeed_engine_wrapped if self.is_deepspeed_enabled else None
+        if self.deepspeed_grad_reduction == "step" and type(wrapped) is DeepSpeedEngineWrapper:
+            if HydraXDeepSpeedEngineWrapper.applies_to(wrapped.engine):
+                self.accelerator.deepspeed_engine_wrapped = HydraXDeepSpeedEngineWrapper(wrapped.engine)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     logged_terms = ("lm_loss", "flow_loss")
 
@@ -349,6 +360,41 @@ class HydraXTrainer(Trainer):
                 logs[prefix + name] = total / count
             self.loss_sums[split] = {}
         super().log(logs, start_time)
+
+
+class HydraXDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
+    """accelerate's DeepSpeed engine wrapper, with ZeRO-2 gradients reduced once per optimizer step in parameter
+    order (DeepSpeed's `coalesce_grad_reduction`) instead of in buckets filled in the order the backward pass makes
+    them ready. Hydra-X's backward order depends on what a batch holds (questions, text-to-image targets, edits,
+    target sizes; images or videos for the tokenizer), so with ready-order buckets processes whose batches differ in
+    kind would sum gradients of different parameters. A parameter that none of a step's batches used (the tokenizer's
+    video distillation head in an image batch) is reduced as a zero gradient, as DDP's `find_unused_parameters` does,
+    so every process reduces the same tensors. The cost: every process keeps its full gradients until the step (as
+    DDP does), and the reduction no longer overlaps the backward pass."""
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.coalescing = None  # open from a step's first micro-batch to its last
+
+    @staticmethod
+    def applies_to(engine) -> bool:
+        """ZeRO-2 engines (ZeRO-3's parameter gathers in the forward pass follow the modules a batch runs)."""
+        return engine.zero_optimization_stage() == 2
+
+    def backward(self, loss, sync_gradients=True, **kwargs):
+        if self.coalescing is None:
+            self.coalescing = contextlib.ExitStack()
+            self.coalescing.enter_context(self.engine.coalesce_grad_reduction())
+        self.engine.set_gradient_accumulation_boundary(is_boundary=False)
+        self.engine.backward(loss, **kwargs)
+        if sync_gradients:
+            for param in self.engine.module.parameters():
+                if param.requires_grad and param.grad is None:
+                    param.grad = torch.zeros_like(param)
+            coalescing, self.coalescing = self.coalescing, None
+            coalescing.close()  # one reduction of the step's accumulated gradients, in parameter order
+            self.engine.set_gradient_accumulation_boundary(is_boundary=True)
+            self.engine.step()
 
 
 class RunRecordCallback(TrainerCallback):
@@ -529,6 +575,15 @@ def parse_args(argv=None):
         help="recompute activations in the backward pass (less memory, ~30%% more compute)",
     )
     parser.add_argument(
+        "--deepspeed-grad-reduction",
+        choices=("step", "ready"),
+        default="step",
+        help="DeepSpeed ZeRO-2 only. 'step': reduce the gradients once per optimizer step, in parameter order "
+        "(right for batches of any kind; each process holds its full gradients until the step). 'ready': "
+        "DeepSpeed's own buckets, reduced as the backward pass makes gradients ready (less memory, overlapped with "
+        "the backward pass), right only when every process's batches are of one kind (e.g. only questions)",
+    )
+    parser.add_argument(
         "--bf16", action="store_true", help="bf16 mixed precision (an accelerate config can also set it)"
     )
     parser.add_argument(
@@ -613,13 +668,21 @@ def main(argv=None) -> HydraXTrainer:
         learning_rate=max(learning_rates.values()),
     )
 
-    if training_args.deepspeed_plugin is not None and training_args.world_size > 1:
-        logger.warning(
-            "DeepSpeed reduces gradients in the order they become ready, and Hydra-X's backward order depends on what "
-            "a batch holds: train on data of one kind (e.g. only questions, or only text-to-image at one size), or "
-            "use examples/accelerate/ddp.yaml or fsdp.yaml for mixed data. Processes whose batches differ in kind get "
-            "gradients summed out of place (ZeRO-2) or stop on a collective mismatch (ZeRO-3)."
-        )
+    plugin = training_args.deepspeed_plugin
+    if plugin is not None and training_args.world_size > 1:
+        if plugin.zero_stage == 3:
+            logger.warning(
+                "DeepSpeed ZeRO-3 gathers each module's parameters when the module runs, and which vision modules a "
+                "Hydra-X step runs, how often, depends on what its batch holds: train on data of one kind (e.g. only "
+                "questions, or only text-to-image at one size), or use deepspeed_zero2.yaml, ddp.yaml or fsdp.yaml "
+                "for mixed data. Processes whose batches differ in kind stop on a collective mismatch."
+            )
+        elif args.deepspeed_grad_reduction == "ready":
+            logger.warning(
+                "--deepspeed-grad-reduction ready: DeepSpeed reduces gradients in the order they become ready, and "
+                "Hydra-X's backward order depends on what a batch holds; processes whose batches differ in kind get "
+                "gradients summed out of place. Train on data of one kind, or use the default 'step'."
+            )
 
     # 2. Files: the main process writes the tiny checkpoint and the demo set and fills the datasets cache; the others
     # wait for it, then read them
@@ -663,6 +726,7 @@ def main(argv=None) -> HydraXTrainer:
         eval_dataset=eval_dataset,
         processing_class=processor,
         learning_rates=learning_rates,
+        deepspeed_grad_reduction=args.deepspeed_grad_reduction,
         callbacks=[RunRecordCallback(record)],
     )
     trainer.train(resume_from_checkpoint=resume)

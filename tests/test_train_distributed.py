@@ -2,6 +2,7 @@
 processes under torchrun (gloo, CPU) train on different samples and end with the same weights, which the saved model
 holds. The accelerate configs of examples/accelerate/ load as accelerate's own plugins."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -99,3 +100,48 @@ def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint
     }
     blocks = {type(module).__name__ for module in model.model.vision_tower.modules()}
     assert tokenizer["fsdp_transformer_layer_cls_to_wrap"] == "HydraXTokBlock" and "Qwen2DecoderLayer" not in blocks
+
+
+class RecordingEngine:
+    """What HydraXDeepSpeedEngineWrapper calls on a DeepSpeed engine, recorded (DeepSpeed itself is not needed)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+
+    @contextlib.contextmanager
+    def coalesce_grad_reduction(self):
+        self.calls.append("open")
+        yield
+        self.calls.append(("reduce", sorted(name for name, p in self.module.named_parameters() if p.grad is not None)))
+
+    def set_gradient_accumulation_boundary(self, is_boundary):
+        self.calls.append(("boundary", is_boundary))
+
+    def backward(self, loss):
+        loss.backward()
+        self.calls.append("backward")
+
+    def step(self):
+        self.calls.append("step")
+
+
+def test_zero2_gradients_are_reduced_once_per_step_with_unused_parameters_as_zeros():
+    """Under ZeRO-2 the scripts keep one coalesced reduction open over a step's micro-batches, close it (every
+    trainable parameter holding a gradient: a zero one where no micro-batch used it) before the step, and step at the
+    boundary only. The equality with DDP on mixed data is tested with DeepSpeed in tests/test_train_deepspeed.py."""
+    module = torch.nn.ModuleDict({"used": torch.nn.Linear(2, 1), "unused": torch.nn.Linear(2, 1)})
+    module["used"].bias.requires_grad_(False)
+    engine = RecordingEngine(module)
+    wrapper = train_hydrax.HydraXDeepSpeedEngineWrapper(engine)
+    for sync in (False, True):
+        wrapper.backward(module["used"](torch.ones(1, 2)).sum(), sync_gradients=sync)
+    reduced = ["unused.bias", "unused.weight", "used.weight"]
+    assert engine.calls == ["open", ("boundary", False), "backward", ("boundary", False), "backward"] + [
+        ("reduce", reduced),
+        ("boundary", True),
+        "step",
+    ]
+    assert module["unused"].weight.grad.eq(0).all() and module["used"].weight.grad.eq(2).all()
+    engine.calls.clear()
+    wrapper.backward(module["used"](torch.ones(1, 2)).sum())
+    assert engine.calls[0] == "open" and engine.calls[-1] == "step", "the next step opens its own reduction"

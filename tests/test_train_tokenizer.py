@@ -78,24 +78,31 @@ def write_video(path: Path, frames: int = VIDEO_FRAMES, height: int = 48, width:
     return path
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def write_data(folder: Path) -> Path:
     """6 images and one 12-frame video: 7 items, 4 batches of 2 per epoch."""
-    folder = tmp_path_factory.mktemp("data")
+    folder.mkdir(parents=True, exist_ok=True)
     write_images(folder)
     write_video(folder / "clip.mp4")
     return folder
 
 
-@pytest.fixture(scope="module")
-def helpers(tmp_path_factory) -> Path:
+def write_helpers(folder: Path) -> Path:
     """Random tiny teachers (SigLIP 2 image, V-JEPA 2 video) and a tiny LPIPS, saved as folders."""
-    folder = tmp_path_factory.mktemp("helpers")
     torch.manual_seed(0)
     tiny_siglip2(hidden_size=16).save_pretrained(folder / "image")
     tiny_vjepa2(hidden_size=24).save_pretrained(folder / "video")
     HydraXTokLPIPS(channels=(4, 8, 8, 8, 8)).save_pretrained(folder / "lpips")
     return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory) -> Path:
+    return write_helpers(tmp_path_factory.mktemp("helpers"))
 
 
 def common(data, out, *args) -> list[str]:
