@@ -373,6 +373,14 @@ class HydraXDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
     DDP does), and the reduction no longer overlaps the backward pass."""
 
     def __init__(self, engine):
+        if not hasattr(engine, "coalesce_grad_reduction"):
+            import deepspeed
+
+            raise RuntimeError(
+                f"DeepSpeed {deepspeed.__version__} has no `engine.coalesce_grad_reduction` (DeepSpeed PR #7992), "
+                "which reduces ZeRO-2 gradients in parameter order: upgrade it (`pip install -U deepspeed`), or pass "
+                "--deepspeed-grad-reduction ready and train on data of one kind."
+            )
         super().__init__(engine)
         self.coalescing = None  # open from a step's first micro-batch to its last
 

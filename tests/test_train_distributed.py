@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,9 @@ def test_zero2_gradients_are_reduced_once_per_step_with_unused_parameters_as_zer
     engine.calls.clear()
     wrapper.backward(module["used"](torch.ones(1, 2)).sum())
     assert engine.calls[0] == "open" and engine.calls[-1] == "step", "the next step opens its own reduction"
+
+
+def test_a_deepspeed_without_coalesced_reduction_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(__version__="0.16.0"))
+    with pytest.raises(RuntimeError, match=r"DeepSpeed 0\.16\.0 has no .*--deepspeed-grad-reduction ready"):
+        train_hydrax.HydraXDeepSpeedEngineWrapper(object())
