@@ -29,7 +29,8 @@ docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, 
 
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
 loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
-with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`; `model/` is then the merged model).
+with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`, or onto a pipeline of the base
+checkpoint with `pipe.load_lora_weights(OUTPUT_DIR/adapter)`; `model/` is then the merged model).
 Batches may mix understanding, text-to-image and editing samples, with generation targets of different sizes
 (resolutions and frame counts): the model runs Sem-ViT and the flow head once per size in a batch.
 

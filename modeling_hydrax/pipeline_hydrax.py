@@ -13,8 +13,9 @@ differ only in what is cached, what is noisy and what is clean:
 | image-to-video | prompt                                           | latent frames 1, 2, … | latent frame 0, image |
 | edit           | prompt + source tokens; source's Sem-ViT cache   | the target latent     | -                     |
 
-This file imports only torch, diffusers, transformers and its sibling `pipeline_loading_hydrax`: a checkpoint folder
-carries it as pipeline code for `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
+This file imports only torch, diffusers, transformers and its siblings `pipeline_loading_hydrax` and
+`lora_loading_hydrax`: a checkpoint folder carries them as pipeline code for
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
 """
 
 import json
@@ -35,6 +36,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from .lora_loading_hydrax import HydraXLoraLoaderMixin
 from .pipeline_loading_hydrax import HydraXRootModel, HydraXRootProcessor
 
 
@@ -44,7 +46,7 @@ logger = logging.get_logger(__name__)
 # diffusers' generic `from_pretrained` finds in the `model/` and `processor/` component folders (and that the pipeline
 # code imports).
 LOADER_FILE = "pipeline_loading_hydrax.py"
-PIPELINE_FILES = ("pipeline_hydrax.py", "pipeline_hydrax_edit.py", LOADER_FILE)
+PIPELINE_FILES = ("pipeline_hydrax.py", "pipeline_hydrax_edit.py", "lora_loading_hydrax.py", LOADER_FILE)
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -146,10 +148,11 @@ def image_size(image) -> tuple[int, int]:
     return tuple(image.shape[-3:-1])
 
 
-class HydraXSamplerMixin:
+class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     r"""
     What the Hydra-X pipelines share: components, checks, prompt and image preparation, the sampling loop, decoding,
-    and loading from / saving to a Hydra-X checkpoint folder. Mixed into `DiffusionPipeline`.
+    loading from / saving to a Hydra-X checkpoint folder, and LoRA adapters ([`HydraXLoraLoaderMixin`]). Mixed into
+    `DiffusionPipeline`.
 
     Args:
         model ([`HydraXForConditionalGeneration`]):
@@ -232,6 +235,7 @@ class HydraXSamplerMixin:
                 "push_to_hub is not supported by Hydra-X pipelines: save_pretrained(folder), then upload the folder "
                 "with huggingface_hub.upload_folder."
             )
+        self._check_no_lora("save_pretrained")
         self.model.save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
         self.processor.save_pretrained(save_directory)
         write_pipeline_files(save_directory, self.scheduler, type(self))

@@ -257,6 +257,20 @@ def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_
     torch.testing.assert_close(outputs[0].velocity, outputs[1].velocity, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(outputs[0].logits, outputs[2].logits), "the adapter must change the model"
 
+    # the pipelines load the adapter onto the base checkpoint and sample as the merged model does
+    pipes = [HydraXPipeline.from_pretrained(folder) for folder in (checkpoint, out / "model")]
+    pipes[0].load_lora_weights(out / "adapter")
+    samples = []
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        samples.append(
+            pipe(
+                "an astronaut", height=32, width=32, num_inference_steps=2, generator=generator, output_type="pt"
+            ).images
+        )
+    torch.testing.assert_close(samples[0], samples[1], rtol=0, atol=1e-5)
+
 
 def test_bad_samples_are_reported_then_skipped_or_fatal(tmp_path, pictures, processor, caplog):
     (pictures / "broken.png").write_bytes(b"not a png")

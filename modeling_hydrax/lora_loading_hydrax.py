@@ -1,0 +1,277 @@
+"""LoRA adapters on the Hydra-X pipelines' model, under diffusers' LoRA method names.
+
+A Hydra-X LoRA is a PEFT adapter of `HydraXForConditionalGeneration`, as `examples/train_hydrax.py --lora-r` writes
+it to OUTPUT_DIR/adapter: low-rank updates of the LLM's projections plus, as `modules_to_save`, full copies of the
+modules the stage trains in full (projector, timestep embedding, flow head, Sem-ViT). PEFT's integration functions
+(`peft.functional`) inject both into the model in place, so the pipeline keeps its model and its cached sampler, and
+adapters can be loaded, switched, weighted, fused and removed without reloading the base weights.
+
+Weights scale the low-rank updates only. A full copy cannot be scaled: it replaces its module while its adapter is
+active, so two active adapters may not both carry a copy of the same module.
+
+This file imports only torch, diffusers and, when used, peft: a checkpoint folder carries it with the pipeline code.
+"""
+
+import os
+import warnings
+
+from diffusers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+LORA_PREFIX = "lora_"
+SAVED_PREFIX = "base_model.model."  # what `PeftModel.save_pretrained` puts before the model's own parameter names
+
+
+def _peft():
+    """The PEFT pieces the loader uses, with the fix when PEFT is missing or too old."""
+    try:
+        from peft import PeftConfig
+        from peft.functional import delete_adapter, inject_adapter_in_model, set_adapter, set_peft_model_state_dict
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import load_peft_weights
+        from peft.utils.other import AuxiliaryTrainingWrapper
+    except ImportError as error:
+        raise ImportError(
+            f"LoRA on Hydra-X pipelines needs PEFT ≥ 0.17 ({error}); install it with `pip install -U peft`."
+        ) from error
+    return {
+        "PeftConfig": PeftConfig,
+        "delete_adapter": delete_adapter,
+        "inject_adapter_in_model": inject_adapter_in_model,
+        "set_adapter": set_adapter,
+        "set_peft_model_state_dict": set_peft_model_state_dict,
+        "BaseTunerLayer": BaseTunerLayer,
+        "load_peft_weights": load_peft_weights,
+        "AuxiliaryTrainingWrapper": AuxiliaryTrainingWrapper,
+    }
+
+
+class HydraXLoraLoaderMixin:
+    r"""
+    Load, combine, fuse and remove PEFT LoRA adapters on the pipeline's `model` (mixed into the Hydra-X pipelines).
+
+    Examples:
+        ```py
+        >>> import sys, tempfile
+        >>> sys.path.insert(0, "conversion")  # run from the repository root; a trained checkpoint needs none of this
+        >>> from build_hydrax import build_checkpoint
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from transformers import AutoModel
+        >>> from modeling_hydrax import HydraXPipeline
+
+        >>> folder = build_checkpoint("tiny", f"{tempfile.mkdtemp()}/hydrax-tiny")  # random weights, 32² = 2×2 latents
+        >>> lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        >>> get_peft_model(AutoModel.from_pretrained(folder), lora).save_pretrained(f"{folder}-lora")  # an adapter
+        >>> pipe = HydraXPipeline.from_pretrained(folder)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe.load_lora_weights(f"{folder}-lora", adapter_name="style")
+        >>> pipe.get_active_adapters()
+        ['style']
+        >>> image = pipe("A red fox in the snow", height=32, width=32, num_inference_steps=2).images[0]
+        >>> pipe.set_adapters("style", 0.5)  # half its low-rank update
+        >>> pipe.disable_lora()  # the base model, adapters kept
+        >>> pipe.enable_lora()
+        >>> pipe.fuse_lora()  # bake it in: sampling at the base model's speed
+        >>> pipe.unload_lora_weights()  # plain modules with the fused weights, ready for save_pretrained
+        >>> pipe.get_list_adapters()
+        {'model': []}
+        ```
+    """
+
+    _lora_fuse_scale = None  # the scale the fused adapters were merged with, while they are fused
+
+    # ---------------------------------------------------------------------------------------------- loading
+    def load_lora_weights(self, pretrained_model_name_or_path, adapter_name: str | None = None, **kwargs):
+        """Load a PEFT LoRA adapter (a folder or Hub repo with `adapter_config.json` and
+        `adapter_model.safetensors`, e.g. `train_hydrax.py --lora-r`'s OUTPUT_DIR/adapter) into the model and make it
+        the only active adapter. `adapter_name` defaults to `default_<n>`; Hub arguments (`revision`, `token`,
+        `subfolder`, `cache_dir`, `local_files_only`) go to PEFT's loaders. A failed load leaves the model as it
+        was."""
+        peft = _peft()
+        loaded = self.get_list_adapters()["model"]
+        adapter_name = adapter_name or f"default_{len(loaded)}"
+        if adapter_name in loaded:
+            raise ValueError(
+                f"An adapter named {adapter_name!r} is already loaded ({loaded}); pass another `adapter_name` or "
+                f"remove it first with `delete_adapters({adapter_name!r})`."
+            )
+        if self._lora_fuse_scale is not None:
+            raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before loading another one.")
+        source = os.fspath(pretrained_model_name_or_path)
+        try:
+            config = peft["PeftConfig"].from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"No PEFT adapter at {source!r} ({error}); pass a folder or Hub repo holding adapter_config.json and "
+                "adapter_model.safetensors, such as train_hydrax.py's OUTPUT_DIR/adapter."
+            ) from error
+        if config.peft_type != "LORA":
+            raise ValueError(f"{source!r} holds a {config.peft_type} adapter; the Hydra-X pipelines load LoRA only.")
+        weights = peft["load_peft_weights"](source, device=str(self.model.device), **kwargs)
+        weights = {name.removeprefix(SAVED_PREFIX): value for name, value in weights.items()}
+
+        training, active = self.model.training, self.get_active_adapters()
+        try:
+            with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                peft["inject_adapter_in_model"](config, self.model, adapter_name=adapter_name)
+            result = peft["set_peft_model_state_dict"](self.model, weights, adapter_name=adapter_name)
+            missing = [name for name in result.missing_keys if f".{adapter_name}." in name]
+            if result.unexpected_keys or missing:
+                raise ValueError(
+                    f"The adapter at {source!r} does not fit this model: weights for no module of it "
+                    f"{result.unexpected_keys[:5]}, modules without weights {missing[:5]}. Was it trained on another "
+                    "architecture or preset?"
+                )
+        except Exception:
+            self._remove_adapter(adapter_name)
+            if active:  # injecting switched the module copies over to the new adapter
+                peft["set_adapter"](self.model, active, inference_mode=True)
+            raise
+        self.model.train(training)  # the new layers (and their dropout) follow the model's mode
+        self.set_adapters(adapter_name)
+
+    # ------------------------------------------------------------------------------------------- selection
+    def get_list_adapters(self) -> dict[str, list[str]]:
+        """The loaded adapters, by component (diffusers' layout): `{"model": [names]}`."""
+        return {"model": list(getattr(self.model, "peft_config", {}))}
+
+    def get_active_adapters(self) -> list[str]:
+        """The adapters that act in the forward pass, in the order `set_adapters` gave."""
+        layer_types = self._peft_layer_types()
+        for module in self.model.modules():
+            if isinstance(module, layer_types[0]):
+                return [] if module.disable_adapters else list(module.active_adapters)
+        return []
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None):
+        """Activate `adapter_names` with `adapter_weights` (one number for all, or one per adapter; `None` = 1.0),
+        which scale their low-rank updates; the others are deactivated. An active adapter's full module copies
+        (`modules_to_save`) are used whatever its weight."""
+        peft = _peft()
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        loaded = self.get_list_adapters()["model"]
+        unknown = [name for name in names if name not in loaded]
+        if unknown or not names:
+            raise ValueError(f"Unknown adapter(s) {unknown or names}; the loaded ones are {loaded}.")
+        weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
+        if len(weights) != len(names):
+            raise ValueError(f"Got {len(weights)} adapter weights for {len(names)} adapters {names}; pass one each.")
+        if self._lora_fuse_scale is not None:
+            raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before changing them.")
+        for name, module in self.model.named_modules():
+            if isinstance(module, peft["AuxiliaryTrainingWrapper"]):
+                holders = [adapter for adapter in names if adapter in module.modules_to_save]
+                if len(holders) > 1:
+                    raise ValueError(
+                        f"Adapters {holders} each carry a full copy of `{name}`, which cannot be combined; activate "
+                        "one of them at a time."
+                    )
+        peft["set_adapter"](self.model, names, inference_mode=True)
+        for module in self.model.modules():
+            if isinstance(module, peft["BaseTunerLayer"]):
+                for name, weight in zip(names, weights):
+                    module.set_scale(name, 1.0 if weight is None else weight)
+
+    def disable_lora(self):
+        """Run the base model; the adapters stay loaded (`enable_lora()` turns them back on)."""
+        self._enable_lora(False)
+
+    def enable_lora(self):
+        """Turn the active adapters back on after `disable_lora()`."""
+        self._enable_lora(True)
+
+    def _enable_lora(self, enabled: bool):
+        if self._lora_fuse_scale is not None:
+            raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before switching them.")
+        for module in self.model.modules():
+            if isinstance(module, self._peft_layer_types()):
+                module.enable_adapters(enabled)
+
+    # --------------------------------------------------------------------------------------------- fusing
+    def fuse_lora(self, lora_scale: float = 1.0, adapter_names: list[str] | None = None, safe_fusing: bool = False):
+        """Merge the low-rank updates of `adapter_names` (default: the active ones), times `lora_scale`, into the
+        LLM's weights: sampling runs at the base model's speed. Their full module copies stay in use. `safe_fusing`
+        refuses updates that hold NaNs."""
+        if self._lora_fuse_scale is not None:
+            raise ValueError("Adapters are already fused; call `unfuse_lora()` first.")
+        if not lora_scale:
+            raise ValueError(
+                f"`lora_scale` must be non-zero, got {lora_scale!r}; `disable_lora()` runs the base model."
+            )
+        names = adapter_names or self.get_active_adapters()
+        if not names:
+            raise ValueError(f"No adapter to fuse: none is active (loaded: {self.get_list_adapters()['model']}).")
+        for module in self.model.modules():
+            if isinstance(module, self._peft_layer_types()[0]):
+                module.scale_layer(lora_scale)
+                module.merge(safe_merge=safe_fusing, adapter_names=names)
+        self._lora_fuse_scale = lora_scale
+
+    def unfuse_lora(self):
+        """Take the fused updates back out of the weights (the adapters stay loaded and active)."""
+        if self._lora_fuse_scale is None:
+            raise ValueError("No adapter is fused; `fuse_lora()` fuses the active ones.")
+        for module in self.model.modules():
+            if isinstance(module, self._peft_layer_types()[0]):
+                module.unmerge()
+                module.unscale_layer(self._lora_fuse_scale)
+        self._lora_fuse_scale = None
+
+    # -------------------------------------------------------------------------------------------- removal
+    def delete_adapters(self, adapter_names: str | list[str]):
+        """Remove `adapter_names` from the model (their layers and copies); the remaining active ones stay active."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        loaded = self.get_list_adapters()["model"]
+        unknown = [name for name in names if name not in loaded]
+        if unknown:
+            raise ValueError(f"Unknown adapter(s) {unknown}; the loaded ones are {loaded}.")
+        if self._lora_fuse_scale is not None:
+            raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before deleting one.")
+        for name in names:
+            self._remove_adapter(name)
+
+    def unload_lora_weights(self):
+        """Remove every adapter and PEFT layer, leaving plain modules: the base weights, or with fused adapters the
+        fused weights and the active full module copies (`fuse_lora()` then `unload_lora_weights()` bakes the
+        adapters in, e.g. before `save_pretrained`)."""
+        lora_layer, wrapper = self._peft_layer_types()
+        fused = self._lora_fuse_scale is not None
+        for kind in (wrapper, lora_layer):  # module copies first: they may hold LoRA layers of their own
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, kind):
+                    if kind is lora_layer:
+                        replacement = module.get_base_layer()  # holds the fused updates, if any
+                    elif fused and module.active_adapters:
+                        replacement = module.modules_to_save[module.active_adapters[0]]
+                    else:
+                        replacement = module.original_module
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.model.get_submodule(parent), child, replacement)
+        self.model.__dict__.pop("peft_config", None)
+        self._lora_fuse_scale = None
+
+    def _remove_adapter(self, adapter_name: str):
+        """Delete one adapter's layers, copies and config (also what a failed load leaves)."""
+        peft = _peft()
+        remaining = [name for name in self.get_list_adapters()["model"] if name != adapter_name]
+        peft["delete_adapter"](self.model, adapter_name, prefix=LORA_PREFIX)
+        configs = getattr(self.model, "peft_config", {})
+        configs.pop(adapter_name, None)
+        if not remaining:
+            self.unload_lora_weights()
+
+    def _peft_layer_types(self) -> tuple[type, type]:
+        peft = _peft()
+        return peft["BaseTunerLayer"], peft["AuxiliaryTrainingWrapper"]
+
+    def _check_no_lora(self, action: str):
+        """Saving refuses a model with PEFT layers in it (their parameter names are not the model's)."""
+        if self.get_list_adapters()["model"]:
+            raise ValueError(
+                f"The model holds LoRA adapters {self.get_list_adapters()['model']}; before {action}, call "
+                "`fuse_lora()` then `unload_lora_weights()` to keep them fused in, or `unload_lora_weights()` to "
+                "return to the base weights."
+            )

@@ -1,0 +1,254 @@
+"""LoRA adapters on the Hydra-X pipelines (`HydraXLoraLoaderMixin`): a loaded PEFT adapter samples as the model it
+merges into, weights scale the low-rank updates, adapters combine, switch off and on, fuse, unload and delete, and
+bad uses say what to do and leave the model as it was. Tiny checkpoint, 32² images, 2 steps, CPU."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script, run_docstring_examples
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel
+
+from modeling_hydrax import HydraXEditPipeline, HydraXForConditionalGeneration, HydraXPipeline, lora_loading_hydrax
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = load_script(ROOT / "examples" / "train_hydrax.py").DEFAULT_LORA_TARGETS
+PROMPT = "A red fox in the snow"
+
+
+def write_adapter(checkpoint: Path, folder: Path, seed: int, modules_to_save=None):
+    """A LoRA of `checkpoint` with random non-zero updates (rank 4, alpha 8) and, for `modules_to_save`, perturbed full
+    copies, saved as train_hydrax.py saves its adapter. Returns the folder and the model it merges into."""
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=TARGETS, modules_to_save=modules_to_save, init_lora_weights=False
+    )
+    adapted = get_peft_model(AutoModel.from_pretrained(checkpoint), config)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(0.5 * torch.randn_like(param))
+    adapted.save_pretrained(folder)
+    return folder, adapted.merge_and_unload().eval()
+
+
+def merged(checkpoint: Path, *adapters: Path):
+    """`checkpoint` with each adapter merged in turn, by PEFT itself."""
+    model = AutoModel.from_pretrained(checkpoint)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def adapters(checkpoint, tmp_path_factory):
+    """`a`: LoRA + a full copy of the flow head; `b`: LoRA only; `c`: another flow-head copy (clashes with `a`)."""
+    folder = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": write_adapter(checkpoint, folder / "a", seed=1, modules_to_save=["flow_head"]),
+        "b": write_adapter(checkpoint, folder / "b", seed=2),
+        "c": write_adapter(checkpoint, folder / "c", seed=3, modules_to_save=["flow_head"]),
+    }
+
+
+@pytest.fixture
+def pipe(checkpoint):
+    pipe = HydraXPipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe) -> torch.Tensor:
+    kwargs = dict(height=32, width=32, num_inference_steps=2, output_type="pt", generator=torch.Generator())
+    kwargs["generator"].manual_seed(0)
+    if isinstance(pipe, HydraXEditPipeline):
+        return pipe(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)), "Make it dark", **kwargs).images
+    return pipe(PROMPT, **kwargs).images
+
+
+def reference(checkpoint: Path, model, edit: bool = False) -> torch.Tensor:
+    """What a pipeline built on `model` (a plain, merged model) samples."""
+    pipe = HydraXPipeline.from_pretrained(checkpoint, model=model)
+    pipe.set_progress_bar_config(disable=True)
+    return sample(HydraXEditPipeline.from_pipe(pipe) if edit else pipe)
+
+
+def peft_modules(model) -> list[str]:
+    return [
+        name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)
+    ]
+
+
+@pytest.fixture(scope="module")
+def base_sample(checkpoint):
+    return reference(checkpoint, AutoModel.from_pretrained(checkpoint).eval())
+
+
+def test_a_loaded_adapter_samples_as_the_model_it_merges_into(pipe, adapters, checkpoint, base_sample):
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    assert pipe.get_list_adapters() == {"model": ["a"]} and pipe.get_active_adapters() == ["a"]
+    adapted = sample(pipe)
+    torch.testing.assert_close(adapted, reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+    assert (adapted - base_sample).abs().max() > 1e-2, "the adapter must change the samples"
+    edit = HydraXEditPipeline.from_pipe(pipe)  # shares the adapted model
+    edit.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(sample(edit), reference(checkpoint, adapters["a"][1], edit=True), rtol=0, atol=1e-5)
+
+
+def test_disable_and_enable_switch_between_the_base_model_and_the_adapter(pipe, adapters, base_sample):
+    pipe.load_lora_weights(adapters["a"][0])
+    adapted = sample(pipe)
+    pipe.disable_lora()
+    assert pipe.get_active_adapters() == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=1e-6)
+    pipe.enable_lora()
+    assert pipe.get_active_adapters() == ["default_0"]
+    torch.testing.assert_close(sample(pipe), adapted, rtol=0, atol=1e-6)
+
+
+def test_weights_scale_the_low_rank_updates(pipe, adapters, checkpoint, base_sample):
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.set_adapters("b", 0.0)
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=1e-6)
+    pipe.set_adapters("b", 1.0)
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["b"][1]), rtol=0, atol=1e-5)
+
+    # weight 0.5 fused with lora_scale 2: W0 + 2 · 0.5 · (alpha / r) · B A, i.e. the whole adapter again
+    pipe.set_adapters("b", 0.5)
+    half = sample(pipe)
+    layer = pipe.model.model.language_model.layers[0].self_attn.q_proj
+    initial = layer.base_layer.weight.detach().clone()
+    expected = initial + 2 * 0.5 * (8 / 4) * layer.lora_B["b"].weight @ layer.lora_A["b"].weight
+    pipe.fuse_lora(lora_scale=2.0)
+    torch.testing.assert_close(layer.base_layer.weight, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["b"][1]), rtol=0, atol=1e-5)
+    pipe.unfuse_lora()
+    torch.testing.assert_close(layer.base_layer.weight, initial, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(pipe), half, rtol=0, atol=1e-6)
+
+
+def test_two_adapters_combine_as_both_merged(pipe, adapters, checkpoint):
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    assert pipe.get_active_adapters() == ["b"], "a newly loaded adapter is the only active one"
+    pipe.set_adapters(["a", "b"])
+    both = merged(checkpoint, adapters["a"][0], adapters["b"][0])
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, both), rtol=0, atol=1e-5)
+
+    pipe.delete_adapters("a")
+    assert pipe.get_list_adapters() == {"model": ["b"]} and pipe.get_active_adapters() == ["b"]
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["b"][1]), rtol=0, atol=1e-5)
+
+
+def test_fused_and_unloaded_adapters_stay_in_the_saved_model(pipe, adapters, checkpoint, tmp_path):
+    pipe.load_lora_weights(adapters["a"][0])
+    adapted = sample(pipe)
+    with pytest.raises(ValueError, match=r"fuse_lora\(\)` then `unload_lora_weights\(\)"):
+        pipe.save_pretrained(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    pipe.fuse_lora()
+    torch.testing.assert_close(sample(pipe), adapted, rtol=0, atol=1e-5)
+    pipe.unload_lora_weights()
+    assert peft_modules(pipe.model) == [] and pipe.get_list_adapters() == {"model": []}
+    torch.testing.assert_close(sample(pipe), adapted, rtol=0, atol=1e-5)
+    pipe.save_pretrained(tmp_path / "fused")
+    loaded = HydraXPipeline.from_pretrained(tmp_path / "fused")
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(sample(loaded), sample(pipe), rtol=0, atol=0)
+
+
+def test_unloading_unfused_adapters_restores_the_base_model(pipe, adapters, checkpoint, base_sample):
+    pipe.load_lora_weights(adapters["a"][0])
+    pipe.load_lora_weights(adapters["b"][0])
+    pipe.unload_lora_weights()
+    assert peft_modules(pipe.model) == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
+    base = AutoModel.from_pretrained(checkpoint).state_dict()
+    assert pipe.model.state_dict().keys() == base.keys()
+
+
+def test_bad_uses_say_what_to_do(pipe, adapters, tmp_path):
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    with pytest.raises(ValueError, match="already loaded"):
+        pipe.load_lora_weights(adapters["b"][0], adapter_name="a")
+    with pytest.raises(ValueError, match=r"Unknown adapter\(s\) \['x'\]; the loaded ones are \['a'\]"):
+        pipe.set_adapters(["a", "x"])
+    with pytest.raises(ValueError, match="Got 3 adapter weights for 1 adapters"):
+        pipe.set_adapters("a", [1.0, 0.5, 0.2])
+    pipe.load_lora_weights(adapters["c"][0], adapter_name="c")
+    with pytest.raises(ValueError, match=r"Adapters \['a', 'c'\] each carry a full copy of `model.flow_head`"):
+        pipe.set_adapters(["a", "c"])
+    with pytest.raises(ValueError, match="No PEFT adapter at"):
+        pipe.load_lora_weights(tmp_path / "missing")
+    with pytest.raises(ValueError, match="must be non-zero"):
+        pipe.fuse_lora(lora_scale=0)
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match="already fused"):
+        pipe.fuse_lora()
+    with pytest.raises(ValueError, match="unfuse_lora"):
+        pipe.disable_lora()
+
+
+def other_model(checkpoint: Path, **text_config):
+    """A model of another architecture: the checkpoint's config with `text_config` fields changed."""
+    config = AutoConfig.from_pretrained(checkpoint)
+    for name, value in text_config.items():
+        setattr(config.text_config, name, value)
+    torch.manual_seed(0)
+    return HydraXForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize(
+    "text_config, error, message",
+    [
+        ({"hidden_size": 32, "intermediate_size": 64}, RuntimeError, "size mismatch"),  # a narrower LLM
+        (
+            {"num_hidden_layers": 3, "layer_types": ["full_attention"] * 3},
+            ValueError,
+            "not found in the base model",
+        ),  # the adapter targets layer 2 only
+    ],
+)
+def test_an_adapter_of_another_model_is_refused_and_leaves_the_model_as_it_was(
+    text_config, error, message, pipe, adapters, checkpoint, tmp_path, base_sample
+):
+    targets = r"model\.language_model\.layers\.2\.self_attn\.q_proj" if "num_hidden_layers" in text_config else TARGETS
+    config = LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    get_peft_model(other_model(checkpoint, **text_config), config).save_pretrained(tmp_path / "other")
+    with pytest.raises(error, match=message):
+        pipe.load_lora_weights(tmp_path / "other")
+    assert peft_modules(pipe.model) == [] and pipe.get_list_adapters() == {"model": []}
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
+
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")  # a failed second adapter leaves the first in place
+    adapted = sample(pipe)
+    with pytest.raises(error, match=message):
+        pipe.load_lora_weights(tmp_path / "other")
+    assert pipe.get_list_adapters() == {"model": ["a"]} and pipe.get_active_adapters() == ["a"]
+    torch.testing.assert_close(sample(pipe), adapted, rtol=0, atol=0)
+
+
+def test_the_docstring_example_runs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    runner = run_docstring_examples(lora_loading_hydrax)
+    assert runner.tries >= 15 and runner.failures == 0
+
+
+def test_an_adapter_missing_weights_is_refused(pipe, adapters, tmp_path, base_sample):
+    shutil.copytree(adapters["b"][0], tmp_path / "partial")
+    weights = load_file(tmp_path / "partial" / "adapter_model.safetensors")
+    dropped = sorted(weights)[0]
+    save_file(
+        {name: value for name, value in weights.items() if name != dropped},
+        tmp_path / "partial" / "adapter_model.safetensors",
+    )
+    with pytest.raises(ValueError, match=r"does not fit this model: .*modules without weights \[.*lora_A"):
+        pipe.load_lora_weights(tmp_path / "partial")
+    assert peft_modules(pipe.model) == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
