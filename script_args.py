@@ -128,6 +128,13 @@ def pipeline_parser(
             help="guidance on the source image (how closely the edit follows it); ≤ 1 turns it off",
         )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    parser.add_argument(
+        "--lora",
+        type=Path,
+        help="a LoRA adapter folder of the model (examples/train_hydrax.py --lora-r writes OUTPUT_DIR/adapter), "
+        "loaded onto the pipeline with `load_lora_weights`",
+    )
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the --lora adapter's update")
     return parser
 
 
@@ -147,6 +154,9 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
     if getattr(args, "image", None) is not None:
         check_file(parser, "--image", args.image, "pass an image file (PNG, JPEG, …)")
+    if args.lora is not None:
+        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter"
+        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
     check_output_file(parser, "--output", args.output, ".mp4" if video else ".png")
     return args
 
@@ -220,6 +230,9 @@ def run_example(pipeline_class, description: str, argv=None, **parser_options) -
     if hasattr(args, "image_guidance_scale"):
         inputs["image_guidance_scale"] = args.image_guidance_scale
     pipe = load_pipeline(pipeline_class, args.model)
+    if args.lora is not None:
+        pipe.load_lora_weights(args.lora, adapter_name="lora")
+        pipe.set_adapters("lora", args.lora_scale)
     output = pipe(
         prompt=args.prompt,
         height=args.height,

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import load_script, run_script
 from PIL import Image
 
 
@@ -93,6 +93,7 @@ def test_edit_image_keeps_the_asked_size(runs):
         ({"video": True}, ["--num-frames", "6"], "--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got 6"),
         ({}, ["--model", "{tmp}"], "--model {tmp}: a folder without config.json; pass a checkpoint folder"),
         ({"source": True}, ["--image", "{tmp}/no.png"], "--image {tmp}/no.png: no such file; pass an image file"),
+        ({}, ["--lora", "{tmp}"], "--lora {tmp}: a folder without adapter_config.json; pass an adapter folder"),
         ({"source": True}, ["--image", "{tmp}"], "--image {tmp}: not a file; pass an image file"),
         ({}, ["--output", "{file}/x.png"], "--output {file}/x.png: {file} is a file, not a folder"),
         ({}, ["--output", "{tmp}/a.png"], "--output {tmp}/a.png: a folder; pass a file path ending in .png"),
@@ -107,3 +108,23 @@ def test_bad_arguments_stop_before_any_work(options, args, message, tmp_path, ca
         parse_pipeline_args(parser, [arg.format(**paths) for arg in args])
     assert exit_info.value.code == 2 and message.format(**paths) in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "a.png"]
+
+
+def test_a_lora_adapter_changes_the_image_by_its_scale(tmp_path):
+    """--lora loads an adapter onto the pipeline: at --lora-scale 0 the image is the base model's, at 1 it differs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    checkpoint = build_checkpoint("tiny", tmp_path / "hydrax-tiny")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModel.from_pretrained(checkpoint), lora).save_pretrained(tmp_path / "adapter")
+    text_to_image = load_script(ROOT / "examples" / "text_to_image.py")
+    pixels = {}
+    for name, extra in (("base", []), ("off", ["--lora-scale", "0"]), ("on", [])):
+        lora_args = [] if name == "base" else ["--lora", str(tmp_path / "adapter")]
+        output = tmp_path / f"{name}.png"
+        text_to_image.main(["--model", str(checkpoint), "--height", "32", "--width", "32", "--steps", "2",
+                            "--output", str(output), *lora_args, *extra])  # fmt: skip
+        pixels[name] = np.asarray(Image.open(output), dtype=np.int16)
+    assert np.array_equal(pixels["off"], pixels["base"])
+    assert np.abs(pixels["on"] - pixels["base"]).max() > 8
