@@ -27,6 +27,11 @@ Small grids: flow times near noise are where conditioning is learned, and the de
 them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 1.0` (SPEC §2;
 docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, and so the samples' detail, untrained).
 
+Validation: `--validation-prompts "a red fox" "a cup of coffee"` samples one image per prompt with the weights being
+trained at every checkpoint (`--validation-size`, `--validation-inference-steps`, `--validation-guidance-scale`,
+seeded with --seed) into `work/checkpoint-N/samples.png`, a row in prompt order: what the pipeline would draw from
+that checkpoint. Every process samples (FSDP and ZeRO-3 gather the weights for it); training is not disturbed.
+
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
 loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
 with LoRA, `adapter/` (`PeftModel.from_pretrained(base_model, OUTPUT_DIR/adapter)`, or onto a pipeline of the base
@@ -74,7 +79,7 @@ from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder, write_atomically  # noqa: E402
 
 
 logger = logging.get_logger("train_hydrax")
@@ -102,6 +107,7 @@ CONFIG_OPTIONS = (
     "lm_loss_weight",
     "flow_loss_weight",
 )
+SAMPLES_FILE = "samples.png"  # --validation-prompts' images in every checkpoint
 RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
 DEMO_SIZE = 32
 DEMO_MANIFEST = "demo.jsonl"
@@ -419,6 +425,75 @@ class RunRecordCallback(TrainerCallback):
             (folder / RUN_FILE).write_text(json.dumps(self.record, indent=2))
 
 
+class ValidationCallback(TrainerCallback):
+    """`--validation-prompts`: at every checkpoint, one image per prompt sampled with the weights being trained (the
+    pipelines' cached CFG sampler, seeded; the training's RNG is not touched) into `checkpoint-N/samples.png`, a row
+    in prompt order. Every process samples (FSDP and ZeRO-3 gather the weights together); the main process writes."""
+
+    def __init__(self, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int):
+        self.prompts, self.size, self.seed = prompts, size, seed
+        self.steps, self.guidance_scale = steps, guidance_scale
+
+    def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
+        images = sample_prompts(
+            model, processing_class, self.prompts, self.size, self.steps, self.guidance_scale, self.seed
+        )
+        if args.should_save:
+            from diffusers.utils import make_image_grid
+
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / SAMPLES_FILE
+            grid = make_image_grid(images, rows=1, cols=len(images))
+            write_atomically(path, lambda partial: grid.save(partial, format="PNG"))
+
+
+@torch.no_grad()
+def sample_prompts(model, processor, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int):
+    """PIL images of `prompts` (size × size) from `model` as it is now, through `HydraXPipeline` (its seeded
+    generator draws the noise: the global RNG, and so the training's, is not touched); the model's mode comes back."""
+    from modeling_hydrax.pipeline_hydrax import HydraXPipeline, default_scheduler
+
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: its layers are in it
+    pipe = HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    training = model.training
+    model.eval()
+    try:
+        with full_parameters(model):
+            generator = torch.Generator().manual_seed(seed)
+            return pipe(
+                prompts,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+            ).images
+    finally:
+        model.train(training)
+
+
+@contextlib.contextmanager
+def full_parameters(model):
+    """Every parameter of `model` whole on every process for the block: gathered from DeepSpeed ZeRO-3 partitions,
+    or FSDP2's root unit unsharded (its Qwen2 layer units unshard themselves as they run); otherwise as it is."""
+    from torch.distributed.fsdp import FSDPModule
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield
+    elif isinstance(model, FSDPModule):
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+    else:
+        yield
+
+
 class SampleLog:
     """Wraps a collator to append the `origin` of every sample it collates to `path`, one per line (`--log-samples`:
     which data each process loaded)."""
@@ -579,6 +654,27 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and flow noise")
     parser.add_argument(
+        "--validation-prompts",
+        nargs="+",
+        default=[],
+        metavar="PROMPT",
+        help=f"text-to-image prompts sampled with the weights being trained at every checkpoint, into "
+        f"work/checkpoint-N/{SAMPLES_FILE} (one image per prompt, in a row; seeded with --seed)",
+    )
+    parser.add_argument(
+        "--validation-size",
+        type=int,
+        help=f"side of the validation images in pixels, a multiple of the tokenizer's patch size (default: "
+        f"{DEMO_SIZE} with the demo data, else 256)",
+    )
+    parser.add_argument("--validation-inference-steps", type=int, default=30, help="Euler steps per validation image")
+    parser.add_argument(
+        "--validation-guidance-scale",
+        type=float,
+        default=4.0,
+        help="classifier-free guidance of the validation images",
+    )
+    parser.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute activations in the backward pass (less memory, ~30%% more compute)",
@@ -607,6 +703,12 @@ def parse_args(argv=None):
         parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
     if args.max_steps < 1 or args.batch_size < 1:
         parser.error(f"--max-steps and --batch-size must be ≥ 1, got {args.max_steps} and {args.batch_size}")
+    if any(not prompt.strip() for prompt in args.validation_prompts):
+        parser.error("--validation-prompts holds an empty prompt; give each prompt some text")
+    if args.validation_inference_steps < 1:
+        parser.error(f"--validation-inference-steps must be ≥ 1, got {args.validation_inference_steps}")
+    if args.validation_size is not None and args.validation_size < 1:
+        parser.error(f"--validation-size must be a positive number of pixels, got {args.validation_size}")
     if args.lora_r is not None and args.stage == 1:
         parser.error("--lora-r adapts the LLM, which stage 1 freezes; use --stage 2 or 3")
     if args.eval_split and not args.data:
@@ -715,6 +817,18 @@ def main(argv=None) -> HydraXTrainer:
     record = run_record(model, args)
     resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record)
 
+    validation = []
+    if args.validation_prompts:
+        size = args.validation_size or (256 if args.data else DEMO_SIZE)
+        patch = config.vision_config.patch_size
+        if size % patch:
+            raise ValueError(
+                f"--validation-size {size} is not a multiple of the tokenizer's patch size {patch}; use e.g. "
+                f"{max(patch, size // patch * patch)}."
+            )
+        steps, scale = args.validation_inference_steps, args.validation_guidance_scale
+        validation = [ValidationCallback(args.validation_prompts, size, steps, scale, args.seed)]
+
     # 4. The on-the-fly collator (32² demo images unless sizes are given)
     pixels = (args.min_pixels, args.max_pixels)
     if not args.data and pixels == (None, None):
@@ -736,12 +850,14 @@ def main(argv=None) -> HydraXTrainer:
         processing_class=processor,
         learning_rates=learning_rates,
         deepspeed_grad_reduction=args.deepspeed_grad_reduction,
-        callbacks=[RunRecordCallback(record)],
+        callbacks=[RunRecordCallback(record), *validation],
     )
     trainer.train(resume_from_checkpoint=resume)
     if args.log_samples:
         held = trainer.accelerator.unwrap_model(trainer.model)
-        (output_dir / f"weights_rank{rank}.txt").write_text(json.dumps(parameter_checksums(held), indent=0))
+        with full_parameters(held):  # ZeRO-3: each process's partitions, gathered
+            checksums = parameter_checksums(held)
+        (output_dir / f"weights_rank{rank}.txt").write_text(json.dumps(checksums, indent=0))
 
     # 6. Save (main process): adapter (LoRA), then the full model as a transformers + diffusers folder, each staged and
     # renamed into place

@@ -182,3 +182,18 @@ def run_docstring_examples(module) -> doctest.DocTestRunner:
     for test in doctest.DocTestFinder(parser=FencedDocTestParser()).find(module):
         runner.run(test)
     return runner
+
+
+def pipeline_row(folder, prompts: list[str], size: int, steps: int, guidance_scale: float = 4.0, seed: int = 0):
+    """What `HydraXPipeline` samples from the checkpoint `folder` for `prompts`, as one row of uint8 pixels: the
+    layout of train_hydrax.py's `--validation-prompts` samples.png."""
+    import numpy as np
+
+    from modeling_hydrax import HydraXPipeline
+
+    pipe = HydraXPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    output = pipe(prompts, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale,
+                  generator=generator)  # fmt: skip
+    return np.concatenate([np.asarray(image) for image in output.images], axis=1)

@@ -11,7 +11,8 @@ built by HydraXDataCollator whose kind depends on the rank (`CASES`). An unshard
 takes the same steps with the same random draws and its gradients averaged by hand (`all_reduce`; a parameter without
 a gradient on one process counts as zero there): what data-parallel training must compute. Afterwards every
 parameter, gathered in full (`DTensor.full_tensor()`), must equal that reference, and both processes must hold the
-same gathered weights. Rank 0 prints one line per case, `CASE <case> ok …` or `CASE <case> MISMATCH …`; the exit
+same gathered weights; with `--sample`, train_hydrax.py's validation sampler must draw the same image from the sharded
+model as from the reference. Rank 0 prints one line per case, `CASE <case> ok …` or `CASE <case> MISMATCH …`; the exit
 status is non-zero on a mismatch. A collective that the processes disagree on fails inside gloo (a size mismatch) or
 times out after `--timeout` seconds.
 """
@@ -36,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "conversion")]
 from accelerate.utils.fsdp_utils import _find_final_norm  # noqa: E402
 from accelerate.utils.other import get_module_children_bottom_up  # noqa: E402
 from build_hydrax import build_processor  # noqa: E402
+from conftest import load_script  # noqa: E402
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
@@ -44,6 +46,7 @@ from modeling_hydrax.data_collator_hydrax import HydraXDataCollator  # noqa: E40
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
 
 
+train_hydrax = load_script(ROOT / "examples" / "train_hydrax.py")
 SIZE = {"images_kwargs": {"size": {"min_pixels": 32 * 32, "max_pixels": 64 * 32}}}
 WRAPS = {"both": "Qwen2DecoderLayer,HydraXTokBlock", "llm": "Qwen2DecoderLayer"}
 # The samples of rank 0's and rank 1's batch in each case.
@@ -178,9 +181,16 @@ def run_case(case: str, classes: set[str], processor, folder: Path, args) -> str
     worst = max(diffs, key=diffs.get)
     # bf16 compute differs from the fp32 reference by design: there only agreement and progress are checked
     ok = same and (args.bf16 or diffs[worst] <= LR / 100) and moved > LR / 2
+    sampled = ""
+    if args.sample:  # train_hydrax.py's --validation-prompts sampler on the sharded model, against the reference
+        images = [train_hydrax.sample_prompts(net, processor, ["a cat"], 32, 2, 4.0, 0) for net in (model, reference)]
+        pixels = [np.stack([np.asarray(image) for image in row]) for row in images]
+        pixel_diff = int(np.abs(pixels[0].astype(int) - pixels[1].astype(int)).max())
+        ok &= pixel_diff <= 1
+        sampled = f" sample_diff={pixel_diff}"
     return (
         f"CASE {case} {'ok' if ok else 'MISMATCH'} ranks_equal={same} max_diff={diffs[worst]:.2e} ({worst}) "
-        f"moved={moved:.2e} rank0={CASES[case][0]} rank1={CASES[case][1]}"
+        f"moved={moved:.2e}{sampled} rank0={CASES[case][0]} rank1={CASES[case][1]}"
     )
 
 
@@ -194,6 +204,7 @@ def parse_args(argv=None):
     parser.add_argument("--unused", action="store_true", help="set_reduce_scatter_unused_params(True) on the model")
     parser.add_argument("--gc", action="store_true", help="gradient checkpointing (gradient_checkpointing_enable())")
     parser.add_argument("--bf16", action="store_true", help="MixedPrecisionPolicy(param_dtype=bf16), no fp32 match")
+    parser.add_argument("--sample", action="store_true", help="also sample with train_hydrax.py's validation sampler")
     return parser.parse_args(argv)
 
 

@@ -46,12 +46,13 @@ def test_fsdp_yaml_trains_on_batches_of_different_kinds_and_the_processes_agree(
     a text-to-image target and an edit (two Sem-ViT groups) vs an edit, (c) a question + a text-to-image target vs a
     text-to-image target, (d) all three kinds vs a question, (e) text-to-image targets of two sizes (two groups) vs
     an edit: no hang, no error, and every gathered parameter equals the unsharded reference (averaged gradients) on
-    both processes."""
-    result = run_worker("--wrap", wrapped_classes(), "--cases", "abcde")
+    both processes. train_hydrax.py's validation sampler (`--validation-prompts`) then runs on the sharded model and
+    draws the reference's image (to one 8-bit level)."""
+    result = run_worker("--wrap", wrapped_classes(), "--cases", "abcde", "--sample")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("CASE ")]
     assert [line.split()[1:3] for line in lines] == [[case, "ok"] for case in "abcde"], result.stdout
-    assert all("ranks_equal=True" in line for line in lines), result.stdout
+    assert all("ranks_equal=True" in line and "sample_diff=" in line for line in lines), result.stdout
 
 
 @pytest.mark.parametrize(

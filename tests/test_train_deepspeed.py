@@ -21,9 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, pipeline_row
+from PIL import Image
 from test_train_tokenizer import write_data, write_helpers
 from transformers import AutoModel
 
@@ -134,6 +136,12 @@ def test_two_processes_train_on_different_samples_and_save_the_weights_they_hold
         "--max-steps",
         3,
         "--log-samples",
+        "--validation-prompts",
+        "an astronaut",
+        "--validation-size",
+        32,
+        "--validation-inference-steps",
+        2,
     )
 
     seen = [(out / f"samples_rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
@@ -153,6 +161,9 @@ def test_two_processes_train_on_different_samples_and_save_the_weights_they_hold
     initial = train_hydrax.parameter_checksums(AutoModel.from_pretrained(checkpoint))
     trained = [name for name in saved if saved[name] != initial[name]]
     assert trained and all(train_hydrax.parameter_group(name) in ("vision_head", "sem_vit") for name in trained)
+    # --validation-prompts: every process sampled (ZeRO-3 gathering its partitions), the main one wrote it
+    samples = np.asarray(Image.open(out / "work" / "checkpoint-3" / train_hydrax.SAMPLES_FILE))
+    assert np.array_equal(samples, pipeline_row(out / "model", ["an astronaut"], size=32, steps=2))
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -10,9 +10,11 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import interrupting, load_script
+from conftest import interrupting, load_script, pipeline_row
+from PIL import Image
 from transformers import AutoModel
 
 
@@ -64,6 +66,7 @@ def test_two_processes_train_on_different_samples_and_agree_on_the_weights(check
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
     command += ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
     command += ["--report-to", "none", *(["--gradient-checkpointing"] if checkpointing else [])]
+    command += ["--validation-prompts", "an astronaut", "--validation-inference-steps", 2]
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -79,6 +82,9 @@ def test_two_processes_train_on_different_samples_and_agree_on_the_weights(check
     assert saved == held[0]
     trained = [name for name in saved if saved[name] != initial[name]]
     assert trained and all(train_hydrax.parameter_group(name) in ("vision_head", "sem_vit") for name in trained)
+    # --validation-prompts: both processes sampled, the main one wrote what the final weights sample
+    samples = np.asarray(Image.open(out / "work" / "checkpoint-3" / train_hydrax.SAMPLES_FILE))
+    assert np.array_equal(samples, pipeline_row(out / "model", ["an astronaut"], size=32, steps=2))
 
 
 def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, pipeline_row
 from PIL import Image
 from transformers import AutoModel
 
@@ -309,3 +309,42 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp
     (saved / train_hydrax.RUN_FILE).unlink()
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
         train(checkpoint, out, "--stage", 1, "--resume-from-checkpoint", "last", "--data", demo)
+
+
+def test_validation_prompts_are_sampled_into_every_checkpoint_without_touching_training(checkpoint, demo, tmp_path):
+    """--validation-prompts: each checkpoint holds samples.png, one image per prompt in a row, equal to what the
+    pipeline samples from that checkpoint's weights with the same seed; the losses equal a run without them (the
+    sampling leaves the training RNG as it was), and the model is back in training mode."""
+    prompts = ["an astronaut", "a cup of coffee"]
+    argv = ["--stage", 2, "--data", demo, "--max-steps", 4, "--save-steps", 2, "--text-dropout-prob", 0.5]
+    sampling = ["--validation-size", 32, "--validation-inference-steps", 3, "--validation-guidance-scale", 3.0]
+    validating = train(checkpoint, tmp_path / "with", *argv, *sampling, "--validation-prompts", *prompts)
+    plain = train(checkpoint, tmp_path / "without", *argv)
+    logged = [[entry["loss"] for entry in run.state.log_history if "loss" in entry] for run in (validating, plain)]
+    assert len(logged[0]) == 4 and logged[0] == logged[1]
+    assert validating.model.training
+
+    for step in (2, 4):
+        folder = tmp_path / "with" / "work" / f"checkpoint-{step}"
+        saved = np.asarray(Image.open(folder / train_hydrax.SAMPLES_FILE))
+        assert np.array_equal(saved, pipeline_row(folder, prompts, size=32, steps=3, guidance_scale=3.0))
+    assert not (tmp_path / "without" / "work" / "checkpoint-2" / train_hydrax.SAMPLES_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--validation-prompts", "a cat", " "], "--validation-prompts holds an empty prompt"),
+        (["--validation-prompts", "a cat", "--validation-inference-steps", "0"], "must be ≥ 1, got 0"),
+    ],
+)
+def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
+    with pytest.raises(SystemExit):
+        train_hydrax.parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+def test_a_validation_size_off_the_patch_grid_stops_before_training(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--validation-size 40 is not a multiple of the tokenizer's patch size 16"):
+        train(checkpoint, tmp_path / "out", "--validation-prompts", "a cat", "--validation-size", 40)
+    assert not (tmp_path / "out" / "work").exists()
