@@ -28,7 +28,8 @@ per question:
   accuracy+ (the share of images whose two questions are both right) and its score, Σ 100·(acc + acc+) over the
   categories;
 - rows without options: `--yes-no` makes them Yes / No questions (MME); rows whose options are empty (MMMU's open
-  questions) stop the run unless `--skip-open` leaves them out (listed in metrics.json).
+  questions) stop the run unless `--skip-open` leaves them out (listed in metrics.json) or `--answer-open` answers
+  them (below). An open question's `answer` is its text, or a list of accepted answers (MMMU's string of a list).
 
 Scoring (`--scoring`):
 - `likelihood` (default): the prompt is the chat conversation (user turn: media, hint, question; then the generation
@@ -40,6 +41,14 @@ Scoring (`--scoring`):
   select the correct answer from the options above.`); greedy `generate` in batches of `--batch-size`; an answer that
   is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
   option's text (case and surrounding punctuation ignored) gives it, else it is `unparsed` (and wrong).
+
+Open questions (`--answer-open`, whatever `--scoring`): greedy `generate` on the question followed by `--open-prompt`
+(default: lmms-eval's MMMU instruction, "Answer the question using a single word or phrase."), read as MMMU's
+evaluation reads it: per sentence, the text after its last answer indicator (`is`, `so`, `thus`, `therefore`, `final`,
+`answer`, `result`, `could be`, and `=` in the last sentence), else the whole answer; the numbers in it and the text
+itself are the candidates. A candidate number must equal an accepted number (commas dropped, 2 decimals); a
+candidate text must contain an accepted text (lower case). `open` in metrics.json holds their accuracy and count, and
+`accuracy_all` is MMMU's overall accuracy over both kinds.
 
 Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written folder;
 an existing folder is replaced only with `--force`): `metrics.json` (accuracy, accuracy_norm or unparsed, count, chance
@@ -97,6 +106,9 @@ IMAGE_PLACEHOLDER = re.compile(r"<image (\d+)>")  # MMMU's reference to its `ima
 YES_NO = ("Yes", "No")
 LIST_COLUMNS = ("options", "choices", "candidates")
 ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
+OPEN_PROMPT = "Answer the question using a single word or phrase."  # lmms-eval's MMMU instruction for open questions
+OPEN_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
+NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -116,12 +128,14 @@ class OpenQuestion(ValueError):
 
 @dataclass
 class Sample:
-    """One multiple-choice question, normalised: `options` maps letters to texts in order, `answer` is a letter."""
+    """One question, normalised: `options` maps letters to texts in order and `answer` is a letter; an open question
+    has no options and its accepted answers in `answers` (`answer` is the first)."""
 
     index: int
     question: str
     options: dict[str, str]
     answer: str
+    answers: list[str] = field(default_factory=list)
     hint: str | None = None
     images: list[Image.Image] = field(default_factory=list)
     video: str | None = None
@@ -210,7 +224,10 @@ def row_options(row: dict, where: str, yes_no: bool = False) -> dict[str, str]:
             f"{where} has no options; give an 'options' list column or letter columns 'A', 'B', ... (columns "
             f"found: {sorted(row)}), or pass --yes-no for yes/no questions (MME)"
         )
-    raise OpenQuestion(f"{where} has empty options (an open question); pass --skip-open to leave such rows out")
+    raise OpenQuestion(
+        f"{where} has empty options (an open question); pass --skip-open to leave such rows out, or --answer-open to "
+        "answer them by generation"
+    )
 
 
 def listed_options(row: dict, where: str) -> dict[str, str] | None:
@@ -285,24 +302,49 @@ def row_images(row: dict) -> list:
     return values + [value for _, value in numbered]
 
 
+def open_answers(value, where: str) -> list[str]:
+    """The accepted answers of an open question: its answer's text, or the texts of a list (or of MMMU's string of
+    one)."""
+    given = value
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"{where}: answer {given!r} is not a list literal ({error})") from error
+    answers = [str(item).strip() for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if not answers or not all(answers):
+        raise ValueError(f"{where}: answer {given!r} holds an empty answer; give each accepted answer some text")
+    return answers
+
+
 def normalize_row(
-    row: dict, index: int, base: Path | None = None, row_format: RowFormat = RowFormat(), media: bool = True
+    row: dict,
+    index: int,
+    base: Path | None = None,
+    row_format: RowFormat = RowFormat(),
+    media: bool = True,
+    open_question: bool = False,
 ) -> Sample:
     """A data row as a `Sample`, checked: errors name the row, the bad value and the fix. `base` is the folder that
     relative media paths start from; with `media=False` the images and video are left out (a quick check of the text
-    of every row). A row without options raises `OpenQuestion` unless `row_format.yes_no`."""
+    of every row). A row without options raises `OpenQuestion` unless `row_format.yes_no`; `open_question` reads a
+    row with empty options as an open question."""
     where = f"row {index}"
     for column in ("question", "answer"):
         if column not in row:
             raise ValueError(f"{where} has no {column!r} column (columns found: {sorted(row)}); add one")
         if is_missing(row[column]):
             raise ValueError(f"{where}: {column} is empty ({row[column]!r}); give every row a {column}")
-    options = row_options(row, where, row_format.yes_no)
-    if len(options) < 2:
-        raise ValueError(
-            f"{where} has {len(options)} option(s) ({options}); a multiple-choice question needs at least 2"
-        )
-    answer = row_answer(row["answer"], options, where)
+    if open_question:
+        options, answers = {}, open_answers(row["answer"], where)
+        answer = answers[0]
+    else:
+        options, answers = row_options(row, where, row_format.yes_no), []
+        if len(options) < 2:
+            raise ValueError(
+                f"{where} has {len(options)} option(s) ({options}); a multiple-choice question needs at least 2"
+            )
+        answer = row_answer(row["answer"], options, where)
     images, video = row_images(row), None if is_missing(row.get("video")) else row["video"]
     if images and video is not None:
         raise ValueError(f"{where} has both images and a video; give one kind (or neither)")
@@ -323,6 +365,7 @@ def normalize_row(
         question=question,
         options=options,
         answer=answer,
+        answers=answers,
         hint=None if is_missing(row.get("hint")) else str(row["hint"]).strip(),
         images=[load_image(value, base, where) for value in images] if media else [],
         video=check_video(video, base, where) if media and video is not None else None,
@@ -389,6 +432,11 @@ def multiple_choice_text(sample: Sample) -> str:
     lines += [f"{letter}. {text}" for letter, text in sample.options.items()]
     lines.append("Please select the correct answer from the options above.")
     return "\n".join(lines)
+
+
+def open_text(sample: Sample, instruction: str = OPEN_PROMPT) -> str:
+    """The user's text for an open question: the hint (if any), the question, then `instruction` (if any)."""
+    return "\n".join(part for part in (likelihood_text(sample), instruction) if part)
 
 
 def conversation(sample: Sample, text: str) -> list[dict]:
@@ -537,11 +585,17 @@ def parse_prediction(text: str, options: dict[str, str]) -> str | None:
 
 @torch.no_grad()
 def generate_answers(
-    model, processor, samples: list[Sample], max_new_tokens: int, processor_kwargs: dict | None = None
+    model,
+    processor,
+    samples: list[Sample],
+    max_new_tokens: int,
+    processor_kwargs: dict | None = None,
+    text_of=multiple_choice_text,
 ) -> list[str]:
-    """Greedy answers to the lettered multiple-choice prompts of `samples`, as one left-padded batch."""
+    """Greedy answers to the prompts `text_of` writes for `samples` (default: the lettered multiple-choice prompt), as
+    one left-padded batch."""
     kwargs = {**(processor_kwargs or {}), "padding_side": "left"}
-    inputs = prompt_inputs(processor, samples, multiple_choice_text, kwargs).to(model.device)
+    inputs = prompt_inputs(processor, samples, text_of, kwargs).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return [text.strip() for text in texts]
@@ -550,6 +604,77 @@ def generate_answers(
 def generate_record(sample: Sample, text: str) -> dict:
     """The prediction record of a generated answer (`prediction` None when it names no option)."""
     return {**prediction_record(sample, parse_prediction(text, sample.options)), "generated": text}
+
+
+def normalize_open(value: str) -> float | str:
+    """An open answer's form for matching (MMMU's): a number without commas, rounded to 2 decimals, when it is one;
+    else its lower-case text, a single character padded with spaces (so that it matches only as a word)."""
+    text = value.strip().strip(".").strip().lower()
+    try:
+        return round(float(text.replace(",", "")), 2)
+    except ValueError:
+        return f" {text} " if len(text) == 1 else text
+
+
+def open_candidates(text: str) -> list[float | str]:
+    """What a generated answer to an open question may mean, as MMMU's evaluation reads it: per sentence, the text
+    after its last answer indicator (`OPEN_INDICATORS`, and `=` in the last sentence), or the whole answer when no
+    sentence has one; the numbers in those texts, then the texts themselves, normalised (`normalize_open`)."""
+    sentences = [sentence.strip().strip(".").lower() for sentence in re.split(r"\.\s(?=[A-Z])|\n", text.strip())]
+    sentences = [sentence for sentence in sentences if sentence]
+    keys = []
+    for position, sentence in enumerate(sentences):
+        indicators = OPEN_INDICATORS + (("=",) if position == len(sentences) - 1 else ())
+        tails = [sentence.split(indicator)[-1].strip() for indicator in indicators if indicator in sentence]
+        shortest = min(tails, key=len, default="")
+        if shortest.strip(string.punctuation):
+            keys.append(shortest)
+    keys = keys or [text.strip()]
+    found = [number for key in keys for number in NUMBER.findall(key)] + keys
+    return list(dict.fromkeys(normalize_open(candidate) for candidate in found if candidate.strip()))
+
+
+def open_correct(answers: list[str], candidates: list[float | str]) -> bool:
+    """Whether a candidate number equals an accepted number, or a candidate text contains an accepted text."""
+    accepted = [normalize_open(answer) for answer in answers]
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            if any(isinstance(answer, str) and answer in candidate for answer in accepted):
+                return True
+        elif candidate in accepted:
+            return True
+    return False
+
+
+def open_record(sample: Sample, text: str) -> dict:
+    """The prediction record of a generated answer to an open question: its candidates and whether one is right."""
+    candidates = open_candidates(text)
+    record = {
+        "index": sample.index,
+        "category": sample.category,
+        "answer": sample.answers,
+        "prediction": candidates,
+        "correct": open_correct(sample.answers, candidates),
+        "generated": text,
+        "open": True,
+    }
+    return record if sample.group is None else {**record, "group": sample.group}
+
+
+def summarize_open(records: list[dict]) -> dict:
+    """Accuracy and count of open-question records, overall and per category."""
+    categories = defaultdict(list)
+    for record in records:
+        if record["category"] is not None:
+            categories[record["category"]].append(record["correct"])
+    return {
+        "accuracy": sum(record["correct"] for record in records) / len(records),
+        "count": len(records),
+        "per_category": {
+            name: {"accuracy": sum(items) / len(items), "count": len(items)}
+            for name, items in sorted(categories.items())
+        },
+    }
 
 
 def summarize(records: list[dict], chances: list[float], scoring: str) -> dict:
@@ -589,6 +714,27 @@ def accuracy_plus(records: list[dict]) -> float:
     return sum(all(answers) for answers in groups.values()) / len(groups)
 
 
+def answer_open(
+    model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int], progress: bool = True
+) -> list[dict]:
+    """Answer the open questions at `kept` by greedy generation; returns their prediction records."""
+    kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
+    records = []
+    bar = tqdm(total=len(kept), desc="answering open questions", unit="question", disable=not progress)
+    for start in range(0, len(kept), args.batch_size):
+        samples = [
+            normalize_row(rows[index], index, base, row_format, open_question=True)
+            for index in kept[start : start + args.batch_size]
+        ]
+        texts = generate_answers(
+            model, processor, samples, args.max_new_tokens, kwargs, lambda sample: open_text(sample, args.open_prompt)
+        )
+        records += [open_record(sample, text) for sample, text in zip(samples, texts)]
+        bar.update(len(samples))
+    bar.close()
+    return records
+
+
 def evaluate(
     model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int], progress: bool = True
 ) -> tuple[list[dict], list[float]]:
@@ -616,8 +762,10 @@ def evaluate(
 def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
     """metrics.json, predictions.jsonl and eval_results.json (the model card's entries), written beside `output_dir`
     and renamed into place."""
-    names = ("accuracy", "accuracy_norm", "accuracy_plus", "mme_score")
+    names = ("accuracy", "accuracy_norm", "accuracy_plus", "mme_score", "accuracy_all")
     values = {name: metrics[name] for name in names if name in metrics}
+    if "open" in metrics:
+        values["open_accuracy"] = metrics["open"]["accuracy"]
     results = eval_results("visual-question-answering", metrics["data"], metrics["split"], values)
     with staged_folder(output_dir) as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -677,8 +825,19 @@ def parse_args(argv=None):
         "answered entirely right, and with categories MME's score, Σ 100·(accuracy + accuracy_plus) over them",
     )
     parser.add_argument("--yes-no", action="store_true", help="rows without options are Yes / No questions (MME)")
-    parser.add_argument(
+    open_questions = parser.add_mutually_exclusive_group()
+    open_questions.add_argument(
         "--skip-open", action="store_true", help="leave out rows whose options are empty (MMMU's open questions)"
+    )
+    open_questions.add_argument(
+        "--answer-open",
+        action="store_true",
+        help="answer rows whose options are empty (MMMU's open questions) by generation, matched as MMMU does",
+    )
+    parser.add_argument(
+        "--open-prompt",
+        default=OPEN_PROMPT,
+        help="the instruction after an open question (--answer-open); '' for the bare question",
     )
     args = parser.parse_args(argv)
     for option, value in (
@@ -715,38 +874,46 @@ def main(argv=None):
     if not len(rows):
         raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
     row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
-    kept, skipped_open = [], []
+    kept, open_rows = [], []
     for index, row in enumerate(text_view(rows)):  # every row's text is checked before the model loads
         try:
             normalize_row(row, index, base, row_format, media=False)
         except OpenQuestion:
-            if not args.skip_open:
+            if not (args.skip_open or args.answer_open):
                 raise
-            skipped_open.append(index)
+            if args.answer_open:
+                normalize_row(row, index, base, row_format, media=False, open_question=True)
+            open_rows.append(index)
             continue
         kept.append(index)
-    if not kept:
+    if not kept and not args.answer_open:
         raise SystemExit(f"--data {args.data}: every row is an open question; nothing to evaluate")
 
     # Under `accelerate launch` / torchrun each process takes every n-th question; the main process writes the outputs
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes
     model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device or state.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    mine = kept[state.process_index :: state.num_processes]
-    records, chances = evaluate(model, processor, rows, base, args, row_format, mine, state.is_main_process)
+    share = slice(state.process_index, None, state.num_processes)
+    records, chances = evaluate(model, processor, rows, base, args, row_format, kept[share], state.is_main_process)
+    opened = answer_open(model, processor, rows, base, args, row_format, open_rows[share] if args.answer_open else [])
     pairs = sorted(gather_object(list(zip(records, chances))), key=lambda pair: pair[0]["index"])
+    opened = gather_object(opened)
     if state.is_main_process:
-        metrics = summarize([record for record, _ in pairs], [chance for _, chance in pairs], args.scoring)
+        records = [record for record, _ in pairs]
+        metrics = summarize(records, [chance for _, chance in pairs], args.scoring) if records else {"count": 0}
+        if args.answer_open:
+            metrics["open"] = summarize_open(opened)
+            metrics["accuracy_all"] = sum(record["correct"] for record in records + opened) / len(records + opened)
         metrics.update(
             scoring=args.scoring,
             model=str(args.model),
             data=str(args.data),
             split=split,
-            skipped_open=skipped_open,
+            skipped_open=open_rows if args.skip_open else [],
             processes=state.num_processes,
             seconds=round(time.perf_counter() - started, 1),
         )
-        write_outputs(args.output_dir, metrics, [record for record, _ in pairs])
+        write_outputs(args.output_dir, metrics, sorted(records + opened, key=lambda record: record["index"]))
         print_summary(metrics, args.output_dir)
     state.wait_for_everyone()  # no process exits while the group is still up: gloo aborts a process that does
     state.destroy_process_group()
@@ -754,18 +921,23 @@ def main(argv=None):
 
 def print_summary(metrics: dict, output_dir: Path) -> None:
     """The accuracies, what was left out, and where the outputs went."""
-    details = [f"accuracy {metrics['accuracy']:.3f}"]
-    if metrics["scoring"] == "likelihood":
-        details.append(f"accuracy_norm {metrics['accuracy_norm']:.3f}")
-    else:
-        details.append(f"unparsed {metrics['unparsed']}")
-    print(f"{', '.join(details)} on {metrics['count']} questions (chance {metrics['chance']:.3f})")
+    if metrics["count"]:
+        details = [f"accuracy {metrics['accuracy']:.3f}"]
+        if metrics["scoring"] == "likelihood":
+            details.append(f"accuracy_norm {metrics['accuracy_norm']:.3f}")
+        else:
+            details.append(f"unparsed {metrics['unparsed']}")
+        print(f"{', '.join(details)} on {metrics['count']} questions (chance {metrics['chance']:.3f})")
+    if "open" in metrics:
+        opened = metrics["open"]
+        print(f"open questions: accuracy {opened['accuracy']:.3f} on {opened['count']}")
+        print(f"accuracy_all {metrics['accuracy_all']:.3f} (both kinds: MMMU's overall accuracy)")
     if "accuracy_plus" in metrics:
         score = f", MME score {metrics['mme_score']:.1f}" if "mme_score" in metrics else ""
         print(f"accuracy_plus {metrics['accuracy_plus']:.3f} (groups answered entirely right){score}")
     if metrics["skipped_open"]:
         print(f"{len(metrics['skipped_open'])} open question(s) left out (--skip-open), listed in metrics.json")
-    for name, category in metrics["per_category"].items():
+    for name, category in metrics.get("per_category", {}).items():
         print(f"  {name}: accuracy {category['accuracy']:.3f} on {category['count']}")
     print(f"metrics: {output_dir / 'metrics.json'}\npredictions: {output_dir / 'predictions.jsonl'}")
 

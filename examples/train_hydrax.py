@@ -375,7 +375,7 @@ class HydraXDeepSpeedEngineWrapper(DeepSpeedEngineWrapper):
     them ready. Hydra-X's backward order depends on what a batch holds (questions, text-to-image targets, edits,
     target sizes; images or videos for the tokenizer), so with ready-order buckets processes whose batches differ in
     kind would sum gradients of different parameters. A parameter that none of a step's batches used (the tokenizer's
-    video distillation head in an image batch) is reduced as a zero gradient, as DDP's `find_unused_parameters` does,
+    Decompressor in an image batch) is reduced as a zero gradient, as DDP's `find_unused_parameters` does,
     so every process reduces the same tensors. The cost: every process keeps its full gradients until the step (as
     DDP does), and the reduction no longer overlaps the backward pass."""
 

@@ -569,3 +569,70 @@ def test_eval_results_go_into_a_model_card(evaluator, run_hydrax, checkpoint, tm
         and results[0].metric_type == "accuracy"
         and results[0].task_type == "visual-question-answering"
     )
+
+
+# ------------------------------------------------------------------------------------------------ open questions
+
+
+@pytest.mark.parametrize(
+    "generated, answer, correct",
+    [
+        ("The answer is 24.", "24", True),
+        ("So x = 3.50", "3.5", True),
+        ("There are 1,000 apples", "1000", True),
+        ("about 2.5e3 metres", "2500", True),
+        ("25", "24", False),
+        ("It is a cat.", "cat", True),
+        ("A dog", "cat", False),
+        ("The answer is b.", "B", True),  # a single letter matches only as a word: " b "
+        ("a bird", "b", False),
+        ("Thus the result is 12. It was hard.", "12", True),
+        ("6 or 7", "['7', '7.0']", True),  # MMMU's list of accepted answers
+    ],
+)
+def test_open_answers_are_matched_as_mmmu_does(evaluator, generated, answer, correct):
+    answers = evaluator.open_answers(answer, "row 0")
+    assert evaluator.open_correct(answers, evaluator.open_candidates(generated)) is correct
+
+
+def test_open_questions_are_answered_by_generation(evaluator, run_hydrax, trained, checkpoint, tmp_path):
+    """--answer-open: run_hydrax's model, asked its training question as an open question about each photo (the bare
+    question, --open-prompt ''), answers every caption; beside the multiple-choice rows, `accuracy_all` counts both
+    kinds. The untrained checkpoint names none of them."""
+    images = run_hydrax.load_images(TRAINED_SIZE)
+    rows = caption_rows(run_hydrax)
+    rows += [{**row, "options": [], "category": "open"} for row in caption_rows(run_hydrax)]
+    data = write_manifest(tmp_path / "data", rows, dict(enumerate([*images.values(), *images.values()])))
+    argv = [
+        "--data",
+        str(data),
+        "--max-pixels",
+        str(TRAINED_SIZE * TRAINED_SIZE),
+        "--answer-open",
+        "--open-prompt",
+        "",
+    ]
+    evaluator.main(["--model", str(trained), "--output-dir", str(tmp_path / "trained"), *argv])
+    metrics, predictions = read_outputs(tmp_path / "trained")
+    assert [record.get("open", False) for record in predictions] == [False] * 4 + [True] * 4
+    assert metrics["count"] == 4 and metrics["accuracy"] == 1.0
+    assert metrics["open"] == {"accuracy": 1.0, "count": 4, "per_category": {"open": {"accuracy": 1.0, "count": 4}}}
+    assert metrics["accuracy_all"] == 1.0
+    assert [record["generated"] for record in predictions[4:]] == list(run_hydrax.CAPTIONS.values())
+
+    evaluator.main(["--model", str(checkpoint), "--output-dir", str(tmp_path / "random"), *argv])
+    metrics, predictions = read_outputs(tmp_path / "random")
+    assert metrics["open"]["accuracy"] == 0.0, predictions[4:]
+    correct = sum(record["correct"] for record in predictions)
+    assert metrics["accuracy_all"] == pytest.approx(correct / 8)
+
+
+def test_open_question_options_stop_up_front(evaluator, checkpoint, tmp_path, capsys):
+    data = write_manifest(tmp_path, [{"question": "How many?", "options": [], "answer": "[]"}], {})
+    argv = ["--model", str(checkpoint), "--data", str(data), "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"row 0: answer '\[\]' holds an empty answer"):
+        evaluator.main([*argv, "--answer-open"])
+    with pytest.raises(SystemExit):
+        evaluator.parse_args([*argv, "--answer-open", "--skip-open"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -252,3 +252,11 @@ def test_an_adapter_missing_weights_is_refused(pipe, adapters, tmp_path, base_sa
         pipe.load_lora_weights(tmp_path / "partial")
     assert peft_modules(pipe.model) == []
     torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
+
+
+def test_a_bf16_pipeline_takes_the_adapter_in_bf16(checkpoint, adapters):
+    pipe = HydraXPipeline.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(adapters["a"][0])
+    assert {param.dtype for param in pipe.model.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(sample(pipe)).all()
