@@ -57,6 +57,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     HydraXTrainer,
     RunRecordCallback,
+    full_parameters,
     gathered_model,
     resume_checkpoint,
     training_arguments,
@@ -282,21 +283,22 @@ class StepCallback(TrainerCallback):
 
 
 class PreviewCallback(TrainerCallback):
-    """Saves `reconstructions.png` (originals above reconstructions, posterior mean) into every checkpoint."""
+    """Saves `reconstructions.png` (originals above reconstructions, posterior mean) into every checkpoint. Every
+    process reconstructs (FSDP2 and ZeRO-3 gather the tokenizer's weights for it); the main process writes."""
 
     def __init__(self, module: HydraXTokTrainingModel, pixels: torch.Tensor):
         self.module, self.pixels = module, pixels
 
     def on_save(self, args, state, control, **kwargs):
         tokenizer = self.module.tokenizer
-        pixels = self.pixels.to(next(tokenizer.parameters()).device)
         was_training = tokenizer.training
         tokenizer.eval()
-        rebuilt = reconstruct(tokenizer, pixels)
+        with full_parameters(self.module):
+            rebuilt = reconstruct(tokenizer, self.pixels.to(next(tokenizer.parameters()).device))
         tokenizer.train(was_training)
         if args.should_save:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            save_grid(pixels, rebuilt, folder / PREVIEW_FILE)
+            save_grid(self.pixels, rebuilt, folder / PREVIEW_FILE)
 
 
 @torch.no_grad()

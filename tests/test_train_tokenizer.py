@@ -610,7 +610,11 @@ def test_the_trained_tokenizer_goes_into_a_hydrax_checkpoint(stage1, tmp_path):
 
 
 FSDP2_STEP = """
-import os, sys, torch, torch.distributed as dist
+import copy, os, sys, tempfile, torch, torch.distributed as dist
+import numpy as np
+from pathlib import Path
+from PIL import Image
+from types import SimpleNamespace
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/examples"]
 import train_tokenizer
@@ -623,6 +627,7 @@ tokenizer = HydraXTokModel(train_tokenizer.tokenizer_config("tiny", 32))
 tokenizer.set_training_stage(args.stage)
 objective = train_tokenizer.build_objective(args, train_tokenizer.loss_weights(args), tokenizer.config)
 module = train_tokenizer.HydraXTokTrainingModel(tokenizer, objective, None)
+reference = copy.deepcopy(tokenizer).eval()
 policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)  # what accelerate's `mixed_precision: bf16` sets
 for block in [m for m in module.modules() if isinstance(m, HydraXTokBlock)] + [module]:
     fully_shard(block, mp_policy=policy)
@@ -630,6 +635,16 @@ losses = module(torch.rand(2, 3, 32, 32) * 2 - 1)
 losses["loss"].backward()
 grads = [p.grad for p in module.parameters() if p.grad is not None]
 print("terms", {k: round(float(v), 4) for k, v in losses.items() if k != "loss"}, "grads", len(grads))
+# the checkpoint preview reconstructs with the sharded tokenizer (its root unit unsharded for it), as the unsharded one
+out = Path(tempfile.mkdtemp())
+(out / "checkpoint-1").mkdir()
+pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+preview = train_tokenizer.PreviewCallback(module, pixels)
+preview.on_save(SimpleNamespace(should_save=True, output_dir=str(out)), SimpleNamespace(global_step=1), None)
+train_tokenizer.save_grid(pixels, train_tokenizer.reconstruct(reference, pixels), out / "reference.png")
+names = ("checkpoint-1/reconstructions.png", "reference.png")
+levels = [np.asarray(Image.open(out / name), dtype=int) for name in names]
+print("preview_diff", np.abs(levels[0] - levels[1]).max())
 """
 
 
@@ -647,3 +662,4 @@ def test_a_stage_runs_under_fsdp2_with_bf16_mixed_precision(stage, data, helpers
     assert result.returncode == 0, result.stderr[-3000:]
     terms = result.stdout.split("terms", 1)[1]
     assert "'lpips': 0.0" not in terms and ("'discriminator'" in terms) == (stage == 2), terms
+    assert int(result.stdout.split("preview_diff", 1)[1]) <= 2, result.stdout  # bf16 compute: 1 level measured
