@@ -1,8 +1,9 @@
 """GPU check of examples/train_hydrax.py: the tiny model trained on one GPU with bf16 and gradient checkpointing, and
 under `accelerate launch` with the FSDP2 and DDP configs of examples/accelerate/ (one process each: the machine has
-one GPU), each output folder loaded back; then `hydrax-1.5b` (random weights, fp32 master weights) trained at stage 2
-on 256² demo data with bf16 autocast and gradient checkpointing: seconds per step and peak GPU memory. Rows are
-appended to docs/PERFORMANCE.md as they are measured.
+one GPU), each output folder loaded back and its last checkpoint's `--validation-prompts` samples found; then
+`hydrax-1.5b` (random weights, fp32 master weights) trained at stage 2 on 256² demo data with bf16 autocast and
+gradient checkpointing: seconds per step and peak GPU memory. Rows are appended to docs/PERFORMANCE.md as they are
+measured.
 
     python bench/gpu_check_training.py                                  # one CUDA GPU, ~15 GB disk
     python bench/gpu_check_training.py --preset tiny --device cpu --steps 2 --launchers --report /tmp/r.md  # CPU smoke
@@ -42,7 +43,8 @@ def launch(config: str | None, device: str, output: Path, steps: int) -> tuple[i
     """Train the tiny model `steps` steps in a subprocess (through `accelerate launch --config_file config` unless
     `config` is None); returns (exit code, seconds, the end of the output)."""
     argv = [str(SCRIPT), "--output-dir", str(output), "--max-steps", str(steps), "--stage", "2"]
-    argv += ["--gradient-checkpointing", "--report-to", "none"]
+    argv += ["--gradient-checkpointing", "--report-to", "none", "--validation-prompts", "a cat"]
+    argv += ["--validation-inference-steps", "2"]
     if config is None:
         command = [sys.executable, *argv, "--bf16"] if device == "cuda" else [sys.executable, *argv]
     else:
@@ -125,6 +127,9 @@ def main(argv=None):
         output = work / (config or "single")
         code, seconds, tail = launch(config, args.device, output, args.steps)
         result = loads_back(output / "model") if code == 0 else f"exit code {code}: `{tail[-300:]!r}`"
+        if code == 0:
+            samples = output / "work" / f"checkpoint-{args.steps}" / train_hydrax.SAMPLES_FILE
+            result += ", validation samples written" if samples.is_file() else ", validation samples MISSING"
         if code != 0:
             print(tail)
         append_lines(args.report, [f"| tiny, {args.steps} steps, {name} | {result}, {seconds:.0f} s in all |"])

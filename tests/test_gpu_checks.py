@@ -29,7 +29,8 @@ def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
         ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--size", "32", "--report", str(report)]
     )
     table = report.read_text()
-    assert "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel," in table
+    row = "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel, validation samples"
+    assert row + " written," in table
     assert "| tiny, stage 2, 32², bf16 autocast + gradient checkpointing, batch 1 | " in table
     assert "s/step over 1 steps" in table
 
