@@ -18,6 +18,12 @@ training details and results (`--eval-results` takes JSON lists of `huggingface_
         --base-model Qwen/Qwen2.5-7B-Instruct --training-details training.md \
         --eval-results outputs/eval-mmbench/eval_results.json outputs/eval-t2i/eval_results.json
 
+A LoRA adapter folder (`examples/train_hydrax.py --lora-r`'s OUTPUT_DIR/adapter) gets an adapter card (`library_name:
+peft`; snippets that load the base checkpoint and apply the adapter):
+
+    python conversion/model_card_hydrax.py --model outputs/sft/adapter --model-id you/hydrax-7b-style-lora \
+        --base-id you/hydrax-7b --base-model you/hydrax-7b
+
 `card.validate()` asks the Hub; offline, parse the text back with `ModelCard(text).data.to_dict()`.
 """
 
@@ -64,26 +70,41 @@ WARNINGS = {
 }
 
 
+# The end of every understanding snippet: `model` and `processor` answer a question about photo.jpg.
+ANSWER_A_QUESTION = textwrap.dedent("""\
+        image = Image.open("photo.jpg")
+        content = [{"type": "image", "image": image}, {"type": "text", "text": "Describe this image."}]
+        messages = [{"role": "user", "content": content}]
+        inputs = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        ).to(model.device)
+        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        print(processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0])
+        """)
+CITATION = (
+    "## Citation\n\n```bibtex\n@article{hydrax2026,\n  title = {Native Unified Multimodal Models with Holistic "
+    "Visual Tokenizers},\n  journal = {arXiv preprint arXiv:2606.13289},\n  year = {2026}\n}\n```"
+)
+LIMITATIONS = [
+    "Hydra-X is a research model: its outputs can be wrong, biased or unsafe, as those of the models it is built from "
+    "can be.",
+    "Video frames come in 1 + 4k; images and videos are resized to multiples of the patch size.",
+]
+
+
 def usage_snippets(model_id: str, image_size: int) -> dict[str, str]:
     """Runnable Python for understanding, generation and editing with the checkpoint `model_id` (a Hub id or a
     folder), through the remote code the checkpoint carries (no Hydra-X package needed). `image_size` is the
     resolution the snippets ask for."""
-    understanding = f"""\
+    understanding = textwrap.dedent(f"""\
         from PIL import Image
         from transformers import AutoModel, AutoProcessor
 
         model_id = {json.dumps(model_id)}
         model = AutoModel.from_pretrained(model_id, dtype="auto", trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=True)
-        image = Image.open("photo.jpg")
-        content = [{{"type": "image", "image": image}}, {{"type": "text", "text": "Describe this image."}}]
-        messages = [{{"role": "user", "content": content}}]
-        inputs = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        ).to(model.device)
-        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
-        print(processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0])
-        """
+        """)
+    understanding += ANSWER_A_QUESTION
     generation = f"""\
         import torch
         from diffusers import DiffusionPipeline
@@ -219,18 +240,92 @@ def build_model_card(
         )
         parts.append(f"## Evaluation\n\n| dataset | metric | value |\n| --- | --- | --- |\n{rows}")
     # 4. Limitations and citation
-    limitations = [
-        "Hydra-X is a research model: its outputs can be wrong, biased or unsafe, as those of the models it is "
-        "built from can be.",
-        "Video frames come in 1 + 4k; images and videos are resized to multiples of the patch size.",
-    ]
+    limitations = list(LIMITATIONS)
     if weights != "trained":
         limitations.insert(0, WARNINGS[weights].split("**")[1] + " See the warning above.")
     parts.append("## Limitations\n\n" + "\n".join(f"- {line}" for line in limitations))
-    parts.append(
-        "## Citation\n\n```bibtex\n@article{hydrax2026,\n  title = {Native Unified Multimodal Models with Holistic "
-        "Visual Tokenizers},\n  journal = {arXiv preprint arXiv:2606.13289},\n  year = {2026}\n}\n```"
+    parts.append(CITATION)
+    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
+
+
+def adapter_snippets(adapter_id: str, base_id: str, image_size: int) -> dict[str, str]:
+    """Runnable Python that applies the LoRA adapter `adapter_id` to the Hydra-X checkpoint `base_id` (Hub ids or
+    folders): generation through the base's diffusers pipeline (`load_lora_weights`), understanding through PEFT."""
+    generation = f"""\
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained({json.dumps(base_id)}, trust_remote_code=True)  # HydraXPipeline
+        pipe.load_lora_weights({json.dumps(adapter_id)})
+        generator = torch.Generator().manual_seed(0)
+        image = pipe(
+            "A red fox in the snow", height={image_size}, width={image_size}, num_inference_steps=30,
+            generator=generator,
+        ).images[0]
+        image.save("fox.png")
+        pipe.fuse_lora()  # optional: sample at the base model's speed from here on
+        """
+    understanding = textwrap.dedent(f"""\
+        from peft import PeftModel
+        from PIL import Image
+        from transformers import AutoModel, AutoProcessor
+
+        base = AutoModel.from_pretrained({json.dumps(base_id)}, dtype="auto", trust_remote_code=True)
+        model = PeftModel.from_pretrained(base, {json.dumps(adapter_id)})
+        processor = AutoProcessor.from_pretrained({json.dumps(base_id)}, trust_remote_code=True)
+        """)
+    understanding += ANSWER_A_QUESTION
+    return {"generation": textwrap.dedent(generation), "understanding": textwrap.dedent(understanding)}
+
+
+def build_adapter_card(
+    adapter_id: str,
+    base_id: str,
+    config,
+    lora: dict,
+    license: str = "apache-2.0",
+    training_details: str | None = None,
+    eval_results: list[EvalResult] | None = None,
+    base_models: list[str] | None = None,
+) -> ModelCard:
+    """The model card of a LoRA adapter of a Hydra-X checkpoint (`examples/train_hydrax.py --lora-r`'s
+    OUTPUT_DIR/adapter).
+
+    `adapter_id` and `base_id` are what the usage snippets load; `config` is the base's `HydraXConfig`; `lora` holds
+    the adapter's `r`, `lora_alpha`, `target_modules` and `modules_to_save` (its `adapter_config.json`).
+    `base_models` (Hub ids) go to the `base_model` metadata.
+    """
+    name = Path(adapter_id).name
+    data = ModelCardData(
+        model_name=name,
+        license=license,
+        library_name="peft",
+        pipeline_tag="any-to-any",
+        base_model=list(base_models) if base_models else None,
+        tags=[*HYDRAX_TAGS, "lora", "peft"],
+        eval_results=eval_results or None,
     )
+    copies = ", ".join(f"`{module}`" for module in lora.get("modules_to_save") or []) or "none"
+    parts = [
+        f"# {name}",
+        f"A LoRA adapter of the Hydra-X checkpoint `{base_id}`: rank {lora['r']} (alpha {lora['lora_alpha']}) updates "
+        f"of the modules matching `{lora['target_modules']}`, and full fine-tuned copies of {copies} "
+        "(`modules_to_save`).",
+        architecture_section(config),
+    ]
+    image_size = config.vision_config.patch_size * config.vision_config.position_embedding_size
+    usage = adapter_snippets(adapter_id, base_id, image_size)
+    parts.append(
+        "## Usage\n\nThe base checkpoint carries its code (`trust_remote_code=True`): diffusers' pipeline takes the "
+        "adapter with `load_lora_weights` (then `set_adapters`, `fuse_lora`, `unload_lora_weights`), transformers' "
+        "model with PEFT. `set_adapters(name, weight)` scales the low-rank updates; the full copies are used whole."
+    )
+    parts.append(f"### Generation\n\n```python\n{usage['generation']}```")
+    parts.append(f"### Understanding\n\n```python\n{usage['understanding']}```")
+    if training_details:
+        parts.append(f"## Training details\n\n{training_details.strip()}")
+    parts.append("## Limitations\n\n" + "\n".join(f"- {line}" for line in LIMITATIONS))
+    parts.append(CITATION)
     return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
 
 
@@ -274,8 +369,17 @@ def card_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="the Hydra-X checkpoint folder whose card to write")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="the Hydra-X checkpoint folder, or LoRA adapter folder (adapter_config.json), whose card to write",
+    )
     parser.add_argument("--model-id", help="what the usage snippets load: the Hub repo id (default: the folder)")
+    parser.add_argument(
+        "--base-id",
+        help="adapters: the base checkpoint the snippets load (default: the adapter's base_model_name_or_path)",
+    )
     parser.add_argument(
         "--weights",
         choices=WEIGHT_ORIGINS,
@@ -284,12 +388,23 @@ def main(argv=None):
     )
     add_card_arguments(parser)
     args = parser.parse_args(argv)
-    check_folder(parser, "--model", args.model, "pass a Hydra-X checkpoint folder", required_file="config.json")
+    adapter = args.model / "adapter_config.json"
+    required = adapter.name if adapter.is_file() else "config.json"
+    hint = "pass a Hydra-X checkpoint folder or a LoRA adapter folder"
+    check_folder(parser, "--model", args.model, hint, required_file=required)
     kwargs = card_arguments(parser, args)
     from modeling_hydrax import HydraXConfig
 
-    config = HydraXConfig.from_pretrained(args.model)
-    card = build_model_card(args.model_id or str(args.model.resolve()), config, args.weights, **kwargs)
+    model_id = args.model_id or str(args.model.resolve())
+    if adapter.is_file():
+        lora = json.loads(adapter.read_text())
+        base_id = args.base_id or lora["base_model_name_or_path"]
+        config = HydraXConfig.from_pretrained(base_id)
+        kwargs.pop("base_models")
+        card = build_adapter_card(model_id, base_id, config, lora, base_models=args.base_model, **kwargs)
+    else:
+        config = HydraXConfig.from_pretrained(args.model)
+        card = build_model_card(model_id, config, args.weights, **kwargs)
     card.save(args.model / "README.md")
     print(f"wrote {args.model / 'README.md'}")
 

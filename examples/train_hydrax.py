@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT / "conversion"))
 from accelerate.utils.deepspeed import DeepSpeedEngineWrapper  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
+from model_card_hydrax import build_adapter_card, build_model_card  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModel,
@@ -859,15 +860,20 @@ def main(argv=None) -> HydraXTrainer:
             checksums = parameter_checksums(held)
         (output_dir / f"weights_rank{rank}.txt").write_text(json.dumps(checksums, indent=0))
 
-    # 6. Save (main process): adapter (LoRA), then the full model as a transformers + diffusers folder, each staged and
-    # renamed into place
+    # 6. Save (main process): adapter (LoRA), then the full model as a transformers + diffusers folder, each with a
+    # model card, staged and renamed into place
     trained = gathered_model(trainer, lambda: load_model(checkpoint, config, learning_rates, args))
     if trainer.is_world_process_zero():
+        details = training_details(args, trainer, sources, learning_rates)
         if args.lora_r is not None:
             with staged_folder(output_dir / "adapter") as staging:
                 trained.save_pretrained(staging)
+                lora = json.loads((staging / "adapter_config.json").read_text())
+                adapter, base = (str(path.resolve()) for path in (output_dir / "adapter", checkpoint))
+                card = build_adapter_card(adapter, base, config, lora, training_details=details)
+                card.save(staging / "README.md")  # in place of PEFT's blank template
             trained = trained.merge_and_unload()
-        save_model(trained, processor, output_dir / "model")
+        save_model(trained, processor, output_dir / "model", details)
         final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
         print(json.dumps(final, indent=2))
         print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))
@@ -918,14 +924,42 @@ def parameter_checksums(model) -> dict[str, float]:
     return {name: param.detach().double().sum().item() for name, param in model.named_parameters()}
 
 
-def save_model(model, processor, folder: Path) -> None:
-    """The trained model, its processor and the pipeline files (a folder for `AutoModel` and `HydraXPipeline`),
-    written to a staging folder and renamed into place."""
+def save_model(model, processor, folder: Path, details: str | None = None) -> None:
+    """The trained model, its processor, the pipeline files (a folder for `AutoModel` and `HydraXPipeline`) and, given
+    the training `details`, a model card, written to a staging folder and renamed into place."""
     from modeling_hydrax import HydraXPipeline
     from modeling_hydrax.pipeline_hydrax import default_scheduler
 
     with staged_folder(folder) as staging:
         HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(staging)
+        if details is not None:
+            card = build_model_card(str(folder.resolve()), model.config, "trained", training_details=details)
+            card.save(staging / "README.md")
+
+
+def training_details(args, trainer, sources, learning_rates: dict[str, float]) -> str:
+    """The run, as the model cards' "Training details": base, stage, data, steps, batch, learning rates, LoRA and the
+    last logged losses."""
+    data = ", ".join(f"`{source}` (weight {weight:g})" for source, weight in sources) if args.data else "the demo set"
+    history = trainer.state.log_history
+    last = next((entry for entry in reversed(history) if "loss" in entry), {})
+    losses = ", ".join(f"{name} {last[name]:.4f}" for name in ("loss", "lm_loss", "flow_loss") if name in last)
+    if not losses and history and "train_loss" in history[-1]:
+        losses = f"train_loss {history[-1]['train_loss']:.4f} (the run's mean)"
+    rows = {
+        "base checkpoint": f"`{args.model}`" if args.model else "a tiny random Hydra-X built by the run",
+        "stage": args.stage,
+        "data": data,
+        "steps": trainer.state.global_step,
+        "batch": f"{args.batch_size} per process × {args.gradient_accumulation_steps} accumulated × "
+        f"{trainer.args.world_size} process(es)",
+        "learning rates": ", ".join(f"{group} {rate:g}" for group, rate in learning_rates.items()),
+        "LoRA": f"rank {args.lora_r}, alpha {args.lora_alpha}" if args.lora_r else "none (the stage's groups in full)",
+        "last logged losses": losses or "none logged",
+        "seed": args.seed,
+    }
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows.items())
+    return f"Fine-tuned with `examples/train_hydrax.py`:\n\n| setting | value |\n| --- | --- |\n{table}"
 
 
 if __name__ == "__main__":

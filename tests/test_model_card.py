@@ -98,3 +98,36 @@ def test_cli_rewrites_a_folder_card(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(checkpoint), "--eval-results", str(tmp_path / "bad.json")])
     assert exit_info.value.code == 2 and "each entry needs task_type" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def adapter(checkpoint, tmp_path_factory):
+    """A PEFT LoRA adapter folder of the tiny checkpoint (random updates, a full copy of the flow head)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    folder = tmp_path_factory.mktemp("adapter") / "hydrax-tiny-lora"
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["flow_head"], init_lora_weights=False)
+    get_peft_model(AutoModel.from_pretrained(checkpoint), lora).save_pretrained(folder)
+    return folder
+
+
+def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, tmp_path, monkeypatch, capsys):
+    """`--model` on an adapter folder writes a PEFT card whose snippets apply the adapter to the base checkpoint
+    (its diffusers pipeline and its transformers model, both through remote code) and run as written."""
+    main(["--model", str(adapter), "--base-id", str(checkpoint), "--base-model", "me/hydrax-tiny"])
+    assert capsys.readouterr().out.strip() == f"wrote {adapter / 'README.md'}"
+    text = (adapter / "README.md").read_text()
+    data = ModelCard(text).data
+    assert data.library_name == "peft" and data.pipeline_tag == "any-to-any" and data.base_model == ["me/hydrax-tiny"]
+    assert data.tags == [*HYDRAX_TAGS, "lora", "peft"]
+    assert "rank 4 (alpha 8)" in text and "full fine-tuned copies of `flow_head`" in text
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save("photo.jpg")
+    snippets = python_snippets(text)
+    assert len(snippets) == 2
+    for code in snippets:
+        assert f'"{checkpoint}"' in code and f'"{adapter.resolve()}"' in code
+        exec(compile(code, "README.md", "exec"), {"__name__": "__snippet__"})
+    assert Image.open("fox.png").size == (64, 64)
+    assert capsys.readouterr().out.count("\n") == 1, "the understanding snippet prints one answer (random: empty)"

@@ -257,6 +257,16 @@ def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_
     torch.testing.assert_close(outputs[0].velocity, outputs[1].velocity, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(outputs[0].logits, outputs[2].logits), "the adapter must change the model"
 
+    # both folders carry a model card with the run's details: the adapter's for PEFT, the merged model's
+    from huggingface_hub import ModelCard
+
+    cards = {name: ModelCard.load(out / name / "README.md") for name in ("adapter", "model")}
+    assert cards["adapter"].data.library_name == "peft" and cards["model"].data.library_name == "transformers"
+    for card in cards.values():
+        assert "| stage | 2 |" in card.text and "| LoRA | rank 4, alpha 16 |" in card.text
+        assert "[!WARNING]" not in card.text
+    assert f'pipe.load_lora_weights("{(out / "adapter").resolve()}")' in cards["adapter"].text
+
     # the pipelines load the adapter onto the base checkpoint and sample as the merged model does
     pipes = [HydraXPipeline.from_pretrained(folder) for folder in (checkpoint, out / "model")]
     pipes[0].load_lora_weights(out / "adapter")
