@@ -25,7 +25,7 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipelines import build_pipeline  # noqa: E402
+from bench_pipelines import build_pipeline, text_to_image_call  # noqa: E402
 
 from modeling_hydrax import HydraXPipeline  # noqa: E402
 
@@ -52,17 +52,7 @@ def run_variant(args, compile_model) -> tuple[float, float, int, torch.Tensor]:
     noise = torch.randn(1, channels, 1, args.grid, args.grid, generator=torch.Generator().manual_seed(0))
     stamps = []
 
-    def call(callback=None):
-        return pipe(
-            "A red fox in the snow",
-            height=size,
-            width=size,
-            num_inference_steps=args.steps,
-            guidance_scale=4.0,
-            latents=noise,
-            output_type="latent",
-            callback_on_step_end=callback,
-        ).images
+    call = text_to_image_call(pipe, "A red fox in the snow", size, args.steps, noise)
 
     def stamp(pipeline, step, timestep, callback_kwargs):
         stamps.append(time.perf_counter())

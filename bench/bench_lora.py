@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipelines import build_pipeline, measure_pipeline  # noqa: E402
+from bench_pipelines import build_pipeline, measure_pipeline, text_to_image_call  # noqa: E402
 
 from modeling_hydrax import HydraXPipeline  # noqa: E402
 
@@ -61,18 +61,7 @@ def main(argv=None):
     channels = pipe.model.config.vision_config.latent_channels
     noise = torch.randn(1, channels, 1, args.grid, args.grid, generator=torch.Generator().manual_seed(0))
 
-    def text_to_image(stamp):
-        return pipe(
-            "A red fox in the snow",
-            height=size,
-            width=size,
-            num_inference_steps=args.steps,
-            guidance_scale=4.0,
-            latents=noise,
-            output_type="latent",
-            callback_on_step_end=stamp,
-        ).images
-
+    text_to_image = text_to_image_call(pipe, "A red fox in the snow", size, args.steps, noise)
     rows = {"base model": measure_pipeline(text_to_image)}
     with tempfile.TemporaryDirectory() as folder:
         pipe.load_lora_weights(write_adapter(pipe.model, args.rank, Path(folder)))

@@ -109,6 +109,24 @@ def prompt_of_length(pipe, tokens: int) -> tuple[str, int]:
     raise ValueError(f"Could not build a prompt of {tokens} tokens.")
 
 
+def text_to_image_call(pipe, text: str, size: int, steps: int, noise: torch.Tensor, guidance_scale: float = 4.0):
+    """`call(stamp)`: text-to-image latents from `noise` with CFG, `stamp` as the step-end callback (None: none)."""
+
+    def call(stamp=None):
+        return pipe(
+            text,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            latents=noise,
+            output_type="latent",
+            callback_on_step_end=stamp,
+        ).images
+
+    return call
+
+
 def measure_pipeline(call) -> tuple[float, float, torch.Tensor]:
     """(median seconds per step, peak resident bytes, output latents) of a pipeline call, after a warm-up call; steps
     are timed between `callback_on_step_end` calls."""
@@ -166,20 +184,6 @@ def main(argv=None):
     source = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
     (short_text, short), (long_text, long) = (prompt_of_length(pipe, n) for n in (args.short_prompt, args.long_prompt))
 
-    def text_to_image(text):
-        return lambda stamp: (
-            pipe(
-                text,
-                height=size,
-                width=size,
-                num_inference_steps=steps,
-                guidance_scale=g,
-                latents=noise,
-                output_type="latent",
-                callback_on_step_end=stamp,
-            ).images
-        )
-
     def edit_image(stamp):
         return edit(
             source,
@@ -197,8 +201,9 @@ def main(argv=None):
     conditional, text_free = edit._encode_prompts([edit._conversation(short_text, {"type": "image"}, pixels[0])], None)
 
     rows = {}
-    rows[f"text-to-image, {short}-token prompt, cached"] = measure_pipeline(text_to_image(short_text))
-    rows[f"text-to-image, {long}-token prompt, cached"] = measure_pipeline(text_to_image(long_text))
+    for text, length in ((short_text, short), (long_text, long)):
+        call = text_to_image_call(pipe, text, size, steps, noise, g)
+        rows[f"text-to-image, {length}-token prompt, cached"] = measure_pipeline(call)
     for text, length in ((short_text, short), (long_text, long)):
         branches = list(pipe._encode_prompts([pipe._conversation(text, target)], None))
         rows[f"text-to-image, {length}-token prompt, reference"] = measure_reference(

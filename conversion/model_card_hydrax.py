@@ -199,15 +199,6 @@ def build_model_card(
     if weights not in WEIGHT_ORIGINS:
         raise ValueError(f"`weights` must be one of {WEIGHT_ORIGINS}, got {weights!r}.")
     model_name = model_name or Path(model_id).name
-    data = ModelCardData(
-        model_name=model_name,
-        license=license,
-        library_name="transformers",
-        pipeline_tag="any-to-any",
-        base_model=list(base_models) if base_models else None,
-        tags=list(HYDRAX_TAGS),
-        eval_results=eval_results or None,
-    )
     # 1. Title, warning and provenance
     parts = [f"# {model_name}"]
     if weights in WARNINGS:
@@ -230,7 +221,21 @@ def build_model_card(
         "editing": "Editing (image + instruction to image)",
     }
     parts.extend(f"### {titles[name]}\n\n```python\n{code}```" for name, code in usage.items())
-    # 3. Training and evaluation
+    # 3. Training, evaluation, limitations and citation
+    limitations = list(LIMITATIONS)
+    if weights != "trained":
+        limitations.insert(0, WARNINGS[weights].split("**")[1] + " See the warning above.")
+    data = dict(model_name=model_name, library_name="transformers", tags=list(HYDRAX_TAGS))
+    return assemble_card(data, parts, base_models, license, training_details, eval_results, limitations)
+
+
+def assemble_card(
+    data: dict, parts: list[str], base_models, license, training_details, eval_results, limitations
+) -> ModelCard:
+    """A Hydra-X card: the `ModelCardData` fields in `data` (with `pipeline_tag: any-to-any`, `base_models`, the
+    licence and the `model-index`), then the body `parts` followed by the training details, the evaluation table, the
+    `limitations` and the citation."""
+    parts = list(parts)
     if training_details:
         parts.append(f"## Training details\n\n{training_details.strip()}")
     if eval_results:
@@ -239,13 +244,16 @@ def build_model_card(
             for result in eval_results
         )
         parts.append(f"## Evaluation\n\n| dataset | metric | value |\n| --- | --- | --- |\n{rows}")
-    # 4. Limitations and citation
-    limitations = list(LIMITATIONS)
-    if weights != "trained":
-        limitations.insert(0, WARNINGS[weights].split("**")[1] + " See the warning above.")
     parts.append("## Limitations\n\n" + "\n".join(f"- {line}" for line in limitations))
     parts.append(CITATION)
-    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
+    card_data = ModelCardData(
+        **data,
+        license=license,
+        pipeline_tag="any-to-any",
+        base_model=list(base_models) if base_models else None,
+        eval_results=eval_results or None,
+    )
+    return ModelCard.from_template(card_data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
 
 
 def adapter_snippets(adapter_id: str, base_id: str, image_size: int) -> dict[str, str]:
@@ -296,15 +304,6 @@ def build_adapter_card(
     `base_models` (Hub ids) go to the `base_model` metadata.
     """
     name = Path(adapter_id).name
-    data = ModelCardData(
-        model_name=name,
-        license=license,
-        library_name="peft",
-        pipeline_tag="any-to-any",
-        base_model=list(base_models) if base_models else None,
-        tags=[*HYDRAX_TAGS, "lora", "peft"],
-        eval_results=eval_results or None,
-    )
     copies = ", ".join(f"`{module}`" for module in lora.get("modules_to_save") or []) or "none"
     parts = [
         f"# {name}",
@@ -322,11 +321,8 @@ def build_adapter_card(
     )
     parts.append(f"### Generation\n\n```python\n{usage['generation']}```")
     parts.append(f"### Understanding\n\n```python\n{usage['understanding']}```")
-    if training_details:
-        parts.append(f"## Training details\n\n{training_details.strip()}")
-    parts.append("## Limitations\n\n" + "\n".join(f"- {line}" for line in LIMITATIONS))
-    parts.append(CITATION)
-    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body="\n\n".join(parts))
+    data = dict(model_name=name, library_name="peft", tags=[*HYDRAX_TAGS, "lora", "peft"])
+    return assemble_card(data, parts, base_models, license, training_details, eval_results, LIMITATIONS)
 
 
 def add_card_arguments(parser: argparse.ArgumentParser) -> None:
