@@ -10,6 +10,8 @@ data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditP
         --output-dir outputs/eval-t2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
     accelerate launch --num_processes 8 evaluation/evaluate_generation.py --model CKPT --data prompts.txt \\
         --output-dir outputs/eval-t2i --dtype bfloat16   # one GPU each, every 8th row; the main process writes metrics
+    python evaluation/evaluate_generation.py --model BASE --lora outputs/sft/adapter --data prompts.txt \\
+        --output-dir outputs/eval-lora   # a LoRA adapter on its base, unmerged (--lora-scale weighs it)
 
 Data (--data; --limit N keeps the first N rows):
   text-to-image  a .txt file (one prompt per line), a JSONL manifest of {"prompt": ..., "image": optional reference
@@ -377,12 +379,23 @@ def sample_seeds(rows: Sequence[dict], settings: GenerationSettings) -> list[int
     return [settings.seed + row["row"] * count + sample for row in rows for sample in range(count)]
 
 
-def load_pipeline(model: str, task: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(
+    model: str,
+    task: str,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
+):
     """`HydraXPipeline` (text-to-image) or `HydraXEditPipeline` (edit) from a checkpoint folder or Hub id, on
-    `device`, its own progress bar off (the script counts images)."""
+    `device`, its own progress bar off (the script counts images); with `lora`, that adapter loaded onto it at
+    `lora_scale`."""
     pipeline_class = HydraXEditPipeline if task == "edit" else HydraXPipeline
     pipe = pipeline_class.from_pretrained(model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(lora, adapter_name="lora")
+        pipe.set_adapters("lora", lora_scale)
     return pipe
 
 
@@ -666,7 +679,7 @@ def evaluate(args) -> dict | None:
         references = read_rows(args.reference, "reference", args.reference_split or args.split)
     elif args.task != "edit" and "image" in rows.present:
         references = rows
-    pipe = load_pipeline(args.model, args.task, device, DTYPES[args.dtype])
+    pipe = load_pipeline(args.model, args.task, device, DTYPES[args.dtype], args.lora, args.lora_scale)
     clip = HydraXClipScore.from_pretrained(args.clip_model, device) if args.clip_model else None
     features = HydraXImageFeatures.from_pretrained(args.feature_model, device) if args.feature_model else None
     settings = GenerationSettings(
@@ -737,6 +750,8 @@ def evaluate(args) -> dict | None:
             },
             "settings": {
                 "model": args.model,
+                "lora": args.lora,
+                "lora_scale": args.lora_scale if args.lora else None,
                 "data": args.data,
                 "split": args.split,
                 "limit": args.limit,
@@ -815,6 +830,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a Hydra-X checkpoint folder (conversion/build_hydrax.py, train_hydrax.py's OUTPUT_DIR/model) or Hub id",
     )
     parser.add_argument(
+        "--lora",
+        help="a LoRA adapter of --model (folder or Hub id; train_hydrax.py --lora-r's OUTPUT_DIR/adapter), loaded "
+        "onto the pipeline: the adapter is evaluated without merging it",
+    )
+    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the --lora adapter's update")
+    parser.add_argument(
         "--data", required=True, help="prompts (.txt), a JSONL manifest, a save_to_disk folder or a Hub dataset id"
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="where images/, metrics.json, samples.jsonl go")
@@ -889,6 +910,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--reference sets FD references for text-to-image; edit metrics compare with each row's target")
     hint = "pass a Hydra-X checkpoint folder (conversion/build_hydrax.py writes one) or a Hub id"
     check_model(parser, "--model", args.model, hint)
+    if args.lora is not None and looks_like_path(args.lora):
+        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter, or a Hub id"
+        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
     check_model(parser, "--clip-model", args.clip_model, "pass a CLIP or SigLIP checkpoint folder or Hub id")
     check_model(parser, "--feature-model", args.feature_model, "pass a transformers vision model folder or Hub id")
     check_data(parser, "--data", args.data)

@@ -360,6 +360,7 @@ def test_dataset_folders_give_pil_images_and_their_split(tmp_path):
         (["--data", "{tmp}/prompts.csv"], "--data {tmp}/prompts.csv: no such file or folder; pass a .txt or .jsonl"),
         (["--output-dir", "{tmp}"], "--output-dir {tmp}: already exists; pass --force to replace it"),
         (["--height", "40"], "--height must be a positive multiple of 16, got 40"),
+        (["--lora", "{tmp}"], "--lora {tmp}: a folder without adapter_config.json; pass an adapter folder"),
         (["--task", "edit", "--data", "{edit}", "--reference", "{tmp}"], "--reference sets FD references for text"),
     ],
 )
@@ -461,3 +462,32 @@ def test_two_processes_split_the_rows_and_write_what_one_process_writes(checkpoi
         assert a["clip_score"] == pytest.approx(b["clip_score"], abs=1e-5)
     assert two["metrics"]["fd_dinov2"]["value"] == pytest.approx(one["metrics"]["fd_dinov2"]["value"], rel=1e-6)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["one", "two"], "no staging folder may be left"
+
+
+def test_a_lora_adapter_is_evaluated_as_the_model_it_merges_into(checkpoint, data, tmp_path):
+    """--lora loads an adapter onto the pipeline: the images equal those of the merged model (to one 8-bit level),
+    and --lora-scale 0 gives the base model's (the adapter's flow-head copy is untouched here)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["flow_head"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModel.from_pretrained(checkpoint), lora)
+    adapted.save_pretrained(tmp_path / "adapter")
+    merged = evaluation.load_pipeline(str(checkpoint), "text-to-image")
+    merged.model = adapted.merge_and_unload().eval()
+    merged.save_pretrained(tmp_path / "merged")
+    run = ["--data", data["txt"], *SMALL, "--limit", "2"]
+    adapter = ["--model", checkpoint, "--lora", tmp_path / "adapter"]
+    outputs = {
+        "adapter": evaluate(tmp_path / "adapter-run", *adapter, *run),
+        "merged": evaluate(tmp_path / "merged-run", "--model", tmp_path / "merged", *run),
+        "off": evaluate(tmp_path / "off-run", *adapter, "--lora-scale", 0, *run),
+        "base": evaluate(tmp_path / "base-run", "--model", checkpoint, *run),
+    }
+    pixels = {name: [png(output, sample) for sample in read_outputs(output)[1]] for name, output in outputs.items()}
+    metrics, _ = read_outputs(outputs["adapter"])
+    assert metrics["settings"]["lora"] == str(tmp_path / "adapter") and metrics["settings"]["lora_scale"] == 1.0
+    for name, reference, differs in (("merged", "adapter", False), ("off", "base", False), ("adapter", "base", True)):
+        for image, other in zip(pixels[name], pixels[reference], strict=True):
+            difference = np.abs(image.astype(int) - other.astype(int)).max()
+            assert difference > 8 if differs else difference <= 1, (name, reference, difference)
