@@ -30,7 +30,8 @@ docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, 
 Validation: `--validation-prompts "a red fox" "a cup of coffee"` samples one image per prompt with the weights being
 trained at every checkpoint (`--validation-size`, `--validation-inference-steps`, `--validation-guidance-scale`,
 seeded with --seed) into `work/checkpoint-N/samples.png`, a row in prompt order: what the pipeline would draw from
-that checkpoint. Every process samples (FSDP and ZeRO-3 gather the weights for it); training is not disturbed.
+that checkpoint (`--validation-num-frames 17`: videos, `samples.mp4`). Every process samples (FSDP and ZeRO-3 gather
+the weights for it); training is not disturbed.
 
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints, logs, TensorBoard when installed), `model/` (the trained model:
 loads with `AutoModel`, `AutoProcessor` and `HydraXPipeline`; written to a staging folder and renamed into place) and,
@@ -80,7 +81,7 @@ from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_output_folder, write_atomically  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_output_folder, write_atomically, write_video  # noqa: E402
 
 
 logger = logging.get_logger("train_hydrax")
@@ -109,6 +110,7 @@ CONFIG_OPTIONS = (
     "flow_loss_weight",
 )
 SAMPLES_FILE = "samples.png"  # --validation-prompts' images in every checkpoint
+VIDEO_SAMPLES_FILE = "samples.mp4"  # … or their videos, with --validation-num-frames above 1
 RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
 DEMO_SIZE = 32
 DEMO_MANIFEST = "demo.jsonl"
@@ -427,30 +429,45 @@ class RunRecordCallback(TrainerCallback):
 
 
 class ValidationCallback(TrainerCallback):
-    """`--validation-prompts`: at every checkpoint, one image per prompt sampled with the weights being trained (the
-    pipelines' cached CFG sampler, seeded; the training's RNG is not touched) into `checkpoint-N/samples.png`, a row
-    in prompt order. Every process samples (FSDP and ZeRO-3 gather the weights together); the main process writes."""
+    """`--validation-prompts`: at every checkpoint, one image (or video) per prompt sampled with the weights being
+    trained (the pipelines' cached CFG sampler, seeded; the training's RNG is not touched) into
+    `checkpoint-N/samples.png` (or `samples.mp4`), a row in prompt order. Every process samples (FSDP and ZeRO-3
+    gather the weights together); the main process writes."""
 
-    def __init__(self, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int):
-        self.prompts, self.size, self.seed = prompts, size, seed
+    def __init__(self, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int, num_frames=1):
+        self.prompts, self.size, self.seed, self.num_frames = prompts, size, seed, num_frames
         self.steps, self.guidance_scale = steps, guidance_scale
 
     def on_save(self, args, state, control, model=None, processing_class=None, **kwargs):
-        images = sample_prompts(
-            model, processing_class, self.prompts, self.size, self.steps, self.guidance_scale, self.seed
+        outputs = sample_prompts(
+            model,
+            processing_class,
+            self.prompts,
+            self.size,
+            self.steps,
+            self.guidance_scale,
+            self.seed,
+            self.num_frames,
         )
         if args.should_save:
             from diffusers.utils import make_image_grid
 
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / SAMPLES_FILE
-            grid = make_image_grid(images, rows=1, cols=len(images))
-            write_atomically(path, lambda partial: grid.save(partial, format="PNG"))
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if self.num_frames == 1:
+                grid = make_image_grid(outputs, rows=1, cols=len(outputs))
+                write_atomically(folder / SAMPLES_FILE, lambda partial: grid.save(partial, format="PNG"))
+            else:
+                rows = [make_image_grid(list(frames), rows=1, cols=len(frames)) for frames in zip(*outputs)]
+                write_video(rows, folder / VIDEO_SAMPLES_FILE, fps=8)
 
 
 @torch.no_grad()
-def sample_prompts(model, processor, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int):
-    """PIL images of `prompts` (size × size) from `model` as it is now, through `HydraXPipeline` (its seeded
-    generator draws the noise: the global RNG, and so the training's, is not touched); the model's mode comes back."""
+def sample_prompts(
+    model, processor, prompts: list[str], size: int, steps: int, guidance_scale: float, seed: int, num_frames: int = 1
+):
+    """PIL images (or, with `num_frames` > 1, videos: lists of PIL frames) of `prompts`, size × size, from `model` as
+    it is now, through `HydraXPipeline` (its seeded generator draws the noise: the global RNG, and so the training's,
+    is not touched); the model's mode comes back."""
     from modeling_hydrax.pipeline_hydrax import HydraXPipeline, default_scheduler
 
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: its layers are in it
@@ -461,14 +478,16 @@ def sample_prompts(model, processor, prompts: list[str], size: int, steps: int, 
     try:
         with full_parameters(model):
             generator = torch.Generator().manual_seed(seed)
-            return pipe(
+            output = pipe(
                 prompts,
                 height=size,
                 width=size,
+                num_frames=num_frames,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 generator=generator,
-            ).images
+            )
+            return output.images if num_frames == 1 else output.frames
     finally:
         model.train(training)
 
@@ -670,6 +689,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--validation-inference-steps", type=int, default=30, help="Euler steps per validation image")
     parser.add_argument(
+        "--validation-num-frames",
+        type=int,
+        default=1,
+        help=f"1: validation images ({SAMPLES_FILE}); 1 + 4k: validation videos ({VIDEO_SAMPLES_FILE}, 8 fps)",
+    )
+    parser.add_argument(
         "--validation-guidance-scale",
         type=float,
         default=4.0,
@@ -706,6 +731,8 @@ def parse_args(argv=None):
         parser.error(f"--max-steps and --batch-size must be ≥ 1, got {args.max_steps} and {args.batch_size}")
     if any(not prompt.strip() for prompt in args.validation_prompts):
         parser.error("--validation-prompts holds an empty prompt; give each prompt some text")
+    if args.validation_num_frames < 1 or (args.validation_num_frames - 1) % 4:
+        parser.error(f"--validation-num-frames must be 1 or 1 + 4k (5, 9, …), got {args.validation_num_frames}")
     if args.validation_inference_steps < 1:
         parser.error(f"--validation-inference-steps must be ≥ 1, got {args.validation_inference_steps}")
     if args.validation_size is not None and args.validation_size < 1:
@@ -828,7 +855,8 @@ def main(argv=None) -> HydraXTrainer:
                 f"{max(patch, size // patch * patch)}."
             )
         steps, scale = args.validation_inference_steps, args.validation_guidance_scale
-        validation = [ValidationCallback(args.validation_prompts, size, steps, scale, args.seed)]
+        frames = args.validation_num_frames
+        validation = [ValidationCallback(args.validation_prompts, size, steps, scale, args.seed, frames)]
 
     # 4. The on-the-fly collator (32² demo images unless sizes are given)
     pixels = (args.min_pixels, args.max_pixels)

@@ -341,10 +341,25 @@ def test_validation_prompts_are_sampled_into_every_checkpoint_without_touching_t
     assert not (tmp_path / "without" / "work" / "checkpoint-2" / train_hydrax.SAMPLES_FILE).exists()
 
 
+def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
+    """--validation-num-frames 5: each checkpoint holds samples.mp4, the prompts' videos side by side, 5 frames (the
+    images' path is compared with the pipeline exactly above; H.264 keeps these frames only approximately)."""
+    import av
+
+    argv = ["--max-steps", 2, "--validation-prompts", "a cat", "a dog", "--validation-num-frames", 5]
+    train(checkpoint, tmp_path / "out", *argv, "--validation-inference-steps", 2, "--validation-size", 32)
+    folder = tmp_path / "out" / "work" / "checkpoint-2"
+    with av.open(str(folder / train_hydrax.VIDEO_SAMPLES_FILE)) as container:
+        frames = [frame.to_image() for frame in container.decode(video=0)]
+    assert len(frames) == 5 and frames[0].size == (64, 32)
+    assert not (folder / train_hydrax.SAMPLES_FILE).exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--validation-prompts", "a cat", " "], "--validation-prompts holds an empty prompt"),
+        (["--validation-prompts", "a cat", "--validation-num-frames", "4"], "must be 1 or 1 + 4k (5, 9, …), got 4"),
         (["--validation-prompts", "a cat", "--validation-inference-steps", "0"], "must be ≥ 1, got 0"),
     ],
 )
