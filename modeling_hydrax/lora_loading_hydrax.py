@@ -80,7 +80,15 @@ class HydraXLoraLoaderMixin:
         ```
     """
 
-    _lora_fuse_scale = None  # the scale the fused adapters were merged with, while they are fused
+    @property
+    def _lora_fuse_scale(self) -> float | None:
+        """The scale the fused adapters were merged with, while they are fused: kept on the model, which pipelines
+        made with `from_pipe` share."""
+        return getattr(self.model, "_hydrax_lora_fuse_scale", None)
+
+    @_lora_fuse_scale.setter
+    def _lora_fuse_scale(self, value: float | None):
+        self.model._hydrax_lora_fuse_scale = value
 
     # ---------------------------------------------------------------------------------------------- loading
     def load_lora_weights(self, pretrained_model_name_or_path, adapter_name: str | None = None, **kwargs):
@@ -140,9 +148,9 @@ class HydraXLoraLoaderMixin:
 
     def get_active_adapters(self) -> list[str]:
         """The adapters that act in the forward pass, in the order `set_adapters` gave."""
-        layer_types = self._peft_layer_types()
+        lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
-            if isinstance(module, layer_types[0]):
+            if isinstance(module, lora_layer):
                 return [] if module.disable_adapters else list(module.active_adapters)
         return []
 
@@ -186,8 +194,9 @@ class HydraXLoraLoaderMixin:
     def _enable_lora(self, enabled: bool):
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before switching them.")
+        layer_types = self._peft_layer_types()
         for module in self.model.modules():
-            if isinstance(module, self._peft_layer_types()):
+            if isinstance(module, layer_types):
                 module.enable_adapters(enabled)
 
     # --------------------------------------------------------------------------------------------- fusing
@@ -204,8 +213,9 @@ class HydraXLoraLoaderMixin:
         names = adapter_names or self.get_active_adapters()
         if not names:
             raise ValueError(f"No adapter to fuse: none is active (loaded: {self.get_list_adapters()['model']}).")
+        lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
-            if isinstance(module, self._peft_layer_types()[0]):
+            if isinstance(module, lora_layer):
                 module.scale_layer(lora_scale)
                 module.merge(safe_merge=safe_fusing, adapter_names=names)
         self._lora_fuse_scale = lora_scale
@@ -214,8 +224,9 @@ class HydraXLoraLoaderMixin:
         """Take the fused updates back out of the weights (the adapters stay loaded and active)."""
         if self._lora_fuse_scale is None:
             raise ValueError("No adapter is fused; `fuse_lora()` fuses the active ones.")
+        lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
-            if isinstance(module, self._peft_layer_types()[0]):
+            if isinstance(module, lora_layer):
                 module.unmerge()
                 module.unscale_layer(self._lora_fuse_scale)
         self._lora_fuse_scale = None

@@ -260,3 +260,13 @@ def test_a_bf16_pipeline_takes_the_adapter_in_bf16(checkpoint, adapters):
     pipe.load_lora_weights(adapters["a"][0])
     assert {param.dtype for param in pipe.model.parameters()} == {torch.bfloat16}
     assert torch.isfinite(sample(pipe)).all()
+
+
+def test_pipelines_sharing_a_model_share_its_fused_state(pipe, adapters):
+    pipe.load_lora_weights(adapters["a"][0])
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match="fused into the model; call `unfuse_lora"):
+        edit.set_adapters("default_0", 0.5)
+    edit.unfuse_lora()
+    pipe.set_adapters("default_0", 0.5)
