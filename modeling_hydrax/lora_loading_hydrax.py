@@ -34,7 +34,7 @@ def _peft():
         from peft.utils.other import AuxiliaryTrainingWrapper
     except ImportError as error:
         raise ImportError(
-            f"LoRA on Hydra-X pipelines needs PEFT ≥ 0.17 ({error}); install it with `pip install -U peft`."
+            f"LoRA on Hydra-X pipelines needs PEFT ≥ 0.21 ({error}); install it with `pip install -U peft`."
         ) from error
     return {
         "PeftConfig": PeftConfig,
