@@ -759,6 +759,17 @@ def evaluate(
     return records, chances
 
 
+def load_model(model: str, dtype: torch.dtype, lora: str | None = None):
+    """The checkpoint `model` in `dtype`; with `lora`, that PEFT adapter merged into it (PEFT's `merge_and_unload`:
+    the evaluation then runs at the base model's speed, with the merged model's scores)."""
+    loaded = AutoModel.from_pretrained(model, dtype=dtype)
+    if lora is None:
+        return loaded
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(loaded, lora).merge_and_unload()
+
+
 def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
     """metrics.json, predictions.jsonl and eval_results.json (the model card's entries), written beside `output_dir`
     and renamed into place."""
@@ -780,6 +791,11 @@ def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="a Hydra-X checkpoint folder (or a Hub model id)")
+    parser.add_argument(
+        "--lora",
+        help="a LoRA adapter of --model (folder or Hub id; train_hydrax.py --lora-r's OUTPUT_DIR/adapter), merged "
+        "into it before the evaluation",
+    )
     parser.add_argument(
         "--data",
         required=True,
@@ -854,6 +870,9 @@ def parse_args(argv=None):
     if looks_like_path(args.model):
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
+    if args.lora is not None and looks_like_path(args.lora):
+        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter, or a Hub id"
+        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
     if looks_like_path(args.data):
         data = Path(args.data).expanduser()
         hint = "pass a JSONL manifest, a datasets save_to_disk folder or a Hub dataset name (org/name)"
@@ -891,7 +910,7 @@ def main(argv=None):
 
     # Under `accelerate launch` / torchrun each process takes every n-th question; the main process writes the outputs
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes
-    model = AutoModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device or state.device).eval()
+    model = load_model(args.model, DTYPES[args.dtype], args.lora).to(args.device or state.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     share = slice(state.process_index, None, state.num_processes)
     records, chances = evaluate(model, processor, rows, base, args, row_format, kept[share], state.is_main_process)
@@ -907,6 +926,7 @@ def main(argv=None):
         metrics.update(
             scoring=args.scoring,
             model=str(args.model),
+            lora=args.lora,
             data=str(args.data),
             split=split,
             skipped_open=open_rows if args.skip_open else [],

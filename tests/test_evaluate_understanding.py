@@ -636,3 +636,32 @@ def test_open_question_options_stop_up_front(evaluator, checkpoint, tmp_path, ca
         evaluator.parse_args([*argv, "--answer-open", "--skip-open"])
     assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_adapter_is_scored_as_the_model_it_merges_into(evaluator, run_hydrax, checkpoint, tmp_path):
+    """--lora merges an adapter into --model before scoring: the scores equal those of the merged model's folder, and
+    differ from the base's."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapted = get_peft_model(AutoModel.from_pretrained(checkpoint), lora)
+    adapted.save_pretrained(tmp_path / "adapter")
+    adapted.merge_and_unload().save_pretrained(tmp_path / "merged")
+    AutoProcessor.from_pretrained(checkpoint).save_pretrained(tmp_path / "merged")
+    images = run_hydrax.load_images(SIZE)
+    data = write_manifest(tmp_path / "data", caption_rows(run_hydrax), dict(enumerate(images.values())))
+    common = ["--data", str(data), "--max-pixels", str(SIZE * SIZE)]
+    runs = {
+        "adapter": ["--model", str(checkpoint), "--lora", str(tmp_path / "adapter")],
+        "merged": ["--model", str(tmp_path / "merged")],
+        "base": ["--model", str(checkpoint)],
+    }
+    scores = {}
+    for name, model in runs.items():
+        evaluator.main([*model, *common, "--output-dir", str(tmp_path / f"{name}-eval")])
+        metrics, predictions = read_outputs(tmp_path / f"{name}-eval")
+        scores[name] = [score for record in predictions for score in record["scores"].values()]
+    assert metrics["lora"] is None
+    assert json.loads((tmp_path / "adapter-eval" / "metrics.json").read_text())["lora"] == str(tmp_path / "adapter")
+    assert scores["adapter"] == pytest.approx(scores["merged"], abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(scores["adapter"], scores["base"])) > 1e-2
