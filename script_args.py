@@ -42,6 +42,16 @@ def check_file(parser: argparse.ArgumentParser, option: str, path, hint: str):
         parser.error(f"{option} {path}: {'not a file' if path.exists() else 'no such file'}; {hint}")
 
 
+def check_adapter(parser: argparse.ArgumentParser, option: str, value, hub_ids: bool = True) -> None:
+    """`parser.error` unless a LoRA adapter option names a folder holding adapter_config.json; with `hub_ids`, a
+    value that does not look like a path is taken as a Hub id."""
+    if value is None or (hub_ids and not looks_like_path(str(value))):
+        return
+    hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter"
+    hint += ", or a Hub id" if hub_ids else ""
+    check_folder(parser, option, value, hint, required_file="adapter_config.json")
+
+
 def looks_like_path(value: str) -> bool:
     """A value meant as a local path rather than a Hub id (`org/name`)."""
     return Path(value).exists() or value.startswith((".", "/", "~")) or value.count("/") != 1
@@ -154,9 +164,7 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
     if getattr(args, "image", None) is not None:
         check_file(parser, "--image", args.image, "pass an image file (PNG, JPEG, …)")
-    if args.lora is not None:
-        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter"
-        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
+    check_adapter(parser, "--lora", args.lora, hub_ids=False)
     check_output_file(parser, "--output", args.output, ".mp4" if video else ".png")
     return args
 

@@ -96,6 +96,7 @@ from modeling_hydrax.data_hydrax_tok import IMAGE_SUFFIXES  # noqa: E402
 from script_args import (  # noqa: E402
     PATCH_SIZE,
     HelpFormatter,
+    check_adapter,
     check_file,
     check_folder,
     check_new_output_folder,
@@ -910,9 +911,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--reference sets FD references for text-to-image; edit metrics compare with each row's target")
     hint = "pass a Hydra-X checkpoint folder (conversion/build_hydrax.py writes one) or a Hub id"
     check_model(parser, "--model", args.model, hint)
-    if args.lora is not None and looks_like_path(args.lora):
-        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter, or a Hub id"
-        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
+    check_adapter(parser, "--lora", args.lora)
     check_model(parser, "--clip-model", args.clip_model, "pass a CLIP or SigLIP checkpoint folder or Hub id")
     check_model(parser, "--feature-model", args.feature_model, "pass a transformers vision model folder or Hub id")
     check_data(parser, "--data", args.data)

@@ -92,6 +92,7 @@ import processing_hydrax  # noqa: E402, F401  (and the processor)
 from script_args import (  # noqa: E402
     SAVED_DATASET_FILES,
     HelpFormatter,
+    check_adapter,
     check_folder,
     check_new_output_folder,
     is_saved_dataset,
@@ -870,9 +871,7 @@ def parse_args(argv=None):
     if looks_like_path(args.model):
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
-    if args.lora is not None and looks_like_path(args.lora):
-        hint = "pass an adapter folder such as examples/train_hydrax.py --lora-r's OUTPUT_DIR/adapter, or a Hub id"
-        check_folder(parser, "--lora", args.lora, hint, required_file="adapter_config.json")
+    check_adapter(parser, "--lora", args.lora)
     if looks_like_path(args.data):
         data = Path(args.data).expanduser()
         hint = "pass a JSONL manifest, a datasets save_to_disk folder or a Hub dataset name (org/name)"
