@@ -21,7 +21,7 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput, can_return_tuple, logging
 
 from .configuration_hydrax import HydraXConfig
 from .modeling_hydrax_tok import HydraXTokFrameCache, HydraXTokModel
@@ -330,6 +330,22 @@ class HydraXModel(HydraXPreTrainedModel):
         return source_embeds, target_embeds
 
     # ---------------------------------------------------------------- sequence structure
+    def placeholder_ids(self, inputs_embeds: torch.Tensor) -> torch.LongTensor:
+        """The sequence structure of `inputs_embeds` given without `input_ids`: the ids of the vision tokens
+        (placeholders, `<|vision_start|>`, `<|vision_end|>`) where the embeddings are exactly theirs, as Qwen2.5-VL
+        finds its placeholders, and −1 on every other (text) position."""
+        config = self.config
+        ids = torch.full(inputs_embeds.shape[:2], -1, dtype=torch.long, device=inputs_embeds.device)
+        for token in (
+            config.image_token_id,
+            config.video_token_id,
+            config.vision_start_token_id,
+            config.vision_end_token_id,
+        ):
+            embedding = self.get_input_embeddings()(torch.tensor(token, device=inputs_embeds.device))
+            ids = ids.masked_fill((inputs_embeds == embedding.to(inputs_embeds.dtype)).all(dim=-1), token)
+        return ids
+
     def visual_block_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Index of the visual block (counted by `<|vision_start|>`) of every placeholder token, −1 for text."""
         config = self.config
@@ -346,9 +362,10 @@ class HydraXModel(HydraXPreTrainedModel):
             )
         return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
@@ -359,11 +376,13 @@ class HydraXModel(HydraXPreTrainedModel):
         generation_embeds: torch.Tensor | None = None,
         generation_mask: torch.BoolTensor | None = None,
         use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraXModelOutputWithPast:
         """Embed text, scatter clean visual features and `generation_embeds` (`[B, n, H]` or `[tokens, H]`, at
-        `generation_mask`) into their placeholders, and run the LLM: causal text, bidirectional visual blocks."""
-        inputs_embeds = self.get_input_embeddings()(input_ids)
+        `generation_mask`) into their placeholders, and run the LLM: causal text, bidirectional visual blocks.
+        `inputs_embeds` may replace (or come with) `input_ids`; the placeholders are then found by their embeddings."""
+        input_ids, inputs_embeds = self._ids_and_embeds(input_ids, inputs_embeds)
         block_ids = self.visual_block_ids(input_ids)
         clean = block_ids >= 0
         if generation_mask is not None:
@@ -403,6 +422,22 @@ class HydraXModel(HydraXPreTrainedModel):
             attentions=outputs.attentions,
             visual_block_ids=block_ids,
         )
+
+    def _ids_and_embeds(self, input_ids, inputs_embeds):
+        """`input_ids` (the sequence structure) and `inputs_embeds` (what the LLM reads), each from the other when
+        only one is given."""
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass `input_ids` (from HydraXProcessor) or `inputs_embeds` `[batch, length, hidden]`.")
+        if inputs_embeds is None:
+            return input_ids, self.get_input_embeddings()(input_ids)
+        if input_ids is None:
+            return self.placeholder_ids(inputs_embeds), inputs_embeds
+        if input_ids.shape != inputs_embeds.shape[:2]:
+            raise ValueError(
+                f"`input_ids` {tuple(input_ids.shape)} and `inputs_embeds` {tuple(inputs_embeds.shape)} must have the "
+                "same batch size and length."
+            )
+        return input_ids, inputs_embeds
 
     @staticmethod
     def _position_ids(attention_mask, length, past, device):
@@ -712,9 +747,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         return velocities, squared_error / elements
 
     # ---------------------------------------------------------------- training / full forward
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
@@ -733,6 +769,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         target_grid_thw: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> HydraXCausalLMOutputWithPast:
         """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
@@ -760,8 +797,12 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         batch and on none of a batch with generation targets (1.2 GB of bf16 logits per 1024² image at Qwen2.5's
         vocabulary). `logits_to_keep` (an int: the last n positions, 0 for all; or a 1-D tensor of positions) always
         returns those logits.
+
+        `inputs_embeds` `[B, L, hidden]` may replace `input_ids`, as in any transformers LLM: the visual placeholders
+        and markers are then found where the embeddings equal theirs, so embed them with `get_input_embeddings()`.
         """
         # 1. Noise the generation targets (and encode the edit sources)
+        input_ids, inputs_embeds = self.model._ids_and_embeds(input_ids, inputs_embeds)
         if target_mask is not None and not bool(target_mask.any()):
             target_mask = None  # a collated batch without generation samples
         if target_mask is not None and target_pixel_values is None and target_latents is None:
@@ -797,8 +838,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 dropped = torch.where(
                     (drop & target_rows)[:, None], self.unconditional_input_ids(input_ids), input_ids
                 )
+                changed = dropped != input_ids
                 if labels is not None:  # a dropped token is no longer in the input: never a label either
-                    labels = labels.masked_fill(dropped != input_ids, -100)
+                    labels = labels.masked_fill(changed, -100)
+                pad = self.get_input_embeddings()(torch.tensor(self.config.pad_token_id, device=input_ids.device))
+                inputs_embeds = torch.where(changed[..., None], pad.to(inputs_embeds.dtype), inputs_embeds)
                 input_ids = dropped
 
         # 2. Run the LLM over text, clean visual blocks and the noisy target
@@ -814,6 +858,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             generation_embeds=generation_embeds,
             generation_mask=generation_mask,
             use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -321,15 +321,31 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             )
 
     # ----------------------------------------------------------------------------------- inputs to tensors
-    def _output_size(self, height, width, image=None) -> tuple[int, int]:
-        """`height` and `width`, by default the size of `image` snapped to the nearest multiples of the patch size (the
-        latent grid), or without an image the square root of the processor's `max_pixels` (1024 by default)."""
+    def _output_size(self, height, width, image=None, max_area=None) -> tuple[int, int]:
+        """`height` and `width`. By default: the size of `image` snapped to the nearest multiples of the patch size (the
+        latent grid), scaled down to at most `max_area` pixels with its aspect ratio kept when it is larger (logged;
+        the processor's own `smart_resize` rule); without an image, the side of the processor's `max_pixels`."""
         patch = self.patch_size
-        if image is not None:
-            default = [max(patch, round(side / patch) * patch) for side in image_size(image)]
-        else:
-            side = int(self.processor.image_processor.size["max_pixels"] ** 0.5)
+        image_processor = self.processor.image_processor
+        budget = image_processor.size["max_pixels"] if max_area is None else max_area
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < patch * patch:
+            raise ValueError(
+                f"`max_area` must be an int ≥ {patch * patch} pixels (one {patch}×{patch} patch), got {budget!r}; "
+                "e.g. 1024 * 1024."
+            )
+        if image is None:
+            side = int(image_processor.size["max_pixels"] ** 0.5)
             default = [max(patch, side - side % patch)] * 2
+        else:
+            source = image_size(image)
+            bounds = {"size": {"min_pixels": patch * patch, "max_pixels": budget}, "patch_size": patch}
+            default = [side * patch for side in image_processor.get_image_grid_thw(*source, bounds)[1:]]
+            if (height is None or width is None) and default != [max(patch, round(s / patch) * patch) for s in source]:
+                logger.warning(
+                    f"The input image is {source[0]}x{source[1]} (height x width), more than max_area={budget} "
+                    f"pixels: the output defaults to {default[0]}x{default[1]}, its aspect ratio as far as the {patch}-pixel "
+                    "grid allows. Pass `height` and `width`, or a larger `max_area`, for another size."
+                )
         return default[0] if height is None else height, default[1] if width is None else width
 
     def _preprocess_images(self, image, height: int, width: int, num_prompts: int) -> torch.Tensor:
@@ -510,6 +526,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_area: int | None = None,
     ):
         r"""
         Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
@@ -521,7 +538,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Replaces the text-free branch of classifier-free guidance; needs `guidance_scale > 1`.
             height (`int`, *optional*), width (`int`, *optional*):
                 Output size in pixels, multiples of the tokenizer's patch size (16). Default: the size of `image`
-                (snapped to the grid, logged), else the side of the processor's `max_pixels` (1024).
+                (snapped to the grid; scaled down to `max_area` when larger; logged), else the side of the
+                processor's `max_pixels` (1024).
             num_frames (`int`, defaults to 1):
                 1 for an image; `1 + 4k` frames for a video (other counts are rounded to that form, with a warning).
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
@@ -547,6 +565,10 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 replacements for the tensors in `callback_kwargs`.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 Tensors passed to the callback, among `_callback_tensor_inputs`.
+            max_area (`int`, *optional*):
+                Image-to-video: the most pixels per frame the size taken from `image` may have (default: the
+                processor's `max_pixels`, 1024²); a larger image sets a smaller size of the same aspect ratio. Explicit
+                `height` and `width` are used as given.
 
         Examples:
 
@@ -574,7 +596,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                     "`image` is the first frame of image-to-video and needs num_frames = 1 + 4k > 1 (e.g. 17); to "
                     "edit an image use HydraXEditPipeline."
                 )
-        height, width = self._output_size(height, width, image)
+        height, width = self._output_size(height, width, image, max_area)
         self._guidance_scale = guidance_scale
         self._check_inputs(
             height,

@@ -73,6 +73,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_area: int | None = None,
     ):
         r"""
         Edit `image` following the instruction `prompt`.
@@ -87,7 +88,8 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Replaces the instruction in the two branches without it; needs a guidance scale above 1.
             height (`int`, *optional*), width (`int`, *optional*):
                 Output size, multiples of the patch size (16). Default: the source's size, snapped to the nearest
-                multiples of 16; the source is resized to the output size, and any resize is logged.
+                multiples of 16, or scaled down to `max_area` with its aspect ratio kept when the source is larger;
+                the source is resized to the output size, and any resize is logged.
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
@@ -111,6 +113,10 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 replacements for the tensors in `callback_kwargs`.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 Tensors passed to the callback, among `_callback_tensor_inputs`.
+            max_area (`int`, *optional*):
+                The most pixels the size taken from the source may have (default: the processor's `max_pixels`,
+                1024²), so a 12-megapixel photo is edited at about 1 megapixel, not at 47k latent tokens. Explicit
+                `height` and `width` are used as given.
 
         Examples:
 
@@ -123,7 +129,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         prompts = self._prompt_list(prompt)
         negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts))
         self._check_images(image, len(prompts))
-        height, width = self._output_size(height, width, image)
+        height, width = self._output_size(height, width, image, max_area)
         self._guidance_scale = guidance_scale
         self._image_guidance_scale = image_guidance_scale
         self._check_inputs(

@@ -187,6 +187,25 @@ def test_edit_outputs_follow_the_source(edit):
         assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
+def test_max_area_caps_the_size_taken_from_the_input_image(pipe, edit):
+    """A large source is edited (or animated) at most at `max_area` pixels with its aspect ratio, logged, as diffusers'
+    Kontext and Qwen-Image-Edit pipelines do; explicit sizes and small sources are left alone."""
+    kwargs = dict(num_inference_steps=1, output_type="np")
+    result = {}
+    logged = pipeline_warnings(lambda: result.update(out=edit(source_image(1, 64, 96), "x", max_area=32 * 48, **kwargs)))
+    assert "64x96" in logged and "max_area=1536" in logged and "32x48" in logged
+    assert result["out"].images.shape == (1, 32, 48, 3)
+    logged = pipeline_warnings(lambda: result.update(out=edit(source_image(1, 64, 96), "x", **kwargs)))
+    assert logged == "" and result["out"].images.shape == (1, 64, 96, 3), "within the default max_area (1024²)"
+    explicit = edit(source_image(1, 64, 96), "x", height=64, width=96, max_area=32 * 48, **kwargs).images
+    assert explicit.shape == (1, 64, 96, 3)
+    frames = pipe("a fox", image=source_image(1, 96, 64), num_frames=5, max_area=32 * 32, **kwargs).frames
+    assert frames.shape == (1, 5, 32, 16, 3)  # 96x64 scaled to ≤ 1024 pixels: 39x26 → 32x16 on the 16-pixel grid
+    for bad in (0, 255, 1.5e6, True):
+        with pytest.raises(ValueError, match=f"`max_area` must be an int ≥ 256 pixels .* got {bad!r}"):
+            edit(source_image(), "x", max_area=bad)
+
+
 def test_cached_sampler_equals_the_reference_sampler(pipe, edit):
     """The pipelines' loop (prompt and source computed once, branches batched) against full forwards per branch."""
     target = {"type": "image", "height": 32, "width": 48}
