@@ -322,9 +322,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
 
     # ----------------------------------------------------------------------------------- inputs to tensors
     def _output_size(self, height, width, image=None, max_area=None) -> tuple[int, int]:
-        """`height` and `width`. By default: the size of `image` snapped to the nearest multiples of the patch size (the
-        latent grid), scaled down to at most `max_area` pixels with its aspect ratio kept when it is larger (logged;
-        the processor's own `smart_resize` rule); without an image, the side of the processor's `max_pixels`."""
+        """`height` and `width`. By default: the size of `image` snapped to multiples of the patch size (its latent
+        grid), scaled down to at most `max_area` pixels with its aspect ratio kept when it is larger (logged; the
+        processor's own `smart_resize` rule); without an image, the side of the processor's `max_pixels`."""
         patch = self.patch_size
         image_processor = self.processor.image_processor
         budget = image_processor.size["max_pixels"] if max_area is None else max_area
@@ -343,8 +343,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             if (height is None or width is None) and default != [max(patch, round(s / patch) * patch) for s in source]:
                 logger.warning(
                     f"The input image is {source[0]}x{source[1]} (height x width), more than max_area={budget} "
-                    f"pixels: the output defaults to {default[0]}x{default[1]}, its aspect ratio as far as the {patch}-pixel "
-                    "grid allows. Pass `height` and `width`, or a larger `max_area`, for another size."
+                    f"pixels: the output defaults to {default[0]}x{default[1]}, its aspect ratio as far as the "
+                    f"{patch}-pixel grid allows. Pass `height` and `width`, or a larger `max_area`, for another size."
                 )
         return default[0] if height is None else height, default[1] if width is None else width
 

@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, AutoV
 
 from modeling_hydrax.configuration_hydrax import HydraXConfig
 
-from .image_processing_hydrax import HydraXImageProcessor, smart_resize
+from .image_processing_hydrax import HydraXImageProcessor, pixel_bounds, smart_resize
 from .processing_hydrax import HYDRAX_CHAT_TEMPLATE, HydraXProcessor
 from .tokenization_hydrax import QWEN2_5_SPECIAL_TOKENS, build_tiny_qwen2_tokenizer
 from .video_processing_hydrax import HydraXVideoProcessor, sample_frame_indices
@@ -57,5 +57,6 @@ __all__ = [
     "build_tiny_qwen2_tokenizer",
     "register_hydrax_processors",
     "sample_frame_indices",
+    "pixel_bounds",
     "smart_resize",
 ]

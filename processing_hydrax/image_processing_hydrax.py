@@ -64,6 +64,33 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def pixel_bounds(default, size=None, min_pixels=None, max_pixels=None):
+    """`size` with `min_pixels` / `max_pixels` folded in (the shorthands Qwen2-VL's processors take) and a bound it
+    lacks taken from `default`, as `{"min_pixels", "max_pixels"}`; `None` when nothing is given. A `size` in another
+    format is returned unchanged for transformers to check.
+
+    Example:
+
+    ```python
+    >>> pixel_bounds({"min_pixels": 65536, "max_pixels": 1048576}, max_pixels=512 * 512)
+    {'min_pixels': 65536, 'max_pixels': 262144}
+    ```
+    """
+    given = {key: value for key, value in dict(size or {}).items() if value is not None}
+    shorthands = {
+        key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None
+    }
+    if not set(given) <= {"min_pixels", "max_pixels"}:
+        if shorthands:
+            raise ValueError(
+                f"`min_pixels` / `max_pixels` bound a pixel-count `size`, but size={given}; pass one or the other."
+            )
+        return size
+    if size is None and not shorthands:
+        return None
+    return {"min_pixels": default["min_pixels"], "max_pixels": default["max_pixels"], **given, **shorthands}
+
+
 def describe_input(value) -> str:
     """A short description of an input, for error messages."""
     if isinstance(value, (str, os.PathLike)):
@@ -168,10 +195,14 @@ class HydraXImageProcessorKwargs(ImagesKwargs, total=False):
         `patch_size x patch_size` pixels.
     max_aspect_ratio (`float`, *optional*, defaults to 200):
         Images more elongated than this are rejected.
+    min_pixels (`int`, *optional*), max_pixels (`int`, *optional*):
+        Shorthands for the bounds of `size` (as Qwen2-VL's processors take them); the other bound keeps its value.
     """
 
     patch_size: int
     max_aspect_ratio: float
+    min_pixels: int
+    max_pixels: int
 
 
 class HydraXImageProcessor(TorchvisionBackend):
@@ -215,7 +246,13 @@ class HydraXImageProcessor(TorchvisionBackend):
     model_input_names = ["pixel_values", "image_grid_thw"]
 
     def __init__(self, **kwargs: Unpack[HydraXImageProcessorKwargs]):
-        super().__init__(**kwargs)
+        bounds = [kwargs.pop(name, None) for name in ("size", "min_pixels", "max_pixels")]
+        size = pixel_bounds(self.size, *bounds)
+        super().__init__(**kwargs, **({} if size is None else {"size": size}))
+
+    def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:
+        """`min_pixels` / `max_pixels` folded into `size` (`pixel_bounds`), then transformers' standardisation."""
+        return super()._standardize_kwargs(size=pixel_bounds(self.size, size, min_pixels, max_pixels), **kwargs)
 
     def fetch_images(self, image_url_or_urls):
         """Loads paths, URLs and base64 strings with `load_image`, gives grayscale `(H, W)` arrays the channel axis
@@ -285,7 +322,7 @@ class HydraXImageProcessor(TorchvisionBackend):
         """The latent grid `(1, h, w)` that an image of `height x width` pixels will get, without processing it."""
         images_kwargs = images_kwargs or {}
         patch_size = images_kwargs.get("patch_size") or self.patch_size
-        size = SizeDict(**dict(images_kwargs.get("size") or self.size))
+        size = self._standardize_kwargs(**images_kwargs)["size"] or self.size
         new_height, new_width = smart_resize(
             height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
         )
@@ -317,4 +354,4 @@ class HydraXImageProcessor(TorchvisionBackend):
         return postprocess_pixels(images, self.image_mean, self.image_std, output_type)
 
 
-__all__ = ["HydraXImageProcessor", "smart_resize"]
+__all__ = ["HydraXImageProcessor", "pixel_bounds", "smart_resize"]

@@ -456,13 +456,19 @@ class HydraXProcessor(ProcessorMixin):
         return grid.prod(dim=-1).tolist()
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs) -> MultiModalData:
-        """Placeholder counts for images `(height, width)` and videos `(num_frames, height, width)` (vLLM hook)."""
+        """Placeholder counts for images `(height, width)` and videos `(num_frames, height, width)` (vLLM hook), under
+        the same keyword arguments a processor call takes (e.g. `max_pixels=512 * 512`, `images_kwargs={...}`)."""
+        merged = self._merge_kwargs(ProcessingKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         data = {}
         if image_sizes is not None:
-            tokens = [self.image_processor.get_number_of_image_patches(*size) for size in image_sizes]
+            images_kwargs = merged["images_kwargs"]
+            tokens = [self.image_processor.get_number_of_image_patches(*size, images_kwargs) for size in image_sizes]
             data.update(num_image_tokens=tokens, num_image_patches=tokens)
         if video_sizes is not None:
-            data["num_video_tokens"] = [self.video_processor.get_num_of_video_patches(*size) for size in video_sizes]
+            videos_kwargs = merged["videos_kwargs"]
+            data["num_video_tokens"] = [
+                self.video_processor.get_num_of_video_patches(*size, videos_kwargs) for size in video_sizes
+            ]
         return MultiModalData(**data)
 
     # -------------------------------------------------------------------------------------------- decoding

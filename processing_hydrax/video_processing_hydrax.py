@@ -24,6 +24,7 @@ from .image_processing_hydrax import (
     URL_TIMEOUT,
     describe_input,
     grid_batch,
+    pixel_bounds,
     postprocess_pixels,
     smart_resize,
     to_grid,
@@ -215,11 +216,16 @@ class HydraXVideoProcessorKwargs(VideosKwargs, total=False):
         `1 + k` latent frames.
     max_aspect_ratio (`float`, *optional*, defaults to 200):
         Videos more elongated than this are rejected.
+    min_pixels (`int`, *optional*), max_pixels (`int`, *optional*):
+        Shorthands for the per-frame bounds of `size` (as Qwen2-VL's processors take them); the other bound keeps
+        its value.
     """
 
     patch_size: int
     temporal_compression: int
     max_aspect_ratio: float
+    min_pixels: int
+    max_pixels: int
 
 
 class HydraXVideoProcessor(BaseVideoProcessor):
@@ -268,7 +274,9 @@ class HydraXVideoProcessor(BaseVideoProcessor):
     model_input_names = ["pixel_values_videos", "video_grid_thw"]
 
     def __init__(self, **kwargs: Unpack[HydraXVideoProcessorKwargs]):
-        super().__init__(**kwargs)
+        bounds = [kwargs.pop(name, None) for name in ("size", "min_pixels", "max_pixels")]
+        size = pixel_bounds(self.size, *bounds)
+        super().__init__(**kwargs, **({} if size is None else {"size": size}))
 
     def preprocess(self, videos, **kwargs: Unpack[HydraXVideoProcessorKwargs]) -> BatchFeature:
         """`BaseVideoProcessor.preprocess`, except that unknown keyword arguments are errors, an explicit `fps`
@@ -286,6 +294,10 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         elif kwargs.get("fps") is not None:
             kwargs.setdefault("num_frames", None)
         return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
+
+    def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:
+        """`min_pixels` / `max_pixels` folded into `size` (`pixel_bounds`), then transformers' standardisation."""
+        return super()._standardize_kwargs(size=pixel_bounds(self.size, size, min_pixels, max_pixels), **kwargs)
 
     def sample_frames(
         self,
@@ -396,7 +408,7 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         videos_kwargs = videos_kwargs or {}
         patch_size = videos_kwargs.get("patch_size") or self.patch_size
         temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
-        size = SizeDict(**dict(videos_kwargs.get("size") or self.size))
+        size = self._standardize_kwargs(**videos_kwargs)["size"] or self.size
         new_height, new_width = smart_resize(
             height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
         )

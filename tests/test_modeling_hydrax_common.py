@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_hydrax, visual_block
+from conftest import tiny_hydrax
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from safetensors.torch import load_file, save_file
 from test_modeling_hydrax import IMAGE_TOKENS, _task_inputs, fixed_noise, image, t2i_ids, understanding_ids

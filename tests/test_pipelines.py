@@ -192,7 +192,9 @@ def test_max_area_caps_the_size_taken_from_the_input_image(pipe, edit):
     Kontext and Qwen-Image-Edit pipelines do; explicit sizes and small sources are left alone."""
     kwargs = dict(num_inference_steps=1, output_type="np")
     result = {}
-    logged = pipeline_warnings(lambda: result.update(out=edit(source_image(1, 64, 96), "x", max_area=32 * 48, **kwargs)))
+    logged = pipeline_warnings(
+        lambda: result.update(out=edit(source_image(1, 64, 96), "x", max_area=32 * 48, **kwargs))
+    )
     assert "64x96" in logged and "max_area=1536" in logged and "32x48" in logged
     assert result["out"].images.shape == (1, 32, 48, 3)
     logged = pipeline_warnings(lambda: result.update(out=edit(source_image(1, 64, 96), "x", **kwargs)))

@@ -514,6 +514,56 @@ def test_counting_helpers_agree_with_processing(processor, coffee):
     assert processor.get_num_visual_tokens([5, 16, 16]) == 1280
 
 
+def test_kwargs_precedence_and_pixel_budget_shorthands(processor, astronaut, tmp_path):
+    """transformers' processor kwargs checks (structured, unstructured, doubly passed), plus Qwen2-VL's `min_pixels` /
+    `max_pixels` shorthands for `size`, on calls, the vLLM counting hook and constructors."""
+
+    def image_grid(**kwargs):
+        return processor(text="<|image_pad|>", images=astronaut, **kwargs)["image_grid_thw"].tolist()
+
+    def video_grid(**kwargs):
+        video = np.zeros((9, 256, 256, 3), np.uint8)
+        return processor(text="<|video_pad|>", videos=video, **kwargs)["video_grid_thw"].tolist()
+
+    assert image_grid() == [[1, 16, 16]] and video_grid() == [[3, 6, 6]]  # the processors' own max_pixels
+    budget = {"min_pixels": 64 * 64, "max_pixels": 128 * 128}
+    for kwargs in (
+        dict(size=budget),
+        dict(images_kwargs={"size": budget}),
+        dict(max_pixels=128 * 128),
+        dict(images_kwargs={"max_pixels": 128 * 128}),
+        dict(size={"max_pixels": 128 * 128}),  # the other bound keeps its value
+    ):
+        assert image_grid(**kwargs) == [[1, 8, 8]], kwargs
+    assert video_grid(max_pixels=64 * 64, min_pixels=32 * 32) == [[3, 4, 4]]  # per frame, videos too
+    assert video_grid(videos_kwargs={"max_pixels": 64 * 64}) == [[3, 4, 4]]
+    counts = processor._get_num_multimodal_tokens(
+        image_sizes=[(512, 512)], video_sizes=[(9, 256, 256)], max_pixels=64 * 64
+    )
+    assert counts.num_image_tokens == [16] == [int(np.prod(image_grid(max_pixels=64 * 64)))]
+    assert counts.num_video_tokens == [48] == [int(np.prod(video_grid(max_pixels=64 * 64)))]
+    with pytest.raises(ValueError, match="passed two times"):
+        image_grid(size=budget, images_kwargs={"size": budget})
+    with pytest.raises(ValueError, match="bound a pixel-count `size`"):
+        image_grid(size={"height": 64, "width": 64}, max_pixels=128 * 128)
+    with pytest.raises(ValueError, match=r"`min_pixels` \(65536\) must not exceed `max_pixels` \(16384\)"):
+        image_grid(min_pixels=256 * 256, max_pixels=128 * 128)
+    padded = processor(text=["a", "a b c"], text_kwargs={"padding": "max_length", "max_length": 8})
+    assert [len(ids) for ids in padded["input_ids"]] == [8, 8]
+
+    configs = {
+        HydraXImageProcessor: "preprocessor_config.json",
+        HydraXVideoProcessor: "video_preprocessor_config.json",
+    }
+    for cls, name in configs.items():
+        built = cls(max_pixels=512 * 512)
+        assert (built.size.min_pixels, built.size.max_pixels) == (cls.size["min_pixels"], 512 * 512)
+        built.save_pretrained(tmp_path / cls.__name__)
+        saved = json.loads((tmp_path / cls.__name__ / name).read_text())
+        assert saved["size"]["max_pixels"] == 512 * 512 and "max_pixels" not in saved and "min_pixels" not in saved
+        assert cls.from_pretrained(tmp_path / cls.__name__).size == built.size
+
+
 def test_bare_and_wrapped_placeholders_are_the_same(processor, astronaut):
     bare = processor(text="Look: <|image_pad|>!", images=astronaut)
     wrapped = processor(text="Look: <|vision_start|><|image_pad|><|vision_end|>!", images=astronaut)
