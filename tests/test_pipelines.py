@@ -366,3 +366,27 @@ def test_model_cpu_offload_runs(checkpoint):
     pipe.enable_model_cpu_offload(device="cpu")  # an accelerator moves the model there per call; CPU checks the hooks
     out = pipe("a fox", height=32, width=32, num_inference_steps=1, output_type="pt").images
     assert out.shape == (1, 3, 32, 32)
+
+
+def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoint):
+    """diffusers' common pipeline checks: `return_dict=False`, a pipeline rebuilt from `components`, `.to(dtype)` and
+    `torch_dtype=` on load (bf16 within a few 8-bit levels of fp32, no NaN)."""
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="np")
+    reference = pipe("a fox", generator=seeded(), **kwargs).images
+    (as_tuple,) = pipe("a fox", generator=seeded(), return_dict=False, **kwargs)
+    np.testing.assert_array_equal(as_tuple, reference)
+    (edited,) = edit(source_image(), "x", generator=seeded(), return_dict=False, num_inference_steps=STEPS)
+    assert isinstance(edited[0], PIL.Image.Image)
+    assert set(pipe.components) == {"model", "processor", "scheduler"} and not pipe._optional_components
+    rebuilt = HydraXPipeline(**pipe.components)
+    rebuilt.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(rebuilt("a fox", generator=seeded(), **kwargs).images, reference)
+
+    half = HydraXPipeline.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
+    half.set_progress_bar_config(disable=True)
+    assert half.dtype == half.model.dtype == torch.bfloat16
+    images = half("a fox", generator=seeded(), **kwargs).images
+    assert np.isfinite(images).all() and np.abs(images - reference).max() < 8 / 255
+    half.to(torch.float32)
+    assert {p.dtype for p in half.model.parameters()} == {torch.float32}
+    np.testing.assert_allclose(half("a fox", generator=seeded(), **kwargs).images, reference, atol=2 / 255)
