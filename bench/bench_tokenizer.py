@@ -1,8 +1,8 @@
-"""Hydra-XTok encoder benchmarks: attention modes, chunked streaming memory/time, and FLOP/s efficiency.
+"""Hydra-XTok benchmarks: attention modes, chunked streaming memory/time (encode and decode), FLOP/s efficiency.
 
 Every figure is a ratio against a baseline measured in the same run, so numbers from different machines compare.
 
-    python bench/bench_tokenizer.py                      # all three parts (about 6 minutes on 2 CPU cores)
+    python bench/bench_tokenizer.py                      # every part (about 7 minutes on 2 CPU cores)
     python bench/bench_tokenizer.py --part modes --size 256 --hidden-size 1152 --heads 16 --intermediate-size 4304
 
 Parts:
@@ -14,6 +14,9 @@ Parts:
 - `stream`: chunked encoding of 17, 65 and 257 frames, each in a fresh process: time per frame and peak resident
             memory above the input (reset with /proc/self/clear_refs), split into the returned latents/posterior
             and the working memory of the computation, which must not grow with the clip.
+- `decode`: decoding the latents of 17, 65 and 257 frames, whole and in chunks (what the pipelines do for videos),
+            each in a fresh process: time and working memory (peak resident memory above the latents, less the output
+            frames), the chunked one against the whole clip's at each length.
 - `flops`:  the tubelet encoder's achieved FLOP/s (counted by torch's FlopCounterMode) as a fraction of a plain fp32
             matmul's FLOP/s on this machine.
 """
@@ -38,17 +41,19 @@ from modeling_hydrax.modeling_hydrax_tok import HydraXTokAttention  # noqa: E402
 from script_args import check_output_folder  # noqa: E402
 
 
-def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical") -> HydraXTokModel:
-    """A Hydra-XTok with the benchmark's sizes; only the Gen-ViT + bottleneck run in these benchmarks."""
+def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical", decoder=False):
+    """A Hydra-XTok with the benchmark's sizes: the Gen-ViT + bottleneck, or with `decoder` the pixel decoder, has
+    `--gen-layers` layers (the part a benchmark runs); the rest one layer."""
+    layers = args.gen_layers
     config = HydraXTokConfig(
         hidden_size=args.hidden_size,
         num_attention_heads=args.heads,
         intermediate_size=args.intermediate_size,
-        num_gen_layers=args.gen_layers,
-        gen_fold_layer=args.gen_layers // 2,
+        num_gen_layers=1 if decoder else layers,
+        gen_fold_layer=0 if decoder else layers // 2,
         num_sem_layers=1,
-        num_decoder_layers=1,
-        decoder_unfold_layer=1,
+        num_decoder_layers=layers if decoder else 1,
+        decoder_unfold_layer=layers // 2 if decoder else 1,
         attention_mode=attention_mode,
         temporal_compression=temporal_compression,
         use_decompressor=False,
@@ -176,19 +181,34 @@ def bench_attention(args) -> dict:
 
 
 def stream_worker(args) -> None:
-    """Child process: encode one clip in chunks; print the time and the peak resident memory above the input, both
-    with and without the returned latents/posterior (which grow with the clip by definition)."""
-    model = build_encoder(args)
-    clip = torch.rand(1, 3, args.worker_frames, args.size, args.size) * 2 - 1
+    """Child process: encode one clip in chunks (or decode its latents, `--worker-decode`, in chunks or whole with
+    `--chunk-frames 0`); print the time and the peak resident memory above the input, both with and without the
+    returned tensors (which grow with the clip by definition)."""
+    decode = args.worker_decode
+    model = build_encoder(args, decoder=decode)
+    chunk_frames = args.chunk_frames or None
+    if decode:
+        latent_frames = 1 + (args.worker_frames - 1) // 4
+        inputs = torch.randn(1, model.config.latent_channels, latent_frames, args.size // 16, args.size // 16)
+
+        def run(clip):
+            return (model.decode(clip, chunk_frames=chunk_frames).sample,)
+
+    else:
+        inputs = torch.rand(1, 3, args.worker_frames, args.size, args.size) * 2 - 1
+
+        def run(clip):
+            encoded = model.encode(clip, chunk_frames=chunk_frames)
+            return encoded.latents, encoded.latent_dist.mean, encoded.latent_dist.logvar
+
     with torch.inference_mode():
-        model.encode(clip[:, :, :5], chunk_frames=args.chunk_frames)
+        run(inputs[:, :, :2] if decode else inputs[:, :, :5])
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_kb("VmRSS")
         start = time.perf_counter()
-        encoded = model.encode(clip, chunk_frames=args.chunk_frames)
+        outputs = run(inputs)
         seconds = time.perf_counter() - start
     peak_mib = (_status_kb("VmHWM") - base) / 1024
-    outputs = (encoded.latents, encoded.latent_dist.mean, encoded.latent_dist.logvar)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in outputs}
     output_mib = sum(storages.values()) / 2**20
     row = {"frames": args.worker_frames, "seconds": seconds, "peak_mib": peak_mib, "output_mib": output_mib}
@@ -202,28 +222,60 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status; the stream benchmark needs Linux.")
 
 
-def bench_stream(args) -> dict:
+def stream_rows(args, *extra: str) -> list[dict]:
+    """One fresh worker process per clip length in `--stream-frames`, each given `extra` flags."""
     rows = []
     for frames in args.stream_frames:
-        command = [sys.executable, __file__, "--worker-frames", str(frames)] + _size_flags(args)
+        command = [sys.executable, __file__, "--worker-frames", str(frames), *_size_flags(args), *extra]
         # A fixed mmap threshold makes glibc return every large freed buffer, so resident memory tracks live tensors
         # instead of allocator high-water marks.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        row = json.loads(output.strip().splitlines()[-1])
+        row["working_mib"] = row["peak_mib"] - row["output_mib"]
+        rows.append(row)
+    return rows
+
+
+def bench_stream(args) -> dict:
+    rows = stream_rows(args)
     first = rows[0]
     chunk, width = args.chunk_frames, args.hidden_size
     print(f"\n== stream: chunked encode ({chunk} latent frames a chunk), {args.size}², width {width}")
     print(f"{'frames':>7}{'seconds':>9}{'ms/frame':>10}{'peak MiB':>10}{'outputs':>9}{'working':>9}{'vs 17f':>8}")
     for row in rows:
-        row["working_mib"] = row["peak_mib"] - row["output_mib"]
         per_frame = 1000 * row["seconds"] / row["frames"]
-        ratio = row["working_mib"] / (first["peak_mib"] - first["output_mib"])
+        ratio = row["working_mib"] / first["working_mib"]
         print(
             f"{row['frames']:>7}{row['seconds']:>9.2f}{per_frame:>10.1f}{row['peak_mib']:>10.1f}"
             f"{row['output_mib']:>9.1f}{row['working_mib']:>9.1f}{ratio:>7.2f}×"
         )
     return {"rows": rows, "working_ratio_last_vs_first": rows[-1]["working_mib"] / first["working_mib"]}
+
+
+def bench_decode(args) -> dict:
+    """Decoding the latents of each clip length whole and in `--chunk-frames` chunks, each in a fresh process."""
+    whole = stream_rows(args, "--worker-decode", "--chunk-frames", "0")
+    chunked = stream_rows(args, "--worker-decode")
+    print(
+        f"\n== decode: whole clip vs {args.chunk_frames} latent frames a chunk, {args.size}², width "
+        f"{args.hidden_size}, {args.gen_layers} decoder layers"
+    )
+    print(f"{'frames':>7}{'whole s':>9}{'chunked s':>11}{'time':>7}{'output MiB':>12}{'working MiB: whole':>20}"
+          f"{'chunked':>9}{'ratio':>8}")  # fmt: skip
+    for full, chunk in zip(whole, chunked):
+        chunk["time_vs_whole"] = chunk["seconds"] / full["seconds"]
+        chunk["working_vs_whole"] = chunk["working_mib"] / full["working_mib"]
+        print(
+            f"{full['frames']:>7}{full['seconds']:>9.2f}{chunk['seconds']:>11.2f}{chunk['time_vs_whole']:>6.2f}×"
+            f"{full['output_mib']:>12.1f}{full['working_mib']:>20.1f}{chunk['working_mib']:>9.1f}"
+            f"{chunk['working_vs_whole']:>7.2f}×"
+        )
+    growth = {name: rows[-1]["working_mib"] / rows[0]["working_mib"] for name, rows in (("whole", whole),
+              ("chunked", chunked))}  # fmt: skip
+    print(f"working memory {args.stream_frames[-1]} vs {args.stream_frames[0]} frames: whole {growth['whole']:.2f}×, "
+          f"chunked {growth['chunked']:.2f}×")  # fmt: skip
+    return {"whole": whole, "chunked": chunked, "working_growth": growth}
 
 
 def _size_flags(args) -> list[str]:
@@ -264,7 +316,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--part",
-        choices=["modes", "attention", "stream", "flops", "all"],
+        choices=["modes", "attention", "stream", "decode", "flops", "all"],
         default="all",
         help="which benchmark to run (see Parts above; default: all)",
     )
@@ -273,17 +325,21 @@ def parse_args(argv=None):
     parser.add_argument("--hidden-size", type=int, default=384, help="encoder width (default: 384)")
     parser.add_argument("--heads", type=int, default=6, help="attention heads (default: 6)")
     parser.add_argument("--intermediate-size", type=int, default=1536, help="MLP width (default: 1536)")
-    parser.add_argument("--gen-layers", type=int, default=6, help="Gen-ViT encoder layers (default: 6)")
+    parser.add_argument(
+        "--gen-layers", type=int, default=6, help="Gen-ViT encoder layers, or decoder layers in `decode` (default: 6)"
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs per measurement, after a warm-up (default: 3)"
     )
-    parser.add_argument("--chunk-frames", type=int, default=2, help="latent frames per chunk in `stream`")
+    parser.add_argument(
+        "--chunk-frames", type=int, default=2, help="latent frames per chunk in `stream` and `decode` (default: 2)"
+    )
     parser.add_argument(
         "--stream-frames",
         type=int,
         nargs="+",
         default=[17, 65, 257],
-        help="clip lengths for `stream`, each 1 + 4k (default: 17 65 257)",
+        help="clip lengths for `stream` and `decode`, each 1 + 4k (default: 17 65 257)",
     )
     parser.add_argument(
         "--attn-implementation",
@@ -294,6 +350,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--worker-frames", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-decode", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is not None:
         check_output_folder(parser, "--output", args.output.parent)
@@ -313,7 +370,13 @@ def main(argv=None):
         return stream_worker(args)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    benches = {"modes": bench_modes, "attention": bench_attention, "stream": bench_stream, "flops": bench_flops}
+    benches = {
+        "modes": bench_modes,
+        "attention": bench_attention,
+        "stream": bench_stream,
+        "decode": bench_decode,
+        "flops": bench_flops,
+    }
     parts = list(benches) if args.part == "all" else [args.part]
     results = {part: benches[part](args) for part in parts}
     if args.output:

@@ -864,20 +864,25 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> HydraXTokDecoderOutput:
         """Normalised latents `[B, C, F, h, w]` → pixels `[B, 3, 1 + 4·(F-1), 16·h, 16·w]` (continuation chunks of a
-        stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result)."""
+        stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result), each
+        chunk written into the preallocated output, so working memory does not grow with the clip."""
         self._check_chunking(chunk_frames, cache)
         latents = self.denormalize_latents(self._check_latents(latents))
         offset = cache.seen("decoder") if cache is not None else 0
         num_latent = latents.shape[2]
         step = chunk_frames or num_latent
-        frames = []
+        frames = written = None
         for start in range(0, num_latent, step):
             stop = min(start + step, num_latent)
             pixels, presents = self.decoder(latents[:, :, start:stop], offset + start, cache, **kwargs)
-            frames.append(pixels)
+            if frames is None:  # later latent frames decode to `temporal_compression_ratio` frames each
+                total = pixels.shape[2] + (num_latent - stop) * self.config.temporal_compression_ratio
+                frames, written = pixels.new_empty(*pixels.shape[:2], total, *pixels.shape[3:]), 0
+            frames[:, :, written : written + pixels.shape[2]] = pixels
+            written += pixels.shape[2]
             if chunk_frames is not None or cache is not None:
                 cache = (cache or HydraXTokFrameCache()).updated("decoder", presents, stop - start)
-        return HydraXTokDecoderOutput(torch.cat(frames, dim=2), cache)
+        return HydraXTokDecoderOutput(frames, cache)
 
     @capture_outputs(tie_last_hidden_states=False)
     def get_semantic_features(

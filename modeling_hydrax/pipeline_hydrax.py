@@ -480,12 +480,14 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
         return latents
 
-    def _postprocess(self, latents: torch.Tensor, output_type: str, video: bool):
-        """Decode normalised latents with Hydra-XTok and convert to `output_type` (`"latent"` returns them as they
-        are)."""
+    def _postprocess(self, latents: torch.Tensor, output_type: str, video: bool, chunk_frames: int | None = None):
+        """Decode normalised latents with Hydra-XTok (`chunk_frames` latent frames at a time when given, streamed with
+        its frame cache: the same frames in memory that does not grow with the clip) and convert to `output_type`
+        (`"latent"` returns them as they are)."""
         if output_type == "latent":
             return latents
-        pixels = self.model.model.vision_tower.decode(latents.to(self.model.dtype)).sample.float().clamp(-1, 1)
+        decoded = self.model.model.vision_tower.decode(latents.to(self.model.dtype), chunk_frames=chunk_frames)
+        pixels = decoded.sample.float().clamp(-1, 1)
         if video:
             return self.video_processor.postprocess_video(pixels, output_type=output_type)
         return self.video_processor.postprocess(pixels[:, :, 0], output_type=output_type)
@@ -527,6 +529,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_area: int | None = None,
+        decode_chunk_frames: int | None = 2,
     ):
         r"""
         Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
@@ -569,6 +572,10 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Image-to-video: the most pixels per frame the size taken from `image` may have (default: the
                 processor's `max_pixels`, 1024²); a larger image sets a smaller size of the same aspect ratio. Explicit
                 `height` and `width` are used as given.
+            decode_chunk_frames (`int`, *optional*, defaults to 2):
+                Videos: latent frames Hydra-XTok decodes at a time, streamed with its frame cache, as Wan's VAE decodes
+                frame by frame. The frames equal a whole-clip decode, and decoding memory stays flat with the clip's
+                length (12× less at 257 frames, `bench/bench_tokenizer.py --part decode`); `None` decodes at once.
 
         Examples:
 
@@ -597,6 +604,13 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                     "edit an image use HydraXEditPipeline."
                 )
         height, width = self._output_size(height, width, image, max_area)
+        if decode_chunk_frames is not None and (
+            not isinstance(decode_chunk_frames, int) or isinstance(decode_chunk_frames, bool) or decode_chunk_frames < 1
+        ):
+            raise ValueError(
+                f"`decode_chunk_frames` must be an int ≥ 1 (latent frames decoded at a time) or None (the whole clip "
+                f"at once), got {decode_chunk_frames!r}."
+            )
         self._guidance_scale = guidance_scale
         self._check_inputs(
             height,
@@ -643,7 +657,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         )
 
         # 6. Decode
-        output = self._postprocess(latents, output_type, video)
+        output = self._postprocess(latents, output_type, video, decode_chunk_frames if video else None)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (output,)

@@ -46,3 +46,8 @@ def test_every_part_runs_and_reports(tmp_path):
     rows = results["stream"]["rows"]
     assert [row["frames"] for row in rows] == [5, 9]
     assert all(row["output_mib"] > 0 and row["seconds"] > 0 for row in rows)
+    decode = results["decode"]
+    for name in ("whole", "chunked"):
+        assert [row["frames"] for row in decode[name]] == [5, 9]
+        assert all(row["seconds"] > 0 for row in decode[name])
+    assert decode["whole"][1]["output_mib"] == decode["chunked"][1]["output_mib"] > decode["whole"][0]["output_mib"]

@@ -110,6 +110,19 @@ def test_text_to_video_frames_and_num_frames_rounding(pipe):
     assert "rounding 7 to 5" in logged and result["out"].frames.shape == (1, 5, 3, 32, 32)
 
 
+def test_videos_decode_in_chunks_equal_to_the_whole_clip(pipe):
+    kwargs = dict(height=32, width=32, num_frames=13, num_inference_steps=STEPS, output_type="pt")
+    streamed = pipe("a fox running", generator=seeded(), **kwargs).frames  # 4 latent frames, 2 at a time
+    whole = pipe("a fox running", generator=seeded(), decode_chunk_frames=None, **kwargs).frames
+    single = pipe("a fox running", generator=seeded(), decode_chunk_frames=1, **kwargs).frames
+    assert streamed.shape == (1, 13, 3, 32, 32)
+    torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(single, whole, atol=1e-5, rtol=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"`decode_chunk_frames` must be an int ≥ 1 .* got {bad!r}"):
+            pipe("x", decode_chunk_frames=bad, **kwargs)
+
+
 def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
     image = source_image()
     frames = pipe("it moves", image=image, num_frames=9, num_inference_steps=STEPS, output_type="pt").frames
