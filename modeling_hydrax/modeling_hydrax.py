@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
@@ -299,21 +299,28 @@ class HydraXModel(HydraXPreTrainedModel):
         dtype = self.vision_tower.gen_vit.patch_embedding.weight.dtype
         return self.vision_tower.encode(pixel_values.to(dtype)).latents
 
-    def _visual_features(self, pixel_values) -> torch.Tensor:
-        """Clean pixels (a batched tensor or a list of differently sized ones) → projected features `[tokens, H]`."""
+    def _visual_features(self, pixel_values) -> BaseModelOutputWithPooling:
+        """Clean pixels (a batched tensor or a list of differently sized ones) → Sem-ViT features `[Σ tokens, D]`
+        (`last_hidden_state`) and each item's projected, LLM-ready features `[tokens_i, hidden]` (`pooler_output`, a
+        tuple: the layout transformers' generation expands per sample for beams and returned sequences)."""
         items = [pixel_values] if isinstance(pixel_values, torch.Tensor) else [p[None] for p in pixel_values]
-        features = []
+        semantic_features, projected = [], []
         for item in items:
             semantic = self.vision_tower.get_semantic_features(self.encode_latents(item)).last_hidden_state
-            features.append(self.projector(semantic).flatten(0, 1))
-        return torch.cat(features, dim=0)
+            semantic_features.append(semantic.flatten(0, 1))
+            projected.extend(self.projector(semantic).unbind(0))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=torch.cat(semantic_features, dim=0), pooler_output=tuple(projected)
+        )
 
-    def get_image_features(self, pixel_values, image_grid_thw=None) -> torch.Tensor:
-        """Images `[N, 3, H, W]` (or a list of `[3, H, W]`) → LLM-ready features `[Σ h·w, hidden]`, image-major."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs) -> BaseModelOutputWithPooling:
+        """Images `[N, 3, H, W]` (or a list of `[3, H, W]`) → `pooler_output`: N LLM-ready features `[h·w, hidden]`."""
         return self._visual_features(pixel_values)
 
-    def get_video_features(self, pixel_values_videos, video_grid_thw=None) -> torch.Tensor:
-        """Videos `[N, 3, 1+T, H, W]` (or a list) → LLM-ready features `[Σ (1+T/4)·h·w, hidden]`, video-major."""
+    @can_return_tuple
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs) -> BaseModelOutputWithPooling:
+        """Videos `[N, 3, 1+T, H, W]` (or a list) → `pooler_output`: N LLM-ready features `[(1+T/4)·h·w, hidden]`."""
         return self._visual_features(pixel_values_videos)
 
     def embed_noisy_latents(self, noisy_latents, timesteps, source_latents=None, source_cache=None):
@@ -377,12 +384,17 @@ class HydraXModel(HydraXPreTrainedModel):
         generation_mask: torch.BoolTensor | None = None,
         use_cache: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
     ) -> HydraXModelOutputWithPast:
         """Embed text, scatter clean visual features and `generation_embeds` (`[B, n, H]` or `[tokens, H]`, at
         `generation_mask`) into their placeholders, and run the LLM: causal text, bidirectional visual blocks.
-        `inputs_embeds` may replace (or come with) `input_ids`; the placeholders are then found by their embeddings."""
-        input_ids, inputs_embeds = self._ids_and_embeds(input_ids, inputs_embeds)
+        `inputs_embeds` may replace (or come with) `input_ids`; the placeholders are then found by their embeddings.
+        `mm_encoder_outputs` (`{"image": …, "video": …}` from `get_image_features` / `get_video_features`) replaces
+        the pixels, as transformers' `generate` passes them: encoded once, then expanded per beam or sequence."""
+        input_ids = self.sequence_ids(input_ids, inputs_embeds)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         block_ids = self.visual_block_ids(input_ids)
         clean = block_ids >= 0
         if generation_mask is not None:
@@ -390,16 +402,21 @@ class HydraXModel(HydraXPreTrainedModel):
             inputs_embeds = self._scatter(
                 inputs_embeds, generation_mask, generation_embeds.flatten(0, -2), "generation-target"
             )
-        if pixel_values is not None:
-            features = self.get_image_features(pixel_values, image_grid_thw)
-            inputs_embeds = self._scatter(
-                inputs_embeds, clean & (input_ids == self.config.image_token_id), features, "image"
-            )
-        if pixel_values_videos is not None:
-            features = self.get_video_features(pixel_values_videos, video_grid_thw)
-            inputs_embeds = self._scatter(
-                inputs_embeds, clean & (input_ids == self.config.video_token_id), features, "video"
-            )
+        encoded = dict(mm_encoder_outputs or {})
+        for modality, pixels, encoder in (
+            ("image", pixel_values, self.get_image_features),
+            ("video", pixel_values_videos, self.get_video_features),
+        ):
+            if pixels is not None:
+                if encoded.get(modality) is not None:
+                    raise ValueError(
+                        f"Got both {modality} pixels and `mm_encoder_outputs[{modality!r}]`; pass one of them."
+                    )
+                encoded[modality] = encoder(pixels)
+        for modality, token in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
+            if encoded.get(modality) is not None:
+                features = torch.cat([f.reshape(-1, f.shape[-1]) for f in encoded[modality].pooler_output])
+                inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == token), features, modality)
 
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -423,21 +440,19 @@ class HydraXModel(HydraXPreTrainedModel):
             visual_block_ids=block_ids,
         )
 
-    def _ids_and_embeds(self, input_ids, inputs_embeds):
-        """`input_ids` (the sequence structure) and `inputs_embeds` (what the LLM reads), each from the other when
-        only one is given."""
+    def sequence_ids(self, input_ids, inputs_embeds) -> torch.LongTensor:
+        """The ids that give the sequence its structure (text, visual blocks): `input_ids`, or without them the
+        vision tokens found in `inputs_embeds` (`placeholder_ids`)."""
         if input_ids is None and inputs_embeds is None:
             raise ValueError("Pass `input_ids` (from HydraXProcessor) or `inputs_embeds` `[batch, length, hidden]`.")
-        if inputs_embeds is None:
-            return input_ids, self.get_input_embeddings()(input_ids)
         if input_ids is None:
-            return self.placeholder_ids(inputs_embeds), inputs_embeds
-        if input_ids.shape != inputs_embeds.shape[:2]:
+            return self.placeholder_ids(inputs_embeds)
+        if inputs_embeds is not None and input_ids.shape != inputs_embeds.shape[:2]:
             raise ValueError(
                 f"`input_ids` {tuple(input_ids.shape)} and `inputs_embeds` {tuple(inputs_embeds.shape)} must have the "
                 "same batch size and length."
             )
-        return input_ids, inputs_embeds
+        return input_ids
 
     @staticmethod
     def _position_ids(attention_mask, length, past, device):
@@ -505,11 +520,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def get_image_features(self, pixel_values, image_grid_thw=None):
-        return self.model.get_image_features(pixel_values, image_grid_thw)
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
 
-    def get_video_features(self, pixel_values_videos, video_grid_thw=None):
-        return self.model.get_video_features(pixel_values_videos, video_grid_thw)
+    def get_video_features(self, pixel_values_videos, video_grid_thw=None, **kwargs):
+        return self.model.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
 
     # ---------------------------------------------------------------- flow matching pieces
     def sample_timesteps(self, batch_size: int, num_tokens: int, device, generator=None) -> torch.Tensor:
@@ -770,6 +785,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         mm_token_type_ids: torch.Tensor | None = None,
         target_grid_thw: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
     ) -> HydraXCausalLMOutputWithPast:
         """Text, clean visual inputs and (optionally) one generation target per sample → losses and outputs.
@@ -802,7 +818,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         and markers are then found where the embeddings equal theirs, so embed them with `get_input_embeddings()`.
         """
         # 1. Noise the generation targets (and encode the edit sources)
-        input_ids, inputs_embeds = self.model._ids_and_embeds(input_ids, inputs_embeds)
+        input_ids = self.model.sequence_ids(input_ids, inputs_embeds)
         if target_mask is not None and not bool(target_mask.any()):
             target_mask = None  # a collated batch without generation samples
         if target_mask is not None and target_pixel_values is None and target_latents is None:
@@ -841,8 +857,9 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 changed = dropped != input_ids
                 if labels is not None:  # a dropped token is no longer in the input: never a label either
                     labels = labels.masked_fill(changed, -100)
-                pad = self.get_input_embeddings()(torch.tensor(self.config.pad_token_id, device=input_ids.device))
-                inputs_embeds = torch.where(changed[..., None], pad.to(inputs_embeds.dtype), inputs_embeds)
+                if inputs_embeds is not None:  # given embeddings: the dropped ones become the pad token's
+                    pad = self.get_input_embeddings()(torch.tensor(self.config.pad_token_id, device=input_ids.device))
+                    inputs_embeds = torch.where(changed[..., None], pad.to(inputs_embeds.dtype), inputs_embeds)
                 input_ids = dropped
 
         # 2. Run the LLM over text, clean visual blocks and the noisy target
@@ -859,6 +876,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             generation_mask=generation_mask,
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
+            mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

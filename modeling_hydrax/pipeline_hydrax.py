@@ -605,7 +605,9 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 )
         height, width = self._output_size(height, width, image, max_area)
         if decode_chunk_frames is not None and (
-            not isinstance(decode_chunk_frames, int) or isinstance(decode_chunk_frames, bool) or decode_chunk_frames < 1
+            not isinstance(decode_chunk_frames, int)
+            or isinstance(decode_chunk_frames, bool)
+            or decode_chunk_frames < 1
         ):
             raise ValueError(
                 f"`decode_chunk_frames` must be an int ≥ 1 (latent frames decoded at a time) or None (the whole clip "

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_hydrax
+from conftest import tiny_hydrax, visual_block
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from safetensors.torch import load_file, save_file
 from test_modeling_hydrax import IMAGE_TOKENS, _task_inputs, fixed_noise, image, t2i_ids, understanding_ids
 from transformers import AutoModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration, HydraXModel
 from modeling_hydrax.configuration_hydrax_presets import preset_kwargs
@@ -269,3 +270,63 @@ def test_dtype_on_load_reaches_every_submodel(model, tmp_path):
     with torch.no_grad():
         out = loaded(**inputs, logits_to_keep=0)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+
+
+def test_visual_features_follow_transformers_multimodal_outputs(model):
+    images = image(batch=2)
+    with torch.no_grad():
+        out = model.get_image_features(images)
+        mixed = model.get_image_features([images[0], torch.rand(3, 48, 32) * 2 - 1])
+        videos = model.get_video_features(image(frames=5))
+        as_tuple = model.get_image_features(images, return_dict=False)
+    hidden, width = model.config.text_config.hidden_size, model.config.vision_config.hidden_size
+    assert isinstance(out, BaseModelOutputWithPooling) and len(out.pooler_output) == 2
+    assert all(f.shape == (IMAGE_TOKENS, hidden) for f in out.pooler_output)
+    assert out.last_hidden_state.shape == (2 * IMAGE_TOKENS, width)
+    assert [f.shape[0] for f in mixed.pooler_output] == [4, 6]  # 2×2 and 3×2 latent grids
+    assert [f.shape[0] for f in videos.pooler_output] == [2 * IMAGE_TOKENS]  # 1 + 4 frames: 2 latent frames
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.last_hidden_state)
+
+    ids = torch.tensor(
+        [[5] + visual_block(model.config, IMAGE_TOKENS) + [6] + visual_block(model.config, IMAGE_TOKENS)]
+    )
+    with torch.no_grad():
+        by_pixels = model(input_ids=ids, pixel_values=images).logits
+        by_outputs = model(input_ids=ids, mm_encoder_outputs={"image": out}).logits
+    assert torch.equal(by_pixels, by_outputs)
+    with pytest.raises(ValueError, match="both image pixels and `mm_encoder_outputs\\['image'\\]`"):
+        model(input_ids=ids, pixel_values=images, mm_encoder_outputs={"image": out})
+
+
+def test_generate_expands_each_samples_images_for_beams_and_sequences(model):
+    """`num_return_sequences` / `num_beams` copy each sample's whole group of images (encoded once), not each image:
+    two images [A, B] of one sample must become [A, B, A, B], not [A, A, B, B]."""
+    config = model.config
+    one = torch.tensor([[config.pad_token_id] * 6 + [5] + visual_block(config, IMAGE_TOKENS) + [6, 7]])
+    two = torch.tensor([[5] + visual_block(config, IMAGE_TOKENS) + [6] + visual_block(config, IMAGE_TOKENS) + [7]])
+    pixels = image(batch=3)
+    new = dict(max_new_tokens=4)
+    alone = [
+        model.generate(input_ids=one[:, 6:], pixel_values=pixels[:1], do_sample=False, **new)[:, -4:],
+        model.generate(input_ids=two, pixel_values=pixels[1:], do_sample=False, **new)[:, -4:],
+    ]
+    batch = torch.cat([one, two])
+    copies = model.generate(
+        input_ids=batch, attention_mask=(batch != config.pad_token_id).long(), pixel_values=pixels,
+        do_sample=True, top_k=1, num_return_sequences=2, **new,
+    )[:, -4:]  # fmt: skip
+    assert torch.equal(copies, torch.cat([alone[0], alone[0], alone[1], alone[1]]))
+
+    sizes = [torch.rand(3, 32, 32) * 2 - 1, torch.rand(3, 48, 32) * 2 - 1]  # a list: different sizes
+    ids = torch.tensor([[5] + visual_block(config, 4) + [6] + visual_block(config, 6) + [7]])
+    single = model.generate(input_ids=ids, pixel_values=sizes, do_sample=False, **new)
+    listed = model.generate(input_ids=ids, pixel_values=sizes, do_sample=True, top_k=1, num_return_sequences=3, **new)
+    assert torch.equal(listed, single.expand(3, -1))
+
+    seen = []
+    hook = model.model.projector.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    try:
+        model.generate(input_ids=two, pixel_values=pixels[1:], num_beams=3, do_sample=False, **new)
+    finally:
+        hook.remove()
+    assert seen == [2], f"the images were encoded as batches of {seen}, not once"
