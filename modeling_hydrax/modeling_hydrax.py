@@ -517,6 +517,26 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
 
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, refusing `prefill_chunk_size` with visual inputs: a chunk boundary inside a
+        visual block would cut its bidirectional attention."""
+        config = kwargs.get("generation_config") or self.generation_config
+        chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+        visual = [key for key in ("pixel_values", "pixel_values_videos") if kwargs.get(key) is not None]
+        if chunk_size is not None and visual:
+            raise ValueError(
+                f"prefill_chunk_size={chunk_size} with {visual}: chunks would split visual blocks, whose tokens "
+                "attend to each other in both directions within one forward. Pass prefill_chunk_size=None."
+            )
+        return super().generate(*args, **kwargs)
+
+    @staticmethod
+    def create_masks_for_generate(attention_mask=None, **kwargs):
+        """`generate` with a compileable cache (`cache_implementation="static"`) would build a plain causal mask here,
+        without the bidirectional visual blocks only `forward` can see in its tokens: keep the 2-D padding mask, from
+        which `forward` builds the block mask (and a decoding step, with no visual token, the causal one)."""
+        return attention_mask
+
     def get_output_embeddings(self):
         return self.lm_head
 

@@ -11,7 +11,7 @@ from conftest import tiny_hydrax, visual_block
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from safetensors.torch import load_file, save_file
 from test_modeling_hydrax import IMAGE_TOKENS, _task_inputs, fixed_noise, image, t2i_ids, understanding_ids
-from transformers import AutoModel
+from transformers import AutoModel, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration, HydraXModel
@@ -330,3 +330,29 @@ def test_generate_expands_each_samples_images_for_beams_and_sequences(model):
     finally:
         hook.remove()
     assert seen == [2], f"the images were encoded as batches of {seen}, not once"
+
+
+def test_static_cache_generation_keeps_the_visual_blocks_bidirectional(model):
+    """`cache_implementation="static"` (what compiled generation uses): transformers builds its masks in
+    `create_masks_for_generate`, which cannot see the visual blocks; Hydra-X keeps building them in `forward`."""
+    config = model.config
+    padded = torch.tensor([[config.pad_token_id, 5] + visual_block(config, IMAGE_TOKENS) + [6, 7]])
+    ids = torch.cat([padded, understanding_ids(config)])
+    mask = (ids != config.pad_token_id).long()
+    pixels = image(batch=2)
+    greedy = dict(pixel_values=pixels, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    dynamic = model.generate(input_ids=ids, **greedy)
+    static = model.generate(input_ids=ids, cache_implementation="static", **greedy)
+    assert torch.equal(static, dynamic)
+    cache = StaticCache(config=config.text_config, max_cache_len=32)
+    with torch.no_grad():
+        cached = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, cache=cache, use_cache=True).logits
+        plain = model(input_ids=ids, pixel_values=pixels, attention_mask=mask).logits
+    rows = mask.bool()
+    torch.testing.assert_close(cached[rows], plain[rows], atol=1e-5, rtol=1e-5)
+
+    with pytest.raises(ValueError, match="prefill_chunk_size=4 with \\['pixel_values'\\]: chunks would split"):
+        model.generate(input_ids=ids[1:], pixel_values=pixels[1:], prefill_chunk_size=4, max_new_tokens=2)
+    text = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    chunked = model.generate(input_ids=text, prefill_chunk_size=3, max_new_tokens=4, do_sample=False)
+    assert torch.equal(chunked, model.generate(input_ids=text, max_new_tokens=4, do_sample=False))
