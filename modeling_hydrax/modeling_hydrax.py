@@ -422,7 +422,9 @@ class HydraXModel(HydraXPreTrainedModel):
         if position_ids is None:
             position_ids = self._position_ids(attention_mask, input_ids.shape[1], past, input_ids.device)
         mask = attention_mask
-        if bool((block_ids >= 0).any()):
+        # One token (a decoding step) has no later block-mate to see: its mask is the causal one, decided without
+        # reading the tokens, so compiled decoding (`cache_implementation="static"`) has no graph break here.
+        if input_ids.shape[1] > 1 and bool((block_ids >= 0).any()):
             mask = self._block_attention_mask(inputs_embeds, attention_mask, cache, position_ids, block_ids, past)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,

@@ -164,3 +164,24 @@ def test_bench_compile_runs_every_variant(capsys):
     for row in ("eager", "whole LLM, language_model.compile()", "decoder layers, compile_repeated_blocks()"):
         assert row in out
     assert "(1 graph(s) against 2)" in out
+
+
+def test_static_cache_generation_compiles_its_decoding_steps_in_one_graph():
+    """`generate(cache_implementation="static")` compiles the forward of its decoding steps (transformers does so on
+    GPUs; `_compile_all_devices` here on CPU): with `fullgraph=True` any graph break in that path fails, and the
+    compiled tokens equal eager ones."""
+    from conftest import tiny_hydrax, visual_block
+    from transformers import CompileConfig
+
+    model = tiny_hydrax()
+    config = model.config
+    ids = torch.tensor([[5] + visual_block(config, 4) + [6, 7, 8]])
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    greedy = dict(input_ids=ids, pixel_values=pixels, max_new_tokens=6, do_sample=False)
+    eager = model.generate(**greedy)
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True
+    counters.clear()
+    compiled = model.generate(**greedy, cache_implementation="static", compile_config=compile_config)
+    assert torch.equal(compiled, eager)
+    assert counters["stats"]["unique_graphs"] >= 1, "no decoding step ran compiled"
