@@ -356,3 +356,35 @@ def test_static_cache_generation_keeps_the_visual_blocks_bidirectional(model):
     text = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     chunked = model.generate(input_ids=text, prefill_chunk_size=3, max_new_tokens=4, do_sample=False)
     assert torch.equal(chunked, model.generate(input_ids=text, max_new_tokens=4, do_sample=False))
+
+
+def test_transformers_image_text_to_text_pipeline_answers_as_generate(checkpoint):
+    """transformers' `pipeline("image-text-to-text")` (how Qwen2.5-VL users often call a VLM) loads a Hydra-X
+    checkpoint and answers chat messages with `generate`'s own tokens, one conversation or a batch."""
+    from PIL import Image
+    from transformers import AutoProcessor, pipeline
+
+    answerer = pipeline("image-text-to-text", model=str(checkpoint))
+    assert isinstance(answerer.model, HydraXForConditionalGeneration)
+    red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 64), "blue")
+
+    def chat(picture):
+        return [
+            {"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "Colour?"}]}
+        ]
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    answers = []
+    for picture in (red, blue):
+        inputs = processor.apply_chat_template(
+            chat(picture), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        tokens = answerer.model.generate(**inputs, max_new_tokens=5, do_sample=False)[
+            0, inputs["input_ids"].shape[1] :
+        ]
+        expected = processor.decode(tokens, skip_special_tokens=True)
+        (answer,) = answerer(text=chat(picture), max_new_tokens=5, do_sample=False)
+        assert answer["generated_text"][-1] == {"role": "assistant", "content": expected}
+        answers.append(answer)
+    batch = answerer(text=[chat(red), chat(blue)], max_new_tokens=5, do_sample=False)
+    assert [item for (item,) in batch] == answers
