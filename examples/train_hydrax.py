@@ -224,12 +224,16 @@ def read_manifest(path: Path, on_bad_sample: str):
 
 
 def load_source(source: str, on_bad_sample: str):
-    """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns."""
+    """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns:
+    `messages` (JSON), `origin`, `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks,
+    in order; empty for sources without the column), so that sources of either layout interleave."""
     import datasets
 
     path = Path(source)
+    images = datasets.List(datasets.Image())
     if path.suffix == ".jsonl":
-        return read_manifest(path, on_bad_sample)
+        manifest = read_manifest(path, on_bad_sample)
+        return manifest.add_column("images", [[]] * len(manifest), feature=images)
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
         dataset = datasets.load_from_disk(str(path))
         root = str(path.resolve())
@@ -240,14 +244,15 @@ def load_source(source: str, on_bad_sample: str):
         dataset = dataset["train"]
     if "messages" not in dataset.column_names:
         raise ValueError(f"{source}: the dataset has no `messages` column (columns: {dataset.column_names}).")
+    if "images" in dataset.column_names:
+        dataset = dataset.cast_column("images", images)  # e.g. a `Sequence(Image())` column of an older dataset
+    else:
+        dataset = dataset.add_column("images", [[]] * len(dataset), feature=images)
     return dataset.map(
-        lambda row, index: {
-            "messages": json.dumps(row["messages"]),
-            "origin": f"{source} row {index}",
-            "root": root,
-        },
+        lambda messages, index: {"messages": json.dumps(messages), "origin": f"{source} row {index}", "root": root},
         with_indices=True,
-        remove_columns=dataset.column_names,
+        input_columns=["messages"],  # the images are neither decoded nor rewritten
+        remove_columns=[name for name in dataset.column_names if name != "images"],
     )
 
 

@@ -1,18 +1,22 @@
 """Training batches for Hydra-X from chat conversations, built on the fly: images are loaded and the chat template
 applied at collate time, so no pre-tokenised copy of a dataset is ever written (TRL's vision-language collators work
 the same way). It lives in the package, beside the model whose `forward` it feeds, so that any training loop (Trainer,
-TRL, Accelerate) can use it; it imports only torch, transformers and the standard library.
+TRL, Accelerate) can use it; it imports only torch, transformers, Pillow and the standard library.
 
 A sample is a dict with `messages` (the conversation in the processor's chat format, as a list or a JSON string),
-and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it) and `root` (the
-folder that relative `path`s of image and video blocks are relative to).
+and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it), `root` (the
+folder that relative `path`s of image and video blocks are relative to) and `images`: TRL's vision-language dataset
+layout, where image blocks carry no data (`{"type": "image"}`) and take the sample's `images` (PIL images, paths or
+`datasets` `{"bytes", "path"}` dicts) in order.
 """
 
+import io
 import json
 import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
@@ -20,6 +24,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 VISUAL_TYPES = ("image", "video")
+IMAGE_SOURCES = ("path", "image", "url")  # keys that give an image block its pixels
 
 
 def normalize_messages(messages) -> list[dict]:
@@ -93,11 +98,12 @@ class HydraXDataCollator:
         self.on_bad_sample = on_bad_sample
 
     def load_sample(self, example: dict) -> list[dict]:
-        """The sample's conversation with its image files loaded (PIL) and video paths resolved; `BadSampleError` when
-        it cannot be trained on."""
+        """The sample's conversation with its image files loaded (PIL), video paths resolved and `images` placed in
+        its bare image blocks; `BadSampleError` when it cannot be trained on."""
         origin = example.get("origin") or "a sample"
         root = example.get("root")
         messages = normalize_messages(example["messages"])
+        self._place_images(messages, example.get("images") or [], origin)
         problem = find_problem(messages, root)
         if problem is not None:
             raise BadSampleError(f"{origin}: {problem}")
@@ -115,6 +121,27 @@ class HydraXDataCollator:
                 except Exception as error:
                     raise BadSampleError(f"{origin}: image {path} cannot be read ({error})") from error
         return messages
+
+    @staticmethod
+    def _place_images(messages: list[dict], images: list, origin: str):
+        """TRL's layout: the image blocks without a `path`, `image` or `url` take `images`, in order; a `datasets`
+        image (`{"bytes", "path"}`) becomes a PIL image, a string a path."""
+        bare = [
+            block
+            for message in messages
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if block.get("type") == "image" and not any(key in block for key in IMAGE_SOURCES)
+        ]
+        if len(bare) != len(images):
+            raise BadSampleError(
+                f"{origin}: {len(bare)} image block(s) without a `path`, `image` or `url`, but {len(images)} "
+                "image(s) in the sample's `images`; each bare block takes the next image of `images`."
+            )
+        for block, image in zip(bare, images):
+            if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False
+                image = image.get("path") if image.get("bytes") is None else Image.open(io.BytesIO(image["bytes"]))
+            block["path" if isinstance(image, (str, os.PathLike)) else "image"] = image
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         # 1. Check and load every sample

@@ -224,6 +224,47 @@ def test_a_dropped_sample_never_counts_in_the_lm_loss(processor, pictures, check
     assert torch.isfinite(output.lm_loss) and output.flow_loss is not None
 
 
+def trl_layout(pictures: Path) -> list[dict]:
+    """TRL's vision-language rows: bare `{"type": "image"}` blocks and the images in an `images` column."""
+    seen, drawn = (Image.open(pictures / name).convert("RGB") for name in ("seen.png", "drawn.png"))
+    bare = {"type": "image"}
+    return [
+        {"messages": [train_hydrax.user([bare, train_hydrax.text("What is it?")]),
+                      train_hydrax.assistant([train_hydrax.text("a cat")])], "images": [seen]},
+        {"messages": [train_hydrax.user([train_hydrax.text("Draw a cat")]),
+                      train_hydrax.assistant([train_hydrax.text("ok"), bare])], "images": [drawn]},
+    ]  # fmt: skip
+
+
+def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, pictures, tmp_path):
+    """A `datasets` dataset in TRL's layout (images in an `images` column, bare image blocks) gives the collator the
+    batch the same conversations give as a manifest with paths, interleaves with manifests, and trains."""
+    import datasets
+
+    rows = trl_layout(pictures)
+    folder = tmp_path / "trl"
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    manifest = write_manifest(
+        tmp_path / "paths.jsonl", [understanding("seen.png"), text_to_image("drawn.png")]
+    )  # the same two conversations, by path
+    collator = HydraXDataCollator(processor, SIZE)
+    from_trl = collator(list(train_hydrax.load_source(str(folder), "error")))
+    from_paths = collator(list(train_hydrax.load_source(str(manifest), "error")))
+    assert from_trl.keys() == from_paths.keys()
+    for key, value in from_trl.items():
+        assert torch.equal(value, from_paths[key]), key
+
+    train_set, _ = train_hydrax.build_datasets([(str(folder), 1.0), (str(manifest), 1.0)], [], 0.0, "error", seed=0)
+    kinds = {len(images) for images in train_set["images"]}
+    assert kinds == {0, 1} and len(train_set) >= 4
+    with pytest.raises(BadSampleError, match="1 image block\\(s\\) without a `path`, `image` or `url`, but 2 image"):
+        collator([{"messages": rows[0]["messages"], "images": rows[0]["images"] * 2, "origin": "row 7"}])
+
+    out = tmp_path / "out"
+    train(checkpoint, out, "--data", folder, manifest, "--min-pixels", 1024, "--max-pixels", 1024)
+    assert (out / "model" / "config.json").is_file()
+
+
 def test_mixture_ratios_are_respected(tmp_path, pictures):
     first = write_manifest(tmp_path / "a.jsonl", [understanding(str(pictures / "seen.png"))] * 400)
     second = write_manifest(tmp_path / "b.jsonl", [understanding(str(pictures / "seen.png"), "b")] * 400)
