@@ -114,6 +114,7 @@ VIDEO_SAMPLES_FILE = "samples.mp4"  # … or their videos, with --validation-num
 RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
 DEMO_SIZE = 32
 DEMO_MANIFEST = "demo.jsonl"
+STREAM_SHUFFLE_BUFFER = 1000  # samples a --streaming mixture shuffles among
 DEMO_CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
 
 
@@ -223,36 +224,50 @@ def read_manifest(path: Path, on_bad_sample: str):
     return Dataset.from_dict(rows)
 
 
-def load_source(source: str, on_bad_sample: str):
+def load_source(source: str, on_bad_sample: str, streaming: bool = False):
     """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns:
     `messages` (JSON), `origin`, `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks,
-    in order; empty for sources without the column), so that sources of either layout interleave."""
+    in order; empty for sources without the column), so that sources of either layout interleave. Images stay encoded
+    until the collator of the process that trains on them decodes them. With `streaming`, an `IterableDataset`: a
+    `load_dataset` name is read as it trains, nothing downloaded or prepared up front."""
     import datasets
 
     path = Path(source)
-    images = datasets.List(datasets.Image())
+    images = datasets.List(datasets.Image(decode=False))
     if path.suffix == ".jsonl":
         manifest = read_manifest(path, on_bad_sample)
-        return manifest.add_column("images", [[]] * len(manifest), feature=images)
+        manifest = manifest.add_column("images", [[]] * len(manifest), feature=images)
+        return manifest.to_iterable_dataset() if streaming else manifest
     if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
         dataset = datasets.load_from_disk(str(path))
         root = str(path.resolve())
     else:
-        dataset = datasets.load_dataset(source, split="train")
+        dataset = datasets.load_dataset(source, split="train", streaming=streaming)
         root = str(path.resolve()) if path.is_dir() else None
-    if isinstance(dataset, datasets.DatasetDict):
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         dataset = dataset["train"]
-    if "messages" not in dataset.column_names:
-        raise ValueError(f"{source}: the dataset has no `messages` column (columns: {dataset.column_names}).")
-    if "images" in dataset.column_names:
-        dataset = dataset.cast_column("images", images)  # e.g. a `Sequence(Image())` column of an older dataset
+    if streaming and isinstance(dataset, datasets.Dataset):
+        dataset = dataset.to_iterable_dataset()
+    columns = dataset.column_names or list(next(iter(dataset)))  # a stream of unknown features: its first row's
+    if "messages" not in columns:
+        raise ValueError(f"{source}: the dataset has no `messages` column (columns: {columns}).")
+    text = datasets.Value("string")
+    features = datasets.Features(messages=text, origin=text, root=text, images=images)
+    if "images" in columns:
+        dataset, missing = dataset.cast_column("images", images), {}  # e.g. an older `Sequence(Image())` column
     else:
-        dataset = dataset.add_column("images", [[]] * len(dataset), feature=images)
+        missing = {"images": []}
     return dataset.map(
-        lambda messages, index: {"messages": json.dumps(messages), "origin": f"{source} row {index}", "root": root},
+        lambda messages, index: {
+            "messages": json.dumps(messages),
+            "origin": f"{source} row {index}",
+            "root": root,
+            **missing,
+        },
         with_indices=True,
         input_columns=["messages"],  # the images are neither decoded nor rewritten
-        remove_columns=[name for name in dataset.column_names if name != "images"],
+        remove_columns=[name for name in columns if name != "images"],
+        features=features,
     )
 
 
@@ -268,12 +283,13 @@ def parse_source(value: str) -> tuple[str, float]:
     return source, parsed
 
 
-def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int):
-    """The training mixture (sources interleaved with probabilities ∝ weights) and the evaluation set (`eval_sources`
-    concatenated, or an `eval_split` fraction held out of every source), or `None`."""
+def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int, streaming: bool = False):
+    """The training mixture (sources interleaved with probabilities ∝ weights; with `streaming` an `IterableDataset`
+    shuffled through a buffer) and the evaluation set (`eval_sources` concatenated, or an `eval_split` fraction held
+    out of every source), or `None`."""
     import datasets
 
-    loaded = [(load_source(source, on_bad_sample), weight) for source, weight in sources]
+    loaded = [(load_source(source, on_bad_sample, streaming), weight) for source, weight in sources]
     held_out = []
     if eval_split > 0:
         splits = [dataset.train_test_split(test_size=eval_split, seed=seed) for dataset, _ in loaded]
@@ -291,6 +307,8 @@ def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str,
             stopping_strategy="all_exhausted",
         )
     )
+    if streaming:  # the Trainer shuffles map-style datasets with its sampler; a stream shuffles itself
+        train = train.shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER)
     return train, datasets.concatenate_datasets(held_out) if held_out else None
 
 
@@ -614,6 +632,13 @@ def parse_args(argv=None):
         "--eval-split", type=float, default=0.0, help="fraction of every --data source held out for evaluation"
     )
     parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read --data as streams (datasets' IterableDataset): Hub datasets are read while training, nothing "
+        f"downloaded or prepared up front, shuffled through a {STREAM_SHUFFLE_BUFFER}-sample buffer; every process "
+        "collates its own share (not with --eval-split; --eval-data is read whole)",
+    )
+    parser.add_argument(
         "--output-dir", type=Path, default=Path("outputs/train_hydrax"), help="where work/, model/ (and adapter/) go"
     )
     parser.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
@@ -732,6 +757,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not 0 <= args.eval_split < 1:
         parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
+    if args.streaming and args.eval_split:
+        parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
     if args.max_steps < 1 or args.batch_size < 1:
         parser.error(f"--max-steps and --batch-size must be ≥ 1, got {args.max_steps} and {args.batch_size}")
     if any(not prompt.strip() for prompt in args.validation_prompts):
@@ -810,6 +837,8 @@ def main(argv=None) -> HydraXTrainer:
         work_dir,
         evaluate=bool(args.eval_data or args.eval_split),
         learning_rate=max(learning_rates.values()),
+        # a stream's batches of differently sized images cannot be dispatched from one process: each collates its own
+        **({"accelerator_config": {"dispatch_batches": False}} if args.streaming else {}),
     )
 
     plugin = training_args.deepspeed_plugin
@@ -839,7 +868,7 @@ def main(argv=None) -> HydraXTrainer:
             if not args.data:
                 write_demo_data(output_dir / "demo_data")
         train_dataset, eval_dataset = build_datasets(
-            sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed
+            sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed, args.streaming
         )
 
     # 3. Model and processor, with the config pass-throughs; trainable groups and learning rates of the stage; LoRA

@@ -58,14 +58,15 @@ def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint,
         assert torch.equal(value, expected[name]), name
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_two_processes_train_on_different_samples_and_agree_on_the_weights(checkpoint, tmp_path, checkpointing):
+@pytest.mark.parametrize("option", [None, "--gradient-checkpointing", "--streaming"])
+def test_two_processes_train_on_different_samples_and_agree_on_the_weights(checkpoint, tmp_path, option):
     """With gradient checkpointing DDP runs without `find_unused_parameters`: a process whose sample is a question
-    must still reduce the flow head's gradients, else it waits for a bucket the other process never sends."""
+    must still reduce the flow head's gradients, else it waits for a bucket the other process never sends. With
+    `--streaming` each process collates its own share of the stream."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
     command += ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
-    command += ["--report-to", "none", *(["--gradient-checkpointing"] if checkpointing else [])]
+    command += ["--report-to", "none", *([option] if option else [])]
     command += ["--validation-prompts", "an astronaut", "--validation-inference-steps", 2]
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)

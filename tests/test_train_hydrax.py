@@ -265,6 +265,32 @@ def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, picture
     assert (out / "model" / "config.json").is_file()
 
 
+def test_streaming_reads_every_source_row_and_trains(checkpoint, processor, pictures, tmp_path):
+    """`--streaming`: the sources become one shuffled `IterableDataset` whose rows collate as the map-style ones do."""
+    import datasets
+
+    folder = tmp_path / "trl"
+    datasets.Dataset.from_list(trl_layout(pictures)).save_to_disk(str(folder))
+    manifest = write_manifest(tmp_path / "paths.jsonl", [understanding("seen.png"), text_to_image("drawn.png")] * 3)
+    sources = [(str(folder), 1.0), (str(manifest), 1.0)]
+    stream, _ = train_hydrax.build_datasets(sources, [], 0.0, "error", seed=0, streaming=True)
+    whole, _ = train_hydrax.build_datasets(sources, [], 0.0, "error", seed=0)
+    assert isinstance(stream, datasets.IterableDataset) and isinstance(whole, datasets.Dataset)
+    streamed = {row["origin"]: row for row in stream}
+    assert set(streamed) == set(whole["origin"])  # 2 + 6 rows, whatever the shuffle
+    collator = HydraXDataCollator(processor, SIZE)
+    by_origin = {row["origin"]: row for row in whole}
+    for origin in (f"{folder} row 1", f"{manifest}:4"):
+        a, b = collator([streamed[origin]]), collator([by_origin[origin]])
+        assert all(torch.equal(a[key], b[key]) for key in a), origin
+
+    out = tmp_path / "out"
+    train(checkpoint, out, "--data", folder, manifest, "--streaming", "--log-samples", "--min-pixels", 1024)
+    assert len((out / "samples_rank0.txt").read_text().splitlines()) >= 2
+    with pytest.raises(SystemExit):
+        train_hydrax.parse_args(["--streaming", "--eval-split", "0.1"])
+
+
 def test_mixture_ratios_are_respected(tmp_path, pictures):
     first = write_manifest(tmp_path / "a.jsonl", [understanding(str(pictures / "seen.png"))] * 400)
     second = write_manifest(tmp_path / "b.jsonl", [understanding(str(pictures / "seen.png"), "b")] * 400)
