@@ -34,12 +34,13 @@ def losses(trainer, after: int) -> list[tuple]:
     ]
 
 
-def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint, tmp_path, monkeypatch, streaming):
     # 2 samples per step: 6 steps cross the demo set's epoch (9 samples), so the data order after a resume and the
     # next epoch's shuffle both count; text and source dropout are raised so the model's own randomness counts too
     argv = ["--model", checkpoint, "--stage", 2, "--max-steps", 6, "--save-steps", 3, "--logging-steps", 1]
     argv += ["--gradient-accumulation-steps", 2, "--text-dropout-prob", 0.5, "--source-dropout-prob", 0.5]
-    argv += ["--report-to", "none"]
+    argv += ["--report-to", "none", *(["--streaming"] if streaming else [])]
     argv = list(map(str, argv))
     whole = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "whole")])
 
