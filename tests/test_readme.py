@@ -1,0 +1,74 @@
+"""The README's Python examples run as written, in a folder that holds what they name: a tiny checkpoint at
+outputs/run_hydrax/model (what the README's first command writes there) and small cat.jpg / fox.jpg / street.jpg /
+clip.mp4 files."""
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "conversion"))
+    from build_hydrax import build_checkpoint
+
+    folder = tmp_path_factory.mktemp("readme")
+    build_checkpoint("tiny", folder / "outputs" / "run_hydrax" / "model")
+    rng = np.random.default_rng(0)
+    for name in ("cat.jpg", "fox.jpg", "street.jpg"):
+        Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(folder / name)
+    write_clip(folder / "clip.mp4")
+    return folder
+
+
+def write_clip(path: Path, frames: int = 20, side: int = 64):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            pixels = np.full((side, side, 3), index * 10, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def run(block: str, namespace: dict):
+    exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_the_python_blocks_are_the_ones_tested():
+    assert [block.splitlines()[1] for block in BLOCKS] == [
+        "from modeling_hydrax import HydraXTokConfig, HydraXTokModel   # importing registers AutoConfig / AutoModel",
+        "import processing_hydrax  # registers the processors, tokenizer and config (importing modeling_hydrax does "
+        "the same)",
+        "from transformers import AutoModel, AutoProcessor",
+        "from diffusers.utils import export_to_video",
+    ]
+
+
+def test_tokenizer_example_gives_the_shapes_it_states():
+    namespace = {}
+    run(BLOCKS[0], namespace)
+    assert tuple(namespace["latents"].shape) == (1, 64, 5, 16, 16)
+    assert tuple(namespace["frames"].shape) == (1, 3, 17, 256, 256)
+    assert tuple(namespace["features"].shape) == (1, 1280, 1152)
+
+
+def test_processor_model_and_pipeline_examples_run_on_the_run_hydrax_checkpoint(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    namespace = {}
+    for block in BLOCKS[1:]:  # the model example uses the processor example's conversations
+        run(block, namespace)
+    assert namespace["out"].flow_loss is not None and namespace["velocity"].shape == (2, 8, 1, 32, 32)
+    assert namespace["image"].size == (512, 512) and len(namespace["animated"]) == 17
+    assert namespace["night"].size == (96, 64) and (folder / "fox.mp4").stat().st_size > 0
