@@ -253,10 +253,9 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
         raise ValueError(f"{source}: the dataset has no `messages` column (columns: {columns}).")
     text = datasets.Value("string")
     features = datasets.Features(messages=text, origin=text, root=text, images=images)
-    if "images" in columns:
-        dataset, missing = dataset.cast_column("images", images), {}  # e.g. an older `Sequence(Image())` column
-    else:
-        missing = {"images": []}
+    missing = {} if "images" in columns else {"images": []}
+    if not missing and dataset.features is not None:  # a stream of unknown features takes it from `map(features=)`
+        dataset = dataset.cast_column("images", images)  # e.g. an older `Sequence(Image())` column
     return dataset.map(
         lambda messages, index: {
             "messages": json.dumps(messages),

@@ -139,8 +139,12 @@ class HydraXDataCollator:
                 "image(s) in the sample's `images`; each bare block takes the next image of `images`."
             )
         for block, image in zip(bare, images):
-            if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False
-                image = image.get("path") if image.get("bytes") is None else Image.open(io.BytesIO(image["bytes"]))
+            if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False; EXIF-rotated as paths are
+                image = (
+                    image.get("path")
+                    if image.get("bytes") is None
+                    else load_image(Image.open(io.BytesIO(image["bytes"])))
+                )
             block["path" if isinstance(image, (str, os.PathLike)) else "image"] = image
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -412,7 +412,7 @@ class HydraXModel(HydraXPreTrainedModel):
                     raise ValueError(
                         f"Got both {modality} pixels and `mm_encoder_outputs[{modality!r}]`; pass one of them."
                     )
-                encoded[modality] = encoder(pixels)
+                encoded[modality] = encoder(pixels, return_dict=True)
         for modality, token in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
             if encoded.get(modality) is not None:
                 features = torch.cat([f.reshape(-1, f.shape[-1]) for f in encoded[modality].pooler_output])
@@ -432,6 +432,7 @@ class HydraXModel(HydraXPreTrainedModel):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return HydraXModelOutputWithPast(
@@ -522,9 +523,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`, refusing `prefill_chunk_size` with visual inputs: a chunk boundary inside a
         visual block would cut its bidirectional attention."""
-        config = kwargs.get("generation_config") or self.generation_config
+        config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
-        visual = [key for key in ("pixel_values", "pixel_values_videos") if kwargs.get(key) is not None]
+        visual = [
+            key for key in ("pixel_values", "pixel_values_videos", "mm_encoder_outputs") if kwargs.get(key) is not None
+        ]
         if chunk_size is not None and visual:
             raise ValueError(
                 f"prefill_chunk_size={chunk_size} with {visual}: chunks would split visual blocks, whose tokens "
@@ -899,6 +902,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,  # whatever `config.return_dict` asks of this call's own output
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -985,6 +989,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             generation_embeds=generation_embeds,
             generation_mask=generation_mask,
             use_cache=True,
+            return_dict=True,
         )
         next_position = self.model._position_ids(attention_mask, 1, 0, input_ids.device)[:, -1] + 1
         return HydraXGenerationPrefix(outputs.cache, attention_mask, next_position, source_cache)
@@ -1035,6 +1040,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 position_ids=position_ids,
                 cache=prefix.cache,
                 use_cache=True,
+                return_dict=True,
             ).last_hidden_state
         finally:
             for entry, (keys, values) in zip(prefix.cache.layers, prompt_entries):

@@ -324,7 +324,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     def _output_size(self, height, width, image=None, max_area=None) -> tuple[int, int]:
         """`height` and `width`. By default: the size of `image` snapped to multiples of the patch size (its latent
         grid), scaled down to at most `max_area` pixels with its aspect ratio kept when it is larger (logged; the
-        processor's own `smart_resize` rule); without an image, the side of the processor's `max_pixels`."""
+        processor's own `smart_resize` rule); with only one side given, the other from the image's aspect ratio;
+        without an image, the side of the processor's `max_pixels`."""
         patch = self.patch_size
         image_processor = self.processor.image_processor
         budget = image_processor.size["max_pixels"] if max_area is None else max_area
@@ -336,17 +337,23 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         if image is None:
             side = int(image_processor.size["max_pixels"] ** 0.5)
             default = [max(patch, side - side % patch)] * 2
-        else:
-            source = image_size(image)
-            bounds = {"size": {"min_pixels": patch * patch, "max_pixels": budget}, "patch_size": patch}
-            default = [side * patch for side in image_processor.get_image_grid_thw(*source, bounds)[1:]]
-            if (height is None or width is None) and default != [max(patch, round(s / patch) * patch) for s in source]:
-                logger.warning(
-                    f"The input image is {source[0]}x{source[1]} (height x width), more than max_area={budget} "
-                    f"pixels: the output defaults to {default[0]}x{default[1]}, its aspect ratio as far as the "
-                    f"{patch}-pixel grid allows. Pass `height` and `width`, or a larger `max_area`, for another size."
-                )
-        return default[0] if height is None else height, default[1] if width is None else width
+            return default[0] if height is None else height, default[1] if width is None else width
+        source = image_size(image)
+        if height is not None or width is not None:  # one side given: the other keeps the image's aspect ratio
+            ratio = source[1] / source[0]
+            height = height if height is not None else max(patch, round(width / ratio / patch) * patch)
+            return height, width if width is not None else max(patch, round(height * ratio / patch) * patch)
+        bounds = {"size": {"min_pixels": patch * patch, "max_pixels": budget}, "patch_size": patch}
+        default = [side * patch for side in image_processor.get_image_grid_thw(*source, bounds)[1:]]
+        snapped = [max(patch, round(side / patch) * patch) for side in source]
+        if default != snapped:
+            logger.warning(
+                f"The input image is {source[0]}x{source[1]} (height x width), {snapped[0]}x{snapped[1]} on the "
+                f"{patch}-pixel grid: more than max_area={budget} pixels, so the output defaults to "
+                f"{default[0]}x{default[1]}, its aspect ratio as far as the grid allows. Pass `height` and `width`, "
+                "or a larger `max_area`, for another size."
+            )
+        return default[0], default[1]
 
     def _preprocess_images(self, image, height: int, width: int, num_prompts: int) -> torch.Tensor:
         """Images → pixels `[num_prompts, 3, height, width]` in [-1, 1]; a resize is logged."""
@@ -480,6 +487,24 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
         return latents
 
+    def _decode_chunk_frames(self, value) -> int | None:
+        """`decode_chunk_frames` checked before sampling: `"auto"` resolved, an explicit chunk size refused for a
+        tokenizer whose attention is not temporally causal."""
+        causal = self.model.config.vision_config.attention_mode != "full"
+        if value == "auto":
+            return 2 if causal else None
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(
+                f"`decode_chunk_frames` must be an int ≥ 1 (latent frames decoded at a time), 'auto' or None (the "
+                f"whole clip at once), got {value!r}."
+            )
+        if value is not None and not causal:
+            raise ValueError(
+                f"decode_chunk_frames={value} streams the decoder, which needs a temporally causal tokenizer; this "
+                "one has attention_mode='full'. Pass decode_chunk_frames=None or 'auto'."
+            )
+        return value
+
     def _postprocess(self, latents: torch.Tensor, output_type: str, video: bool, chunk_frames: int | None = None):
         """Decode normalised latents with Hydra-XTok (`chunk_frames` latent frames at a time when given, streamed with
         its frame cache: the same frames in memory that does not grow with the clip) and convert to `output_type`
@@ -529,7 +554,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_area: int | None = None,
-        decode_chunk_frames: int | None = 2,
+        decode_chunk_frames: int | str | None = "auto",
     ):
         r"""
         Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
@@ -572,10 +597,11 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Image-to-video: the most pixels per frame the size taken from `image` may have (default: the
                 processor's `max_pixels`, 1024²); a larger image sets a smaller size of the same aspect ratio. Explicit
                 `height` and `width` are used as given.
-            decode_chunk_frames (`int`, *optional*, defaults to 2):
+            decode_chunk_frames (`int`, `"auto"` or `None`, defaults to `"auto"`):
                 Videos: latent frames Hydra-XTok decodes at a time, streamed with its frame cache, as Wan's VAE decodes
                 frame by frame. The frames equal a whole-clip decode, and decoding memory stays flat with the clip's
-                length (12× less at 257 frames, `bench/bench_tokenizer.py --part decode`); `None` decodes at once.
+                length (12× less at 257 frames, `bench/bench_tokenizer.py --part decode`). `"auto"`: 2, or the whole
+                clip for a tokenizer with `attention_mode="full"` (which cannot stream); `None`: the whole clip.
 
         Examples:
 
@@ -604,15 +630,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                     "edit an image use HydraXEditPipeline."
                 )
         height, width = self._output_size(height, width, image, max_area)
-        if decode_chunk_frames is not None and (
-            not isinstance(decode_chunk_frames, int)
-            or isinstance(decode_chunk_frames, bool)
-            or decode_chunk_frames < 1
-        ):
-            raise ValueError(
-                f"`decode_chunk_frames` must be an int ≥ 1 (latent frames decoded at a time) or None (the whole clip "
-                f"at once), got {decode_chunk_frames!r}."
-            )
+        decode_chunk_frames = self._decode_chunk_frames(decode_chunk_frames)
         self._guidance_scale = guidance_scale
         self._check_inputs(
             height,

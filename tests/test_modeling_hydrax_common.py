@@ -11,7 +11,7 @@ from conftest import tiny_hydrax, visual_block
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from safetensors.torch import load_file, save_file
 from test_modeling_hydrax import IMAGE_TOKENS, _task_inputs, fixed_noise, image, t2i_ids, understanding_ids
-from transformers import AutoModel, StaticCache
+from transformers import AutoModel, GenerationConfig, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration, HydraXModel
@@ -174,6 +174,14 @@ def test_return_dict_false_gives_the_output_tuple(model):
     for a, b in zip(as_tuple, as_dict.to_tuple()):
         assert type(a) is type(b) and (not isinstance(a, torch.Tensor) or torch.equal(a, b))
     assert isinstance(base, tuple) and base[0].shape[:2] == understanding_ids(model.config).shape
+
+    # `config.return_dict=False` (how transformers' old scripts ask for tuples) changes only what the caller gets
+    tuples = tiny_hydrax(return_dict=False)
+    with torch.no_grad():
+        out = tuples(**inputs, timesteps=t, noise=noise)
+    assert isinstance(out, tuple) and torch.equal(out[0], as_dict.loss)
+    ids = understanding_ids(model.config)
+    assert tuples.generate(input_ids=ids, pixel_values=image(), max_new_tokens=2).shape == (1, ids.shape[1] + 2)
 
 
 def test_hidden_states_attentions_and_their_gradients():
@@ -353,6 +361,12 @@ def test_static_cache_generation_keeps_the_visual_blocks_bidirectional(model):
 
     with pytest.raises(ValueError, match="prefill_chunk_size=4 with \\['pixel_values'\\]: chunks would split"):
         model.generate(input_ids=ids[1:], pixel_values=pixels[1:], prefill_chunk_size=4, max_new_tokens=2)
+    chunked_config = GenerationConfig(prefill_chunk_size=3, max_new_tokens=2)
+    with pytest.raises(ValueError, match="prefill_chunk_size=3 with \\['pixel_values'\\]"):
+        model.generate(ids[1:], chunked_config, pixel_values=pixels[1:])  # the config given positionally
+    encoded = {"image": model.get_image_features(pixels[1:])}
+    with pytest.raises(ValueError, match="prefill_chunk_size=3 with \\['mm_encoder_outputs'\\]"):
+        model.generate(input_ids=ids[1:], mm_encoder_outputs=encoded, generation_config=chunked_config)
     text = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     chunked = model.generate(input_ids=text, prefill_chunk_size=3, max_new_tokens=4, do_sample=False)
     assert torch.equal(chunked, model.generate(input_ids=text, max_new_tokens=4, do_sample=False))

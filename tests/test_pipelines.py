@@ -118,9 +118,28 @@ def test_videos_decode_in_chunks_equal_to_the_whole_clip(pipe):
     assert streamed.shape == (1, 13, 3, 32, 32)
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
     torch.testing.assert_close(single, whole, atol=1e-5, rtol=0)
-    for bad in (0, 1.5, True):
+    for bad in (0, 1.5, True, "all"):
         with pytest.raises(ValueError, match=f"`decode_chunk_frames` must be an int ≥ 1 .* got {bad!r}"):
             pipe("x", decode_chunk_frames=bad, **kwargs)
+
+
+def test_a_tokenizer_with_full_attention_decodes_videos_whole(tmp_path):
+    """`attention_mode="full"` (the paper's ablation) cannot stream: `"auto"` decodes such a tokenizer's videos whole,
+    and an explicit chunk size is refused before any sampling, naming the option."""
+    sys.path.insert(0, str(ROOT / "conversion"))
+    from build_hydrax import build_checkpoint
+
+    from modeling_hydrax.configuration_hydrax_presets import preset_kwargs
+
+    vision_config = {**preset_kwargs("tiny")["vision_config"], "attention_mode": "full"}
+    full = HydraXPipeline.from_pretrained(build_checkpoint("tiny", tmp_path / "full", vision_config=vision_config))
+    full.set_progress_bar_config(disable=True)
+    kwargs = dict(height=32, width=32, num_frames=5, num_inference_steps=1, output_type="pt")
+    assert full("a fox", **kwargs).frames.shape == (1, 5, 3, 32, 32)
+    steps = []
+    with pytest.raises(ValueError, match="decode_chunk_frames=2 streams the decoder, .* attention_mode='full'"):
+        full("a fox", decode_chunk_frames=2, callback_on_step_end=lambda *args: steps.append(1) or {}, **kwargs)
+    assert not steps, "the refusal came after sampling"
 
 
 def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
@@ -214,6 +233,8 @@ def test_max_area_caps_the_size_taken_from_the_input_image(pipe, edit):
     assert logged == "" and result["out"].images.shape == (1, 64, 96, 3), "within the default max_area (1024²)"
     explicit = edit(source_image(1, 64, 96), "x", height=64, width=96, max_area=32 * 48, **kwargs).images
     assert explicit.shape == (1, 64, 96, 3)
+    one_side = edit(source_image(1, 64, 96), "x", height=32, **kwargs).images  # the width keeps the 2:3 ratio
+    assert one_side.shape == (1, 32, 48, 3)
     frames = pipe("a fox", image=source_image(1, 96, 64), num_frames=5, max_area=32 * 32, **kwargs).frames
     assert frames.shape == (1, 5, 32, 16, 3)  # 96x64 scaled to ≤ 1024 pixels: 39x26 → 32x16 on the 16-pixel grid
     for bad in (0, 255, 1.5e6, True):

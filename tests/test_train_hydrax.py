@@ -265,6 +265,45 @@ def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, picture
     assert (out / "model" / "config.json").is_file()
 
 
+def test_trl_images_as_bytes_are_rotated_by_their_exif_as_files_are(processor, tmp_path):
+    """A phone photo in portrait is a landscape JPEG tagged "rotate 90°": stored as `datasets` bytes (how
+    train_hydrax.py keeps an `images` column) it must reach the model upright, as the same file given by path does."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "portrait.jpg", exif=exif
+    )
+    conversation = trl_layout_messages("a cat")
+    by_path = HydraXDataCollator(processor).load_sample(
+        {"messages": conversation, "images": [str(tmp_path / "portrait.jpg")]}
+    )
+    as_bytes = {"bytes": (tmp_path / "portrait.jpg").read_bytes(), "path": "portrait.jpg"}
+    by_bytes = HydraXDataCollator(processor).load_sample({"messages": conversation, "images": [as_bytes]})
+    upright = [sample[0]["content"][0]["image"] for sample in (by_path, by_bytes)]
+    assert [picture.size for picture in upright] == [(32, 64), (32, 64)]
+    assert np.array_equal(np.asarray(upright[0]), np.asarray(upright[1]))
+
+
+def trl_layout_messages(answer: str) -> list[dict]:
+    question = train_hydrax.user([{"type": "image"}, train_hydrax.text("What is it?")])
+    return [question, train_hydrax.assistant([train_hydrax.text(answer)])]
+
+
+def test_a_stream_of_unknown_features_keeps_its_images(monkeypatch, pictures, processor):
+    """Some streams do not declare their features; their `images` column still comes through, and the collator
+    loads it."""
+    import datasets
+
+    rows = [{"messages": trl_layout_messages("a cat"), "images": [str(pictures / "seen.png")]}] * 2
+    stream = datasets.IterableDataset.from_generator(lambda: iter(rows)).map(lambda row: row)
+    assert stream.features is None
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: stream)
+    (row, _) = list(train_hydrax.load_source("someone/a-stream", "error", streaming=True))
+    assert row["origin"] == "someone/a-stream row 0" and json.loads(row["messages"]) == rows[0]["messages"]
+    loaded = HydraXDataCollator(processor).load_sample(row)[0]["content"][0]["image"]
+    assert np.array_equal(np.asarray(loaded), np.asarray(Image.open(pictures / "seen.png").convert("RGB")))
+
+
 def test_streaming_reads_every_source_row_and_trains(checkpoint, processor, pictures, tmp_path):
     """`--streaming`: the sources become one shuffled `IterableDataset` whose rows collate as the map-style ones do."""
     import datasets
