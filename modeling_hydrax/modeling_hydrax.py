@@ -342,15 +342,27 @@ class HydraXModel(HydraXPreTrainedModel):
         (placeholders, `<|vision_start|>`, `<|vision_end|>`) where the embeddings are exactly theirs, as Qwen2.5-VL
         finds its placeholders, and −1 on every other (text) position."""
         config = self.config
-        ids = torch.full(inputs_embeds.shape[:2], -1, dtype=torch.long, device=inputs_embeds.device)
-        for token in (
+        tokens = [
             config.image_token_id,
             config.video_token_id,
             config.vision_start_token_id,
             config.vision_end_token_id,
-        ):
-            embedding = self.get_input_embeddings()(torch.tensor(token, device=inputs_embeds.device))
-            ids = ids.masked_fill((inputs_embeds == embedding.to(inputs_embeds.dtype)).all(dim=-1), token)
+        ]
+        rows = self.get_input_embeddings()(torch.tensor(tokens, device=inputs_embeds.device)).to(inputs_embeds.dtype)
+        same = [
+            (a, b)
+            for i, a in enumerate(tokens)
+            for j, b in enumerate(tokens)
+            if i < j and torch.equal(rows[i], rows[j])
+        ]
+        if same:  # e.g. vision tokens a text-only Qwen2.5 never trained, still alike
+            raise ValueError(
+                f"Tokens {same} have identical embeddings, so `inputs_embeds` alone cannot tell them apart; pass "
+                "`input_ids` along with `inputs_embeds`."
+            )
+        ids = torch.full(inputs_embeds.shape[:2], -1, dtype=torch.long, device=inputs_embeds.device)
+        for token, row in zip(tokens, rows):
+            ids = ids.masked_fill((inputs_embeds == row).all(dim=-1), token)
         return ids
 
     def visual_block_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:

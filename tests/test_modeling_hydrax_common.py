@@ -136,6 +136,11 @@ def test_inputs_embeds_match_input_ids(model):
 
     with pytest.raises(ValueError, match="input_ids.*inputs_embeds"):
         model(pixel_values=image())
+    alike = tiny_hydrax()
+    with torch.no_grad():  # as in a text-only checkpoint whose vision tokens were never trained
+        alike.get_input_embeddings().weight[config.video_token_id] = embed.weight[config.image_token_id]
+    with pytest.raises(ValueError, match=f"Tokens \\[\\({config.image_token_id}, {config.video_token_id}\\)\\] have"):
+        alike(inputs_embeds=alike.get_input_embeddings()(ids))
     with pytest.raises(ValueError, match=r"\(1, 3\).*same batch size and length"):
         model(input_ids=prompt[:, :3], inputs_embeds=embed(prompt))
 
