@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_tok_config
 from PIL import Image
 
-from modeling_hydrax import HydraXTokConfig
+from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, HydraXTokConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,13 @@ def write_clip(path: Path, frames: int = 20, side: int = 64):
         container.mux(stream.encode())
 
 
+def with_two_steps(call):
+    def two_steps(self, *args, **kwargs):
+        return call(self, *args, **{**kwargs, "num_inference_steps": 2})
+
+    return two_steps
+
+
 def run(block: str, namespace: dict):
     exec(compile(block, "README.md", "exec"), namespace)
 
@@ -74,7 +81,10 @@ def test_tokenizer_example_gives_the_shapes_it_states():
 
 
 def test_processor_model_and_pipeline_examples_run_on_the_run_hydrax_checkpoint(folder, monkeypatch):
+    """As written, but every pipeline call takes 2 denoising steps (the README's 30–50 cost a minute on 2 cores)."""
     monkeypatch.chdir(folder)
+    for cls in (HydraXPipeline, HydraXEditPipeline):
+        monkeypatch.setattr(cls, "__call__", with_two_steps(cls.__call__))
     namespace = {}
     for block in BLOCKS[1:]:  # the model example uses the processor example's conversations
         run(block, namespace)
