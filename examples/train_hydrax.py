@@ -226,8 +226,9 @@ def read_manifest(path: Path, on_bad_sample: str):
 
 def load_source(source: str, on_bad_sample: str, streaming: bool = False):
     """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns:
-    `messages` (JSON), `origin`, `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks,
-    in order; empty for sources without the column), so that sources of either layout interleave. Images stay encoded
+    `messages` (JSON; from TRL's conversational `prompt` + `completion` when the source has those instead), `origin`,
+    `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks, in order; empty for sources
+    without the column), so that sources of either layout interleave. Images stay encoded
     until the collator of the process that trains on them decodes them. With `streaming`, an `IterableDataset`: a
     `load_dataset` name is read as it trains, nothing downloaded or prepared up front."""
     import datasets
@@ -249,22 +250,26 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
     if streaming and isinstance(dataset, datasets.Dataset):
         dataset = dataset.to_iterable_dataset()
     columns = dataset.column_names or list(next(iter(dataset)))  # a stream of unknown features: its first row's
-    if "messages" not in columns:
-        raise ValueError(f"{source}: the dataset has no `messages` column (columns: {columns}).")
+    conversation = ["messages"] if "messages" in columns else ["prompt", "completion"]
+    if not set(conversation) <= set(columns):
+        raise ValueError(
+            f"{source}: the dataset has neither a `messages` column nor TRL's conversational `prompt` and "
+            f"`completion` columns (columns: {columns})."
+        )
     text = datasets.Value("string")
     features = datasets.Features(messages=text, origin=text, root=text, images=images)
     missing = {} if "images" in columns else {"images": []}
     if not missing and dataset.features is not None:  # a stream of unknown features takes it from `map(features=)`
         dataset = dataset.cast_column("images", images)  # e.g. an older `Sequence(Image())` column
     return dataset.map(
-        lambda messages, index: {
-            "messages": json.dumps(messages),
-            "origin": f"{source} row {index}",
+        lambda *turns_and_index: {
+            "messages": json.dumps([turn for turns in turns_and_index[:-1] for turn in turns]),
+            "origin": f"{source} row {turns_and_index[-1]}",
             "root": root,
             **missing,
         },
         with_indices=True,
-        input_columns=["messages"],  # the images are neither decoded nor rewritten
+        input_columns=conversation,  # the images are neither decoded nor rewritten
         remove_columns=[name for name in columns if name != "images"],
         features=features,
     )

@@ -254,6 +254,16 @@ def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, picture
     for key, value in from_trl.items():
         assert torch.equal(value, from_paths[key]), key
 
+    prompt_completion = [
+        {"prompt": row["messages"][:1], "completion": row["messages"][1:], "images": row["images"]} for row in rows
+    ]  # TRL's conversational prompt-completion layout
+    datasets.Dataset.from_list(prompt_completion).save_to_disk(str(tmp_path / "trl_pc"))
+    from_pc = collator(list(train_hydrax.load_source(str(tmp_path / "trl_pc"), "error")))
+    assert all(torch.equal(value, from_paths[key]) for key, value in from_pc.items())
+    datasets.Dataset.from_list([{"text": "hi"}]).save_to_disk(str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="neither a `messages` column nor TRL's conversational `prompt` and"):
+        train_hydrax.load_source(str(tmp_path / "plain"), "error")
+
     train_set, _ = train_hydrax.build_datasets([(str(folder), 1.0), (str(manifest), 1.0)], [], 0.0, "error", seed=0)
     kinds = {len(images) for images in train_set["images"]}
     assert kinds == {0, 1} and len(train_set) >= 4
