@@ -1,7 +1,8 @@
 """GPU check of the pipelines at full size: `hydrax-7b` with random weights in bf16, saved as a pipeline folder and
 reloaded with `HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map="cuda")`, then seconds
 and peak GPU memory for a 512² and a 1024² image (30 steps, CFG), a 17-frame 512² video and a 1024² edit (dual CFG),
-each without and with `torch.compile` of the LLM's decoder layers (`model.compile_repeated_blocks(fullgraph=True)`:
+with the weights on the GPU or offloaded to the CPU (`--offload`), each without and with `torch.compile` of the LLM's
+decoder layers (`model.compile_repeated_blocks(fullgraph=True)`:
 all 28 layers share one graph, so the warm-up compiles one layer, not the stack); the table is appended to
 docs/PERFORMANCE.md, with the first call (warm-up, and with it the compilation) of each row.
 
@@ -57,6 +58,16 @@ def save_random_pipeline(preset: str, folder: Path, device: str, dtype: torch.dt
     with torch.device(device):
         model = HydraXForConditionalGeneration._from_config(config, dtype=dtype)
     HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(folder)
+
+
+OFFLOADS = {
+    "none": None,
+    "model": lambda pipe, device: pipe.enable_model_cpu_offload(device=device),
+    "group": lambda pipe, device: pipe.enable_group_offload(
+        torch.device(device), offload_type="block_level", num_blocks_per_group=1, use_stream=device == "cuda"
+    ),
+    "sequential": lambda pipe, device: pipe.enable_sequential_cpu_offload(device=device),
+}
 
 
 def synchronized_seconds(device: str, run) -> float:
@@ -120,6 +131,13 @@ def main(argv=None):
         default="both",
         help="time the calls without torch.compile of the LLM's decoder layers, with it, or both",
     )
+    parser.add_argument(
+        "--offload",
+        choices=list(OFFLOADS),
+        default="none",
+        help="keep the weights on the CPU and bring them in per call (model), per block (group: block-level group "
+        "offloading, streamed on CUDA) or per module (sequential); peak memory then counts what stays on the device",
+    )
     parser.add_argument("--output-dir", type=Path, help="where to save the pipeline folder (default: a temp dir)")
     parser.add_argument(
         "--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="Markdown file the table is appended to"
@@ -147,9 +165,12 @@ def main(argv=None):
 
     # 2. Reload as a user would
     start = time.perf_counter()
-    pipe = HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map=args.device)
+    placement = None if args.offload != "none" else args.device
+    pipe = HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map=placement)
     load_s = time.perf_counter() - start
     pipe.set_progress_bar_config(disable=True)
+    if args.offload != "none":
+        OFFLOADS[args.offload](pipe, args.device)
     edit = HydraXEditPipeline(model=pipe.model, processor=pipe.processor, scheduler=pipe.scheduler)
     edit.set_progress_bar_config(disable=True)
 
@@ -159,7 +180,9 @@ def main(argv=None):
         f"\n## Pipeline GPU check: {args.preset} on {device_name} (bf16, random weights)\n",
         f"Command: `{shlex.join(['python', 'bench/gpu_check_pipelines.py', *command])}`; "
         f"build + save {build_s:.1f} s, "
-        f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map='{args.device}')` {load_s:.1f} s.\n",
+        f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map={placement!r})` {load_s:.1f} s"
+        + ("." if args.offload == "none" else f", then {args.offload} offloading to the CPU.")
+        + "\n",
         "| call | torch.compile | first call | time | peak memory |",
         "| --- | --- | --- | --- | --- |",
     ]

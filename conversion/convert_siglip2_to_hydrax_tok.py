@@ -284,7 +284,7 @@ def verify_equivalences(siglip, model: HydraXTokModel) -> list[str]:
         else:
             expected, what = siglip.embeddings.patch_embedding(patches), "patch embedding"
             if config.use_abs_pos_embed:
-                embedded = embedded - model.gen_vit.position_embedding(rows, cols)
+                embedded = embedded - model.gen_vit.position_embedding(rows, cols, embedded.device)
         difference = max_difference(embedded, expected, f"the {what} of a {rows}×{cols}-patch image")
         checks.append(f"{what} of a {rows}×{cols}-patch image equals SigLIP 2's (max |Δ| {difference:.2e})")
     # 2. A resized position grid is SigLIP 2's own resize of its grid.

@@ -228,6 +228,18 @@ class HydraXPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HydraXTokBlock", "Qwen2DecoderLayer", "HydraXFlowHead"]
+    # diffusers' block-level group offloading: the pipelines call these parts' forwards (and embed tokens) directly,
+    # never `HydraXModel.forward`, so each is a block whose weights come in when its forward runs.
+    _group_offload_block_modules = [
+        "model",
+        "vision_tower",
+        *HydraXTokModel._group_offload_block_modules,
+        "projector",
+        "timestep_embedding",
+        "language_model",
+        "embed_tokens",
+        "flow_head",
+    ]
     _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True

@@ -468,11 +468,13 @@ class HydraXTokPositionEmbedding(nn.Module):
         self.size = size
         self.position_embedding = nn.Embedding(size * size, hidden_size)
 
-    def forward(self, height: int, width: int) -> torch.Tensor:
-        grid = self.position_embedding.weight.reshape(self.size, self.size, -1).permute(2, 0, 1)[None]
+    def forward(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        # The table is read through the embedding's forward, so offloading hooks (accelerate) bring it to `device`
+        table = self.position_embedding(torch.arange(self.size * self.size, device=device))
+        grid = table.reshape(self.size, self.size, -1).permute(2, 0, 1)[None]
         if (height, width) != (self.size, self.size):
             grid = F.interpolate(grid.float(), size=(height, width), mode="bilinear", antialias=True)
-        return grid[0].flatten(1).transpose(0, 1).to(self.position_embedding.weight.dtype)
+        return grid[0].flatten(1).transpose(0, 1).to(table.dtype)
 
 
 def patchify(pixel_values, patch_size, temporal_patch_size, includes_anchor):
@@ -528,7 +530,7 @@ class HydraXTokGenViT(nn.Module):
         patches = patchify(pixel_values, config.patch_size, config.first_temporal_patch_size, latent_offset == 0)
         hidden = self.patch_embedding(patches)
         if config.use_abs_pos_embed:
-            hidden = hidden + self.position_embedding(*grid)
+            hidden = hidden + self.position_embedding(*grid, hidden.device)
         fine = config.temporal_compression == "hierarchical"
         hidden, presents = self.encoder(hidden, grid, latent_offset, cache, fine=fine, **kwargs)
         return self.bottleneck(self.norm(hidden)), presents
@@ -587,7 +589,7 @@ class HydraXTokDecoder(nn.Module):
         grid = tuple(latents.shape[-2:])
         hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
         if config.use_abs_pos_embed:
-            hidden = hidden + self.position_embedding(*grid)
+            hidden = hidden + self.position_embedding(*grid, hidden.device)
         hidden, presents = self.decoder(hidden, grid, latent_offset, cache, **kwargs)
         patches = self.out_proj(self.norm(hidden))
         pixels = unpatchify(
@@ -640,6 +642,9 @@ class HydraXTokPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HydraXTokBlock"]
+    # diffusers' block-level group offloading onloads a block's weights when the block's forward runs; `encode` and
+    # `decode` call these parts' forwards, never the model's own, so each part is a block.
+    _group_offload_block_modules = ["gen_vit", "sem_vit", "decoder"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True

@@ -46,3 +46,29 @@ def test_a_lora_adapter_on_a_bf16_cuda_pipeline_samples_as_its_merged_model(chec
         samples.append(output.images.float())
     assert torch.isfinite(samples[0]).all()
     torch.testing.assert_close(samples[0], samples[1], rtol=0, atol=0.05)  # bf16: fused vs separate rounding
+
+
+OFFLOADS = {
+    "model": lambda pipe: pipe.enable_model_cpu_offload(),
+    "sequential": lambda pipe: pipe.enable_sequential_cpu_offload(),
+    "group, block level, streamed": lambda pipe: pipe.enable_group_offload(
+        torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, use_stream=True
+    ),
+    "group, leaf level": lambda pipe: pipe.enable_group_offload(torch.device("cuda"), offload_type="leaf_level"),
+}
+
+
+@pytest.mark.parametrize("offload", OFFLOADS)
+def test_cpu_offload_on_cuda_samples_as_the_pipeline_on_cuda(checkpoint, offload):
+    from modeling_hydrax import HydraXPipeline
+
+    samples = []
+    for offloaded in (False, True):
+        pipe = HydraXPipeline.from_pretrained(checkpoint, device_map=None if offloaded else "cuda")
+        pipe.set_progress_bar_config(disable=True)
+        if offloaded:
+            OFFLOADS[offload](pipe)
+        generator = torch.Generator().manual_seed(0)
+        output = pipe("a cat", height=32, width=32, num_inference_steps=2, generator=generator, output_type="pt")
+        samples.append(output.images.cpu())
+    torch.testing.assert_close(samples[0], samples[1])

@@ -23,6 +23,17 @@ def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
     assert f"appended to {report}" in capsys.readouterr().out
 
 
+def test_pipeline_gpu_check_with_group_offloading_on_cpu(tmp_path):
+    report = tmp_path / "report.md"
+    sizes = ["--image-sizes", "32", "--video-size", "32", "--edit-size", "32", "--steps", "1", "--compile", "no"]
+    gpu_check_pipelines.main(
+        ["--preset", "tiny", "--device", "cpu", *sizes, "--offload", "group", "--report", str(report)]
+    )
+    table = report.read_text()
+    assert "device_map=None)` " in table and "then group offloading to the CPU." in table
+    assert "| image 32², 1 steps, CFG | no |" in table and "failed" not in table
+
+
 def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
     report = tmp_path / "report.md"
     gpu_check_training.main(

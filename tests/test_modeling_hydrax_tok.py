@@ -507,3 +507,28 @@ def test_from_pretrained_names_a_foreign_checkpoint(tmp_path):
     )
     with pytest.raises(ValueError, match=r"'qwen2' checkpoint.*HydraXTokModel.save_pretrained"):
         HydraXTokModel.from_pretrained(tmp_path)
+
+
+def test_block_level_group_offloading_gives_the_same_outputs(tmp_path):
+    """diffusers' block-level group offloading (to disk, every offloaded weight overwritten by NaN) brings each part
+    named in `_group_offload_block_modules` in when its forward runs: encode, streamed decode and the training
+    forward (with the Decompressor) equal the model in memory."""
+    from diffusers.hooks import apply_group_offloading
+
+    model = HydraXTokModel(tiny_tok_config()).eval()
+    video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+
+    @torch.no_grad()
+    def run():
+        latents = model.encode(video, chunk_frames=1).latent_dist.mode()
+        outputs = model(video)
+        return [latents, model.decode(latents, chunk_frames=1).sample, outputs.reconstruction, outputs.latents]
+
+    expected = run()
+    apply_group_offloading(
+        model, torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=tmp_path
+    )
+    for parameter in model.parameters():
+        parameter.data.fill_(float("nan"))
+    for got, want in zip(run(), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -8,10 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import accelerate
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import visual_block
 from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 
@@ -400,6 +402,51 @@ def test_model_cpu_offload_runs(checkpoint):
     pipe.enable_model_cpu_offload(device="cpu")  # an accelerator moves the model there per call; CPU checks the hooks
     out = pipe("a fox", height=32, width=32, num_inference_steps=1, output_type="pt").images
     assert out.shape == (1, 3, 32, 32)
+
+
+def offload_calls(pipe) -> dict:
+    """Every path that reads the model's weights: the three pipeline tasks (a 9-frame video decodes in two streamed
+    chunks) and answering a question with `generate`."""
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    question = torch.tensor([[5] + visual_block(pipe.model.config, 4) + [6]])
+    return {
+        "text-to-image": lambda: pipe("a fox", generator=seeded(), **kwargs).images,
+        "image-to-video": lambda: pipe("a", image=source_image(), num_frames=9, generator=seeded(), **kwargs).frames,
+        "edit": lambda: edit(source_image(), "x", generator=seeded(), **kwargs).images,
+        "understanding": lambda: pipe.model.generate(
+            input_ids=question, pixel_values=source_image()[None] * 2 - 1, max_new_tokens=3, do_sample=False
+        ),
+    }
+
+
+@pytest.mark.parametrize("offload", ["sequential", "leaf_level", "block_level"])
+def test_offloaded_weights_give_the_same_outputs(pipe, checkpoint, tmp_path, offload):
+    """diffusers' low-memory modes keep the weights elsewhere and bring each module's (or block's) own weights in when
+    its forward runs, so a weight read outside that forward is wrong: meta (sequential) or stale (group offloading).
+
+    - `enable_sequential_cpu_offload` attaches accelerate's `cpu_offload` hooks; diffusers always names the device
+      `cpu:0`, which accelerate cannot offload to, so the hooks are attached here directly.
+    - `enable_group_offload` to disk: every offloaded weight is overwritten with NaN, so a block used while offloaded
+      shows. Block level relies on `_group_offload_block_modules`."""
+    expected = {task: call() for task, call in offload_calls(pipe).items()}
+    offloaded = HydraXPipeline.from_pretrained(checkpoint)
+    offloaded.set_progress_bar_config(disable=True)
+    if offload == "sequential":
+        accelerate.cpu_offload(offloaded.model, torch.device("cpu"))
+        assert all(parameter.device.type == "meta" for parameter in offloaded.model.parameters())
+    else:
+        offloaded.enable_group_offload(
+            torch.device("cpu"),
+            offload_type=offload,
+            num_blocks_per_group=1 if offload == "block_level" else None,
+            offload_to_disk_path=tmp_path,
+        )
+        for parameter in offloaded.model.parameters():
+            parameter.data.fill_(float("nan"))
+    for task, call in offload_calls(offloaded).items():
+        torch.testing.assert_close(call(), expected[task], rtol=0, atol=1e-6, msg=task)
 
 
 def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoint):
