@@ -227,10 +227,10 @@ def read_manifest(path: Path, on_bad_sample: str):
 def load_source(source: str, on_bad_sample: str, streaming: bool = False):
     """A data source (a JSONL manifest, a `save_to_disk` folder or a `load_dataset` name) in the common columns:
     `messages` (JSON; from TRL's conversational `prompt` + `completion` when the source has those instead), `origin`,
-    `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks, in order; empty for sources
-    without the column), so that sources of either layout interleave. Images stay encoded
-    until the collator of the process that trains on them decodes them. With `streaming`, an `IterableDataset`: a
-    `load_dataset` name is read as it trains, nothing downloaded or prepared up front."""
+    `root` and `images` (TRL's layout: the images of the bare `{"type": "image"}` blocks, in order; `[image]` from
+    TRL's single `image` column; empty for sources without either), so that sources of either layout interleave.
+    Images stay encoded until the collator of the process that trains on them decodes them. With `streaming`, an
+    `IterableDataset`: a `load_dataset` name is read as it trains, nothing downloaded or prepared up front."""
     import datasets
 
     path = Path(source)
@@ -258,18 +258,26 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
         )
     text = datasets.Value("string")
     features = datasets.Features(messages=text, origin=text, root=text, images=images)
-    missing = {} if "images" in columns else {"images": []}
-    if not missing and dataset.features is not None:  # a stream of unknown features takes it from `map(features=)`
-        dataset = dataset.cast_column("images", images)  # e.g. an older `Sequence(Image())` column
+    single = "image" in columns and "images" not in columns  # TRL's one-image column: `images` = [image]
+    if dataset.features is not None:  # (a stream of unknown features takes its types from `map(features=)`)
+        if "images" in columns:
+            dataset = dataset.cast_column("images", images)  # e.g. an older `Sequence(Image())` column
+        elif single:
+            dataset = dataset.cast_column("image", images.feature)  # kept encoded, as `images` is
+
+    def common_columns(*values):
+        """One row's common columns from its turns, its single `image` (when that is the source's column) and its
+        index; `images` (when the source lacks it) is `[image]` or empty."""
+        turns, index = values[: len(conversation)], values[-1]
+        row = {"messages": json.dumps([turn for part in turns for turn in part]), "origin": f"{source} row {index}"}
+        if "images" not in columns:
+            row["images"] = [values[-2]] if single and values[-2] is not None else []
+        return {**row, "root": root}
+
     return dataset.map(
-        lambda *turns_and_index: {
-            "messages": json.dumps([turn for turns in turns_and_index[:-1] for turn in turns]),
-            "origin": f"{source} row {turns_and_index[-1]}",
-            "root": root,
-            **missing,
-        },
+        common_columns,
         with_indices=True,
-        input_columns=conversation,  # the images are neither decoded nor rewritten
+        input_columns=conversation + (["image"] if single else []),  # images are neither decoded nor re-encoded
         remove_columns=[name for name in columns if name != "images"],
         features=features,
     )

@@ -7,7 +7,9 @@ A sample is a dict with `messages` (the conversation in the processor's chat for
 and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it), `root` (the
 folder that relative `path`s of image and video blocks are relative to) and `images`: TRL's vision-language dataset
 layout, where image blocks carry no data (`{"type": "image"}`) and take the sample's `images` (PIL images, paths or
-`datasets` `{"bytes", "path"}` dicts) in order.
+`datasets` `{"bytes", "path"}` dicts) in order. As in TRL, a single `image` stands for `images=[image]` (`images` wins
+when a sample has both), and a conversation written as plain strings gets one image block per image at the start of
+its first user turn whose content is a string.
 """
 
 import io
@@ -103,7 +105,8 @@ class HydraXDataCollator:
         origin = example.get("origin") or "a sample"
         root = example.get("root")
         messages = normalize_messages(example["messages"])
-        self._place_images(messages, example.get("images") or [], origin)
+        images = example.get("images") or ([] if example.get("image") is None else [example["image"]])
+        self._place_images(messages, images, origin)
         problem = find_problem(messages, root)
         if problem is not None:
             raise BadSampleError(f"{origin}: {problem}")
@@ -125,7 +128,16 @@ class HydraXDataCollator:
     @staticmethod
     def _place_images(messages: list[dict], images: list, origin: str):
         """TRL's layout: the image blocks without a `path`, `image` or `url` take `images`, in order; a `datasets`
-        image (`{"bytes", "path"}`) becomes a PIL image, a string a path."""
+        image (`{"bytes", "path"}`) becomes a PIL image, a string a path. The first user turn written as a string gets
+        a bare block per image before its text, as TRL's `prepare_multimodal_messages` does."""
+        first_plain_user = next(
+            (m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)), None
+        )
+        if images and first_plain_user is not None:
+            first_plain_user["content"] = [
+                *({"type": "image"} for _ in images),
+                {"type": "text", "text": first_plain_user["content"]},
+            ]
         bare = [
             block
             for message in messages

@@ -275,6 +275,28 @@ def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, picture
     assert (out / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_trl_single_image_column_and_plain_string_turns_collate_as_paths_do(processor, pictures, tmp_path, streaming):
+    """TRL's other vision layout: one image per row in an `image` column and turns written as plain strings (TRL puts
+    the row's images before the first user text) give the batch of the same conversation written with paths."""
+    import datasets
+
+    seen = Image.open(pictures / "seen.png").convert("RGB")
+    plain = [{"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "a cat"}]
+    datasets.Dataset.from_list([{"messages": plain, "image": seen}] * 2).save_to_disk(str(tmp_path / "single"))
+    collator = HydraXDataCollator(processor, SIZE)
+    rows = list(train_hydrax.load_source(str(tmp_path / "single"), "error", streaming=streaming))
+    assert [len(row["images"]) for row in rows] == [1, 1]
+    manifest = write_manifest(tmp_path / "paths.jsonl", [understanding("seen.png")] * 2)
+    expected = collator(list(train_hydrax.load_source(str(manifest), "error")))
+    for key, value in collator(rows).items():
+        assert torch.equal(value, expected[key]), key
+    # the collator on its own, as TRL's collators take such rows; a row without an image keeps its plain turns
+    direct = collator([{"messages": plain, "image": str(pictures / "seen.png")}] * 2)
+    assert all(torch.equal(value, expected[key]) for key, value in direct.items())
+    assert collator.load_sample({"messages": plain, "image": None})[0]["content"] == "What is it?"
+
+
 def test_trl_images_as_bytes_are_rotated_by_their_exif_as_files_are(processor, tmp_path):
     """A phone photo in portrait is a landscape JPEG tagged "rotate 90°": stored as `datasets` bytes (how
     train_hydrax.py keeps an `images` column) it must reach the model upright, as the same file given by path does."""
