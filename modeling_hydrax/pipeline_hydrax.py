@@ -240,6 +240,17 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self.processor.save_pretrained(save_directory)
         write_pipeline_files(save_directory, self.scheduler, type(self))
 
+    def to(self, *args, **kwargs):
+        """diffusers' `to`, except that a call asking for no change leaves a model that `device_map` spread or
+        offloaded where it is: `from_pipe` calls `to(dtype=float32)` by default, which accelerate refuses for an
+        offloaded model even when it is float32 already."""
+        requested = [*args, kwargs.get("device"), kwargs.get("dtype")]
+        if getattr(self.model, "hf_device_map", None) and all(
+            value in (None, self.model.dtype) for value in requested
+        ):
+            return self
+        return super().to(*args, **kwargs)
+
     # --------------------------------------------------------------------------------------------- checks
     @staticmethod
     def _prompt_list(prompt, name: str = "prompt") -> list[str]:

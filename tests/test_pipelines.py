@@ -421,19 +421,25 @@ def offload_calls(pipe) -> dict:
     }
 
 
-@pytest.mark.parametrize("offload", ["sequential", "leaf_level", "block_level"])
+@pytest.mark.parametrize("offload", ["sequential", "leaf_level", "block_level", "device_map"])
 def test_offloaded_weights_give_the_same_outputs(pipe, checkpoint, tmp_path, offload):
-    """diffusers' low-memory modes keep the weights elsewhere and bring each module's (or block's) own weights in when
+    """Low-memory modes keep the weights elsewhere and bring each module's (or block's) own weights in when
     its forward runs, so a weight read outside that forward is wrong: meta (sequential) or stale (group offloading).
 
     - `enable_sequential_cpu_offload` attaches accelerate's `cpu_offload` hooks; diffusers always names the device
       `cpu:0`, which accelerate cannot offload to, so the hooks are attached here directly.
     - `enable_group_offload` to disk: every offloaded weight is overwritten with NaN, so a block used while offloaded
-      shows. Block level relies on `_group_offload_block_modules`."""
+      shows. Block level relies on `_group_offload_block_modules`.
+    - `from_pretrained(device_map="auto", max_memory=...)`: transformers' placement, part of it on disk (and
+      `from_pipe` keeps it there)."""
     expected = {task: call() for task, call in offload_calls(pipe).items()}
-    offloaded = HydraXPipeline.from_pretrained(checkpoint)
+    budget = {"cpu": sum(p.numel() for p in pipe.model.parameters()) * 4 // 3, "disk": 10**12}  # a quarter on disk
+    placement = dict(device_map="auto", max_memory=budget, offload_folder=tmp_path) if offload == "device_map" else {}
+    offloaded = HydraXPipeline.from_pretrained(checkpoint, **placement)
     offloaded.set_progress_bar_config(disable=True)
-    if offload == "sequential":
+    if offload == "device_map":
+        assert "disk" in offloaded.model.hf_device_map.values()
+    elif offload == "sequential":
         accelerate.cpu_offload(offloaded.model, torch.device("cpu"))
         assert all(parameter.device.type == "meta" for parameter in offloaded.model.parameters())
     else:
