@@ -240,6 +240,15 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self.processor.save_pretrained(save_directory)
         write_pipeline_files(save_directory, self.scheduler, type(self))
 
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`: a pipeline sharing `pipeline`'s components. Without `dtype` (or `torch_dtype`) the
+        shared model keeps its dtype; diffusers would cast it to float32, in place, under both pipelines."""
+        model = getattr(pipeline, "model", None)
+        if model is not None and kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = model.dtype
+        return super().from_pipe(pipeline, **kwargs)
+
     def to(self, *args, **kwargs):
         """diffusers' `to`, except that a call asking for no change leaves a model that `device_map` spread or
         offloaded where it is: `from_pipe` calls `to(dtype=float32)` by default, which accelerate refuses for an

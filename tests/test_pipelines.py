@@ -456,8 +456,9 @@ def test_offloaded_weights_give_the_same_outputs(pipe, checkpoint, tmp_path, off
 
 
 def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoint):
-    """diffusers' common pipeline checks: `return_dict=False`, a pipeline rebuilt from `components`, `.to(dtype)` and
-    `torch_dtype=` on load (bf16 within a few 8-bit levels of fp32, no NaN)."""
+    """diffusers' common pipeline checks: `return_dict=False`, a pipeline rebuilt from `components`, `torch_dtype=` on
+    load (bf16 within a few 8-bit levels of fp32, no NaN), `from_pipe` keeping the dtype unless asked (through
+    `.to(dtype)`)."""
     kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="np")
     reference = pipe("a fox", generator=seeded(), **kwargs).images
     (as_tuple,) = pipe("a fox", generator=seeded(), return_dict=False, **kwargs)
@@ -471,9 +472,10 @@ def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoi
 
     half = HydraXPipeline.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
     half.set_progress_bar_config(disable=True)
+    assert HydraXEditPipeline.from_pipe(half).model.dtype == torch.bfloat16  # diffusers would cast it to fp32
     assert half.dtype == half.model.dtype == torch.bfloat16
     images = half("a fox", generator=seeded(), **kwargs).images
     assert np.isfinite(images).all() and np.abs(images - reference).max() < 8 / 255
-    half.to(torch.float32)
+    HydraXEditPipeline.from_pipe(half, torch_dtype=torch.float32)  # an asked-for dtype casts the shared model
     assert {p.dtype for p in half.model.parameters()} == {torch.float32}
     np.testing.assert_allclose(half("a fox", generator=seeded(), **kwargs).images, reference, atol=2 / 255)
