@@ -1,6 +1,6 @@
-"""The README's Python examples run as written, in a folder that holds what they name: a tiny checkpoint at
-outputs/run_hydrax/model (what the README's first command writes there) and small cat.jpg / fox.jpg / street.jpg /
-clip.mp4 files."""
+"""The Python examples of the README and docs/PROCESSOR.md run as written, in a folder that holds what they name: a
+tiny checkpoint at outputs/run_hydrax/model (what the README's first command writes there) and small cat.jpg /
+fox.jpg / street.jpg / clip.mp4 files."""
 
 import re
 import sys
@@ -91,3 +91,37 @@ def test_processor_model_and_pipeline_examples_run_on_the_run_hydrax_checkpoint(
     assert namespace["out"].flow_loss is not None and namespace["velocity"].shape == (2, 8, 1, 32, 32)
     assert namespace["image"].size == (512, 512) and len(namespace["animated"]) == 17
     assert namespace["night"].size == (96, 64) and (folder / "fox.mp4").stat().st_size > 0
+
+
+PROCESSOR_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "PROCESSOR.md").read_text(), flags=re.S)
+
+
+def test_processor_guide_examples_give_the_shapes_they_state(folder, monkeypatch):
+    """docs/PROCESSOR.md's examples as written, on the tiny checkpoint at the path they name, with the model the
+    generation examples use and the cat photo served from disk in place of its URL."""
+    import transformers.image_utils
+    from transformers import AutoModel
+
+    checkpoint = folder / "path" / "to" / "hydrax-checkpoint"
+    if not checkpoint.exists():
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.symlink_to(folder / "outputs" / "run_hydrax" / "model", target_is_directory=True)
+    monkeypatch.chdir(folder)
+    photos = {"https://example.com/cat.jpg": (folder / "cat.jpg").read_bytes()}
+    monkeypatch.setattr(
+        transformers.image_utils.httpx, "get", lambda url, **kwargs: type("Reply", (), {"content": photos[url]})
+    )
+    namespace = {"model": AutoModel.from_pretrained(checkpoint)}
+    inputs = []
+    for block in PROCESSOR_BLOCKS:
+        exec(compile(block, "docs/PROCESSOR.md", "exec"), namespace)
+        inputs.append(namespace.get("inputs"))
+    assert len(PROCESSOR_BLOCKS) == 6 and isinstance(namespace["answer"], str)
+    image, video, target, batch, edit = inputs[1:]
+    assert image["pixel_values"].shape[:2] == (1, 3) and image["image_grid_thw"].shape == (1, 3)
+    assert image["image_grid_thw"][0, 1:].tolist() == [side // 16 for side in image["pixel_values"].shape[2:]]
+    assert video["pixel_values_videos"].shape[:3] == (1, 3, 17) and video["video_grid_thw"][0, 0] == 5
+    assert target["target_grid_thw"].tolist() == [[1, 32, 32]] and int(target["target_mask"].sum()) == 1024
+    mask = batch["attention_mask"]
+    assert mask.shape[0] == 2 and mask[:, -1].all() and not mask[:, 0].all()  # padded on the left
+    assert edit["target_grid_thw"].tolist() == edit["image_grid_thw"].tolist()
