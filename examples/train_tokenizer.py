@@ -27,7 +27,9 @@ Data (`--data SOURCE ...`): image / video folders (searched recursively), JSONL 
 `{"video": path}` lines, or `datasets` datasets with an `image` or `video` column. Every file is probed up front;
 unreadable ones and videos shorter than a clip are reported by path (`--on-bad-sample skip|error`). Batches hold one
 resolution bucket (`--resolutions 256 256x384 ...`, by nearest aspect ratio) and one kind; `--video-ratio` is the
-share of video batches; clips are `--num-frames` (1+4k) frames at a random start.
+share of video batches; clips are `--num-frames` (1+4k) frames at a random start. `--streaming` reads the sources
+as streams instead (a Hub dataset is read while training): rows are shuffled through a buffer, probed as they come
+and batched per bucket; `--video-ratio` then draws video rows.
 
 Output (OUTPUT_DIR): `work/` (Trainer checkpoints with a reconstruction grid each; logs: l1, lpips, kl, gan,
 gan_weight, discriminator, distill_image, distill_video, psnr, and eval_psnr on the held-out split) and `model/`, a
@@ -69,6 +71,7 @@ from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
     HydraXTokBucketBatchSampler,
     HydraXTokClipDataset,
+    HydraXTokStreamDataset,
     collate_clips,
     parse_resolution,
     psnr,
@@ -92,6 +95,7 @@ STAGE_WEIGHTS = {
 STAGE_LEARNING_RATES = {1: 2e-4, 2: 1e-4, 3: 1e-4}
 LOGGED_TERMS = ("l1", "lpips", "kl", "gan", "gan_weight", "discriminator", "distill_image", "distill_video", "psnr")
 PREVIEW_SAMPLES = 4
+STREAM_SHUFFLE_BUFFER = 1000  # rows a --streaming run shuffles among
 PREVIEW_FILE = "reconstructions.png"
 
 
@@ -201,6 +205,13 @@ class TimeBudget(TrainerCallback):
         return warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
+class HydraXTokStreamLoader(torch.utils.data.DataLoader):
+    """The loader of a `HydraXTokStreamDataset`: the Trainer's `set_epoch` reaches the stream, which reshuffles."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 class HydraXTokTrainer(HydraXTrainer):
     """Trainer for `HydraXTokTrainingModel`: batches from one resolution bucket, the tokenizer's trainable parameters
     and the discriminator as separate AdamW groups clipped separately, each loss term logged."""
@@ -219,6 +230,13 @@ class HydraXTokTrainer(HydraXTrainer):
         return self.lr_scheduler
 
     def get_train_dataloader(self):
+        if self.batch_sampler is None:  # a stream of whole batches, already split among the processes
+            return HydraXTokStreamLoader(
+                self.train_dataset,
+                batch_size=None,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
         loader = torch.utils.data.DataLoader(
             self.train_dataset,
             batch_sampler=self.batch_sampler,
@@ -332,7 +350,7 @@ def save_grid(originals: torch.Tensor, rebuilt: torch.Tensor, path: Path, scale:
 
 # ------------------------------------------------------------------------------------------------- latent statistics
 @torch.no_grad()
-def compute_latent_stats(tokenizer: HydraXTokModel, dataset: HydraXTokClipDataset, max_samples: int, batch_size: int):
+def compute_latent_stats(tokenizer: HydraXTokModel, dataset, max_samples: int, batch_size: int):
     """Per-channel mean and std of the raw (un-normalised) posterior means over the first `max_samples` items of
     `dataset` (centred crops, the middle clip), in float64; returns (mean, std, samples used)."""
     device = next(tokenizer.parameters()).device
@@ -341,23 +359,40 @@ def compute_latent_stats(tokenizer: HydraXTokModel, dataset: HydraXTokClipDatase
     channels = tokenizer.config.latent_channels
     total, total_sq = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
     count, used = 0, 0
-    for batch in eval_batches(dataset, batch_size, max_samples):
-        samples = [sample for sample in (dataset[key] for key in batch) if sample is not None]
-        if not samples:
-            continue
-        pixels = torch.stack([sample["pixel_values"] for sample in samples]).to(device)
+    for pixels in centred_batches(dataset, batch_size, max_samples):
+        pixels = pixels.to(device)
         dtype = next(tokenizer.parameters()).dtype
         latents = tokenizer.encode(pixels.to(dtype)).latent_dist.mean.double().cpu()
         total += latents.sum(dim=(0, 2, 3, 4))
         total_sq += latents.pow(2).sum(dim=(0, 2, 3, 4))
         count += latents[:, 0].numel()
-        used += len(samples)
+        used += len(pixels)
     tokenizer.train(was_training)
     if used == 0:
         raise ValueError("No sample could be loaded for the latent statistics.")
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist(), used
+
+
+def centred_batches(dataset, batch_size: int, max_samples: int):
+    """`pixel_values` batches of the first `max_samples` items, centred crops and middle clips: of a probed dataset
+    bucket by bucket, or of a stream (`HydraXTokStreamDataset`) in its unshuffled order."""
+    if isinstance(dataset, HydraXTokStreamDataset):
+        options = dict(num_frames=dataset.num_frames, frame_stride=dataset.frame_stride)
+        stream = HydraXTokStreamDataset(
+            dataset.sources, dataset.resolutions, batch_size, augment=False, on_bad_sample="skip", **options
+        )
+        for batch in stream:
+            yield batch["pixel_values"][:max_samples]
+            max_samples -= len(batch["pixel_values"])
+            if max_samples <= 0:
+                return
+        return
+    for keys in eval_batches(dataset, batch_size, max_samples):
+        samples = [sample for sample in (dataset[key] for key in keys) if sample is not None]
+        if samples:
+            yield torch.stack([sample["pixel_values"] for sample in samples])
 
 
 def eval_batches(dataset: HydraXTokClipDataset, batch_size: int, max_samples: int | None = None) -> list[list]:
@@ -399,6 +434,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shuffle-channels", action="store_true", help="permute RGB channels of training crops")
     parser.add_argument(
         "--cache-media", action="store_true", help="decode each file once and keep its pixels in memory (small data)"
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read --data as streams, probed as they train (datasets' IterableDataset: a Hub dataset is read while "
+        "training, nothing listed, probed or downloaded up front); batches fill per resolution bucket",
     )
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     parser.add_argument("--on-bad-sample", choices=("skip", "error"), default="skip", help="unreadable media")
@@ -455,6 +496,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
         parser.error(f"--max-minutes must be positive and cannot resume a run, got {args.max_minutes}.")
+    if args.streaming and args.cache_media:
+        parser.error("--cache-media keeps every decoded file in memory, which a stream never revisits; drop one.")
+    if args.streaming and args.max_minutes is not None:
+        parser.error("--max-minutes needs batches fixed in advance; with --streaming give --max-steps only.")
     if args.stage == 3 and args.no_teachers:
         parser.error("stage 3 trains the Sem-ViT by distillation only: it needs the teachers (drop --no-teachers).")
     return args
@@ -536,17 +581,28 @@ def main(argv=None) -> HydraXTokTrainer | None:
         frame_stride=args.frame_stride,
         on_bad_sample=args.on_bad_sample,
     )
-    train_dataset = HydraXTokClipDataset(
-        args.data,
-        min_crop_fraction=args.min_crop_fraction,
-        shuffle_channels=args.shuffle_channels,
-        cache_media=args.cache_media,
-        **data_options,
-    )
+    augmentation = dict(min_crop_fraction=args.min_crop_fraction, shuffle_channels=args.shuffle_channels)
+    if args.streaming:  # each process reads its share of the rows, probed as they come
+        train_dataset = HydraXTokStreamDataset(
+            args.data,
+            batch_size=args.batch_size,
+            video_ratio=args.video_ratio,
+            seed=args.seed,
+            buffer_size=STREAM_SHUFFLE_BUFFER,
+            process_index=training_args.process_index,
+            num_processes=training_args.world_size,
+            **augmentation,
+            **data_options,
+        )
+    else:
+        train_dataset = HydraXTokClipDataset(args.data, cache_media=args.cache_media, **augmentation, **data_options)
     eval_dataset = HydraXTokClipDataset(args.eval_data, **data_options) if args.eval_data else None
     kinds = train_dataset.kinds()
     video_ratio = args.video_ratio if len(kinds) == 2 else float("video" in kinds)
-    print(f"Training data: {len(train_dataset)} items in buckets {sorted(train_dataset.buckets)}")
+    if args.streaming:
+        print(f"Training data: streamed {sorted(kinds)} from {args.data}")
+    else:
+        print(f"Training data: {len(train_dataset)} items in buckets {sorted(train_dataset.buckets)}")
 
     # 3. The tokenizer, its stage, the teachers and the objective
     new_model = args.model is None
@@ -590,16 +646,16 @@ def main(argv=None) -> HydraXTokTrainer | None:
     resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record, "examples/train_tokenizer.py")
 
     # 4. Train
-    preview_source = eval_dataset or train_dataset
-    preview = [preview_source[key] for key in eval_batches(preview_source, PREVIEW_SAMPLES)[0]]
-    preview_pixels = torch.stack([sample["pixel_values"] for sample in preview if sample is not None])
+    preview_pixels = next(centred_batches(eval_dataset or train_dataset, PREVIEW_SAMPLES, PREVIEW_SAMPLES))
     budget = TimeBudget(args.max_minutes, args.max_steps, args.warmup_steps) if args.max_minutes else None
     trainer = HydraXTokTrainer(
         model=module,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        batch_sampler=HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
+        batch_sampler=None
+        if args.streaming
+        else HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
         learning_rates={"tokenizer": learning_rate, "discriminator": args.discriminator_lr},
         time_budget=budget,

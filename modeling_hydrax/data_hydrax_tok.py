@@ -10,6 +10,7 @@ accelerate hands whole batches to each process.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -60,9 +61,11 @@ def report(message: str, on_bad_sample: str) -> None:
 
 
 def open_image(source) -> Image.Image:
-    """The image at a path, or in row `source[1]` of a `datasets` dataset `source[0]` (a PIL image or a path); use it
-    as a context manager so the file is closed."""
+    """The image at a path, in row `source[1]` of a `datasets` dataset `source[0]` (a PIL image or a path), or a
+    `datasets` image read undecoded (`{"bytes", "path"}`); use it as a context manager so the file is closed."""
     image = source[0][source[1]]["image"] if isinstance(source, tuple) else source
+    if isinstance(image, dict):
+        image = image["path"] if image.get("bytes") is None else io.BytesIO(image["bytes"])
     return image if isinstance(image, Image.Image) else Image.open(image)
 
 
@@ -149,17 +152,14 @@ def parse_resolution(value: str) -> tuple[int, int]:
     return int(height), int(width or height)
 
 
-class HydraXTokClipDataset(torch.utils.data.Dataset):
-    """Images and video clips for Hydra-XTok, read lazily and cropped to their resolution bucket.
-
-    Every source is probed once (sizes, frame counts); unreadable files and videos shorter than a clip are reported
-    with their origin, then skipped or fatal (`on_bad_sample`). Each item is assigned to the bucket of `resolutions`
-    nearest its aspect ratio. Index it with `(index, seed)`: a seed gives a random crop (scale in
-    `[min_crop_fraction, 1]` of the largest box of the bucket's aspect ratio), a horizontal flip, optionally shuffled
-    colour channels and, for videos, a random clip start; `seed=None` gives the centred full box and the middle clip.
+class HydraXTokCropper:
+    """Turns an image or video (`HydraXTokMedia`) into a training sample of its resolution bucket: the bucket of
+    `resolutions` nearest its aspect ratio, and with a seed a random crop (scale in `[min_crop_fraction, 1]` of the
+    largest box of the bucket's aspect ratio), a horizontal flip, optionally shuffled colour channels and, for videos,
+    a random clip start; `seed=None` gives the centred full box and the middle clip. What both training datasets
+    (`HydraXTokClipDataset`, `HydraXTokStreamDataset`) share.
 
     Args:
-        sources: data sources (see `list_source`).
         resolutions: `(height, width)` buckets, multiples of the tokenizer's patch size.
         num_frames: frames of a video clip, `1 + 4·k`.
         frame_stride: take every `frame_stride`-th frame of a video.
@@ -168,24 +168,10 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         on_bad_sample: `"skip"` or `"error"`.
         cache_media: decode each file once and keep its pixels in memory (small data sets: a video clip is then a
             slice, an image a crop, with no decoding).
-
-    Example:
-
-    ```python
-    >>> import tempfile
-    >>> from PIL import Image
-    >>> from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset
-    >>> folder = tempfile.mkdtemp()
-    >>> Image.new("RGB", (64, 48), "red").save(f"{folder}/red.png")
-    >>> dataset = HydraXTokClipDataset([folder], resolutions=[(32, 32)], num_frames=5)
-    >>> dataset[(0, 1)]["pixel_values"].shape
-    torch.Size([3, 32, 32])
-    ```
     """
 
     def __init__(
         self,
-        sources,
         resolutions,
         num_frames: int = 17,
         frame_stride: int = 1,
@@ -203,39 +189,22 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         self.min_crop_fraction, self.shuffle_channels = min_crop_fraction, shuffle_channels
         self.on_bad_sample, self.cache_media = on_bad_sample, cache_media
         self._cache: dict[str, torch.Tensor] = {}
-        span = frame_stride * (num_frames - 1) + 1
-        self.items = []
-        for source in sources:
-            for kind, location, origin in list_source(str(source)):
-                try:
-                    item = probe(kind, location, origin)
-                except HydraXTokBadSample as error:
-                    report(str(error), on_bad_sample)
-                    continue
-                if kind == "video" and item.num_frames < span:
-                    report(
-                        f"{origin}: the video has {item.num_frames} frames, shorter than a clip of {num_frames} "
-                        f"frames at stride {frame_stride} ({span} frames); lower --num-frames or --frame-stride",
-                        on_bad_sample,
-                    )
-                    continue
-                self.items.append(item)
-        if not self.items:
-            raise ValueError(f"No usable image or video in {[str(source) for source in sources]}.")
-        self.buckets: dict[tuple[str, int, int], list[int]] = {}
-        for index, item in enumerate(self.items):
-            self.buckets.setdefault((item.kind, *self.bucket_size(item)), []).append(index)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def bucket_size(self, item: HydraXTokMedia) -> tuple[int, int]:
         """The resolution nearest the item's aspect ratio (in log scale)."""
         aspect = math.log(item.width / item.height)
         return min(self.resolutions, key=lambda size: abs(math.log(size[1] / size[0]) - aspect))
 
-    def kinds(self) -> set[str]:
-        return {item.kind for item in self.items}
+    def probe(self, kind: str, source, origin: str) -> HydraXTokMedia:
+        """`probe`, and a video shorter than a clip is a `HydraXTokBadSample` too."""
+        item = probe(kind, source, origin)
+        span = self.frame_stride * (self.num_frames - 1) + 1
+        if kind == "video" and item.num_frames < span:
+            raise HydraXTokBadSample(
+                f"{origin}: the video has {item.num_frames} frames, shorter than a clip of {self.num_frames} frames "
+                f"at stride {self.frame_stride} ({span} frames); lower --num-frames or --frame-stride"
+            )
+        return item
 
     def _frames(self, item: HydraXTokMedia, generator: torch.Generator | None) -> torch.Tensor:
         """uint8 `[T, 3, H, W]`: the image, or the video's clip (random start, or the middle one)."""
@@ -259,9 +228,8 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         with open_image(item.source) as image:
             return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None]
 
-    def load(self, index: int, seed: int | None) -> dict:
-        """The item at `index` as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video)."""
-        item = self.items[index]
+    def crop(self, item: HydraXTokMedia, seed: int | None) -> dict:
+        """The item as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video), of its bucket."""
         generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         try:
             frames = self._frames(item, generator)
@@ -291,6 +259,57 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         pixels = pixels[0] if item.kind == "image" else pixels.transpose(0, 1)
         return {"pixel_values": pixels, "origin": item.origin}
 
+
+class HydraXTokClipDataset(HydraXTokCropper, torch.utils.data.Dataset):
+    """Images and video clips for Hydra-XTok, read lazily and cropped to their bucket ([`HydraXTokCropper`]).
+
+    Every source is probed once (sizes, frame counts); unreadable files and videos shorter than a clip are reported
+    with their origin, then skipped or fatal (`on_bad_sample`). Each item is assigned to the bucket of `resolutions`
+    nearest its aspect ratio. Index it with `(index, seed)` (see [`HydraXTokCropper.crop`]).
+
+    Args:
+        sources: data sources (see `list_source`).
+        *args, **kwargs: `resolutions` and the other options of [`HydraXTokCropper`].
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset
+    >>> folder = tempfile.mkdtemp()
+    >>> Image.new("RGB", (64, 48), "red").save(f"{folder}/red.png")
+    >>> dataset = HydraXTokClipDataset([folder], resolutions=[(32, 32)], num_frames=5)
+    >>> dataset[(0, 1)]["pixel_values"].shape
+    torch.Size([3, 32, 32])
+    ```
+    """
+
+    def __init__(self, sources, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.items = []
+        for source in sources:
+            for kind, location, origin in list_source(str(source)):
+                try:
+                    self.items.append(self.probe(kind, location, origin))
+                except HydraXTokBadSample as error:
+                    report(str(error), self.on_bad_sample)
+        if not self.items:
+            raise ValueError(f"No usable image or video in {[str(source) for source in sources]}.")
+        self.buckets: dict[tuple[str, int, int], list[int]] = {}
+        for index, item in enumerate(self.items):
+            self.buckets.setdefault((item.kind, *self.bucket_size(item)), []).append(index)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def kinds(self) -> set[str]:
+        return {item.kind for item in self.items}
+
+    def load(self, index: int, seed: int | None) -> dict:
+        """The item at `index`, cropped (see [`HydraXTokCropper.crop`])."""
+        return self.crop(self.items[index], seed)
+
     def __getitem__(self, key) -> dict | None:
         """`dataset[(index, seed)]` (or `dataset[index]`, the centred crop): the sample, or `None` when its file
         fails to decode and `on_bad_sample` is `"skip"`."""
@@ -300,6 +319,157 @@ class HydraXTokClipDataset(torch.utils.data.Dataset):
         except HydraXTokBadSample as error:
             report(str(error), self.on_bad_sample)
             return None
+
+
+def stream_source(source: str):
+    """One data source as (a `datasets.IterableDataset` of `image` (a `datasets` image, undecoded) or `video` (a
+    path) rows with their `origin`, the kinds it holds), read lazily: a folder or manifest is listed, not probed; a
+    `datasets` dataset is streamed (a `load_dataset` name is read while training, nothing downloaded up front)."""
+    import datasets
+
+    features = datasets.Features(
+        image=datasets.Image(decode=False), video=datasets.Value("string"), origin=datasets.Value("string")
+    )
+    path = Path(source)
+    is_saved = path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
+    if path.suffix == ".jsonl" or (path.is_dir() and not is_saved):
+        rows = [
+            {
+                "image": location if kind == "image" else None,
+                "video": location if kind == "video" else None,
+                "origin": origin,
+            }
+            for kind, location, origin in list_source(source)
+        ]
+        kinds = {kind for kind in ("image", "video") if any(row[kind] is not None for row in rows)}
+        return datasets.Dataset.from_list(rows, features=features).to_iterable_dataset(), kinds
+    if is_saved:
+        dataset = datasets.load_from_disk(str(path))
+    else:
+        dataset = datasets.load_dataset(source, split="train", streaming=True)
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        dataset = dataset["train"]
+    if isinstance(dataset, datasets.Dataset):
+        dataset = dataset.to_iterable_dataset()
+    columns = dataset.column_names or list(next(iter(dataset)))
+    if "image" not in columns and "video" not in columns:
+        raise ValueError(f"{source}: the dataset has neither an 'image' nor a 'video' column ({columns}).")
+    kind = "image" if "image" in columns else "video"
+    if kind == "image" and dataset.features is not None:
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    root = path if is_saved else Path(".")
+    rows = dataset.map(
+        lambda media, index: {
+            "image": media if kind == "image" else None,
+            "video": str(root / media) if kind == "video" else None,
+            "origin": f"{source} row {index}",
+        },
+        input_columns=[kind],
+        with_indices=True,
+        remove_columns=columns,
+        features=features,
+    )
+    return rows, {kind}
+
+
+class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset):
+    """Hydra-XTok training batches from streamed sources, for data too large to list and probe up front.
+
+    The sources' rows are interleaved (image rows and video rows drawn with probability `1 - video_ratio` and
+    `video_ratio` when both kinds exist), shuffled through a buffer of `buffer_size` rows, split among processes
+    (`process_index` of `num_processes`), probed and cropped one by one ([`HydraXTokCropper`]); each sample joins the
+    buffer of its kind and bucket, and a full buffer is yielded as a batch (`pixel_values`, as `collate_clips` gives).
+    The buffers left at the end of a pass are yielded too. Iterating is one pass; `set_epoch` reshuffles. The batches
+    are a function of (sources, seed, epoch, process) alone.
+
+    Args:
+        sources: data sources (see `stream_source`).
+        resolutions: `(height, width)` buckets.
+        batch_size: samples per batch.
+        video_ratio: share of video rows when the sources hold both kinds.
+        seed: shuffling and augmentation seed.
+        buffer_size: rows the stream shuffles among.
+        process_index, num_processes: this process's share of the rows.
+        augment: random crops, flips and clip starts, and rows shuffled and drawn by `video_ratio` (else the centred
+            box and middle clip of every row once, in the sources' order).
+        **kwargs: the other options of [`HydraXTokCropper`].
+    """
+
+    def __init__(
+        self,
+        sources,
+        resolutions,
+        batch_size: int,
+        video_ratio: float = 0.5,
+        seed: int = 0,
+        buffer_size: int = 1000,
+        process_index: int = 0,
+        num_processes: int = 1,
+        augment: bool = True,
+        **kwargs,
+    ):
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        super().__init__(resolutions, **kwargs)
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be ≥ 1, got {batch_size}.")
+        if not 0 <= video_ratio <= 1:
+            raise ValueError(f"`video_ratio` must be in [0, 1], got {video_ratio}.")
+        self.sources, self.batch_size, self.seed, self.augment = list(sources), batch_size, seed, augment
+        self.process_index = process_index
+        self.epoch = 0
+        by_kind = {"image": [], "video": []}
+        for source in sources:
+            stream, kinds = stream_source(str(source))
+            for kind in kinds:  # a folder may hold both kinds
+                by_kind[kind].append(
+                    stream.filter(lambda row, kind=kind: row[kind] is not None) if len(kinds) == 2 else stream
+                )
+        self.streams = {kind: parts for kind, parts in by_kind.items() if parts}
+        if not self.streams:
+            raise ValueError(f"No image or video in {[str(source) for source in sources]}.")
+        if video_ratio == 1 and "video" not in self.streams or video_ratio == 0 and "image" not in self.streams:
+            raise ValueError(f"`video_ratio` {video_ratio} asks for a kind of data these sources lack.")
+        kinds = [
+            datasets.interleave_datasets(parts, stopping_strategy="all_exhausted") for parts in self.streams.values()
+        ]
+        if len(kinds) == 2 and not augment:  # every row once: the images, then the videos
+            rows = datasets.concatenate_datasets(kinds)
+        elif len(kinds) == 2:
+            rows = datasets.interleave_datasets(
+                kinds, probabilities=[1 - video_ratio, video_ratio], seed=seed, stopping_strategy="all_exhausted"
+            )
+        else:
+            rows = kinds[0]
+        rows = rows.shuffle(seed=seed, buffer_size=buffer_size) if augment else rows
+        self.rows = split_dataset_by_node(rows, rank=process_index, world_size=num_processes)
+
+    def kinds(self) -> set[str]:
+        return set(self.streams)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.rows.set_epoch(self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch * 1_009 + self.process_index)
+        buffers: dict[tuple[str, int, int], list[dict]] = {}
+        for row in self.rows:
+            kind = "image" if row["image"] is not None else "video"
+            seed = int(torch.randint(2**62, (), generator=generator)) if self.augment else None
+            try:
+                item = self.probe(kind, row[kind], row["origin"])
+                sample = self.crop(item, seed)
+            except HydraXTokBadSample as error:
+                report(str(error), self.on_bad_sample)
+                continue
+            key = (kind, *self.bucket_size(item))
+            buffers.setdefault(key, []).append(sample)
+            if len(buffers[key]) == self.batch_size:
+                yield collate_clips(buffers.pop(key))
+        for key in sorted(buffers):
+            yield collate_clips(buffers[key])
 
 
 class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
@@ -375,7 +545,9 @@ __all__ = [
     "HydraXTokBadSample",
     "HydraXTokBucketBatchSampler",
     "HydraXTokClipDataset",
+    "HydraXTokCropper",
     "HydraXTokMedia",
+    "HydraXTokStreamDataset",
     "collate_clips",
     "parse_resolution",
     "psnr",

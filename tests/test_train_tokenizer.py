@@ -28,6 +28,7 @@ from modeling_hydrax.data_hydrax_tok import (
     HydraXTokBadSample,
     HydraXTokBucketBatchSampler,
     HydraXTokClipDataset,
+    HydraXTokStreamDataset,
     collate_clips,
     parse_resolution,
 )
@@ -436,6 +437,82 @@ def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_p
         for name, param in AutoModel.from_pretrained(out / "model").named_parameters()
     }
     assert saved == held[0]
+
+
+# ------------------------------------------------------------------------------------------------------ streaming
+def test_a_stream_batches_by_bucket_reshuffles_per_epoch_and_splits_among_processes(data, tmp_path):
+    """`HydraXTokStreamDataset` on a `datasets` image dataset (read undecoded) and a folder of images and a video:
+    one bucket and kind per batch, every row in a pass, the same batches for the same epoch and other ones for the
+    next, disjoint process shares that cover the rows, and centred crops equal to the probed dataset's."""
+    import datasets
+
+    images = sorted(data.glob("*.png"))
+    datasets.Dataset.from_dict({"image": [str(path) for path in images]}).cast_column(
+        "image", datasets.Image()
+    ).save_to_disk(str(tmp_path / "photos"))
+    sources, buckets = [tmp_path / "photos", data], [(32, 48), (48, 32)]
+    stream = HydraXTokStreamDataset(sources, buckets, batch_size=2, num_frames=5, seed=0, buffer_size=8)
+    assert stream.kinds() == {"image", "video"}
+    passes = []
+    for epoch in (0, 0, 1):
+        stream.set_epoch(epoch)
+        passes.append([batch["pixel_values"] for batch in stream])
+    shapes = {tuple(batch.shape[1:]) for batch in passes[0]}
+    assert shapes == {(3, 32, 48), (3, 48, 32), (3, 5, 32, 48)}  # landscape, portrait, and the landscape clip
+    assert all(torch.equal(a, b) for a, b in zip(passes[0], passes[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(passes[0], passes[2]))
+    rows = {row["origin"] for row in stream.rows}
+    assert {f"{tmp_path / 'photos'} row {number}" for number in range(6)} <= rows and str(data / "clip.mp4") in rows
+    shares = [
+        [row["origin"] for row in HydraXTokStreamDataset(sources, buckets, 2, num_frames=5, process_index=rank,
+                                                          num_processes=2, augment=False).rows]
+        for rank in (0, 1)
+    ]  # fmt: skip
+    assert not set(shares[0]) & set(shares[1]) and len(shares[0]) + len(shares[1]) == 13  # 6 + 6 images, 1 video
+
+    centred = HydraXTokStreamDataset([tmp_path / "photos"], buckets, batch_size=3, num_frames=5, augment=False)
+    probed = HydraXTokClipDataset([tmp_path / "photos"], buckets, num_frames=5)
+    expected = [
+        torch.stack([probed[index]["pixel_values"] for index in indices]) for indices in ([0, 2, 4], [1, 3, 5])
+    ]
+    assert all(torch.equal(a["pixel_values"], b) for a, b in zip(centred, expected, strict=True))
+
+
+def test_streaming_trains_resumes_with_the_same_losses_and_computes_the_same_statistics(data, tmp_path, monkeypatch):
+    """`--streaming`: a run interrupted within its first pass resumes with the losses of an uninterrupted one, and the
+    latent statistics over a stream equal those over the probed data (every item once, centred)."""
+    argv = ["--preset", "tiny", "--no-teachers", "--lpips-weight", 0, "--streaming", "--max-steps", 4]
+    whole = train(data, tmp_path / "whole", *argv)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_tokenizer, "RunRecordCallback", interrupting(train_tokenizer.RunRecordCallback))
+        stopped = train(data, tmp_path / "split", *argv)
+    assert stopped.state.global_step == 2
+    resumed = train(data, tmp_path / "split", *argv, "--resume-from-checkpoint", "last")
+    assert len(losses(whole)) == 4 and losses(stopped) == losses(whole)[:2]
+    assert losses(resumed, 2) == losses(whole, 2)
+
+    for folder, extra in (("probed", []), ("streamed", ["--streaming"])):
+        train(data, tmp_path / folder, "--preset", "tiny", "--no-teachers", "--compute-latent-stats", *extra)
+    configs = [json.loads((tmp_path / name / "model" / "config.json").read_text()) for name in ("probed", "streamed")]
+    assert configs[0]["latents_stats_samples"] == configs[1]["latents_stats_samples"] == 7
+    for key in ("latents_mean", "latents_std"):
+        assert configs[1][key] == pytest.approx(configs[0][key], abs=1e-9), key
+
+
+def test_two_processes_stream_different_rows_and_save_one_model(data, tmp_path):
+    launcher, logs, out = tmp_path / "launch.py", tmp_path / "logs", tmp_path / "out"
+    launcher.write_text(LAUNCHER)
+    logs.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, launcher]
+    command += [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
+    command += ["--max-steps", 3, "--streaming"]
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    saved = AutoModel.from_pretrained(out / "model").named_parameters()
+    assert {name: param.double().sum().item() for name, param in saved} == held[0]
 
 
 # ------------------------------------------------------------------------------------------------------- bad data
