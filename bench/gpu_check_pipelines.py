@@ -151,6 +151,10 @@ def main(argv=None):
             parser.error(f"image, video and edit sizes must be multiples of 16, got {size}")
     if args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    if args.offload != "none" and args.compile == "both":
+        parser.error("--offload times one placement: pass --compile no or only (offloading goes on after compiling)")
+    if args.offload == "sequential" and args.compile == "only":
+        parser.error("--offload sequential hooks every module inside the compiled layers: pass --compile no")
     if args.output_dir is not None:
         check_output_folder(parser, "--output-dir", args.output_dir)
     check_output_folder(parser, "--report", args.report.parent)
@@ -169,8 +173,6 @@ def main(argv=None):
     pipe = HydraXPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, device_map=placement)
     load_s = time.perf_counter() - start
     pipe.set_progress_bar_config(disable=True)
-    if args.offload != "none":
-        OFFLOADS[args.offload](pipe, args.device)
     edit = HydraXEditPipeline(model=pipe.model, processor=pipe.processor, scheduler=pipe.scheduler)
     edit.set_progress_bar_config(disable=True)
 
@@ -190,6 +192,8 @@ def main(argv=None):
     for compiled in {"both": [False, True], "no": [False], "only": [True]}[args.compile]:
         if compiled:
             pipe.model.compile_repeated_blocks(fullgraph=True)
+        if args.offload != "none":  # after compiling: the offloading hooks wrap the compiled layers
+            OFFLOADS[args.offload](pipe, args.device)
         with torch.inference_mode():
             for name, run in workloads(pipe, edit, args).items():
                 try:

@@ -258,7 +258,10 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
         )
     text = datasets.Value("string")
     features = datasets.Features(messages=text, origin=text, root=text, images=images)
-    single = "image" in columns and "images" not in columns  # TRL's one-image column: `images` = [image]
+    single = "image" in columns and "images" not in columns  # TRL's one-image column: `images` = [image] …
+    if single and dataset.features is not None:  # … when it holds images or paths (not, e.g., an image id)
+        feature = dataset.features["image"]
+        single = isinstance(feature, datasets.Image) or getattr(feature, "dtype", None) in ("string", "large_string")
     if dataset.features is not None:  # (a stream of unknown features takes its types from `map(features=)`)
         if "images" in columns:
             dataset = dataset.cast_column("images", images)  # e.g. an older `Sequence(Image())` column

@@ -7,9 +7,10 @@ A sample is a dict with `messages` (the conversation in the processor's chat for
 and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it), `root` (the
 folder that relative `path`s of image and video blocks are relative to) and `images`: TRL's vision-language dataset
 layout, where image blocks carry no data (`{"type": "image"}`) and take the sample's `images` (PIL images, paths or
-`datasets` `{"bytes", "path"}` dicts) in order. As in TRL, a single `image` stands for `images=[image]` (`images` wins
-when a sample has both), and a conversation written as plain strings gets one image block per image at the start of
-its first user turn whose content is a string.
+`datasets` `{"bytes", "path"}` dicts) in order. As in TRL, a single `image` stands for `images=[image]`, and a
+conversation written as plain strings gets one image block per image at the start of its first user turn whose
+content is a string. When a sample has both, a non-empty `images` wins (TRL's collators let `image` replace it, which
+silently drops images).
 """
 
 import io
@@ -128,23 +129,29 @@ class HydraXDataCollator:
     @staticmethod
     def _place_images(messages: list[dict], images: list, origin: str):
         """TRL's layout: the image blocks without a `path`, `image` or `url` take `images`, in order; a `datasets`
-        image (`{"bytes", "path"}`) becomes a PIL image, a string a path. The first user turn written as a string gets
-        a bare block per image before its text, as TRL's `prepare_multimodal_messages` does."""
+        image (`{"bytes", "path"}`) becomes a PIL image, a string a path. A conversation without such blocks whose
+        first user turn is a plain string gets a bare block per image before that text, as TRL's
+        `prepare_multimodal_messages` does (one with bare blocks, e.g. a text-to-image target, keeps them as they
+        are)."""
+
+        def bare_blocks() -> list[dict]:
+            return [
+                block
+                for message in messages
+                if isinstance(message.get("content"), list)
+                for block in message["content"]
+                if block.get("type") == "image" and not any(key in block for key in IMAGE_SOURCES)
+            ]
+
         first_plain_user = next(
             (m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)), None
         )
-        if images and first_plain_user is not None:
+        if images and first_plain_user is not None and not bare_blocks():
             first_plain_user["content"] = [
                 *({"type": "image"} for _ in images),
                 {"type": "text", "text": first_plain_user["content"]},
             ]
-        bare = [
-            block
-            for message in messages
-            if isinstance(message.get("content"), list)
-            for block in message["content"]
-            if block.get("type") == "image" and not any(key in block for key in IMAGE_SOURCES)
-        ]
+        bare = bare_blocks()
         if len(bare) != len(images):
             raise BadSampleError(
                 f"{origin}: {len(bare)} image block(s) without a `path`, `image` or `url`, but {len(images)} "

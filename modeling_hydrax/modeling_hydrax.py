@@ -254,7 +254,8 @@ class HydraXPreTrainedModel(PreTrainedModel):
         warm-up costs about one layer's compilation instead of the whole stack's, while the decoder layers hold ~98 %
         of a denoising step's FLOPs. The rest (masks, rotary tables, Hydra-XTok, flow head) stays eager, and so does a
         prompt's prefill (`HydraXCompiledLayerForward`): denoising steps, decoding steps and training calls run
-        compiled. Calling it again compiles the layers anew with the new arguments.
+        compiled. Calling it again compiles the layers anew with the new arguments. Offloading goes on afterwards
+        (block-level group offloading wraps the compiled layers; per-module hooks inside a layer cannot be compiled).
 
         Example:
 
@@ -271,6 +272,19 @@ class HydraXPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"compile_repeated_blocks found none of {self._repeated_blocks} in {type(self).__name__}; compile "
                 "the model as a whole with `model.compile()` instead."
+            )
+        hooked = [
+            type(module).__name__
+            for block in blocks
+            for module in block.modules()
+            if hasattr(module, "_hf_hook") or hasattr(module, "_diffusers_hook")
+        ]
+        if hooked:
+            raise ValueError(
+                f"compile_repeated_blocks replaces the decoder layers' forward, which would drop the offloading or "
+                f"device-placement hooks on their {sorted(set(hooked))}: compile first, then enable offloading "
+                "(block-level group offloading wraps the compiled layers); a model split over devices by `device_map` "
+                "cannot be compiled this way."
             )
         for block in blocks:
             block.forward = HydraXCompiledLayerForward(block, *args, **kwargs)

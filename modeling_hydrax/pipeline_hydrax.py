@@ -34,6 +34,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from packaging import version
 from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from .lora_loading_hydrax import HydraXLoraLoaderMixin
@@ -41,6 +42,8 @@ from .pipeline_loading_hydrax import HydraXRootModel, HydraXRootProcessor
 
 
 logger = logging.get_logger(__name__)
+# `from_pipe`'s dtype argument: `dtype` from diffusers 0.40, `torch_dtype` before
+DTYPE_ARGUMENT = "dtype" if version.parse(diffusers_version).release >= (0, 40) else "torch_dtype"
 
 # Files a pipeline folder carries (copied from beside this module): the pipeline code at the root, and the loader that
 # diffusers' generic `from_pretrained` finds in the `model/` and `processor/` component folders (and that the pipeline
@@ -240,13 +243,26 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self.processor.save_pretrained(save_directory)
         write_pipeline_files(save_directory, self.scheduler, type(self))
 
+    def enable_group_offload(self, *args, **kwargs):
+        """diffusers' group offloading (`DiffusionPipeline.enable_group_offload`), refused for a model whose LM head
+        shares the token embeddings' weight (`tie_word_embeddings`, e.g. the 1.5B preset): the two sit in different
+        groups, and offloading one takes the shared weight from the other. `enable_sequential_cpu_offload` and
+        `device_map` keep shared weights together."""
+        if self.model.get_output_embeddings().weight is self.model.get_input_embeddings().weight:
+            raise ValueError(
+                "This model's LM head shares the token embeddings' weight (tie_word_embeddings=True), which group "
+                "offloading cannot keep in one group; use enable_sequential_cpu_offload() or "
+                "from_pretrained(..., device_map='auto', max_memory=...) instead."
+            )
+        return super().enable_group_offload(*args, **kwargs)
+
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """diffusers' `from_pipe`: a pipeline sharing `pipeline`'s components. Without `dtype` (or `torch_dtype`) the
         shared model keeps its dtype; diffusers would cast it to float32, in place, under both pipelines."""
-        model = getattr(pipeline, "model", None)
+        model = kwargs.get("model", getattr(pipeline, "model", None))
         if model is not None and kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs["dtype"] = model.dtype
+            kwargs[DTYPE_ARGUMENT] = model.dtype
         return super().from_pipe(pipeline, **kwargs)
 
     def to(self, *args, **kwargs):
@@ -420,7 +436,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         return (ids, mask), (self.model.unconditional_input_ids(ids), mask)
 
     def _prepare_prefix(self, branches: list, num_images_per_prompt: int, source_pixel_values=None):
-        """Run the guidance branches' prompts (branch-major, each prompt repeated per image) through the LLM once."""
+        """Run the guidance branches' prompts (branch-major, each prompt repeated per image) through the LLM once: the
+        call's first use of the model, which brings it to the device under `enable_model_cpu_offload`."""
+        self._onload_model()
         device = self._execution_device
         ids = torch.cat([branch[0] for branch in branches]).repeat_interleave(num_images_per_prompt, 0).to(device)
         mask = torch.cat([branch[1] for branch in branches]).repeat_interleave(num_images_per_prompt, 0).to(device)
@@ -428,6 +446,14 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             source_pixel_values = source_pixel_values.repeat_interleave(num_images_per_prompt, 0)
             source_pixel_values = source_pixel_values.to(device, self.model.dtype)
         return self.model.prepare_generation_prefix(ids, mask, source_pixel_values=source_pixel_values)
+
+    def _onload_model(self):
+        """Run the model's offloading hook as its `forward` would (diffusers' `apply_forward_hook` does the same for a
+        VAE's `encode` / `decode`): the pipelines call the model's other methods, and `enable_model_cpu_offload`'s
+        hook moves the model to the device only when its hook runs."""
+        hook = getattr(self.model, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(self.model)
 
     def _prepare_latents(self, batch_size, num_frames, height, width, generator, latents) -> torch.Tensor:
         vision = self.model.config.vision_config

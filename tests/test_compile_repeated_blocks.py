@@ -138,6 +138,27 @@ def test_compiling_again_replaces_the_compiled_forward():
         assert layer.forward.eager.__func__ is Qwen2DecoderLayer.forward and layer.forward.layer_idx == index
 
 
+def test_block_level_group_offloading_goes_on_after_compilation(tmp_path):
+    """Group offloading wraps the compiled layers (offloaded to disk, every weight overwritten by NaN: the same images
+    as eager in memory); compiling layers that already carry offloading hooks is refused, as it would drop them."""
+    pipe = tiny_deep_pipeline()
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        eager = sample(pipe, edit)
+    pipe.model.compile_repeated_blocks(fullgraph=True)
+    pipe.enable_group_offload(
+        torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, offload_to_disk_path=tmp_path
+    )
+    for parameter in pipe.model.parameters():
+        parameter.data.fill_(float("nan"))
+    with torch.no_grad():
+        for got, want in zip(sample(pipe, edit), eager, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"drop the offloading or device-placement hooks on their \['Qwen2Decoder"):
+        pipe.model.compile_repeated_blocks()
+
+
 def test_compile_repeated_blocks_without_blocks_names_the_classes():
     model = tiny_deep_pipeline().model
     model._repeated_blocks = ["NoSuchLayer"]

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -32,6 +34,8 @@ def test_pipeline_gpu_check_with_group_offloading_on_cpu(tmp_path):
     table = report.read_text()
     assert "device_map=None)` " in table and "then group offloading to the CPU." in table
     assert "| image 32², 1 steps, CFG | no |" in table and "failed" not in table
+    with pytest.raises(SystemExit):  # offloading goes on after compiling, so one run times one placement
+        gpu_check_pipelines.main(["--device", "cpu", "--offload", "group", "--compile", "both"])
 
 
 def test_training_gpu_check_smoke_run_on_cpu(tmp_path):

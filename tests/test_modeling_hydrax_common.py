@@ -260,7 +260,7 @@ def test_generation_repeats_and_continues_from_its_cache(model):
 def test_disk_offload_matches_the_model_in_memory(model, tmp_path):
     pytest.importorskip("accelerate")
     model.save_pretrained(tmp_path / "model")
-    budget = {"cpu": sum(p.numel() for p in model.parameters()) * 4 // 3, "disk": 10**12}  # a quarter goes to disk
+    budget = {"cpu": sum(p.numel() for p in model.parameters()) * 4 // 3, "disk": 10**12}  # ⅔ of fp32 goes to disk
     offloaded = HydraXForConditionalGeneration.from_pretrained(
         tmp_path / "model", device_map="auto", max_memory=budget, offload_folder=tmp_path / "offload"
     ).eval()

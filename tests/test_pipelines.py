@@ -396,12 +396,25 @@ def test_bench_runs_at_toy_sizes(capsys):
     assert len(errors) == 2 and max(errors) < 1e-4
 
 
-def test_model_cpu_offload_runs(checkpoint):
+def test_model_cpu_offload_brings_the_model_in_for_every_task(checkpoint, monkeypatch):
+    """`enable_model_cpu_offload`'s hook moves the model to the device when it runs; the pipelines call the model's
+    other methods, never `forward`, so each call must run the hook itself (on CPU the move is a no-op: the calls are
+    counted)."""
     pipe = HydraXPipeline.from_pretrained(checkpoint)
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_model_cpu_offload(device="cpu")  # an accelerator moves the model there per call; CPU checks the hooks
+    onloads, pre_forward = [], accelerate.hooks.CpuOffload.pre_forward
+    monkeypatch.setattr(
+        accelerate.hooks.CpuOffload,
+        "pre_forward",
+        lambda hook, module, *args, **kwargs: onloads.append(module) or pre_forward(hook, module, *args, **kwargs),
+    )  # the hook is re-created after every call (`maybe_free_model_hooks`)
     out = pipe("a fox", height=32, width=32, num_inference_steps=1, output_type="pt").images
-    assert out.shape == (1, 3, 32, 32)
+    assert out.shape == (1, 3, 32, 32) and onloads == [pipe.model]
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    edit(source_image(), "x", num_inference_steps=1)
+    assert onloads == [pipe.model] * 2
 
 
 def offload_calls(pipe) -> dict:
@@ -433,7 +446,7 @@ def test_offloaded_weights_give_the_same_outputs(pipe, checkpoint, tmp_path, off
     - `from_pretrained(device_map="auto", max_memory=...)`: transformers' placement, part of it on disk (and
       `from_pipe` keeps it there)."""
     expected = {task: call() for task, call in offload_calls(pipe).items()}
-    budget = {"cpu": sum(p.numel() for p in pipe.model.parameters()) * 4 // 3, "disk": 10**12}  # a quarter on disk
+    budget = {"cpu": sum(p.numel() for p in pipe.model.parameters()) * 4 // 3, "disk": 10**12}  # ⅔ of fp32 on disk
     placement = dict(device_map="auto", max_memory=budget, offload_folder=tmp_path) if offload == "device_map" else {}
     offloaded = HydraXPipeline.from_pretrained(checkpoint, **placement)
     offloaded.set_progress_bar_config(disable=True)
@@ -455,6 +468,25 @@ def test_offloaded_weights_give_the_same_outputs(pipe, checkpoint, tmp_path, off
         torch.testing.assert_close(call(), expected[task], rtol=0, atol=1e-6, msg=task)
 
 
+def test_group_offloading_refuses_tied_embeddings_and_sequential_offloading_keeps_them(pipe):
+    """With `tie_word_embeddings` (the 1.5B preset) the LM head and the token embeddings share one weight, which group
+    offloading would split between two groups; sequential offloading keeps it (accelerate ties it on the device)."""
+    from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration
+    from modeling_hydrax.configuration_hydrax_presets import preset_kwargs
+
+    text_config = {**preset_kwargs("tiny")["text_config"], "tie_word_embeddings": True}
+    tied = HydraXForConditionalGeneration(HydraXConfig.from_preset("tiny", text_config=text_config)).eval()
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    tied_pipe = HydraXPipeline(model=tied, processor=pipe.processor, scheduler=pipe.scheduler)
+    with pytest.raises(ValueError, match="shares the token embeddings' weight .* enable_sequential_cpu_offload"):
+        tied_pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
+    ids = torch.tensor([[5, 7, 9, 11, 6]])
+    with torch.no_grad():
+        expected = tied(input_ids=ids).logits
+        accelerate.cpu_offload(tied, torch.device("cpu"))
+        torch.testing.assert_close(tied(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
 def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoint):
     """diffusers' common pipeline checks: `return_dict=False`, a pipeline rebuilt from `components`, `torch_dtype=` on
     load (bf16 within a few 8-bit levels of fp32, no NaN), `from_pipe` keeping the dtype unless asked (through
@@ -473,6 +505,8 @@ def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoi
     half = HydraXPipeline.from_pretrained(checkpoint, torch_dtype=torch.bfloat16)
     half.set_progress_bar_config(disable=True)
     assert HydraXEditPipeline.from_pipe(half).model.dtype == torch.bfloat16  # diffusers would cast it to fp32
+    own = HydraXEditPipeline.from_pipe(half, model=HydraXPipeline.from_pretrained(checkpoint).model)
+    assert own.model.dtype == torch.float32 and half.model.dtype == torch.bfloat16  # a passed model keeps its own
     assert half.dtype == half.model.dtype == torch.bfloat16
     images = half("a fox", generator=seeded(), **kwargs).images
     assert np.isfinite(images).all() and np.abs(images - reference).max() < 8 / 255

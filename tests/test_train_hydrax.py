@@ -295,6 +295,22 @@ def test_trl_single_image_column_and_plain_string_turns_collate_as_paths_do(proc
     direct = collator([{"messages": plain, "image": str(pictures / "seen.png")}] * 2)
     assert all(torch.equal(value, expected[key]) for key, value in direct.items())
     assert collator.load_sample({"messages": plain, "image": None})[0]["content"] == "What is it?"
+    datasets.Dataset.from_list([{"messages": plain, "image": 7}]).save_to_disk(str(tmp_path / "ids"))
+    assert next(iter(train_hydrax.load_source(str(tmp_path / "ids"), "error")))["images"] == []  # an id, not an image
+    # a plain-string prompt whose bare image block is the assistant's target: the image fills the target
+    draw = [
+        {"role": "user", "content": "Draw a cat"},
+        train_hydrax.assistant([train_hydrax.text("ok"), {"type": "image"}]),
+    ]
+    expected = collator(
+        list(
+            train_hydrax.load_source(
+                str(write_manifest(tmp_path / "t2i.jsonl", [text_to_image("drawn.png")])), "error"
+            )
+        )
+    )
+    drawn = collator([{"messages": draw, "image": str(pictures / "drawn.png")}])
+    assert all(torch.equal(value, expected[key]) for key, value in drawn.items())
 
 
 def test_trl_images_as_bytes_are_rotated_by_their_exif_as_files_are(processor, tmp_path):
