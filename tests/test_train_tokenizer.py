@@ -400,17 +400,28 @@ sums = {name: param.detach().double().sum().item() for name, param in tokenizer.
 """
 
 
-def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_path):
+def train_two_processes(data, tmp_path, *args) -> tuple[Path, Path]:
+    """3 steps on 2 gloo processes under torchrun (LAUNCHER): (logs, output dir), after checking that both ended with
+    the weights the saved model holds."""
     launcher, logs, out = tmp_path / "launch.py", tmp_path / "logs", tmp_path / "out"
     launcher.write_text(LAUNCHER)
     logs.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, launcher]
     command += [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
-    command += ["--max-steps", 3]
+    command += ["--max-steps", 3, *args]
     env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert type(AutoModel.from_pretrained(out / "model")) is HydraXTokModel
+    held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    saved = AutoModel.from_pretrained(out / "model")
+    assert type(saved) is HydraXTokModel
+    assert {name: param.double().sum().item() for name, param in saved.named_parameters()} == held[0]
+    return logs, out
+
+
+def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_path):
+    logs, _ = train_two_processes(data, tmp_path)
 
     # accelerate deals the sampler's batches out in turn: rank r gets batches r, r + 2, … of every epoch
     dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
@@ -429,14 +440,6 @@ def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_p
         expected = [key for batch in dealt[rank] for key in batch]
         assert len(seen[rank]) >= 6 and seen[rank] == expected[: len(seen[rank])], (rank, seen[rank])
     assert not {tuple(key) for key in seen[0]} & {tuple(key) for key in seen[1]}
-
-    held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert held[0] == held[1], "the processes ended with different weights"
-    saved = {
-        name: param.double().sum().item()
-        for name, param in AutoModel.from_pretrained(out / "model").named_parameters()
-    }
-    assert saved == held[0]
 
 
 # ------------------------------------------------------------------------------------------------------ streaming
@@ -499,20 +502,8 @@ def test_streaming_trains_resumes_with_the_same_losses_and_computes_the_same_sta
         assert configs[1][key] == pytest.approx(configs[0][key], abs=1e-9), key
 
 
-def test_two_processes_stream_different_rows_and_save_one_model(data, tmp_path):
-    launcher, logs, out = tmp_path / "launch.py", tmp_path / "logs", tmp_path / "out"
-    launcher.write_text(LAUNCHER)
-    logs.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, launcher]
-    command += [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
-    command += ["--max-steps", 3, "--streaming"]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert held[0] == held[1], "the processes ended with different weights"
-    saved = AutoModel.from_pretrained(out / "model").named_parameters()
-    assert {name: param.double().sum().item() for name, param in saved} == held[0]
+def test_two_processes_stream_their_shares_and_save_one_model(data, tmp_path):
+    train_two_processes(data, tmp_path, "--streaming")  # the shares are disjoint: see the stream test above
 
 
 # ------------------------------------------------------------------------------------------------------- bad data
