@@ -106,6 +106,7 @@ CONFIG_OPTIONS = (
     "flow_logit_std",
     "text_dropout_prob",
     "source_dropout_prob",
+    "image_to_video_prob",
     "lm_loss_weight",
     "flow_loss_weight",
 )
@@ -686,6 +687,12 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--source-dropout-prob", type=float, help="probability of replacing an edit's source by the null image"
+    )
+    parser.add_argument(
+        "--image-to-video-prob",
+        type=float,
+        help="probability that a video target trains as image-to-video: its first latent frame clean, out of the loss "
+        "(config field, default 0.5)",
     )
     parser.add_argument("--lm-loss-weight", type=float, help="weight of the next-token loss")
     parser.add_argument("--flow-loss-weight", type=float, help="weight of the flow-matching loss")

@@ -26,6 +26,9 @@ class HydraXConfig(PreTrainedConfig):
         source_dropout_prob (`float`): probability of replacing an edit's source image by the null image (all zeros
             in [-1, 1], mid-gray), independently of the text, so the edit pipeline's image guidance has a trained
             image-free branch (InstructPix2Pix's condition dropout).
+        image_to_video_prob (`float`): probability that a video generation target trains as image-to-video: its first
+            latent frame stays clean (flow time 0, per-frame times) and out of the loss, as `HydraXPipeline(image=...)`
+            samples it. 0 trains text-to-video only; 1 image-to-video only.
         flow_logit_mean / flow_logit_std (`float`): logit-normal training distribution of the flow time t.
         flow_base_seq_len / flow_max_seq_len / flow_base_shift / flow_max_shift: resolution-dependent time shift:
             `mu` is interpolated linearly in the number of latent tokens and t ↦ e^mu / (e^mu + 1/t − 1), the
@@ -57,6 +60,7 @@ class HydraXConfig(PreTrainedConfig):
     flow_head_hidden_size: int | None = None
     text_dropout_prob: float = 0.1
     source_dropout_prob: float = 0.05
+    image_to_video_prob: float = 0.5
     flow_logit_mean: float = 0.0
     flow_logit_std: float = 1.0
     flow_base_seq_len: int = 256
@@ -88,6 +92,8 @@ class HydraXConfig(PreTrainedConfig):
         for name in ("text_dropout_prob", "source_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
+        if not 0.0 <= self.image_to_video_prob <= 1.0:
+            raise ValueError(f"`image_to_video_prob` must lie in [0, 1], got {self.image_to_video_prob}.")
         if self.flow_head_num_layers < 1:
             raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
 

@@ -88,7 +88,8 @@ class HydraXTargetGroup:
 
     rows (`torch.LongTensor`): which of the batch's targets (in sample order) are in the group.
     noisy, velocity_target (`torch.Tensor` `[n, C, F, h, w]`): `z_t` and the velocity `ε − z0` it should predict.
-    timesteps (`torch.Tensor` `[n]`): their flow times.
+    timesteps (`torch.Tensor` `[n]` or `[n, F]`): their flow times, per target or per latent frame (a frame at t = 0 is
+        clean context, e.g. image-to-video's anchor, and out of the loss).
     source (`torch.Tensor`, *optional*): latents of the group's edit sources, one per edit.
     edit_rows (`torch.BoolTensor`, *optional*): which of the group's targets are edits (`None`: all, with `source`).
     """
@@ -109,11 +110,29 @@ def batch_or_list(items: list[torch.Tensor]):
 
 
 def timestep_features(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features `[B, dim]` of flow times t ∈ [0, 1] (scaled by 1000, as diffusion timesteps)."""
+    """Sinusoidal features `[*t.shape, dim]` of flow times t ∈ [0, 1] (scaled by 1000, as diffusion timesteps)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
-    args = 1000.0 * timesteps.float()[:, None] * freqs[None]
+    args = 1000.0 * timesteps.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def add_per_frame(tokens: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """`tokens` `[B, F·n, W]` (F latent frames of n tokens, frame-major) plus a condition `[B, W]` on every token, or
+    `[B, F, W]` on each frame's tokens (per-frame flow times, e.g. image-to-video's clean anchor at t = 0)."""
+    if condition.ndim == 2:
+        return tokens + condition[:, None]
+    return (tokens.unflatten(1, (condition.shape[1], -1)) + condition[:, :, None]).flatten(1, 2)
+
+
+def check_timesteps(timesteps: torch.Tensor, latent_shape, name: str = "timesteps"):
+    """Flow times for latents `[B, C, F, h, w]`: one per latent `[B]`, or one per latent frame `[B, F]`."""
+    batch, frames = latent_shape[0], latent_shape[2]
+    if tuple(timesteps.shape) not in ((batch,), (batch, frames)):
+        raise ValueError(
+            f"`{name}` must be [{batch}] (one flow time per target) or [{batch}, {frames}] (one per latent frame) for "
+            f"latents of shape {tuple(latent_shape)}, got {tuple(timesteps.shape)}."
+        )
 
 
 class HydraXProjector(nn.Module):
@@ -176,14 +195,15 @@ class HydraXFlowHead(nn.Module):
         self.out_proj = nn.Linear(width, config.vision_config.latent_channels)
 
     def forward(self, hidden_states: torch.Tensor, timesteps: torch.Tensor, latent_shape) -> torch.Tensor:
-        """Hidden states `[B, n, H]` of a target's n = F·h·w tokens and times `[B]` → velocity `latent_shape`
-        `[B, C, F, h, w]`."""
-        condition = self.time_embedding(timesteps)[:, None]
-        hidden = self.input_proj(hidden_states)
+        """Hidden states `[B, n, H]` of a target's n = F·h·w tokens and times `[B]` (or `[B, F]`, one per latent
+        frame) → velocity `latent_shape` `[B, C, F, h, w]`. Each frame's tokens are modulated by their frame's time."""
+        condition = self.time_embedding(timesteps)
+        condition = condition[:, None, None] if timesteps.ndim == 1 else condition[:, :, None]
+        hidden = self.input_proj(hidden_states).unflatten(1, (condition.shape[1], -1))
         for block in self.blocks:
             hidden = block(hidden, condition)
         shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
-        velocity = self.out_proj(self.final_norm(hidden) * (1 + scale) + shift)
+        velocity = self.out_proj(self.final_norm(hidden) * (1 + scale) + shift).flatten(1, 2)
         return velocity.transpose(1, 2).contiguous().view(latent_shape)
 
 
@@ -352,14 +372,15 @@ class HydraXModel(HydraXPreTrainedModel):
     def embed_noisy_latents(self, noisy_latents, timesteps, source_latents=None, source_cache=None):
         """Noisy generation targets → (source embeddings or `None`, target embeddings), each `[B, tokens, H]`.
 
-        With `source_latents` Sem-ViT runs in editing mode (source and target as a 2-frame clip); with
-        `source_cache` (from `HydraXForConditionalGeneration.prepare_generation_prefix`) the source is reused.
+        `timesteps` are `[B]`, or `[B, F]` with one flow time per latent frame. With `source_latents` Sem-ViT runs
+        in editing mode (source and target as a 2-frame clip); with `source_cache` (from
+        `HydraXForConditionalGeneration.prepare_generation_prefix`) the source is reused.
         """
         semantic = self.vision_tower.get_semantic_features(noisy_latents, source_latents, source_cache)
         embeds = self.projector(semantic.last_hidden_state)
         target_tokens = noisy_latents[0, 0].numel()
         source_embeds = embeds[:, :-target_tokens] if source_latents is not None else None
-        target_embeds = embeds[:, -target_tokens:] + self.timestep_embedding(timesteps)[:, None].to(embeds.dtype)
+        target_embeds = add_per_frame(embeds[:, -target_tokens:], self.timestep_embedding(timesteps).to(embeds.dtype))
         return source_embeds, target_embeds
 
     # ---------------------------------------------------------------- sequence structure
@@ -769,10 +790,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 source = self.model.encode_latents(source)
             if timesteps is None:
                 group_timesteps = self.sample_timesteps(z0.shape[0], z0[0, 0].numel(), z0.device)
+                group_timesteps = self._anchor_first_frames(group_timesteps, z0.shape[2])
             else:
                 group_timesteps = timesteps if whole else timesteps[rows.to(timesteps.device)]
+                check_timesteps(group_timesteps, z0.shape)
             group_noise = torch.randn_like(z0) if noise is None else pick(noise, rows)
-            t = group_timesteps.to(z0.dtype).view(-1, 1, 1, 1, 1)
+            t = group_timesteps.to(z0.dtype)
+            t = t.view(-1, 1, 1, 1, 1) if t.ndim == 1 else t.view(t.shape[0], 1, t.shape[1], 1, 1)
             groups.append(
                 HydraXTargetGroup(
                     rows=rows,
@@ -784,6 +808,30 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 )
             )
         return groups
+
+    def _anchor_first_frames(self, timesteps: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """While training, make each video target an image-to-video sample with probability
+        `config.image_to_video_prob`: its first latent frame stays clean (t = 0, per-frame times `[n, F]`), as
+        `HydraXPipeline(image=...)` samples it, and is left out of the flow loss."""
+        probability = self.config.image_to_video_prob
+        if not (self.training and probability > 0 and num_frames > 1):
+            return timesteps
+        anchored = torch.rand(timesteps.shape[0], device=timesteps.device) < probability
+        if not bool(anchored.any()):
+            return timesteps
+        per_frame = timesteps[:, None].repeat(1, num_frames)
+        per_frame[:, 0] = per_frame[:, 0].masked_fill(anchored, 0.0)
+        return per_frame
+
+    @staticmethod
+    def _flow_error(group: HydraXTargetGroup, velocity: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The summed squared velocity error of a target group and the number of latent elements it sums over: frames
+        at t = 0 are clean context (image-to-video's anchor), with nothing to predict, and are left out."""
+        error = (velocity.float() - group.velocity_target.float()).square()
+        if group.timesteps.ndim == 1:
+            return error.sum(), error.numel()
+        noisy = (group.timesteps > 0)[:, None, :, None, None].expand_as(error)
+        return error[noisy].sum(), int(noisy.sum())
 
     @staticmethod
     def _in_sample_order(groups, embeds) -> torch.Tensor:
@@ -804,25 +852,24 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
 
     def _flow_head_and_loss(self, groups, target_hidden, num_tokens):
         """Velocity of every target from its tokens' hidden states (`[Σ tokens, H]`, in sample order) and the flow
-        loss, the mean squared error over every latent element; the velocity is `[targets, C, F, h, w]`, or a list
-        in sample order when the targets differ in size."""
+        loss, the mean squared error over every latent element of the noisy frames (see `_flow_error`); the velocity
+        is `[targets, C, F, h, w]`, or a list in sample order when the targets differ in size."""
         if len(groups) == 1:
             group = groups[0]
             hidden = target_hidden.view(len(group.rows), int(num_tokens[0]), -1)
             velocity = self.model.flow_head(hidden, group.timesteps, group.velocity_target.shape)
-            return velocity, F.mse_loss(velocity.float(), group.velocity_target.float())
+            squared_error, elements = self._flow_error(group, velocity)
+            return velocity, squared_error / max(elements, 1)
         chunks = target_hidden.split(num_tokens.tolist())
         velocities, squared_error, elements = [None] * len(chunks), 0, 0
         for group in groups:
             hidden = torch.stack([chunks[row] for row in group.rows.tolist()])
             velocity = self.model.flow_head(hidden, group.timesteps, group.velocity_target.shape)
-            squared_error = squared_error + F.mse_loss(
-                velocity.float(), group.velocity_target.float(), reduction="sum"
-            )
-            elements += group.velocity_target.numel()
+            group_error, group_elements = self._flow_error(group, velocity)
+            squared_error, elements = squared_error + group_error, elements + group_elements
             for row, item in zip(group.rows.tolist(), velocity):
                 velocities[row] = item
-        return velocities, squared_error / elements
+        return velocities, squared_error / max(elements, 1)
 
     # ---------------------------------------------------------------- training / full forward
     @can_return_tuple
@@ -866,8 +913,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         same gradients.
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
-        schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift). While
-        training each generation sample's text is dropped with probability `config.text_dropout_prob` (dropped tokens
+        schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift).
+        `timesteps` are `[targets]`, or `[targets, F]` with one time per latent frame: a frame at t = 0 is clean
+        context (image-to-video's anchor) and out of the flow loss. While training, each video target becomes such an
+        image-to-video sample with probability `config.image_to_video_prob` (when `timesteps` are not given), and
+        each generation sample's text is dropped with probability `config.text_dropout_prob` (dropped tokens
         and visual placeholders never count in the LM loss) and, independently, each edit's source is replaced by the
         null image (zeros) with probability `config.source_dropout_prob`, the image-free branch of edit guidance.
 
@@ -1036,8 +1086,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def predict_velocity(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prefix: HydraXGenerationPrefix
     ) -> torch.Tensor:
-        """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[b]` after a cached prefix of `B` rows;
-        the prefix (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step.
+        """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[b]` (or `[b, F]`, one per latent frame:
+        image-to-video's clean anchor at t = 0) after a cached prefix of `B` rows; the prefix (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step.
 
         `noisy_latents` may hold `b = B / k` rows for `k` guidance branches of the prefix (branch-major, e.g. CFG's
         conditional and unconditional prompts): Sem-ViT, projector and timestep embedding then run once and their
@@ -1052,14 +1102,15 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         branches = rows // noisy_latents.shape[0]
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(noisy_latents.shape[0])
+        check_timesteps(timesteps, noisy_latents.shape)
         if prefix.source_cache is not None and branches > 1:
             noisy_latents, timesteps, branches = (
                 noisy_latents.repeat(branches, 1, 1, 1, 1),
-                timesteps.repeat(branches),
+                torch.cat([timesteps] * branches),
                 1,
             )
         _, target_embeds = self.model.embed_noisy_latents(noisy_latents, timesteps, source_cache=prefix.source_cache)
-        target_embeds, timesteps = target_embeds.repeat(branches, 1, 1), timesteps.repeat(branches)
+        target_embeds, timesteps = target_embeds.repeat(branches, 1, 1), torch.cat([timesteps] * branches)
         batch, tokens = target_embeds.shape[:2]
         attention_mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(batch, tokens)], dim=1)
         position_ids = prefix.next_position[:, None] + torch.arange(tokens, device=noisy_latents.device)

@@ -501,7 +501,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
 
         `prefix` (from `prepare_generation_prefix`) holds one batch of `len(guidance_weights)` branches; each step
         predicts all branches in one forward after it and combines them as `Σ weight · velocity` (CFG and dual CFG
-        are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step.
+        are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step, at
+        flow time 0 (per-frame times, as the model trains image-to-video with `config.image_to_video_prob`).
         """
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -515,6 +516,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 if num_clean:
                     latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
                 sigma = self.scheduler.sigmas[i].to(latents.device).expand(latents.shape[0])
+                if num_clean:
+                    sigma = sigma[:, None].repeat(1, latents.shape[2])
+                    sigma[:, :num_clean] = 0.0
                 # One latent per output: the branches share its Sem-ViT embedding (see `predict_velocity`)
                 velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
                 velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
@@ -571,8 +575,9 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
     The prompt runs through the LLM once and its key/value cache is reused at every denoising step; the conditional
     and unconditional branches of classifier-free guidance share one batched forward. The unconditional branch is the
     negative prompt, or the prompt with its text dropped exactly as in training (same length, so no padding between
-    branches). Image-to-video keeps the clean latent of `image` as the anchor frame at every step: Hydra-XTok is
-    causal in time, so the first decoded frame is the tokenizer's reconstruction of `image`.
+    branches). Image-to-video keeps the clean latent of `image` as the anchor frame, at flow time 0, at every step (the
+    model trains such samples, `HydraXConfig.image_to_video_prob`): Hydra-XTok is causal in time, so the first decoded
+    frame is the tokenizer's reconstruction of `image`.
 
     Load it from a Hydra-X checkpoint folder with `HydraXPipeline.from_pretrained(folder)` (see
     [`~HydraXSamplerMixin.from_pretrained`]), or without this package, from a folder written by `save_pretrained`,

@@ -240,26 +240,100 @@ def test_gradients_reach_every_trainable_module(task):
             assert param.grad is not None and param.grad.abs().sum() > 0, f"{task}: no gradient for {name}"
 
 
-@pytest.mark.parametrize("task", ["generation", "video_generation", "editing"])
+@pytest.mark.parametrize("task", ["generation", "video_generation", "image_to_video", "editing"])
 def test_cached_velocity_equals_uncached(model, task):
     config = model.config
-    inputs = _task_inputs(config, task)
+    inputs = _task_inputs(config, "video_generation" if task == "image_to_video" else task)
     inputs.pop("labels")
     ids = inputs["input_ids"]
     with torch.no_grad():
         z0 = model.model.encode_latents(inputs.pop("target_pixel_values"))
         t, noise = fixed_noise(model, z0.shape, 1)
+        frame_t = t.view(-1, 1, 1, 1, 1)
+        if task == "image_to_video":  # per-frame times, the anchor clean
+            t = torch.cat([torch.zeros(1, 1), t[:, None].repeat(1, z0.shape[2] - 1)], dim=1)
+            frame_t = t.view(1, 1, -1, 1, 1)
         full = model(**inputs, target_latents=z0, timesteps=t, noise=noise).velocity
         start = int((ids[0] == config.vision_start_token_id).nonzero()[-1])
         prefix = model.prepare_generation_prefix(
             ids[:, : start + 1], source_pixel_values=inputs.get("source_pixel_values")
         )
-        noisy = (1 - t.view(-1, 1, 1, 1, 1)) * z0 + t.view(-1, 1, 1, 1, 1) * noise
+        noisy = (1 - frame_t) * z0 + frame_t * noise
         first = model.predict_velocity(noisy, t, prefix)
         second = model.predict_velocity(noisy, t, prefix)
     torch.testing.assert_close(first, full, rtol=1e-4, atol=1e-5)
     assert torch.equal(first, second), "the prefix must be left unchanged by a step"
     assert prefix.cache.get_seq_length() == start + 1
+
+
+def _video_target(model):
+    inputs = _task_inputs(model.config, "video_generation")
+    inputs.pop("labels")
+    with torch.no_grad():
+        z0 = model.model.encode_latents(inputs.pop("target_pixel_values"))
+    return inputs, z0, torch.randn(z0.shape, generator=torch.Generator().manual_seed(3))
+
+
+def test_per_frame_times_equal_one_time_per_target(model):
+    inputs, z0, noise = _video_target(model)
+    t = torch.tensor([0.6])
+    with torch.no_grad():
+        one = model(**inputs, target_latents=z0, timesteps=t, noise=noise)
+        per_frame = model(**inputs, target_latents=z0, timesteps=t[:, None].repeat(1, z0.shape[2]), noise=noise)
+    torch.testing.assert_close(per_frame.velocity, one.velocity, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(per_frame.flow_loss, one.flow_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_a_frame_at_time_zero_is_clean_context_out_of_the_loss(model):
+    inputs, z0, noise = _video_target(model)
+    other = noise.clone()
+    other[:, :, 0] = torch.randn(other[:, :, 0].shape)
+    anchored = torch.tensor([[0.0, 0.7, 0.7]])
+    with torch.no_grad():
+        out = model(**inputs, target_latents=z0, timesteps=anchored, noise=noise)
+        moved = model(**inputs, target_latents=z0, timesteps=anchored, noise=other)
+        noisy_first = [
+            model(**inputs, target_latents=z0, timesteps=torch.tensor([[0.3, 0.7, 0.7]]), noise=n).flow_loss
+            for n in (noise, other)
+        ]
+    assert torch.equal(out.velocity, moved.velocity) and torch.equal(out.flow_loss, moved.flow_loss)
+    expected = (out.velocity - (noise - z0))[:, :, 1:].square().mean()
+    torch.testing.assert_close(out.flow_loss, expected, rtol=1e-6, atol=0)
+    assert not torch.equal(*noisy_first), "a noisy first frame is a target"
+
+
+def test_timesteps_of_the_wrong_shape_are_a_clear_error(model):
+    inputs, z0, noise = _video_target(model)
+    with pytest.raises(ValueError, match=r"`timesteps` must be \[1\] .* or \[1, 3\] .* got \(1, 2\)"):
+        model(**inputs, target_latents=z0, timesteps=torch.rand(1, 2), noise=noise)
+    ids = inputs["input_ids"]
+    start = int((ids[0] == model.config.vision_start_token_id).nonzero()[-1])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"got \(2,\)"):
+        model.predict_velocity(z0, torch.rand(2), model.prepare_generation_prefix(ids[:, : start + 1]))
+
+
+def test_image_to_video_prob_anchors_video_targets_while_training():
+    def losses(model, inputs, z0, noise, other):
+        out = []
+        for n in (noise, other):
+            torch.manual_seed(0)  # the same flow times and draws for both
+            out.append(model(**inputs, target_latents=z0, noise=n).flow_loss)
+        return out
+
+    for probability, anchored in ((1.0, True), (0.0, False)):
+        model = tiny_hydrax(text_dropout_prob=0.0, image_to_video_prob=probability).train()
+        inputs, z0, noise = _video_target(model)
+        other = noise.clone()
+        other[:, :, 0] = torch.randn(other[:, :, 0].shape)
+        first, second = losses(model, inputs, z0, noise, other)
+        assert torch.equal(first, second) == anchored, f"image_to_video_prob={probability}"
+    image_inputs = dict(input_ids=t2i_ids(model.config))
+    model.config.image_to_video_prob = 1.0
+    z0 = torch.randn(1, 8, 1, 2, 2)
+    first, second = losses(model, image_inputs, z0, torch.randn(z0.shape), torch.randn(z0.shape))
+    assert not torch.equal(first, second), "an image target has no anchor to keep clean"
+    with pytest.raises(StrictDataclassClassValidationError, match=r"`image_to_video_prob` must lie in \[0, 1\]"):
+        HydraXConfig.from_preset("tiny", image_to_video_prob=1.5)
 
 
 def test_batched_cfg_prefix_matches_separate_prefixes(model):

@@ -155,6 +155,26 @@ def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
     assert not torch.allclose(frames[0, 1], frames[0, 0], atol=1e-3)
 
 
+def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
+    seen = []
+    predict = pipe.model.predict_velocity
+
+    def recording(latents, timesteps, prefix):
+        seen.append(timesteps.clone())
+        return predict(latents, timesteps, prefix)
+
+    monkeypatch.setattr(pipe.model, "predict_velocity", recording)
+    kwargs = dict(num_frames=9, num_inference_steps=STEPS, output_type="latent")
+    pipe("it moves", image=source_image(), **kwargs)
+    assert len(seen) == STEPS
+    for times, sigma in zip(seen, pipe.scheduler.sigmas):
+        assert times.shape == (1, 3), "one flow time per latent frame"
+        assert times[0, 0] == 0 and bool((times[0, 1:] == sigma).all())
+    seen.clear()
+    pipe("it moves", height=32, width=32, **kwargs)  # text-to-video: one time for the whole target
+    assert [tuple(times.shape) for times in seen] == [(1,)] * STEPS
+
+
 def test_same_seed_same_output_different_seed_different(pipe, edit):
     kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
     first = pipe("a boat", generator=seeded(0), **kwargs).images

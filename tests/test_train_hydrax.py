@@ -69,6 +69,7 @@ def test_help_lists_the_options(capsys):
         "--stage",
         "--data",
         "--flow-logit-mean",
+        "--image-to-video-prob",
         "--lora-r",
         "--on-bad-sample",
         "--resume-from-checkpoint",
@@ -80,7 +81,9 @@ def test_help_lists_the_options(capsys):
 def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, demo, tmp_path):
     out = tmp_path / "out"
     extra = ["--eval-data", demo] if stage == 2 else []
-    trainer = train(checkpoint, out, "--stage", stage, "--flow-logit-mean", 2.5, "--data", demo, *extra)
+    trainer = train(
+        checkpoint, out, "--stage", stage, "--flow-logit-mean", 2.5, "--image-to-video-prob", 0.25, "--data", demo, *extra
+    )
     expected = train_hydrax.STAGE_LEARNING_RATES[stage]
     rates = {group["name"].removesuffix("_no_decay"): group["initial_lr"] for group in trainer.optimizer.param_groups}
     assert rates == expected
@@ -91,7 +94,7 @@ def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, d
 
     before = AutoModel.from_pretrained(checkpoint).state_dict()
     model = AutoModel.from_pretrained(out / "model")
-    assert model.config.flow_logit_mean == 2.5
+    assert model.config.flow_logit_mean == 2.5 and model.config.image_to_video_prob == 0.25
     for name, value in model.state_dict().items():
         group = train_hydrax.parameter_group(name)
         changed = not torch.equal(value, before[name])
