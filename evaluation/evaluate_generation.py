@@ -244,16 +244,16 @@ def read_manifest(path: Path, task: str, limit: int | None = None) -> tuple[list
     return table, origins
 
 
-def load_dataset_source(source: str, split: str):
-    """A save_to_disk folder or a Hub dataset as a `datasets.Dataset` (`split` of a DatasetDict) and the folder its
-    relative paths start from."""
+def load_dataset_source(source: str, split: str, subset: str | None = None):
+    """A save_to_disk folder or a Hub dataset (of which `subset` is the configuration) as a `datasets.Dataset` (`split`
+    of a DatasetDict) and the folder its relative paths start from."""
     import datasets
 
     path = Path(source)
     if path.is_dir():
         dataset, root = datasets.load_from_disk(str(path)), path
     else:
-        dataset, root = datasets.load_dataset(source, split=split), Path.cwd()
+        dataset, root = datasets.load_dataset(source, subset, split=split), Path.cwd()
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise EvaluationDataError(f"{source}: no split {split!r}; pass --split with one of {sorted(dataset)}")
@@ -295,25 +295,29 @@ def dataset_table(dataset, source: str, task: str, root: Path):
     return dataset, origins
 
 
-def read_rows(source: str, task: str, split: str = "train", limit: int | None = None) -> EvaluationRows:
+def read_rows(
+    source: str, task: str, split: str = "train", limit: int | None = None, subset: str | None = None
+) -> EvaluationRows:
     """The first `limit` (default all) rows of `source` for `task` ("text-to-image", "edit", or "reference" for
     --reference's images): a .txt file of prompts, a JSONL manifest, a save_to_disk folder, a Hub dataset, or
     (reference only) a folder of images searched recursively. Missing columns, empty prompts and missing or unreadable
     image files stop it here, naming the row."""
     path = Path(source)
     fields = list(COLUMNS[task])
-    root = path.parent
-    if path.suffix == ".txt":
+    root, suffix = path.parent, path.suffix.lower()
+    if suffix == ".txt":
         if task == "edit":
             raise EvaluationDataError(f"{source}: a .txt file holds prompts only, which the {task} task cannot use")
         table, origins = read_prompt_file(path, limit)
-    elif path.suffix == ".jsonl":
+    elif suffix == ".jsonl":
         table, origins = read_manifest(path, task, limit)
     elif task == "reference" and path.is_dir() and not is_saved_dataset(path):
         files = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES)
-        table, origins = [{"image": str(file)} for file in files[:limit]], [str(file) for file in files[:limit]]
+        root = path
+        table = [{"image": str(file.relative_to(path))} for file in files[:limit]]
+        origins = [str(file) for file in files[:limit]]
     else:
-        dataset, root = load_dataset_source(source, split)
+        dataset, root = load_dataset_source(source, split, subset)
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         table, origins = dataset_table(dataset, source, task, root)
@@ -444,10 +448,11 @@ def score_text_to_image(
 
 def consistency(features: torch.Tensor) -> float:
     """VBench's subject / background consistency of one video's frame features `[F, D]`: the mean over frames 2…F of
-    the average cosine with the first frame and with the previous one."""
+    the average cosine with the first frame and with the previous one, each clamped at 0 as VBench does."""
     features = F.normalize(features.float(), dim=-1)
     later = features[1:]
-    return float(((later @ features[0] + (later * features[:-1]).sum(-1)) / 2).mean())
+    to_first, to_previous = (later @ features[0]).clamp_min(0), (later * features[:-1]).sum(-1).clamp_min(0)
+    return float(((to_first + to_previous) / 2).mean())
 
 
 def score_videos(
@@ -674,7 +679,7 @@ def evaluate(args) -> dict | None:
     started = time.perf_counter()
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes
     device = args.device or str(state.device)
-    rows = read_rows(args.data, args.task, args.split, args.limit)
+    rows = read_rows(args.data, args.task, args.split, args.limit, args.subset)
     references = None
     if args.reference is not None:
         references = read_rows(args.reference, "reference", args.reference_split or args.split)
@@ -754,6 +759,7 @@ def evaluate(args) -> dict | None:
                 "lora": args.lora,
                 "lora_scale": args.lora_scale if args.lora else None,
                 "data": args.data,
+                "subset": args.subset,
                 "split": args.split,
                 "limit": args.limit,
                 "reference": args.reference,
@@ -774,7 +780,7 @@ def evaluate(args) -> dict | None:
         values = {name: entry.get("value", entry.get("mean")) for name, entry in summary.items()}
         task_type = "image-to-image" if args.task == "edit" else args.task
         split = None if Path(args.data).suffix.lower() in (".txt", ".jsonl") else args.split  # files have no splits
-        results = eval_results(task_type, args.data, split, values)
+        results = eval_results(task_type, args.data, split, values, args.subset)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return metrics
 
@@ -843,6 +849,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", "--overwrite", action="store_true", help="replace an existing --output-dir")
     parser.add_argument("--task", choices=TASKS, default="text-to-image", help="what to generate and score")
     parser.add_argument("--split", default="train", help="split of a Hub dataset or a saved DatasetDict")
+    parser.add_argument(
+        "--subset",
+        help="the subset (configuration) of a Hub dataset that has several, of --data: "
+        "datasets.load_dataset(name, subset, split=--split)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
     parser.add_argument(
         "--clip-model", help="a CLIP / SigLIP checkpoint (Hub id or folder) for clip_score, clip_i and clip_t"
@@ -915,6 +926,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_model(parser, "--clip-model", args.clip_model, "pass a CLIP or SigLIP checkpoint folder or Hub id")
     check_model(parser, "--feature-model", args.feature_model, "pass a transformers vision model folder or Hub id")
     check_data(parser, "--data", args.data)
+    if args.subset is not None and Path(args.data).exists():
+        parser.error(f"--subset {args.subset} names a configuration of a Hub dataset; --data {args.data} is local")
     check_data(parser, "--reference", args.reference, images_folder=True)
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
     return args

@@ -179,14 +179,17 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
 
-    # 1. The tokenizer, the optional LPIPS and feature models, the data
+    # 1. The data (nothing usable stops here, before any model loads), the tokenizer, the optional LPIPS and features
+    try:
+        dataset = HydraXTokClipDataset(
+            args.data, args.resolution, args.num_frames, args.frame_stride, on_bad_sample=args.on_bad_sample
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     model = HydraXTokModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(args.device).eval()
     lpips = HydraXTokLPIPS.from_pretrained(args.lpips).to(args.device).eval() if args.lpips else None
     features = HydraXImageFeatures.from_pretrained(args.feature_model, args.device) if args.feature_model else None
     feature_name = Path(str(args.feature_model)).name.replace("-", "_").lower()
-    dataset = HydraXTokClipDataset(
-        args.data, args.resolution, args.num_frames, args.frame_stride, on_bad_sample=args.on_bad_sample
-    )
     batches = item_batches(dataset, args.batch_size, args.limit)
     usable = {item.origin for item in dataset.items}
     listed = [origin for source in args.data for _, _, origin in list_source(source)]

@@ -4,17 +4,18 @@ or generate an answer to a lettered prompt (VLMEvalKit's format) and parse the l
 
     python evaluation/evaluate_understanding.py --model outputs/run_hydrax/model --data bench.jsonl \\
         --output-dir outputs/eval
-    python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --split dev \\
+    python evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench --subset en --split dev \\
         --scoring generate --batch-size 8 --device cuda --dtype bfloat16 --output-dir outputs/eval-mmbench
     accelerate launch --num_processes 8 evaluation/evaluate_understanding.py --model CKPT --data lmms-lab/MMBench \\
-        --split dev --dtype bfloat16 --output-dir outputs/eval-mmbench     # one GPU each, every 8th question
+        --subset en --split dev --dtype bfloat16 --output-dir outputs/eval-mmbench   # one GPU each, every 8th question
 
 Under `accelerate launch` or torchrun each process loads the model on its own device and takes every n-th question;
 the main process gathers the records and writes the outputs, the same as one process would (tested with 2 CPU
 processes).
 
 Data (`--data`): a JSONL manifest (media paths relative to its folder), a `datasets` `save_to_disk` folder (relative
-paths relative to that folder) or a Hub dataset name, loaded with `datasets.load_dataset(name, split=--split)`. One row
+paths relative to that folder) or a Hub dataset name, loaded with `datasets.load_dataset(name, --subset,
+split=--split)` (`--subset` names one of a dataset's configurations, e.g. MMBench's `en`, MMMU's subjects). One row
 per question:
 - `question`, and an optional `hint` (MMBench), shown before it;
 - the options: a list column `options` (also `choices`, `candidates`; MMMU's string of a list is read as one), or
@@ -393,9 +394,10 @@ def read_manifest(path: Path) -> list[dict]:
     return rows
 
 
-def load_rows(data: str, split: str | None = None):
-    """The rows of `data` (a JSONL manifest, a `save_to_disk` folder or a Hub dataset name) as a list or a `Dataset`,
-    the folder that relative media paths start from, and the split used (None when the data has no splits)."""
+def load_rows(data: str, split: str | None = None, subset: str | None = None):
+    """The rows of `data` (a JSONL manifest, a `save_to_disk` folder or a Hub dataset name, of which `subset` is the
+    configuration) as a list or a `Dataset`, the folder that relative media paths start from, and the split used (None
+    when the data has no splits)."""
     import datasets
 
     path = Path(data).expanduser()
@@ -408,7 +410,7 @@ def load_rows(data: str, split: str | None = None):
                 raise ValueError(f"{data} has no split {split!r}; pass --split with one of {sorted(loaded)}")
             return loaded[split], path, split
         return loaded, path, None
-    return datasets.load_dataset(data, split=split), None, split
+    return datasets.load_dataset(data, subset, split=split), None, split
 
 
 def text_view(rows):
@@ -776,9 +778,9 @@ def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
     and renamed into place."""
     names = ("accuracy", "accuracy_norm", "accuracy_plus", "mme_score", "accuracy_all")
     values = {name: metrics[name] for name in names if name in metrics}
-    if "open" in metrics:
+    if "accuracy" in metrics.get("open", {}):
         values["open_accuracy"] = metrics["open"]["accuracy"]
-    results = eval_results("visual-question-answering", metrics["data"], metrics["split"], values)
+    results = eval_results("visual-question-answering", metrics["data"], metrics["split"], values, metrics["subset"])
     with staged_folder(output_dir) as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         lines = "".join(json.dumps(record) + "\n" for record in records)
@@ -806,6 +808,11 @@ def parse_args(argv=None):
     parser.add_argument("--force", action="store_true", help="replace an existing --output-dir")
     parser.add_argument(
         "--split", default="test", help="the split of a Hub dataset or of a saved DatasetDict (a manifest has none)"
+    )
+    parser.add_argument(
+        "--subset",
+        help="the subset (configuration) of a Hub dataset that has several, e.g. en for lmms-lab/MMBench: "
+        "datasets.load_dataset(name, subset, split=--split)",
     )
     parser.add_argument(
         "--scoring",
@@ -879,6 +886,8 @@ def parse_args(argv=None):
             parser.error(f"--data {args.data}: a folder without {' or '.join(SAVED_DATASET_FILES)}; {hint}")
         if not data.exists():
             parser.error(f"--data {args.data}: no such file or folder; {hint}")
+        if args.subset is not None:
+            parser.error(f"--subset {args.subset} names a configuration of a Hub dataset; --data {args.data} is local")
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
     return args
 
@@ -886,7 +895,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    rows, base, split = load_rows(args.data, args.split)
+    rows, base, split = load_rows(args.data, args.split, args.subset)
     if args.limit is not None:
         rows = rows[: args.limit] if isinstance(rows, list) else rows.select(range(min(args.limit, len(rows))))
     if not len(rows):
@@ -920,13 +929,14 @@ def main(argv=None):
         records = [record for record, _ in pairs]
         metrics = summarize(records, [chance for _, chance in pairs], args.scoring) if records else {"count": 0}
         if args.answer_open:
-            metrics["open"] = summarize_open(opened)
+            metrics["open"] = summarize_open(opened) if opened else {"count": 0}  # e.g. MMBench: none are open
             metrics["accuracy_all"] = sum(record["correct"] for record in records + opened) / len(records + opened)
         metrics.update(
             scoring=args.scoring,
             model=str(args.model),
             lora=args.lora,
             data=str(args.data),
+            subset=args.subset,
             split=split,
             skipped_open=open_rows if args.skip_open else [],
             processes=state.num_processes,
@@ -947,10 +957,12 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
         else:
             details.append(f"unparsed {metrics['unparsed']}")
         print(f"{', '.join(details)} on {metrics['count']} questions (chance {metrics['chance']:.3f})")
-    if "open" in metrics:
+    if metrics.get("open", {}).get("count"):
         opened = metrics["open"]
         print(f"open questions: accuracy {opened['accuracy']:.3f} on {opened['count']}")
         print(f"accuracy_all {metrics['accuracy_all']:.3f} (both kinds: MMMU's overall accuracy)")
+    elif "open" in metrics:
+        print("open questions: none in the data (--answer-open had nothing to answer)")
     if "accuracy_plus" in metrics:
         score = f", MME score {metrics['mme_score']:.1f}" if "mme_score" in metrics else ""
         print(f"accuracy_plus {metrics['accuracy_plus']:.3f} (groups answered entirely right){score}")

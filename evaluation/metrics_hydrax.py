@@ -183,12 +183,17 @@ class HydraXImageFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """`[B, 3, H, W]` pixels in [-1, 1] → `[B, D]` float32 features."""
+        """`[B, 3, H, W]` pixels in [-1, 1] → `[B, D]` float32 features. Everything the processor returns goes to
+        the model (SigLIP 2's NaFlex processor adds `pixel_attention_mask` and `spatial_shapes` to the pixels)."""
         inputs = self.processor(images=to_uint8(images), return_tensors="pt")
-        pixel_values = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
+        dtype = next(self.model.parameters()).dtype
+        inputs = {
+            name: value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
+            for name, value in inputs.items()
+        }
         if hasattr(self.model, "get_image_features"):
-            return _pooled(self.model.get_image_features(pixel_values=pixel_values)).float()
-        return _pooled(self.model(pixel_values=pixel_values)).float()
+            return _pooled(self.model.get_image_features(**inputs)).float()
+        return _pooled(self.model(**inputs)).float()
 
 
 class HydraXClipScore:

@@ -196,7 +196,7 @@ class HydraXFlowHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, timesteps: torch.Tensor, latent_shape) -> torch.Tensor:
         """Hidden states `[B, n, H]` of a target's n = F·h·w tokens and times `[B]` (or `[B, F]`, one per latent
-        frame) → velocity `latent_shape` `[B, C, F, h, w]`. Each frame's tokens are modulated by their frame's time."""
+        frame) → velocity `latent_shape` `[B, C, F, h, w]`; each frame's tokens are modulated by their own time."""
         condition = self.time_embedding(timesteps)
         condition = condition[:, None, None] if timesteps.ndim == 1 else condition[:, :, None]
         hidden = self.input_proj(hidden_states).unflatten(1, (condition.shape[1], -1))
@@ -1087,7 +1087,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, prefix: HydraXGenerationPrefix
     ) -> torch.Tensor:
         """Velocity `[B, C, F, h, w]` of noisy latents at times `timesteps` `[b]` (or `[b, F]`, one per latent frame:
-        image-to-video's clean anchor at t = 0) after a cached prefix of `B` rows; the prefix (its LLM cache and edit-source frame cache) is left exactly as it was, ready for the next step.
+        image-to-video's clean anchor at t = 0) after a cached prefix of `B` rows; the prefix (its LLM cache and
+        edit-source frame cache) is left exactly as it was, ready for the next step.
 
         `noisy_latents` may hold `b = B / k` rows for `k` guidance branches of the prefix (branch-major, e.g. CFG's
         conditional and unconditional prompts): Sem-ViT, projector and timestep embedding then run once and their

@@ -351,9 +351,37 @@ def test_dataset_folders_give_pil_images_and_their_split(tmp_path):
         evaluation.read_rows(str(tmp_path / "dataset"), "text-to-image")
 
 
+def test_reference_folders_relative_paths_suffixes_and_hub_subsets(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "refs" / "nested").mkdir(parents=True)
+    for name in ("0.png", "nested/1.PNG"):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / "data" / "refs" / name, format="PNG")
+    rows = evaluation.read_rows("data/refs", "reference")  # a relative folder, searched recursively
+    assert [Path(row["image"]).resolve() for row in rows] == [
+        tmp_path / "data" / "refs" / "0.png",
+        tmp_path / "data" / "refs" / "nested" / "1.PNG",
+    ]
+    assert all(evaluation.load_image(row["image"], row["origin"], "image").size == (8, 8) for row in rows)
+    (tmp_path / "prompts.TXT").write_text("a red box\n")
+    assert [row["prompt"] for row in evaluation.read_rows("prompts.TXT", "text-to-image")] == ["a red box"]
+
+    calls = []
+
+    def load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_dict({"caption": ["a blue box"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    rows = evaluation.read_rows("org/bench", "text-to-image", split="dev", subset="en")
+    assert calls == [("org/bench", "en", "dev")] and rows[0]["prompt"] == "a blue box"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--subset", "en"], "--subset en names a configuration of a Hub dataset; --data {txt} is local"),
         (["--task", "edit"], "--data {txt}: a .txt file holds prompts only, but --task edit needs a source image"),
         (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such folder; pass a Hydra-X checkpoint folder"),
         (["--clip-model", "{tmp}"], "--clip-model {tmp}: a folder without config.json; pass a CLIP or SigLIP"),
@@ -406,8 +434,9 @@ def test_text_to_video_writes_mp4s_and_scores_every_frame(checkpoint, data, tmp_
     pipe = evaluation.load_pipeline(str(checkpoint), "text-to-video")
     settings = evaluation.GenerationSettings(height=HEIGHT, width=WIDTH, num_inference_steps=2, num_frames=5)
     rows = list(evaluation.read_rows(data["txt"], "text-to-video"))
+    batches = [rows[:2], rows[2:]]  # as --batch-size 2 ran them: 8-bit frames are exact only for the same batches
     videos = evaluation.uint8_to_pixels(
-        evaluation.quantize(evaluation.generate_batch(pipe, "text-to-video", rows, settings))
+        torch.cat([evaluation.quantize(evaluation.generate_batch(pipe, "text-to-video", b, settings)) for b in batches])
     )
     clip = HydraXClipScore.from_pretrained(data["clip"])
     dinov2 = HydraXImageFeatures.from_pretrained(data["dinov2"])
@@ -437,6 +466,10 @@ def test_video_consistency_of_a_still_video_is_one():
     still = torch.randn(1, 8).expand(5, 8)
     assert evaluation.consistency(still) == pytest.approx(1.0)
     assert evaluation.consistency(torch.eye(3)) == pytest.approx(0.0)
+    # VBench clamps each cosine at 0: frame 2 opposes the first and previous frame, (0 + 0) / 2, not −1; frame 3 is
+    # the first again and opposes the previous, (1 + 0) / 2; the mean over frames 2 and 3 is 0.25 (unclamped: −0.5)
+    flipping = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])
+    assert evaluation.consistency(flipping) == pytest.approx(0.25)
 
 
 def test_two_processes_split_the_rows_and_write_what_one_process_writes(checkpoint, data, tmp_path):

@@ -166,9 +166,13 @@ def test_unreadable_items_are_skipped_and_listed_or_stop_the_run_leaving_no_outp
     assert [Path(sample["origin"]).name for sample in samples] == ["chelsea.png"]
     assert len(metrics["skipped_items"]) == 1 and metrics["skipped_items"][0].endswith("broken.png")
     assert set(metrics["skipped_metrics"]) == {"lpips", "rfd"}
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(SystemExit, match="error: .*broken.png"):
         evaluate.main(list(map(str, [*base, "--on-bad-sample", "error", "--output-dir", tmp_path / "stopped"])))
     assert not (tmp_path / "stopped").exists() and not list(tmp_path.glob(".stopped*"))
+    (folder / "chelsea.png").unlink()  # nothing usable left: a one-line error, no output
+    with pytest.raises(SystemExit, match=r"error: No usable image or video in \['.*data'\]"):
+        evaluate.main(list(map(str, [*base, "--output-dir", tmp_path / "empty"])))
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize(

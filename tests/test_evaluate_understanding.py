@@ -448,6 +448,7 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         (["--output-dir", str(tmp_path / "busy")], "already exists; pass --force to replace it, or a new folder"),
         (["--output-dir", str(data / "out")], f"--output-dir {data / 'out'}: {data} is a file"),
         (["--limit", "0"], "--limit must be ≥ 1, got 0"),
+        (["--subset", "en"], f"--subset en names a configuration of a Hub dataset; --data {data} is local"),
     ]
     for args, message in cases:
         argv = {"--model": str(checkpoint), "--data": str(data), "--output-dir": str(tmp_path / "out")}
@@ -625,6 +626,37 @@ def test_open_questions_are_answered_by_generation(evaluator, run_hydrax, traine
     assert metrics["open"]["accuracy"] == 0.0, predictions[4:]
     correct = sum(record["correct"] for record in predictions)
     assert metrics["accuracy_all"] == pytest.approx(correct / 8)
+
+    argv[1] = str(write_manifest(tmp_path / "closed", rows[:4], dict(enumerate(images.values()))))
+    evaluator.main(["--model", str(checkpoint), "--output-dir", str(tmp_path / "closed-out"), *argv])  # none open
+    metrics, _ = read_outputs(tmp_path / "closed-out")
+    assert metrics["open"] == {"count": 0} and metrics["accuracy_all"] == metrics["accuracy"]
+    entries = json.loads((tmp_path / "closed-out" / "eval_results.json").read_text())
+    assert "open_accuracy" not in {entry["metric_type"] for entry in entries}
+
+
+def test_subset_names_a_hub_datasets_configuration(evaluator, checkpoint, tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_dict({"question": ["Is it red?"], "A": ["yes"], "B": ["no"], "answer": ["A"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    out = tmp_path / "eval"
+    evaluator.main(
+        ["--model", str(checkpoint), "--data", "lmms-lab/MMBench", "--subset", "en", "--split", "dev"]
+        + ["--output-dir", str(out)]
+    )
+    assert calls == [("lmms-lab/MMBench", "en", "dev")]
+    metrics, _ = read_outputs(out)
+    assert metrics["subset"] == "en" and metrics["split"] == "dev" and metrics["count"] == 1
+    entries = json.loads((out / "eval_results.json").read_text())
+    assert {(entry["dataset_name"], entry["dataset_config"], entry["dataset_split"]) for entry in entries} == {
+        ("lmms-lab/MMBench", "en", "dev")
+    }
 
 
 def test_open_question_options_stop_up_front(evaluator, checkpoint, tmp_path, capsys):

@@ -115,6 +115,23 @@ def test_image_features_pool_through_the_models_own_processor(tmp_path):
         HydraXClipScore(features.model, features.processor)
 
 
+def test_image_features_of_siglip2_get_every_processor_output():
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_hidden_layers=1)
+    model = Siglip2Model(
+        Siglip2Config(text_config=dict(tower, vocab_size=100), vision_config=dict(tower, num_patches=16))
+    ).eval()
+    features = HydraXImageFeatures(model, Siglip2ImageProcessor(max_num_patches=16))
+    images = torch.rand(2, 3, 64, 48) * 2 - 1
+    inputs = features.processor(images=metrics_hydrax.to_uint8(images), return_tensors="pt")
+    assert {"pixel_attention_mask", "spatial_shapes"} <= set(inputs)  # NaFlex: what the pixels alone do not say
+    with torch.no_grad():
+        expected = model.get_image_features(**inputs).pooler_output
+    assert torch.allclose(features(images), expected, atol=1e-6)
+
+
 def test_docstring_examples_run():
     runner = run_docstring_examples(metrics_hydrax)
     assert runner.tries > 0 and runner.failures == 0

@@ -1,6 +1,6 @@
 """Image-to-video is trained, not only sampled: video targets whose first latent frame stays clean
-(`HydraXConfig.image_to_video_prob`) teach the model to continue its anchor, and sampling with the anchor at flow time 0
-(as `HydraXPipeline(image=...)` does, tests/test_pipelines.py) then follows the given image.
+(`HydraXConfig.image_to_video_prob`) teach the model to continue its anchor, and sampling with the anchor at flow
+time 0 (as `HydraXPipeline(image=...)` does, tests/test_pipelines.py) then follows the given image.
 
 The task: every clip repeats its first latent frame, and the anchors are random, so a model that ignores its anchor
 scores chance (mean squared error ≈ 2 between two independent N(0, 1) frames)."""

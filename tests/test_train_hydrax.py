@@ -82,7 +82,17 @@ def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, d
     out = tmp_path / "out"
     extra = ["--eval-data", demo] if stage == 2 else []
     trainer = train(
-        checkpoint, out, "--stage", stage, "--flow-logit-mean", 2.5, "--image-to-video-prob", 0.25, "--data", demo, *extra
+        checkpoint,
+        out,
+        "--stage",
+        stage,
+        "--flow-logit-mean",
+        2.5,
+        "--image-to-video-prob",
+        0.25,
+        "--data",
+        demo,
+        *extra,
     )
     expected = train_hydrax.STAGE_LEARNING_RATES[stage]
     rates = {group["name"].removesuffix("_no_decay"): group["initial_lr"] for group in trainer.optimizer.param_groups}
