@@ -435,9 +435,8 @@ def test_text_to_video_writes_mp4s_and_scores_every_frame(checkpoint, data, tmp_
     settings = evaluation.GenerationSettings(height=HEIGHT, width=WIDTH, num_inference_steps=2, num_frames=5)
     rows = list(evaluation.read_rows(data["txt"], "text-to-video"))
     batches = [rows[:2], rows[2:]]  # as --batch-size 2 ran them: 8-bit frames are exact only for the same batches
-    videos = evaluation.uint8_to_pixels(
-        torch.cat([evaluation.quantize(evaluation.generate_batch(pipe, "text-to-video", b, settings)) for b in batches])
-    )
+    frames = [evaluation.quantize(evaluation.generate_batch(pipe, "text-to-video", b, settings)) for b in batches]
+    videos = evaluation.uint8_to_pixels(torch.cat(frames))
     clip = HydraXClipScore.from_pretrained(data["clip"])
     dinov2 = HydraXImageFeatures.from_pretrained(data["dinov2"])
     generated, references = HydraXFeatureStatistics(), HydraXFeatureStatistics()
