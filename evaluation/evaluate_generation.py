@@ -1,6 +1,6 @@
-"""Evaluate a Hydra-X checkpoint's text-to-image or text-to-video generation or instruction editing: generate from a
-data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditPipeline, save every output as a PNG
-(videos: MP4) and score them.
+"""Evaluate a Hydra-X checkpoint's text-to-image, text-to-video or image-to-video generation or instruction editing:
+generate from a data set's prompts (animate or edit its source images) with HydraXPipeline / HydraXEditPipeline, save
+every output as a PNG (videos: MP4) and score them.
 
     python evaluation/evaluate_generation.py --model CKPT --data prompts.txt --output-dir outputs/eval-t2i \\
         --clip-model openai/clip-vit-large-patch14 --feature-model facebook/dinov2-base --reference coco-val2017/
@@ -8,6 +8,8 @@ data set's prompts (or edit its source images) with HydraXPipeline / HydraXEditP
         --output-dir outputs/eval-edit --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vits16
     python evaluation/evaluate_generation.py --task text-to-video --num-frames 17 --model CKPT --data prompts.txt \\
         --output-dir outputs/eval-t2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
+    python evaluation/evaluate_generation.py --task image-to-video --num-frames 17 --model CKPT --data i2v.jsonl \\
+        --output-dir outputs/eval-i2v --clip-model openai/clip-vit-base-patch32 --feature-model facebook/dino-vitb16
     accelerate launch --num_processes 8 evaluation/evaluate_generation.py --model CKPT --data prompts.txt \\
         --output-dir outputs/eval-t2i --dtype bfloat16   # one GPU each, every 8th row; the main process writes metrics
     python evaluation/evaluate_generation.py --model BASE --lora outputs/sft/adapter --data prompts.txt \\
@@ -18,6 +20,9 @@ Data (--data; --limit N keeps the first N rows):
                  image}, a `datasets` save_to_disk folder or a Hub dataset (--split) with a `prompt`, `caption` or
                  `text` column and optionally an `image` column
   text-to-video  the same (reference images, if any, are compared with every generated frame)
+  image-to-video a JSONL manifest of {"image": first frame, "prompt": ...} or a dataset with those columns (also
+                 `input_image`); the first frames are center-cropped and resized to --height × --width, and are the
+                 FD references unless --reference gives others
   edit           a JSONL manifest of {"image": source, "prompt": instruction, "target": optional ground-truth edit,
                  "target_caption": optional caption of the target}, or a dataset with those columns; also accepted:
                  `instruction` / `edit_prompt` (instruction), `source_img` / `input_image` (source), `target_img` /
@@ -43,6 +48,10 @@ Metrics (each only when its inputs exist; metrics.json lists the others under "s
                                  --clip-model embeddings (background) and --feature-model features (subject; VBench
                                  uses DINO ViT-B/16)
                  fd_<name>       as for text-to-image, over every generated frame
+  image-to-video the text-to-video metrics, and VBench-I2V's adherence to the input image: 0.4 · the highest cosine of
+                 a frame with the input image + 0.3 · the mean and 0.3 · the lowest cosine of consecutive frames
+                 (each clamped at 0), on --feature-model features (i2v_subject; VBench-I2V uses DINO ViT-B/16) and on
+                 --clip-model embeddings (i2v_background; VBench-I2V uses DreamSim there, which transformers lacks)
 Every metric is computed on the pixels of the saved PNGs (the pipeline's output rounded to 8 bits), so the files
 reproduce it; videos are scored on their 8-bit frames before the (lossy) MP4 encoding. FD is biased upward on small
 sets and its bias shrinks with the number of images: compare FD values only at equal image counts and against the same
@@ -106,11 +115,14 @@ from script_args import (  # noqa: E402
 )
 
 
-TASKS = ("text-to-image", "text-to-video", "edit")
+TASKS = ("text-to-image", "text-to-video", "image-to-video", "edit")
+VIDEO_TASKS = ("text-to-video", "image-to-video")
+SOURCE_TASKS = ("image-to-video", "edit")  # each row has an image the pipeline starts from
 # task → field → (accepted column names, first found wins; required). "reference" reads --reference's images.
 COLUMNS = {
     "text-to-image": {"prompt": (("prompt", "caption", "text"), True), "image": (("image",), False)},
     "text-to-video": {"prompt": (("prompt", "caption", "text"), True), "image": (("image",), False)},
+    "image-to-video": {"prompt": (("prompt", "caption", "text"), True), "image": (("image", "input_image"), True)},
     "edit": {
         "prompt": (("instruction", "prompt", "edit_prompt"), True),
         "image": (("image", "source_img", "input_image"), True),
@@ -298,7 +310,7 @@ def dataset_table(dataset, source: str, task: str, root: Path):
 def read_rows(
     source: str, task: str, split: str = "train", limit: int | None = None, subset: str | None = None
 ) -> EvaluationRows:
-    """The first `limit` (default all) rows of `source` for `task` ("text-to-image", "edit", or "reference" for
+    """The first `limit` (default all) rows of `source` for `task` (one of `TASKS`, or "reference" for
     --reference's images): a .txt file of prompts, a JSONL manifest, a save_to_disk folder, a Hub dataset, or
     (reference only) a folder of images searched recursively. Missing columns, empty prompts and missing or unreadable
     image files stop it here, naming the row."""
@@ -306,7 +318,7 @@ def read_rows(
     fields = list(COLUMNS[task])
     root, suffix = path.parent, path.suffix.lower()
     if suffix == ".txt":
-        if task == "edit":
+        if task in SOURCE_TASKS:
             raise EvaluationDataError(f"{source}: a .txt file holds prompts only, which the {task} task cannot use")
         table, origins = read_prompt_file(path, limit)
     elif suffix == ".jsonl":
@@ -407,9 +419,9 @@ def load_pipeline(
 def generate_batch(
     pipe, task: str, rows: Sequence[dict], settings: GenerationSettings, sources: list[Image.Image] | None = None
 ) -> torch.Tensor:
-    """Generate (or, for "edit", edit `sources`, one per row, already at the output size) the outputs of `rows` in
-    one pipeline call: `[len(rows) · K, 3, H, W]` float pixels in [0, 1] (videos: `[len(rows) · K, F, 3, H, W]`),
-    row-major, each from its own generator (`sample_seeds`)."""
+    """Generate (or, for "edit", edit `sources`; for "image-to-video", animate them; one per row, already at the output
+    size) the outputs of `rows` in one pipeline call: `[len(rows) · K, 3, H, W]` float pixels in [0, 1] (videos:
+    `[len(rows) · K, F, 3, H, W]`), row-major, each from its own generator (`sample_seeds`)."""
     generators = [torch.Generator().manual_seed(seed) for seed in sample_seeds(rows, settings)]
     options = dict(
         height=settings.height,
@@ -423,8 +435,8 @@ def generate_batch(
     prompts = [row["prompt"] for row in rows]
     if task == "edit":
         output = pipe(sources, prompts, image_guidance_scale=settings.image_guidance_scale, **options).images
-    elif task == "text-to-video":
-        output = pipe(prompts, num_frames=settings.num_frames, **options).frames
+    elif task in VIDEO_TASKS:
+        output = pipe(prompts, image=sources, num_frames=settings.num_frames, **options).frames
     else:
         output = pipe(prompts, **options).images
     return output.float().cpu()
@@ -455,25 +467,42 @@ def consistency(features: torch.Tensor) -> float:
     return float(((to_first + to_previous) / 2).mean())
 
 
+def image_adherence(frames: torch.Tensor, image: torch.Tensor) -> float:
+    """VBench-I2V's i2v_subject / i2v_background score of one video's frame features `[F, D]` given its input image's
+    `[D]`: 0.4 · the highest cosine of a frame with the image + 0.3 · the mean and 0.3 · the lowest cosine of
+    consecutive frames, each cosine clamped at 0."""
+    frames = F.normalize(frames.float(), dim=-1)
+    to_image = (frames @ F.normalize(image.float(), dim=-1)).clamp_min(0)
+    consecutive = (frames[1:] * frames[:-1]).sum(-1).clamp_min(0)
+    return float(0.4 * to_image.max() + 0.3 * consecutive.mean() + 0.3 * consecutive.min())
+
+
 def score_videos(
     videos: torch.Tensor,
     prompts: list[str],
     clip: HydraXClipScore | None = None,
     features: HydraXImageFeatures | None = None,
+    images: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Per-video metrics of generated `[B, F, 3, H, W]` frames in [-1, 1]: with `clip`, `clip_sim` (the CLIP score of
     every frame with the prompt, averaged over frames: CLIPSIM) and `background_consistency` (VBench's, on CLIP
-    image embeddings); with `features`, `subject_consistency` (VBench's, on DINO features)."""
+    image embeddings); with `features`, `subject_consistency` (VBench's, on DINO features). With the image-to-video
+    input `images` (`[B, 3, H, W]`), also `i2v_background` (with `clip`) and `i2v_subject` (with `features`)."""
     scores = []
-    for frames, prompt in zip(videos, prompts):
-        values = {}
+    for index, (frames, prompt) in enumerate(zip(videos, prompts)):
+        values, image = {}, None if images is None else images[index : index + 1]
         if clip is not None:
             embeddings = clip.image_features(frames)
             cosine = (embeddings * clip.text_features([prompt])).sum(-1)
             values["clip_sim"] = float(100 * cosine.clamp_min(0).mean())
             values["background_consistency"] = consistency(embeddings)
+            if image is not None:
+                values["i2v_background"] = image_adherence(embeddings, clip.image_features(image)[0])
         if features is not None:
-            values["subject_consistency"] = consistency(features(frames))
+            frame_features = features(frames)
+            values["subject_consistency"] = consistency(frame_features)
+            if image is not None:
+                values["i2v_subject"] = image_adherence(frame_features, features(image)[0])
         scores.append(values)
     return scores
 
@@ -581,9 +610,12 @@ def evaluate_batch(pipe, task, rows, settings, clip, features, generated, output
     (every frame of a video) to `generated` (when given) and return one record per output: row, sample, seed,
     origin, prompt, file and metric values."""
     count, size = settings.num_images_per_prompt, (settings.width, settings.height)
-    sources = [load_image(row["image"], row["origin"], "source", size) for row in rows] if task == "edit" else None
+    sources = None
+    if task in SOURCE_TASKS:
+        sources = [load_image(row["image"], row["origin"], "source", size) for row in rows]
     images = quantize(generate_batch(pipe, task, rows, settings, sources))  # videos: [N, F, 3, H, W]
     pixels = uint8_to_pixels(images)
+    source_pixels = None if sources is None else uint8_to_pixels(pil_to_uint8(sources)).repeat_interleave(count, 0)
     outputs = [(row, sample) for row in rows for sample in range(count)]
     prompts = [row["prompt"] for row, _ in outputs]
     if task == "edit":
@@ -595,22 +627,22 @@ def evaluate_batch(pipe, task, rows, settings, clip, features, generated, output
         scores = score_edits(
             pixels,
             prompts,
-            uint8_to_pixels(pil_to_uint8(sources)).repeat_interleave(count, 0),
+            source_pixels,
             [targets.get(row["row"]) for row, _ in outputs],
             [row["target_caption"] for row, _ in outputs],
             clip,
             features,
         )
-    elif task == "text-to-video":
-        scores = score_videos(pixels, prompts, clip, features)
+    elif task in VIDEO_TASKS:
+        scores = score_videos(pixels, prompts, clip, features, source_pixels)
     else:
         scores = score_text_to_image(pixels, prompts, clip)
     if generated is not None:
-        generated.update(features(pixels.flatten(0, 1) if task == "text-to-video" else pixels))
+        generated.update(features(pixels.flatten(0, 1) if task in VIDEO_TASKS else pixels))
     records = []
     for (row, sample), seed, image, values in zip(outputs, sample_seeds(rows, settings), images, scores):
         record = {"row": row["row"], "sample": sample, "seed": seed, "origin": row["origin"], "prompt": row["prompt"]}
-        if task == "text-to-video":
+        if task in VIDEO_TASKS:
             name = f"videos/{row['row']:05d}_{sample}.mp4"
             write_video(
                 [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in image], output_folder / name, fps
@@ -627,17 +659,19 @@ def evaluate_batch(pipe, task, rows, settings, clip, features, generated, output
 def generation_requirements(
     task: str, feature_model: str | None, clip: bool, references: bool, generated, reference_statistics
 ) -> dict[str, list[str | None]]:
-    """Each text-to-image or text-to-video metric's missing inputs (None where an input is there); `generated` and
+    """Each text-to-image or video metric's missing inputs (None where an input is there); `generated` and
     `reference_statistics` are the FD statistics (of video frames, for videos), None when FD has no feature model or
     no references."""
     counts = (generated.count, reference_statistics.count) if generated is not None else None
     clip_missing, feature_missing = None if clip else CLIP_HINT, None if feature_model else FEATURE_HINT
-    if task == "text-to-video":
+    if task in VIDEO_TASKS:
         per_output = {
             "clip_sim": [clip_missing],
             "background_consistency": [clip_missing],
             "subject_consistency": [feature_missing],
         }
+        if task == "image-to-video":
+            per_output.update(i2v_background=[clip_missing], i2v_subject=[feature_missing])
     else:
         per_output = {"clip_score": [clip_missing]}
     return {
@@ -656,7 +690,7 @@ def generate_rows(pipe, args, rows, indices, settings, clip, features, generated
     """Generate, save and score the rows at `indices` in batches of `--batch-size`; their records and the kinds of
     rows seen (`target` / `no_target`, `caption` / `no_caption`)."""
     records, seen = [], set()
-    unit = "video" if args.task == "text-to-video" else "image"
+    unit = "video" if args.task in VIDEO_TASKS else "image"
     bar = tqdm(total=len(indices) * settings.num_images_per_prompt, desc="generating", unit=unit, disable=not progress)
     for start in range(0, len(indices), args.batch_size):
         batch = [rows[index] for index in indices[start : start + args.batch_size]]
@@ -696,14 +730,14 @@ def evaluate(args) -> dict | None:
         image_guidance_scale=args.image_guidance_scale,
         num_images_per_prompt=args.num_images_per_prompt,
         seed=args.seed,
-        num_frames=args.num_frames if args.task == "text-to-video" else 1,
+        num_frames=args.num_frames if args.task in VIDEO_TASKS else 1,
     )
     with_fd = args.task != "edit" and features is not None and references is not None
     generated = HydraXFeatureStatistics() if with_fd else None
     with staged_folder(args.output_dir) if state.is_main_process else nullcontext() as staging:
         staging = broadcast_object_list([staging])[0]  # every process writes into the main process's folder
         if state.is_main_process:
-            (staging / ("videos" if args.task == "text-to-video" else "images")).mkdir()
+            (staging / ("videos" if args.task in VIDEO_TASKS else "images")).mkdir()
         state.wait_for_everyone()
         indices = list(range(state.process_index, len(rows), state.num_processes))
         records, seen = generate_rows(
@@ -742,7 +776,7 @@ def evaluate(args) -> dict | None:
         generation = asdict(settings)
         if args.task != "edit":
             generation.pop("image_guidance_scale")
-        if args.task == "text-to-video":
+        if args.task in VIDEO_TASKS:
             generation["fps"] = args.fps
         else:
             generation.pop("num_frames")
@@ -788,7 +822,7 @@ def evaluate(args) -> dict | None:
 def print_summary(metrics: dict, output_dir: Path) -> None:
     """The metrics, the skipped ones with what enables them, and where the outputs went."""
     settings = metrics["settings"]
-    kind = "videos" if metrics["task"] == "text-to-video" else "images"
+    kind = "videos" if metrics["task"] in VIDEO_TASKS else "images"
     print(
         f"{metrics['task']}: {metrics['images']} {kind} from {metrics['rows']} rows of {settings['data']}, "
         f"{settings['height']}×{settings['width']}, {settings['num_inference_steps']} steps, guidance "
@@ -880,9 +914,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="edit only: guidance on the source image; ≤ 1 turns it off",
     )
     parser.add_argument(
-        "--num-frames", type=int, default=17, help="text-to-video only: frames per video, 1 + 4k (17 = 1 + 16)"
+        "--num-frames", type=int, default=17, help="videos only: frames per video, 1 + 4k (17 = 1 + 16)"
     )
-    parser.add_argument("--fps", type=int, default=8, help="text-to-video only: frame rate of the saved MP4s")
+    parser.add_argument("--fps", type=int, default=8, help="videos only: frame rate of the saved MP4s")
     parser.add_argument("--num-images-per-prompt", type=int, default=1, help="outputs per row (K)")
     parser.add_argument("--batch-size", type=int, default=4, help="rows per pipeline call (and feature batch)")
     parser.add_argument("--seed", type=int, default=0, help="output j of row i is seeded with seed + i·K + j")
@@ -911,12 +945,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--device {args.device}: {error}; pass e.g. cpu, cuda or cuda:1")
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine; pass --device cpu")
-    if args.task == "text-to-video" and (args.num_frames < 5 or (args.num_frames - 1) % 4):
-        parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 for text-to-video (e.g. 17), got {args.num_frames}")
-    if args.task == "edit" and Path(args.data).suffix.lower() == ".txt":
+    if args.task in VIDEO_TASKS and (args.num_frames < 5 or (args.num_frames - 1) % 4):
+        parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 for {args.task} (e.g. 17), got {args.num_frames}")
+    if args.task in SOURCE_TASKS and Path(args.data).suffix.lower() == ".txt":
+        manifest = {
+            "edit": '{"image": source, "prompt": instruction, "target": optional}',
+            "image-to-video": '{"image": first frame, "prompt": ...}',
+        }[args.task]
         parser.error(
-            f"--data {args.data}: a .txt file holds prompts only, but --task edit needs a source image per row; pass "
-            'a JSONL manifest of {"image": source, "prompt": instruction, "target": optional} or a dataset'
+            f"--data {args.data}: a .txt file holds prompts only, but --task {args.task} needs a source image per "
+            f"row; pass a JSONL manifest of {manifest} or a dataset"
         )
     if args.task == "edit" and args.reference is not None:
         parser.error("--reference sets FD references for text-to-image; edit metrics compare with each row's target")

@@ -74,6 +74,7 @@ def data(tmp_path_factory):
         "txt": str(folder / "prompts.txt"),
         "t2i": write_jsonl(folder / "t2i.jsonl", t2i),
         "edit": write_jsonl(folder / "edit.jsonl", edit),
+        "i2v": write_jsonl(folder / "i2v.jsonl", [{"image": row["image"], "prompt": row["prompt"]} for row in t2i]),
         "references": str(folder / "references"),
     }
 
@@ -383,6 +384,11 @@ def test_reference_folders_relative_paths_suffixes_and_hub_subsets(tmp_path, mon
     [
         (["--subset", "en"], "--subset en names a configuration of a Hub dataset; --data {txt} is local"),
         (["--task", "edit"], "--data {txt}: a .txt file holds prompts only, but --task edit needs a source image"),
+        (
+            ["--task", "image-to-video"],
+            "--data {txt}: a .txt file holds prompts only, but --task image-to-video needs a source image per row; "
+            'pass a JSONL manifest of {{"image": first frame, "prompt": ...}}',
+        ),
         (["--model", "{tmp}/no/model"], "--model {tmp}/no/model: no such folder; pass a Hydra-X checkpoint folder"),
         (["--clip-model", "{tmp}"], "--clip-model {tmp}: a folder without config.json; pass a CLIP or SigLIP"),
         (["--data", "{tmp}/prompts.csv"], "--data {tmp}/prompts.csv: no such file or folder; pass a .txt or .jsonl"),
@@ -459,6 +465,52 @@ def test_text_to_video_writes_mp4s_and_scores_every_frame(checkpoint, data, tmp_
     single = evaluate(tmp_path / "single", *run, "--batch-size", "1")
     assert [record["seed"] for record in read_outputs(single)[1]] == [record["seed"] for record in samples]
     assert set(read_outputs(single)[0]["skipped"]) == {*names, "fd"}
+
+
+def vbench_i2v(frames: torch.Tensor, image: torch.Tensor) -> float:
+    """VBench-I2V's i2v_subject loop over one video's frame features and its input image's, as VBench writes it."""
+    frames, image = torch.nn.functional.normalize(frames, dim=-1), torch.nn.functional.normalize(image, dim=-1)
+    conformity, consecutive = [], []
+    for index in range(len(frames)):
+        if index:
+            consecutive.append(max(0.0, torch.dot(frames[index - 1], frames[index]).item()))
+        conformity.append(max(0.0, torch.dot(image, frames[index]).item()))
+    return 0.4 * max(conformity) + 0.3 * np.mean(consecutive) + 0.3 * min(consecutive)
+
+
+def test_image_to_video_animates_each_rows_image_and_scores_its_adherence(checkpoint, data, tmp_path):
+    """Image-to-video: 5-frame MP4s from each row's image; VBench-I2V's i2v_subject (DINOv2) and i2v_background (CLIP)
+    equal VBench's own loop on the pipeline's 8-bit frames, beside the text-to-video metrics; the row images are the
+    FD references."""
+    import av
+
+    models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"]]
+    run = ["--task", "image-to-video", "--num-frames", "5", "--model", checkpoint, "--data", data["i2v"], *SMALL]
+    output = evaluate(tmp_path / "out", *run, *models, "--batch-size", "3")
+    metrics, samples = read_outputs(output)
+    names = ("clip_sim", "background_consistency", "subject_consistency", "i2v_background", "i2v_subject")
+    assert all(metrics["metrics"][name]["count"] == 3 for name in names) and metrics["skipped"] == {}
+    assert metrics["metrics"]["fd_dinov2"]["count"] == 15 and metrics["metrics"]["fd_dinov2"]["reference_count"] == 3
+    with av.open(str(output / samples[0]["file"])) as container:
+        assert len(list(container.decode(video=0))) == 5
+
+    pipe = evaluation.load_pipeline(str(checkpoint), "image-to-video")
+    settings = evaluation.GenerationSettings(height=HEIGHT, width=WIDTH, num_inference_steps=2, num_frames=5)
+    rows = list(evaluation.read_rows(data["i2v"], "image-to-video"))
+    sources = [evaluation.load_image(row["image"], row["origin"], "source", (WIDTH, HEIGHT)) for row in rows]
+    videos = evaluation.uint8_to_pixels(
+        evaluation.quantize(evaluation.generate_batch(pipe, "image-to-video", rows, settings, sources))
+    )
+    inputs = evaluation.uint8_to_pixels(evaluation.pil_to_uint8(sources))
+    clip = HydraXClipScore.from_pretrained(data["clip"])
+    dinov2 = HydraXImageFeatures.from_pretrained(data["dinov2"])
+    for record, frames, image in zip(samples, videos, inputs):
+        subject = vbench_i2v(dinov2(frames), dinov2(image[None])[0])
+        background = vbench_i2v(clip.image_features(frames), clip.image_features(image[None])[0])
+        assert record["i2v_subject"] == pytest.approx(subject, abs=1e-5)
+        assert record["i2v_background"] == pytest.approx(background, abs=1e-5)
+    still = inputs[:1].expand(5, -1, -1, -1)  # the input image held still: full adherence
+    assert evaluation.image_adherence(dinov2(still), dinov2(inputs[:1])[0]) == pytest.approx(1.0)
 
 
 def test_video_consistency_of_a_still_video_is_one():
