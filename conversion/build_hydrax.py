@@ -49,7 +49,7 @@ from safetensors import SafetensorError, safe_open
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checkpoint_importer import staged_folder  # noqa: E402
+from checkpoint_importer import staged_folder, tied_weights  # noqa: E402
 from huggingface_hub import HfApi, ModelCard, snapshot_download  # noqa: E402
 from model_card_hydrax import add_card_arguments, build_model_card, card_arguments  # noqa: E402
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
@@ -189,7 +189,7 @@ def target_layout(config: HydraXConfig) -> tuple[dict[str, tuple[int, ...]], dic
     with torch.device("meta"):
         model = HydraXForConditionalGeneration(config)
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    return shapes, dict(model.all_tied_weights_keys)
+    return shapes, tied_weights(model)
 
 
 def checkpoint_tensors(folder: Path) -> dict[str, TensorEntry]:
@@ -466,13 +466,14 @@ def verify_folder(
 
 
 def default_base_models(llm: str, vision_folder: Path) -> list[str]:
-    """The card's `base_model`: the LLM as given, and what the Hydra-XTok checkpoint's own card names as its base
-    (e.g. SigLIP 2), if it has one."""
+    """The card's `base_model`, Hub ids only: `llm` when it is a Hub id (a local folder names none: pass
+    --base-model), and what the Hydra-XTok checkpoint's own card names as its base (the SigLIP 2 id that
+    conversion/convert_siglip2_to_hydrax_tok.py records)."""
     readme = vision_folder / "README.md"
     vision_bases = ModelCard.load(readme).data.base_model if readme.is_file() else None
     if isinstance(vision_bases, str):
         vision_bases = [vision_bases]
-    return [str(llm), *(vision_bases or [])]
+    return [*([] if Path(llm).is_dir() else [str(llm)]), *(vision_bases or [])]
 
 
 def build_from_pretrained(

@@ -5,8 +5,10 @@ Rules are `[(pattern, replacement), ...]`, tried in order: the first pattern tha
 (`re.fullmatch`) wins, and its replacement, expanded with the match's groups (`\1`, `\g<name>`), names the target
 key; a `None` replacement drops the key deliberately (reported). Strict by default: a source key that no rule
 matches, or a target tensor that nothing fills and no `new` pattern allows (modules the import leaves newly
-initialised), is an error listing the keys; with `strict=False` they are reported instead. Two keys renamed to one
-target, a target the model lacks, and a shape or dtype mismatch are always errors, naming the key and both shapes.
+initialised), is an error listing the keys; with `strict=False` they are reported instead. A target the model ties to
+another (`lm_head.weight` under `tie_word_embeddings`, which `save_pretrained` leaves out) is filled through that one:
+it is never missing, and renaming a source key onto it is an error. Two keys renamed to one target, a target the model
+lacks, and a shape or dtype mismatch are always errors, naming the key and both shapes.
 `transforms` ({target pattern: function}) reshape a tensor on its way in; planning applies them to meta tensors, so a
 whole import is checked from names and shapes alone, before any weight is read (conversion/convert_siglip2_to_
 hydrax_tok.py builds SigLIP 2's patch embedding into a tubelet one this way).
@@ -14,7 +16,10 @@ hydrax_tok.py builds SigLIP 2's patch embedding into a tubelet one this way).
 Sources: a safetensors file, a `.bin` / `.pt` / `.pth` file (read with `torch.load(weights_only=True)` only: a pickle
 that holds anything but tensors and plain containers is refused), or a folder with a single such file or a sharded
 one (`*.index.json`). The result is written next to the output folder and renamed into place only once it has been
-reloaded from disk and every tensor's dtype, shape and value checked.
+reloaded from disk and every tensor's dtype, shape and value checked. The command line also copies every other file of
+the --model-config folder except its weights, model card and conversion report (the processor, tokenizer, chat
+template, generation config and pipeline files of a Hydra-X checkpoint folder), so the output loads as that folder
+does; it writes no model card (conversion/model_card_hydrax.py writes one for a Hydra-X checkpoint).
 
     python conversion/checkpoint_importer.py --source trainer/step-100000.pt --state-dict-key model \
         --rules rules.json --model-config outputs/hydrax-tok-config --output outputs/hydrax-tok-imported
@@ -30,6 +35,7 @@ own that calls `import_checkpoint` from Python, as the SigLIP 2 converter does.
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -37,6 +43,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -54,6 +61,9 @@ REPORT_NAME = "conversion_report.json"
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".index.json")
+# Files of the --model-config folder that describe its own weights, not the imported ones.
+NOT_KEPT = ("README.md", REPORT_NAME)
 LISTED_KEYS = 20
 
 
@@ -75,7 +85,8 @@ class ImportPlan:
     `sources`: target key → source key; `shapes`: target key → shape after its transform; `transforms`: target key →
     the function applied on the way in; `dropped`: source key → the pattern of the rule that dropped it;
     `unmapped`: source keys no rule matches; `new`: target keys left to their initialisation; `missing`: target keys
-    nothing fills that no `new` pattern allows; `errors`: collisions, unknown targets and shape/dtype mismatches.
+    nothing fills that no `new` pattern allows; `tied`: target key → the target key it is tied to (filled through
+    it); `errors`: collisions, unknown or tied targets and shape/dtype mismatches.
     """
 
     sources: dict[str, str] = field(default_factory=dict)
@@ -85,6 +96,7 @@ class ImportPlan:
     unmapped: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    tied: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def check(self, strict: bool = True) -> None:
@@ -115,6 +127,7 @@ class ImportPlan:
             "dropped": dict(sorted(self.dropped.items())),
             "unmapped": self.unmapped,
             "missing": self.missing,
+            "tied": dict(sorted(self.tied.items())),
         }
 
 
@@ -138,21 +151,29 @@ def meta_like(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
 
 
+def tied_weights(model: torch.nn.Module) -> dict[str, str]:
+    """The tensors `model` ties to another: name → the tensor it shares storage with (`lm_head.weight` → the input
+    embedding under `tie_word_embeddings`); `save_pretrained` writes only the latter. A plain `nn.Module` ties none."""
+    return dict(getattr(model, "all_tied_weights_keys", None) or {})
+
+
 def plan_import(
     source: Mapping[str, torch.Tensor],
     target: Mapping[str, torch.Tensor],
     rules: Sequence[Rule],
     new: Iterable[str] = (),
     transforms: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    tied: Mapping[str, str] | None = None,
 ) -> ImportPlan:
     """Plan importing `source` into `target` (state dicts; meta tensors do): see the module docstring for the rules.
 
-    `new` and the keys of `transforms` are regexes matched against the whole target key.
+    `new` and the keys of `transforms` are regexes matched against the whole target key; `tied` holds the target's
+    tied tensors (`tied_weights`).
     """
     compiled = compile_rules(rules)
     new_patterns = [re.compile(pattern) for pattern in new]
     transform_rules = [(re.compile(pattern), function) for pattern, function in (transforms or {}).items()]
-    plan = ImportPlan()
+    plan = ImportPlan(tied={name: tied_to for name, tied_to in (tied or {}).items() if name in target})
     for key in sorted(source):
         match = next(((match, repl) for pattern, repl in compiled if (match := pattern.fullmatch(key))), None)
         if match is None:
@@ -165,6 +186,12 @@ def plan_import(
         name = match.expand(replacement)
         if name in plan.sources:
             plan.errors.append(f"{plan.sources[name]!r} and {key!r} both map to {name!r}")
+            continue
+        if name in plan.tied:
+            plan.errors.append(
+                f"{key!r} maps to {name!r}, which the target model ties to {plan.tied[name]!r} (they share storage): "
+                f"fill {plan.tied[name]!r} and drop {key!r} with a None rule"
+            )
             continue
         if name not in target:
             plan.errors.append(f"{key!r} maps to {name!r}, which the target model does not have")
@@ -187,7 +214,7 @@ def plan_import(
             not expected.is_floating_point() and converted.dtype != expected.dtype
         ):
             plan.errors.append(f"{key!r} → {name!r}: dtype {converted.dtype}{via} cannot become {expected.dtype}")
-    for name in sorted(set(target) - set(plan.sources)):
+    for name in sorted(set(target) - set(plan.sources) - set(plan.tied)):
         (plan.new if any(pattern.fullmatch(name) for pattern in new_patterns) else plan.missing).append(name)
     return plan
 
@@ -213,7 +240,7 @@ def import_checkpoint(
     strict: bool = True,
 ) -> ImportPlan:
     """Plan, check (see `ImportPlan.check`) and load `source` into `model` in place; returns the plan."""
-    plan = plan_import(source, model.state_dict(), rules, new, transforms)
+    plan = plan_import(source, model.state_dict(), rules, new, transforms, tied_weights(model))
     plan.check(strict)
     load_planned(model, plan, source)
     return plan
@@ -322,11 +349,15 @@ def check_reloaded(model: torch.nn.Module, reloaded: torch.nn.Module) -> str:
 def staged_folder(output: Path):
     """A temporary folder next to `output`, renamed into place (replacing `output`) when the block completes and
     removed when it fails, so `output` is never half-written. A replaced `output` is first moved aside and deleted
-    only once the new folder is in place, so no failure leaves neither."""
+    only once the new folder is in place, so no failure leaves neither. The folder gets the mode a plain `mkdir`
+    gives (the umask's, not `mkdtemp`'s private 0700), so other users and serving containers can read it."""
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
         previous = staging.with_name(f"{staging.name}-previous") if output.exists() else None
         if previous is not None:
             output.rename(previous)
@@ -343,21 +374,46 @@ def staged_folder(output: Path):
         raise
 
 
+def copy_companion_files(source: Path, folder: Path) -> list[str]:
+    """Copy into `folder` every file of the checkpoint folder `source` that `folder` lacks, except weights (and their
+    index), the model card, the conversion report and hidden files; returns their paths relative to `folder`. An
+    imported checkpoint keeps its processor, tokenizer, chat template, generation config and pipeline files so."""
+    copied = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if (
+            path.is_dir()
+            or path.name in NOT_KEPT
+            or path.name.endswith(WEIGHT_SUFFIXES)
+            or any(part.startswith(".") for part in relative.parts)
+            or (folder / relative).exists()
+        ):
+            continue
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / relative)
+        copied.append(relative.as_posix())
+    return copied
+
+
 def write_model(
     model,
     output,
     report: dict,
     force: bool = False,
     verify: Callable[[torch.nn.Module], list[str]] | None = None,
+    add_files: Callable[[Path], list[str]] | None = None,
 ) -> Path:
     """Save `model` (a `PreTrainedModel`) next to `output`, reload it, check it (`check_reloaded`, then `verify` on
     the reloaded model, whose findings join `report["checks"]`), write `report` as JSON and only then move the folder
-    into place. An existing `output` is replaced only with `force`."""
+    into place. `add_files` writes the folder's other files (a card, the processor) after the model and returns their
+    paths, listed in `report["added_files"]`. An existing `output` is replaced only with `force`."""
     output = Path(output)
     if output.exists() and not force:
         raise FileExistsError(f"{output} already exists; pass --force (force=True) to replace it.")
     with staged_folder(output) as staging:
         model.save_pretrained(staging)
+        if add_files is not None:
+            report["added_files"] = add_files(staging)
         reloaded, info = type(model).from_pretrained(staging, dtype="auto", output_loading_info=True)
         problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
         if problems:
@@ -397,7 +453,9 @@ def main(argv=None):
         "--model-config",
         type=Path,
         required=True,
-        help="a folder whose config.json describes the target model (e.g. a Hydra-XTok checkpoint)",
+        help="a folder whose config.json describes the target model (e.g. a Hydra-X or Hydra-XTok checkpoint); its "
+        "other files except weights, model card and conversion report (processor, tokenizer, chat template, "
+        "generation config, pipeline files) are copied into the output",
     )
     parser.add_argument("--output", type=Path, required=True, help="checkpoint folder to create")
     parser.add_argument("--state-dict-key", help="read the weights from this entry of a .pt/.bin file's dict")
@@ -418,7 +476,7 @@ def main(argv=None):
     if args.output.exists() and not args.force:
         parser.error(f"--output {args.output}: already exists; pass --force to replace it")
 
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel, GenerationConfig
 
     import modeling_hydrax  # noqa: F401  (registers the Hydra-X classes with the Auto* factories)
 
@@ -427,10 +485,13 @@ def main(argv=None):
         source = read_checkpoint(args.source, args.state_dict_key)
         torch.manual_seed(args.seed)
         model = AutoModel.from_config(AutoConfig.from_pretrained(args.model_config))
+        if (args.model_config / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(args.model_config)
         plan = import_checkpoint(source, model, rules, new, strict=not args.no_strict)
         report = {"source": str(args.source), "rules": str(args.rules), **plan.summary()}
         report["new_modules"] = module_cover(model, plan.new)
-        write_model(model, args.output, report, force=args.force)
+        add_files = partial(copy_companion_files, args.model_config)
+        write_model(model, args.output, report, force=args.force, add_files=add_files)
     except (CheckpointImportError, json.JSONDecodeError, FileExistsError) as error:
         parser.error(str(error))
     print(
@@ -438,6 +499,8 @@ def main(argv=None):
         f"({report['dropped_tensors']} dropped, {len(plan.unmapped)} unmapped, {len(plan.missing)} missing, "
         f"{report['new_tensors']} newly initialised: {', '.join(report['new_modules']) or 'none'})"
     )
+    kept = key_list(report["added_files"]) or "nothing (no processor, tokenizer or generation config to keep)"
+    print(f"kept from {args.model_config}: {kept}; not its weights, model card or report: {args.output} has no card")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,17 @@ decoder and the Decompressor.
 The config follows the source: width, heads, MLP, activation, LayerNorm eps and patch size are SigLIP 2's (--config
 cannot change them); its L layers split into Gen-ViT and Sem-ViT in the default 13 : 14 proportion (27 → 13 + 14, the
 second temporal fold after layer 6) and the decoder gets L layers. --config (a JSON object, inline or in a file)
-overrides any other Hydra-XTok field. Hydra-XTok's 3D RoPE (use_rope) has no SigLIP 2 counterpart: the copied layers
-compute what SigLIP 2's do on the same input, and the rotation on top is learned in training.
+overrides any other Hydra-XTok field; a layer count it sets moves the fold (or the decoder's unfold) to the same
+proportion of the new depth, unless it sets that layer too. Hydra-XTok's 3D RoPE (use_rope) has no SigLIP 2
+counterpart: the copied layers compute what SigLIP 2's do on the same input, and the rotation on top is learned in
+training.
 
 The conversion ends by reloading the written folder and checking every tensor's dtype, shape and value, that the
 converted tokenizer embeds an image as SigLIP 2 does, and that each copied layer and the post-layernorm give the
 source's output on the same input. The report (counts, dropped tensors, new modules, checks) is printed and written
-into the folder as conversion_report.json. The folder is written next to --output and renamed into place only when
-complete; an existing --output is replaced only with --force.
+into the folder as conversion_report.json, beside a model card whose `base_model` is the SigLIP 2 Hub id (none for a
+local folder), which conversion/build_hydrax.py carries into the Hydra-X card. The folder is written next to --output
+and renamed into place only when complete; an existing --output is replaced only with --force.
 
     python conversion/convert_siglip2_to_hydrax_tok.py --siglip google/siglip2-so400m-patch16-naflex \
         --output outputs/hydrax-tok-siglip2
@@ -43,6 +46,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 
@@ -59,6 +64,7 @@ from checkpoint_importer import (  # noqa: E402
     plan_import,
     write_model,
 )
+from model_card_hydrax import CARD_TEMPLATE  # noqa: E402
 from transformers import Siglip2Model, Siglip2VisionModel  # noqa: E402
 from transformers.configuration_utils import PreTrainedConfig  # noqa: E402
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches  # noqa: E402
@@ -110,16 +116,20 @@ def siglip2_vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
     return config.vision_config if config.model_type == "siglip2" else config
 
 
-def layer_split(num_layers: int, num_gen_layers: int | None = None) -> dict[str, int]:
+def layer_split(
+    num_layers: int, num_gen_layers: int | None = None, num_decoder_layers: int | None = None
+) -> dict[str, int]:
     """Hydra-XTok's layer counts for a SigLIP 2 encoder of `num_layers` layers, in the proportions of the defaults
-    (27 = 13 Gen-ViT with the fold after 6 + 14 Sem-ViT; a 27-layer decoder unfolding after 14)."""
+    (27 = 13 Gen-ViT with the fold after 6 + 14 Sem-ViT; a 27-layer decoder unfolding after 14). A given
+    `num_gen_layers` / `num_decoder_layers` is kept, and its fold / unfold layer follows it."""
     if num_layers < 2:
         raise ValueError(f"A SigLIP 2 encoder of {num_layers} layer(s) cannot fill both a Gen-ViT and a Sem-ViT.")
     paper = HydraXTokConfig
     total = paper.num_gen_layers + paper.num_sem_layers
     if num_gen_layers is None:
         num_gen_layers = min(max(round(num_layers * paper.num_gen_layers / total), 1), num_layers - 1)
-    num_decoder_layers = round(num_layers * paper.num_decoder_layers / total)
+    if num_decoder_layers is None:
+        num_decoder_layers = round(num_layers * paper.num_decoder_layers / total)
     return {
         "num_gen_layers": num_gen_layers,
         "gen_fold_layer": round(num_gen_layers * paper.gen_fold_layer / paper.num_gen_layers),
@@ -148,8 +158,15 @@ def derive_config(vision: PreTrainedConfig, overrides: dict | None = None) -> Hy
     grid = math.isqrt(vision.num_patches)
     if grid * grid != vision.num_patches:
         raise ValueError(f"SigLIP 2's num_patches ({vision.num_patches}) is not a square grid of positions.")
-    split = layer_split(vision.num_hidden_layers, overrides.get("num_gen_layers"))
-    config = HydraXTokConfig(**{**fixed, "position_embedding_size": grid, **split, **overrides})
+    depths = {name: overrides.get(name) for name in ("num_gen_layers", "num_decoder_layers")}
+    for name, value in depths.items():
+        if value is not None and not isinstance(value, int):
+            raise ValueError(f"--config: {name} must be an integer, got {value!r}.")
+    split = layer_split(vision.num_hidden_layers, **depths)
+    try:
+        config = HydraXTokConfig(**{**fixed, "position_embedding_size": grid, **split, **overrides})
+    except StrictDataclassError as error:
+        raise ValueError(f"--config: the Hydra-XTok config rejects {overrides}: {error}") from None
     if config.num_gen_layers + config.num_sem_layers != vision.num_hidden_layers:
         raise ValueError(
             f"num_gen_layers ({config.num_gen_layers}) + num_sem_layers ({config.num_sem_layers}) must equal "
@@ -343,6 +360,25 @@ def conversion_report(siglip: str, source, config: HydraXTokConfig, plan: Import
     }
 
 
+def write_card(siglip: str, new_modules: list[str], folder: Path) -> list[str]:
+    """Write the tokenizer's model card into `folder`. Its `base_model` is SigLIP 2's Hub id, never a local path (a
+    local `siglip` folder names none): conversion/build_hydrax.py carries it into the Hydra-X card."""
+    hub_id = None if Path(siglip).is_dir() else siglip
+    origin = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else "a local SigLIP 2 checkpoint"
+    body = (
+        "# Hydra-XTok from SigLIP 2\n\n> [!WARNING]\n> **Not trained yet.** A Hydra-XTok visual tokenizer "
+        f"initialised from {origin} by `conversion/convert_siglip2_to_hydrax_tok.py`: SigLIP 2's encoder layers "
+        f"are copied into the Gen-ViT and the Sem-ViT; {', '.join(new_modules)} are newly initialised and need "
+        "Hydra-XTok's training stages. `conversion_report.json` lists every tensor's fate and the checks.\n\n"
+        "Load it with `AutoModel.from_pretrained(folder, trust_remote_code=True)`."
+    )
+    data = ModelCardData(
+        library_name="transformers", base_model=[hub_id] if hub_id else None, tags=["hydrax", "hydrax-tok"]
+    )
+    ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body).save(folder / "README.md")
+    return ["README.md"]
+
+
 def convert(siglip, output, overrides: dict | None = None, force: bool = False, seed: int = 0) -> dict:
     """Convert the SigLIP 2 checkpoint `siglip` (folder or Hub id) into a Hydra-XTok checkpoint folder `output`;
     returns the report (also written into the folder)."""
@@ -361,7 +397,9 @@ def convert(siglip, output, overrides: dict | None = None, force: bool = False, 
     # 4. Written next to `output`, reloaded, checked, moved into place.
     report = conversion_report(str(siglip), source, config, plan, model, overrides)
     siglip_vision = source.vision_model if isinstance(source, Siglip2Model) else source
-    write_model(model, output, report, force, verify=partial(verify_equivalences, siglip_vision))
+    verify = partial(verify_equivalences, siglip_vision)
+    add_files = partial(write_card, str(siglip), report["new_modules"])
+    write_model(model, output, report, force, verify=verify, add_files=add_files)
     return report
 
 

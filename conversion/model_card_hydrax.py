@@ -331,7 +331,7 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-model",
         action="append",
         help="a Hub id the weights derive from, for the card's `base_model` (repeat for several; default: the "
-        "sources' ids where known)",
+        "sources' Hub ids where known, never a local path)",
     )
     parser.add_argument("--license", default="apache-2.0", help="the card's licence (a Hub licence id)")
     parser.add_argument("--training-details", type=Path, help="a Markdown file describing the training, for the card")

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 from diffusers import DiffusionPipeline
+from huggingface_hub import ModelCard, ModelCardData
+from test_build_from_pretrained import write_sources
 
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from build_hydrax import build_checkpoint, main  # noqa: E402
+from build_hydrax import build_checkpoint, build_from_pretrained, default_base_models, main  # noqa: E402
 
 
 def test_checkpoint_folder_is_complete(checkpoint):
@@ -116,3 +118,16 @@ def test_cli_takes_exactly_one_source_of_weights(args, message, tmp_path, capsys
         main([arg.format(tmp=tmp_path) for arg in args] + ["--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_card_base_model_holds_hub_ids_never_local_paths(tmp_path):
+    """Local --vision and --llm folders put no path into `base_model`; the Hydra-XTok folder's own card contributes
+    the Hub id it records (the SigLIP 2 it was converted from), and a Hub id --llm is named as given."""
+    parts = write_sources(tmp_path)
+    siglip = "google/siglip2-so400m-patch16-naflex"
+    ModelCard.from_template(ModelCardData(base_model=[siglip])).save(parts["vision"] / "README.md")
+    folder, _ = build_from_pretrained(str(parts["vision"]), str(parts["llm"]), tmp_path / "hydrax", model_id="me/x")
+    data = ModelCard.load(folder / "README.md").data
+    assert data.base_model == [siglip]
+    assert default_base_models("Qwen/Qwen2.5-7B-Instruct", parts["vision"]) == ["Qwen/Qwen2.5-7B-Instruct", siglip]
+    assert default_base_models(str(parts["llm"]), tmp_path) == []

@@ -1,6 +1,7 @@
 """conversion/checkpoint_importer.py: rule semantics, strictness, safe reading and its command line."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from transformers import AutoProcessor, GenerationConfig
 
-from modeling_hydrax import HydraXTokModel
+from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration, HydraXTokModel
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ from checkpoint_importer import (  # noqa: E402
     module_cover,
     plan_import,
     read_checkpoint,
+    staged_folder,
     write_model,
 )
 
@@ -190,8 +193,6 @@ def test_write_model_refuses_an_existing_folder_without_force(tok_config, tmp_pa
 
 
 def test_staged_folder_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path, monkeypatch):
-    from checkpoint_importer import staged_folder
-
     output = tmp_path / "out"
     output.mkdir()
     (output / "old.txt").write_text("old")
@@ -213,3 +214,59 @@ def test_staged_folder_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_pa
             (staging / "newer.txt").write_text("newer")
     assert sorted(p.name for p in output.iterdir()) == ["new.txt"], "the previous folder is restored"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)])
+def test_staged_folder_gets_the_mode_of_a_plain_mkdir(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        with staged_folder(tmp_path / "out") as staging:
+            (staging / "metrics.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == mode, "not mkdtemp's private 0700"
+
+
+def test_a_tied_lm_head_is_filled_through_the_embedding(tmp_path):
+    """A tied Hydra-X (hydrax-1.5b ties its embeddings) saves no lm_head.weight; strict import still succeeds."""
+    text_config = {**HydraXConfig.from_preset("tiny").text_config.to_dict(), "tie_word_embeddings": True}
+    config = HydraXConfig.from_preset("tiny", text_config=text_config)
+    HydraXForConditionalGeneration(config).save_pretrained(tmp_path / "release")
+    source = read_checkpoint(tmp_path / "release")
+    embedding = "model.language_model.embed_tokens.weight"
+    assert "lm_head.weight" not in source
+    model = HydraXForConditionalGeneration(config)
+    plan = import_checkpoint(source, model, [(r"(.*)", r"\1")])
+    assert plan.tied == {"lm_head.weight": embedding} and not plan.missing
+    assert plan.summary()["tied"] == {"lm_head.weight": embedding}
+    assert torch.equal(model.lm_head.weight, source[embedding])
+    with pytest.raises(
+        CheckpointImportError, match=f"'head' maps to 'lm_head.weight', which the target model ties to '{embedding}'"
+    ):
+        import_checkpoint({**source, "head": source[embedding]}, model, [("head", "lm_head.weight"), (r"(.*)", r"\1")])
+
+
+def test_command_line_keeps_the_processor_and_generation_config_of_a_checkpoint_folder(checkpoint, tmp_path, capsys):
+    import processing_hydrax  # noqa: F401  (registers the Hydra-X processor with AutoProcessor)
+
+    (tmp_path / "rules.json").write_text(json.dumps({"rules": [["(.*)", r"\1"]]}))
+    output = tmp_path / "imported"
+    arguments = ["--source", checkpoint, "--rules", tmp_path / "rules.json", "--model-config", checkpoint]
+    main(list(map(str, [*arguments, "--output", output])))
+    printed = capsys.readouterr().out
+    assert f"kept from {checkpoint}: " in printed and "tokenizer.json" in printed
+    processor, expected = AutoProcessor.from_pretrained(output), AutoProcessor.from_pretrained(checkpoint)
+    assert type(processor).__name__ == "HydraXProcessor" and processor.chat_template == expected.chat_template
+    assert processor.tokenizer.get_vocab() == expected.tokenizer.get_vocab()
+    generation, expected_generation = (
+        GenerationConfig.from_pretrained(output),
+        GenerationConfig.from_pretrained(checkpoint),
+    )
+    assert generation.max_new_tokens == expected_generation.max_new_tokens == 128
+    assert generation.eos_token_id == expected_generation.eos_token_id
+    added = json.loads((output / "conversion_report.json").read_text())["added_files"]
+    assert {"tokenizer.json", "chat_template.jinja", "model_index.json", "scheduler/scheduler_config.json"} <= set(
+        added
+    )
+    assert not [name for name in added if name.endswith(".safetensors")] and "README.md" not in added
+    assert not (output / "README.md").exists(), "the source's card describes other weights"

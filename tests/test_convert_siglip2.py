@@ -5,8 +5,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import CLIPConfig, Qwen2Config, Siglip2Config, Siglip2Model, Siglip2VisionConfig, Siglip2VisionModel
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
 import convert_siglip2_to_hydrax_tok as converter  # noqa: E402
+from build_hydrax import default_base_models  # noqa: E402
 from checkpoint_importer import CheckpointImportError  # noqa: E402
 
 
@@ -193,6 +196,58 @@ def test_bad_overrides_are_refused(overrides, message):
     source = Siglip2VisionConfig(**TINY_VISION)
     with pytest.raises(ValueError, match=message):
         converter.derive_config(source, overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"num_decoder_layers": 8}, {"num_decoder_layers": 8, "decoder_unfold_layer": 4}),
+        ({"num_gen_layers": 4}, {"num_gen_layers": 4, "gen_fold_layer": 2, "num_sem_layers": 23}),
+        ({"num_decoder_layers": 8, "decoder_unfold_layer": 7}, {"num_decoder_layers": 8, "decoder_unfold_layer": 7}),
+    ],
+)
+def test_a_layer_count_override_moves_its_fold_to_the_same_proportion(overrides, expected):
+    """27 layers split as the paper's (13 Gen-ViT folding after 6, a 27-layer decoder unfolding after 14); a new
+    depth keeps that proportion unless the fold layer is given too."""
+    config = converter.derive_config(Siglip2VisionConfig(**SO400M_VISION), overrides)
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ('{"use_rope": "yes"}', "Field 'use_rope' expected bool, got str"),
+        ('{"decoder_unfold_layer": 9}', "`decoder_unfold_layer` (9) must lie in [0, num_decoder_layers=4]"),
+        ('{"num_gen_layers": "3"}', "--config: num_gen_layers must be an integer, got '3'"),
+    ],
+)
+def test_values_the_config_rejects_are_command_line_errors(sources, tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_info:
+        converter.main(["--siglip", str(sources / "vision"), "--output", str(tmp_path / "out"), "--config", overrides])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: --config" in error and message in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_card_names_a_hub_source_and_never_a_local_path(converted, sources, tmp_path, monkeypatch):
+    """The tokenizer's card records SigLIP 2's Hub id as `base_model`, which build_hydrax carries into the Hydra-X
+    card next to the LLM's id; a local source folder names none."""
+    local = ModelCard.load(converted[0] / "README.md")
+    assert local.data.base_model is None and str(sources) not in local.content
+    assert "Not trained yet" in local.text and "decompressor" in local.text
+    assert converted[1]["added_files"] == ["README.md"]
+    snapshot = tmp_path / "hub" / "models--me--siglip2-tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(sources / "vision", snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    converter.convert("me/siglip2-tiny", tmp_path / "from-hub", SMALL)
+    assert ModelCard.load(tmp_path / "from-hub" / "README.md").data.base_model == ["me/siglip2-tiny"]
+    assert default_base_models("Qwen/Qwen2.5-7B-Instruct", tmp_path / "from-hub") == [
+        "Qwen/Qwen2.5-7B-Instruct",
+        "me/siglip2-tiny",
+    ]
 
 
 def test_an_unmapped_source_tensor_is_an_error():
