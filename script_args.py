@@ -8,6 +8,8 @@ or OpenCV when imageio is missing, and neither is a dependency of this project.
 
 import argparse
 import os
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -55,6 +57,12 @@ def check_adapter(parser: argparse.ArgumentParser, option: str, value, hub_ids: 
 def looks_like_path(value: str) -> bool:
     """A value meant as a local path rather than a Hub id (`org/name`)."""
     return Path(value).exists() or value.startswith((".", "/", "~")) or value.count("/") != 1
+
+
+def command_line(script: str, argv=None) -> str:
+    """How `script` (a path from the repository root) was run, for a report: `python script args…`, shell-quoted;
+    `argv` as `main(argv)` got it (None: the process's own arguments)."""
+    return shlex.join(["python", script, *map(str, sys.argv[1:] if argv is None else argv)])
 
 
 def check_output_folder(parser: argparse.ArgumentParser, option: str, path, given=None):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration  # noqa: E402
-from script_args import check_output_folder  # noqa: E402
+from script_args import check_output_folder, command_line  # noqa: E402
 
 
 def image_question_ids(config, tokens: int) -> torch.Tensor:
@@ -114,7 +114,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name()
     lines = [
         f"\n## GPU check: {args.preset} on {device} (bf16, random weights)\n",
-        "Command: `python bench/gpu_check_hydrax.py`\n",
+        f"Command: `{command_line('bench/gpu_check_hydrax.py', argv)}`\n",
         "| step | figure |",
         "| --- | --- |",
         f"| build on GPU / save | {build_s:.1f} s / {save_s:.1f} s |",

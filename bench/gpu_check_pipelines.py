@@ -17,7 +17,6 @@ H200 within 40 GB.
 """
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from processing_hydrax import (  # noqa: E402
     HydraXVideoProcessor,
     build_tiny_qwen2_tokenizer,
 )
-from script_args import HelpFormatter, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
 
 def save_random_pipeline(preset: str, folder: Path, device: str, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -142,8 +141,7 @@ def main(argv=None):
     parser.add_argument(
         "--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="Markdown file the table is appended to"
     )
-    command = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(command)
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU; pass --device cpu for a smoke run")
     for size in [*args.image_sizes, args.video_size, args.edit_size]:
@@ -180,7 +178,7 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     header = [
         f"\n## Pipeline GPU check: {args.preset} on {device_name} (bf16, random weights)\n",
-        f"Command: `{shlex.join(['python', 'bench/gpu_check_pipelines.py', *command])}`; "
+        f"Command: `{command_line('bench/gpu_check_pipelines.py', argv)}`; "
         f"build + save {build_s:.1f} s, "
         f"`HydraXPipeline.from_pretrained(torch_dtype=bf16, device_map={placement!r})` {load_s:.1f} s"
         + ("." if args.offload == "none" else f", then {args.offload} offloading to the CPU.")

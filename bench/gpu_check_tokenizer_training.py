@@ -32,7 +32,7 @@ import train_tokenizer  # noqa: E402
 from gpu_check_pipelines import append_lines  # noqa: E402
 from gpu_check_training import loads_back  # noqa: E402
 
-from script_args import HelpFormatter, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
 
 def write_images(folder: Path, count: int, size: int) -> Path:
@@ -81,7 +81,7 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     header = [
         f"\n## Tokenizer training check on {device_name}\n",
-        "Command: `python bench/gpu_check_tokenizer_training.py`\n",
+        f"Command: `{command_line('bench/gpu_check_tokenizer_training.py', argv)}`\n",
     ]
     append_lines(args.report, [*header, "| run | result |", "| --- | --- |"])
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import train_hydrax  # noqa: E402
 from gpu_check_pipelines import append_lines, save_random_pipeline  # noqa: E402
 
-from script_args import HelpFormatter, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
 
 SCRIPT = ROOT / "examples" / "train_hydrax.py"
@@ -115,7 +115,7 @@ def main(argv=None):
         args.report,
         [
             f"\n## Training GPU check on {device_name}\n",
-            "Command: `python bench/gpu_check_training.py`\n",
+            f"Command: `{command_line('bench/gpu_check_training.py', argv)}`\n",
             "| run | result |",
             "| --- | --- |",
         ],

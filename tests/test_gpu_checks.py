@@ -44,6 +44,7 @@ def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
         ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--size", "32", "--report", str(report)]
     )
     table = report.read_text()
+    assert "Command: `python bench/gpu_check_training.py --preset tiny --device cpu --steps 1 --size 32" in table
     row = "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel, validation samples"
     assert row + " written," in table
     assert "| tiny, stage 2, 32², bf16 autocast + gradient checkpointing, batch 1 | " in table
@@ -57,6 +58,7 @@ def test_tokenizer_training_gpu_check_smoke_run_on_cpu(tmp_path):
     argv = ["--preset", "tiny", "--device", "cpu", "--size", "32", "--steps", "1", "--batch-size", "2"]
     gpu_check_tokenizer_training.main([*argv, "--report", str(report)])
     table = report.read_text()
+    assert f"Command: `python bench/gpu_check_tokenizer_training.py {' '.join(argv)} --report" in table
     assert "| tiny, 32², batch 2, 1 steps, stage 1 (L1 + LPIPS + KL), bf16 + gradient checkpointing | " in table
     assert "| tiny, 32², batch 2, 1 steps, stage 2 (decoder + PatchGAN), bf16 + gradient checkpointing | " in table
     assert "| tiny, 3 steps, `accelerate launch` fsdp_tokenizer.yaml (1 process) | loads with AutoModel," in table
