@@ -128,7 +128,9 @@ def test_image_is_first_latent_frame_of_video(mode, compression):
         image_latent = model.encode(video[:, :, 0]).latents
         video_latents = model.encode(video).latents
     assert image_latent.shape[2] == 1
-    torch.testing.assert_close(image_latent[:, :, 0], video_latents[:, :, 0], rtol=0, atol=1e-6)
+    # the spec's fp32 tolerance (as for streaming): batched matmuls of different shapes round differently (1.04e-6
+    # seen on one CPU), while a later frame leaking into frame 0 would move it by orders of magnitude more
+    torch.testing.assert_close(image_latent[:, :, 0], video_latents[:, :, 0], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["tubelet", "causal"])
