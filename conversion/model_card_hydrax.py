@@ -395,7 +395,13 @@ def main(argv=None):
     if adapter.is_file():
         lora = json.loads(adapter.read_text())
         base_id = args.base_id or lora["base_model_name_or_path"]
-        config = HydraXConfig.from_pretrained(base_id)
+        try:
+            config = HydraXConfig.from_pretrained(base_id)
+        except OSError as error:
+            parser.error(
+                f"--base-id {base_id}: cannot read the base checkpoint's config ({error}); pass --base-id with its "
+                "folder, or a Hub id this machine can reach"
+            )
         kwargs.pop("base_models")
         card = build_adapter_card(model_id, base_id, config, lora, base_models=args.base_model, **kwargs)
     else:

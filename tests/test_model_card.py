@@ -131,3 +131,12 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
         exec(compile(code, "README.md", "exec"), {"__name__": "__snippet__"})
     assert Image.open("fox.png").size == (64, 64)
     assert capsys.readouterr().out.count("\n") == 1, "the understanding snippet prints one answer (random: empty)"
+
+
+def test_an_adapter_whose_base_cannot_be_read_is_a_command_line_error(adapter, tmp_path, capsys):
+    missing = tmp_path / "no-such-base"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(adapter), "--base-id", str(missing)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"--base-id {missing}: cannot read the base checkpoint's config" in error
+    assert "pass --base-id with its folder, or a Hub id this machine can reach" in error
