@@ -120,8 +120,11 @@ class HydraXTokConfig(PreTrainedConfig):
         ):
             if width % heads != 0:
                 raise ValueError(f"`{name}` ({width}) must be a multiple of the number of attention heads ({heads}).")
-            if self.use_rope and (width // heads) % 2 != 0:
-                raise ValueError(f"3D RoPE needs an even head dim; `{name}` // heads = {width // heads}.")
+            if self.use_rope and ((width // heads) % 2 != 0 or width // heads < 6):
+                raise ValueError(
+                    f"3D RoPE needs an even head dim of at least 6 (a frequency pair each for t, h and w); `{name}` "
+                    f"// heads = {width // heads}."
+                )
         if not 0 <= self.gen_fold_layer <= self.num_gen_layers:
             raise ValueError(
                 f"`gen_fold_layer` ({self.gen_fold_layer}) must lie in [0, num_gen_layers={self.num_gen_layers}]."
@@ -138,6 +141,11 @@ class HydraXTokConfig(PreTrainedConfig):
                     f"`{name}` has {len(values)} values but `latent_channels` is {self.latent_channels}; "
                     "give one value per channel or None."
                 )
+        if self.latents_std is not None and min(self.latents_std) <= 0:
+            raise ValueError(
+                f"`latents_std` must be positive (latents are divided by it), got {min(self.latents_std)}; recompute "
+                "the statistics or pass None."
+            )
 
 
 __all__ = ["HydraXTokConfig"]

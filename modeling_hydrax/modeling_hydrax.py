@@ -1062,6 +1062,12 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         source_cache = generation_embeds = generation_mask = None
+        if source_pixel_values is not None and self.config.vision_config.attention_mode == "full":
+            raise ValueError(
+                "Cached editing needs a temporally causal tokenizer: with attention_mode='full' the source's Sem-ViT "
+                "features depend on the noisy target, so no source cache can serve every step. Use a tokenizer "
+                "with attention_mode='tubelet' or 'causal' (or score edits with the model's forward)."
+            )
         if source_pixel_values is not None:
             source_latents = self.model.encode_latents(source_pixel_values)
             semantic = self.model.vision_tower.get_semantic_features(source_latents)

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_hydrax_tok import HydraXTokConfig
+from .configuration_hydrax_tok import ATTENTION_MODES, HydraXTokConfig
 
 
 logger = logging.get_logger(__name__)
@@ -299,6 +299,8 @@ class HydraXTokAttention(nn.Module):
             key = key * cos + rotate_half(key) * sin
 
         mode = self.config.attention_mode
+        if mode not in ATTENTION_MODES:  # set on the config after it was validated
+            raise ValueError(f"`attention_mode` must be one of {ATTENTION_MODES}, got {mode!r}.")
         if mode == "tubelet":
             attn_output, attn_weights = self._tubelet(query, key, value, past_key_value, output_attentions)
             # Copies, so a carried cache holds one frame rather than keeping the whole chunk's keys/values alive.
@@ -528,7 +530,7 @@ class HydraXTokGenViT(nn.Module):
         config = self.config
         grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
         patches = patchify(pixel_values, config.patch_size, config.first_temporal_patch_size, latent_offset == 0)
-        hidden = self.patch_embedding(patches)
+        hidden = self.patch_embedding(patches.to(self.patch_embedding.weight.dtype))  # e.g. float32 pixels, bf16 model
         if config.use_abs_pos_embed:
             hidden = hidden + self.position_embedding(*grid, hidden.device)
         fine = config.temporal_compression == "hierarchical"
@@ -554,7 +556,7 @@ class HydraXTokSemViT(nn.Module):
 
     def forward(self, latents, latent_offset=0, cache=None, **kwargs: Unpack[TransformersKwargs]):
         grid = latents.shape[-2:]
-        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
+        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1).to(self.latent_proj.weight.dtype))
         hidden, presents = self.encoder(hidden, grid, latent_offset, cache, **kwargs)
         return self.post_layernorm(hidden), presents
 
@@ -587,7 +589,7 @@ class HydraXTokDecoder(nn.Module):
     def forward(self, latents, latent_offset=0, cache=None, **kwargs: Unpack[TransformersKwargs]):
         config = self.config
         grid = tuple(latents.shape[-2:])
-        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1))
+        hidden = self.latent_proj(latents.flatten(3).permute(0, 2, 3, 1).to(self.latent_proj.weight.dtype))
         if config.use_abs_pos_embed:
             hidden = hidden + self.position_embedding(*grid, hidden.device)
         hidden, presents = self.decoder(hidden, grid, latent_offset, cache, **kwargs)
@@ -759,15 +761,18 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 f"`pixel_values` has {channels} channels at dim 1 but the tokenizer expects {config.num_channels}; "
                 "videos are channels-first: [B, 3, frames, H, W]."
             )
-        if height % config.patch_size or width % config.patch_size:
+        if height % config.patch_size or width % config.patch_size or not height or not width:
             raise ValueError(
-                f"Height and width must be multiples of {config.patch_size}, got {height}×{width}; resize or crop "
+                f"Height and width must be positive multiples of {config.patch_size}, got {height}×{width}; resize "
+                "or crop "
                 f"(e.g. to {height // config.patch_size * config.patch_size}×"
                 f"{width // config.patch_size * config.patch_size})."
             )
         ratio = config.temporal_compression_ratio
         if continuing and (frames == 0 or frames % ratio):
             raise ValueError(f"A continuation chunk must have a positive multiple of {ratio} frames, got {frames}.")
+        if not continuing and frames == 0:
+            raise ValueError("A clip needs at least its anchor frame; `pixel_values` has 0 frames.")
         if not continuing and (frames - 1) % ratio:
             raise ValueError(
                 f"A clip must have 1 + {ratio}·k frames (an anchor plus a multiple of {ratio}), got {frames}; "
@@ -780,9 +785,10 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             raise TypeError(f"`{name}` must be a floating-point torch.Tensor, got {type(latents).__name__}.")
         if latents.ndim == 4:
             latents = latents.unsqueeze(2)
-        if latents.ndim != 5 or latents.shape[1] != self.config.latent_channels:
+        if latents.ndim != 5 or latents.shape[1] != self.config.latent_channels or 0 in latents.shape[2:]:
             raise ValueError(
-                f"`{name}` must be [B, {self.config.latent_channels}, frames, h, w], got {tuple(latents.shape)}."
+                f"`{name}` must be [B, {self.config.latent_channels}, frames, h, w] with at least one frame and one "
+                f"token, got {tuple(latents.shape)}."
             )
         return latents
 
@@ -906,6 +912,11 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         """
         self._check_chunking(None, cache)
         latents = self._check_latents(latents)
+        if source_latents is not None and cache is not None:
+            raise ValueError(
+                "Pass an edit's `source_latents` or a `cache` that continues a clip (e.g. the source's own returned "
+                "cache), not both: the source would follow the cached frames and attend to them."
+            )
         if source_latents is not None:
             source_latents = self._check_latents(source_latents, "source_latents")
             if source_latents.shape[2] != 1 or source_latents.shape[-2:] != latents.shape[-2:]:

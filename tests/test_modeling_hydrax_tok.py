@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_tok_config
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, Qwen2Config, modeling_utils
 from transformers.testing_utils import CaptureLogger
 
@@ -328,12 +329,14 @@ def test_positional_switches():
     [
         (torch.rand(1, 3, 4, 32, 32), "1 \\+ 4·k frames"),
         (torch.rand(1, 3, 1, 30, 32), "multiples of 16"),
+        (torch.rand(1, 3, 1, 0, 32), "positive multiples of 16, got 0×32"),
+        (torch.rand(1, 3, 0, 32, 32), "at least its anchor frame; `pixel_values` has 0 frames"),
         (torch.rand(1, 4, 1, 32, 32), "4 channels"),
         (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "floating-point"),
         (torch.rand(3, 32, 32), "got shape"),
         ([[0.0]], "torch.Tensor"),
     ],
-    ids=["frames", "size", "channels", "dtype", "rank", "type"],
+    ids=["frames", "size", "no-size", "no-frames", "channels", "dtype", "rank", "type"],
 )
 def test_bad_input_errors(pixels, message):
     model = build()
@@ -353,8 +356,35 @@ def test_bad_chunking_and_latents():
         model.decode(torch.randn(1, 3, 1, 2, 2))
     with pytest.raises(ValueError, match="source_latents"):
         model.get_semantic_features(torch.randn(1, 8, 1, 2, 2), source_latents=torch.randn(1, 8, 1, 3, 2))
+    with pytest.raises(ValueError, match="with at least one frame and one token, got \\(1, 8, 0, 2, 2\\)"):
+        model.decode(torch.randn(1, 8, 0, 2, 2))
+    source = model.get_semantic_features(torch.randn(1, 8, 1, 2, 2))
+    with pytest.raises(ValueError, match="`source_latents` or a `cache` that continues a clip .*, not both"):
+        model.get_semantic_features(torch.randn(1, 8, 1, 2, 2), torch.randn(1, 8, 1, 2, 2), cache=source.cache)
     with pytest.raises(ValueError, match="stage"):
         model.set_training_stage(4)
+
+
+def test_settings_that_would_silently_misbehave_are_refused():
+    model = build()
+    model.config.attention_mode = "casual"  # a typo set after validation would have run full attention
+    with pytest.raises(ValueError, match="`attention_mode` must be one of .*, got 'casual'"):
+        model.encode(clip(5))
+    with pytest.raises(StrictDataclassClassValidationError, match="`latents_std` must be positive"):
+        tiny_tok_config(latents_std=[1.0] * 7 + [0.0])
+    with pytest.raises(
+        StrictDataclassClassValidationError, match="3D RoPE needs an even head dim of at least 6 .* = 4"
+    ):
+        tiny_tok_config(num_attention_heads=8)  # width 32 / 8 heads: no frequency pair left for h and w
+
+
+def test_a_bf16_tokenizer_takes_float32_inputs():
+    model = build().to(torch.bfloat16)
+    with torch.no_grad():
+        latents = model.encode(clip(5)).latents
+        assert latents.dtype == torch.bfloat16
+        assert model.decode(latents.float()).sample.dtype == torch.bfloat16
+        assert model.get_semantic_features(latents.float()).last_hidden_state.dtype == torch.bfloat16
 
 
 def test_frame_cache_is_immutable():
