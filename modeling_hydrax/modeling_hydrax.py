@@ -755,7 +755,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
 
         `targets` are pixels or (`are_latents`) latents; `sources` the edit sources of the targets that `edit_rows`
         marks (all of them when it is `None`); `timesteps` `[targets]` and `noise` (a tensor, or a list with one per
-        target) are drawn when not given: t logit-normal with each size's resolution shift."""
+        target) are drawn when not given: t logit-normal with each size's resolution shift. Given `timesteps` are a
+        tensor `[targets]` / `[targets, F]`, or a list with one (`[]` or `[F]`) per target when frame counts differ."""
         if isinstance(targets, torch.Tensor):
             index_groups = [torch.arange(targets.shape[0])]
         else:
@@ -792,15 +793,15 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 group_timesteps = self.sample_timesteps(z0.shape[0], z0[0, 0].numel(), z0.device)
                 group_timesteps = self._anchor_first_frames(group_timesteps, z0.shape[2])
             else:
-                group_timesteps = timesteps if whole else timesteps[rows.to(timesteps.device)]
+                group_timesteps = pick(timesteps, rows)
                 check_timesteps(group_timesteps, z0.shape)
             group_noise = torch.randn_like(z0) if noise is None else pick(noise, rows)
-            t = group_timesteps.to(z0.dtype)
+            t = group_timesteps.float()  # mixed in float32: a bf16 t would differ from the one the model is told
             t = t.view(-1, 1, 1, 1, 1) if t.ndim == 1 else t.view(t.shape[0], 1, t.shape[1], 1, 1)
             groups.append(
                 HydraXTargetGroup(
                     rows=rows,
-                    noisy=(1 - t) * z0 + t * group_noise,
+                    noisy=((1 - t) * z0.float() + t * group_noise.float()).to(z0.dtype),
                     timesteps=group_timesteps,
                     velocity_target=group_noise - z0,
                     source=source,
@@ -826,11 +827,11 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     @staticmethod
     def _flow_error(group: HydraXTargetGroup, velocity: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The summed squared velocity error of a target group and the number of latent elements it sums over: frames
-        at t = 0 are clean context (image-to-video's anchor), with nothing to predict, and are left out."""
+        (or whole targets) at t = 0 are clean context (image-to-video's anchor), with nothing to predict, and are left
+        out."""
         error = (velocity.float() - group.velocity_target.float()).square()
-        if group.timesteps.ndim == 1:
-            return error.sum(), error.numel()
-        noisy = (group.timesteps > 0)[:, None, :, None, None].expand_as(error)
+        times = group.timesteps if group.timesteps.ndim == 2 else group.timesteps[:, None]
+        noisy = (times > 0)[:, None, :, None, None].expand_as(error)
         return error[noisy].sum(), int(noisy.sum())
 
     @staticmethod
@@ -888,7 +889,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         target_latents: torch.Tensor | None = None,
         source_pixel_values: torch.Tensor | None = None,
         target_mask: torch.Tensor | None = None,
-        timesteps: torch.Tensor | None = None,
+        timesteps: torch.Tensor | list[torch.Tensor] | None = None,
         noise: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor | None = None,
@@ -914,8 +915,9 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         `mm_token_type_ids` and `target_grid_thw` are accepted from the processor and not needed: modalities and
         sizes follow from the placeholder tokens and the pixels. The target is noised with the rectified-flow
         schedule (`timesteps` and `noise` may be given; by default t is logit-normal with the resolution shift).
-        `timesteps` are `[targets]`, or `[targets, F]` with one time per latent frame: a frame at t = 0 is clean
-        context (image-to-video's anchor) and out of the flow loss. While training, each video target becomes such an
+        `timesteps` are `[targets]`, or `[targets, F]` with one time per latent frame (a list of one `[]` or `[F]` per
+        target when their frame counts differ): a frame at t = 0 is clean context (image-to-video's anchor) and out of
+        the flow loss. While training, each video target becomes such an
         image-to-video sample with probability `config.image_to_video_prob` (when `timesteps` are not given), and
         each generation sample's text is dropped with probability `config.text_dropout_prob` (dropped tokens
         and visual placeholders never count in the LM loss) and, independently, each edit's source is replaced by the
@@ -1109,7 +1111,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         branches = rows // noisy_latents.shape[0]
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(noisy_latents.shape[0])
-        check_timesteps(timesteps, noisy_latents.shape)
+        check_timesteps(timesteps, self.model.vision_tower._check_latents(noisy_latents).shape)
         if prefix.source_cache is not None and branches > 1:
             noisy_latents, timesteps, branches = (
                 noisy_latents.repeat(branches, 1, 1, 1, 1),

@@ -302,6 +302,51 @@ def test_a_frame_at_time_zero_is_clean_context_out_of_the_loss(model):
     assert not torch.equal(*noisy_first), "a noisy first frame is a target"
 
 
+def test_per_frame_times_for_targets_of_different_frame_counts(model):
+    """A video and an image in one batch: explicit times as a list, one per target, each `[F]` or `[]`; a target (or
+    frame) at t = 0 is out of the loss however its time is shaped."""
+    config = model.config
+    video_ids = [5, 6] + visual_block(config, 3 * IMAGE_TOKENS, video=True)
+    image_ids = [5, 6] + visual_block(config, IMAGE_TOKENS)
+    pad = [config.pad_token_id] * (len(video_ids) - len(image_ids))
+    ids = torch.tensor([video_ids, pad + image_ids])
+    mask = (ids != config.pad_token_id).long()
+    generator = torch.Generator().manual_seed(4)
+    targets = [torch.randn(8, 3, 2, 2, generator=generator), torch.randn(8, 1, 2, 2, generator=generator)]
+    noise = [torch.randn(target.shape, generator=generator) for target in targets]
+    times = [torch.tensor([0.0, 0.4, 0.4]), torch.tensor(0.7)]
+    with torch.no_grad():
+        both = model(input_ids=ids, attention_mask=mask, target_latents=targets, timesteps=times, noise=noise)
+        alone = [
+            model(
+                input_ids=ids[i : i + 1, mask[i].argmax() :],
+                target_latents=targets[i][None],
+                timesteps=t[None],
+                noise=noise[i][None],
+            )
+            for i, t in enumerate(times)
+        ]
+        for i in range(2):
+            torch.testing.assert_close(both.velocity[i], alone[i].velocity[0], rtol=1e-4, atol=1e-5)
+        clean = [
+            model(input_ids=ids[1:], target_latents=targets[1][None], timesteps=t, noise=noise[1][None]).flow_loss
+            for t in (torch.tensor([0.0]), torch.tensor([[0.0]]))
+        ]
+    assert clean == [0.0, 0.0], "a target at t = 0 has nothing to predict"
+    video_elements, image_elements = 2 * 8 * 4, 8 * 4  # the video's two noisy frames, the image
+    expected = (alone[0].flow_loss * video_elements + alone[1].flow_loss * image_elements) / (
+        video_elements + image_elements
+    )
+    torch.testing.assert_close(both.flow_loss, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_targets_are_noised_at_the_time_the_model_is_told(model):
+    z0, noise = torch.randn(1, 8, 1, 2, 2).bfloat16(), torch.randn(1, 8, 1, 2, 2).bfloat16()
+    (group,) = model._noised_targets(z0, True, None, None, torch.tensor([0.7]), noise)
+    expected = (0.3 * z0.float() + 0.7 * noise.float()).bfloat16()  # not with t rounded to bf16's 0.69921875
+    assert group.noisy.dtype == torch.bfloat16 and torch.equal(group.noisy, expected)
+
+
 def test_timesteps_of_the_wrong_shape_are_a_clear_error(model):
     inputs, z0, noise = _video_target(model)
     with pytest.raises(ValueError, match=r"`timesteps` must be \[1\] .* or \[1, 3\] .* got \(1, 2\)"):
@@ -310,6 +355,9 @@ def test_timesteps_of_the_wrong_shape_are_a_clear_error(model):
     start = int((ids[0] == model.config.vision_start_token_id).nonzero()[-1])
     with torch.no_grad(), pytest.raises(ValueError, match=r"got \(2,\)"):
         model.predict_velocity(z0, torch.rand(2), model.prepare_generation_prefix(ids[:, : start + 1]))
+    image_prefix = model.prepare_generation_prefix(t2i_ids(model.config)[:, : -IMAGE_TOKENS - 1])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"\[1, 1\] \(one per latent frame\)"):
+        model.predict_velocity(torch.randn(1, 8, 2, 2), torch.rand(1, 2), image_prefix)  # [B, C, h, w]: h is no frame
 
 
 def test_image_to_video_prob_anchors_video_targets_while_training():
