@@ -29,6 +29,7 @@ import processing_hydrax  # noqa: E402, F401
 PIPELINE_MODULES = {
     "HydraXPipeline": "pipeline_hydrax",
     "HydraXPipelineOutput": "pipeline_hydrax",
+    "HydraXEncodedPrompt": "pipeline_hydrax",
     "HydraXEditPipeline": "pipeline_hydrax_edit",
 }
 

@@ -97,6 +97,31 @@ class HydraXPipelineOutput(BaseOutput):
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None = None
 
 
+@dataclass
+class HydraXEncodedPrompt:
+    """
+    Prompts run through the LLM once by [`HydraXPipeline.encode_prompt`], for `prompt_embeds=` in any number of calls.
+
+    Hydra-X has no separate text encoder: the LLM that reads the prompt also predicts every denoising step, so the
+    encoded prompt is that LLM's cached prefix (keys and values of every layer) rather than embedding tensors. The
+    prefix ends where the generation target starts, so one encoding serves any size, frame count, seed or
+    image-to-video anchor.
+
+    Args:
+        prefix (`HydraXGenerationPrefix`): the cached prefix of every guidance branch, branch-major, each prompt
+            repeated `num_images_per_prompt` times.
+        num_prompts (`int`): prompts encoded.
+        num_images_per_prompt (`int`): outputs per prompt the prefix has rows for.
+        guided (`bool`): whether the prefix holds the text-free (or negative) branch of classifier-free guidance, so
+            that it serves calls with `guidance_scale > 1` (and only those).
+    """
+
+    prefix: object
+    num_prompts: int
+    num_images_per_prompt: int
+    guided: bool
+
+
 def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """The rectified-flow scheduler Hydra-X samples with: Euler steps, σ = 1 is noise, and the resolution shift `mu`
     that the pipelines take from `HydraXForConditionalGeneration.flow_shift_mu`."""
@@ -289,9 +314,17 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             raise ValueError(f"`{name}` is an empty list; pass at least one prompt.")
         return list(prompt)
 
-    def _negative_prompt_list(self, negative_prompt, num_prompts: int) -> list[str] | None:
+    def _negative_prompt_list(self, negative_prompt, num_prompts: int, **scales: float) -> list[str] | None:
+        """The negative prompts, one per prompt; they act only through guidance, so one of the guidance `scales`
+        (by name) must exceed 1."""
         if negative_prompt is None:
             return None
+        if all(scale <= 1 for scale in scales.values()):
+            settings = ", ".join(f"{name}={scale}" for name, scale in scales.items())
+            raise ValueError(
+                f"`negative_prompt` only acts through classifier-free guidance, which is off at {settings}; raise the "
+                "guidance scale above 1 or drop `negative_prompt`."
+            )
         negatives = self._prompt_list(negative_prompt, "negative_prompt")
         if len(negatives) == 1:
             return negatives * num_prompts
@@ -309,8 +342,6 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         num_inference_steps,
         sigmas,
         num_images_per_prompt,
-        negative_prompts,
-        guided: bool,
         output_type,
         callback_on_step_end_tensor_inputs,
     ):
@@ -324,13 +355,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 )
         if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps` must be an int ≥ 1, got {num_inference_steps!r}.")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be an int ≥ 1, got {num_images_per_prompt!r}.")
-        if negative_prompts is not None and not guided:
-            raise ValueError(
-                f"`negative_prompt` only acts through classifier-free guidance, which is off at guidance_scale="
-                f"{self._guidance_scale}; raise the guidance scale above 1 or drop `negative_prompt`."
-            )
+        self._check_images_per_prompt(num_images_per_prompt)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [
@@ -341,6 +366,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 f"`callback_on_step_end_tensor_inputs` names {unknown}, which this pipeline does not have; choose "
                 f"from {self._callback_tensor_inputs}."
             )
+
+    @staticmethod
+    def _check_images_per_prompt(num_images_per_prompt):
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be an int ≥ 1, got {num_images_per_prompt!r}.")
 
     def _check_images(self, image, num_prompts: int, name: str = "image"):
         items = image if isinstance(image, (list, tuple)) else [image]
@@ -585,10 +615,80 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
     """
 
     @torch.no_grad()
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+    ) -> HydraXEncodedPrompt:
+        r"""
+        Run prompts through the LLM once, for `prompt_embeds=` in later calls: a seed or guidance sweep, other sizes,
+        frame counts or image-to-video anchors then skip that work (see [`HydraXEncodedPrompt`]).
+
+        Args:
+            prompt (`str` or `list[str]`):
+                What to generate.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                Replaces the text-free branch of classifier-free guidance; needs `guidance_scale > 1`.
+            guidance_scale (`float`, defaults to 4.0):
+                Above 1, the text-free (or negative) branch is encoded too; calls using the encoding must then guide,
+                at any scale above 1.
+            num_images_per_prompt (`int`, defaults to 1):
+                Outputs per prompt of the calls using the encoding.
+
+        Returns:
+            [`HydraXEncodedPrompt`]: pass it as `pipe(prompt_embeds=...)`, e.g. once per seed of a sweep.
+        """
+        prompts = self._prompt_list(prompt)
+        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts), guidance_scale=guidance_scale)
+        self._check_images_per_prompt(num_images_per_prompt)
+        target = {"type": "image", "height": self.patch_size, "width": self.patch_size}  # the prefix ends before it
+        conditional, text_free = self._encode_prompts(
+            [self._conversation(text, target) for text in prompts],
+            None if negative_prompts is None else [self._conversation(text, target) for text in negative_prompts],
+        )
+        guided = guidance_scale > 1
+        prefix = self._prepare_prefix([conditional, text_free] if guided else [conditional], num_images_per_prompt)
+        return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, guided)
+
+    def _num_prompts(self, prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt) -> int:
+        """How many prompts a call has, from `prompt` or from `prompt_embeds`, which must suit the call's guidance
+        and outputs per prompt."""
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt(prompt, ...)`.")
+            prompts = self._prompt_list(prompt)
+            self._negative_prompt_list(negative_prompt, len(prompts), guidance_scale=guidance_scale)
+            return len(prompts)
+        if not isinstance(prompt_embeds, HydraXEncodedPrompt):
+            raise TypeError(
+                f"`prompt_embeds` must come from `pipe.encode_prompt(...)`, got {type(prompt_embeds).__name__}."
+            )
+        if prompt is not None or negative_prompt is not None:
+            raise ValueError(
+                "`prompt_embeds` already hold the prompts and negative prompts; pass those to `encode_prompt`, and "
+                "`prompt_embeds` alone here."
+            )
+        if prompt_embeds.guided != (guidance_scale > 1):
+            held = "holds" if prompt_embeds.guided else "lacks"
+            raise ValueError(
+                f"`prompt_embeds` {held} the text-free branch of classifier-free guidance, but this call has "
+                f"guidance_scale={guidance_scale}; encode with guidance_scale {'>' if guidance_scale > 1 else '≤'} 1 "
+                "as the call uses it."
+            )
+        if prompt_embeds.num_images_per_prompt != num_images_per_prompt:
+            raise ValueError(
+                f"`prompt_embeds` were encoded for num_images_per_prompt={prompt_embeds.num_images_per_prompt}, but "
+                f"this call asks for {num_images_per_prompt}; encode with the call's num_images_per_prompt."
+            )
+        return prompt_embeds.num_prompts
+
+    @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -606,13 +706,15 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_area: int | None = None,
         decode_chunk_frames: int | str | None = "auto",
+        prompt_embeds: HydraXEncodedPrompt | None = None,
     ):
         r"""
         Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
 
         Args:
             prompt (`str` or `list[str]`):
-                What to generate; one output (or `num_images_per_prompt`) per prompt.
+                What to generate; one output (or `num_images_per_prompt`) per prompt. Not needed with
+                `prompt_embeds`.
             negative_prompt (`str` or `list[str]`, *optional*):
                 Replaces the text-free branch of classifier-free guidance; needs `guidance_scale > 1`.
             height (`int`, *optional*), width (`int`, *optional*):
@@ -653,6 +755,10 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 frame by frame. The frames equal a whole-clip decode, and decoding memory stays flat with the clip's
                 length (12× less at 257 frames, `bench/bench_tokenizer.py --part decode`). `"auto"`: 2, or the whole
                 clip for a tokenizer with `attention_mode="full"` (which cannot stream); `None`: the whole clip.
+            prompt_embeds ([`HydraXEncodedPrompt`], *optional*):
+                Prompts already run through the LLM by [`~HydraXPipeline.encode_prompt`], in place of `prompt` and
+                `negative_prompt`; encoded with this call's `num_images_per_prompt` and with guidance on (> 1) or off
+                as this call has it.
 
         Examples:
 
@@ -662,8 +768,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         # 1. Check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        prompts = self._prompt_list(prompt)
-        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts))
+        num_prompts = self._num_prompts(prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt)
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(
                 f"`num_frames` must be an int ≥ 1 (1 for an image, 1 + 4k for a video), got {num_frames!r}."
@@ -674,7 +779,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             logger.warning(f"`num_frames - 1` has to be divisible by {step}; rounding {num_frames} to {snapped}.")
             num_frames = snapped
         if image is not None:
-            self._check_images(image, len(prompts))
+            self._check_images(image, num_prompts)
             if num_frames == 1:
                 raise ValueError(
                     "`image` is the first frame of image-to-video and needs num_frames = 1 + 4k > 1 (e.g. 17); to "
@@ -689,33 +794,26 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps,
             sigmas,
             num_images_per_prompt,
-            negative_prompts,
-            guidance_scale > 1,
             output_type,
             callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
         self._current_timestep = None
 
-        # 2. Run the prompt once: conditional and unconditional branches in one cached batch
-        video = num_frames > 1
-        target = {"type": "video", "num_frames": num_frames} if video else {"type": "image"}
-        target.update(height=height, width=width)
-        conditional, text_free = self._encode_prompts(
-            [self._conversation(text, target) for text in prompts],
-            None if negative_prompts is None else [self._conversation(text, target) for text in negative_prompts],
-        )
-        branches, weights = [conditional], [1.0]
-        if guidance_scale > 1:
-            branches, weights = [conditional, text_free], [guidance_scale, 1 - guidance_scale]
-        prefix = self._prepare_prefix(branches, num_images_per_prompt)
+        # 2. Run the prompt once (unless given encoded): conditional and unconditional branches in one cached batch
+        if prompt_embeds is None:
+            prompt_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale, num_images_per_prompt)
+        else:
+            self._onload_model()  # the call's first use of the model (see `_prepare_prefix`)
+        weights = [guidance_scale, 1 - guidance_scale] if guidance_scale > 1 else [1.0]
 
         # 3. Prepare the noisy latents and, for image-to-video, the clean anchor
-        batch_size = len(prompts) * num_images_per_prompt
+        video = num_frames > 1
+        batch_size = num_prompts * num_images_per_prompt
         latents = self._prepare_latents(batch_size, num_frames, height, width, generator, latents)
         clean_latents = None
         if image is not None:
-            pixels = self._preprocess_images(image, height, width, len(prompts))
+            pixels = self._preprocess_images(image, height, width, num_prompts)
             pixels = pixels.repeat_interleave(num_images_per_prompt, 0).to(latents.device, self.model.dtype)
             clean_latents = self.model.model.encode_latents(pixels).float()
 
@@ -724,7 +822,12 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
 
         # 5. Denoising loop
         latents = self._denoise(
-            prefix, weights, latents, clean_latents, callback_on_step_end, callback_on_step_end_tensor_inputs
+            prompt_embeds.prefix,
+            weights,
+            latents,
+            clean_latents,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
 
         # 6. Decode

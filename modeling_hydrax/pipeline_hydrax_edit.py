@@ -127,7 +127,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         prompts = self._prompt_list(prompt)
-        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts))
+        negative_prompts = self._negative_prompt_list(
+            negative_prompt, len(prompts), guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+        )
         self._check_images(image, len(prompts))
         height, width = self._output_size(height, width, image, max_area)
         self._guidance_scale = guidance_scale
@@ -138,8 +140,6 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps,
             sigmas,
             num_images_per_prompt,
-            negative_prompts,
-            guidance_scale > 1 or image_guidance_scale > 1,
             output_type,
             callback_on_step_end_tensor_inputs,
         )

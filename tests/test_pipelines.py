@@ -175,6 +175,61 @@ def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
     assert [tuple(times.shape) for times in seen] == [(1,)] * STEPS
 
 
+def test_encoded_prompts_give_the_prompts_outputs_and_run_the_llm_once(pipe, monkeypatch):
+    """diffusers' encode_prompt contract: `prompt_embeds` from `encode_prompt` give exactly what the prompts give; one
+    encoding serves calls of other seeds, sizes, frame counts and image-to-video anchors (the prefix ends before the
+    target) without running the prompt through the LLM again."""
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt", num_images_per_prompt=2)
+    prompts, negative = ["a red fox", "a small blue boat on the lake"], "blurry"
+    embeds = pipe.encode_prompt(prompts, negative, guidance_scale=3.0, num_images_per_prompt=2)
+    prefixes = []
+    prepare = pipe.model.prepare_generation_prefix
+    monkeypatch.setattr(
+        pipe.model, "prepare_generation_prefix", lambda *a, **k: prefixes.append(1) or prepare(*a, **k)
+    )
+    calls = [
+        dict(height=32, width=32),
+        dict(height=48, width=32, num_frames=5),
+        dict(image=source_image(), num_frames=5),
+    ]
+    for call in calls:
+        seeds = [seeded(i) for i in range(4)]
+        encoded = pipe(prompt_embeds=embeds, guidance_scale=3.0, generator=seeds, **call, **kwargs)
+        assert not prefixes, "an encoded prompt ran through the LLM again"
+        seeds = [seeded(i) for i in range(4)]
+        plain = pipe(prompts, negative_prompt=negative, guidance_scale=3.0, generator=seeds, **call, **kwargs)
+        prefixes.clear()
+        outputs = (encoded.images, plain.images) if "num_frames" not in call else (encoded.frames, plain.frames)
+        torch.testing.assert_close(*outputs, atol=0, rtol=0)
+    unguided = pipe.encode_prompt("a fox", guidance_scale=1.0)
+    single = dict(guidance_scale=1.0, height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    torch.testing.assert_close(
+        pipe(prompt_embeds=unguided, generator=seeded(), **single).images,
+        pipe("a fox", generator=seeded(), **single).images,
+        atol=0,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (dict(prompt="a fox"), "already hold the prompts and negative prompts; pass those to `encode_prompt`"),
+        (dict(negative_prompt="blurry"), "already hold the prompts and negative prompts"),
+        (dict(guidance_scale=1.0), "holds the text-free branch .*guidance_scale=1.0; encode with guidance_scale ≤ 1"),
+        (dict(num_images_per_prompt=2), "encoded for num_images_per_prompt=1, but this call asks for 2"),
+        (dict(prompt_embeds="a fox"), "must come from `pipe.encode_prompt"),
+        (dict(prompt_embeds=None), "Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt"),
+    ],
+)
+def test_encoded_prompts_that_do_not_suit_the_call_are_refused(pipe, call, message):
+    embeds = pipe.encode_prompt("a fox", guidance_scale=4.0)
+    with pytest.raises((ValueError, TypeError), match=message):
+        pipe(**{"prompt_embeds": embeds, "height": 32, "width": 32, "num_inference_steps": STEPS, **call})
+    with pytest.raises(ValueError, match="off at guidance_scale=1.0; raise the guidance scale"):
+        pipe.encode_prompt("a fox", negative_prompt="blurry", guidance_scale=1.0)
+
+
 def test_same_seed_same_output_different_seed_different(pipe, edit):
     kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
     first = pipe("a boat", generator=seeded(0), **kwargs).images
