@@ -103,6 +103,21 @@ def describe_input(value) -> str:
     return f"an object of type {type(value).__name__}"
 
 
+def to_8_bit(image):
+    """A 16-bit image (PIL mode `I;16*` or `I`, a uint16 array or tensor) scaled to 8 bits; anything else as it is.
+    Pillow's RGB conversion clips 16-bit values at 255 and transformers rescales by 1/255, either of which turns
+    a 16-bit PNG or TIFF white."""
+    if isinstance(image, PIL.Image.Image):
+        if not (image.mode == "I" or image.mode.startswith("I;16")):
+            return image
+        return PIL.Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        return (image / 257).round().astype(np.uint8)
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint16:
+        return (image.double() / 257).round().to(torch.uint8)
+    return image
+
+
 def load_image_source(source: str) -> PIL.Image.Image:
     """`load_image` with a timeout, and errors that name the source: a missing file is reported as such rather than
     as invalid base64, and an unreadable one as a `ValueError`."""
@@ -115,7 +130,7 @@ def load_image_source(source: str) -> PIL.Image.Image:
                 "base64 string, a PIL image, a numpy array or a torch tensor."
             ) from None
     try:
-        return load_image(source, timeout=URL_TIMEOUT)
+        return load_image(to_8_bit(PIL.Image.open(source)) if os.path.isfile(source) else source, timeout=URL_TIMEOUT)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"Could not read the image {describe_input(source)} ({error}). Check that it is a valid image (PNG, JPEG, "
@@ -274,7 +289,9 @@ class HydraXImageProcessor(TorchvisionBackend):
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
         """`TorchvisionBackend.process_image`, except that numpy arrays are read as `(H, W, C)` when their last axis
         can hold channels (transformers assumes `(C, H, W)` when both fit), read-only arrays are copied (torch cannot
-        share them), and an array without a channel axis is rejected with its shape."""
+        share them), 16-bit images are scaled to 8 bits (`to_8_bit`), and an array without a channel axis is rejected
+        with its shape."""
+        image = to_8_bit(image)
         if isinstance(image, np.ndarray):
             image = np.require(image, requirements="W")
             if input_data_format is None and image.shape[-1] in (1, 3, 4):

@@ -16,20 +16,22 @@ from .video_processing_hydrax import make_list_of_videos
 
 
 # Understanding, text-to-image, text-to-video and editing turns, Qwen2.5 format. A visual block with data (an image,
-# url, path, base64 or video key) becomes `<|vision_start|><|image_pad|><|vision_end|>` (or `<|video_pad|>`); one
-# without data is a generation target, `<|vision_start|><|vision_pad|><|vision_end|>`, whose size the processor
-# reads from the block (`height`, `width`, `num_frames`) or, for edits, from the source image before it. Assistant
-# turns sit in `{% generation %}` so that `return_assistant_tokens_mask=True` marks them.
+# url, path, base64 or video key) becomes `<|vision_start|><|image_pad|><|vision_end|>` (or `<|video_pad|>`), and so
+# does a data-less one outside assistant turns (its image or video is passed to the processor, as with LLaVA or
+# Qwen2.5-VL); a data-less block in an assistant turn is a generation target,
+# `<|vision_start|><|vision_pad|><|vision_end|>`, whose size the processor reads from the block (`height`, `width`,
+# `num_frames`) or, for edits, from the source image before it. Assistant turns sit in `{% generation %}` so that
+# `return_assistant_tokens_mask=True` marks them.
 HYDRAX_CHAT_TEMPLATE = (
-    "{%- macro render_content(content) -%}"
+    "{%- macro render_content(content, is_assistant) -%}"
     "{%- if content is string -%}{{- content -}}"
     "{%- else -%}{%- for block in content -%}"
     "{%- if block['type'] == 'text' -%}{{- block['text'] -}}"
     "{%- elif block['type'] in ['image', 'video'] -%}"
-    "{%- if 'image' in block or 'video' in block or 'url' in block or 'path' in block or 'base64' in block -%}"
-    "{{- '<|vision_start|>' + ('<|image_pad|>' if block['type'] == 'image' else '<|video_pad|>')"
-    " + '<|vision_end|>' -}}"
-    "{%- else -%}{{- '<|vision_start|><|vision_pad|><|vision_end|>' -}}{%- endif -%}"
+    "{%- if is_assistant and not ('image' in block or 'video' in block or 'url' in block or 'path' in block"
+    " or 'base64' in block) -%}{{- '<|vision_start|><|vision_pad|><|vision_end|>' -}}"
+    "{%- else -%}{{- '<|vision_start|>' + ('<|image_pad|>' if block['type'] == 'image' else '<|video_pad|>')"
+    " + '<|vision_end|>' -}}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
@@ -40,10 +42,10 @@ HYDRAX_CHAT_TEMPLATE = (
     "{%- set content = message['content'] if message['content'] is defined else '' -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- generation -%}{{- render_content(content) + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- generation -%}{{- render_content(content, true) + '<|im_end|>' -}}{%- endgeneration -%}"
     "{{- '\\n' -}}"
     "{%- else -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + render_content(content) + '<|im_end|>\\n' -}}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + render_content(content, false) + '<|im_end|>\\n' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
@@ -170,6 +172,7 @@ class HydraXProcessor(ProcessorMixin):
         if text is not None:
             text, offsets, target_flags, target_grids = self._expand_placeholders(text, data, targets)
             text_inputs = self.tokenizer(text, **text_kwargs)
+            self._check_visual_tokens(text, text_inputs["input_ids"])
             data.update(text_inputs)
             if return_offsets:
                 data["text_replacement_offsets"] = offsets
@@ -372,13 +375,20 @@ class HydraXProcessor(ProcessorMixin):
                 if is_pad and block < len(flags) and flags[block]:
                     mask[position] = 1
                 inside = is_pad
-            if block + 1 != len(flags):
-                raise ValueError(
-                    f"The tokenized text holds {block + 1} visual blocks instead of {len(flags)}, most likely because "
-                    "truncation cut one; disable truncation or raise `max_length`."
-                )
             masks.append(mask)
         return masks
+
+    def _check_visual_tokens(self, text: list[str], input_ids) -> None:
+        """Every image and video token of the expanded text survives tokenization: truncation must not cut a visual
+        block, whose latent grid would then disagree with its tokens."""
+        for index, (sample, row) in enumerate(zip(text, input_ids)):
+            expected = sample.count(self.image_token) + sample.count(self.video_token)
+            found = row.count(self.image_token_id) + row.count(self.video_token_id)
+            if found != expected:
+                raise ValueError(
+                    f"Sample {index} keeps {found} of its {expected} image/video tokens after tokenization: "
+                    "truncation cut a visual block. Disable truncation or raise `max_length`."
+                )
 
     # ------------------------------------------------------------------------------------------ chat templates
 
@@ -418,7 +428,8 @@ class HydraXProcessor(ProcessorMixin):
 
     @staticmethod
     def _targets_from_conversations(conversation) -> list[dict]:
-        """Target specs of the data-less visual blocks of one or a batch of conversations, in template order."""
+        """Target specs of the data-less visual blocks of assistant turns, of one or a batch of conversations, in
+        template order."""
         is_batched = conversation and (
             isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
         )
@@ -426,7 +437,8 @@ class HydraXProcessor(ProcessorMixin):
         targets = []
         for messages in conversation if is_batched else [conversation]:
             for message in getattr(messages, "messages", messages):
-                content = message.get("content") if isinstance(message, dict) else None
+                is_assistant = isinstance(message, dict) and message.get("role") == "assistant"
+                content = message.get("content") if is_assistant else None
                 for block in content if isinstance(content, (list, tuple)) else []:
                     if not isinstance(block, dict) or block.get("type") not in ("image", "video"):
                         continue

@@ -36,6 +36,11 @@ def largest_valid_num_frames(num_frames: int, temporal_compression: int = 4) -> 
     return 1 + ((num_frames - 1) // temporal_compression) * temporal_compression
 
 
+class FrameBudget(int):
+    """A processor's configured `num_frames`: a shorter clip keeps all its frames (trimmed to `1 + 4k`) where an
+    explicit `num_frames` larger than the clip is an error."""
+
+
 def sample_frame_indices(
     total_num_frames: int,
     num_frames: int | None = None,
@@ -71,6 +76,15 @@ def sample_frame_indices(
     if num_frames is not None:
         if num_frames < 1:
             raise ValueError(f"`num_frames` must be at least 1, got {num_frames}.")
+        if num_frames > total_num_frames and isinstance(num_frames, FrameBudget):
+            count = largest_valid_num_frames(total_num_frames, step)
+            warnings.warn(
+                f"{name} has {total_num_frames} frames, fewer than the processor's num_frames={int(num_frames)}; "
+                f"keeping {count} = 1 + {step}k frames spread over it.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
         if num_frames > total_num_frames:
             raise ValueError(
                 f"{name} has {total_num_frames} frames but num_frames={num_frames} were requested; pass "
@@ -106,7 +120,8 @@ def sample_frame_indices(
                 UserWarning,
                 stacklevel=3,
             )
-        return np.floor(np.arange(count) * video_fps / rate).astype(np.int64)
+        step = video_fps / rate  # divided first: `k * 29.97 / 29.97` rounds below k, and floor repeats a frame
+        return np.minimum(np.floor(np.arange(count) * step + 1e-6), total_num_frames - 1).astype(np.int64)
     count = largest_valid_num_frames(total_num_frames, step)
     if count != total_num_frames:
         warnings.warn(
@@ -233,7 +248,8 @@ class HydraXVideoProcessor(BaseVideoProcessor):
     Video processor of Hydra-X. Takes paths, http(s) URLs, lists of frames (PIL images or arrays), `(T, H, W, C)` /
     `(T, C, H, W)` arrays and tensors, or batches of them. Files are decoded with PyAV; frames are sampled so that
     every clip has `1 + 4k` frames (an anchor plus groups of `temporal_compression` frames), by `num_frames`
-    (default 17, uniformly over the clip) or by `fps` (from the start, at that rate); with `do_sample_frames=False`
+    (default 17, uniformly over the clip; a shorter clip keeps all its frames) or by `fps` (from the start, at that
+    rate); with `do_sample_frames=False`
     every frame is kept, the tail trimmed to `1 + 4k`. Any rounding is reported with a warning. Frames are resized like
     images (aspect ratio kept, pixel budget `size`, sides multiple of `patch_size`) and normalised to [-1, 1].
 
@@ -279,9 +295,10 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         super().__init__(**kwargs, **({} if size is None else {"size": size}))
 
     def preprocess(self, videos, **kwargs: Unpack[HydraXVideoProcessorKwargs]) -> BatchFeature:
-        """`BaseVideoProcessor.preprocess`, except that unknown keyword arguments are errors, an explicit `fps`
-        replaces the default `num_frames`, and frames are always sampled: `do_sample_frames=False` keeps every frame
-        but still trims the tail to `1 + 4k`."""
+        """`BaseVideoProcessor.preprocess`, except that unknown keyword arguments are errors, a call-time `fps` or
+        `num_frames` replaces the processor's way of sampling, the processor's `num_frames` is a budget (a shorter
+        clip keeps its frames), and frames are always sampled: `do_sample_frames=False` keeps every frame but still
+        trims the tail to `1 + 4k`."""
         valid_names = set(self.valid_kwargs.__annotations__) | {"return_tensors"}
         unknown = sorted(set(kwargs) - valid_names)
         if unknown:
@@ -291,8 +308,12 @@ class HydraXVideoProcessor(BaseVideoProcessor):
             )
         if not kwargs.get("do_sample_frames", self.do_sample_frames):
             kwargs.update(num_frames=None, fps=None)
-        elif kwargs.get("fps") is not None:
-            kwargs.setdefault("num_frames", None)
+        elif kwargs.get("num_frames") is not None:
+            kwargs.setdefault("fps", None)
+        elif kwargs.get("fps") is not None or self.fps is not None:
+            kwargs["num_frames"] = None
+        elif self.num_frames is not None:
+            kwargs["num_frames"] = FrameBudget(self.num_frames)
         return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
 
     def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:

@@ -187,6 +187,22 @@ def test_image_bad_inputs_give_clear_errors(tmp_path):
         processor([])
 
 
+def test_16_bit_images_are_scaled_not_saturated(tmp_path):
+    processor = HydraXImageProcessor(size={"min_pixels": 32 * 32, "max_pixels": 64 * 64})
+    gray = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # 0 .. 65520
+    reference = processor(np.repeat((gray / 257).round().astype(np.uint8)[..., None], 3, axis=-1))["pixel_values"]
+    PIL.Image.fromarray(gray).save(tmp_path / "gray16.png")
+    rgb16 = np.repeat(gray[..., None], 3, axis=-1)
+    for image in (
+        str(tmp_path / "gray16.png"),
+        PIL.Image.fromarray(gray),
+        rgb16,
+        torch.from_numpy(rgb16.astype(np.int32)).permute(2, 0, 1).to(torch.uint16),
+    ):
+        assert torch.equal(processor(image)["pixel_values"], reference), image_processing_hydrax.describe_input(image)
+    assert reference.min() == -1 and reference.max() == 1  # the full range, not white
+
+
 # --------------------------------------------------------------------------------------------- frame sampling
 
 
@@ -223,6 +239,34 @@ def test_frame_sampling_warnings_and_errors():
         sample_frame_indices(9, fps=2)
     with pytest.raises(ValueError, match="not both"):
         sample_frame_indices(9, num_frames=5, fps=2, video_fps=10)
+
+
+@pytest.mark.parametrize("video_fps", [23.976, 24000 / 1001, 25, 29.97, 30000 / 1001, 59.94, 60000 / 1001])
+def test_fps_sampling_of_fractional_rates_never_repeats_a_frame(video_fps):
+    for fps in (1, 2, 7.5, 12, 23.976, 24, 29.97, 30, 60):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            indices = sample_frame_indices(301, fps=fps, video_fps=video_fps)
+        assert np.all(np.diff(indices) > 0) and indices[-1] <= 300, (fps, indices)
+        if fps >= video_fps:  # the source rate itself: every frame from the start
+            assert indices.tolist() == list(range(len(indices)))
+
+
+def test_processor_num_frames_is_a_budget_and_call_time_sampling_wins():
+    short = np.zeros((6, 32, 32, 3), np.uint8)
+    with pytest.warns(UserWarning, match="has 6 frames, fewer than the processor's num_frames=17; keeping 5"):
+        out = HydraXVideoProcessor()(short)
+    assert out["video_metadata"][0].frames_indices == [0, 1, 2, 4, 5]  # spread over the whole clip
+    with pytest.raises(ValueError, match="has 6 frames but num_frames=9"):
+        HydraXVideoProcessor()(short, num_frames=9)  # an explicit request is not lowered
+    long = np.zeros((60, 32, 32, 3), np.uint8)
+    by_rate = HydraXVideoProcessor(fps=2)
+    with pytest.warns(UserWarning, match="fps=2 gives 12 frames"):
+        assert by_rate(long, video_metadata={"fps": 10})["video_metadata"][0].frames_indices == list(range(0, 41, 5))
+    counted = by_rate(long, num_frames=5, video_metadata={"fps": 10})  # the call's count replaces the saved rate
+    assert counted["video_metadata"][0].frames_indices == [0, 15, 30, 44, 59]
+    with pytest.raises(ValueError, match="not both"):
+        by_rate(long, num_frames=5, fps=2, video_metadata={"fps": 10})
 
 
 # --------------------------------------------------------------------------------------------- video processor
@@ -349,7 +393,7 @@ def test_video_bad_inputs_give_clear_errors(tmp_path, tiny_mp4):
     with pytest.raises(ValueError, match="has 21 frames but num_frames=33"):
         processor(tiny_mp4, num_frames=33)
     with pytest.raises(ValueError, match="has 5 frames but num_frames=9"):
-        processor(np.zeros((5, 32, 32, 3), np.uint8))
+        processor(np.zeros((5, 32, 32, 3), np.uint8), num_frames=9)
     with pytest.raises(ValueError, match="frame rate is unknown"):
         processor(np.zeros((9, 32, 32, 3), np.uint8), fps=2)
     with pytest.raises(TypeError, match="Unsupported video input: an object of type int"):
@@ -682,6 +726,29 @@ def test_chat_template_round_trip(processor, astronaut, tiny_mp4):
             collapsed = collapsed.replace(token * 2, token)
     assert collapsed == prompt
     assert processor.batch_decode(tokenized["input_ids"], skip_special_tokens=True)[0].count("Thanks!") == 1
+
+
+def test_data_less_blocks_are_inputs_in_user_turns_and_targets_in_assistant_turns(processor, astronaut):
+    """LLaVA / Qwen2.5-VL usage: `{"type": "image"}` in a user turn, the image passed to the processor."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert "<|vision_start|><|image_pad|><|vision_end|>What is it?" in prompt and "<|vision_pad|>" not in prompt
+    out = processor(text=prompt, images=astronaut)
+    assert "target_mask" not in out and out["image_grid_thw"].tolist() == [[1, 16, 16]]
+    generate = messages + [{"role": "assistant", "content": [{"type": "image", "height": 64, "width": 64}]}]
+    rendered = processor.apply_chat_template(generate)
+    assert rendered.count("<|image_pad|>") == 1 and rendered.count("<|vision_pad|>") == 1
+    assert processor._targets_from_conversations(generate) == [{"type": "image", "height": 64, "width": 64}]
+
+
+def test_truncation_that_cuts_a_visual_block_is_an_error(processor, astronaut):
+    prompt = "<|image_pad|>Describe it."
+    full = processor(text=prompt, images=astronaut)
+    length = len(full["input_ids"][0])
+    kept = processor(text=prompt, images=astronaut, text_kwargs={"truncation": True, "max_length": length})
+    assert kept["input_ids"] == full["input_ids"]
+    with pytest.raises(ValueError, match="Sample 0 keeps 200 of its 256 image/video tokens .* truncation"):
+        processor(text=prompt, images=astronaut, text_kwargs={"truncation": True, "max_length": 201})
 
 
 def test_assistant_masks_for_training(processor, astronaut):
