@@ -76,7 +76,6 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
@@ -299,6 +298,16 @@ def parse_source(value: str) -> tuple[str, float]:
     return source, parsed
 
 
+def parse_eval_source(value: str) -> str:
+    """`SOURCE` of `--eval-data`: evaluation sources are read whole and concatenated; a `:WEIGHT` would be ignored."""
+    source, _ = parse_source(value)
+    if source != value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: evaluation data is read whole and takes no ':WEIGHT'; pass {source!r}"
+        )
+    return value
+
+
 def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int, streaming: bool = False):
     """The training mixture (sources interleaved with probabilities ∝ weights; with `streaming` an `IterableDataset`
     shuffled through a buffer) and the evaluation set (`eval_sources` concatenated, or an `eval_split` fraction held
@@ -311,7 +320,7 @@ def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str,
         splits = [dataset.train_test_split(test_size=eval_split, seed=seed) for dataset, _ in loaded]
         loaded = [(split["train"], weight) for split, (_, weight) in zip(splits, loaded)]
         held_out = [split["test"] for split in splits]
-    held_out += [load_source(source, on_bad_sample) for source, _ in eval_sources]
+    held_out += [load_source(source, on_bad_sample) for source in eval_sources]
     total = sum(weight for _, weight in loaded)
     train = (
         loaded[0][0]
@@ -323,9 +332,16 @@ def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str,
             stopping_strategy="all_exhausted",
         )
     )
-    if streaming:  # the Trainer shuffles map-style datasets with its sampler; a stream shuffles itself
-        train = train.shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER)
     return train, datasets.concatenate_datasets(held_out) if held_out else None
+
+
+def endless_stream(stream, seed: int):
+    """A `--streaming` mixture shuffled through a buffer (the Trainer shuffles map-style datasets with its sampler; a
+    stream shuffles itself), then read pass after pass, each in the same order, as one endless epoch: a resume skips
+    exactly the batches trained on, and gradient accumulation never meets the end of a pass, whose leftover
+    micro-batch would be folded into the next step. (A buffer running across passes would repeat samples within a
+    pass of a set smaller than the buffer.)"""
+    return stream.shuffle(seed=seed, buffer_size=STREAM_SHUFFLE_BUFFER).repeat(None)
 
 
 def write_demo_data(folder: Path) -> Path:
@@ -390,6 +406,15 @@ class HydraXTrainer(Trainer):
                 self.accelerator.deepspeed_engine_wrapped = HydraXDeepSpeedEngineWrapper(wrapped.engine)
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def evaluate(self, *args, **kwargs):
+        """The Trainer's evaluation under a forked RNG: the model draws flow times and noise in evaluation too, which
+        would otherwise move the training's RNG, so that a run with `--eval-steps` trained differently."""
+        device = self.args.device
+        on_accelerator = device.type != "cpu"  # the CPU generator is always forked; this process's accelerator's too
+        devices, device_type = ([device], device.type) if on_accelerator else ([], "cuda")
+        with torch.random.fork_rng(devices, device_type=device_type):
+            return super().evaluate(*args, **kwargs)
+
     logged_terms = ("lm_loss", "flow_loss")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -403,10 +428,15 @@ class HydraXTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds each term's mean over the batches of every process since the last log (the Trainer calls `log` on
+        every process at the same points, so the sums are reduced across them)."""
         split, prefix = ("train", "") if "loss" in logs else ("eval", "eval_") if "eval_loss" in logs else (None, "")
         if split is not None:
-            for name, (total, count) in self.loss_sums[split].items():
-                logs[prefix + name] = total / count
+            sums = [self.loss_sums[split].get(name, (0.0, 0)) for name in self.logged_terms]
+            sums = self.accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=self.args.device), "sum")
+            for name, (total, count) in zip(self.logged_terms, sums.tolist()):
+                if count:
+                    logs[prefix + name] = total / count
             self.loss_sums[split] = {}
         super().log(logs, start_time)
 
@@ -566,16 +596,26 @@ class SampleLog:
         return self.collator(samples)
 
 
-def run_record(model, args) -> dict:
-    """What a checkpoint of this run must match to be resumed from."""
+def run_record(model, args, learning_rates: dict[str, float]) -> dict:
+    """What a checkpoint of this run must match to be resumed from (a resume restores the optimizer's learning rates
+    and the adapter from the checkpoint, so changed values would be silently ignored)."""
     config = model.config.to_dict()
     architecture = {
         "text": {k: config["text_config"][k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
         "vision": {k: config["vision_config"][k] for k in ("hidden_size", "latent_channels")},
     }
     trainable = sum(param.requires_grad for param in model.parameters())
-    lora = None if args.lora_r is None else {"r": args.lora_r, "targets": args.lora_target_modules}
-    return {"stage": args.stage, "lora": lora, "architecture": architecture, "trainable_tensors": trainable}
+    lora = None
+    if args.lora_r is not None:
+        lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
+        lora["targets"] = args.lora_target_modules
+    return {
+        "stage": args.stage,
+        "learning_rates": learning_rates,
+        "lora": lora,
+        "architecture": architecture,
+        "trainable_tensors": trainable,
+    }
 
 
 def check_resumable(checkpoint: Path, record: dict, script: str = "examples/train_hydrax.py") -> None:
@@ -601,12 +641,20 @@ def check_resumable(checkpoint: Path, record: dict, script: str = "examples/trai
 
 
 def resume_checkpoint(resume: str | None, work_dir: Path, record: dict, script: str = "examples/train_hydrax.py"):
-    """`--resume-from-checkpoint` as a checkpoint folder (`last`: the newest `checkpoint-N` in `work_dir`), checked
-    against this run's `record`; None when not resuming."""
+    """`--resume-from-checkpoint` as a checkpoint folder (`last`: the newest complete `checkpoint-N` in `work_dir`, one
+    whose run record was written after everything else), checked against this run's `record`; None when not
+    resuming."""
     if resume == "last":
-        resume = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
-        if resume is None:
-            raise ValueError(f"--resume-from-checkpoint last: no checkpoint-N folder in {work_dir}.")
+        folders = [path for path in work_dir.glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
+        folders.sort(key=lambda path: int(path.name.split("-")[-1]))
+        complete = [path for path in folders if (path / RUN_FILE).is_file()]
+        if not complete:
+            raise ValueError(f"--resume-from-checkpoint last: no complete checkpoint-N folder in {work_dir}.")
+        if folders[-1] != complete[-1]:
+            logger.warning(
+                f"{folders[-1]} has no {RUN_FILE}: its save was interrupted. Resuming from {complete[-1]} instead."
+            )
+        resume = str(complete[-1])
     if resume is not None:
         check_resumable(Path(resume), record, script)
     return resume
@@ -639,7 +687,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--eval-data",
         nargs="+",
-        type=parse_source,
+        type=parse_eval_source,
         default=[],
         metavar="SOURCE",
         help="held-out evaluation data (same kinds of source as --data)",
@@ -651,8 +699,9 @@ def parse_args(argv=None):
         "--streaming",
         action="store_true",
         help="read --data as streams (datasets' IterableDataset): Hub datasets are read while training, nothing "
-        f"downloaded or prepared up front, shuffled through a {STREAM_SHUFFLE_BUFFER}-sample buffer; every process "
-        "collates its own share (not with --eval-split; --eval-data is read whole)",
+        f"downloaded or prepared up front, shuffled through a {STREAM_SHUFFLE_BUFFER}-sample buffer and read pass "
+        "after pass in that order; every process collates its own share (not with --eval-split; --eval-data is "
+        "read whole)",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=Path("outputs/train_hydrax"), help="where work/, model/ (and adapter/) go"
@@ -892,13 +941,15 @@ def main(argv=None) -> HydraXTrainer:
         train_dataset, eval_dataset = build_datasets(
             sources, args.eval_data, args.eval_split, args.on_bad_sample, args.seed, args.streaming
         )
+        if args.streaming:
+            train_dataset = endless_stream(train_dataset, args.seed)
 
     # 3. Model and processor, with the config pass-throughs; trainable groups and learning rates of the stage; LoRA
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     config = AutoConfig.from_pretrained(checkpoint, **overrides)
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = load_model(checkpoint, config, learning_rates, args)
-    record = run_record(model, args)
+    record = run_record(model, args, learning_rates)
     resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record)
 
     validation = []

@@ -547,11 +547,18 @@ def build_objective(args, weights: dict[str, float], config: HydraXTokConfig) ->
     return HydraXTokLoss(loss_config, lpips=lpips)
 
 
-def run_record(tokenizer: HydraXTokModel, args, weights: dict) -> dict:
-    """What a checkpoint of this run must match to be resumed from."""
+def run_record(tokenizer: HydraXTokModel, args, weights: dict, learning_rates: dict[str, float]) -> dict:
+    """What a checkpoint of this run must match to be resumed from (a resume restores the optimizer's learning rates,
+    so changed ones would be silently ignored)."""
     config = tokenizer.config
     architecture = {key: getattr(config, key) for key in ("hidden_size", "latent_channels", "num_gen_layers")}
-    return {"script": "train_tokenizer", "stage": args.stage, "architecture": architecture, "loss_weights": weights}
+    return {
+        "script": "train_tokenizer",
+        "stage": args.stage,
+        "architecture": architecture,
+        "loss_weights": weights,
+        "learning_rates": learning_rates,
+    }
 
 
 # -------------------------------------------------------------------------------------------------------------- main
@@ -562,6 +569,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     output_dir, work_dir = args.output_dir, args.output_dir / "work"
     weights = loss_weights(args)
     learning_rate = args.learning_rate or STAGE_LEARNING_RATES[args.stage]
+    learning_rates = {"tokenizer": learning_rate, "discriminator": args.discriminator_lr}
 
     # 1. Training arguments first: they set up the processes (torchrun / accelerate launch)
     training_args = training_arguments(
@@ -636,13 +644,19 @@ def main(argv=None) -> HydraXTokTrainer | None:
                 save_tokenizer(tokenizer, output_dir / "model")
                 print(f"model with latent statistics: {output_dir / 'model'}")
             return None
+    if args.stage == 1 and tokenizer.config.latents_mean is not None:
+        tokenizer.config.latents_mean = tokenizer.config.latents_std = tokenizer.config.latents_stats_samples = None
+        print(
+            f"Stage 1 trains the encoder, so the latent statistics of {args.model} would go stale: they are dropped. "
+            "Recompute them with --stage 3 or --compute-latent-stats."
+        )
     tokenizer.set_training_stage(args.stage)
     if not distilling:  # without teachers nothing reaches the Sem-ViT and the Decompressor: freeze them
         for name, param in tokenizer.named_parameters():
             if name.startswith(("sem_vit.", "decompressor.")):
                 param.requires_grad_(False)
     module = HydraXTokTrainingModel(tokenizer, build_objective(args, weights, tokenizer.config), teachers).to(device)
-    record = run_record(tokenizer, args, weights)
+    record = run_record(tokenizer, args, weights, learning_rates)
     resume = resume_checkpoint(args.resume_from_checkpoint, work_dir, record, "examples/train_tokenizer.py")
 
     # 4. Train
@@ -657,7 +671,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         if args.streaming
         else HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
-        learning_rates={"tokenizer": learning_rate, "discriminator": args.discriminator_lr},
+        learning_rates=learning_rates,
         time_budget=budget,
         callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)]
         + ([budget] if budget else []),

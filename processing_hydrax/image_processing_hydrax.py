@@ -31,7 +31,9 @@ def smart_resize(
     max_aspect_ratio: float = 200.0,
 ) -> tuple[int, int]:
     """Returns the `(height, width)` closest to the input that keeps its aspect ratio, has both sides divisible by
-    `factor` (the tokenizer's patch size) and `min_pixels <= height * width <= max_pixels`.
+    `factor` (the tokenizer's patch size) and, as far as that grid allows, `min_pixels <= height * width <=
+    max_pixels`: a side is never below one patch (a very elongated image can then exceed `max_pixels`), and rounding
+    up to reach `min_pixels` can pass `max_pixels` by up to a row and a column of patches when the bounds lie close.
 
     Example:
 
@@ -66,14 +68,17 @@ def smart_resize(
 
 def pixel_bounds(default, size=None, min_pixels=None, max_pixels=None):
     """`size` with `min_pixels` / `max_pixels` folded in (the shorthands Qwen2-VL's processors take) and a bound it
-    lacks taken from `default`, as `{"min_pixels", "max_pixels"}`; `None` when nothing is given. A `size` in another
-    format is returned unchanged for transformers to check.
+    lacks taken from `default`, as `{"min_pixels", "max_pixels"}`; `None` when nothing is given. A single bound given
+    (a shorthand, else in `size`) moves the other one where they would cross. A `size` in another format is returned
+    unchanged for transformers to check.
 
     Example:
 
     ```python
     >>> pixel_bounds({"min_pixels": 65536, "max_pixels": 1048576}, max_pixels=512 * 512)
     {'min_pixels': 65536, 'max_pixels': 262144}
+    >>> pixel_bounds({"min_pixels": 65536, "max_pixels": 1048576}, max_pixels=128 * 128)
+    {'min_pixels': 16384, 'max_pixels': 16384}
     ```
     """
     given = {key: value for key, value in dict(size or {}).items() if value is not None}
@@ -88,7 +93,12 @@ def pixel_bounds(default, size=None, min_pixels=None, max_pixels=None):
         return size
     if size is None and not shorthands:
         return None
-    return {"min_pixels": default["min_pixels"], "max_pixels": default["max_pixels"], **given, **shorthands}
+    bounds = {"min_pixels": default["min_pixels"], "max_pixels": default["max_pixels"], **given, **shorthands}
+    stated = list(shorthands or given)  # the most specific bounds given: a single one overrides the other
+    if bounds["min_pixels"] > bounds["max_pixels"] and len(stated) == 1:
+        other = "max_pixels" if stated[0] == "min_pixels" else "min_pixels"
+        bounds[other] = bounds[stated[0]]
+    return bounds
 
 
 def describe_input(value) -> str:
@@ -340,8 +350,9 @@ class HydraXImageProcessor(TorchvisionBackend):
         images_kwargs = images_kwargs or {}
         patch_size = images_kwargs.get("patch_size") or self.patch_size
         size = self._standardize_kwargs(**images_kwargs)["size"] or self.size
+        max_aspect_ratio = images_kwargs.get("max_aspect_ratio") or self.max_aspect_ratio
         new_height, new_width = smart_resize(
-            height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
+            height, width, patch_size, size.min_pixels, size.max_pixels, max_aspect_ratio
         )
         return 1, new_height // patch_size, new_width // patch_size
 

@@ -430,8 +430,9 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         patch_size = videos_kwargs.get("patch_size") or self.patch_size
         temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
         size = self._standardize_kwargs(**videos_kwargs)["size"] or self.size
+        max_aspect_ratio = videos_kwargs.get("max_aspect_ratio") or self.max_aspect_ratio
         new_height, new_width = smart_resize(
-            height, width, patch_size, size.min_pixels, size.max_pixels, self.max_aspect_ratio
+            height, width, patch_size, size.min_pixels, size.max_pixels, max_aspect_ratio
         )
         latent_frames = 1 + (largest_valid_num_frames(num_frames, temporal_compression) - 1) // temporal_compression
         return latent_frames, new_height // patch_size, new_width // patch_size

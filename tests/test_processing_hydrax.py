@@ -586,6 +586,11 @@ def test_kwargs_precedence_and_pixel_budget_shorthands(processor, astronaut, tmp
     )
     assert counts.num_image_tokens == [16] == [int(np.prod(image_grid(max_pixels=64 * 64)))]
     assert counts.num_video_tokens == [48] == [int(np.prod(video_grid(max_pixels=64 * 64)))]
+    assert image_grid(max_pixels=32 * 32) == [[1, 2, 2]]  # the default min_pixels yields to a smaller max_pixels
+    wide, elongated = np.zeros((16, 4000, 3), np.uint8), {"max_aspect_ratio": 300.0}
+    processed = processor(text="<|image_pad|>", images=wide, images_kwargs=elongated)["image_grid_thw"]
+    hooked = processor._get_num_multimodal_tokens(image_sizes=[(16, 4000)], images_kwargs=elongated)
+    assert hooked.num_image_tokens == [int(processed.prod())]
     with pytest.raises(ValueError, match="passed two times"):
         image_grid(size=budget, images_kwargs={"size": budget})
     with pytest.raises(ValueError, match="bound a pixel-count `size`"):

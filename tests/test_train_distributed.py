@@ -36,9 +36,10 @@ def losses(trainer, after: int) -> list[tuple]:
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint, tmp_path, monkeypatch, streaming):
-    # 2 samples per step: 6 steps cross the demo set's epoch (9 samples), so the data order after a resume and the
-    # next epoch's shuffle both count; text and source dropout are raised so the model's own randomness counts too
-    argv = ["--model", checkpoint, "--stage", 2, "--max-steps", 6, "--save-steps", 3, "--logging-steps", 1]
+    # 2 samples per step: the save at step 5 lies past the demo set's epoch (9 samples), so the data order after a
+    # resume in the next epoch (a stream's next pass) counts, and so does a pass's end inside gradient accumulation;
+    # text and source dropout are raised so the model's own randomness counts too
+    argv = ["--model", checkpoint, "--stage", 2, "--max-steps", 7, "--save-steps", 5, "--logging-steps", 1]
     argv += ["--gradient-accumulation-steps", 2, "--text-dropout-prob", 0.5, "--source-dropout-prob", 0.5]
     argv += ["--report-to", "none", *(["--streaming"] if streaming else [])]
     argv = list(map(str, argv))
@@ -47,13 +48,13 @@ def test_resuming_from_the_last_checkpoint_continues_the_same_losses(checkpoint,
     with monkeypatch.context() as patch:
         patch.setattr(train_hydrax, "RunRecordCallback", interrupting(train_hydrax.RunRecordCallback))
         stopped = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "split")])
-    assert stopped.state.global_step == 3
+    assert stopped.state.global_step == 5
     torch.manual_seed(1234)  # whatever the global RNG holds now, the resume restores the checkpoint's
     resumed = train_hydrax.main([*argv, "--output-dir", str(tmp_path / "split"), "--resume-from-checkpoint", "last"])
 
-    assert losses(stopped, 0) == losses(whole, 0)[:3]
-    assert [entry[0] for entry in losses(resumed, 3)] == [4, 5, 6]
-    assert losses(resumed, 3) == losses(whole, 3)
+    assert losses(stopped, 0) == losses(whole, 0)[:5]
+    assert [entry[0] for entry in losses(resumed, 5)] == [6, 7]
+    assert losses(resumed, 5) == losses(whole, 5)
     expected = AutoModel.from_pretrained(tmp_path / "whole" / "model").state_dict()
     for name, value in AutoModel.from_pretrained(tmp_path / "split" / "model").state_dict().items():
         assert torch.equal(value, expected[name]), name

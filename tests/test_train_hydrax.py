@@ -476,6 +476,34 @@ def test_bad_samples_are_reported_then_skipped_or_fatal(tmp_path, pictures, proc
     assert batch["input_ids"].shape[0] == 1 and f"{manifest}:4: image {pictures / 'broken.png'}" in caplog.text
 
 
+def test_evaluation_leaves_the_training_unchanged(checkpoint, demo, tmp_path):
+    """Evaluation draws flow times and noise from a forked RNG: the training losses equal a run without it."""
+    argv = ["--stage", 2, "--max-steps", 3, "--batch-size", 3, "--data", demo, "--text-dropout-prob", 0.5]
+    plain = train(checkpoint, tmp_path / "plain", *argv)
+    evaluated = train(checkpoint, tmp_path / "evaluated", *argv, "--eval-data", demo, "--eval-steps", 1)
+    train_losses = [
+        [(entry["loss"], entry.get("flow_loss")) for entry in trainer.state.log_history if "loss" in entry]
+        for trainer in (plain, evaluated)
+    ]
+    assert len(train_losses[0]) == 3 and train_losses[0] == train_losses[1]
+    assert sum("eval_flow_loss" in entry for entry in evaluated.state.log_history) == 3
+
+
+def test_logged_terms_are_averaged_over_the_batches_of_every_process(tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(str(tmp_path), report_to="none", use_cpu=True)
+    trainer = train_hydrax.HydraXTrainer(model=torch.nn.Linear(2, 2), args=args, learning_rates={})
+    trainer.loss_sums["train"] = {"lm_loss": (3.0, 2)}  # this process: 2 batches with text, none with a target
+    other = torch.tensor([[4.0, 2.0], [6.0, 3.0]], dtype=torch.float64)  # another's (sum, count) of lm and flow
+    reduced = []
+    trainer.accelerator.reduce = lambda tensor, reduction: reduced.append(reduction) or tensor + other
+    logs = {"loss": 1.0}
+    trainer.log(logs)
+    assert reduced == ["sum"] and logs["lm_loss"] == 7 / 4 and logs["flow_loss"] == 2.0
+    assert trainer.loss_sums["train"] == {}
+
+
 def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp_path):
     out = tmp_path / "out"
     train(checkpoint, out, "--stage", 1, "--save-steps", 2, "--data", demo)
@@ -483,9 +511,16 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp
     assert (saved / train_hydrax.RUN_FILE).is_file() and (saved / "processor_config.json").is_file()
     with pytest.raises(ValueError, match=r"trained differently \(stage: checkpoint 1, this run 2"):
         train(checkpoint, out, "--stage", 2, "--resume-from-checkpoint", saved, "--data", demo)
+    with pytest.raises(ValueError, match=r"learning_rates: checkpoint \{'vision_head': 0.0001, 'sem_vit': 5e-05\}"):
+        train(checkpoint, out, "--vision-head-lr", "3e-4", "--resume-from-checkpoint", saved, "--data", demo)
+    record = json.loads((saved / train_hydrax.RUN_FILE).read_text())
+    (out / "work" / "checkpoint-4").mkdir()  # a save cut short: no run record, which is written last
+    assert train_hydrax.resume_checkpoint("last", out / "work", record) == str(saved)
     (saved / train_hydrax.RUN_FILE).unlink()
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
-        train(checkpoint, out, "--stage", 1, "--resume-from-checkpoint", "last", "--data", demo)
+        train(checkpoint, out, "--stage", 1, "--resume-from-checkpoint", saved, "--data", demo)
+    with pytest.raises(ValueError, match="no complete checkpoint-N folder"):
+        train_hydrax.resume_checkpoint("last", out / "work", record)
 
 
 def test_validation_prompts_are_sampled_into_every_checkpoint_without_touching_training(checkpoint, demo, tmp_path):
@@ -528,6 +563,7 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--validation-prompts", "a cat", " "], "--validation-prompts holds an empty prompt"),
         (["--validation-prompts", "a cat", "--validation-num-frames", "4"], "must be 1 or 1 + 4k (5, 9, …), got 4"),
         (["--validation-prompts", "a cat", "--validation-inference-steps", "0"], "must be ≥ 1, got 0"),
+        (["--eval-data", "data/x.jsonl:3"], "takes no ':WEIGHT'; pass 'data/x.jsonl'"),
     ],
 )
 def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):

@@ -316,6 +316,14 @@ def test_the_saved_statistics_normalise_the_training_latents(source, request, da
     assert (variance - 1).abs().max() < 1e-5, variance
 
 
+def test_stage_1_drops_the_latent_statistics_it_makes_stale(data, latent_stats, tmp_path, capsys):
+    out = tmp_path / "out"
+    train(data, out, "--model", latent_stats / "model", "--no-teachers", "--max-steps", 1, "--save-steps", 1)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["latents_mean"] is None and config["latents_std"] is None and not config["latents_stats_samples"]
+    assert "the latent statistics of" in capsys.readouterr().out
+
+
 def test_the_statistics_use_at_most_stats_samples_items(data, stage1, latent_stats, tmp_path):
     out = tmp_path / "out"
     train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--no-teachers", "--stats-samples", 3)
@@ -558,7 +566,7 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_pat
         train(data, tmp_path, *argv, "--stage", 2, "--resume-from-checkpoint", out / "work" / "checkpoint-2")
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
         train(data, tmp_path, *argv, "--resume-from-checkpoint", out / "model")
-    with pytest.raises(ValueError, match="no checkpoint-N folder"):
+    with pytest.raises(ValueError, match="no complete checkpoint-N folder"):
         train(data, tmp_path, *argv, "--resume-from-checkpoint", "last")
     assert not (tmp_path / "model").exists()
 
