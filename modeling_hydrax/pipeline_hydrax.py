@@ -19,12 +19,14 @@ This file imports only torch, diffusers, transformers and its siblings `pipeline
 """
 
 import json
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -165,6 +167,16 @@ def image_count(image) -> int:
     return 1
 
 
+def unit_range(image):
+    """uint8 pixels (`np.asarray(pil_image)`, a `read_image` tensor) scaled to [0, 1], the range diffusers' image
+    processor takes arrays and tensors in; anything else as it is."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        return image.astype(np.float32) / 255
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        return image.float() / 255
+    return image
+
+
 def image_size(image) -> tuple[int, int]:
     """`(height, width)` of a PIL image, a `[(B,) C, H, W]` tensor, a `[(B,) H, W, C]` array or a list's first item."""
     if isinstance(image, (list, tuple)):
@@ -199,7 +211,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
         self.patch_size = model.config.vision_config.patch_size
         self.temporal_compression = model.config.vision_config.temporal_compression_ratio
-        self.video_processor = VideoProcessor(vae_scale_factor=self.patch_size)
+        self.video_processor = VideoProcessor(vae_scale_factor=self.patch_size, do_convert_rgb=True)
 
     # ------------------------------------------------------------------------------------------- properties
     @property
@@ -241,10 +253,10 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             remote = {"trust_remote_code": kwargs["trust_remote_code"]} if "trust_remote_code" in kwargs else {}
             components["processor"] = AutoProcessor.from_pretrained(path, **hub_kwargs, **remote)
         if "scheduler" not in components:
-            try:
-                components["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                    path, subfolder="scheduler", **hub_kwargs
-                )
+            try:  # the class `save_pretrained` recorded, as `DiffusionPipeline.from_pretrained` restores it
+                config = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler", **hub_kwargs)
+                scheduler_class = getattr(diffusers, config.get("_class_name", ""), FlowMatchEulerDiscreteScheduler)
+                components["scheduler"] = scheduler_class.from_config(config)
             except OSError:
                 logger.info(f"{path} has no scheduler/ folder; using `default_scheduler()`.")
                 components["scheduler"] = default_scheduler()
@@ -347,8 +359,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     ):
         patch = self.patch_size
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < patch or value % patch:
-                nearest = max(patch, round(value / patch) * patch) if isinstance(value, (int, float)) else 16 * patch
+            if not isinstance(value, numbers.Integral) or value < patch or value % patch:
+                nearest = max(patch, round(value / patch) * patch) if isinstance(value, numbers.Real) else 16 * patch
                 raise ValueError(
                     f"`{name}` must be a positive multiple of the tokenizer's patch size {patch}, got {value!r}; "
                     f"use e.g. {nearest}."
@@ -380,6 +392,16 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     f"`{name}` must be a PIL image, a numpy array `[H, W, C]` or a torch tensor `[C, H, W]` in [0, 1] "
                     f"(or a batch or list of them), got {type(item).__name__}."
                 )
+            if (
+                isinstance(item, np.ndarray)
+                and item.dtype != np.uint8
+                and item.size
+                and not 0 <= item.min() <= item.max() <= 1
+            ):
+                raise ValueError(
+                    f"A float `{name}` array must hold values in [0, 1], got [{item.min()}, {item.max()}]; divide "
+                    "0–255 pixels by 255, or pass uint8 pixels or a PIL image."
+                )
         count = image_count(image)
         if count not in (1, num_prompts):
             raise ValueError(
@@ -393,6 +415,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         processor's own `smart_resize` rule); with only one side given, the other from the image's aspect ratio;
         without an image, the side of the processor's `max_pixels`."""
         patch = self.patch_size
+        height, width = (int(side) if isinstance(side, numbers.Integral) else side for side in (height, width))
         image_processor = self.processor.image_processor
         budget = image_processor.size["max_pixels"] if max_area is None else max_area
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < patch * patch:
@@ -427,7 +450,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         sizes = sorted({image_size(item) for item in items} - {(height, width)})
         if sizes:
             logger.warning(f"Resizing the input image(s) of size(s) {sizes} (height, width) to {height}x{width}.")
-        pixels = self.video_processor.preprocess(image, height=height, width=width)
+        pixels = [self.video_processor.preprocess(unit_range(item), height, width).float() for item in items]
+        pixels = torch.cat(pixels)  # one by one: items of different sizes are resized before they meet
         return pixels.expand(num_prompts, -1, -1, -1) if pixels.shape[0] == 1 else pixels
 
     @staticmethod
@@ -485,29 +509,31 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.model)
 
-    def _prepare_latents(self, batch_size, num_frames, height, width, generator, latents) -> torch.Tensor:
-        vision = self.model.config.vision_config
-        latent_frames = (num_frames - 1) // self.temporal_compression + 1
+    def _latent_shape(self, batch_size, num_frames, height, width, generator, latents) -> tuple[int, ...]:
+        """The shape of the noisy latents, with `generator` and `latents` checked against it before any model runs."""
         shape = (
             batch_size,
-            vision.latent_channels,
-            latent_frames,
+            self.model.config.vision_config.latent_channels,
+            (num_frames - 1) // self.temporal_compression + 1,
             height // self.patch_size,
             width // self.patch_size,
         )
-        device = self._execution_device
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"Got {len(generator)} generators for {batch_size} outputs (prompts × num_images_per_prompt); pass "
                 "one generator, or one per output."
             )
-        if latents is None:
-            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        if tuple(latents.shape) != shape:
+        if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(
                 f"`latents` must have shape {shape} (batch × num_images_per_prompt, channels, latent frames, "
                 f"height / {self.patch_size}, width / {self.patch_size}), got {tuple(latents.shape)}."
             )
+        return shape
+
+    def _prepare_latents(self, shape, generator, latents) -> torch.Tensor:
+        device = self._execution_device
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         return latents.to(device, torch.float32)
 
     def _set_timesteps(self, num_inference_steps, sigmas, num_tokens: int):
@@ -553,6 +579,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
                 velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                if num_clean:  # the callback sees the clean anchor, as the next step and the output do
+                    latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
@@ -722,13 +750,15 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 (snapped to the grid; scaled down to `max_area` when larger; logged), else the side of the
                 processor's `max_pixels` (1024).
             num_frames (`int`, defaults to 1):
-                1 for an image; `1 + 4k` frames for a video (other counts are rounded to that form, with a warning).
+                1 for an image; `1 + 4k` frames for a video (other counts from 5 on are rounded to that form, with a
+                warning).
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list, *optional*):
                 Image-to-video: the first frame, one for all prompts or one per prompt (needs `num_frames > 1`).
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule.
+                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule; a scheduler with
+                `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Classifier-free guidance scale; off at ≤ 1.
             num_images_per_prompt (`int`, defaults to 1):
@@ -774,6 +804,11 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 f"`num_frames` must be an int ≥ 1 (1 for an image, 1 + 4k for a video), got {num_frames!r}."
             )
         step = self.temporal_compression
+        if 1 < num_frames <= step:
+            raise ValueError(
+                f"num_frames={num_frames} is too few for a video, whose frame count is 1 + {step}k: pass 1 for an "
+                f"image or at least {step + 1} frames."
+            )
         if (num_frames - 1) % step:
             snapped = (num_frames - 1) // step * step + 1
             logger.warning(f"`num_frames - 1` has to be divisible by {step}; rounding {num_frames} to {snapped}.")
@@ -797,6 +832,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
+        batch_size = num_prompts * num_images_per_prompt
+        shape = self._latent_shape(batch_size, num_frames, height, width, generator, latents)
         self._interrupt = False
         self._current_timestep = None
 
@@ -809,8 +846,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
 
         # 3. Prepare the noisy latents and, for image-to-video, the clean anchor
         video = num_frames > 1
-        batch_size = num_prompts * num_images_per_prompt
-        latents = self._prepare_latents(batch_size, num_frames, height, width, generator, latents)
+        latents = self._prepare_latents(shape, generator, latents)
         clean_latents = None
         if image is not None:
             pixels = self._preprocess_images(image, height, width, num_prompts)

@@ -93,7 +93,8 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule.
+                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule; a scheduler with
+                `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Text guidance `s_txt` (see the class docstring); off at ≤ 1.
             image_guidance_scale (`float`, defaults to 1.5):
@@ -143,6 +144,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
+        shape = self._latent_shape(len(prompts) * num_images_per_prompt, 1, height, width, generator, latents)
         self._interrupt = False
         self._current_timestep = None
 
@@ -172,8 +174,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         prefix = self._prepare_prefix(branches, num_images_per_prompt, torch.cat(branch_sources))
 
         # 4. Prepare the noisy target latents
-        batch_size = len(prompts) * num_images_per_prompt
-        latents = self._prepare_latents(batch_size, 1, height, width, generator, latents)
+        latents = self._prepare_latents(shape, generator, latents)
 
         # 5. Prepare timesteps with the model's resolution shift
         self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())

@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import visual_block
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, FlowMatchLCMScheduler
 from diffusers.utils import logging as diffusers_logging
 
 
@@ -153,6 +153,18 @@ def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
         reconstruction = tokenizer.decode(tokenizer.encode(image[None] * 2 - 1).latents).sample.clamp(-1, 1)
     torch.testing.assert_close(frames[0, 0], (reconstruction[0, :, 0] / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
     assert not torch.allclose(frames[0, 1], frames[0, 0], atol=1e-3)
+
+
+def test_image_to_video_callbacks_see_the_clean_anchor(pipe):
+    image, anchors = source_image(), []
+
+    def callback(pipeline, step, timestep, callback_kwargs):
+        anchors.append(callback_kwargs["latents"][:, :, :1].clone())
+        return {}
+
+    pipe("it moves", image=image, num_frames=5, num_inference_steps=3, callback_on_step_end=callback)
+    clean = pipe.model.model.encode_latents(image[None] * 2 - 1).float()
+    assert len(anchors) == 3 and all(torch.equal(anchor, clean) for anchor in anchors)
 
 
 def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
@@ -357,6 +369,10 @@ def test_save_load_round_trip_and_generic_diffusers_loading(pipe, tmp_path):
     generic.set_progress_bar_config(disable=True)
     assert type(generic).__name__ == "HydraXPipeline"
     torch.testing.assert_close(generic("a fox", generator=seeded(), **kwargs).images, expected)
+    lcm = HydraXPipeline.from_pretrained(tmp_path / "saved", model=pipe.model, processor=pipe.processor)
+    lcm.scheduler = FlowMatchLCMScheduler.from_config(pipe.scheduler.config)
+    lcm.save_pretrained(tmp_path / "lcm")
+    assert type(HydraXPipeline.from_pretrained(tmp_path / "lcm").scheduler) is FlowMatchLCMScheduler  # as saved
     bf16 = HydraXPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.bfloat16)
     assert bf16.model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="trust_remote_code"):
@@ -406,6 +422,12 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
             "`height` must be a positive multiple of the tokenizer's patch size 16",
         ),
         (dict(num_frames=0), ValueError, "`num_frames` must be an int ≥ 1"),
+        (dict(num_frames=3), ValueError, "num_frames=3 is too few for a video"),
+        (
+            dict(image=np.full((32, 32, 3), 200.0), num_frames=5),
+            ValueError,
+            r"must hold values in \[0, 1\], got \[200.0, 200.0\]",
+        ),
         (dict(prompt=[]), ValueError, "`prompt` is an empty list"),
         (dict(prompt=3), TypeError, "`prompt` must be a string or a list of strings"),
         (
@@ -432,6 +454,40 @@ def test_bad_input_names_the_value_and_the_fix(pipe, kwargs, error, message):
     call = dict(prompt="a fox", height=32, width=32, num_inference_steps=1) | kwargs
     with pytest.raises(error, match=message):
         pipe(**call)
+
+
+def test_every_image_input_form_gives_the_same_pixels(pipe):
+    """PIL images of any mode, uint8 or [0, 1] arrays and tensors, lists of different sizes: what diffusers users
+    pass as `image`, all read as the same RGB pixels in [-1, 1]."""
+    rgb = np.asarray(PIL.Image.fromarray((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8)))
+    reference = pipe._preprocess_images(PIL.Image.fromarray(rgb), 32, 48, 1)
+    forms = [
+        rgb,
+        rgb / 255,
+        torch.from_numpy(rgb).permute(2, 0, 1),
+        torch.from_numpy(rgb).permute(2, 0, 1) / 255,
+        PIL.Image.fromarray(rgb).convert("RGBA"),
+    ]
+    for form in forms:
+        torch.testing.assert_close(pipe._preprocess_images(form, 32, 48, 1), reference, atol=1e-6, rtol=0)
+    gray = pipe._preprocess_images(PIL.Image.fromarray(rgb).convert("L"), 32, 48, 1)
+    assert gray.shape == (1, 3, 32, 48) and torch.equal(gray[:, 0], gray[:, 1])
+    mixed = [rgb, rgb[:16, :32], torch.rand(3, 48, 32)]  # different sizes, each resized on its own
+    assert pipe._preprocess_images(mixed, 32, 48, 3).shape == (3, 3, 32, 48)
+    side = np.int64(32)  # e.g. from an array's shape
+    images = pipe("a fox", height=side, width=side, num_inference_steps=1, output_type="np").images
+    assert images.shape == (1, 32, 32, 3)
+
+
+def test_latent_and_generator_checks_come_before_the_llm_runs(pipe, edit, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the prompt ran before the inputs were checked")
+
+    monkeypatch.setattr(pipe.model, "prepare_generation_prefix", refuse)
+    with pytest.raises(ValueError, match="2 generators for 1 outputs"):
+        pipe("a fox", height=32, width=32, generator=[seeded(), seeded()])
+    with pytest.raises(ValueError, match="`latents` must have shape"):
+        edit(source_image(), "x", latents=torch.randn(1, 8, 1, 3, 3))
 
 
 def test_bad_edit_input(edit):
