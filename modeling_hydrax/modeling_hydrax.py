@@ -102,6 +102,15 @@ class HydraXTargetGroup:
     edit_rows: torch.BoolTensor | None = None
 
 
+def check_placeholder_count(count: int, num_features: int, what: str) -> None:
+    """A clear error when a prompt's `what` placeholders and its `what` inputs' features differ in number."""
+    if count != num_features:
+        raise ValueError(
+            f"The text has {count} {what} placeholder tokens but the {what} inputs give {num_features} features; "
+            f"build the prompt with HydraXProcessor so every {what} expands to its latent grid."
+        )
+
+
 def batch_or_list(items: list[torch.Tensor]):
     """Stack same-shaped tensors into a batch; keep a list when shapes differ; `None` when empty."""
     if not items:
@@ -420,12 +429,7 @@ class HydraXModel(HydraXPreTrainedModel):
         return torch.where(visual, starts, torch.full_like(starts, -1))
 
     def _scatter(self, inputs_embeds, mask, features, what):
-        count = int(mask.sum())
-        if count != features.shape[0]:
-            raise ValueError(
-                f"The text has {count} {what} placeholder tokens but the {what} inputs give {features.shape[0]} "
-                f"features; build the prompt with HydraXProcessor so every {what} expands to its latent grid."
-            )
+        check_placeholder_count(int(mask.sum()), features.shape[0], what)
         return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
 
     @can_return_tuple
@@ -579,9 +583,40 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`. A checkpoint saved with its code maps `AutoModelForImageTextToText` to
+        this class too, so that it loads with `trust_remote_code` as Qwen2.5-VL users load theirs (transformers
+        records one auto class per model)."""
+        if self._auto_class is not None:
+            code = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            auto_map = getattr(self.config, "auto_map", None) or {}
+            self.config.auto_map = {**auto_map, "AutoModelForImageTextToText": code}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, refusing `prefill_chunk_size` with visual inputs: a chunk boundary inside a
-        visual block would cut its bidirectional attention."""
+        """`GenerationMixin.generate` for understanding, with four differences:
+
+        1. the processor's target keys are dropped: a prompt being answered has no target, and an image of an earlier
+           assistant turn, which the processor marks as one (the training layout), is context to read;
+        2. visual inputs passed as `None` (e.g. `batch.get("pixel_values")`) are dropped;
+        3. placeholders and image / video grids must agree before beam search or `num_return_sequences` expands the
+           inputs (the expansion would silently drop images beyond the placeholders);
+        4. `prefill_chunk_size` is refused with visual inputs: a chunk boundary inside a visual block would cut its
+           bidirectional attention.
+        """
+        visual_keys = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs", "image_grid_thw", "video_grid_thw")
+        kwargs = {
+            key: value
+            for key, value in kwargs.items()
+            if key not in ("target_mask", "target_grid_thw") and not (key in visual_keys and value is None)
+        }
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        for what, token_id, grids in (
+            ("image", self.config.image_token_id, kwargs.get("image_grid_thw")),
+            ("video", self.config.video_token_id, kwargs.get("video_grid_thw")),
+        ):
+            if input_ids is not None and grids is not None:
+                check_placeholder_count(int((input_ids == token_id).sum()), int(grids.prod(-1).sum()), what)
         config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
         visual = [

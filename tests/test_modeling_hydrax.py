@@ -107,9 +107,11 @@ def test_remote_code_route_matches_installed(model, tmp_path):
         f"""
         import sys, torch
         from safetensors.torch import load_file, save_file
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoModelForImageTextToText
         model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert "modeling_hydrax" not in sys.modules and "processing_hydrax" not in sys.modules
+        as_vlm = AutoModelForImageTextToText.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert type(as_vlm).__name__ == "HydraXForConditionalGeneration"
         inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
         preset = type(model.config).from_preset("tiny")  # presets ship with the remote code
         assert preset.text_config.vocab_size == model.config.text_config.vocab_size

@@ -70,3 +70,50 @@ def test_edit_training_batch(processor):
     assert pixels.shape[0] == 4
     explicit = {"target_pixel_values": pixels[1::2], "source_pixel_values": pixels[0::2]}
     run_both_ways(model, inputs, explicit)
+
+
+def test_a_follow_up_question_reads_the_earlier_assistant_image(processor):
+    """`generate` answers about an image the assistant drew before: the processor's target keys (training's layout)
+    are dropped and the image is read as context; visual inputs passed as `None` are ignored."""
+    model = tiny_hydrax().eval()
+
+    def chat(drawn):
+        conversation = [
+            {"role": "user", "content": [{"type": "text", "text": "Draw it."}]},
+            {"role": "assistant", "content": [{"type": "image", "image": drawn}]},
+            {"role": "user", "content": [{"type": "text", "text": "What colour is it?"}]},
+        ]
+        return processor.apply_chat_template(
+            conversation,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"images_kwargs": SIZE},
+        )
+
+    first, second = (chat(image) for image in pictures(2))
+    assert "target_mask" in first  # the processor marks it, as for training
+    as_context = {key: value for key, value in first.items() if key not in ("target_mask", "target_grid_thw")}
+    with torch.no_grad():
+        reference = model(**as_context).logits[:, -1]
+        answers = [
+            model.generate(**inputs, max_new_tokens=1, output_logits=True, return_dict_in_generate=True).logits[0]
+            for inputs in (first, second)
+        ]
+    torch.testing.assert_close(answers[0], reference)
+    assert not torch.allclose(answers[0], answers[1])  # the image is read
+    text = processor(text="Hello", return_tensors="pt")
+    plain = model.generate(**text, max_new_tokens=2, do_sample=False)
+    with_nones = model.generate(**text, pixel_values=None, pixel_values_videos=None, max_new_tokens=2, do_sample=False)
+    assert torch.equal(plain, with_nones)
+
+
+@pytest.mark.parametrize("expansion", [{}, {"num_beams": 2}, {"num_return_sequences": 2, "do_sample": True}])
+def test_generate_refuses_more_images_than_placeholders_before_expanding(processor, expansion):
+    model = tiny_hydrax().eval()
+    inputs = processor(text="<|image_pad|> What?", images=pictures(1), images_kwargs=SIZE, return_tensors="pt")
+    extra = processor(images=pictures(2), images_kwargs=SIZE, return_tensors="pt")
+    inputs.update(pixel_values=extra["pixel_values"], image_grid_thw=extra["image_grid_thw"])
+    with pytest.raises(ValueError, match="4 image placeholder tokens but the image inputs give 8 features"):
+        model.generate(**inputs, max_new_tokens=2, **expansion)
