@@ -44,6 +44,19 @@ def check_file(parser: argparse.ArgumentParser, option: str, path, hint: str):
         parser.error(f"{option} {path}: {'not a file' if path.exists() else 'no such file'}; {hint}")
 
 
+def check_image(parser: argparse.ArgumentParser, option: str, path) -> None:
+    """`parser.error` unless `path` is a file that PIL reads as an image."""
+    from PIL import Image
+
+    hint = "pass an image file (PNG, JPEG, …)"
+    check_file(parser, option, path, hint)
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:
+        parser.error(f"{option} {path}: not an image PIL can read ({error}); {hint}")
+
+
 def check_adapter(parser: argparse.ArgumentParser, option: str, value, hub_ids: bool = True) -> None:
     """`parser.error` unless a LoRA adapter option names a folder holding adapter_config.json; with `hub_ids`, a
     value that does not look like a path is taken as a Hub id."""
@@ -133,7 +146,7 @@ def pipeline_parser(
     parser.add_argument("--width", type=int, default=64, help=f"output width in pixels, a multiple of {PATCH_SIZE}")
     if video:
         parser.add_argument("--num-frames", type=int, default=9, help="video length: 1 + 4k frames, k ≥ 1")
-        parser.add_argument("--fps", type=int, default=8, help="frames per second of the MP4")
+        parser.add_argument("--fps", type=int, default=8, help="frames per second of the MP4, ≥ 1")
     parser.add_argument("--steps", type=int, default=4, help="denoising (Euler) steps")
     parser.add_argument(
         "--guidance-scale", type=float, default=4.0, help="classifier-free guidance on the prompt; ≤ 1 turns it off"
@@ -152,7 +165,9 @@ def pipeline_parser(
         help="a LoRA adapter folder of the model (examples/train_hydrax.py --lora-r writes OUTPUT_DIR/adapter), "
         "loaded onto the pipeline with `load_lora_weights`",
     )
-    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the --lora adapter's update")
+    parser.add_argument(
+        "--lora-scale", type=float, help="weight of the --lora adapter's update (default: 1.0; needs --lora)"
+    )
     return parser
 
 
@@ -167,12 +182,17 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
     video = hasattr(args, "num_frames")
     if video and (args.num_frames < 5 or (args.num_frames - 1) % 4):
         parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got {args.num_frames}")
+    if video and args.fps < 1:
+        parser.error(f"--fps must be ≥ 1, got {args.fps}")
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
     if getattr(args, "image", None) is not None:
-        check_file(parser, "--image", args.image, "pass an image file (PNG, JPEG, …)")
+        check_image(parser, "--image", args.image)
     check_adapter(parser, "--lora", args.lora, hub_ids=False)
+    if args.lora_scale is not None and args.lora is None:
+        parser.error(f"--lora-scale {args.lora_scale} without --lora: pass the adapter folder with --lora")
+    args.lora_scale = 1.0 if args.lora_scale is None else args.lora_scale
     check_output_file(parser, "--output", args.output, ".mp4" if video else ".png")
     return args
 
@@ -193,7 +213,8 @@ def load_pipeline(pipeline_class, model: Path | None):
 
 
 def load_source(path: Path | None, height: int, width: int):
-    """The image at `path` (default: scikit-image's astronaut photo), center-cropped and resized to height × width."""
+    """The image at `path` (default: scikit-image's astronaut photo), turned upright by its EXIF orientation,
+    center-cropped and resized to height × width."""
     from PIL import Image, ImageOps
 
     if path is None:
@@ -201,7 +222,7 @@ def load_source(path: Path | None, height: int, width: int):
 
         image = Image.fromarray(data.astronaut())
     else:
-        image = Image.open(path)
+        image = ImageOps.exif_transpose(Image.open(path))
     return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BICUBIC)
 
 

@@ -34,7 +34,7 @@ from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
-from modeling_hydrax import HydraXPipeline, HydraXTokModel  # noqa: E402
+from modeling_hydrax import HydraXConfig, HydraXPipeline, HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
 from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
 
@@ -170,11 +170,34 @@ def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor, captio
     canvas.save(path)
 
 
+def tower_weights(state_dict: dict) -> dict:
+    """A Hydra-XTok state dict without its training-only Decompressor: what a Hydra-X vision tower holds."""
+    return {name: value for name, value in state_dict.items() if not name.startswith("decompressor.")}
+
+
 def plug_in_tokenizer(model, fitted: HydraXTokModel) -> None:
-    """Load a fitted Hydra-XTok (e.g. from quickstart.py) into the model's vision tower; the training-only
-    Decompressor is left out."""
-    weights = {k: v for k, v in fitted.state_dict().items() if not k.startswith("decompressor.")}
-    model.model.vision_tower.load_state_dict(weights)
+    """Load a fitted Hydra-XTok (e.g. from quickstart.py) into the model's vision tower."""
+    model.model.vision_tower.load_state_dict(tower_weights(fitted.state_dict()))
+
+
+def tower_mismatch(vision_config: HydraXTokConfig, tokenizer_config: HydraXTokConfig) -> str | None:
+    """The config fields that differ ("field tokenizer-value vs model-value") when a tokenizer of `tokenizer_config`
+    has weights of other names or shapes than the vision tower of a model with `vision_config`, else `None`. Both are
+    built on the meta device: no memory is allocated and no weight is read."""
+    shapes = []
+    for config in (vision_config, tokenizer_config):
+        with torch.device("meta"):
+            state_dict = HydraXTokModel(config).state_dict()
+        shapes.append({name: value.shape for name, value in tower_weights(state_dict).items()})
+    if shapes[0] == shapes[1]:
+        return None
+    ours, theirs = vision_config.to_dict(), tokenizer_config.to_dict()
+    metadata = ("architectures", "auto_map", "dtype", "transformers_version")
+    return ", ".join(
+        f"{key} {theirs[key]} vs {ours.get(key)}"
+        for key in sorted(theirs)
+        if key not in metadata and theirs[key] != ours.get(key)
+    )
 
 
 def parse_args(argv=None):
@@ -206,6 +229,15 @@ def parse_args(argv=None):
     if args.tokenizer is not None:
         hint = "pass a folder written by examples/quickstart.py or a Hydra-XTok checkpoint"
         check_folder(parser, "--tokenizer", args.tokenizer, hint, required_file="config.json")
+    if args.model is not None and args.tokenizer is not None:
+        vision_config = HydraXConfig.from_pretrained(args.model).vision_config
+        problem = tower_mismatch(vision_config, HydraXTokConfig.from_pretrained(args.tokenizer))
+        if problem is not None:
+            parser.error(
+                f"--tokenizer {args.tokenizer} does not fit the vision tower of --model {args.model} (tokenizer vs "
+                f"model: {problem}); pass a tokenizer with the model's vision_config, or leave out --model to build a "
+                "tiny model around the tokenizer"
+            )
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
@@ -36,6 +36,8 @@ def normalize_messages(messages) -> list[dict]:
     look like an input image to the chat template)."""
     if isinstance(messages, str):
         messages = json.loads(messages)
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"a conversation is a list of messages or its JSON, got a {type(messages).__name__}")
     normalized = []
     for message in messages:
         message = {key: value for key, value in message.items() if value is not None}
@@ -68,6 +70,31 @@ def find_problem(messages: list[dict], root: str | None = None) -> str | None:
     return None
 
 
+def origin_of(example: dict) -> str:
+    """Where a sample came from, as reports about it name it."""
+    return example.get("origin") or "a sample"
+
+
+def image_source(image) -> dict:
+    """An entry of TRL's `images` as the source of an image block: `{"path": ...}` for a path (or a `datasets` image
+    without bytes), else `{"image": ...}`. Bytes are decoded and EXIF-rotated as files are; a PIL image is EXIF-rotated
+    too but keeps its mode (the processor scales 16-bit images, which `load_image`'s RGB conversion would saturate);
+    arrays and tensors pass as they are."""
+    if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False
+        if image.get("bytes") is not None:
+            return {"image": load_image(Image.open(io.BytesIO(image["bytes"])))}
+        image = image.get("path")
+    if isinstance(image, (str, os.PathLike)):
+        return {"path": image}
+    if isinstance(image, Image.Image):
+        return {"image": ImageOps.exif_transpose(image)}
+    if hasattr(image, "__array__"):
+        return {"image": image}
+    raise TypeError(
+        f"got a {type(image).__name__}; pass a PIL image, a path, a `datasets` image (`bytes`, `path`) or an array"
+    )
+
+
 class BadSampleError(ValueError):
     """A sample that cannot be trained on; the message names where it came from and why."""
 
@@ -90,7 +117,9 @@ class HydraXDataCollator:
         processor (`HydraXProcessor`): the checkpoint's processor.
         processor_kwargs (`dict`, *optional*): passed to the processor, e.g.
             `{"images_kwargs": {"size": {"min_pixels": 256 * 256, "max_pixels": 256 * 256}}}`.
-        on_bad_sample (`str`): `"error"` raises on a bad sample, `"skip"` logs a warning naming it and leaves it out.
+        on_bad_sample (`str`): `"error"` raises on a bad sample, `"skip"` logs a warning naming it and leaves it out; a
+            batch of bad samples only is replaced by the last good sample collated (a warning names the samples), so
+            that training goes on at any batch size.
     """
 
     def __init__(self, processor, processor_kwargs: dict | None = None, on_bad_sample: str = "error"):
@@ -99,14 +128,23 @@ class HydraXDataCollator:
         self.processor = processor
         self.processor_kwargs = dict(processor_kwargs or {})
         self.on_bad_sample = on_bad_sample
+        self._last_good = None  # the last sample that loaded, stand-in for a batch of bad samples in skip mode
 
     def load_sample(self, example: dict) -> list[dict]:
         """The sample's conversation with its image files loaded (PIL), video paths resolved and `images` placed in
         its bare image blocks; `BadSampleError` when it cannot be trained on."""
-        origin = example.get("origin") or "a sample"
+        origin = origin_of(example)
         root = example.get("root")
-        messages = normalize_messages(example["messages"])
+        try:
+            messages = normalize_messages(example.get("messages"))
+        except Exception as error:
+            raise BadSampleError(f"{origin}: `messages` is not a conversation ({error})") from error
         images = example.get("images") or ([] if example.get("image") is None else [example["image"]])
+        if not isinstance(images, (list, tuple)):
+            raise BadSampleError(
+                f"{origin}: `images` holds one {type(images).__name__}, not a list of images; pass it as `image` or "
+                "in a list"
+            )
         self._place_images(messages, images, origin)
         problem = find_problem(messages, root)
         if problem is not None:
@@ -157,14 +195,11 @@ class HydraXDataCollator:
                 f"{origin}: {len(bare)} image block(s) without a `path`, `image` or `url`, but {len(images)} "
                 "image(s) in the sample's `images`; each bare block takes the next image of `images`."
             )
-        for block, image in zip(bare, images):
-            if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False; EXIF-rotated as paths are
-                image = (
-                    image.get("path")
-                    if image.get("bytes") is None
-                    else load_image(Image.open(io.BytesIO(image["bytes"])))
-                )
-            block["path" if isinstance(image, (str, os.PathLike)) else "image"] = image
+        for index, (block, image) in enumerate(zip(bare, images)):
+            try:
+                block.update(image_source(image))
+            except Exception as error:
+                raise BadSampleError(f"{origin}: image {index} of `images` cannot be read ({error})") from error
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         # 1. Check and load every sample
@@ -172,13 +207,21 @@ class HydraXDataCollator:
         for example in examples:
             try:
                 conversations.append(self.load_sample(example))
+                self._last_good = example
             except BadSampleError as error:
                 if self.on_bad_sample == "error":
                     raise
                 logger.warning(f"Skipping a bad training sample: {error}")
                 problems.append(str(error))
+        if not conversations and self._last_good is None:
+            raise BadSampleError(f"Every sample of this batch is bad, and no good sample came before it: {problems}")
         if not conversations:
-            raise BadSampleError(f"Every sample of this batch is bad: {problems}")
+            skipped = ", ".join(origin_of(example) for example in examples)
+            logger.warning(
+                f"Every sample of this batch is bad ({skipped}); training on the last good sample, "
+                f"{origin_of(self._last_good)}, in its place"
+            )
+            conversations.append(self.load_sample(self._last_good))
 
         # 2. Chat template, tokenization (right padding) and visual preprocessing
         batch = self.processor.apply_chat_template(

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "conversion"))
 
 from build_hydrax import build_checkpoint  # noqa: E402
 
-from script_args import parse_pipeline_args, pipeline_parser  # noqa: E402
+from script_args import load_source, parse_pipeline_args, pipeline_parser  # noqa: E402
 
 
 # script → (arguments beyond --output, output suffix); all but text_to_image load a prebuilt checkpoint (--model)
@@ -91,10 +91,14 @@ def test_edit_image_keeps_the_asked_size(runs):
         ({}, ["--output", "{tmp}/x.mp4"], "--output {tmp}/x.mp4: the file name must end in .png"),
         ({"video": True}, ["--output", "{tmp}/x.png"], "--output {tmp}/x.png: the file name must end in .mp4"),
         ({"video": True}, ["--num-frames", "6"], "--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got 6"),
+        ({"video": True}, ["--fps", "0"], "--fps must be ≥ 1, got 0"),
+        ({"video": True}, ["--fps", "-5"], "--fps must be ≥ 1, got -5"),
         ({}, ["--model", "{tmp}"], "--model {tmp}: a folder without config.json; pass a checkpoint folder"),
         ({"source": True}, ["--image", "{tmp}/no.png"], "--image {tmp}/no.png: no such file; pass an image file"),
         ({}, ["--lora", "{tmp}"], "--lora {tmp}: a folder without adapter_config.json; pass an adapter folder"),
         ({"source": True}, ["--image", "{tmp}"], "--image {tmp}: not a file; pass an image file"),
+        ({"source": True}, ["--image", "{file}"], "--image {file}: not an image PIL can read (cannot identify image"),
+        ({}, ["--lora-scale", "0.3"], "--lora-scale 0.3 without --lora: pass the adapter folder with --lora"),
         ({}, ["--output", "{file}/x.png"], "--output {file}/x.png: {file} is a file, not a folder"),
         ({}, ["--output", "{tmp}/a.png"], "--output {tmp}/a.png: a folder; pass a file path ending in .png"),
     ],
@@ -108,6 +112,17 @@ def test_bad_arguments_stop_before_any_work(options, args, message, tmp_path, ca
         parse_pipeline_args(parser, [arg.format(**paths) for arg in args])
     assert exit_info.value.code == 2 and message.format(**paths) in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "a.png"]
+
+
+def test_a_source_photo_is_used_upright_as_its_exif_says(tmp_path):
+    """A phone photo in portrait is a landscape JPEG tagged "rotate 90°": --image must use it as viewers show it."""
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, 32:] = 255  # stored: left half black, right half white; upright: top half black, bottom half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    source = np.asarray(load_source(tmp_path / "phone.jpg", height=64, width=32), dtype=np.int16)
+    assert source[:16].max() < 16 and source[-16:].min() > 240
 
 
 def test_a_lora_adapter_changes_the_image_by_its_scale(tmp_path):

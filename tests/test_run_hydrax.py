@@ -4,8 +4,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import run_script
+import pytest
+from conftest import load_script, run_script, tiny_tok_config
 from PIL import Image
+
+from modeling_hydrax import HydraXConfig, HydraXTokModel
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_hydrax.py"
@@ -39,3 +42,20 @@ def test_help_and_bad_arguments(tmp_path):
     assert "--tokenizer" in run("--help", cwd=tmp_path).stdout
     bad = run("--size", "30", cwd=tmp_path)
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_stops_in_argparse(checkpoint, tmp_path, capsys):
+    """--model with --tokenizer plugs the tokenizer into the model's vision tower: one of another shape is refused up
+    front, naming both options and the differing fields, and one with the model's vision_config is accepted."""
+    run_hydrax = load_script(SCRIPT)
+    HydraXTokModel(tiny_tok_config(hidden_size=48)).save_pretrained(tmp_path / "tok48")
+    HydraXTokModel(HydraXConfig.from_pretrained(checkpoint).vision_config).save_pretrained(tmp_path / "fitting")
+    output = ["--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_hydrax.parse_args(["--model", str(checkpoint), "--tokenizer", str(tmp_path / "tok48"), *output])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"--tokenizer {tmp_path / 'tok48'} does not fit the vision tower of --model {checkpoint}" in error
+    assert "hidden_size 48 vs 32" in error
+    args = run_hydrax.parse_args(["--model", str(checkpoint), "--tokenizer", str(tmp_path / "fitting"), *output])
+    assert args.tokenizer == tmp_path / "fitting"

@@ -4,6 +4,7 @@ LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint bui
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -326,9 +327,10 @@ def test_trl_single_image_column_and_plain_string_turns_collate_as_paths_do(proc
     assert all(torch.equal(value, expected[key]) for key, value in drawn.items())
 
 
-def test_trl_images_as_bytes_are_rotated_by_their_exif_as_files_are(processor, tmp_path):
+def test_trl_images_as_bytes_or_pil_are_rotated_by_their_exif_as_files_are(processor, tmp_path):
     """A phone photo in portrait is a landscape JPEG tagged "rotate 90°": stored as `datasets` bytes (how
-    train_hydrax.py keeps an `images` column) it must reach the model upright, as the same file given by path does."""
+    train_hydrax.py keeps an `images` column) or decoded to a PIL image (a decoded `datasets.Image` column) it must
+    reach the model upright, as the same file given by path does."""
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(
@@ -340,9 +342,11 @@ def test_trl_images_as_bytes_are_rotated_by_their_exif_as_files_are(processor, t
     )
     as_bytes = {"bytes": (tmp_path / "portrait.jpg").read_bytes(), "path": "portrait.jpg"}
     by_bytes = HydraXDataCollator(processor).load_sample({"messages": conversation, "images": [as_bytes]})
-    upright = [sample[0]["content"][0]["image"] for sample in (by_path, by_bytes)]
-    assert [picture.size for picture in upright] == [(32, 64), (32, 64)]
-    assert np.array_equal(np.asarray(upright[0]), np.asarray(upright[1]))
+    as_pil = Image.open(tmp_path / "portrait.jpg")
+    by_pil = HydraXDataCollator(processor).load_sample({"messages": conversation, "images": [as_pil]})
+    upright = [sample[0]["content"][0]["image"] for sample in (by_path, by_bytes, by_pil)]
+    assert [picture.size for picture in upright] == [(32, 64)] * 3
+    assert all(np.array_equal(np.asarray(upright[0]), np.asarray(picture)) for picture in upright[1:])
 
 
 def trl_layout_messages(answer: str) -> list[dict]:
@@ -474,6 +478,43 @@ def test_bad_samples_are_reported_then_skipped_or_fatal(tmp_path, pictures, proc
     with caplog.at_level(logging.WARNING):
         batch = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")(rows)
     assert batch["input_ids"].shape[0] == 1 and f"{manifest}:4: image {pictures / 'broken.png'}" in caplog.text
+
+
+def test_a_batch_of_bad_samples_only_trains_on_the_last_good_sample_when_skipping(pictures, processor, caplog):
+    """At batch size 1 a corrupt image is only found here: skipping it must not end the run, so the last good sample
+    stands in for the batch; before any good sample there is nothing to train on."""
+    (pictures / "broken.png").write_bytes(b"not a png")
+    good, bad = (
+        sample(understanding(name), pictures, f"m.jsonl:{i}") for i, name in enumerate(["seen.png", "broken.png"])
+    )
+    collator = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")
+    with pytest.raises(BadSampleError, match="Every sample of this batch is bad, and no good sample came before it"):
+        collator([bad])
+    expected = collator([good])
+    with caplog.at_level(logging.WARNING):
+        stand_in = collator([bad])
+    assert "Every sample of this batch is bad (m.jsonl:1); training on the last good sample, m.jsonl:0" in caplog.text
+    assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"images": [{"bytes": b"not an image", "path": "x.png"}]}, "image 0 of `images` cannot be read"),
+        ({"messages": '[{"role": "user"', "images": []}, "`messages` is not a conversation"),
+        ({"messages": None, "images": []}, "`messages` is not a conversation (a conversation is a list of messages"),
+        ({"images": "seen.png"}, "`images` holds one str, not a list of images; pass it as `image` or in a list"),
+        ({"images": [None]}, "image 0 of `images` cannot be read (got a NoneType; pass a PIL image, a path"),
+    ],
+)
+def test_unreadable_rows_are_bad_samples_named_by_origin(row, message, pictures, processor):
+    """Corrupt bytes, bad JSON, a missing conversation or malformed `images` are reported as bad samples naming the
+    row, so --on-bad-sample skips them as it does missing files."""
+    row = {"messages": trl_layout_messages("a cat"), "origin": "ds row 7", "root": str(pictures), **row}
+    with pytest.raises(BadSampleError, match=f"^ds row 7: {re.escape(message)}"):
+        HydraXDataCollator(processor, SIZE)([row])
+    good = {"messages": trl_layout_messages("a cat"), "images": ["seen.png"], "root": str(pictures)}
+    assert HydraXDataCollator(processor, SIZE, on_bad_sample="skip")([good, row])["input_ids"].shape[0] == 1
 
 
 def test_evaluation_leaves_the_training_unchanged(checkpoint, demo, tmp_path):
