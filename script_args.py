@@ -7,9 +7,11 @@ or OpenCV when imageio is missing, and neither is a dependency of this project.
 """
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -35,6 +37,26 @@ def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, 
     else:
         return
     parser.error(f"{option} {path}: {problem}; {hint}")
+
+
+def check_at_least(parser: argparse.ArgumentParser, minimum: int, **values) -> None:
+    """`parser.error` naming the first option below `minimum`; each keyword is an option (`repeats=args.repeats` is
+    --repeats), and None (an option left at its "not given" default) passes."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be ≥ {minimum}, got {value}")
+
+
+def check_hidden_size(parser: argparse.ArgumentParser, hidden_size: int, head_width: int) -> None:
+    """`parser.error` unless a benchmark LLM's --hidden-size splits into its max(1, hidden_size // head_width)
+    attention heads of an even width (rotary embeddings turn pairs of channels)."""
+    check_at_least(parser, 1, hidden_size=hidden_size)
+    heads = max(1, hidden_size // head_width)
+    if hidden_size % (2 * heads):
+        parser.error(
+            f"--hidden-size {hidden_size}: does not split into {heads} attention heads of an even width; pass "
+            f"{head_width // 2} or a multiple of {head_width}"
+        )
 
 
 def check_file(parser: argparse.ArgumentParser, option: str, path, hint: str):
@@ -107,6 +129,17 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path, suffix
     if path.is_dir():
         parser.error(f"{option} {path}: a folder; pass a file path ending in {suffix}")
     check_output_folder(parser, option, path.parent, given=path)
+
+
+@contextlib.contextmanager
+def given_or_temporary_folder(path, prefix: str):
+    """`path` when given (the user keeps it), else a temporary folder deleted with everything in it on exit: a
+    full-size check writes tens of GB there."""
+    if path is not None:
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

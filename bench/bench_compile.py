@@ -25,9 +25,10 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipelines import build_pipeline, text_to_image_call  # noqa: E402
+from bench_pipelines import build_pipeline, check_llm_size, text_to_image_call  # noqa: E402
 
 from modeling_hydrax import HydraXPipeline  # noqa: E402
+from script_args import check_at_least  # noqa: E402
 
 
 VARIANTS = {
@@ -78,11 +79,12 @@ def main(argv=None):
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     args = parser.parse_args(argv)
-    if args.layers < 1 or args.hidden_size < 64 or args.grid < 1 or args.steps < 3:
+    if args.hidden_size < 64 or args.grid < 1 or args.steps < 3:
         parser.error(
-            f"need --layers ≥ 1, --hidden-size ≥ 64, --grid ≥ 1 and --steps ≥ 3, got {args.layers}, "
-            f"{args.hidden_size}, {args.grid}, {args.steps}"
+            f"need --hidden-size ≥ 64, --grid ≥ 1 and --steps ≥ 3, got {args.hidden_size}, {args.grid}, {args.steps}"
         )
+    check_llm_size(parser, args)
+    check_at_least(parser, 1, threads=args.threads)
     torch.set_num_threads(args.threads)
     with torch._inductor.config.patch(fx_graph_cache=False):
         with torch._functorch.config.patch(enable_autograd_cache=False):

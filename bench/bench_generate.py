@@ -24,8 +24,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipelines import build_pipeline  # noqa: E402
+from bench_pipelines import build_pipeline, check_llm_size  # noqa: E402
 from transformers import CompileConfig  # noqa: E402
+
+from script_args import check_at_least  # noqa: E402
 
 
 def timed_calls(generate, repeats: int) -> tuple[float, float, torch.Tensor]:
@@ -50,8 +52,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after the first (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     args = parser.parse_args(argv)
-    if args.image_size % 16 or args.new_tokens < 2:
-        parser.error("--image-size must be a multiple of 16 and --new-tokens at least 2")
+    if args.image_size < 16 or args.image_size % 16:
+        parser.error(f"--image-size must be a positive multiple of 16, got {args.image_size}")
+    check_at_least(parser, 2, new_tokens=args.new_tokens)
+    check_at_least(parser, 1, repeats=args.repeats, threads=args.threads)
+    check_llm_size(parser, args)
     torch.set_num_threads(args.threads)
     pipe = build_pipeline(args)
     model, processor = pipe.model, pipe.processor

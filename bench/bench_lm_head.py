@@ -23,12 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration  # noqa: E402
 from modeling_hydrax.configuration_hydrax_presets import preset_kwargs  # noqa: E402
+from script_args import check_at_least, check_hidden_size  # noqa: E402
+
+
+HEAD_WIDTH = 32  # channels per attention head of the benchmark LLM
+PROMPT_IDS = 1000  # prompt tokens are drawn from ids below this, under the tiny preset's special tokens
+MIN_VOCAB = preset_kwargs("tiny")["text_config"]["vocab_size"]
 
 
 def build_model(args) -> HydraXForConditionalGeneration:
     """The tiny preset with a Qwen2.5-sized vocabulary and the benchmark's LLM width."""
     kwargs = preset_kwargs("tiny")
-    heads = max(1, args.hidden_size // 32)
+    heads = max(1, args.hidden_size // HEAD_WIDTH)
     kwargs["text_config"].update(
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
@@ -44,7 +50,7 @@ def build_model(args) -> HydraXForConditionalGeneration:
 def build_batch(config: HydraXConfig, args) -> dict:
     """One text-to-image sample: prompt, `<|vision_start|>`, grid² target placeholders, `<|vision_end|>`."""
     tokens = args.grid * args.grid
-    prompt = torch.randint(0, 1000, (args.prompt_tokens,)).tolist()
+    prompt = torch.randint(0, PROMPT_IDS, (args.prompt_tokens,)).tolist()
     ids = prompt + [config.vision_start_token_id] + [config.image_token_id] * tokens + [config.vision_end_token_id]
     ids = torch.tensor([ids])
     channels = config.vision_config.latent_channels
@@ -99,11 +105,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant after a warm-up (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    if args.grid < 1 or args.prompt_tokens < 1 or args.repeats < 1:
+    check_at_least(
+        parser, 1, grid=args.grid, prompt_tokens=args.prompt_tokens, repeats=args.repeats, threads=args.threads
+    )
+    if args.vocab_size < MIN_VOCAB:
         parser.error(
-            f"--grid, --prompt-tokens and --repeats must be ≥ 1, got {args.grid}, {args.prompt_tokens}, {args.repeats}"
+            f"--vocab-size {args.vocab_size}: must be ≥ {MIN_VOCAB}, the tiny preset's vocabulary, which holds its "
+            "special token ids"
         )
-    if args.threads:
+    check_hidden_size(parser, args.hidden_size, HEAD_WIDTH)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     model = build_model(args)

@@ -22,9 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_pipelines import build_pipeline, measure_pipeline, text_to_image_call  # noqa: E402
+from bench_pipelines import build_pipeline, check_llm_size, measure_pipeline, text_to_image_call  # noqa: E402
 
 from modeling_hydrax import HydraXPipeline  # noqa: E402
+from script_args import check_at_least  # noqa: E402
 
 
 TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
@@ -53,6 +54,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.grid < 1 or args.steps < 3 or args.rank < 1:
         parser.error(f"need --grid ≥ 1, --steps ≥ 3 and --rank ≥ 1, got {args.grid}, {args.steps}, {args.rank}")
+    check_llm_size(parser, args)
+    check_at_least(parser, 1, threads=args.threads)
     torch.set_num_threads(args.threads)
 
     pipe = HydraXPipeline.from_pipe(build_pipeline(args))

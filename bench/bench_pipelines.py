@@ -40,6 +40,10 @@ from modeling_hydrax import (  # noqa: E402
 )
 from modeling_hydrax.configuration_hydrax_presets import preset_kwargs  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
+from script_args import check_at_least, check_hidden_size  # noqa: E402
+
+
+LLM_HEAD_WIDTH = 64  # channels per attention head of the benchmark LLM (Qwen2.5's head width)
 
 
 @torch.no_grad()
@@ -82,7 +86,7 @@ def build_pipeline(args) -> HydraXEditPipeline:
     """The tiny preset with the benchmark's LLM width and depth, as an edit pipeline (`HydraXPipeline.from_pipe`
     shares its components)."""
     kwargs = preset_kwargs("tiny")
-    heads = max(1, args.hidden_size // 64)
+    heads = max(1, args.hidden_size // LLM_HEAD_WIDTH)
     kwargs["text_config"].update(
         hidden_size=args.hidden_size,
         intermediate_size=args.hidden_size * 16 // 3,  # Qwen2.5's MLP ratio (18944 / 3584 ≈ 5.3)
@@ -96,6 +100,12 @@ def build_pipeline(args) -> HydraXEditPipeline:
     pipe = HydraXEditPipeline(model, build_processor(config, None), default_scheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def check_llm_size(parser: argparse.ArgumentParser, args) -> None:
+    """`parser.error` unless --layers ≥ 1 and --hidden-size splits into `build_pipeline`'s attention heads."""
+    check_at_least(parser, 1, layers=args.layers)
+    check_hidden_size(parser, args.hidden_size, LLM_HEAD_WIDTH)
 
 
 def prompt_of_length(pipe, tokens: int) -> tuple[str, int]:
@@ -170,8 +180,9 @@ def main(argv=None):
         )
     if args.guidance_scale <= 1 or args.image_guidance_scale <= 1:
         parser.error("--guidance-scale and --image-guidance-scale must be > 1: the benchmark measures guided sampling")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_llm_size(parser, args)
+    check_at_least(parser, 1, threads=args.threads)
+    torch.set_num_threads(args.threads)
 
     edit = build_pipeline(args)
     pipe = HydraXPipeline.from_pipe(edit)

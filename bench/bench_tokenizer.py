@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.modeling_hydrax_tok import HydraXTokAttention  # noqa: E402
-from script_args import check_output_folder  # noqa: E402
+from script_args import check_at_least, check_output_file  # noqa: E402
 
 
 def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical", decoder=False):
@@ -348,23 +348,28 @@ def parse_args(argv=None):
         help="attention kernel for every mode: `sdpa` (fused, the default) or `eager` (materialised score matrices)",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--output", type=Path, help="also write the results to this .json file")
     parser.add_argument("--worker-frames", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-decode", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.output is not None:
-        check_output_folder(parser, "--output", args.output.parent)
-    if args.size % 16:
-        parser.error(f"--size must be a multiple of 16, got {args.size}")
+        check_output_file(parser, "--output", args.output, ".json")
+    if args.size < 16 or args.size % 16:
+        parser.error(f"--size must be a positive multiple of 16, got {args.size}")
     for frames in [args.frames, *args.stream_frames]:
-        if (frames - 1) % 4:
-            parser.error(f"clip lengths must be 1 + 4k frames, got {frames}")
+        if frames < 1 or (frames - 1) % 4:
+            parser.error(f"clip lengths must be 1 + 4k frames (k ≥ 0), got {frames}")
+    sizes = dict(hidden_size=args.hidden_size, heads=args.heads, intermediate_size=args.intermediate_size)
+    check_at_least(parser, 1, **sizes, gen_layers=args.gen_layers, repeats=args.repeats, threads=args.threads)
+    check_at_least(parser, 0, chunk_frames=args.chunk_frames)
+    if args.hidden_size % args.heads:
+        parser.error(f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.worker_frames:
         return stream_worker(args)

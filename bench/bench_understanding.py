@@ -29,8 +29,10 @@ sys.path.insert(0, str(ROOT / "conversion"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "evaluation"))
 
-from bench_pipelines import build_pipeline, prompt_of_length  # noqa: E402
+from bench_pipelines import build_pipeline, check_llm_size, prompt_of_length  # noqa: E402
 from evaluate_understanding import Sample, likelihood_text, media_kwargs, prompt_inputs, score_options  # noqa: E402
+
+from script_args import check_at_least  # noqa: E402
 
 
 OPTION_TEXTS = [
@@ -90,8 +92,8 @@ def main(argv=None):
         parser.error(f"--image-size {args.image_size}: must be a positive multiple of 16")
     if min(args.options) < 2 or max(args.options) > len(OPTION_TEXTS):
         parser.error(f"--options {args.options}: each must be between 2 and {len(OPTION_TEXTS)}")
-    if args.question_tokens < 1 or args.repeats < 1:
-        parser.error(f"--question-tokens and --repeats must be ≥ 1, got {args.question_tokens}, {args.repeats}")
+    check_at_least(parser, 1, question_tokens=args.question_tokens, repeats=args.repeats, threads=args.threads)
+    check_llm_size(parser, args)
     torch.set_num_threads(args.threads)
 
     pipe = build_pipeline(args)

@@ -9,7 +9,6 @@ The prompt is built from Qwen2.5's special token ids directly, so no tokenizer d
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration  # noqa: E402
-from script_args import check_output_folder, command_line  # noqa: E402
+from script_args import check_output_folder, command_line, given_or_temporary_folder  # noqa: E402
 
 
 def image_question_ids(config, tokens: int) -> torch.Tensor:
@@ -33,7 +32,11 @@ def image_question_ids(config, tokens: int) -> torch.Tensor:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="hydrax-7b", help="model preset to build (default: hydrax-7b)")
-    parser.add_argument("--output-dir", type=Path, help="where to save the random checkpoint (default: a temp dir)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="where to save (and keep) the random checkpoint (default: a temporary folder, deleted at the end)",
+    )
     parser.add_argument("--size", type=int, default=512, help="image side for the question and the generation")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated for the answer (default: 32)")
     parser.add_argument(
@@ -48,16 +51,20 @@ def main(argv=None):
     check_output_folder(parser, "--report", args.report.parent)
     if not torch.cuda.is_available():
         parser.error("this check needs a CUDA GPU")
-    if args.size % 16:
-        parser.error(f"--size must be a multiple of 16, got {args.size}")
+    if args.size < 16 or args.size % 16:
+        parser.error(f"--size must be a positive multiple of 16, got {args.size}")
+    with given_or_temporary_folder(args.output_dir, "hydrax-gpu-check-") as output_dir:
+        run_check(args, argv, output_dir)
 
+
+def run_check(args, argv, output_dir: Path) -> None:
+    """Build, save into `output_dir`, reload, time, and append the figures to --report."""
     # 1. Build with random weights in bf16 directly on the GPU and save
     config = HydraXConfig.from_preset(args.preset)
     start = time.perf_counter()
     with torch.device("cuda"):
         model = HydraXForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     build_s = time.perf_counter() - start
-    output_dir = args.output_dir or Path(tempfile.mkdtemp(prefix="hydrax-gpu-check-"))
     start = time.perf_counter()
     model.save_pretrained(output_dir)
     save_s = time.perf_counter() - start

@@ -18,7 +18,6 @@ H200 within 40 GB.
 
 import argparse
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -47,7 +46,7 @@ from processing_hydrax import (  # noqa: E402
     HydraXVideoProcessor,
     build_tiny_qwen2_tokenizer,
 )
-from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
+from script_args import HelpFormatter, check_output_folder, command_line, given_or_temporary_folder  # noqa: E402
 
 
 def save_random_pipeline(preset: str, folder: Path, device: str, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -137,7 +136,11 @@ def main(argv=None):
         help="keep the weights on the CPU and bring them in per call (model), per block (group: block-level group "
         "offloading, streamed on CUDA) or per module (sequential); peak memory then counts what stays on the device",
     )
-    parser.add_argument("--output-dir", type=Path, help="where to save the pipeline folder (default: a temp dir)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="where to save (and keep) the pipeline folder (default: a temporary folder, deleted at the end)",
+    )
     parser.add_argument(
         "--report", type=Path, default=ROOT / "docs" / "PERFORMANCE.md", help="Markdown file the table is appended to"
     )
@@ -156,9 +159,13 @@ def main(argv=None):
     if args.output_dir is not None:
         check_output_folder(parser, "--output-dir", args.output_dir)
     check_output_folder(parser, "--report", args.report.parent)
+    with given_or_temporary_folder(args.output_dir, "hydrax-pipeline-check-") as folder:
+        run_checks(args, argv, folder)
 
+
+def run_checks(args, argv, folder: Path) -> None:
+    """Save a random pipeline into `folder`, reload it, and append each timed call's row to --report."""
     # 1. Build with random weights on the device and save as a pipeline folder
-    folder = args.output_dir or Path(tempfile.mkdtemp(prefix="hydrax-pipeline-check-")) / "pipeline"
     start = time.perf_counter()
     save_random_pipeline(args.preset, folder, args.device)
     build_s = time.perf_counter() - start

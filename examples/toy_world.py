@@ -14,13 +14,16 @@ examples/train_hydrax.py's `main`, the command a user runs, on three JSONL manif
 square?"), captions → images ("a red circle on blue") and edits ("make the circle green"), mixed in batches of 16
 (at batch 1 the generated images stay in the background colour), all trainable (stage 2) with
 `--flow-logit-mean 1.0`: on a 2×2 grid conditioning is learned at flow times near noise, which the default
-logit-normal(0, 1) draws less often (SPEC §2); 2.5 draws almost nothing but noise and leaves the shapes faint.
+logit-normal(0, 1) draws less often (docs/TOY_WORLD.md, "Flow times"); 2.5 draws almost nothing but noise and leaves
+the shapes faint.
 (4) Scores the held-out combinations, each against the best constant guess ("chance": the share of the most common
 right answer): (a) greedy answers, exact match; (b) `HydraXPipeline` images from held-out captions: the named colour
 (nearest of the four) of the centre and of the border; (c) `HydraXEditPipeline` edits whose result is a held-out
 combination: the centre's named colour, and PSNR against the source outside the shape (the part the edit must keep).
-Writes to --output-dir: world/ (images and manifests), tokenizer/, hydrax/ (train_hydrax.py's output, with model/),
-text_to_image.png and edits.png (sample grids) and metrics.json.
+Writes to --output-dir: world/ (images and manifests), tokenizer_training/ (the Hydra-XTok fit: its images, initial/,
+work/ and model/), tokenizer/ (the fitted tokenizer with its latent statistics), initial/ (the untrained Hydra-X
+checkpoint), hydrax/ (train_hydrax.py's output: work/ and model/), text_to_image.png and edits.png (sample grids) and
+metrics.json.
 """
 
 import argparse
@@ -49,7 +52,7 @@ from transformers import AutoModel, AutoProcessor  # noqa: E402
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import HelpFormatter, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_output_folder  # noqa: E402
 
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 40)}
@@ -331,7 +334,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="mean of the logit-normal flow-time distribution (> 0 draws times near noise, where small grids learn "
-        "their conditioning, SPEC §2; 1.0 still trains the near-clean times the last sampling steps need)",
+        'their conditioning: docs/TOY_WORLD.md, "Flow times"; 1.0 still trains the near-clean times the last '
+        "sampling steps need)",
     )
     parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per generated or edited image")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free (text) guidance scale")
@@ -348,6 +352,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.tokenizer_minutes < 0:
         parser.error(f"--tokenizer-minutes must be ≥ 0 (0: no time budget), got {args.tokenizer_minutes}")
+    check_at_least(parser, 0, seed=args.seed)
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 

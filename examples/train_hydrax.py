@@ -4,7 +4,7 @@ collated on the fly, per-module learning rates, LoRA, evaluation, resuming, and 
     python examples/train_hydrax.py --max-steps 5                    # tiny model + built-in demo data, ~20 s on CPU
     python examples/train_hydrax.py --model CKPT --stage 2 --data a.jsonl:3 b.jsonl:1 --eval-split 0.05
 
-Stages (SPEC §2; Gen-ViT and the pixel decoder are always frozen, they fix the latent space):
+Stages (the paper's; Gen-ViT and the pixel decoder are always frozen, they fix the latent space):
   1  LLM frozen; vision head (projector, timestep embedding, flow head) 1e-4, Sem-ViT 5e-5
   2  everything else trainable; vision head 5e-5, LLM and Sem-ViT 2e-5
   3  as stage 2 (the paper's high-quality instruction data at 1024 px)
@@ -24,8 +24,8 @@ OUTPUT_DIR/demo_data. Samples whose files are missing or unreadable, and manifes
 are reported with their file and line, then skipped or fatal (`--on-bad-sample`).
 
 Small grids: flow times near noise are where conditioning is learned, and the default logit-normal(0, 1) rarely draws
-them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 1.0` (SPEC §2;
-docs/TOY_WORLD.md: 2.5 learns the conditioning but leaves the near-clean times, and so the samples' detail, untrained).
+them on a 2×2 latent grid; for toy sizes and short fine-tunes pass e.g. `--flow-logit-mean 1.0` (docs/TOY_WORLD.md,
+"Flow times": 2.5 learns the conditioning but leaves the near-clean times, and so the samples' detail, untrained).
 
 Validation: `--validation-prompts "a red fox" "a cup of coffee"` samples one image per prompt with the weights being
 trained at every checkpoint (`--validation-size`, `--validation-inference-steps`, `--validation-guidance-scale`,

@@ -3,7 +3,7 @@
     python examples/train_tokenizer.py --data photos/ clips/ --max-steps 20 --preset tiny --no-teachers --size 64
     python examples/train_tokenizer.py --model ckpt/model --stage 2 --data photos/ --lpips lpips/ --bf16
 
-Stages (SPEC §1; every loss weight is a flag, these are the defaults, from the predecessor HYDRA):
+Stages (the paper's; every loss weight is a flag, these are the defaults, from the predecessor HYDRA):
   1  everything trains: L1 1.0 + LPIPS 0.1 + KL 1e-4 + image / video distillation 1.0 each; no GAN
   2  encoder and Sem-ViT frozen, the pixel decoder fine-tuned with L1 1.0 + LPIPS 0.1 + GAN 0.075 (hinge, PatchGAN)
   3  the per-channel latent mean / std computed over the training data first (written into the saved config with the

@@ -783,8 +783,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             decode_chunk_frames (`int`, `"auto"` or `None`, defaults to `"auto"`):
                 Videos: latent frames Hydra-XTok decodes at a time, streamed with its frame cache, as Wan's VAE decodes
                 frame by frame. The frames equal a whole-clip decode, and decoding memory stays flat with the clip's
-                length (12× less at 257 frames, `bench/bench_tokenizer.py --part decode`). `"auto"`: 2, or the whole
-                clip for a tokenizer with `attention_mode="full"` (which cannot stream); `None`: the whole clip.
+                length (≈15–19× less at 257 frames, `bench/bench_tokenizer.py --part decode`). `"auto"`: 2, or the
+                whole clip for a tokenizer with `attention_mode="full"` (which cannot stream); `None`: the whole clip.
             prompt_embeds ([`HydraXEncodedPrompt`], *optional*):
                 Prompts already run through the LLM by [`~HydraXPipeline.encode_prompt`], in place of `prompt` and
                 `negative_prompt`; encoded with this call's `num_images_per_prompt` and with guidance on (> 1) or off

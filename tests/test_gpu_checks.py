@@ -1,6 +1,8 @@
-"""The GPU checks of bench/ run their whole path on a CPU at toy sizes (the GPU runs themselves need a lent GPU)."""
+"""The GPU checks of bench/ run their whole path on a CPU at toy sizes (the GPU runs themselves need a lent GPU),
+label what ran, and leave no temporary folders behind (at full size each holds tens of GB)."""
 
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,16 @@ import gpu_check_pipelines  # noqa: E402
 import gpu_check_training  # noqa: E402
 
 
-def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    """A folder of its own for `tempfile`'s folders, to see what a check leaves there."""
+    root = tmp_path / "temp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys, temp_root):
     report = tmp_path / "report.md"
     sizes = ["--image-sizes", "32", "--video-size", "32", "--edit-size", "32", "--steps", "2"]
     gpu_check_pipelines.main(["--preset", "tiny", "--device", "cpu", *sizes, "--report", str(report)])
@@ -23,6 +34,7 @@ def test_pipeline_gpu_check_smoke_run_on_cpu(tmp_path, capsys):
         assert f"| {row} | no |" in table and f"| {row} | yes (" in table, row
     assert "failed" not in table
     assert f"appended to {report}" in capsys.readouterr().out
+    assert not list(temp_root.glob("hydrax-*")), "the saved pipeline folder was left behind"
 
 
 def test_pipeline_gpu_check_with_group_offloading_on_cpu(tmp_path):
@@ -38,20 +50,21 @@ def test_pipeline_gpu_check_with_group_offloading_on_cpu(tmp_path):
         gpu_check_pipelines.main(["--device", "cpu", "--offload", "group", "--compile", "both"])
 
 
-def test_training_gpu_check_smoke_run_on_cpu(tmp_path):
+def test_training_gpu_check_smoke_run_on_cpu(tmp_path, temp_root):
     report = tmp_path / "report.md"
     gpu_check_training.main(
         ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--size", "32", "--report", str(report)]
     )
     table = report.read_text()
     assert "Command: `python bench/gpu_check_training.py --preset tiny --device cpu --steps 1 --size 32" in table
-    row = "| tiny, 1 steps, one process, bf16 + gradient checkpointing | loads with AutoModel, validation samples"
+    row = "| tiny, 1 steps, one process, fp32 + gradient checkpointing | loads with AutoModel, validation samples"
     assert row + " written," in table
-    assert "| tiny, stage 2, 32², bf16 autocast + gradient checkpointing, batch 1 | " in table
-    assert "s/step over 1 steps" in table
+    assert "| tiny, stage 2, 32², fp32 + gradient checkpointing, batch 1 | " in table
+    assert "s/step over 1 steps" in table and "bf16" not in table  # bf16 runs on CUDA only
+    assert not list(temp_root.glob("hydrax-*")), "the training runs' folder was left behind"
 
 
-def test_tokenizer_training_gpu_check_smoke_run_on_cpu(tmp_path):
+def test_tokenizer_training_gpu_check_smoke_run_on_cpu(tmp_path, temp_root):
     import gpu_check_tokenizer_training
 
     report = tmp_path / "report.md"
@@ -59,6 +72,8 @@ def test_tokenizer_training_gpu_check_smoke_run_on_cpu(tmp_path):
     gpu_check_tokenizer_training.main([*argv, "--report", str(report)])
     table = report.read_text()
     assert f"Command: `python bench/gpu_check_tokenizer_training.py {' '.join(argv)} --report" in table
-    assert "| tiny, 32², batch 2, 1 steps, stage 1 (L1 + LPIPS + KL), bf16 + gradient checkpointing | " in table
-    assert "| tiny, 32², batch 2, 1 steps, stage 2 (decoder + PatchGAN), bf16 + gradient checkpointing | " in table
+    assert "| tiny, 32², batch 2, 1 steps, stage 1 (L1 + LPIPS + KL), fp32 + gradient checkpointing | " in table
+    assert "| tiny, 32², batch 2, 1 steps, stage 2 (decoder + PatchGAN), fp32 + gradient checkpointing | " in table
     assert "| tiny, 3 steps, `accelerate launch` fsdp_tokenizer.yaml (1 process) | loads with AutoModel," in table
+    assert "bf16" not in table  # bf16 runs on CUDA only
+    assert not list(temp_root.glob("hydrax-*")), "the training runs' folder was left behind"

