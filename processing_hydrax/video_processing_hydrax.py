@@ -76,31 +76,27 @@ def sample_frame_indices(
     if num_frames is not None:
         if num_frames < 1:
             raise ValueError(f"`num_frames` must be at least 1, got {num_frames}.")
-        if num_frames > total_num_frames and isinstance(num_frames, FrameBudget):
-            count = largest_valid_num_frames(total_num_frames, step)
-            warnings.warn(
-                f"{name} has {total_num_frames} frames, fewer than the processor's num_frames={int(num_frames)}; "
-                f"keeping {count} = 1 + {step}k frames spread over it.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
-        if num_frames > total_num_frames:
+        if num_frames > total_num_frames and not isinstance(num_frames, FrameBudget):
             raise ValueError(
                 f"{name} has {total_num_frames} frames but num_frames={num_frames} were requested; pass "
                 f"num_frames <= {largest_valid_num_frames(total_num_frames, step)} (a value 1 + {step}k) or sample "
                 "with `fps` instead."
             )
-        count = 1 + round((num_frames - 1) / step) * step
-        if count > total_num_frames:
-            count -= step
-        if count != num_frames:
-            warnings.warn(
-                f"num_frames={num_frames} is not of the form 1 + {step}k that Hydra-XTok needs; sampling {count} "
-                f"frames from {name} instead.",
-                UserWarning,
-                stacklevel=3,
+        if num_frames > total_num_frames:  # the processor's budget: a shorter clip keeps what it has
+            count = largest_valid_num_frames(total_num_frames, step)
+            message = (
+                f"{name} has {total_num_frames} frames, fewer than the processor's num_frames={int(num_frames)}; "
+                f"keeping {count} = 1 + {step}k frames spread over it."
             )
+        else:
+            count = 1 + round((num_frames - 1) / step) * step
+            count -= step if count > total_num_frames else 0
+            message = (
+                f"num_frames={num_frames} is not of the form 1 + {step}k that Hydra-XTok needs; sampling {count} "
+                f"frames from {name} instead."
+            )
+        if count != num_frames:
+            warnings.warn(message, UserWarning, stacklevel=3)
         return np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
     if fps is not None:
         if fps <= 0:
