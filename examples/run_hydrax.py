@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from build_hydrax import build_checkpoint  # noqa: E402
+from build_hydrax import DROPPED_VISION, build_checkpoint, sub_config_dict  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
@@ -172,7 +172,7 @@ def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor, captio
 
 def tower_weights(state_dict: dict) -> dict:
     """A Hydra-XTok state dict without its training-only Decompressor: what a Hydra-X vision tower holds."""
-    return {name: value for name, value in state_dict.items() if not name.startswith("decompressor.")}
+    return {name: value for name, value in state_dict.items() if not name.startswith(tuple(DROPPED_VISION))}
 
 
 def plug_in_tokenizer(model, fitted: HydraXTokModel) -> None:
@@ -191,13 +191,9 @@ def tower_mismatch(vision_config: HydraXTokConfig, tokenizer_config: HydraXTokCo
         shapes.append({name: value.shape for name, value in tower_weights(state_dict).items()})
     if shapes[0] == shapes[1]:
         return None
-    ours, theirs = vision_config.to_dict(), tokenizer_config.to_dict()
-    metadata = ("architectures", "auto_map", "dtype", "transformers_version")
-    return ", ".join(
-        f"{key} {theirs[key]} vs {ours.get(key)}"
-        for key in sorted(theirs)
-        if key not in metadata and theirs[key] != ours.get(key)
-    )
+    ours, theirs = sub_config_dict(vision_config), sub_config_dict(tokenizer_config)
+    differences = [key for key in sorted(theirs) if theirs[key] != ours.get(key)]
+    return ", ".join(f"{key} {theirs[key]} vs {ours.get(key)}" for key in differences)
 
 
 def parse_args(argv=None):

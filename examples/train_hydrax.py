@@ -76,6 +76,7 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_utils import sort_checkpoints  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
@@ -309,9 +310,9 @@ def parse_eval_source(value: str) -> str:
 
 
 def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int, streaming: bool = False):
-    """The training mixture (sources interleaved with probabilities ∝ weights; with `streaming` an `IterableDataset`
-    shuffled through a buffer) and the evaluation set (`eval_sources` concatenated, or an `eval_split` fraction held
-    out of every source), or `None`."""
+    """The training mixture (sources interleaved with probabilities ∝ weights; with `streaming` an `IterableDataset`,
+    which `endless_stream` shuffles) and the evaluation set (`eval_sources` concatenated, or an `eval_split` fraction
+    held out of every source), or `None`."""
     import datasets
 
     loaded = [(load_source(source, on_bad_sample, streaming), weight) for source, weight in sources]
@@ -645,9 +646,8 @@ def resume_checkpoint(resume: str | None, work_dir: Path, record: dict, script: 
     whose run record was written after everything else), checked against this run's `record`; None when not
     resuming."""
     if resume == "last":
-        folders = [path for path in work_dir.glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
-        folders.sort(key=lambda path: int(path.name.split("-")[-1]))
-        complete = [path for path in folders if (path / RUN_FILE).is_file()]
+        folders = [Path(folder) for folder in sort_checkpoints(str(work_dir))]  # oldest first
+        complete = [folder for folder in folders if (folder / RUN_FILE).is_file()]
         if not complete:
             raise ValueError(f"--resume-from-checkpoint last: no complete checkpoint-N folder in {work_dir}.")
         if folders[-1] != complete[-1]:

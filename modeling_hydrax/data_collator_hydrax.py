@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
-from transformers.image_utils import load_image
 from transformers.utils import logging
 
 
@@ -75,15 +74,19 @@ def origin_of(example: dict) -> str:
     return example.get("origin") or "a sample"
 
 
+def open_image(source) -> Image.Image:
+    """An image file (a path or the bytes of one) decoded and turned upright by its EXIF orientation, in its own mode:
+    the processor converts it, and scales 16-bit images, which an RGB conversion here would saturate."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        return ImageOps.exif_transpose(image)
+
+
 def image_source(image) -> dict:
     """An entry of TRL's `images` as the source of an image block: `{"path": ...}` for a path (or a `datasets` image
-    without bytes), else `{"image": ...}`. Bytes are decoded and EXIF-rotated as files are; a PIL image is EXIF-rotated
-    too but keeps its mode (the processor scales 16-bit images, which `load_image`'s RGB conversion would saturate);
-    arrays and tensors pass as they are."""
+    without bytes), else `{"image": ...}`: bytes are opened as files are (`open_image`), a PIL image is EXIF-rotated
+    too, arrays and tensors pass as they are."""
     if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False
-        if image.get("bytes") is not None:
-            return {"image": load_image(Image.open(io.BytesIO(image["bytes"])))}
-        image = image.get("path")
+        image = image.get("path") if image.get("bytes") is None else open_image(image["bytes"])
     if isinstance(image, (str, os.PathLike)):
         return {"path": image}
     if isinstance(image, Image.Image):
@@ -159,7 +162,7 @@ class HydraXDataCollator:
                     block["path"] = str(path)
                     continue
                 try:
-                    block["image"] = load_image(str(path))
+                    block["image"] = open_image(path)
                 except Exception as error:
                     raise BadSampleError(f"{origin}: image {path} cannot be read ({error})") from error
         return messages

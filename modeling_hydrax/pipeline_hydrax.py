@@ -19,6 +19,7 @@ This file imports only torch, diffusers, transformers and its siblings `pipeline
 """
 
 import json
+import math
 import numbers
 import os
 import shutil
@@ -359,7 +360,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     ):
         patch = self.patch_size
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, numbers.Integral) or value < patch or value % patch:
+            if not isinstance(value, int) or value < patch or value % patch:
                 nearest = max(patch, round(value / patch) * patch) if isinstance(value, numbers.Real) else 16 * patch
                 raise ValueError(
                     f"`{name}` must be a positive multiple of the tokenizer's patch size {patch}, got {value!r}; "
@@ -392,15 +393,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     f"`{name}` must be a PIL image, a numpy array `[H, W, C]` or a torch tensor `[C, H, W]` in [0, 1] "
                     f"(or a batch or list of them), got {type(item).__name__}."
                 )
-            if (
-                isinstance(item, np.ndarray)
-                and item.dtype != np.uint8
-                and item.size
-                and not 0 <= item.min() <= item.max() <= 1
-            ):
+            is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in (np.uint8, torch.uint8)
+            if is_float and math.prod(item.shape) and not 0 <= float(item.min()) <= float(item.max()) <= 1:
                 raise ValueError(
-                    f"A float `{name}` array must hold values in [0, 1], got [{item.min()}, {item.max()}]; divide "
-                    "0–255 pixels by 255, or pass uint8 pixels or a PIL image."
+                    f"A float `{name}` array or tensor must hold values in [0, 1], got [{float(item.min())}, "
+                    f"{float(item.max())}]; divide 0–255 pixels by 255, or pass uint8 pixels or a PIL image."
                 )
         count = image_count(image)
         if count not in (1, num_prompts):
@@ -564,13 +561,12 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self._num_timesteps = len(timesteps)
         num_branches, dtype = len(guidance_weights), self.model.dtype
         num_clean = 0 if clean_latents is None else clean_latents.shape[2]
+        latents = self._anchored(latents, clean_latents)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                if num_clean:
-                    latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
                 sigma = self.scheduler.sigmas[i].to(latents.device).expand(latents.shape[0])
                 if num_clean:
                     sigma = sigma[:, None].repeat(1, latents.shape[2])
@@ -579,21 +575,25 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
                 velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
-                if num_clean:  # the callback sees the clean anchor, as the next step and the output do
-                    latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
+                latents = self._anchored(latents, clean_latents)  # the callback, next step and output see the anchor
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {}
                     for k in callback_on_step_end_tensor_inputs:
                         callback_kwargs[k] = locals()[k]
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
+                    latents = self._anchored(callback_outputs.pop("latents", latents), clean_latents)
 
                 progress_bar.update()
         self._current_timestep = None
-        if num_clean:
-            latents = torch.cat([clean_latents, latents[:, :, num_clean:]], dim=2)
         return latents
+
+    @staticmethod
+    def _anchored(latents: torch.Tensor, clean_latents: torch.Tensor | None) -> torch.Tensor:
+        """Image-to-video: `latents` with their first frames replaced by the clean anchor's (`None`: as they are)."""
+        if clean_latents is None:
+            return latents
+        return torch.cat([clean_latents, latents[:, :, clean_latents.shape[2] :]], dim=2)
 
     def _decode_chunk_frames(self, value) -> int | None:
         """`decode_chunk_frames` checked before sampling: `"auto"` resolved, an explicit chunk size refused for a

@@ -172,7 +172,7 @@ class HydraXProcessor(ProcessorMixin):
         if text is not None:
             text, offsets, target_flags, target_grids = self._expand_placeholders(text, data, targets)
             text_inputs = self.tokenizer(text, **text_kwargs)
-            self._check_visual_tokens(text, text_inputs["input_ids"])
+            self._check_special_mm_tokens(text, text_inputs, modalities=["image", "video"])  # truncation
             data.update(text_inputs)
             if return_offsets:
                 data["text_replacement_offsets"] = offsets
@@ -377,18 +377,6 @@ class HydraXProcessor(ProcessorMixin):
                 inside = is_pad
             masks.append(mask)
         return masks
-
-    def _check_visual_tokens(self, text: list[str], input_ids) -> None:
-        """Every image and video token of the expanded text survives tokenization: truncation must not cut a visual
-        block, whose latent grid would then disagree with its tokens."""
-        for index, (sample, row) in enumerate(zip(text, input_ids)):
-            expected = sample.count(self.image_token) + sample.count(self.video_token)
-            found = row.count(self.image_token_id) + row.count(self.video_token_id)
-            if found != expected:
-                raise ValueError(
-                    f"Sample {index} keeps {found} of its {expected} image/video tokens after tokenization: "
-                    "truncation cut a visual block. Disable truncation or raise `max_length`."
-                )
 
     # ------------------------------------------------------------------------------------------ chat templates
 

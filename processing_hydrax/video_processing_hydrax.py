@@ -116,8 +116,8 @@ def sample_frame_indices(
                 UserWarning,
                 stacklevel=3,
             )
-        step = video_fps / rate  # divided first: `k * 29.97 / 29.97` rounds below k, and floor repeats a frame
-        return np.minimum(np.floor(np.arange(count) * step + 1e-6), total_num_frames - 1).astype(np.int64)
+        stride = video_fps / rate  # divided first: `k * 29.97 / 29.97` rounds below k, and floor repeats a frame
+        return np.floor(np.arange(count) * stride + 1e-6).astype(np.int64)
     count = largest_valid_num_frames(total_num_frames, step)
     if count != total_num_frames:
         warnings.warn(

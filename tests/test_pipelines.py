@@ -428,6 +428,11 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
             ValueError,
             r"must hold values in \[0, 1\], got \[200.0, 200.0\]",
         ),
+        (
+            dict(image=torch.full((3, 32, 32), 255.0), num_frames=5),  # e.g. `read_image(path).float()`
+            ValueError,
+            r"array or tensor must hold values in \[0, 1\], got \[255.0, 255.0\]",
+        ),
         (dict(prompt=[]), ValueError, "`prompt` is an empty list"),
         (dict(prompt=3), TypeError, "`prompt` must be a string or a list of strings"),
         (

@@ -349,6 +349,23 @@ def test_trl_images_as_bytes_or_pil_are_rotated_by_their_exif_as_files_are(proce
     assert all(np.array_equal(np.asarray(upright[0]), np.asarray(picture)) for picture in upright[1:])
 
 
+def test_16_bit_images_collate_to_the_same_pixels_by_path_bytes_or_pil(processor, tmp_path):
+    """A 16-bit PNG is scaled to 8 bits by the processor however it arrives; an RGB conversion on the way would
+    saturate it to white."""
+    gray = (np.arange(32 * 48, dtype=np.uint16).reshape(32, 48) * 40).astype(np.uint16)  # up to 61400
+    Image.fromarray(gray).save(tmp_path / "gray16.png")
+    conversation = trl_layout_messages("a ramp")
+    sources = [
+        str(tmp_path / "gray16.png"),
+        {"bytes": (tmp_path / "gray16.png").read_bytes(), "path": None},
+        Image.open(tmp_path / "gray16.png"),
+    ]
+    collator = HydraXDataCollator(processor)
+    pixels = [collator([{"messages": conversation, "images": [source]}])["pixel_values"] for source in sources]
+    assert all(torch.equal(pixels[0], other) for other in pixels[1:])
+    assert (pixels[0] >= 0.999).float().mean() < 0.05  # not saturated
+
+
 def trl_layout_messages(answer: str) -> list[dict]:
     question = train_hydrax.user([{"type": "image"}, train_hydrax.text("What is it?")])
     return [question, train_hydrax.assistant([train_hydrax.text(answer)])]
