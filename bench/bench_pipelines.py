@@ -52,10 +52,10 @@ def reference_sample(pipe, branches, weights, latents, num_inference_steps, sour
     attention_mask)` (a prompt prefix ending with the target's `<|vision_start|>`, as the pipelines build them) with
     the noisy target appended, combined as `Σ weight · velocity`. `sources` gives each branch's edit source pixels.
     Step times are appended to `step_seconds` when given. Returns the final latents."""
-    model, scheduler = pipe.model, copy.deepcopy(pipe.scheduler)
-    num_tokens = latents[0, 0].numel()
+    model, num_tokens = pipe.model, latents[0, 0].numel()
+    pipe._set_timesteps(num_inference_steps, None, num_tokens)  # the pipeline's schedule, on a copy of its scheduler
+    scheduler = copy.deepcopy(pipe.scheduler)
     token = model.config.video_token_id if latents.shape[2] > 1 else model.config.image_token_id
-    scheduler.set_timesteps(num_inference_steps, mu=model.flow_shift_mu(num_tokens))
     full = []
     for ids, mask in branches:
         target = torch.full((ids.shape[0], num_tokens), token)

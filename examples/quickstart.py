@@ -207,7 +207,8 @@ def prepare_data(folder: Path, args) -> tuple[Path, dict[str, torch.Tensor], str
 
 def training_argv(args, manifest: Path, initial: Path | None, with_video: bool) -> list[str]:
     """examples/train_tokenizer.py's command line for this quickstart: stage 1, L1 + KL, no teachers, no LPIPS."""
-    argv = ["--data", manifest, "--output-dir", args.output_dir, "--stage", 1, "--no-teachers", "--lpips-weight", 0]
+    argv = ["--data", manifest, "--output-dir", args.output_dir, "--force", "--stage", 1, "--no-teachers"]
+    argv += ["--lpips-weight", 0]
     argv += ["--model", initial] if initial is not None else ["--preset", "tiny" if args.tiny else "small"]
     argv += ["--size", args.size, "--num-frames", args.frames, "--frame-stride", CLIP_STRIDE, "--cache-media"]
     argv += ["--video-ratio", 1 / args.video_every if with_video else 0, "--shuffle-channels"]

@@ -78,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_stage(args, manifest: Path, output: Path, minutes: float, *options) -> Path:
     """One examples/train_tokenizer.py run on the quickstart data; returns its model folder."""
-    argv = ["--data", manifest, "--output-dir", output, "--no-teachers", "--lpips", args.output_dir / "lpips_train"]
+    argv = ["--data", manifest, "--output-dir", output, "--force", "--no-teachers"]
+    argv += ["--lpips", args.output_dir / "lpips_train"]
     argv += ["--size", args.size, "--num-frames", 5, "--frame-stride", quickstart.CLIP_STRIDE, "--cache-media"]
     argv += ["--video-ratio", 0.25, "--shuffle-channels", "--max-steps", 100_000, "--max-minutes", minutes]
     argv += ["--batch-size", args.batch_size, "--seed", args.seed, "--report-to", "none", "--cpu"]

@@ -163,7 +163,8 @@ def fit_tokenizer(images: list[Image.Image], args, folder: Path) -> tuple[HydraX
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for number, image in enumerate(images):
         image.save(folder / "images" / f"{number}.png")
-    argv = ["--data", folder / "images", "--model", folder / "initial", "--output-dir", folder, "--stage", 1]
+    argv = ["--data", folder / "images", "--model", folder / "initial", "--output-dir", folder, "--force"]
+    argv += ["--stage", 1]
     argv += ["--no-teachers", "--lpips-weight", 0, "--size", args.size, "--min-crop-fraction", 1, "--cache-media"]
     argv += ["--shuffle-channels", "--max-steps", args.tokenizer_steps]
     argv += ["--max-minutes", args.tokenizer_minutes] if args.tokenizer_minutes else []
@@ -362,7 +363,7 @@ def train_args(args, manifests: dict[str, Path], checkpoint: Path) -> list[str]:
     side = str(args.size**2)
     return [
         *("--model", str(checkpoint), "--stage", "2", "--data", *(f"{path}:1" for path in manifests.values())),
-        *("--output-dir", str(args.output_dir / "hydrax"), "--max-steps", str(args.steps)),
+        *("--output-dir", str(args.output_dir / "hydrax"), "--force", "--max-steps", str(args.steps)),
         *("--batch-size", str(args.batch_size), "--learning-rate-scale", str(args.learning_rate_scale)),
         *("--warmup-steps", str(min(50, args.steps // 10))),
         *("--flow-logit-mean", str(args.flow_logit_mean), "--min-pixels", side, "--max-pixels", side),

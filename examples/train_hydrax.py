@@ -54,6 +54,8 @@ import argparse
 import contextlib
 import json
 import math
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,7 +83,14 @@ from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_output_folder, write_atomically, write_video  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_at_least,
+    check_folder,
+    check_output_folder,
+    write_atomically,
+    write_video,
+)
 
 
 logger = logging.get_logger("train_hydrax")
@@ -173,6 +182,18 @@ def add_lora(model, args, learning_rates: dict[str, float]):
     saved with the adapter (`modules_to_save`)."""
     from peft import LoraConfig, get_peft_model
 
+    frozen = [
+        name
+        for name, _ in model.named_modules()
+        if name.startswith(HYDRAX_FROZEN_MODULES) and re.fullmatch(args.lora_target_modules, name)
+    ]
+    if frozen:
+        raise ValueError(
+            f"--lora-target-modules {args.lora_target_modules!r} matches {len(frozen)} modules of the frozen Gen-ViT "
+            f"and pixel decoder (e.g. {frozen[0]}; Hydra-XTok's attention also names its projections q_proj, k_proj, "
+            "v_proj), whose adapters would never get a gradient (DDP then fails on its second step). Narrow the "
+            f"pattern, e.g. to the default {DEFAULT_LORA_TARGETS!r}."
+        )
     full = [
         prefix.removeprefix("model.")
         for group in learning_rates
@@ -271,20 +292,52 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
 
     def common_columns(*values):
         """One row's common columns from its turns, its single `image` (when that is the source's column) and its
-        index; `images` (when the source lacks it) is `[image]` or empty."""
+        index; `images` (when the source lacks it) is `[image]` or empty. A `messages` string is the conversation's
+        JSON (the collator parses and checks it); TRL's standard `prompt` / `completion` strings are a user and an
+        assistant turn."""
         turns, index = values[: len(conversation)], values[-1]
-        row = {"messages": json.dumps([turn for part in turns for turn in part]), "origin": f"{source} row {index}"}
+        if len(turns) == 1 and isinstance(turns[0], str):
+            messages = turns[0]
+        else:
+            roles = ("user", "assistant")
+            parts = [
+                [{"role": role, "content": part}] if isinstance(part, str) else part
+                for role, part in zip(roles, turns)
+            ]
+            messages = json.dumps([turn for part in parts for turn in part])
+        row = {"messages": messages, "origin": f"{source} row {index}"}
         if "images" not in columns:
             row["images"] = [values[-2]] if single and values[-2] is not None else []
         return {**row, "root": root}
 
-    return dataset.map(
+    dataset = dataset.map(
         common_columns,
         with_indices=True,
         input_columns=conversation + (["image"] if single else []),  # images are neither decoded nor re-encoded
         remove_columns=[name for name in columns if name != "images"],
         features=features,
     )
+    return dataset if streaming else drop_bad_rows(dataset, source, on_bad_sample)
+
+
+def drop_bad_rows(dataset, source: str, on_bad_sample: str):
+    """A map-style source's rows checked up front as a manifest's lines are (a conversation with an assistant turn,
+    existing files), each bad one reported by its origin, then skipped or fatal: a bad row must not end a run hours
+    in. A stream's rows are checked as they are collated."""
+    good = []
+    rows = zip(dataset["messages"], dataset["origin"], dataset["root"])
+    for index, (messages, origin, root) in enumerate(rows):
+        try:
+            problem = find_problem(normalize_messages(messages), root)
+        except Exception as error:
+            problem = f"`messages` is not a conversation ({error})"
+        if problem is None:
+            good.append(index)
+        else:
+            report_bad_sample(f"{origin}: {problem}", on_bad_sample)
+    if not good:
+        raise ValueError(f"{source}: no usable conversation in the dataset.")
+    return dataset if len(good) == len(dataset) else dataset.select(good)
 
 
 def parse_source(value: str) -> tuple[str, float]:
@@ -382,6 +435,16 @@ def text(value):
 
 
 # ------------------------------------------------------------------------------------------------------- trainer
+LOSS_SHARES = "hydrax_loss_shares"  # a training micro-batch's (text, flow) loss weights, set by get_batch_samples
+
+
+def loss_token_counts(batch: dict) -> tuple[int, int]:
+    """A collated batch's (scored text tokens, generation target tokens): what its `lm_loss` and `flow_loss` average
+    over (a token is scored when the next position's label is set)."""
+    targets = batch.get("target_mask")
+    return int((batch["labels"][:, 1:] != -100).sum()), 0 if targets is None else int(targets.sum())
+
+
 class HydraXTrainer(Trainer):
     """Trainer with per-module learning rates (optimizer parameter groups) and the model's `logged_terms` (`lm_loss`,
     `flow_loss`) logged beside `loss` (averaged over the batches since the last log; `eval_…` in evaluation)."""
@@ -418,8 +481,32 @@ class HydraXTrainer(Trainer):
 
     logged_terms = ("lm_loss", "flow_loss")
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """The micro-batches of one optimizer step, each with its shares (`LOSS_SHARES`) of the step's scored text
+        tokens and target latent tokens, counted over the micro-batches and the processes. `compute_loss` weights the
+        micro-batch's `lm_loss` and `flow_loss` (means over its own tokens) by them, so that gradient accumulation and
+        data parallelism give the gradient of one batch of all the samples; unweighted, a micro-batch without a
+        generation target would halve the flow term's weight in the step. (The counts are the collator's: an
+        image-to-video anchor frame or assistant text dropped for guidance, which `forward` leaves out, still
+        counts.)"""
+        batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batches and "labels" in batches[0]:
+            counts = torch.tensor([loss_token_counts(batch) for batch in batches], dtype=torch.float64, device=device)
+            totals = self.accelerator.reduce(counts.sum(0), "sum").clamp_min(1)
+            for batch, count in zip(batches, counts):
+                batch[LOSS_SHARES] = count / totals * (len(batches) * self.accelerator.num_processes)
+        return batches, num_items_in_batch
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        shares = inputs.pop(LOSS_SHARES, None)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if shares is not None:
+            config = self.accelerator.unwrap_model(model).config
+            for name, weight, share in zip(
+                self.logged_terms, (config.lm_loss_weight, config.flow_loss_weight), shares
+            ):
+                if outputs.get(name) is not None:
+                    loss = loss + (share - 1) * weight * outputs[name]
         sums = self.loss_sums["train" if model.training else "eval"]
         for name in self.logged_terms:
             value = outputs.get(name)
@@ -660,6 +747,28 @@ def resume_checkpoint(resume: str | None, work_dir: Path, record: dict, script: 
     return resume
 
 
+def check_no_earlier_run(parser: argparse.ArgumentParser, args) -> None:
+    """`parser.error` when OUTPUT_DIR/work holds checkpoints of an earlier run and this run neither continues it
+    (--resume-from-checkpoint) nor replaces it (--force): `last` would later resume the earlier run's newest
+    checkpoint, and the two runs' checkpoints and logs would mix."""
+    work_dir = Path(args.output_dir) / "work"
+    earlier = sort_checkpoints(str(work_dir)) if work_dir.is_dir() else []
+    if earlier and args.resume_from_checkpoint is None and not args.force:
+        parser.error(
+            f"--output-dir {args.output_dir}: holds the checkpoints of an earlier run (newest: {earlier[-1]}); pass "
+            "--resume-from-checkpoint last to continue it, --force to replace it, or a new folder"
+        )
+
+
+def clear_earlier_run(args, training_args: TrainingArguments, work_dir: Path) -> None:
+    """--force without a resume: the earlier run's OUTPUT_DIR/work goes (the main process removes it while the others
+    wait) before this run writes its own; its OUTPUT_DIR/model is replaced only when this run saves."""
+    if args.force and args.resume_from_checkpoint is None:
+        with training_args.main_process_first(desc="removing the earlier run's checkpoints"):
+            if training_args.process_index == 0 and work_dir.exists():
+                shutil.rmtree(work_dir)
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -767,6 +876,11 @@ def parse_args(argv=None):
         "sample whose files are missing or unreadable or that has no assistant turn (always reported)",
     )
     parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder under OUTPUT_DIR/work, or 'last'")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh in an --output-dir that holds an earlier run's checkpoints (they are removed)",
+    )
     parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every this many steps")
     parser.add_argument("--eval-steps", type=int, help="evaluate every this many steps (default: at the end only)")
     parser.add_argument("--logging-steps", type=int, default=10, help="log losses every this many steps")
@@ -830,8 +944,18 @@ def parse_args(argv=None):
         parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
     if args.streaming and args.eval_split:
         parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
-    if args.max_steps < 1 or args.batch_size < 1:
-        parser.error(f"--max-steps and --batch-size must be ≥ 1, got {args.max_steps} and {args.batch_size}")
+    check_at_least(
+        parser,
+        1,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        save_steps=args.save_steps,
+        logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps,
+    )
+    if args.eval_steps is not None and not (args.eval_data or args.eval_split):
+        parser.error("--eval-steps needs evaluation data: pass --eval-data or --eval-split")
     if any(not prompt.strip() for prompt in args.validation_prompts):
         parser.error("--validation-prompts holds an empty prompt; give each prompt some text")
     if args.validation_num_frames < 1 or (args.validation_num_frames - 1) % 4:
@@ -851,6 +975,7 @@ def parse_args(argv=None):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    check_no_earlier_run(parser, args)
     return args
 
 
@@ -911,6 +1036,7 @@ def main(argv=None) -> HydraXTrainer:
         # a stream's batches of differently sized images cannot be dispatched from one process: each collates its own
         **({"accelerator_config": {"dispatch_batches": False}} if args.streaming else {}),
     )
+    clear_earlier_run(args, training_args, work_dir)
 
     plugin = training_args.deepspeed_plugin
     if plugin is not None and training_args.world_size > 1:

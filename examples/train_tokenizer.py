@@ -59,6 +59,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     HydraXTrainer,
     RunRecordCallback,
+    check_no_earlier_run,
+    clear_earlier_run,
     full_parameters,
     gathered_model,
     resume_checkpoint,
@@ -82,7 +84,7 @@ from modeling_hydrax.losses_hydrax_tok import (  # noqa: E402
     HydraXTokLPIPS,
     HydraXTokTeachers,
 )
-from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
 
 
 logger = logging.get_logger("train_tokenizer")
@@ -465,6 +467,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a teacher's own code (InternVideo)")
     parser.add_argument("--resume-from-checkpoint", help="a checkpoint folder, or 'last'")
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh in an --output-dir that holds an earlier run's checkpoints (they are removed)",
+    )
+    parser.add_argument(
         "--max-minutes",
         type=float,
         help="time budget: stop after this many minutes; the learning rate then follows whichever of --max-steps and "
@@ -485,15 +492,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    check_no_earlier_run(parser, args)
     if args.num_frames < 1 or (args.num_frames - 1) % 4:
         parser.error(f"--num-frames must be 1 + 4k (an anchor plus a multiple of 4), got {args.num_frames}.")
     args.resolutions = args.resolutions or [(args.size, args.size)]
     for height, width in args.resolutions:
         if height % 16 or width % 16 or min(height, width) < 16:
             parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
-    for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "stats_samples", "save_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    names = ("max_steps", "batch_size", "gradient_accumulation_steps", "stats_samples", "save_steps", "logging_steps")
+    check_at_least(parser, 1, eval_steps=args.eval_steps, **{name: getattr(args, name) for name in names})
+    if args.eval_steps is not None and not args.eval_data:
+        parser.error("--eval-steps needs evaluation data: pass --eval-data")
     if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
         parser.error(f"--max-minutes must be positive and cannot resume a run, got {args.max_minutes}.")
     if args.streaming and args.cache_media:
@@ -581,6 +590,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         lr_scheduler_type="cosine",
         use_cpu=args.cpu,
     )
+    clear_earlier_run(args, training_args, work_dir)
 
     # 2. Data, probed once (every process probes the same files: a deterministic list)
     data_options = dict(

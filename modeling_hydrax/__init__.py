@@ -2,7 +2,7 @@
 on import (together with the processors of `processing_hydrax`); saved checkpoints carry this code (`auto_map`) for
 `trust_remote_code=True` loading."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
 from .configuration_hydrax import HydraXConfig
 from .configuration_hydrax_tok import HydraXTokConfig
@@ -16,6 +16,8 @@ AutoModel.register(HydraXTokConfig, HydraXTokModel, exist_ok=True)
 AutoConfig.register(HydraXConfig.model_type, HydraXConfig, exist_ok=True)
 AutoModel.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
+# pipeline("any-to-any"), the model card's task, loads through AutoModelForMultimodalLM
+AutoModelForMultimodalLM.register(HydraXConfig, HydraXForConditionalGeneration, exist_ok=True)
 HydraXConfig.register_for_auto_class()
 HydraXForConditionalGeneration.register_for_auto_class("AutoModel")
 HydraXTokConfig.register_for_auto_class()

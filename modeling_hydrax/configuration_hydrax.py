@@ -32,7 +32,12 @@ class HydraXConfig(PreTrainedConfig):
         flow_logit_mean / flow_logit_std (`float`): logit-normal training distribution of the flow time t.
         flow_base_seq_len / flow_max_seq_len / flow_base_shift / flow_max_shift: resolution-dependent time shift:
             `mu` is interpolated linearly in the number of latent tokens and t ↦ e^mu / (e^mu + 1/t − 1), the
-            convention of diffusers' `FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)`.
+            convention of diffusers' `FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)`. For a constant
+            shift, set `flow_base_shift == flow_max_shift`.
+        flow_max_mu (`float`, *optional*): upper bound of `mu` (default 2.0: a shift of e² ≈ 7.4, about
+            HunyuanVideo's fixed shift of 7). The linear rule, extrapolated past `flow_max_seq_len` (Flux's 1024²),
+            grows without bound in the token count of a video (F·h·w): a 17×1024² clip would get a shift of 51 and a
+            257×512² one 10⁵, every sampling step at σ ≈ 1. `None`: no bound.
         lm_loss_weight / flow_loss_weight (`float`): the paper's NTP : flow weights (1 : 1).
         image_token_id / video_token_id / vision_start_token_id / vision_end_token_id (`int`): Qwen2.5 special tokens.
         pad_token_id (`int`): the token that replaces dropped text.
@@ -67,6 +72,7 @@ class HydraXConfig(PreTrainedConfig):
     flow_max_seq_len: int = 4096
     flow_base_shift: float = 0.5
     flow_max_shift: float = 1.15
+    flow_max_mu: float | None = 2.0
     lm_loss_weight: float = 1.0
     flow_loss_weight: float = 1.0
     image_token_id: int = 151655
@@ -96,6 +102,12 @@ class HydraXConfig(PreTrainedConfig):
             raise ValueError(f"`image_to_video_prob` must lie in [0, 1], got {self.image_to_video_prob}.")
         if self.flow_head_num_layers < 1:
             raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
+        if self.flow_max_seq_len <= self.flow_base_seq_len:
+            raise ValueError(
+                f"`flow_max_seq_len` ({self.flow_max_seq_len}) must exceed `flow_base_seq_len` "
+                f"({self.flow_base_seq_len}): `mu` is interpolated between them. For a constant shift, set "
+                "`flow_base_shift == flow_max_shift`."
+            )
 
     @classmethod
     def available_presets(cls) -> list[str]:

@@ -204,30 +204,32 @@ class HydraXDataCollator:
             except Exception as error:
                 raise BadSampleError(f"{origin}: image {index} of `images` cannot be read ({error})") from error
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        # 1. Check and load every sample
-        conversations, problems = [], []
-        for example in examples:
-            try:
-                conversations.append(self.load_sample(example))
-                self._last_good = example
-            except BadSampleError as error:
-                if self.on_bad_sample == "error":
-                    raise
-                logger.warning(f"Skipping a bad training sample: {error}")
-                problems.append(str(error))
-        if not conversations and self._last_good is None:
-            raise BadSampleError(f"Every sample of this batch is bad, and no good sample came before it: {problems}")
-        if not conversations:
-            skipped = ", ".join(origin_of(example) for example in examples)
-            logger.warning(
-                f"Every sample of this batch is bad ({skipped}); training on the last good sample, "
-                f"{origin_of(self._last_good)}, in its place"
-            )
-            conversations.append(self.load_sample(self._last_good))
+    def _checked(self, example: dict, check):
+        """`check(example)`, or `None` for a bad sample: a `BadSampleError`, or any error of `check`, reported with
+        the sample's origin (raised with `on_bad_sample="error"`, else logged as skipped)."""
+        try:
+            return check(example)
+        except Exception as error:
+            if not isinstance(error, BadSampleError):
+                error = BadSampleError(f"{origin_of(example)}: the processor cannot take it ({error})")
+            if self.on_bad_sample == "error":
+                raise error
+            logger.warning(f"Skipping a bad training sample: {error}")
+            return None
 
-        # 2. Chat template, tokenization (right padding) and visual preprocessing
-        batch = self.processor.apply_chat_template(
+    def _stand_in(self, examples: list[dict]) -> list[dict]:
+        """The last good sample's conversation, in place of a batch of bad samples only."""
+        skipped = ", ".join(origin_of(example) for example in examples)
+        if self._last_good is None:
+            raise BadSampleError(f"Every sample of this batch is bad ({skipped}), and no good sample came before it")
+        logger.warning(
+            f"Every sample of this batch is bad ({skipped}); training on the last good sample, "
+            f"{origin_of(self._last_good)}, in its place"
+        )
+        return self.load_sample(self._last_good)
+
+    def _render(self, conversations: list[list[dict]]):
+        return self.processor.apply_chat_template(
             conversations,
             tokenize=True,
             return_dict=True,
@@ -235,6 +237,21 @@ class HydraXDataCollator:
             return_assistant_tokens_mask=True,
             processor_kwargs={**self.processor_kwargs, "padding": True, "padding_side": "right"},
         )
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        # 1. Check and load every sample
+        loaded = [(example, self._checked(example, self.load_sample)) for example in examples]
+        loaded = [(example, conversation) for example, conversation in loaded if conversation is not None]
+
+        # 2. Chat template, tokenization (right padding) and visual preprocessing; when the processor refuses the batch
+        # (an undecodable video, an extreme aspect ratio), each sample is rendered alone to find and report the bad one
+        try:
+            batch = self._render([conversation for _, conversation in loaded] or [self._stand_in(examples)])
+        except Exception:
+            loaded = [(example, c) for example, c in loaded if self._checked(example, lambda _: self._render([c]))]
+            batch = self._render([conversation for _, conversation in loaded] or [self._stand_in(examples)])
+        if loaded:
+            self._last_good = loaded[-1][0]
 
         # 3. Labels on the assistant's text only
         input_ids = batch["input_ids"]

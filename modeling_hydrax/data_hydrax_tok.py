@@ -225,8 +225,11 @@ class HydraXTokCropper:
 
     @staticmethod
     def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
+        """uint8 `[1, 3, H, W]`; a 16-bit image is scaled to 8 bits first (an RGB conversion saturates it)."""
+        from processing_hydrax.image_processing_hydrax import to_8_bit
+
         with open_image(item.source) as image:
-            return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None]
+            return torch.from_numpy(np.asarray(to_8_bit(image).convert("RGB")).copy()).permute(2, 0, 1)[None]
 
     def crop(self, item: HydraXTokMedia, seed: int | None) -> dict:
         """The item as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video), of its bucket."""
@@ -311,14 +314,22 @@ class HydraXTokClipDataset(HydraXTokCropper, torch.utils.data.Dataset):
         return self.crop(self.items[index], seed)
 
     def __getitem__(self, key) -> dict | None:
-        """`dataset[(index, seed)]` (or `dataset[index]`, the centred crop): the sample, or `None` when its file
-        fails to decode and `on_bad_sample` is `"skip"`."""
+        """`dataset[(index, seed)]` (or `dataset[index]`, the centred crop): the sample. When its file fails to decode
+        and `on_bad_sample` is `"skip"`, the next item of its bucket that loads stands in for it (so a batch keeps its
+        size, and a batch of bad files still trains), or `None` when no item of the bucket loads."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         try:
             return self.load(index, seed)
         except HydraXTokBadSample as error:
             report(str(error), self.on_bad_sample)
-            return None
+        bucket = self.buckets[(self.items[index].kind, *self.bucket_size(self.items[index]))]
+        position = bucket.index(index)
+        for other in bucket[position + 1 :] + bucket[:position]:
+            try:
+                return self.load(other, seed)
+            except HydraXTokBadSample:
+                continue
+        return None
 
 
 def stream_source(source: str):

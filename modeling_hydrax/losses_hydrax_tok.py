@@ -369,7 +369,7 @@ class HydraXTokDiscriminator(nn.Module):
 
     Args:
         channels: width of the first convolution; doubles per stage up to 8×.
-        num_layers: number of stride-2 stages after the first convolution's.
+        num_layers: number of stages after the first (stride-2) convolution; all but the last have stride 2.
         norm: `"group"` (GroupNorm after every inner convolution) or `"spectral"` (spectral norm on every convolution).
 
     Example:

@@ -584,13 +584,14 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         self.model.set_input_embeddings(value)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`. A checkpoint saved with its code maps `AutoModelForImageTextToText` to
-        this class too, so that it loads with `trust_remote_code` as Qwen2.5-VL users load theirs (transformers
-        records one auto class per model)."""
+        """`PreTrainedModel.save_pretrained`. A checkpoint saved with its code maps `AutoModelForImageTextToText` and
+        `AutoModelForMultimodalLM` (what `pipeline("any-to-any")`, the model card's task, loads) to this class too, so
+        that it loads with `trust_remote_code` as Qwen2.5-VL users load theirs (transformers records one auto class
+        per model)."""
         if self._auto_class is not None:
             code = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
             auto_map = getattr(self.config, "auto_map", None) or {}
-            self.config.auto_map = {**auto_map, "AutoModelForImageTextToText": code}
+            self.config.auto_map = {**auto_map, "AutoModelForImageTextToText": code, "AutoModelForMultimodalLM": code}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def generate(self, *args, **kwargs):
@@ -654,10 +655,12 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         return self.shift_timesteps(t, num_tokens)
 
     def flow_shift_mu(self, num_tokens: int) -> float:
-        """The resolution shift `mu` for a target of `num_tokens` latent tokens (diffusers' `set_timesteps(mu=…)`)."""
+        """The resolution shift `mu` for a target of `num_tokens` latent tokens (diffusers' `set_timesteps(mu=…)`),
+        at most `config.flow_max_mu`."""
         config = self.config
         slope = (config.flow_max_shift - config.flow_base_shift) / (config.flow_max_seq_len - config.flow_base_seq_len)
-        return config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
+        mu = config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
+        return mu if config.flow_max_mu is None else min(mu, config.flow_max_mu)
 
     def shift_timesteps(self, t: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """t ↦ e^mu / (e^mu + 1/t − 1), mu linear in the latent token count (diffusers' dynamic shifting)."""

@@ -692,6 +692,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         self.decompressor = HydraXTokDecompressor(config) if config.use_decompressor else None
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """Sem-ViT's input layer (latent → ViT width), where the LLM's path enters the tokenizer: transformers'
+        `enable_input_require_grads` hooks it, so that adapters on Sem-ViT train under reentrant gradient
+        checkpointing too (the unified model encodes its latents without gradients), as Qwen2.5-VL's vision LoRA
+        does through its `patch_embed`."""
+        return self.sem_vit.latent_proj
+
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

@@ -18,6 +18,7 @@ This file imports only torch, diffusers, transformers and its siblings `pipeline
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
 """
 
+import inspect
 import json
 import math
 import numbers
@@ -534,10 +535,24 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         return latents.to(device, torch.float32)
 
     def _set_timesteps(self, num_inference_steps, sigmas, num_tokens: int):
-        """Timesteps with the model's resolution shift for a target of `num_tokens` latent tokens."""
-        mu = self.model.flow_shift_mu(num_tokens) if self.scheduler.config.use_dynamic_shifting else None
+        """Timesteps from σ = 1 down to 1/N (Flux's and QwenImage's schedule; the scheduler's own ends at 1/1000 and
+        spends its last step between σ ≈ 0.002 and 0) unless `sigmas` are given, with the model's resolution shift
+        for a target of `num_tokens` latent tokens. Like diffusers' `retrieve_timesteps`, a scheduler gets only the
+        arguments it takes (DPM-Solver++ with flow sigmas takes neither `sigmas` nor a default schedule)."""
+        accepted = inspect.signature(self.scheduler.set_timesteps).parameters
+        kwargs = {}
+        if "sigmas" in accepted:
+            steps = num_inference_steps
+            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist() if sigmas is None else sigmas
+        elif sigmas is not None:
+            raise ValueError(
+                f"{type(self.scheduler).__name__}.set_timesteps takes no custom `sigmas`; pass `num_inference_steps` "
+                "instead, or use FlowMatchEulerDiscreteScheduler."
+            )
+        if getattr(self.scheduler.config, "use_dynamic_shifting", False) and "mu" in accepted:
+            kwargs["mu"] = self.model.flow_shift_mu(num_tokens)
         steps = len(sigmas) if sigmas is not None else num_inference_steps
-        self.scheduler.set_timesteps(steps, device=self._execution_device, sigmas=sigmas, mu=mu)
+        self.scheduler.set_timesteps(steps, device=self._execution_device, **kwargs)
         self.scheduler.set_begin_index(0)
 
     # ------------------------------------------------------------------------------------------- sampling
@@ -757,7 +772,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule; a scheduler with
+                Custom noise levels (σ = 1 is noise) instead of `linspace(1, 1/N, N)`; a scheduler with
                 `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Classifier-free guidance scale; off at ≤ 1.

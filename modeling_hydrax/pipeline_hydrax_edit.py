@@ -93,7 +93,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of the scheduler's schedule; a scheduler with
+                Custom noise levels (σ = 1 is noise) instead of `linspace(1, 1/N, N)`; a scheduler with
                 `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Text guidance `s_txt` (see the class docstring); off at ≤ 1.

@@ -107,11 +107,13 @@ def test_remote_code_route_matches_installed(model, tmp_path):
         f"""
         import sys, torch
         from safetensors.torch import load_file, save_file
-        from transformers import AutoModel, AutoModelForImageTextToText
+        from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
         model = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert "modeling_hydrax" not in sys.modules and "processing_hydrax" not in sys.modules
         as_vlm = AutoModelForImageTextToText.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
         assert type(as_vlm).__name__ == "HydraXForConditionalGeneration"
+        as_any = AutoModelForMultimodalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert type(as_any).__name__ == "HydraXForConditionalGeneration"
         inputs = load_file({str(tmp_path / "inputs.safetensors")!r})
         preset = type(model.config).from_preset("tiny")  # presets ship with the remote code
         assert preset.text_config.vocab_size == model.config.text_config.vocab_size
@@ -494,6 +496,23 @@ def test_timestep_shift_follows_resolution(model):
     assert bool(((samples > 0) & (samples < 1)).all())
 
 
+def test_the_resolution_shift_is_bounded_for_long_videos(model):
+    """diffusers' `calculate_shift` line up to `flow_max_mu`: a 257×512² video (66,560 tokens) would otherwise get a
+    shift of 10⁵ and train at t ≈ 1 only."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    assert model.flow_shift_mu(4096) == pytest.approx(calculate_shift(4096))  # Flux's constants: 1024² is 1.15
+    assert model.flow_shift_mu(5 * 32 * 32) == pytest.approx(calculate_shift(5 * 32 * 32))  # 17×512²: below the cap
+    assert model.flow_shift_mu(65 * 32 * 32) == model.flow_shift_mu(10**6) == model.config.flow_max_mu == 2.0
+    samples = model.sample_timesteps(10_000, 65 * 32 * 32, "cpu", generator=torch.Generator().manual_seed(0))
+    assert 0.01 < float((samples < 0.5).float().mean()) < 0.2
+    config = HydraXConfig.from_preset("tiny", flow_max_mu=None)
+    assert HydraXForConditionalGeneration(config).flow_shift_mu(65 * 32 * 32) > 11
+    message = "must exceed `flow_base_seq_len`.*flow_base_shift =="
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        HydraXConfig.from_preset("tiny", flow_max_seq_len=256)
+
+
 def _expected_7b_parameters(config: HydraXConfig) -> int:
     """Parameter count implied by the spec, from layer formulas (independent of the module code)."""
     text, vision = config.text_config, config.vision_config
@@ -556,6 +575,26 @@ def test_gradient_checkpointing_gives_same_gradients():
     for name, param in model.named_parameters():
         if name in reference:
             torch.testing.assert_close(param.grad, reference[name], rtol=1e-4, atol=1e-6)
+
+
+def test_reentrant_checkpointing_trains_lora_on_the_sem_vit_with_input_grads_enabled():
+    """The QLoRA recipe (PEFT's `prepare_model_for_kbit_training`): `enable_input_require_grads` plus reentrant
+    checkpointing. The tokenizer's input layer is Sem-ViT's `latent_proj`, so the adapters there get gradients,
+    although the latents reach Sem-ViT without any."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_hydrax(text_dropout_prob=0.0).train()
+    assert model.model.vision_tower.get_input_embeddings() is model.model.vision_tower.sem_vit.latent_proj
+    targets = r".*(sem_vit|language_model).*\.(q_proj|v_proj)"
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    peft_model.enable_input_require_grads()
+    peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    ids = understanding_ids(model.config)
+    peft_model(input_ids=ids, pixel_values=image(), labels=ids).loss.backward()
+    adapters = {name: p for name, p in peft_model.named_parameters() if "lora_" in name}
+    assert sum("sem_vit" in name for name in adapters) == 4 * len(model.model.vision_tower.sem_vit.encoder.layers)
+    missing = [name for name, p in adapters.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
 
 
 def test_flow_head_starts_as_adaln_zero(model):

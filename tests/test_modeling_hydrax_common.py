@@ -407,3 +407,6 @@ def test_transformers_image_text_to_text_pipeline_answers_as_generate(checkpoint
         answers.append(answer)
     batch = answerer(text=[chat(red), chat(blue)], max_new_tokens=5, do_sample=False)
     assert [item for (item,) in batch] == answers
+    # the model card's task, `any-to-any`, loads through AutoModelForMultimodalLM and answers the same
+    (answer,) = pipeline("any-to-any", model=str(checkpoint))(text=chat(red), max_new_tokens=5, do_sample=False)
+    assert answer["generated_text"][-1] == answers[0]["generated_text"][-1]

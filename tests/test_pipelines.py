@@ -3,6 +3,7 @@
 import inspect
 import io
 import logging
+import math
 import subprocess
 import sys
 import textwrap
@@ -185,6 +186,31 @@ def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
     seen.clear()
     pipe("it moves", height=32, width=32, **kwargs)  # text-to-video: one time for the whole target
     assert [tuple(times.shape) for times in seen] == [(1,)] * STEPS
+
+
+def test_the_schedule_runs_from_noise_to_one_over_n_and_other_schedulers_plug_in(pipe):
+    """Flux's and QwenImage's `linspace(1, 1/N, N)` before the resolution shift: no step is spent between σ ≈ 0.002
+    and 0. A scheduler that takes no `sigmas` (DPM-Solver++ with flow sigmas) gets only what it takes."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe("a red fox", height=32, width=32, num_inference_steps=2, output_type="latent")
+    shift = math.exp(pipe.model.flow_shift_mu(4))
+    torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
+    default = pipe.scheduler
+    try:
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+            default.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        )
+        assert pipe("a red fox", height=32, width=32, num_inference_steps=3, output_type="pt").images.shape == (
+            1,
+            3,
+            32,
+            32,
+        )
+        with pytest.raises(ValueError, match="takes no custom `sigmas`"):
+            pipe("a red fox", height=32, width=32, sigmas=[1.0, 0.5], output_type="latent")
+    finally:
+        pipe.scheduler = default
 
 
 def test_encoded_prompts_give_the_prompts_outputs_and_run_the_llm_once(pipe, monkeypatch):

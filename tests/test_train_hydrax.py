@@ -309,6 +309,13 @@ def test_trl_single_image_column_and_plain_string_turns_collate_as_paths_do(proc
     direct = collator([{"messages": plain, "image": str(pictures / "seen.png")}] * 2)
     assert all(torch.equal(value, expected[key]) for key, value in direct.items())
     assert collator.load_sample({"messages": plain, "image": None})[0]["content"] == "What is it?"
+    # `messages` stored as JSON strings, and TRL's standard layout (`prompt` and `completion` as plain strings)
+    datasets.Dataset.from_list([{"messages": json.dumps(plain), "image": seen}] * 2).save_to_disk(str(tmp_path / "js"))
+    standard = [{"prompt": "What is it?", "completion": "a cat", "image": seen}] * 2
+    datasets.Dataset.from_list(standard).save_to_disk(str(tmp_path / "standard"))
+    for name in ("js", "standard"):
+        rows = list(train_hydrax.load_source(str(tmp_path / name), "error", streaming=streaming))
+        assert all(torch.equal(value, expected[key]) for key, value in collator(rows).items()), name
     datasets.Dataset.from_list([{"messages": plain, "image": 7}]).save_to_disk(str(tmp_path / "ids"))
     assert next(iter(train_hydrax.load_source(str(tmp_path / "ids"), "error")))["images"] == []  # an id, not an image
     # a plain-string prompt whose bare image block is the assistant's target: the image fills the target
@@ -505,7 +512,7 @@ def test_a_batch_of_bad_samples_only_trains_on_the_last_good_sample_when_skippin
         sample(understanding(name), pictures, f"m.jsonl:{i}") for i, name in enumerate(["seen.png", "broken.png"])
     )
     collator = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")
-    with pytest.raises(BadSampleError, match="Every sample of this batch is bad, and no good sample came before it"):
+    with pytest.raises(BadSampleError, match=r"Every sample of this batch is bad \(m\.jsonl:1\), and no good sample"):
         collator([bad])
     expected = collator([good])
     with caplog.at_level(logging.WARNING):
@@ -622,6 +629,10 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--validation-prompts", "a cat", "--validation-num-frames", "4"], "must be 1 or 1 + 4k (5, 9, …), got 4"),
         (["--validation-prompts", "a cat", "--validation-inference-steps", "0"], "must be ≥ 1, got 0"),
         (["--eval-data", "data/x.jsonl:3"], "takes no ':WEIGHT'; pass 'data/x.jsonl'"),
+        (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps must be ≥ 1, got 0"),
+        (["--save-steps", "0"], "--save-steps must be ≥ 1, got 0"),
+        (["--eval-steps", "5"], "--eval-steps needs evaluation data: pass --eval-data or --eval-split"),
+        (["--lora-r", "4", "--stage", "2", "--eval-split", "0.1"], "--eval-split needs --data"),
     ],
 )
 def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
@@ -634,3 +645,86 @@ def test_a_validation_size_off_the_patch_grid_stops_before_training(checkpoint, 
     with pytest.raises(ValueError, match="--validation-size 40 is not a multiple of the tokenizer's patch size 16"):
         train(checkpoint, tmp_path / "out", "--validation-prompts", "a cat", "--validation-size", 40)
     assert not (tmp_path / "out" / "work").exists()
+
+
+def test_an_earlier_runs_checkpoints_are_resumed_or_replaced_never_mixed(checkpoint, tmp_path, capsys):
+    """`last` must not pick up another run's checkpoint: a new run in a folder holding one stops in argparse, unless it
+    resumes or passes --force (which removes the earlier checkpoints first)."""
+    out = tmp_path / "out"
+    train(checkpoint, out, "--save-steps", 1)
+    assert (out / "work" / "checkpoint-2").is_dir()
+    with pytest.raises(SystemExit):
+        train(checkpoint, out)
+    newest = out / "work" / "checkpoint-2"
+    assert f"holds the checkpoints of an earlier run (newest: {newest})" in capsys.readouterr().err
+    train(checkpoint, out, "--force", "--max-steps", 1, "--save-steps", 1)
+    assert sorted(path.name for path in (out / "work").glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_lora_targets_in_the_frozen_tokenizer_are_refused(checkpoint, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"matches \d+ modules of the frozen Gen-ViT and pixel decoder \(e\.g\. model"
+    ):
+        train(checkpoint, tmp_path / "out", "--stage", 2, "--lora-r", 4, "--lora-target-modules", r".*\.q_proj")
+
+
+def test_a_datasets_rows_are_checked_before_training(tmp_path, caplog):
+    """A `save_to_disk` row without an assistant turn or with bad JSON is reported by its row before step 0 (as a
+    manifest line is), then fatal or skipped, not found by the collator hours into the run."""
+    import datasets
+
+    good = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    rows = [good, json.dumps([{"role": "user", "content": "hi"}]), '[{"role": ', good]
+    datasets.Dataset.from_dict({"messages": rows}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ValueError, match=r"row 1: the conversation has no assistant turn.*--on-bad-sample skip"):
+        train_hydrax.load_source(str(tmp_path / "ds"), "error")
+    with caplog.at_level(logging.WARNING):
+        kept = train_hydrax.load_source(str(tmp_path / "ds"), "skip")
+    assert kept["origin"] == [f"{tmp_path / 'ds'} row 0", f"{tmp_path / 'ds'} row 3"]
+    assert "row 2: `messages` is not a conversation" in caplog.text
+
+
+def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor, pictures, caplog):
+    """A video file that does not decode and an image beyond the processor's aspect-ratio limit fail only when the
+    processor renders the batch: each is found, named by its origin and skipped (or raised), as a corrupt image is."""
+    (pictures / "corrupt.mp4").write_bytes(b"not a video at all" * 10)
+    Image.new("RGB", (4000, 16), "red").save(pictures / "sliver.png")
+
+    def sample(block, origin):
+        messages = [train_hydrax.user([block, train_hydrax.text("What?")]), train_hydrax.assistant("a thing")]
+        return {"messages": messages, "origin": origin, "root": str(pictures)}
+
+    good = sample({"type": "image", "path": "seen.png"}, "data.jsonl:1")
+    video = sample({"type": "video", "path": "corrupt.mp4"}, "data.jsonl:2")
+    sliver = sample({"type": "image", "path": "sliver.png"}, "data.jsonl:3")
+    expected = HydraXDataCollator(processor, SIZE)([good])
+    for bad in (video, sliver):
+        with pytest.raises(BadSampleError, match=f"^{bad['origin']}: the processor cannot take it"):
+            HydraXDataCollator(processor, SIZE)([good, bad])
+        collator = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")
+        with caplog.at_level(logging.WARNING):
+            batch = collator([good, bad])
+        assert f"Skipping a bad training sample: {bad['origin']}: the processor cannot take it" in caplog.text
+        assert all(torch.equal(value, expected[key]) for key, value in batch.items())
+        with caplog.at_level(logging.WARNING):
+            stand_in = collator([bad])  # a batch of it alone trains on the last good sample
+        assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
+
+
+def test_gradient_accumulation_gives_the_step_of_one_large_batch(checkpoint, demo, tmp_path):
+    """A question and a text-to-image sample as one batch of 2, or as 2 accumulated batches of 1: the same loss and
+    gradient. Each micro-batch's `lm_loss` / `flow_loss` is weighted by its share of the step's text and target tokens;
+    as plain per-batch means, the batch without a target halved the flow term (loss 7.94 against 8.98)."""
+    rows = [json.loads(line) for line in demo.read_text().splitlines()]
+    caption_to_image = [rows[1]["messages"][0], train_hydrax.assistant([{"type": "image", "path": "astronaut.png"}])]
+    two = write_manifest(demo.parent / "two.jsonl", [rows[0]["messages"], caption_to_image])
+    argv = ["--stage", 2, "--max-steps", 1, "--data", two, "--text-dropout-prob", 0, "--max-grad-norm", 1e9]
+    steps = []
+    for name, layout in (
+        ("one", ["--batch-size", 2]),
+        ("accumulated", ["--batch-size", 1, "--gradient-accumulation-steps", 2]),
+    ):
+        trainer = train(checkpoint, tmp_path / name, *argv, *layout)
+        steps.append(next(entry for entry in trainer.state.log_history if "loss" in entry))
+    assert steps[0]["loss"] == pytest.approx(steps[1]["loss"], rel=1e-4)
+    assert steps[0]["grad_norm"] == pytest.approx(steps[1]["grad_norm"], rel=1e-4)

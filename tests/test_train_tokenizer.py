@@ -559,6 +559,40 @@ def test_a_video_shorter_than_a_clip_says_so(bad_data, data, tmp_path, caplog):
     assert "has 12 frames, shorter than a clip of 9 frames at stride 2 (17 frames)" in caplog.text
 
 
+def test_a_file_that_fails_to_decode_is_replaced_by_another_of_its_bucket(tmp_path, caplog):
+    """A truncated PNG passes the header probe and fails only when decoded: with `on_bad_sample="skip"` the next item
+    of its bucket stands in, so a batch keeps its size and a batch size of 1 trains on (no run ends on one file)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_images(folder, 3)
+    raw = (folder / "image1.png").read_bytes()
+    (folder / "image1.png").write_bytes(raw[: len(raw) // 3])
+    dataset = HydraXTokClipDataset([folder], resolutions=[(32, 32)], num_frames=1)
+    bad = next(index for index, item in enumerate(dataset.items) if item.origin.endswith("image1.png"))
+    with caplog.at_level(logging.WARNING):
+        stand_in = dataset[(bad, 5)]
+    assert "image1.png: unreadable image" in caplog.text
+    torch.testing.assert_close(stand_in["pixel_values"], dataset[((bad + 1) % 3, 5)]["pixel_values"])
+    with pytest.raises(HydraXTokBadSample, match="image1.png: unreadable image"):
+        HydraXTokClipDataset([folder], resolutions=[(32, 32)], num_frames=1, on_bad_sample="error")[bad]
+    trainer = train(
+        folder,
+        tmp_path / "out",
+        "--preset",
+        "tiny",
+        "--no-teachers",
+        "--lpips-weight",
+        0,
+        "--batch-size",
+        1,
+        "--num-frames",
+        1,
+        "--max-steps",
+        4,
+    )
+    assert trainer.state.global_step == 4
+
+
 def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_path):
     out, _ = stage1
     argv = ["--model", out / "model", "--no-teachers", "--lpips-weight", 0]
