@@ -3,7 +3,7 @@ script in argparse, naming the option and the path, before any work starts), the
 and run of the pipeline examples (examples/text_to_image.py, text_to_video.py, image_to_video.py, edit_image.py).
 
 The examples write MP4s with PyAV (the `video` / `dev` extra): diffusers' `export_to_video` needs `imageio-ffmpeg`,
-or OpenCV when imageio is missing, and neither is a dependency of this project.
+or OpenCV when imageio is missing, and only the `dev` extra installs imageio-ffmpeg.
 """
 
 import argparse

@@ -26,6 +26,7 @@ and metrics), `eval_results.json` (for a model card: `conversion/model_card_hydr
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -171,6 +172,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--save-examples {args.save_examples}: must be ≥ 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available; use --device cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error(
+            f"runs in one process, not {os.environ['WORLD_SIZE']} (each would evaluate every item and write the same "
+            "--output-dir); start it with python, not accelerate launch or torchrun"
+        )
     return args
 
 

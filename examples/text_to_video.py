@@ -3,8 +3,8 @@
     python examples/text_to_video.py                      # a tiny random-weight model built on the fly: noise, ~10 s
     python examples/text_to_video.py --model PATH --prompt "A red fox running" --num-frames 17 --output fox.mp4
 
-Writes the MP4 to --output and prints its path; --help lists every option. PyAV writes the MP4 because diffusers'
-`export_to_video` needs imageio-ffmpeg (or OpenCV), which this project does not depend on.
+Writes the MP4 to --output and prints its path; --help lists every option. PyAV writes the MP4 (the `video` extra):
+diffusers' `export_to_video` would also need imageio-ffmpeg (or OpenCV), which only the `dev` extra installs.
 """
 
 import sys

@@ -110,6 +110,8 @@ PARAMETER_GROUPS = {
 }
 # LoRA's default targets: the Qwen2 attention and MLP projections of the LLM (not those of the vision tower).
 DEFAULT_LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+# Options of both training scripts that count something (steps, samples) and must be ≥ 1 when given.
+COUNT_OPTIONS = ("max_steps", "batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps", "eval_steps")
 CONFIG_OPTIONS = (
     "flow_logit_mean",
     "flow_logit_std",
@@ -944,16 +946,7 @@ def parse_args(argv=None):
         parser.error(f"--eval-split must lie in [0, 1), got {args.eval_split}")
     if args.streaming and args.eval_split:
         parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
-    check_at_least(
-        parser,
-        1,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-        eval_steps=args.eval_steps,
-    )
+    check_at_least(parser, 1, **{name: getattr(args, name) for name in COUNT_OPTIONS})
     if args.eval_steps is not None and not (args.eval_data or args.eval_split):
         parser.error("--eval-steps needs evaluation data: pass --eval-data or --eval-split")
     if any(not prompt.strip() for prompt in args.validation_prompts):

@@ -57,6 +57,7 @@ from checkpoint_importer import staged_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
+    COUNT_OPTIONS,
     HydraXTrainer,
     RunRecordCallback,
     check_no_earlier_run,
@@ -499,8 +500,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for height, width in args.resolutions:
         if height % 16 or width % 16 or min(height, width) < 16:
             parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
-    names = ("max_steps", "batch_size", "gradient_accumulation_steps", "stats_samples", "save_steps", "logging_steps")
-    check_at_least(parser, 1, eval_steps=args.eval_steps, **{name: getattr(args, name) for name in names})
+    check_at_least(parser, 1, **{name: getattr(args, name) for name in (*COUNT_OPTIONS, "stats_samples")})
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
     if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):

@@ -204,18 +204,24 @@ class HydraXDataCollator:
             except Exception as error:
                 raise BadSampleError(f"{origin}: image {index} of `images` cannot be read ({error})") from error
 
-    def _checked(self, example: dict, check):
-        """`check(example)`, or `None` for a bad sample: a `BadSampleError`, or any error of `check`, reported with
-        the sample's origin (raised with `on_bad_sample="error"`, else logged as skipped)."""
+    def _checked(self, check, *args):
+        """`check(*args)`, or `None` when it raises `BadSampleError` (raised again with `on_bad_sample="error"`, else
+        logged as skipped)."""
         try:
-            return check(example)
-        except Exception as error:
-            if not isinstance(error, BadSampleError):
-                error = BadSampleError(f"{origin_of(example)}: the processor cannot take it ({error})")
+            return check(*args)
+        except BadSampleError as error:
             if self.on_bad_sample == "error":
-                raise error
+                raise
             logger.warning(f"Skipping a bad training sample: {error}")
             return None
+
+    def _render_alone(self, example: dict, conversation: list[dict]):
+        """One sample rendered on its own; `BadSampleError` naming its origin when the processor refuses it."""
+        try:
+            return self._render([conversation])
+        except Exception as error:  # the processor's and the video decoders' own error types
+            message = f"{origin_of(example)}: the processor refuses it ({type(error).__name__}: {error})"
+            raise BadSampleError(message) from error
 
     def _stand_in(self, examples: list[dict]) -> list[dict]:
         """The last good sample's conversation, in place of a batch of bad samples only."""
@@ -240,7 +246,7 @@ class HydraXDataCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         # 1. Check and load every sample
-        loaded = [(example, self._checked(example, self.load_sample)) for example in examples]
+        loaded = [(example, self._checked(self.load_sample, example)) for example in examples]
         loaded = [(example, conversation) for example, conversation in loaded if conversation is not None]
 
         # 2. Chat template, tokenization (right padding) and visual preprocessing; when the processor refuses the batch
@@ -248,7 +254,7 @@ class HydraXDataCollator:
         try:
             batch = self._render([conversation for _, conversation in loaded] or [self._stand_in(examples)])
         except Exception:
-            loaded = [(example, c) for example, c in loaded if self._checked(example, lambda _: self._render([c]))]
+            loaded = [pair for pair in loaded if self._checked(self._render_alone, *pair) is not None]
             batch = self._render([conversation for _, conversation in loaded] or [self._stand_in(examples)])
         if loaded:
             self._last_good = loaded[-1][0]

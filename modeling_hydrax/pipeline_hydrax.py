@@ -538,11 +538,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         """Timesteps from σ = 1 down to 1/N (Flux's and QwenImage's schedule; the scheduler's own ends at 1/1000 and
         spends its last step between σ ≈ 0.002 and 0) unless `sigmas` are given, with the model's resolution shift
         for a target of `num_tokens` latent tokens. Like diffusers' `retrieve_timesteps`, a scheduler gets only the
-        arguments it takes (DPM-Solver++ with flow sigmas takes neither `sigmas` nor a default schedule)."""
+        arguments it takes (DPM-Solver++ with flow sigmas takes no `sigmas`: it gets the step count alone)."""
         accepted = inspect.signature(self.scheduler.set_timesteps).parameters
+        steps = len(sigmas) if sigmas is not None else num_inference_steps
         kwargs = {}
         if "sigmas" in accepted:
-            steps = num_inference_steps
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist() if sigmas is None else sigmas
         elif sigmas is not None:
             raise ValueError(
@@ -551,7 +551,6 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             )
         if getattr(self.scheduler.config, "use_dynamic_shifting", False) and "mu" in accepted:
             kwargs["mu"] = self.model.flow_shift_mu(num_tokens)
-        steps = len(sigmas) if sigmas is not None else num_inference_steps
         self.scheduler.set_timesteps(steps, device=self._execution_device, **kwargs)
         self.scheduler.set_begin_index(0)
 

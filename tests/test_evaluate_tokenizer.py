@@ -195,3 +195,12 @@ def test_bad_arguments_stop_up_front_naming_the_value(
         evaluate.parse_args([str(part) for pair in base.items() for part in pair])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and (held_out.parent / "chelsea.png").is_file()
+
+
+def test_several_processes_are_refused(evaluate, tokenizer_folder, held_out, tmp_path, capsys, monkeypatch):
+    """Under torchrun each process would evaluate every item and write the same folder: one process only."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["--model", tokenizer_folder, "--data", held_out, "--output-dir", tmp_path / "out"]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.parse_args(list(map(str, argv)))
+    assert exit_info.value.code == 2 and "runs in one process, not 2" in capsys.readouterr().err

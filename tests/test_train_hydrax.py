@@ -699,12 +699,12 @@ def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor
     sliver = sample({"type": "image", "path": "sliver.png"}, "data.jsonl:3")
     expected = HydraXDataCollator(processor, SIZE)([good])
     for bad in (video, sliver):
-        with pytest.raises(BadSampleError, match=f"^{bad['origin']}: the processor cannot take it"):
+        with pytest.raises(BadSampleError, match=f"^{bad['origin']}: the processor refuses it"):
             HydraXDataCollator(processor, SIZE)([good, bad])
         collator = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")
         with caplog.at_level(logging.WARNING):
             batch = collator([good, bad])
-        assert f"Skipping a bad training sample: {bad['origin']}: the processor cannot take it" in caplog.text
+        assert f"Skipping a bad training sample: {bad['origin']}: the processor refuses it" in caplog.text
         assert all(torch.equal(value, expected[key]) for key, value in batch.items())
         with caplog.at_level(logging.WARNING):
             stand_in = collator([bad])  # a batch of it alone trains on the last good sample
