@@ -134,6 +134,11 @@ class HydraXTokConfig(PreTrainedConfig):
                 f"`decoder_unfold_layer` ({self.decoder_unfold_layer}) must lie in "
                 f"[0, num_decoder_layers={self.num_decoder_layers}]."
             )
+        self.check_latent_statistics()
+
+    def check_latent_statistics(self):
+        """`latents_mean` / `latents_std` hold one value per latent channel, and the std is positive; also run by
+        the model whenever it normalises, as the statistics are usually set after the config is built."""
         for name in ("latents_mean", "latents_std"):
             values = getattr(self, name)
             if values is not None and len(values) != self.latent_channels:

@@ -84,7 +84,8 @@ class HydraXTokLossConfig:
         adaptive_gan_weight: scale the GAN term by `‖∇ rec‖ / ‖∇ gan‖` at the decoder's last layer (VQGAN).
         adaptive_gan_weight_max: clamp of that adaptive factor.
         discriminator_channels: width of the discriminator's first convolution.
-        discriminator_layers: number of stride-2 stages of the PatchGAN discriminator.
+        discriminator_layers: stages of the PatchGAN discriminator after its first convolution (see
+            [`HydraXTokDiscriminator`]); frames need H, W ≥ 3·2^layers (32 px at 3).
         discriminator_norm: `"group"` (GroupNorm) or `"spectral"` (spectral normalisation of every convolution).
         patch_size: spatial patch size of the tokenizer (16); the distillation grid is
             `(H / patch_size, W / patch_size)`.
@@ -260,10 +261,10 @@ class HydraXTokLPIPS(nn.Module):
         both = self._taps(torch.cat([frames_input, frames_target]))
         distance = 0.0
         for head, feats in zip(self.heads, both):
-            feat_input, feat_target = feats.chunk(2)
+            feat_input, feat_target = feats.float().chunk(2)  # normalised in fp32: 1e-10 is 0 in fp16 (0/0 = NaN)
             feat_input = feat_input / (feat_input.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             feat_target = feat_target / (feat_target.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            distance = distance + head((feat_input - feat_target).pow(2)).mean(dim=(1, 2, 3))
+            distance = distance + head((feat_input - feat_target).pow(2).to(feats.dtype)).mean(dim=(1, 2, 3))
         return distance.view(batch_size, -1).mean(1)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -410,9 +411,17 @@ class HydraXTokDiscriminator(nn.Module):
             width = next_width
         layers.append(conv(width, 1, 1, bias=True))
         self.layers = nn.Sequential(*layers)
+        self.num_layers = num_layers
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         frames = _fold_frames(pixel_values)
+        min_size = 3 * 2**self.num_layers  # its 4×4 convolutions leave ⌊H / 2^num_layers⌋ − 2 rows of logits
+        if min(frames.shape[-2:]) < min_size:
+            raise ValueError(
+                f"The PatchGAN discriminator needs frames of at least {min_size}×{min_size} pixels with its "
+                f"{self.num_layers} layers, got {tuple(frames.shape[-2:])}; train at a larger resolution, or lower "
+                "`discriminator_layers`."
+            )
         return self.layers(frames.to(self.layers[0].weight.dtype))
 
 
@@ -874,8 +883,9 @@ class HydraXTokLoss(nn.Module):
             )
         if not rec_loss.requires_grad:
             raise ValueError(
-                "`adaptive_gan_weight=True` needs an L1 or LPIPS term with a gradient; both are switched off or "
-                "absent."
+                "`adaptive_gan_weight=True` needs an L1 or LPIPS term with a gradient, but the reconstruction has "
+                "none: L1 and LPIPS are switched off, or the decoder is frozen (e.g. `set_training_stage(3)`); set "
+                "`gan_weight=0` there."
             )
         rec_grads = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
         gan_grads = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]

@@ -55,9 +55,10 @@ class HydraXTokFrameCache:
     cache, so one source cache can serve every denoising step.
     """
 
-    def __init__(self, key_values=None, frames_seen=None):
+    def __init__(self, key_values=None, frames_seen=None, layouts=None):
         self.key_values: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = dict(key_values or {})
         self.frames_seen: dict[str, int] = dict(frames_seen or {})
+        self.layouts: dict[str, tuple[int, int, int]] = dict(layouts or {})  # per stack: (batch, h, w) of its stream
 
     def seen(self, stack: str) -> int:
         """Latent frames that `stack` ("encoder", "semantic" or "decoder") has already processed."""
@@ -66,13 +67,31 @@ class HydraXTokFrameCache:
     def get(self, stack: str, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.key_values.get((stack, layer_idx))
 
-    def updated(self, stack: str, presents: dict[int, tuple[torch.Tensor, torch.Tensor]], num_frames: int):
-        """A new cache holding `presents` for `stack`, which has now seen `num_frames` more latent frames."""
+    def check_layout(self, stack: str, layout: tuple[int, int, int]) -> None:
+        """A clear error when a continuation's (batch, h, w) latent layout is not its stream's: its frames would attend
+        to keys of other samples or of another grid (with other positions), or fail deep inside attention."""
+        seen = self.layouts.get(stack)
+        if seen is not None and seen != tuple(layout):
+            raise ValueError(
+                f"The cache continues a {stack} stream of batch {seen[0]} on a {seen[1]}×{seen[2]} latent grid, but "
+                f"this call has batch {layout[0]} on {layout[1]}×{layout[2]}; continue a stream with inputs of its "
+                "batch and size, or start a new one (no `cache`)."
+            )
+
+    def updated(
+        self,
+        stack: str,
+        presents: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        num_frames: int,
+        layout: tuple[int, int, int],
+    ):
+        """A new cache holding `presents` for `stack`, which has now seen `num_frames` more latent frames of a stream
+        whose latents are laid out as `layout` (batch, h, w)."""
         key_values = dict(self.key_values)
         key_values.update({(stack, idx): kv for idx, kv in presents.items()})
         frames_seen = dict(self.frames_seen)
         frames_seen[stack] = self.seen(stack) + num_frames
-        return HydraXTokFrameCache(key_values, frames_seen)
+        return HydraXTokFrameCache(key_values, frames_seen, {**self.layouts, stack: tuple(layout)})
 
 
 class HydraXTokDiagonalGaussian:
@@ -87,16 +106,33 @@ class HydraXTokDiagonalGaussian:
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
+    def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """A draw from the posterior; `generator` may be one per sample (a list), as diffusers' `randn_tensor` takes,
+        and may live on another device than the latents (e.g. a CPU generator for reproducible CUDA draws)."""
+        generators = generator if isinstance(generator, (list, tuple)) else [generator]
+        if len(generators) not in (1, self.mean.shape[0]):
+            raise ValueError(
+                f"Got {len(generators)} generators for a batch of {self.mean.shape[0]}; pass one or one per sample."
+            )
+        shape = self.mean.shape if len(generators) == 1 else (1, *self.mean.shape[1:])
+        noise = torch.cat(
+            [
+                torch.randn(
+                    shape, generator=g, device=g.device if g is not None else self.mean.device, dtype=self.mean.dtype
+                )
+                for g in generators
+            ]
+        )
+        return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:
         return self.mean
 
     def kl(self) -> torch.Tensor:
-        """KL divergence to N(0, 1), summed over all but the batch dimension: `[B]`."""
-        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        """KL divergence to N(0, 1), summed over all but the batch dimension: `[B]`, in fp32 (a 17×512² clip's sum,
+        ~3·10⁵, overflows fp16)."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
         return kl.flatten(1).sum(dim=1)
 
 
@@ -105,7 +141,8 @@ class HydraXTokEncoderOutput(ModelOutput):
     """
     latents (`torch.Tensor` of shape `(batch_size, latent_channels, 1 + T/4, H/16, W/16)`): normalised latents.
     latent_dist (`HydraXTokDiagonalGaussian`): the un-normalised posterior.
-    cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    cache (`HydraXTokFrameCache`, *optional*): the cache after the last frame, to continue a stream; returned when the
+        call streams (`chunk_frames` or a `cache` given: start a stream with `cache=HydraXTokFrameCache()`).
     hidden_states (`tuple[torch.Tensor]`, *optional*, with `output_hidden_states=True`): the Gen-ViT's input and
         the output of each of its blocks, `[batch_size, frames, h * w, hidden_size]` at the block's frame rate
         (before the second temporal fold: 1 + T/2 frames under hierarchical compression); with `chunk_frames`, the
@@ -125,7 +162,8 @@ class HydraXTokEncoderOutput(ModelOutput):
 class HydraXTokDecoderOutput(ModelOutput):
     """
     sample (`torch.Tensor` of shape `(batch_size, 3, frames, H, W)`): decoded pixels in [-1, 1] (not clamped).
-    cache (`HydraXTokFrameCache`): the cache after the last frame, to continue a stream.
+    cache (`HydraXTokFrameCache`, *optional*): the cache after the last frame, to continue a stream; returned when the
+        call streams (`chunk_frames` or a `cache` given: start a stream with `cache=HydraXTokFrameCache()`).
     hidden_states (`tuple[torch.Tensor]`, *optional*, with `output_hidden_states=True`): the decoder's input and the
         output of each of its blocks, `[batch_size, frames, h * w, decoder_hidden_size]` at the block's frame rate.
     attentions (`tuple[torch.Tensor]`, *optional*, with `output_attentions=True`): each decoder block's attention
@@ -781,9 +819,15 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         if not continuing and frames == 0:
             raise ValueError("A clip needs at least its anchor frame; `pixel_values` has 0 frames.")
         if not continuing and (frames - 1) % ratio:
+            stream = (
+                " To continue a stream, pass the previous call's `cache` (a call returns one when it streams: start "
+                "with `cache=HydraXTokFrameCache()` or `chunk_frames`)."
+                if frames % ratio == 0
+                else ""
+            )
             raise ValueError(
                 f"A clip must have 1 + {ratio}·k frames (an anchor plus a multiple of {ratio}), got {frames}; "
-                f"drop {(frames - 1) % ratio} frame(s) or pad to {frames + ratio - (frames - 1) % ratio}."
+                f"drop {(frames - 1) % ratio} frame(s) or pad to {frames + ratio - (frames - 1) % ratio}.{stream}"
             )
         return pixel_values
 
@@ -813,6 +857,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
     # ---------------------------------------------------------------- latent normalisation
     def _latent_stats(self, reference: torch.Tensor):
         config, shape = self.config, (1, -1, 1, 1, 1)
+        config.check_latent_statistics()
         mean = config.latents_mean or [0.0] * config.latent_channels
         std = config.latents_std or [1.0] * config.latent_channels
         kwargs = {"device": reference.device, "dtype": reference.dtype}
@@ -841,7 +886,8 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
 
         `sample` draws from the posterior instead of taking its mean. `chunk_frames` encodes `chunk_frames` latent
         frames at a time, carrying each layer's last-frame keys/values, so memory stays flat with length and the
-        result equals the whole clip. Pass the returned `cache` back to continue a stream with the next 4·k frames.
+        result equals the whole clip. Pass the returned `cache` back to continue a stream with the next 4·k frames
+        (a call returns one when it streams: with `chunk_frames`, or `cache=HydraXTokFrameCache()` to start).
         `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model.
         """
         self._check_chunking(chunk_frames, cache)
@@ -851,6 +897,9 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         num_latent = pixel_values.shape[2] // ratio + (1 if offset == 0 else 0)
         step = chunk_frames or num_latent
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        layout = (pixel_values.shape[0], *grid)
+        if cache is not None:
+            cache.check_layout("encoder", layout)
         moments = None
         for start in range(0, num_latent, step):
             stop = min(start + step, num_latent)
@@ -867,7 +916,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             moments[:, :channels, start:stop] = chunk_moments[:, :channels]
             moments[:, channels:, start:stop] = chunk_moments[:, channels:].clamp(-30.0, 20.0)
             if chunk_frames is not None or cache is not None:
-                cache = (cache or HydraXTokFrameCache()).updated("encoder", presents, stop - start)
+                cache = (cache or HydraXTokFrameCache()).updated("encoder", presents, stop - start, layout)
         mean, logvar = moments.chunk(2, dim=1)
         latent_dist = HydraXTokDiagonalGaussian(mean, logvar)
         latents = latent_dist.sample(generator) if sample else latent_dist.mode()
@@ -886,6 +935,9 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         chunk written into the preallocated output, so working memory does not grow with the clip."""
         self._check_chunking(chunk_frames, cache)
         latents = self.denormalize_latents(self._check_latents(latents))
+        layout = (latents.shape[0], *latents.shape[-2:])
+        if cache is not None:
+            cache.check_layout("decoder", layout)
         offset = cache.seen("decoder") if cache is not None else 0
         num_latent = latents.shape[2]
         step = chunk_frames or num_latent
@@ -899,7 +951,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             frames[:, :, written : written + pixels.shape[2]] = pixels
             written += pixels.shape[2]
             if chunk_frames is not None or cache is not None:
-                cache = (cache or HydraXTokFrameCache()).updated("decoder", presents, stop - start)
+                cache = (cache or HydraXTokFrameCache()).updated("decoder", presents, stop - start, layout)
         return HydraXTokDecoderOutput(frames, cache)
 
     @capture_outputs(tie_last_hidden_states=False)
@@ -932,10 +984,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                     f"got {tuple(source_latents.shape)}."
                 )
             latents = torch.cat([source_latents, latents], dim=2)
+        layout = (latents.shape[0], *latents.shape[-2:])
+        if cache is not None:
+            cache.check_layout("semantic", layout)
         offset = cache.seen("semantic") if cache is not None else 0
         hidden, presents = self.sem_vit(latents, offset, cache, **kwargs)
         if self.config.attention_mode != "full":
-            cache = (cache or HydraXTokFrameCache()).updated("semantic", presents, latents.shape[2])
+            cache = (cache or HydraXTokFrameCache()).updated("semantic", presents, latents.shape[2], layout)
         return HydraXTokSemanticOutput(hidden.flatten(1, 2), cache)
 
     def set_training_stage(self, stage: int) -> list[str]:

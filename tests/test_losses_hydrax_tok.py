@@ -139,6 +139,17 @@ def test_an_unloaded_lpips_is_a_non_negative_distance_for_any_seed():
         )
 
 
+def test_an_fp16_lpips_is_finite_and_matches_fp32(tiny_lpips):
+    """Features are normalised in fp32: in fp16 the 1e-10 guard is 0, and a zero feature vector gave 0/0 = NaN."""
+    import copy
+
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    half = copy.deepcopy(tiny_lpips).half()
+    distance = half(x.half(), y.half())
+    assert torch.isfinite(distance).all()
+    torch.testing.assert_close(distance.float(), tiny_lpips(x, y), rtol=2e-2, atol=2e-3)
+
+
 def test_lpips_folds_video_frames_into_the_batch(tiny_lpips):
     x, y = random_clip(2, 2), random_clip(2, 2)
     per_frame = torch.stack([tiny_lpips(x[:, :, f], y[:, :, f]) for f in range(3)], dim=1)
@@ -216,6 +227,10 @@ def test_discriminator_is_applied_per_frame(norm):
     torch.testing.assert_close(logits.view(2, 5, 1, 6, 6)[:, 3], disc(clip[:, :, 3]))
     with pytest.raises(ValueError, match="RGB channels"):
         disc(torch.zeros(1, 1, 32, 32))
+    three = HydraXTokDiscriminator(channels=8, num_layers=3).eval()
+    assert three(torch.zeros(1, 3, 24, 24)).shape == (1, 1, 1, 1)  # 3·2³: the smallest frame with a logit
+    with pytest.raises(ValueError, match=r"at least 24×24 pixels with its 3 layers, got \(16, 512\)"):
+        three(torch.zeros(1, 3, 16, 512))
 
 
 # ---------------------------------------------------------------------------------------------- teachers

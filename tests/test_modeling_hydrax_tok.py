@@ -390,9 +390,55 @@ def test_a_bf16_tokenizer_takes_float32_inputs():
 def test_frame_cache_is_immutable():
     cache = HydraXTokFrameCache()
     kv = (torch.zeros(1), torch.zeros(1))
-    newer = cache.updated("encoder", {0: kv}, 2)
+    newer = cache.updated("encoder", {0: kv}, 2, (1, 2, 2))
     assert cache.seen("encoder") == 0 and cache.get("encoder", 0) is None
     assert newer.seen("encoder") == 2 and newer.get("encoder", 0) is kv
+
+
+def test_posterior_samples_take_a_generator_per_sample_and_statistics_are_checked_when_used():
+    """As diffusers' `randn_tensor`: a list of generators draws sample by sample, so each sample repeats alone. Latent
+    statistics set after the config was built (as stage 3 does) are checked when the model normalises."""
+    model = build()
+    with torch.no_grad():
+        video = clip(5, batch=2)
+        generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
+        both = model.encode(video, sample=True, generator=generators).latents
+        alone = model.encode(video[1:], sample=True, generator=torch.Generator().manual_seed(2)).latents
+        torch.testing.assert_close(both[1:], alone)
+        with pytest.raises(ValueError, match="Got 3 generators for a batch of 2"):
+            model.encode(video, sample=True, generator=[torch.Generator()] * 3)
+        model.config.latents_std = [0.0] * model.config.latent_channels
+        with pytest.raises(ValueError, match="`latents_std` must be positive"):
+            model.encode(video)
+
+
+def test_a_stream_continues_only_with_its_batch_and_grid():
+    """A continuation of another batch size failed deep in attention, and one of a transposed grid (same token count)
+    ran silently with the wrong positions: both are refused, naming the stream's layout. A continuation chunk given
+    without the cache is told how to stream."""
+    from modeling_hydrax.modeling_hydrax_tok import HydraXTokDiagonalGaussian
+
+    model = build()
+    with torch.no_grad():
+        first = model.encode(clip(5, 32, 64, batch=2), chunk_frames=1)
+        with pytest.raises(
+            ValueError, match=r"encoder stream of batch 2 on a 2×4 latent grid, but this call has batch 1"
+        ):
+            model.encode(clip(4, 32, 64, batch=1), cache=first.cache)
+        with pytest.raises(ValueError, match=r"batch 2 on a 2×4 latent grid, but this call has batch 2 on 4×2"):
+            model.encode(clip(4, 64, 32, batch=2), cache=first.cache)
+        decoded = model.decode(first.latents, chunk_frames=1)
+        with pytest.raises(ValueError, match="decoder stream of batch 2"):
+            model.decode(first.latents[:1, :, 1:], cache=decoded.cache)
+        source = model.get_semantic_features(first.latents[:1, :, :1])
+        with pytest.raises(ValueError, match="semantic stream of batch 1"):
+            model.get_semantic_features(first.latents[:, :, 1:], cache=source.cache)
+        with pytest.raises(ValueError, match=r"pass the previous call's `cache`.*HydraXTokFrameCache\(\)"):
+            model.encode(clip(4, 32, 64, batch=2), cache=model.encode(clip(5, 32, 64, batch=2)).cache)
+    # the KL of a large fp16 posterior is summed in fp32: ~3·10⁵ overflowed fp16 to inf
+    mean, logvar = torch.full((1, 8, 5, 64, 64), 2.0, dtype=torch.float16), torch.zeros(1, 8, 5, 64, 64).half()
+    kl = HydraXTokDiagonalGaussian(mean, logvar).kl()
+    assert kl.dtype == torch.float32 and kl.item() == pytest.approx(0.5 * 4 * mean.numel())
 
 
 # ---------------------------------------------------------------- recorded outputs (hidden states, attentions)
