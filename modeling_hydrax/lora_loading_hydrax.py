@@ -94,9 +94,14 @@ class HydraXLoraLoaderMixin:
     def load_lora_weights(self, pretrained_model_name_or_path, adapter_name: str | None = None, **kwargs):
         """Load a PEFT LoRA adapter (a folder or Hub repo with `adapter_config.json` and
         `adapter_model.safetensors`, e.g. `train_hydrax.py --lora-r`'s OUTPUT_DIR/adapter) into the model and make it
-        the only active adapter. `adapter_name` defaults to `default_<n>`; Hub arguments (`revision`, `token`,
-        `subfolder`, `cache_dir`, `local_files_only`) go to PEFT's loaders. A failed load leaves the model as it
-        was."""
+        the only active adapter (after `disable_lora()`, adapters stay off until `enable_lora()`, as in diffusers).
+        `adapter_name` defaults to `default_<n>`; Hub arguments (`revision`, `token`, `subfolder`, `cache_dir`,
+        `local_files_only`) go to PEFT's loaders. A failed load leaves the model as it was."""
+        if isinstance(pretrained_model_name_or_path, dict):
+            raise ValueError(
+                "Got a state dict; a bare LoRA state dict lacks the adapter's config (rank, alpha, target modules). "
+                "Pass a PEFT adapter folder or Hub repo (adapter_config.json + adapter_model.safetensors)."
+            )
         peft = _peft()
         loaded = self.get_list_adapters()["model"]
         adapter_name = adapter_name or f"default_{len(loaded)}"
@@ -157,7 +162,7 @@ class HydraXLoraLoaderMixin:
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None):
         """Activate `adapter_names` with `adapter_weights` (one number for all, or one per adapter; `None` = 1.0),
         which scale their low-rank updates; the others are deactivated. An active adapter's full module copies
-        (`modules_to_save`) are used whatever its weight."""
+        (`modules_to_save`) are used whatever its weight. After `disable_lora()` they act once `enable_lora()`."""
         peft = _peft()
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         loaded = self.get_list_adapters()["model"]
@@ -201,18 +206,25 @@ class HydraXLoraLoaderMixin:
 
     # --------------------------------------------------------------------------------------------- fusing
     def fuse_lora(self, lora_scale: float = 1.0, adapter_names: list[str] | None = None, safe_fusing: bool = False):
-        """Merge the low-rank updates of `adapter_names` (default: the active ones), times `lora_scale`, into the
-        LLM's weights: sampling runs at the base model's speed. Their full module copies stay in use. `safe_fusing`
-        refuses updates that hold NaNs."""
+        """Merge the low-rank updates of the active adapters, times `lora_scale`, into the LLM's weights: sampling
+        runs at the base model's speed. Their full module copies stay in use. `adapter_names`, when given, must be the
+        active ones (PEFT scales and runs the active adapters: fusing others would drop or misweight them; pick them
+        with `set_adapters` first). `safe_fusing` refuses updates that hold NaNs."""
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are already fused; call `unfuse_lora()` first.")
         if not lora_scale:
             raise ValueError(
                 f"`lora_scale` must be non-zero, got {lora_scale!r}; `disable_lora()` runs the base model."
             )
-        names = adapter_names or self.get_active_adapters()
+        active = self.get_active_adapters()
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names or active)
         if not names:
             raise ValueError(f"No adapter to fuse: none is active (loaded: {self.get_list_adapters()['model']}).")
+        if sorted(names) != sorted(active):
+            raise ValueError(
+                f"`adapter_names` {names} are not the active adapters {active}: `fuse_lora` merges the active ones. "
+                f"Call `set_adapters({names})` first (loaded: {self.get_list_adapters()['model']})."
+            )
         lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
             if isinstance(module, lora_layer):

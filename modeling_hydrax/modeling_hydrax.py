@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
@@ -70,16 +70,33 @@ class HydraXCausalLMOutputWithPast(ModelOutput):
 @dataclass
 class HydraXGenerationPrefix:
     """What a sampler computes once and reuses at every denoising step: the LLM cache of the prompt (and of the edit
-    source's tokens), the prompt's attention mask, the next position id, and the edit source's Sem-ViT frame cache."""
+    source's tokens), the prompt's attention mask, the next position id, the edit source's Sem-ViT frame cache, and
+    whether the prompt has no padding (the target then sees every key, and the steps run without a mask). Steps only
+    read it, so one prefix serves any number of steps and calls, also at once."""
 
     cache: DynamicCache
     attention_mask: torch.Tensor
     next_position: torch.LongTensor
     source_cache: HydraXTokFrameCache | None = None
+    unpadded: bool = False
 
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
+
+
+class HydraXPromptLayerView(DynamicLayer):
+    """One layer of a prompt's LLM cache as a denoising step sees it: `update` returns the prompt's keys and values
+    followed by the step's and stores nothing. The prompt's cache is never written, and each joined copy lives only
+    while its layer attends (storing them kept every layer's copy alive until the step's end)."""
+
+    def __init__(self, layer: DynamicLayer):
+        super().__init__()
+        self.keys, self.values = layer.keys, layer.values
+        self.device, self.is_initialized = layer.keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 @dataclass
@@ -1126,7 +1143,8 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         next_position = self.model._position_ids(attention_mask, 1, 0, input_ids.device)[:, -1] + 1
-        return HydraXGenerationPrefix(outputs.cache, attention_mask, next_position, source_cache)
+        unpadded = bool(attention_mask.all())
+        return HydraXGenerationPrefix(outputs.cache, attention_mask, next_position, source_cache, unpadded)
 
     @torch.no_grad()
     def predict_velocity(
@@ -1161,26 +1179,23 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         batch, tokens = target_embeds.shape[:2]
         attention_mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(batch, tokens)], dim=1)
         position_ids = prefix.next_position[:, None] + torch.arange(tokens, device=noisy_latents.device)
-        block_ids = torch.zeros(batch, tokens, dtype=torch.long, device=noisy_latents.device)
-        mask = self.model._block_attention_mask(
-            target_embeds, attention_mask, prefix.cache, position_ids, block_ids, prefix.length
-        )
-        # The step appends the target's keys and values to each cache entry; putting the prompt's own tensors back
-        # afterwards (rather than cropping to views of the longer ones) keeps every step's inputs laid out alike,
-        # so a compiled LLM meets the same strides at every step.
-        prompt_entries = [(entry.keys, entry.values) for entry in prefix.cache.layers]
-        try:
-            hidden = self.model.language_model(
-                inputs_embeds=target_embeds,
-                attention_mask=mask,
-                position_ids=position_ids,
-                cache=prefix.cache,
-                use_cache=True,
-                return_dict=True,
-            ).last_hidden_state
-        finally:
-            for entry, (keys, values) in zip(prefix.cache.layers, prompt_entries):
-                entry.keys, entry.values = keys, values
+        if prefix.unpadded:  # the target's queries see every key: no mask, so SDPA and flash keep their fast kernels
+            mask, attention_kwargs = {"full_attention": None}, {"is_causal": False}
+        else:
+            block_ids = torch.zeros(batch, tokens, dtype=torch.long, device=noisy_latents.device)
+            mask = self.model._block_attention_mask(
+                target_embeds, attention_mask, prefix.cache, position_ids, block_ids, prefix.length
+            )
+            attention_kwargs = {}
+        hidden = self.model.language_model(
+            inputs_embeds=target_embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            cache=Cache(layers=[HydraXPromptLayerView(layer) for layer in prefix.cache.layers]),
+            use_cache=True,
+            return_dict=True,
+            **attention_kwargs,
+        ).last_hidden_state
         return self.model.flow_head(hidden, timesteps, (rows, *noisy_latents.shape[1:]))
 
 

@@ -179,6 +179,12 @@ def unit_range(image):
     return image
 
 
+def plain_ints(*values):
+    """numpy integers (e.g. `np.int64` from an array of settings) as Python ints, as diffusers pipelines take them;
+    anything else, bools included, as it is, for the checks to judge."""
+    return [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in values]
+
+
 def image_size(image) -> tuple[int, int]:
     """`(height, width)` of a PIL image, a `[(B,) C, H, W]` tensor, a `[(B,) H, W, C]` array or a list's first item."""
     if isinstance(image, (list, tuple)):
@@ -394,6 +400,18 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     f"`{name}` must be a PIL image, a numpy array `[H, W, C]` or a torch tensor `[C, H, W]` in [0, 1] "
                     f"(or a batch or list of them), got {type(item).__name__}."
                 )
+            channels = None
+            if isinstance(item, np.ndarray):
+                channels = item.shape[-1] if item.ndim in (3, 4) else None
+            elif isinstance(item, torch.Tensor):
+                channels = item.shape[-3] if item.ndim in (3, 4) else None
+            if isinstance(item, (np.ndarray, torch.Tensor)) and channels != 3:
+                layout = "[H, W, 3] arrays" if isinstance(item, np.ndarray) else "[3, H, W] tensors"
+                raise ValueError(
+                    f"`{name}` as an array or tensor holds RGB pixels ({layout}, or batches of them), got shape "
+                    f"{tuple(item.shape)}; convert it first, or pass a PIL image (any mode, e.g. grayscale or RGBA, "
+                    "is converted to RGB)."
+                )
             is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in (np.uint8, torch.uint8)
             if is_float and math.prod(item.shape) and not 0 <= float(item.min()) <= float(item.max()) <= 1:
                 raise ValueError(
@@ -542,8 +560,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         accepted = inspect.signature(self.scheduler.set_timesteps).parameters
         steps = len(sigmas) if sigmas is not None else num_inference_steps
         kwargs = {}
-        if "sigmas" in accepted:
-            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps).tolist() if sigmas is None else sigmas
+        if "sigmas" in accepted:  # a numpy array, as Flux and QwenImage pass it (UniPC's flow sigmas need one)
+            default = np.linspace(1.0, 1 / steps, steps)
+            kwargs["sigmas"] = default if sigmas is None else np.asarray(torch.as_tensor(sigmas).cpu(), np.float32)
         elif sigmas is not None:
             raise ValueError(
                 f"{type(self.scheduler).__name__}.set_timesteps takes no custom `sigmas`; pass `num_inference_steps` "
@@ -724,6 +743,13 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 f"`prompt_embeds` were encoded for num_images_per_prompt={prompt_embeds.num_images_per_prompt}, but "
                 f"this call asks for {num_images_per_prompt}; encode with the call's num_images_per_prompt."
             )
+        keys = prompt_embeds.prefix.cache.layers[0].keys
+        dtype, device = self.model.get_input_embeddings().weight.dtype, self._execution_device
+        if keys.dtype != dtype or keys.device.type != device.type:
+            raise ValueError(
+                f"`prompt_embeds` were encoded in {keys.dtype} on {keys.device.type}, but the pipeline now runs in "
+                f"{dtype} on {device.type}: encode the prompts again after `pipe.to(...)`."
+            )
         return prompt_embeds.num_prompts
 
     @torch.no_grad()
@@ -796,9 +822,11 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 `height` and `width` are used as given.
             decode_chunk_frames (`int`, `"auto"` or `None`, defaults to `"auto"`):
                 Videos: latent frames Hydra-XTok decodes at a time, streamed with its frame cache, as Wan's VAE decodes
-                frame by frame. The frames equal a whole-clip decode, and decoding memory stays flat with the clip's
-                length (≈15–19× less at 257 frames, `bench/bench_tokenizer.py --part decode`). `"auto"`: 2, or the
-                whole clip for a tokenizer with `attention_mode="full"` (which cannot stream); `None`: the whole clip.
+                frame by frame. The frames equal a whole-clip decode; with tubelet attention (the default) decoding
+                memory stays flat with the clip's length (≈15–19× less at 257 frames, `bench/bench_tokenizer.py
+                --part decode`), while `attention_mode="causal"` carries every earlier frame's keys, so its cache
+                grows with the clip. `"auto"`: 2, or the whole clip for a tokenizer with `attention_mode="full"`
+                (which cannot stream); `None`: the whole clip.
             prompt_embeds ([`HydraXEncodedPrompt`], *optional*):
                 Prompts already run through the LLM by [`~HydraXPipeline.encode_prompt`], in place of `prompt` and
                 `negative_prompt`; encoded with this call's `num_images_per_prompt` and with guidance on (> 1) or off
@@ -812,6 +840,9 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         # 1. Check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames = plain_ints(
+            num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames
+        )
         num_prompts = self._num_prompts(prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt)
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(

@@ -7,7 +7,7 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import replace_example_docstring
 
-from .pipeline_hydrax import HydraXPipelineOutput, HydraXSamplerMixin
+from .pipeline_hydrax import HydraXPipelineOutput, HydraXSamplerMixin, plain_ints
 
 
 EXAMPLE_DOC_STRING = """
@@ -127,6 +127,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         # 1. Check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        num_inference_steps, num_images_per_prompt, max_area = plain_ints(
+            num_inference_steps, num_images_per_prompt, max_area
+        )
         prompts = self._prompt_list(prompt)
         negative_prompts = self._negative_prompt_list(
             negative_prompt, len(prompts), guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale

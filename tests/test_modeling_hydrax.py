@@ -270,6 +270,28 @@ def test_cached_velocity_equals_uncached(model, task):
     assert prefix.cache.get_seq_length() == start + 1
 
 
+def test_steps_only_read_the_prefix_so_threads_can_share_it(model):
+    """A step never writes the prompt's LLM cache (it used to append and restore it, so a second thread on the same
+    prefix read the first's keys); an unpadded prompt's steps run without a mask, equal to the masked ones."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = t2i_ids(model.config)
+    prompt = torch.cat([ids, model.unconditional_input_ids(ids)])[:, : ids.shape[1] - IMAGE_TOKENS - 1]
+    with torch.no_grad():
+        prefix = model.prepare_generation_prefix(prompt)
+        keys = [layer.keys for layer in prefix.cache.layers]
+        latents = [torch.randn(1, 8, 1, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+        t = torch.tensor([0.7])
+        sequential = [model.predict_velocity(z, t, prefix) for z in latents]
+        with ThreadPoolExecutor(3) as pool:
+            threaded = list(pool.map(lambda z: model.predict_velocity(z, t, prefix), latents))
+        masked = model.predict_velocity(latents[0], t, dataclasses.replace(prefix, unpadded=False))
+    assert prefix.unpadded and all(layer.keys is key for layer, key in zip(prefix.cache.layers, keys))
+    assert all(torch.equal(a, b) for a, b in zip(threaded, sequential))
+    torch.testing.assert_close(masked, sequential[0], rtol=1e-5, atol=1e-6)
+
+
 def _video_target(model):
     inputs = _task_inputs(model.config, "video_generation")
     inputs.pop("labels")

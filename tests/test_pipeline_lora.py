@@ -270,3 +270,20 @@ def test_pipelines_sharing_a_model_share_its_fused_state(pipe, adapters):
         edit.set_adapters("default_0", 0.5)
     edit.unfuse_lora()
     pipe.set_adapters("default_0", 0.5)
+
+
+def test_fusing_names_only_the_active_adapters_and_state_dicts_are_refused(pipe, adapters):
+    """PEFT scales and runs the active adapters, so fusing others dropped some or misweighted them silently; and a bare
+    state dict has no LoRA config to load it with."""
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.set_adapters(["a", "b"])
+    with pytest.raises(ValueError, match=r"`adapter_names` \['a'\] are not the active adapters \['a', 'b'\]"):
+        pipe.fuse_lora(adapter_names=["a"])
+    with pytest.raises(ValueError, match=r"\['typo'\] are not the active adapters"):
+        pipe.fuse_lora(adapter_names=["typo"])
+    pipe.set_adapters("a")  # nothing was fused by the refused calls: adapters can still change
+    pipe.fuse_lora(adapter_names="a")
+    pipe.unfuse_lora()
+    with pytest.raises(ValueError, match="a bare LoRA state dict lacks the adapter's config"):
+        pipe.load_lora_weights(load_file(adapters["a"][0] / "adapter_model.safetensors"))

@@ -191,22 +191,19 @@ def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
 def test_the_schedule_runs_from_noise_to_one_over_n_and_other_schedulers_plug_in(pipe):
     """Flux's and QwenImage's `linspace(1, 1/N, N)` before the resolution shift: no step is spent between σ ≈ 0.002
     and 0. A scheduler that takes no `sigmas` (DPM-Solver++ with flow sigmas) gets only what it takes."""
-    from diffusers import DPMSolverMultistepScheduler
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     pipe("a red fox", height=32, width=32, num_inference_steps=2, output_type="latent")
     shift = math.exp(pipe.model.flow_shift_mu(4))
     torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
     default = pipe.scheduler
     try:
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-            default.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-        )
-        assert pipe("a red fox", height=32, width=32, num_inference_steps=3, output_type="pt").images.shape == (
-            1,
-            3,
-            32,
-            32,
-        )
+        flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        for scheduler in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):  # UniPC: Wan's scheduler
+            pipe.scheduler = scheduler.from_config(default.config, **flow)
+            images = pipe("a red fox", height=32, width=32, num_inference_steps=3, output_type="pt").images
+            assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(default.config, **flow)
         with pytest.raises(ValueError, match="takes no custom `sigmas`"):
             pipe("a red fox", height=32, width=32, sigmas=[1.0, 0.5], output_type="latent")
     finally:
@@ -675,3 +672,26 @@ def test_tuple_output_components_and_dtype_follow_diffusers(pipe, edit, checkpoi
     HydraXEditPipeline.from_pipe(half, torch_dtype=torch.float32)  # an asked-for dtype casts the shared model
     assert {p.dtype for p in half.model.parameters()} == {torch.float32}
     np.testing.assert_allclose(half("a fox", generator=seeded(), **kwargs).images, reference, atol=2 / 255)
+
+
+def test_array_inputs_numpy_integers_and_stale_prompt_embeds(pipe, edit, checkpoint):
+    """Arrays and tensors must hold RGB (a grayscale or RGBA array crashed deep inside with unrelated messages; PIL
+    images of any mode are converted); numpy integers count as ints, as in diffusers; prompt embeddings encoded
+    before `pipe.to(dtype)` are refused, not fed to attention in the wrong dtype."""
+    grey, rgba = np.zeros((32, 32), np.uint8), np.zeros((32, 32, 4), np.uint8)
+    for bad in (grey, rgba, torch.zeros(1, 32, 32)):
+        with pytest.raises(ValueError, match=r"holds RGB pixels .* got shape .* pass a PIL image \(any mode"):
+            edit(bad, "make it red", num_inference_steps=1, output_type="latent")
+    rgba_image = PIL.Image.fromarray(rgba, "RGBA")
+    assert edit(rgba_image, "make it red", num_inference_steps=1, output_type="pt").images.shape == (1, 3, 32, 32)
+    kwargs = dict(height=32, width=32, output_type="pt", generator=torch.Generator().manual_seed(0))
+    plain = pipe("a red fox", num_inference_steps=2, **kwargs).images
+    kwargs["generator"].manual_seed(0)
+    numpy = pipe("a red fox", num_inference_steps=np.int64(2), num_images_per_prompt=np.int64(1), **kwargs).images
+    torch.testing.assert_close(numpy, plain, rtol=0, atol=0)
+    fresh = HydraXPipeline.from_pretrained(checkpoint)  # the shared `pipe` must keep its fp32 weights
+    embeds = fresh.encode_prompt("a red fox", guidance_scale=4.0)
+    fresh.to(torch.bfloat16)
+    message = r"encoded in torch.float32 on cpu, but the pipeline now runs in torch.bfloat16 on cpu: encode"
+    with pytest.raises(ValueError, match=message):
+        fresh(prompt_embeds=embeds, num_inference_steps=1, output_type="latent", height=32, width=32)
