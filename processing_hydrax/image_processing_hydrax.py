@@ -175,6 +175,8 @@ def grid_batch(key: str, pixels: list[torch.Tensor], grid_key: str, grids: list,
     """`pixels` as one tensor when every item has the same shape, else as a list: Hydra-XTok patchifies each item on
     its own grid, so padding would add latent tokens that do not exist."""
     uniform = len({tuple(item.shape) for item in pixels}) == 1
+    if not uniform and return_tensors == "np":
+        pixels = [item.numpy() for item in pixels]
     data = {key: torch.stack(pixels) if uniform else pixels, grid_key: torch.tensor(grids, dtype=torch.long)}
     return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=None if uniform else [key])
 

@@ -28,8 +28,9 @@ HYDRAX_CHAT_TEMPLATE = (
     "{%- else -%}{%- for block in content -%}"
     "{%- if block['type'] == 'text' -%}{{- block['text'] -}}"
     "{%- elif block['type'] in ['image', 'video'] -%}"
-    "{%- if is_assistant and not ('image' in block or 'video' in block or 'url' in block or 'path' in block"
-    " or 'base64' in block) -%}{{- '<|vision_start|><|vision_pad|><|vision_end|>' -}}"
+    "{%- if is_assistant and not (block.get('image') is not none or block.get('video') is not none"
+    " or block.get('url') is not none or block.get('path') is not none or block.get('base64') is not none) -%}"
+    "{{- '<|vision_start|><|vision_pad|><|vision_end|>' -}}"
     "{%- else -%}{{- '<|vision_start|>' + ('<|image_pad|>' if block['type'] == 'image' else '<|video_pad|>')"
     " + '<|vision_end|>' -}}{%- endif -%}"
     "{%- endif -%}"
@@ -173,6 +174,7 @@ class HydraXProcessor(ProcessorMixin):
             text, offsets, target_flags, target_grids = self._expand_placeholders(text, data, targets)
             text_inputs = self.tokenizer(text, **text_kwargs)
             self._check_special_mm_tokens(text, text_inputs, modalities=["image", "video"])  # truncation
+            self._check_block_markers(text, text_inputs)
             data.update(text_inputs)
             if return_offsets:
                 data["text_replacement_offsets"] = offsets
@@ -183,8 +185,25 @@ class HydraXProcessor(ProcessorMixin):
                 data["target_mask"] = self._target_mask(text_inputs["input_ids"], target_flags)
 
         skip = ["video_metadata", "text_replacement_offsets"]
-        skip += [key for key in ("pixel_values", "pixel_values_videos") if isinstance(data.get(key), list)]
+        for key in ("pixel_values", "pixel_values_videos"):
+            if isinstance(data.get(key), list):  # items of different sizes stay a list, of the asked type
+                skip.append(key)
+                data[key] = [item.numpy() for item in data[key]] if return_tensors == "np" else data[key]
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=skip)
+
+    def _check_block_markers(self, text: list[str], text_inputs) -> None:
+        """Truncation that cuts a visual block's `<|vision_start|>` or `<|vision_end|>` breaks it as surely as one
+        that cuts its pads (which `_check_special_mm_tokens` counts): both markers must survive for every block."""
+        start_id, end_id = self.tokenizer.convert_tokens_to_ids([self.vision_start_token, self.vision_end_token])
+        for index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"])):
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            blocks, starts, ends = sample.count(self.vision_start_token), ids.count(start_id), ids.count(end_id)
+            if starts != blocks or ends != blocks:
+                raise ValueError(
+                    f"Sample {index} has {blocks} visual block(s), but its tokens keep {starts} "
+                    f"{self.vision_start_token} and {ends} {self.vision_end_token}. Likely due to truncation: raise "
+                    "`max_length`, or shorten the text outside the visual blocks."
+                )
 
     # ----------------------------------------------------------------------------------------------- placeholders
 
@@ -304,7 +323,10 @@ class HydraXProcessor(ProcessorMixin):
                 f"Sample {sample_index} is an edit whose target image is {target[1] * patch}x{target[2] * patch} "
                 f"pixels after resizing (latent grid {target[1]}x{target[2]}) but whose source image is "
                 f"{source[1] * patch}x{source[2] * patch} (grid {source[1]}x{source[2]}); an edit keeps the source's "
-                "grid. Resize the target image to the source image's size (or give the target no height / width)."
+                "grid. Resize the target image to the source image's size (or give the target no height / width). "
+                "The image right before a target image in its sample is read as its edit source, by this processor "
+                "and by the model, whatever turn it is in: give a text-to-image request that follows an earlier "
+                "image a sample of its own."
             )
 
     def _expand_placeholders(self, text, data, targets):
@@ -463,7 +485,8 @@ class HydraXProcessor(ProcessorMixin):
         if image_sizes is not None:
             images_kwargs = merged["images_kwargs"]
             tokens = [self.image_processor.get_number_of_image_patches(*size, images_kwargs) for size in image_sizes]
-            data.update(num_image_tokens=tokens, num_image_patches=tokens)
+            # one `pixel_values` row per image ([N, 3, H, W], as LLaVA and Gemma 3 count), not its latent tokens
+            data.update(num_image_tokens=tokens, num_image_patches=[1] * len(image_sizes))
         if video_sizes is not None:
             videos_kwargs = merged["videos_kwargs"]
             data["num_video_tokens"] = [

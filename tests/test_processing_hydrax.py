@@ -554,6 +554,7 @@ def test_counting_helpers_agree_with_processing(processor, coffee):
     out = processor(text="<|image_pad|><|video_pad|>", images=coffee, videos=np.zeros((30, 100, 150, 3), np.uint8))
     counts = processor._get_num_multimodal_tokens(image_sizes=[(400, 600)], video_sizes=[(9, 100, 150)])
     assert counts.num_image_tokens == processor.get_num_visual_tokens(out["image_grid_thw"])
+    assert counts.num_image_patches == [1]  # rows of `pixel_values` per image (LLaVA's and Gemma 3's count)
     assert counts.num_video_tokens == processor.get_num_visual_tokens(out["video_grid_thw"])
     assert processor.get_num_visual_tokens([5, 16, 16]) == 1280
 
@@ -754,6 +755,15 @@ def test_truncation_that_cuts_a_visual_block_is_an_error(processor, astronaut):
     assert kept["input_ids"] == full["input_ids"]
     with pytest.raises(ValueError, match=r"Mismatch in `image` token count .* ids=\[200\] and text=\[256\]"):
         processor(text=prompt, images=astronaut, text_kwargs={"truncation": True, "max_length": 201})
+    # cutting only a block's marker, which the pad count misses: the end (right side), then the start (left side)
+    with pytest.raises(ValueError, match=r"1 visual block\(s\), but its tokens keep 1 <\|vision_start\|> and 0"):
+        processor(text=prompt, images=astronaut, text_kwargs={"truncation": True, "max_length": 257})
+    processor.tokenizer.truncation_side = "left"
+    try:
+        with pytest.raises(ValueError, match=r"keep 0 <\|vision_start\|> and 1 <\|vision_end\|>. Likely due to"):
+            processor(text=prompt, images=astronaut, text_kwargs={"truncation": True, "max_length": length - 1})
+    finally:
+        processor.tokenizer.truncation_side = "right"
 
 
 def test_assistant_masks_for_training(processor, astronaut):
@@ -998,3 +1008,19 @@ def test_decoding_and_visual_post_processing(processor):
 def test_docstring_examples_run(module):
     runner = run_docstring_examples(module)
     assert runner.tries > 0 and runner.failures == 0
+
+
+def test_numpy_outputs_of_different_sizes_and_none_valued_target_keys(processor, astronaut, coffee):
+    """Images of different sizes come back as a list of the asked type; an assistant block whose `image` is None (as
+    `datasets` fills list-of-dict columns) is a generation target for the template as for the processor."""
+    out = processor(text="<|image_pad|><|image_pad|>", images=[astronaut, coffee], return_tensors="np")
+    assert isinstance(out["pixel_values"], list) and all(isinstance(item, np.ndarray) for item in out["pixel_values"])
+    assert isinstance(out["input_ids"], np.ndarray)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Draw a cat."}]},
+        {"role": "assistant", "content": [{"type": "image", "image": None, "text": None, "height": 64, "width": 64}]},
+    ]
+    prompt = processor.apply_chat_template(messages, tokenize=False)
+    assert prompt.count("<|vision_pad|>") == 1 and "<|image_pad|>" not in prompt
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    assert inputs["target_grid_thw"].tolist() == [[1, 4, 4]]
