@@ -112,11 +112,20 @@ def check_output_folder(parser: argparse.ArgumentParser, option: str, path, give
         parser.error(f"{option} {given}: {existing} is not writable; pass a folder you can write to")
 
 
-def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, force: bool):
+def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, force: bool, inputs=None):
     """`check_output_folder`, and `parser.error` when `path` is a folder with contents and `force` is off: an output
-    folder is replaced as a whole at the end of a run, so an existing one goes only when asked (`--force`)."""
+    folder is replaced as a whole at the end of a run, so an existing one goes only when asked (`--force`). `inputs`
+    (option → a path or a list of them, None for options not given) are the run's own inputs, which must not lie in
+    the folder that its end replaces."""
     check_output_folder(parser, option, path)
     path = Path(path)
+    for name, values in (inputs or {}).items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is not None and Path(value).exists() and Path(value).resolve().is_relative_to(path.resolve()):
+                parser.error(
+                    f"{option} {path}: holds {name} {value}, which replacing the folder at the end of the run would "
+                    "delete; pass another output folder"
+                )
     if path.is_dir() and any(path.iterdir()) and not force:
         parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")
 

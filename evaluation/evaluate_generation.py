@@ -40,9 +40,11 @@ Metrics (each only when its inputs exist; metrics.json lists the others under "s
                                                    --feature-model image embeddings (DINO with a DINO model)
                  source_l1, source_clip_i, source_dino   the same against the source, for rows without a target: how
                                                    much of the source the edit keeps
-                 clip_t / clip_t_instruction       CLIP score against the row's `target_caption`, or against the
+                 clip_t / clip_t_instruction       CLIP image–text cosine (MagicBrush's CLIP-T, the scale of
+                                                   clip_i) against the row's `target_caption`, or against the
                                                    instruction when the row has none
-  text-to-video  clip_sim        the CLIP score of every frame with the prompt, averaged over the frames (CLIPSIM)
+  text-to-video  clip_sim        the CLIP score (100 · max(cos, 0)) of every frame with the prompt, averaged over
+                                 the frames (CLIPSIM; papers often print the cosine, 1/100 of it)
                  background_consistency, subject_consistency   VBench's temporal consistency: over frames 2…F, the
                                  mean of each frame's cosine with the first frame and with the previous one, on
                                  --clip-model embeddings (background) and --feature-model features (subject; VBench
@@ -546,7 +548,7 @@ def score_edits(
         texts = [
             instruction if caption is None else caption for instruction, caption in zip(instructions, target_captions)
         ]
-        for index, value in enumerate(clip.score(pixels, texts).tolist()):
+        for index, value in enumerate(clip.cosine(pixels, texts).tolist()):  # MagicBrush's scale, as clip_i
             scores[index]["clip_t_instruction" if target_captions[index] is None else "clip_t"] = value
     return scores
 
@@ -814,7 +816,15 @@ def evaluate(args) -> dict | None:
         values = {name: entry.get("value", entry.get("mean")) for name, entry in summary.items()}
         task_type = "image-to-image" if args.task == "edit" else args.task
         split = None if Path(args.data).suffix.lower() in (".txt", ".jsonl") else args.split  # files have no splits
-        results = eval_results(task_type, args.data, split, values, args.subset)
+        models = {key: args.clip_model for key in ("clip", "background")}  # VBench's background metrics use CLIP
+        models.update({key: args.feature_model for key in ("dino", "subject")})
+        settings = {  # the metric's feature model: scores of other CLIP / DINO models differ in scale
+            name: Path(str(model).rstrip("/")).name
+            for name in values
+            for key, model in models.items()
+            if model and key in name
+        }
+        results = eval_results(task_type, args.data, split, values, args.subset, settings)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return metrics
 
@@ -967,7 +977,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.subset is not None and Path(args.data).exists():
         parser.error(f"--subset {args.subset} names a configuration of a Hub dataset; --data {args.data} is local")
     check_data(parser, "--reference", args.reference, images_folder=True)
-    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
+    inputs = {"--model": args.model, "--lora": args.lora, "--data": args.data, "--reference": args.reference}
+    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     return args
 
 

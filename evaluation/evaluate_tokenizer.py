@@ -146,7 +146,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for `--sample`")
     args = parser.parse_args(argv)
     check_folder(parser, "--model", args.model, "pass a Hydra-XTok or Hydra-X checkpoint folder", "config.json")
-    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
+    inputs = {"--model": args.model, "--data": args.data, "--lpips": args.lpips}
+    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     if args.lpips is not None:
         hint = "pass a folder written by HydraXTokLPIPS.save_pretrained"
         check_folder(parser, "--lpips", args.lpips, hint, "model.safetensors")
@@ -256,7 +257,7 @@ def main(argv=None) -> dict:
             if name != "count"
         }
         resolution = " ".join(metrics["settings"]["resolution"])
-        results = eval_results("image-to-image", "+".join(map(str, args.data)), None, values, resolution)
+        results = eval_results("image-to-image", list(map(str, args.data)), None, values, resolution)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     for kind in ("image", "video"):

@@ -149,11 +149,12 @@ class Sample:
 
 
 def is_missing(value) -> bool:
-    """None, NaN (a pandas gap) or a blank string: the cell holds nothing."""
+    """None, NaN (a pandas gap), a blank string, or the text "nan" / "none" (how MMBench's TSVs store an empty hint
+    or an absent option; lmms-eval and VLMEvalKit read them as missing too): the cell holds nothing."""
     return (
         value is None
         or (isinstance(value, float) and math.isnan(value))
-        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
     )
 
 
@@ -350,6 +351,12 @@ def normalize_row(
     images, video = row_images(row), None if is_missing(row.get("video")) else row["video"]
     if images and video is not None:
         raise ValueError(f"{where} has both images and a video; give one kind (or neither)")
+    for kind, value in [("image", image) for image in images] + [("video", video)] * (video is not None):
+        if not media and isinstance(value, (str, Path)) and not resolve_path(value, base).is_file():  # no decoding
+            raise ValueError(
+                f"{where}: {kind} {str(value)!r} ({resolve_path(value, base)}) does not exist; paths are relative to "
+                "the data's folder"
+            )
     question = str(row["question"]).strip()
     for number in map(int, IMAGE_PLACEHOLDER.findall(question) if media else ()):
         if not 1 <= number <= len(images):
@@ -780,7 +787,10 @@ def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
     values = {name: metrics[name] for name in names if name in metrics}
     if "accuracy" in metrics.get("open", {}):
         values["open_accuracy"] = metrics["open"]["accuracy"]
-    results = eval_results("visual-question-answering", metrics["data"], metrics["split"], values, metrics["subset"])
+    settings = {name: f"{metrics['scoring']} scoring" for name in values}  # the modes score differently
+    results = eval_results(
+        "visual-question-answering", metrics["data"], metrics["split"], values, metrics["subset"], settings
+    )
     with staged_folder(output_dir) as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         lines = "".join(json.dumps(record) + "\n" for record in records)
@@ -888,7 +898,8 @@ def parse_args(argv=None):
             parser.error(f"--data {args.data}: no such file or folder; {hint}")
         if args.subset is not None:
             parser.error(f"--subset {args.subset} names a configuration of a Hub dataset; --data {args.data} is local")
-    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force)
+    inputs = {"--model": args.model, "--lora": args.lora, "--data": args.data}
+    check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     return args
 
 

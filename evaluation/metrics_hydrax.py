@@ -164,18 +164,24 @@ class HydraXImageFeatures:
     Args:
         model: a transformers model, in eval mode.
         processor: its image processor (or a processor holding one).
+        cls_token (`bool`): take the CLS token (position 0 of the last hidden state) as the feature.
     """
 
-    def __init__(self, model, processor):
-        self.model, self.processor = model.eval(), processor
+    def __init__(self, model, processor, cls_token: bool = False):
+        self.model, self.processor, self.cls_token = model.eval(), processor, cls_token
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        """Load a model and its image processor by Hub id or folder."""
+        """Load a model and its image processor by Hub id or folder. A checkpoint saved without its pooler (DINO v1's
+        ViTs, converted with `add_pooling_layer=False`) would get a randomly initialised one, different in every run:
+        it is dropped and the CLS token is the feature, as MagicBrush and VBench read DINO."""
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(name_or_path, dtype=dtype).to(device)
-        return cls(model, AutoImageProcessor.from_pretrained(name_or_path))
+        model, info = AutoModel.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
+        no_pooler = hasattr(model, "pooler") and any(key.startswith("pooler.") for key in info["missing_keys"])
+        if no_pooler:
+            model.pooler = None
+        return cls(model.to(device), AutoImageProcessor.from_pretrained(name_or_path), cls_token=no_pooler)
 
     @property
     def device(self) -> torch.device:
@@ -193,7 +199,8 @@ class HydraXImageFeatures:
         }
         if hasattr(self.model, "get_image_features"):
             return _pooled(self.model.get_image_features(**inputs)).float()
-        return _pooled(self.model(**inputs)).float()
+        outputs = self.model(**inputs)
+        return (outputs.last_hidden_state[:, 0] if self.cls_token else _pooled(outputs)).float()
 
 
 class HydraXClipScore:
@@ -235,21 +242,33 @@ class HydraXClipScore:
         """Unit-length image embeddings `[B, D]` of `[B, 3, H, W]` pixels in [-1, 1]."""
         return F.normalize(self.images(images), dim=-1)
 
-    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Per-pair CLIP score `[B]`: `100 · max(cos, 0)` of each image with its text."""
+    def cosine(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Per-pair cosine `[B]` of each image's embedding with its text's (MagicBrush's CLIP-T)."""
         if len(texts) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(texts)} texts: the CLIP score pairs them one to one.")
-        cosine = (self.image_features(images) * self.text_features(texts)).sum(-1)
-        return 100 * cosine.clamp_min(0)
+        return (self.image_features(images) * self.text_features(texts)).sum(-1)
+
+    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Per-pair CLIP score `[B]`: `100 · max(cos, 0)` of each image with its text."""
+        return 100 * self.cosine(images, texts).clamp_min(0)
 
 
 def eval_results(
-    task_type: str, dataset: str, split: str | None, values: dict[str, float], config: str | None = None
+    task_type: str,
+    dataset: str | list,
+    split: str | None,
+    values: dict[str, float],
+    config: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> list[dict]:
     """Model-card entries for `values` (metric name → value): the fields of `huggingface_hub.EvalResult`, one entry
     per metric, as `conversion/model_card_hydrax.py --eval-results` reads them into a card's `model-index`. A
-    dataset given as a local path is named by its folder or file stem."""
-    name = dataset if not Path(dataset).exists() else Path(dataset).stem
+    dataset given as a local path is named by its folder or file stem (several, joined by "+"). `settings` (metric →
+    how it was measured, e.g. "likelihood scoring" or the CLIP model) go into `metric_config` and the displayed
+    `metric_name`, so that runs of one metric under other settings stay apart in the card."""
+    sources = dataset if isinstance(dataset, (list, tuple)) else [dataset]
+    name = "+".join(Path(str(source).rstrip("/")).stem if Path(source).exists() else str(source) for source in sources)
+    settings = settings or {}
     return [
         {
             "task_type": task_type,
@@ -258,7 +277,8 @@ def eval_results(
             "dataset_config": config,
             "dataset_split": split,
             "metric_type": metric,
-            "metric_name": metric,
+            "metric_name": f"{metric} ({settings[metric]})" if settings.get(metric) else metric,
+            "metric_config": settings.get(metric),
             "metric_value": round(float(value), 6),
         }
         for metric, value in values.items()

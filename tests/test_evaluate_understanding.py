@@ -449,6 +449,7 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         (["--output-dir", str(data / "out")], f"--output-dir {data / 'out'}: {data} is a file"),
         (["--limit", "0"], "--limit must be ≥ 1, got 0"),
         (["--subset", "en"], f"--subset en names a configuration of a Hub dataset; --data {data} is local"),
+        (["--output-dir", str(tmp_path), "--force"], f"holds --data {data}, which replacing the folder at the end"),
     ]
     for args, message in cases:
         argv = {"--model": str(checkpoint), "--data": str(data), "--output-dir": str(tmp_path / "out")}
@@ -697,3 +698,17 @@ def test_a_lora_adapter_is_scored_as_the_model_it_merges_into(evaluator, run_hyd
     assert json.loads((tmp_path / "adapter-eval" / "metrics.json").read_text())["lora"] == str(tmp_path / "adapter")
     assert scores["adapter"] == pytest.approx(scores["merged"], abs=1e-4)
     assert max(abs(a - b) for a, b in zip(scores["adapter"], scores["base"])) > 1e-2
+
+
+def test_mmbench_nan_strings_are_missing_and_missing_media_stop_before_the_model_loads(evaluator, tmp_path):
+    """MMBench's TSVs write an empty hint or an absent option as the text "nan" (lmms-eval and VLMEvalKit read it as
+    missing); and a row's image path that does not exist is found in the text check, before any question is scored."""
+    row = {"question": "Q?", "A": "yes", "B": "no", "C": "nan", "D": "NaN", "hint": "nan", "answer": "A"}
+    sample = evaluator.normalize_row(row, 0, media=False)
+    assert sample.options == {"A": "yes", "B": "no"} and sample.hint is None
+    missing = {"question": "Q?", "options": ["a", "b"], "answer": "a", "image": "typo.png"}
+    with pytest.raises(ValueError, match=r"row 3: image 'typo.png' \(.*typo.png\) does not exist"):
+        evaluator.normalize_row(missing, 3, tmp_path, media=False)
+    settings = evaluator.eval_results("vqa", "data", None, {"accuracy": 0.5}, None, {"accuracy": "likelihood scoring"})
+    assert settings[0]["metric_name"] == "accuracy (likelihood scoring)"
+    assert settings[0]["metric_config"] == "likelihood scoring"

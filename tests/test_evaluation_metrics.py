@@ -115,6 +115,26 @@ def test_image_features_pool_through_the_models_own_processor(tmp_path):
         HydraXClipScore(features.model, features.processor)
 
 
+def test_a_checkpoint_saved_without_its_pooler_gives_its_cls_token(tmp_path):
+    """DINO v1's ViTs were converted with `add_pooling_layer=False`: loading them adds a random pooler (a new one each
+    run), so the feature is the CLS token, as MagicBrush and VBench read DINO."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dino")
+    features = HydraXImageFeatures.from_pretrained(str(tmp_path / "dino"))
+    assert features.cls_token and features.model.pooler is None
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    pixel_values = features.processor(images=metrics_hydrax.to_uint8(images), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = features.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+    assert torch.equal(features(images), expected)
+    assert torch.equal(HydraXImageFeatures.from_pretrained(str(tmp_path / "dino"))(images), expected)
+
+
 def test_image_features_of_siglip2_get_every_processor_output():
     from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
 
