@@ -132,23 +132,44 @@ def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
 
 
-def write_pipeline_files(folder, scheduler: FlowMatchEulerDiscreteScheduler | None = None, pipeline_class=None):
+def pipeline_code_folder(model) -> Path:
+    """Where the pipeline files to save come from: this package, or, for a pipeline loaded as remote code, the
+    checkpoint folder its model came from. diffusers' module cache, where remote pipeline code runs, is shared by
+    every checkpoint and holds only the modules loaded so far: a copy from there could miss a file or bring another
+    checkpoint's."""
+    origin = Path(str(getattr(model, "name_or_path", "") or "."))
+    if __name__.startswith("diffusers_modules") and all((origin / name).is_file() for name in PIPELINE_FILES):
+        return origin
+    return Path(__file__).resolve().parent
+
+
+def write_pipeline_files(
+    folder,
+    scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    pipeline_class=None,
+    code_folder: Path | None = None,
+):
     """Turn a Hydra-X checkpoint folder (the model's and processor's transformers files, as `save_pretrained` and
     `conversion/build_hydrax.py` write them) into a diffusers pipeline folder as well, with no second copy of the
-    weights: `model_index.json`, `scheduler/`, the pipeline code, and the root-component loader in `model/` and
-    `processor/` (see `pipeline_loading_hydrax.py`). `pipeline_class` (default `HydraXPipeline`) is the class that
-    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` builds."""
+    weights: `model_index.json`, `scheduler/`, the pipeline code (from `code_folder`, default this package's), and the
+    root-component loader in `model/` and `processor/` (see `pipeline_loading_hydrax.py`). `pipeline_class` (default
+    `HydraXPipeline`) is the class that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` builds."""
     folder = Path(folder)
+    code = Path(code_folder) if code_folder is not None else Path(__file__).resolve().parent
+    missing = [name for name in PIPELINE_FILES if not (code / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"Cannot write the pipeline code: {missing} are not in {code}. Save a pipeline loaded from its checkpoint "
+            "folder (or with the hydrax package installed), so that every pipeline file can be copied."
+        )
     pipeline_class = pipeline_class or HydraXPipeline
     scheduler = scheduler if scheduler is not None else default_scheduler()
     scheduler.save_pretrained(folder / "scheduler")
-    here = Path(__file__).resolve().parent
     for name in PIPELINE_FILES:
-        if (here / name).is_file():  # remote code copies only the modules it loaded
-            shutil.copyfile(here / name, folder / name)
+        shutil.copyfile(code / name, folder / name)
     for component in ("model", "processor"):
         (folder / component).mkdir(exist_ok=True)
-        shutil.copyfile(here / LOADER_FILE, folder / component / LOADER_FILE)
+        shutil.copyfile(code / LOADER_FILE, folder / component / LOADER_FILE)
     loader = Path(LOADER_FILE).stem
     index = {
         "_class_name": [pipeline_class.__module__.rsplit(".", 1)[-1], pipeline_class.__name__],
@@ -286,7 +307,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self._check_no_lora("save_pretrained")
         self.model.save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
         self.processor.save_pretrained(save_directory)
-        write_pipeline_files(save_directory, self.scheduler, type(self))
+        write_pipeline_files(save_directory, self.scheduler, type(self), pipeline_code_folder(self.model))
 
     def enable_group_offload(self, *args, **kwargs):
         """diffusers' group offloading (`DiffusionPipeline.enable_group_offload`), refused for a model whose LM head

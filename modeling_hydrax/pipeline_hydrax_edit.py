@@ -7,7 +7,11 @@ from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import replace_example_docstring
 
+# diffusers copies only the direct relative imports of a local folder's custom pipeline file: the two unused ones make
+# it copy the modules `pipeline_hydrax.py` needs when this pipeline is the first one loaded (a fresh module cache)
+from .lora_loading_hydrax import HydraXLoraLoaderMixin  # noqa: F401
 from .pipeline_hydrax import HydraXPipelineOutput, HydraXSamplerMixin, plain_ints
+from .pipeline_loading_hydrax import HydraXRootModel  # noqa: F401
 
 
 EXAMPLE_DOC_STRING = """

@@ -10,13 +10,26 @@ user passed `trust_remote_code=True`, so the remote-code opt-in covers the check
 """
 
 import os
+from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 
 def checkpoint_root(component_folder) -> str:
-    """The checkpoint folder that holds a component subfolder."""
-    return os.path.dirname(os.path.normpath(os.fspath(component_folder)))
+    """The checkpoint that holds a component subfolder: its folder, or, for a snapshot in the Hugging Face cache,
+    its repo id (diffusers downloads only the files it needs itself, not the root's transformers code, which
+    transformers then fetches into the same snapshot). Absolute, so that a folder given as "." works."""
+    root = Path(os.path.abspath(os.fspath(component_folder))).parent
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return str(root)
+
+
+def revision_kwargs(component_folder, kwargs: dict) -> dict:
+    """A Hub snapshot's commit as `revision`, so that the root loads from the very snapshot the components came
+    from."""
+    root = Path(os.path.abspath(os.fspath(component_folder))).parent
+    return {**kwargs, "revision": root.name} if checkpoint_root(component_folder) != str(root) else kwargs
 
 
 class HydraXRootModel(PreTrainedModel):
@@ -24,7 +37,10 @@ class HydraXRootModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        root = checkpoint_root(pretrained_model_name_or_path)
+        root, kwargs = (
+            checkpoint_root(pretrained_model_name_or_path),
+            revision_kwargs(pretrained_model_name_or_path, kwargs),
+        )
         return AutoModel.from_pretrained(root, *model_args, trust_remote_code=True, **kwargs)
 
 
@@ -33,4 +49,8 @@ class HydraXRootProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        return AutoProcessor.from_pretrained(checkpoint_root(pretrained_model_name_or_path), trust_remote_code=True)
+        root, options = (
+            checkpoint_root(pretrained_model_name_or_path),
+            revision_kwargs(pretrained_model_name_or_path, {}),
+        )
+        return AutoProcessor.from_pretrained(root, trust_remote_code=True, **options)

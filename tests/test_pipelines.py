@@ -411,8 +411,12 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
     source = str(tmp_path / "saved")
     script = BLOCK_OUR_PACKAGES + textwrap.dedent(
         f"""
-        import sys, torch
+        import filecmp, os, sys, torch
         from diffusers import DiffusionPipeline
+        # the edit pipeline first, in a fresh module cache: diffusers copies only its direct relative imports
+        first = DiffusionPipeline.from_pretrained({source!r}, custom_pipeline="pipeline_hydrax_edit",
+                                                  trust_remote_code=True)
+        assert type(first).__name__ == "HydraXEditPipeline"
         pipe = DiffusionPipeline.from_pretrained({source!r}, custom_pipeline="pipeline_hydrax", trust_remote_code=True)
         assert type(pipe.model).__module__.startswith("transformers_modules."), type(pipe.model).__module__
         pipe.set_progress_bar_config(disable=True)
@@ -427,6 +431,12 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
         edit.save_pretrained({str(tmp_path / "again")!r})
         assert type(DiffusionPipeline.from_pretrained({str(tmp_path / "again")!r}, trust_remote_code=True)).__name__ \\
             == "HydraXEditPipeline"
+        files = {list(pipeline_hydrax.PIPELINE_FILES)!r}
+        pipe.save_pretrained({str(tmp_path / "resaved")!r})  # every file, the checkpoint's own
+        assert all(filecmp.cmp(os.path.join({source!r}, name), os.path.join({str(tmp_path / "resaved")!r}, name))
+                   for name in files)
+        os.chdir({source!r})  # "." inside the checkpoint folder
+        assert type(DiffusionPipeline.from_pretrained(".", trust_remote_code=True)).__name__ == "HydraXPipeline"
         print("ok")
         """
     )
@@ -695,3 +705,16 @@ def test_array_inputs_numpy_integers_and_stale_prompt_embeds(pipe, edit, checkpo
     message = r"encoded in torch.float32 on cpu, but the pipeline now runs in torch.bfloat16 on cpu: encode"
     with pytest.raises(ValueError, match=message):
         fresh(prompt_embeds=embeds, num_inference_steps=1, output_type="latent", height=32, width=32)
+
+
+def test_root_components_load_from_the_checkpoint_folder_or_the_hub_snapshots_repo(tmp_path):
+    """A component subfolder's checkpoint: its folder, absolute (so "." works), or, in the Hugging Face cache, the
+    snapshot's repo at that commit: diffusers downloads only what it needs itself, not the root's transformers code,
+    which transformers then fetches into the same snapshot."""
+    from modeling_hydrax.pipeline_loading_hydrax import checkpoint_root, revision_kwargs
+
+    assert checkpoint_root("./model") == str(Path.cwd())
+    snapshot = tmp_path / "hub" / "models--you--hydrax-7b" / "snapshots" / "0123abc"
+    assert checkpoint_root(snapshot / "model") == "you/hydrax-7b"
+    assert revision_kwargs(snapshot / "model", {"dtype": "auto"}) == {"dtype": "auto", "revision": "0123abc"}
+    assert revision_kwargs(tmp_path / "ckpt" / "model", {"dtype": "auto"}) == {"dtype": "auto"}
