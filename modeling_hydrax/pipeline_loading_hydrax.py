@@ -26,10 +26,12 @@ def checkpoint_root(component_folder) -> str:
 
 
 def revision_kwargs(component_folder, kwargs: dict) -> dict:
-    """A Hub snapshot's commit as `revision`, so that the root loads from the very snapshot the components came
-    from."""
+    """For a Hub snapshot: its commit as `revision` and its cache as `cache_dir`, so that the root loads from the very
+    snapshot the components came from (whatever cache diffusers was given)."""
     root = Path(os.path.abspath(os.fspath(component_folder))).parent
-    return {**kwargs, "revision": root.name} if checkpoint_root(component_folder) != str(root) else kwargs
+    if checkpoint_root(component_folder) == str(root):
+        return kwargs
+    return {**kwargs, "revision": root.name, "cache_dir": str(root.parent.parent.parent)}
 
 
 class HydraXRootModel(PreTrainedModel):

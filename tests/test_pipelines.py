@@ -716,5 +716,6 @@ def test_root_components_load_from_the_checkpoint_folder_or_the_hub_snapshots_re
     assert checkpoint_root("./model") == str(Path.cwd())
     snapshot = tmp_path / "hub" / "models--you--hydrax-7b" / "snapshots" / "0123abc"
     assert checkpoint_root(snapshot / "model") == "you/hydrax-7b"
-    assert revision_kwargs(snapshot / "model", {"dtype": "auto"}) == {"dtype": "auto", "revision": "0123abc"}
+    expected = {"dtype": "auto", "revision": "0123abc", "cache_dir": str(tmp_path / "hub")}
+    assert revision_kwargs(snapshot / "model", {"dtype": "auto"}) == expected
     assert revision_kwargs(tmp_path / "ckpt" / "model", {"dtype": "auto"}) == {"dtype": "auto"}
