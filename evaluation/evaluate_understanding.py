@@ -149,13 +149,18 @@ class Sample:
 
 
 def is_missing(value) -> bool:
-    """None, NaN (a pandas gap), a blank string, or the text "nan" / "none" (how MMBench's TSVs store an empty hint
-    or an absent option; lmms-eval and VLMEvalKit read them as missing too): the cell holds nothing."""
+    """None, NaN (a pandas gap) or a blank string: the cell holds nothing."""
     return (
         value is None
         or (isinstance(value, float) and math.isnan(value))
-        or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
+        or (isinstance(value, str) and not value.strip())
     )
+
+
+def is_blank_cell(value) -> bool:
+    """An option or hint cell that holds nothing: missing, or the text "nan", as MMBench's TSVs store an absent
+    option or an empty hint (lmms-eval reads it so too). Only there: "nan" or "none" may be a real answer."""
+    return is_missing(value) or (isinstance(value, str) and value.strip().lower() == "nan")
 
 
 def resolve_path(value, base: Path | None) -> Path:
@@ -262,7 +267,7 @@ def listed_options(row: dict, where: str) -> dict[str, str] | None:
             letter: name
             for letter in LETTERS
             for name in (letter, f"choice_{letter.lower()}")
-            if name in row and not is_missing(row[name])
+            if name in row and not is_blank_cell(row[name])
         }
         if not columns and column is None and not any(letter in row for letter in LETTERS):
             return None
@@ -375,7 +380,7 @@ def normalize_row(
         options=options,
         answer=answer,
         answers=answers,
-        hint=None if is_missing(row.get("hint")) else str(row["hint"]).strip(),
+        hint=None if is_blank_cell(row.get("hint")) else str(row["hint"]).strip(),
         images=[load_image(value, base, where) for value in images] if media else [],
         video=check_video(video, base, where) if media and video is not None else None,
         category=None if is_missing(category) else str(category),

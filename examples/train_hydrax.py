@@ -493,7 +493,7 @@ class HydraXTrainer(Trainer):
         counts.)"""
         batches, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batches and "labels" in batches[0]:
-            counts = torch.tensor([loss_token_counts(batch) for batch in batches], dtype=torch.float64, device=device)
+            counts = torch.tensor([loss_token_counts(batch) for batch in batches], dtype=torch.float32, device=device)
             totals = self.accelerator.reduce(counts.sum(0), "sum").clamp_min(1)
             for batch, count in zip(batches, counts):
                 batch[LOSS_SHARES] = count / totals * (len(batches) * self.accelerator.num_processes)

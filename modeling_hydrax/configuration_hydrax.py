@@ -37,7 +37,8 @@ class HydraXConfig(PreTrainedConfig):
         flow_max_mu (`float`, *optional*): upper bound of `mu` (default 2.0: a shift of e² ≈ 7.4, about
             HunyuanVideo's fixed shift of 7). The linear rule, extrapolated past `flow_max_seq_len` (Flux's 1024²),
             grows without bound in the token count of a video (F·h·w): a 17×1024² clip would get a shift of 51 and a
-            257×512² one 10⁵, every sampling step at σ ≈ 1. `None`: no bound.
+            257×512² one 10⁵, every sampling step at σ ≈ 1. It bounds the extrapolation only: `flow_base_shift` and
+            `flow_max_shift` above it (e.g. a constant shift of 2.5) are kept. `None`: no bound.
         lm_loss_weight / flow_loss_weight (`float`): the paper's NTP : flow weights (1 : 1).
         image_token_id / video_token_id / vision_start_token_id / vision_end_token_id (`int`): Qwen2.5 special tokens.
         pad_token_id (`int`): the token that replaces dropped text.

@@ -673,11 +673,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
 
     def flow_shift_mu(self, num_tokens: int) -> float:
         """The resolution shift `mu` for a target of `num_tokens` latent tokens (diffusers' `set_timesteps(mu=…)`),
-        at most `config.flow_max_mu`."""
+        at most `config.flow_max_mu` (or the configured line's own base and max shifts, when those are larger)."""
         config = self.config
         slope = (config.flow_max_shift - config.flow_base_shift) / (config.flow_max_seq_len - config.flow_base_seq_len)
         mu = config.flow_base_shift + slope * (num_tokens - config.flow_base_seq_len)
-        return mu if config.flow_max_mu is None else min(mu, config.flow_max_mu)
+        if config.flow_max_mu is None:
+            return mu
+        return min(mu, max(config.flow_max_mu, config.flow_base_shift, config.flow_max_shift))
 
     def shift_timesteps(self, t: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """t ↦ e^mu / (e^mu + 1/t − 1), mu linear in the latent token count (diffusers' dynamic shifting)."""
@@ -1179,8 +1181,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         batch, tokens = target_embeds.shape[:2]
         attention_mask = torch.cat([prefix.attention_mask, prefix.attention_mask.new_ones(batch, tokens)], dim=1)
         position_ids = prefix.next_position[:, None] + torch.arange(tokens, device=noisy_latents.device)
-        if prefix.unpadded:  # the target's queries see every key: no mask, so SDPA and flash keep their fast kernels
-            mask, attention_kwargs = {"full_attention": None}, {"is_causal": False}
+        if prefix.unpadded:  # the target's queries see every key: no mask, so SDPA keeps its fast kernels
+            # flash attention cannot express the bidirectional block in training either: it stays causal here too
+            flash = self.config.text_config._attn_implementation.startswith("flash")
+            mask, attention_kwargs = {"full_attention": None}, ({} if flash else {"is_causal": False})
         else:
             block_ids = torch.zeros(batch, tokens, dtype=torch.long, device=noisy_latents.device)
             mask = self.model._block_attention_mask(

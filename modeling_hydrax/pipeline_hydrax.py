@@ -137,7 +137,7 @@ def pipeline_code_folder(model) -> Path:
     checkpoint folder its model came from. diffusers' module cache, where remote pipeline code runs, is shared by
     every checkpoint and holds only the modules loaded so far: a copy from there could miss a file or bring another
     checkpoint's."""
-    origin = Path(str(getattr(model, "name_or_path", "") or "."))
+    origin = Path(getattr(model, "hydrax_pipeline_folder", None) or str(getattr(model, "name_or_path", "") or "."))
     if __name__.startswith("diffusers_modules") and all((origin / name).is_file() for name in PIPELINE_FILES):
         return origin
     return Path(__file__).resolve().parent

@@ -43,7 +43,10 @@ class HydraXRootModel(PreTrainedModel):
             checkpoint_root(pretrained_model_name_or_path),
             revision_kwargs(pretrained_model_name_or_path, kwargs),
         )
-        return AutoModel.from_pretrained(root, *model_args, trust_remote_code=True, **kwargs)
+        model = AutoModel.from_pretrained(root, *model_args, trust_remote_code=True, **kwargs)
+        # the folder the pipeline came from (a Hub snapshot's too): where its pipeline files are, for save_pretrained
+        model.hydrax_pipeline_folder = os.path.dirname(os.path.abspath(os.fspath(pretrained_model_name_or_path)))
+        return model
 
 
 class HydraXRootProcessor(ProcessorMixin):

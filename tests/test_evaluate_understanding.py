@@ -703,9 +703,10 @@ def test_a_lora_adapter_is_scored_as_the_model_it_merges_into(evaluator, run_hyd
 def test_mmbench_nan_strings_are_missing_and_missing_media_stop_before_the_model_loads(evaluator, tmp_path):
     """MMBench's TSVs write an empty hint or an absent option as the text "nan" (lmms-eval and VLMEvalKit read it as
     missing); and a row's image path that does not exist is found in the text check, before any question is scored."""
-    row = {"question": "Q?", "A": "yes", "B": "no", "C": "nan", "D": "NaN", "hint": "nan", "answer": "A"}
+    row = {"question": "Q?", "A": "yes", "B": "None", "C": "nan", "D": "NaN", "hint": "nan", "answer": "B"}
     sample = evaluator.normalize_row(row, 0, media=False)
-    assert sample.options == {"A": "yes", "B": "no"} and sample.hint is None
+    assert sample.options == {"A": "yes", "B": "None"} and sample.hint is None and sample.answer == "B"
+    assert evaluator.normalize_row({"question": "Q?", "answer": "none"}, 1, media=False, open_question=True)
     missing = {"question": "Q?", "options": ["a", "b"], "answer": "a", "image": "typo.png"}
     with pytest.raises(ValueError, match=r"row 3: image 'typo.png' \(.*typo.png\) does not exist"):
         evaluator.normalize_row(missing, 3, tmp_path, media=False)

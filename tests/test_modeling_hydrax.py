@@ -530,6 +530,8 @@ def test_the_resolution_shift_is_bounded_for_long_videos(model):
     assert 0.01 < float((samples < 0.5).float().mean()) < 0.2
     config = HydraXConfig.from_preset("tiny", flow_max_mu=None)
     assert HydraXForConditionalGeneration(config).flow_shift_mu(65 * 32 * 32) > 11
+    constant = HydraXConfig.from_preset("tiny", flow_base_shift=2.5, flow_max_shift=2.5)  # above the bound: kept
+    assert HydraXForConditionalGeneration(constant).flow_shift_mu(10**6) == 2.5
     message = "must exceed `flow_base_seq_len`.*flow_base_shift =="
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         HydraXConfig.from_preset("tiny", flow_max_seq_len=256)

@@ -719,3 +719,32 @@ def test_root_components_load_from_the_checkpoint_folder_or_the_hub_snapshots_re
     expected = {"dtype": "auto", "revision": "0123abc", "cache_dir": str(tmp_path / "hub")}
     assert revision_kwargs(snapshot / "model", {"dtype": "auto"}) == expected
     assert revision_kwargs(tmp_path / "ckpt" / "model", {"dtype": "auto"}) == {"dtype": "auto"}
+
+
+def test_a_pipeline_from_a_hub_snapshot_loads_and_saves_without_our_packages(pipe, tmp_path):
+    """The Hub route, offline: a checkpoint in the Hugging Face cache layout loads through
+    `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` (the root components from the snapshot's
+    repo at its commit) and saves with the snapshot's own pipeline files."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--you--hydrax"
+    pipe.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = BLOCK_OUR_PACKAGES + textwrap.dedent(
+        f"""
+        import filecmp, os
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained("you/hydrax", cache_dir={str(tmp_path / "hub")!r},
+                                                 trust_remote_code=True)
+        assert type(pipe).__name__ == "HydraXPipeline" and pipe.model.name_or_path == "you/hydrax"
+        pipe.save_pretrained({str(tmp_path / "resaved")!r})
+        snapshot = {str(repo / "snapshots" / commit)!r}
+        assert all(filecmp.cmp(os.path.join(snapshot, name), os.path.join({str(tmp_path / "resaved")!r}, name))
+                   for name in {list(pipeline_hydrax.PIPELINE_FILES)!r})
+        print("ok")
+        """
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
