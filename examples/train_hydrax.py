@@ -499,8 +499,15 @@ class HydraXTrainer(Trainer):
                 batch[LOSS_SHARES] = count / totals * (len(batches) * self.accelerator.num_processes)
         return batches, num_items_in_batch
 
+    def term_weights(self, inputs) -> tuple:
+        """How much a batch's logged terms count in their logged means: its scored text and target tokens, so that
+        the logged `lm_loss` / `flow_loss` (and `eval_loss`) are the large-batch values whatever the batching; one per
+        batch for terms without labels (the tokenizer's)."""
+        return loss_token_counts(inputs) if "labels" in inputs else (1,) * len(self.logged_terms)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         shares = inputs.pop(LOSS_SHARES, None)
+        weights = self.term_weights(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if shares is not None:
             config = self.accelerator.unwrap_model(model).config
@@ -510,16 +517,18 @@ class HydraXTrainer(Trainer):
                 if outputs.get(name) is not None:
                     loss = loss + (share - 1) * weight * outputs[name]
         sums = self.loss_sums["train" if model.training else "eval"]
-        for name in self.logged_terms:
+        for name, weight in zip(self.logged_terms, weights):
             value = outputs.get(name)
             if value is not None:
                 total, count = sums.get(name, (0.0, 0))
-                sums[name] = (total + value.detach().float().item(), count + 1)
+                sums[name] = (total + value.detach().float().item() * weight, count + weight)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds each term's mean over the batches of every process since the last log (the Trainer calls `log` on
-        every process at the same points, so the sums are reduced across them)."""
+        """Adds each term's mean, weighted by `term_weights`, over the batches of every process since the last log (the
+        Trainer calls `log` on every process at the same points, so the sums are reduced across them). `eval_loss`
+        becomes the weighted sum of the evaluation terms, as the training `loss` is: the Trainer's mean of per-batch
+        losses would depend on how the evaluation samples were batched."""
         split, prefix = ("train", "") if "loss" in logs else ("eval", "eval_") if "eval_loss" in logs else (None, "")
         if split is not None:
             sums = [self.loss_sums[split].get(name, (0.0, 0)) for name in self.logged_terms]
@@ -528,6 +537,11 @@ class HydraXTrainer(Trainer):
                 if count:
                     logs[prefix + name] = total / count
             self.loss_sums[split] = {}
+        if split == "eval" and self.logged_terms == HydraXTrainer.logged_terms:
+            config = self.accelerator.unwrap_model(self.model).config
+            weights = {"lm_loss": config.lm_loss_weight, "flow_loss": config.flow_loss_weight}
+            present = [weights[name] * logs[prefix + name] for name in self.logged_terms if prefix + name in logs]
+            logs["eval_loss"] = sum(present) if present else logs["eval_loss"]
         super().log(logs, start_time)
 
 
@@ -763,12 +777,15 @@ def check_no_earlier_run(parser: argparse.ArgumentParser, args) -> None:
 
 
 def clear_earlier_run(args, training_args: TrainingArguments, work_dir: Path) -> None:
-    """--force without a resume: the earlier run's OUTPUT_DIR/work goes (the main process removes it while the others
-    wait) before this run writes its own; its OUTPUT_DIR/model is replaced only when this run saves."""
+    """--force without a resume: the earlier run's OUTPUT_DIR/work and --log-samples records go (the main process
+    removes them while the others wait) before this run writes its own; its OUTPUT_DIR/model is replaced only when
+    this run saves."""
     if args.force and args.resume_from_checkpoint is None:
         with training_args.main_process_first(desc="removing the earlier run's checkpoints"):
             if training_args.process_index == 0 and work_dir.exists():
                 shutil.rmtree(work_dir)
+            for log in work_dir.parent.glob("samples_rank*.txt") if training_args.process_index == 0 else ():
+                log.unlink()  # --log-samples' record, which appends
 
 
 # ---------------------------------------------------------------------------------------------------------- main

@@ -101,7 +101,10 @@ def test_each_stage_trains_and_writes_a_loadable_checkpoint(stage, checkpoint, d
     history = trainer.state.log_history
     assert any("lm_loss" in entry for entry in history) and any("flow_loss" in entry for entry in history)
     if stage == 2:
-        assert any("eval_lm_loss" in entry and "eval_flow_loss" in entry for entry in history)
+        evaluated = [entry for entry in history if "eval_lm_loss" in entry and "eval_flow_loss" in entry]
+        assert evaluated and all(  # the large-batch definition, as the training `loss`, at any evaluation batching
+            entry["eval_loss"] == pytest.approx(entry["eval_lm_loss"] + entry["eval_flow_loss"]) for entry in evaluated
+        )
 
     before = AutoModel.from_pretrained(checkpoint).state_dict()
     model = AutoModel.from_pretrained(out / "model")
@@ -728,3 +731,6 @@ def test_gradient_accumulation_gives_the_step_of_one_large_batch(checkpoint, dem
         steps.append(next(entry for entry in trainer.state.log_history if "loss" in entry))
     assert steps[0]["loss"] == pytest.approx(steps[1]["loss"], rel=1e-4)
     assert steps[0]["grad_norm"] == pytest.approx(steps[1]["grad_norm"], rel=1e-4)
+    for term in ("lm_loss", "flow_loss"):  # logged as token-weighted means: the large batch's values too
+        assert steps[0][term] == pytest.approx(steps[1][term], rel=1e-4), term
+    assert steps[0]["loss"] == pytest.approx(steps[0]["lm_loss"] + steps[0]["flow_loss"], rel=1e-4)
