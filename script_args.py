@@ -119,6 +119,8 @@ def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, 
     the folder that its end replaces."""
     check_output_folder(parser, option, path)
     path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not force:
+        parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")
     for name, values in (inputs or {}).items():
         for value in values if isinstance(values, (list, tuple)) else [values]:
             if value is not None and Path(value).exists() and Path(value).resolve().is_relative_to(path.resolve()):
@@ -126,8 +128,6 @@ def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, 
                     f"{option} {path}: holds {name} {value}, which replacing the folder at the end of the run would "
                     "delete; pass another output folder"
                 )
-    if path.is_dir() and any(path.iterdir()) and not force:
-        parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")
 
 
 def check_output_file(parser: argparse.ArgumentParser, option: str, path, suffix: str):
