@@ -449,7 +449,6 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         (["--output-dir", str(data / "out")], f"--output-dir {data / 'out'}: {data} is a file"),
         (["--limit", "0"], "--limit must be ≥ 1, got 0"),
         (["--subset", "en"], f"--subset en names a configuration of a Hub dataset; --data {data} is local"),
-        (["--output-dir", str(tmp_path), "--force"], f"holds --data {data}, which replacing the folder at the end"),
     ]
     for args, message in cases:
         argv = {"--model": str(checkpoint), "--data": str(data), "--output-dir": str(tmp_path / "out")}
@@ -457,6 +456,11 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         with pytest.raises(SystemExit) as exit_info:
             evaluator.parse_args([item for pair in argv.items() for item in pair])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, args
+    with pytest.raises(SystemExit):  # --force would replace a folder that holds the run's own data
+        evaluator.parse_args(
+            ["--model", str(checkpoint), "--data", str(data), "--output-dir", str(tmp_path), "--force"]
+        )
+    assert f"holds --data {data}, which replacing the folder at the end" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- outputs
