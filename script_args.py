@@ -255,17 +255,20 @@ def load_pipeline(pipeline_class, model: Path | None):
 
 
 def load_source(path: Path | None, height: int, width: int):
-    """The image at `path` (default: scikit-image's astronaut photo), turned upright by its EXIF orientation,
-    center-cropped and resized to height × width."""
+    """The image at `path` (default: scikit-image's astronaut photo), turned upright by its EXIF orientation, in RGB
+    as the processor reads it (`rgb_image`), center-cropped and resized to height × width."""
     from PIL import Image, ImageOps
+
+    from processing_hydrax.image_processing_hydrax import rgb_image
 
     if path is None:
         from skimage import data
 
         image = Image.fromarray(data.astronaut())
     else:
-        image = ImageOps.exif_transpose(Image.open(path))
-    return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BICUBIC)
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+    return ImageOps.fit(rgb_image(image), (width, height), Image.Resampling.BICUBIC)
 
 
 def write_atomically(path: Path, write) -> None:

@@ -104,6 +104,7 @@ from metrics_hydrax import (  # noqa: E402
 
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import IMAGE_SUFFIXES  # noqa: E402
+from processing_hydrax.image_processing_hydrax import rgb_image  # noqa: E402
 from script_args import (  # noqa: E402
     PATCH_SIZE,
     HelpFormatter,
@@ -345,13 +346,14 @@ def read_rows(
 
 
 def load_image(value, origin: str, field: str, size: tuple[int, int] | None = None) -> Image.Image:
-    """An RGB image from a path or a PIL image; with `size` (width, height), center-cropped and resized to it."""
+    """An RGB image from a path or a PIL image, upright by its EXIF orientation and read as the processor reads images
+    (`rgb_image`); with `size` (width, height), center-cropped and resized to it."""
     try:
         if isinstance(value, Image.Image):
-            image = value.convert("RGB")
+            image = rgb_image(ImageOps.exif_transpose(value))
         else:
             with Image.open(value) as opened:
-                image = opened.convert("RGB")
+                image = rgb_image(ImageOps.exif_transpose(opened))
     except (OSError, ValueError) as error:
         raise EvaluationDataError(
             f"{origin}: unreadable {field} {value} ({type(error).__name__}: {error}); replace the file or drop the row"

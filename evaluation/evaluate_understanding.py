@@ -72,7 +72,7 @@ from io import BytesIO
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 
@@ -170,9 +170,11 @@ def resolve_path(value, base: Path | None) -> Path:
 
 
 def load_image(value, base: Path | None, where: str) -> Image.Image:
-    """An RGB PIL image from a PIL image, a path, or a `datasets` Image dict (`bytes` and/or `path`)."""
+    """A PIL image from a PIL image, a path, or a `datasets` Image dict (`bytes` and/or `path`), upright by its EXIF
+    orientation and in its own mode, as training reads images: the processor converts it (16-bit scaled, transparency
+    onto white), which a plain RGB conversion here would get wrong."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return ImageOps.exif_transpose(value)
     if isinstance(value, dict) and value.get("bytes") is not None:
         source, shown = BytesIO(value["bytes"]), f"the image bytes of {value.get('path') or 'the image column'}"
     elif isinstance(value, dict) and value.get("path") is not None:
@@ -189,7 +191,7 @@ def load_image(value, base: Path | None, where: str) -> Image.Image:
         raise ValueError(f"{where}: {shown} does not exist; image paths are relative to the data's folder")
     try:
         with Image.open(source) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"{where}: {shown} is not a readable image ({error}); pass a PNG, JPEG, ... file") from error
 

@@ -70,17 +70,22 @@ def open_image(source) -> Image.Image:
 
 
 def probe_video(path: str) -> tuple[int, int, int]:
-    """(frames, height, width) of a video file, read with PyAV; the frame count is counted from the packets when the
-    container does not record it (WebM, MKV)."""
+    """(frames, height, width) of a video file as the video processor decodes it (frames less those an edit list
+    discards, sides turned by the display rotation), read with PyAV; decodes only the first frame."""
     import av
+
+    from processing_hydrax.video_processing_hydrax import count_video_frames, upright
 
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError("it has no video stream")
         stream = container.streams.video[0]
-        height, width = stream.codec_context.height, stream.codec_context.width
-        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-    return frames, height, width
+        first = next(container.decode(stream), None)
+        if first is None:
+            return 0, 0, 0
+        container.seek(0)
+        height, width = upright(first).shape[:2]
+        return count_video_frames(container, stream), height, width
 
 
 def probe(kind: str, source, origin: str) -> HydraXTokMedia:
@@ -225,11 +230,12 @@ class HydraXTokCropper:
 
     @staticmethod
     def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
-        """uint8 `[1, 3, H, W]`; a 16-bit image is scaled to 8 bits first (an RGB conversion saturates it)."""
-        from processing_hydrax.image_processing_hydrax import to_8_bit
+        """uint8 `[1, 3, H, W]`, read as the processor reads images (`rgb_image`: 16-bit scaled, transparency onto
+        white; an RGB conversion would saturate the one and show what the other hides)."""
+        from processing_hydrax.image_processing_hydrax import rgb_image
 
         with open_image(item.source) as image:
-            return torch.from_numpy(np.asarray(to_8_bit(image).convert("RGB")).copy()).permute(2, 0, 1)[None]
+            return torch.from_numpy(np.asarray(rgb_image(image)).copy()).permute(2, 0, 1)[None]
 
     def crop(self, item: HydraXTokMedia, seed: int | None) -> dict:
         """The item as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video), of its bucket."""

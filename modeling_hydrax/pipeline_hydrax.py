@@ -433,11 +433,12 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     f"{tuple(item.shape)}; convert it first, or pass a PIL image (any mode, e.g. grayscale or RGBA, "
                     "is converted to RGB)."
                 )
-            is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in (np.uint8, torch.uint8)
+            integer = (np.uint8, np.uint16, torch.uint8, torch.uint16)
+            is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in integer
             if is_float and math.prod(item.shape) and not 0 <= float(item.min()) <= float(item.max()) <= 1:
                 raise ValueError(
                     f"A float `{name}` array or tensor must hold values in [0, 1], got [{float(item.min())}, "
-                    f"{float(item.max())}]; divide 0–255 pixels by 255, or pass uint8 pixels or a PIL image."
+                    f"{float(item.max())}]; divide 0–255 pixels by 255, or pass uint8 or uint16 pixels or a PIL image."
                 )
         count = image_count(image)
         if count not in (1, num_prompts):
@@ -487,7 +488,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         sizes = sorted({image_size(item) for item in items} - {(height, width)})
         if sizes:
             logger.warning(f"Resizing the input image(s) of size(s) {sizes} (height, width) to {height}x{width}.")
-        pixels = [self.video_processor.preprocess(unit_range(item), height, width).float() for item in items]
+        image_processor = self.processor.image_processor  # its colours: 16-bit scaled, transparency onto white
+        pixels = [
+            self.video_processor.preprocess(unit_range(image_processor.rgb_input(item)), height, width).float()
+            for item in items
+        ]
         pixels = torch.cat(pixels)  # one by one: items of different sizes are resized before they meet
         return pixels.expand(num_prompts, -1, -1, -1) if pixels.shape[0] == 1 else pixels
 

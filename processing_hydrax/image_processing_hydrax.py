@@ -3,22 +3,26 @@
 
 import base64
 import binascii
+import io
 import math
 import os
+import urllib.request
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, is_valid_image, load_image
+from transformers.image_transforms import convert_to_rgb
+from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, is_valid_image
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 
 HYDRAX_IMAGE_MEAN = (0.5, 0.5, 0.5)
 HYDRAX_IMAGE_STD = (0.5, 0.5, 0.5)
 OUTPUT_TYPES = ("pil", "np", "pt")
-# Seconds a download of an image or a video may stall before it fails (`load_image` waits forever by default).
+# Seconds a download of an image or a video may stall before it fails (transformers' `load_image` waits forever).
 URL_TIMEOUT = 30.0
 
 
@@ -128,9 +132,18 @@ def to_8_bit(image):
     return image
 
 
+def rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An image's pixels as Hydra-X reads them everywhere (processor, pipelines, training and evaluation data): 16-bit
+    scaled to 8 bits (`to_8_bit`), transparency composited onto white (transformers' `convert_to_rgb`), any other
+    mode converted to RGB. A plain `.convert("RGB")` drops alpha and shows what transparent pixels hide."""
+    return PIL.Image.fromarray(convert_to_rgb(to_8_bit(image), return_numpy=True))
+
+
 def load_image_source(source: str) -> PIL.Image.Image:
-    """`load_image` with a timeout, and errors that name the source: a missing file is reported as such rather than
-    as invalid base64, and an unreadable one as a `ValueError`."""
+    """The image at a path, an http(s) URL (downloaded with a timeout) or in a base64 string, turned upright by its
+    EXIF orientation and in its own mode (the processor composites transparency onto white; transformers'
+    `load_image` converts to RGB first, which turns it black). Errors name the source: a missing file is reported as
+    such rather than as invalid base64, and an unreadable one as a `ValueError`."""
     if not source.startswith(("http://", "https://", "data:image/")) and not os.path.isfile(source):
         try:
             base64.b64decode(source, validate=True)
@@ -140,7 +153,15 @@ def load_image_source(source: str) -> PIL.Image.Image:
                 "base64 string, a PIL image, a numpy array or a torch tensor."
             ) from None
     try:
-        return load_image(to_8_bit(PIL.Image.open(source)) if os.path.isfile(source) else source, timeout=URL_TIMEOUT)
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=URL_TIMEOUT) as response:
+                data = io.BytesIO(response.read())
+        elif os.path.isfile(source):
+            data = source
+        else:
+            data = io.BytesIO(base64.b64decode(source.split(",", 1)[-1] if source.startswith("data:") else source))
+        with PIL.Image.open(data) as image:
+            return to_8_bit(PIL.ImageOps.exif_transpose(image))
     except (OSError, ValueError) as error:
         raise ValueError(
             f"Could not read the image {describe_input(source)} ({error}). Check that it is a valid image (PNG, JPEG, "
@@ -281,8 +302,15 @@ class HydraXImageProcessor(TorchvisionBackend):
         """`min_pixels` / `max_pixels` folded into `size` (`pixel_bounds`), then transformers' standardisation."""
         return super()._standardize_kwargs(size=pixel_bounds(self.size, size, min_pixels, max_pixels), **kwargs)
 
+    @staticmethod
+    def rgb_input(image):
+        """`image`'s colours as this processor reads them, with nothing else done (no resize, no normalisation): a
+        PIL image through `rgb_image`, 16-bit arrays and tensors scaled to 8 bits (`to_8_bit`), anything else as it
+        is. For callers that resize and normalise themselves, such as the pipelines."""
+        return rgb_image(image) if isinstance(image, PIL.Image.Image) else to_8_bit(image)
+
     def fetch_images(self, image_url_or_urls):
-        """Loads paths, URLs and base64 strings with `load_image`, gives grayscale `(H, W)` arrays the channel axis
+        """Loads paths, URLs and base64 strings (`load_image_source`), gives grayscale `(H, W)` arrays the channel axis
         that `make_flat_list_of_images` expects, and rejects anything else that is not an image, naming it."""
         image = image_url_or_urls
         if isinstance(image, (list, tuple)):

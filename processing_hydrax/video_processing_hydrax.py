@@ -16,7 +16,7 @@ from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoMetadata, make_batched_videos, read_video_pyav
+from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from .image_processing_hydrax import (
     HYDRAX_IMAGE_MEAN,
@@ -27,6 +27,7 @@ from .image_processing_hydrax import (
     pixel_bounds,
     postprocess_pixels,
     smart_resize,
+    to_8_bit,
     to_grid,
 )
 
@@ -135,14 +136,14 @@ def _checked_leaves(videos):
         return [_checked_leaves(item) for item in videos]
     if isinstance(videos, os.PathLike):
         return os.fspath(videos)
-    if isinstance(videos, PIL.Image.Image):  # palette, grayscale or RGBA frames; transparency onto white
-        return convert_to_rgb(videos, return_numpy=True)
+    if isinstance(videos, PIL.Image.Image):  # 16-bit, palette, grayscale or RGBA frames; transparency onto white
+        return convert_to_rgb(to_8_bit(videos), return_numpy=True)
     if not isinstance(videos, (str, PIL.Image.Image, np.ndarray, torch.Tensor)):
         raise TypeError(
             f"Unsupported video input: {describe_input(videos)}. Pass a path, a URL, a list of frames (PIL images or "
             "arrays), a (T, H, W, C) array or tensor, or a list of those."
         )
-    return videos
+    return to_8_bit(videos)
 
 
 def make_list_of_videos(videos) -> list:
@@ -178,6 +179,62 @@ def _metadata_list(videos: list, video_metadata) -> list[VideoMetadata]:
     return metadata
 
 
+def count_video_frames(container, stream) -> int:
+    """The frames a decoder gives for a video stream, counted without decoding: the container's index less the
+    samples an edit list marks to discard (a clip cut without re-encoding keeps its pre-roll there, which
+    `stream.frames` counts), or the packets where the container indexes only some frames (WebM, MKV)."""
+    entries = stream.index_entries
+    if stream.frames and len(entries) == stream.frames:
+        return sum(1 for entry in entries if not entry.is_discard)
+    return sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
+
+
+def upright(frame) -> np.ndarray:
+    """A decoded PyAV frame as RGB `[H, W, 3]`, turned as players show it: phone videos are stored sideways with a
+    display rotation (counterclockwise degrees, as PyAV reports it), as photos are with an EXIF orientation."""
+    return np.rot90(frame.to_ndarray(format="rgb24"), k=round(frame.rotation / 90))
+
+
+def read_video_frames(source, total: int, sample_indices_fn, name: str) -> tuple[np.ndarray, VideoMetadata]:
+    """The frames `[T, H, W, 3]` of a video file at the indices `sample_indices_fn(metadata=...)` picks from its
+    `total` frames, upright (`upright`), and their metadata. transformers' `read_video_pyav` takes the count from the
+    container (wrong for edit lists, missing in WebM) and ignores display rotation."""
+    import av
+
+    try:
+        with av.open(source) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate)
+            metadata = VideoMetadata(total_num_frames=total, fps=fps, duration=total / fps, video_backend="pyav")
+            indices = np.asarray(sample_indices_fn(metadata=metadata), dtype=np.int64)
+            wanted, decoded = set(indices.tolist()), {}
+            for position, frame in enumerate(container.decode(stream)):
+                if position in wanted:
+                    decoded[position] = upright(frame)
+                if position >= indices.max():
+                    break
+    except av.FFmpegError as error:
+        hint = (
+            " FFmpeg cannot decode animated WebP: pass its frames, "
+            "`[frame.convert('RGB') for frame in PIL.ImageSequence.Iterator(PIL.Image.open(path))]`."
+            if name.lower().rstrip("'\"").endswith(".webp")
+            else ""
+        )
+        raise ValueError(
+            f"Video {name} is corrupted: decoding failed ({error}). Re-encode it with ffmpeg or pass the decoded "
+            f"frames instead.{hint}"
+        ) from error
+    if len(decoded) != len(wanted):
+        raise ValueError(
+            f"Video {name} is truncated: it announces {total} frames but only {len(decoded)} of the {len(wanted)} "
+            "sampled ones could be decoded. Re-encode it with ffmpeg or pass the decoded frames instead."
+        )
+    metadata.frames_indices = indices
+    frames = np.stack([decoded[index] for index in indices.tolist()])
+    metadata.height, metadata.width = frames.shape[1:3]
+    return frames, metadata
+
+
 def _open_video(source: str, name: str) -> tuple:
     """The file to decode (a path, or the bytes of an http(s) URL downloaded with a timeout) and its frame count,
     checked up front: transformers' PyAV reader assumes a video stream with a frame rate and takes the frame count
@@ -202,7 +259,7 @@ def _open_video(source: str, name: str) -> tuple:
         with av.open(source) as container:
             stream = container.streams.video[0] if container.streams.video else None
             readable = stream is not None and stream.average_rate is not None
-            total = readable and (stream.frames or sum(1 for packet in container.demux(stream) if packet.size))
+            total = readable and count_video_frames(container, stream)
     except (av.FFmpegError, OSError) as error:
         raise ValueError(
             f"Could not open video {name} ({error}). Check that it is a complete, valid video file (re-encode it "
@@ -336,36 +393,14 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         )
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
-        """Decodes a path or an http(s) URL (or a list of them) with transformers' PyAV reader, the one behind
-        `load_video(backend="pyav")`: the base class hard-codes torchcodec, which needs a system FFmpeg that matches
-        torch, while PyAV wheels bundle FFmpeg. Samples on the frame count `_open_video` found. Returns the sampled
-        frames `[T, H, W, 3]` and their metadata."""
+        """Decodes a path or an http(s) URL (or a list of them) with PyAV (`read_video_frames`): the base class
+        hard-codes torchcodec, which needs a system FFmpeg that matches torch, while PyAV wheels bundle FFmpeg. Samples
+        on the frame count `_open_video` found. Returns the sampled frames `[T, H, W, 3]` and their metadata."""
         if isinstance(video_url_or_urls, (list, tuple)):
             return list(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
-        import av
-
         name = describe_input(video_url_or_urls)
         source, total = _open_video(video_url_or_urls, name)
-        sample_indices_fn = sample_indices_fn or self.sample_frames
-
-        def sample_counted_frames(metadata, **kwargs):
-            metadata.update({"total_num_frames": total, "duration": total / metadata.fps})
-            return sample_indices_fn(metadata=metadata)
-
-        try:
-            frames, metadata = read_video_pyav(source, sample_counted_frames)
-        except av.FFmpegError as error:
-            raise ValueError(
-                f"Video {name} is corrupted: decoding failed ({error}). Re-encode it with ffmpeg or pass the decoded "
-                "frames instead."
-            ) from error
-        if len(frames) != len(metadata.frames_indices):
-            raise ValueError(
-                f"Video {name} is truncated: it announces {metadata.total_num_frames} frames but only "
-                f"{len(frames)} of the {len(metadata.frames_indices)} sampled ones could be decoded. Re-encode it "
-                "with ffmpeg or pass the decoded frames instead."
-            )
-        return frames, metadata
+        return read_video_frames(source, total, sample_indices_fn or self.sample_frames, name)
 
     def _decode_and_sample_videos(self, videos, video_metadata, do_sample_frames=None, sample_indices_fn=None):
         """Samples every video, decoded arrays directly and files while decoding them; a batch may mix both."""

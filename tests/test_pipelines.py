@@ -145,6 +145,16 @@ def test_a_tokenizer_with_full_attention_decodes_videos_whole(tmp_path):
     assert not steps, "the refusal came after sampling"
 
 
+def test_source_images_are_read_as_the_processor_reads_them(pipe):
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (255, 0, 0, 255)  # a red square on transparent black
+    grey = np.full((32, 32), 16448, np.uint16)  # 25 % grey in 16 bits
+    for image in (PIL.Image.fromarray(rgba, "RGBA"), PIL.Image.fromarray(grey), np.stack([grey] * 3, axis=-1)):
+        expected = pipe.processor.image_processor(image, do_resize=False)["pixel_values"]
+        torch.testing.assert_close(pipe._preprocess_images(image, 32, 32, 1), expected, atol=1e-6, rtol=0)
+    assert float(pipe._preprocess_images(PIL.Image.fromarray(rgba, "RGBA"), 32, 32, 1)[0, :, 0, 0].min()) == 1.0
+
+
 def test_image_to_video_first_frame_is_the_tokenizer_reconstruction(pipe):
     image = source_image()
     frames = pipe("it moves", image=image, num_frames=9, num_inference_steps=STEPS, output_type="pt").frames

@@ -1,0 +1,111 @@
+"""Media files as users have them (phone videos, cut clips, 16-bit and transparent images) read the same way by the
+processor, the pipelines' helpers, the tokenizer's data and the evaluation loaders."""
+
+import fractions
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from modeling_hydrax.data_hydrax_tok import decode_frames, probe_video
+from processing_hydrax import HydraXImageProcessor, HydraXVideoProcessor
+from processing_hydrax.image_processing_hydrax import rgb_image
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from script_args import load_source  # noqa: E402
+
+
+def write_video(path, frames: list[np.ndarray], rotation=None, first_pts=0):
+    """An H.264 MP4 of `frames` at 10 fps; `rotation` sets a display matrix (counterclockwise degrees), and a negative
+    `first_pts` starts the edit list after that many frames, as `ffmpeg -ss … -c copy` cuts do."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 10)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for index, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = first_pts + index, fractions.Fraction(1, 10)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def grey_frames(count, height=48, width=64):
+    return [np.full((height, width, 3), 12 * index, np.uint8) for index in range(count)]
+
+
+def test_a_clip_cut_without_reencoding_decodes_the_frames_of_its_edit_list(tmp_path):
+    path = write_video(tmp_path / "cut.mp4", grey_frames(21), first_pts=-4)
+    with av.open(path) as container:
+        assert container.streams.video[0].frames == 21  # the container counts the 4 pre-roll samples
+    out = HydraXVideoProcessor(do_resize=False)(path, num_frames=17)  # all 17 frames that play
+    frames = (out["pixel_values_videos"][0].mean(dim=(0, 2, 3)) + 1) * 127.5
+    assert out["pixel_values_videos"].shape[2] == 17 and out["video_metadata"][0].total_num_frames == 17
+    assert abs(float(frames[0]) - 48) < 4 and abs(float(frames[-1]) - 240) < 4  # frames 4 … 20 of the encoding
+    assert probe_video(path) == (17, 48, 64)
+
+
+def test_a_phone_video_is_turned_upright_by_its_display_rotation(tmp_path):
+    landscape = np.zeros((32, 64, 3), np.uint8)
+    landscape[:8, :8] = 255  # a white corner, top left as stored
+    path = write_video(tmp_path / "phone.mp4", [landscape] * 5, rotation=90)
+    out = HydraXVideoProcessor(do_resize=False)(path, num_frames=5)
+    pixels = out["pixel_values_videos"][0, 0, 0]
+    assert pixels.shape == (64, 32)  # shown as portrait, as ffmpeg's autorotate shows it
+    assert float(pixels[-8:, :8].mean()) > 0.9 and float(pixels[:8, :8].mean()) < -0.9  # rotated 90° counterclockwise
+    assert (out["video_metadata"][0].height, out["video_metadata"][0].width) == (64, 32)
+    assert probe_video(path) == (5, 64, 32)
+    assert tuple(decode_frames(path, np.arange(5)).shape) == (5, 3, 64, 32)
+
+
+def test_sixteen_bit_frames_are_scaled_as_sixteen_bit_images_are():
+    levels = np.linspace(0, 65535, 5)
+    frames = [PIL.Image.fromarray(np.full((32, 32), level, np.uint16)) for level in levels]
+    as_video = HydraXVideoProcessor(do_resize=False)(frames)["pixel_values_videos"][0, 0]
+    as_images = HydraXImageProcessor(do_resize=False)(frames)["pixel_values"][:, 0]
+    torch.testing.assert_close(as_video, as_images)
+    assert [round(float(frame.mean()), 2) for frame in as_video] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    arrays = HydraXVideoProcessor(do_resize=False)(np.full((5, 32, 32, 3), 32896, np.uint16))
+    torch.testing.assert_close(arrays["pixel_values_videos"], torch.full_like(arrays["pixel_values_videos"], 128 / 127.5 - 1))
+
+
+@pytest.fixture
+def transparent_logo(tmp_path):
+    """An RGBA PNG: a red square on a fully transparent background whose hidden colour is black."""
+    pixels = np.zeros((32, 32, 4), np.uint8)
+    pixels[8:24, 8:24] = (255, 0, 0, 255)
+    path = tmp_path / "logo.png"
+    PIL.Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def test_a_transparent_image_gets_a_white_background_by_path_as_in_memory(transparent_logo):
+    processor = HydraXImageProcessor(do_resize=False)
+    by_path = processor(str(transparent_logo))["pixel_values"]
+    in_memory = processor(PIL.Image.open(transparent_logo))["pixel_values"]
+    torch.testing.assert_close(by_path, in_memory)
+    assert float(by_path[0, :, 0, 0].min()) == 1.0  # white, not the black the pixels hide
+    assert np.asarray(rgb_image(PIL.Image.open(transparent_logo)))[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(load_source(transparent_logo, 32, 32))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_a_sixteen_bit_source_photo_is_scaled_not_saturated(tmp_path):
+    path = tmp_path / "grey16.png"
+    PIL.Image.fromarray(np.full((32, 32), 16448, np.uint16)).save(path)  # 25 % grey
+    assert np.asarray(load_source(path, 32, 32))[0, 0].tolist() == [64, 64, 64]
+
+
+def test_an_animated_webp_that_ffmpeg_cannot_decode_names_the_way_around(tmp_path):
+    path = tmp_path / "clip.webp"
+    frames = [PIL.Image.fromarray(frame) for frame in grey_frames(5)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ValueError, match="animated WebP.*ImageSequence"), pytest.warns(UserWarning):
+        HydraXVideoProcessor()(str(path))
