@@ -121,12 +121,23 @@ def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, 
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) and not force:
         parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")
-    for name, values in (inputs or {}).items():
+    check_inputs_outside(parser, option, path, inputs or {})
+
+
+def check_inputs_outside(parser: argparse.ArgumentParser, option: str, path, inputs: dict) -> None:
+    """`parser.error` when one of the run's `inputs` (option → a path or a list of them, None for options not given)
+    lies in the output folder `path`, which the run replaces (or parts of it) when it saves: the input would be lost,
+    e.g. a stage-1 model trained on into its own output folder."""
+    for name, values in inputs.items():
         for value in values if isinstance(values, (list, tuple)) else [values]:
-            if value is not None and Path(value).exists() and Path(value).resolve().is_relative_to(path.resolve()):
+            if (
+                value is not None
+                and Path(value).exists()
+                and Path(value).resolve().is_relative_to(Path(path).resolve())
+            ):
                 parser.error(
-                    f"{option} {path}: holds {name} {value}, which replacing the folder at the end of the run would "
-                    "delete; pass another output folder"
+                    f"{option} {path}: holds {name} {value}, which this run's output would replace or delete; pass "
+                    "another output folder"
                 )
 
 

@@ -67,7 +67,13 @@ from processing_hydrax import (  # noqa: E402
     HydraXVideoProcessor,
     build_tiny_qwen2_tokenizer,
 )
-from script_args import HelpFormatter, check_folder, check_output_folder, looks_like_path  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_folder,
+    check_inputs_outside,
+    check_output_folder,
+    looks_like_path,
+)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -623,6 +629,10 @@ def main(argv=None):
         hint = "pass a Qwen2.5-Instruct checkpoint folder or a Hub id such as Qwen/Qwen2.5-7B-Instruct"
         check_folder(parser, "--llm", args.llm, hint, required_file="config.json")
     check_output_folder(parser, "--output", args.output)
+    llm = args.llm if args.llm is not None and looks_like_path(args.llm) else None
+    check_inputs_outside(
+        parser, "--output", args.output, {"--vision": args.vision, "--llm": llm, "--tokenizer": args.tokenizer}
+    )
     card_kwargs = card_arguments(parser, args)
     # 3. Build (and push)
     common = {"dtype": args.dtype, "seed": args.seed, "overwrite": args.force, "max_shard_size": args.max_shard_size}

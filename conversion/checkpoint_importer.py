@@ -38,8 +38,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from script_args import HelpFormatter, check_file, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_file, check_folder, check_inputs_outside, check_output_folder  # noqa: E402
 
 
 Rule = tuple[str, str | None]
@@ -346,32 +348,55 @@ def check_reloaded(model: torch.nn.Module, reloaded: torch.nn.Module) -> str:
 
 
 @contextmanager
+def sigterm_as_exit():
+    """In the block, SIGTERM (what SLURM, Kubernetes and `timeout` send) raises `SystemExit(143)`, so that cleanups
+    run; its default action ends the process on the spot. Only on the main thread, and only where SIGTERM still has
+    its default action (a handler of the user's or a launcher's is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
 def staged_folder(output: Path):
     """A temporary folder next to `output`, renamed into place (replacing `output`) when the block completes and
-    removed when it fails, so `output` is never half-written. A replaced `output` is first moved aside and deleted
-    only once the new folder is in place, so no failure leaves neither. The folder gets the mode a plain `mkdir`
-    gives (the umask's, not `mkdtemp`'s private 0700), so other users and serving containers can read it."""
+    removed when it fails or the process is terminated (`sigterm_as_exit`), so `output` is never half-written and no
+    full-size staging folder is left behind. A replaced `output` is first moved aside and deleted only once the new
+    folder is in place, so no failure leaves neither. An `output` that is a symbolic link is replaced where it points
+    (the link stays). The folder gets the mode a plain `mkdir` gives (the umask's, not `mkdtemp`'s private 0700), so
+    other users and serving containers can read it."""
+    output = output.resolve() if output.is_symlink() else output
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
-        previous = staging.with_name(f"{staging.name}-previous") if output.exists() else None
-        if previous is not None:
-            output.rename(previous)
+    with sigterm_as_exit():
         try:
-            staging.rename(output)
-        except BaseException:
+            yield staging
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)
+            previous = staging.with_name(f"{staging.name}-previous") if output.exists() else None
             if previous is not None:
-                previous.rename(output)
+                output.rename(previous)
+            try:
+                staging.rename(output)
+            except BaseException:
+                if previous is not None:
+                    previous.rename(output)
+                raise
+            if previous is not None:
+                shutil.rmtree(previous)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
             raise
-        if previous is not None:
-            shutil.rmtree(previous)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def copy_companion_files(source: Path, folder: Path) -> list[str]:
@@ -473,6 +498,7 @@ def main(argv=None):
     hint = "pass a folder with the target model's config.json"
     check_folder(parser, "--model-config", args.model_config, hint, required_file="config.json")
     check_output_folder(parser, "--output", args.output)
+    check_inputs_outside(parser, "--output", args.output, {"--source": args.source, "--rules": args.rules})
     if args.output.exists() and not args.force:
         parser.error(f"--output {args.output}: already exists; pass --force to replace it")
 

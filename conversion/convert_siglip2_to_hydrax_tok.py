@@ -71,7 +71,14 @@ from transformers.models.siglip2.image_processing_siglip2 import convert_image_t
 from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings  # noqa: E402
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
-from script_args import HelpFormatter, check_file, check_folder, check_output_folder, looks_like_path  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_file,
+    check_folder,
+    check_inputs_outside,
+    check_output_folder,
+    looks_like_path,
+)
 
 
 SIGLIP2_CLASSES = {"siglip2": Siglip2Model, "siglip2_vision_model": Siglip2VisionModel}
@@ -459,6 +466,8 @@ def main(argv=None):
         check_folder(parser, "--siglip", Path(args.siglip), hint, required_file="config.json")
     overrides = parse_overrides(parser, args.config)
     check_output_folder(parser, "--output", args.output)
+    siglip = args.siglip if looks_like_path(args.siglip) else None
+    check_inputs_outside(parser, "--output", args.output, {"--siglip": siglip})
     if args.output.exists() and not args.force:
         parser.error(f"--output {args.output}: already exists; pass --force to replace it")
     try:

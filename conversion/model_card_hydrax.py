@@ -10,12 +10,13 @@ random-initialised or freshly converted (not yet trained) checkpoint says so at 
     card = build_model_card("you/hydrax-7b", config, weights="converted", base_models=["Qwen/Qwen2.5-7B-Instruct"])
     card.save("outputs/hydrax-7b/README.md")
 
-conversion/build_hydrax.py writes a card into every folder it builds. After training, rewrite a folder's card with the
-training details and results (`--eval-results` takes JSON lists of `huggingface_hub.EvalResult` fields, such as the
-`eval_results.json` each evaluation/ script writes):
+conversion/build_hydrax.py writes a card into every folder it builds, and examples/train_hydrax.py one with the run's
+training details. After training, rewrite a folder's card with its Hub id and results (`--eval-results` takes JSON
+lists of `huggingface_hub.EvalResult` fields, such as the `eval_results.json` each evaluation/ script writes); the
+card's "Training details" are kept unless `--training-details` gives new ones:
 
-    python conversion/model_card_hydrax.py --model outputs/hydrax-7b-sft --model-id you/hydrax-7b-sft \
-        --base-model Qwen/Qwen2.5-7B-Instruct --training-details training.md \
+    python conversion/model_card_hydrax.py --model outputs/hydrax-7b-sft/model --model-id you/hydrax-7b-sft \
+        --base-model Qwen/Qwen2.5-7B-Instruct \
         --eval-results outputs/eval-mmbench/eval_results.json outputs/eval-t2i/eval_results.json
 
 A LoRA adapter folder (`examples/train_hydrax.py --lora-r`'s OUTPUT_DIR/adapter) gets an adapter card (`library_name:
@@ -29,6 +30,7 @@ peft`; snippets that load the base checkpoint and apply the adapter):
 
 import argparse
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -363,6 +365,16 @@ def card_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     }
 
 
+def card_section(path: Path, title: str) -> str | None:
+    """The Markdown under the heading `## {title}` of the card at `path` (up to the next `## ` heading), if any."""
+    if not path.is_file():
+        return None
+    match = re.search(
+        rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", ModelCard.load(path).text, re.MULTILINE | re.DOTALL
+    )
+    return match.group(1).strip() if match else None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
@@ -389,6 +401,8 @@ def main(argv=None):
     hint = "pass a Hydra-X checkpoint folder or a LoRA adapter folder"
     check_folder(parser, "--model", args.model, hint, required_file=required)
     kwargs = card_arguments(parser, args)
+    if kwargs["training_details"] is None:  # the training script's, kept when the card is rewritten for its results
+        kwargs["training_details"] = card_section(args.model / "README.md", "Training details")
     from modeling_hydrax import HydraXConfig
 
     model_id = args.model_id or str(args.model.resolve())

@@ -87,6 +87,7 @@ from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
     check_folder,
+    check_inputs_outside,
     check_output_folder,
     write_atomically,
     write_video,
@@ -598,7 +599,8 @@ class RunRecordCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            (folder / RUN_FILE).write_text(json.dumps(self.record, indent=2))
+            record = json.dumps(self.record, indent=2)  # written whole or not at all: it marks the checkpoint complete
+            write_atomically(folder / RUN_FILE, lambda partial: partial.write_text(record))
 
 
 class ValidationCallback(TrainerCallback):
@@ -731,7 +733,13 @@ def check_resumable(checkpoint: Path, record: dict, script: str = "examples/trai
             f"Cannot resume from {checkpoint}: it has no {RUN_FILE}, so it is not a checkpoint of {script}. Start "
             "from a model folder with --model instead."
         )
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: its {RUN_FILE} is not valid JSON ({error}); the file was damaged after "
+            "it was written. Resume from an earlier checkpoint-N folder, or start again with --force."
+        ) from error
     differences = [
         f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
         for key, value in record.items()
@@ -985,6 +993,7 @@ def parse_args(argv=None):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model})
     check_no_earlier_run(parser, args)
     return args
 

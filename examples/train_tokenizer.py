@@ -85,7 +85,13 @@ from modeling_hydrax.losses_hydrax_tok import (  # noqa: E402
     HydraXTokLPIPS,
     HydraXTokTeachers,
 )
-from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_at_least,
+    check_folder,
+    check_inputs_outside,
+    check_output_folder,
+)
 
 
 logger = logging.get_logger("train_tokenizer")
@@ -493,6 +499,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model, "--lpips": args.lpips})
     check_no_earlier_run(parser, args)
     if args.num_frames < 1 or (args.num_frames - 1) % 4:
         parser.error(f"--num-frames must be 1 + 4k (an anchor plus a multiple of 4), got {args.num_frames}.")

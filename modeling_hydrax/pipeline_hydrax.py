@@ -143,6 +143,13 @@ def pipeline_code_folder(model) -> Path:
     return Path(__file__).resolve().parent
 
 
+def copy_code(source: Path, target: Path) -> None:
+    """`shutil.copyfile`, except onto itself (a remote-code pipeline saved back into the folder it came from), which
+    is already in place and which `copyfile` refuses."""
+    if not (target.exists() and os.path.samefile(source, target)):
+        shutil.copyfile(source, target)
+
+
 def write_pipeline_files(
     folder,
     scheduler: FlowMatchEulerDiscreteScheduler | None = None,
@@ -166,10 +173,10 @@ def write_pipeline_files(
     scheduler = scheduler if scheduler is not None else default_scheduler()
     scheduler.save_pretrained(folder / "scheduler")
     for name in PIPELINE_FILES:
-        shutil.copyfile(code / name, folder / name)
+        copy_code(code / name, folder / name)
     for component in ("model", "processor"):
         (folder / component).mkdir(exist_ok=True)
-        shutil.copyfile(code / LOADER_FILE, folder / component / LOADER_FILE)
+        copy_code(code / LOADER_FILE, folder / component / LOADER_FILE)
     loader = Path(LOADER_FILE).stem
     index = {
         "_class_name": [pipeline_class.__module__.rsplit(".", 1)[-1], pipeline_class.__name__],

@@ -2,7 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -214,6 +217,41 @@ def test_staged_folder_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_pa
             (staging / "newer.txt").write_text("newer")
     assert sorted(p.name for p in output.iterdir()) == ["new.txt"], "the previous folder is restored"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_staged_folder_replaces_what_a_symbolic_link_points_to(tmp_path):
+    """An output folder that links to a bigger disk: the new folder lands there and the link stays."""
+    disk, links = tmp_path / "big-disk", tmp_path / "outputs"
+    (disk / "hydrax").mkdir(parents=True)
+    (disk / "hydrax" / "old.txt").write_text("old")
+    links.mkdir()
+    (links / "hydrax").symlink_to(disk / "hydrax")
+    with staged_folder(links / "hydrax") as staging:
+        (staging / "new.txt").write_text("new")
+    assert (links / "hydrax").is_symlink() and sorted(p.name for p in (links / "hydrax").iterdir()) == ["new.txt"]
+    assert [p.name for p in disk.iterdir()] == ["hydrax"], "no staging or previous folder left on the disk"
+    assert [p.name for p in links.iterdir()] == ["hydrax"]
+
+
+def test_a_terminated_save_leaves_no_staging_folder_and_the_old_output(tmp_path):
+    """SIGTERM (SLURM, Kubernetes, `timeout`) in the middle of a staged save exits through the cleanup."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT / "conversion")!r})
+        from checkpoint_importer import staged_folder
+        with staged_folder(Path({str(tmp_path / "out")!r})) as staging:
+            (staging / "half-written.safetensors").write_text("...")
+            os.kill(os.getpid(), signal.SIGTERM)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no hidden staging folder left behind"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["old.txt"]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)])

@@ -460,7 +460,7 @@ def test_help_and_bad_paths_stop_up_front(evaluator, checkpoint, tmp_path, capsy
         evaluator.parse_args(
             ["--model", str(checkpoint), "--data", str(data), "--output-dir", str(tmp_path), "--force"]
         )
-    assert f"holds --data {data}, which replacing the folder at the end" in capsys.readouterr().err
+    assert f"holds --data {data}, which this run's output would replace" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- outputs

@@ -74,7 +74,9 @@ def test_sixteen_bit_frames_are_scaled_as_sixteen_bit_images_are():
     torch.testing.assert_close(as_video, as_images)
     assert [round(float(frame.mean()), 2) for frame in as_video] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     arrays = HydraXVideoProcessor(do_resize=False)(np.full((5, 32, 32, 3), 32896, np.uint16))
-    torch.testing.assert_close(arrays["pixel_values_videos"], torch.full_like(arrays["pixel_values_videos"], 128 / 127.5 - 1))
+    torch.testing.assert_close(
+        arrays["pixel_values_videos"], torch.full_like(arrays["pixel_values_videos"], 128 / 127.5 - 1)
+    )
 
 
 @pytest.fixture

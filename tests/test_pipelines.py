@@ -447,6 +447,8 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
                    for name in files)
         os.chdir({source!r})  # "." inside the checkpoint folder
         assert type(DiffusionPipeline.from_pretrained(".", trust_remote_code=True)).__name__ == "HydraXPipeline"
+        pipe.save_pretrained({source!r})  # load, tweak, save back into the folder it came from
+        assert type(DiffusionPipeline.from_pretrained({source!r}, trust_remote_code=True)).__name__ == "HydraXPipeline"
         print("ok")
         """
     )

@@ -138,3 +138,56 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
     assert message.format(**paths) in capsys.readouterr().err
     written = [path for path in tmp_path.rglob("*") if path not in (a_file, paths["folder_json"])]
     assert not written, f"the script did work before the check: {written}"
+
+
+@pytest.mark.parametrize(
+    "script, args, option, value",
+    [
+        (
+            "examples/train_hydrax.py",
+            ["--model", "{out}/model", "--output-dir", "{out}", "--force"],
+            "--model",
+            "model",
+        ),
+        (
+            "examples/train_tokenizer.py",
+            ["--data", "{data}", "--model", "{out}/model", "--output-dir", "{out}", "--force"],
+            "--model",
+            "model",
+        ),
+        (
+            "conversion/build_hydrax.py",
+            ["--vision", "{out}/model", "--llm", "{out}/model", "--output", "{out}", "--force"],
+            "--vision",
+            "model",
+        ),
+        (
+            "conversion/convert_siglip2_to_hydrax_tok.py",
+            ["--siglip", "{out}/model", "--output", "{out}", "--force"],
+            "--siglip",
+            "model",
+        ),
+        (
+            "conversion/checkpoint_importer.py",
+            ["--source", "{out}/model/model.safetensors", "--rules", "{rules}", "--model-config", "{out}/model"]
+            + ["--output", "{out}", "--force"],
+            "--source",
+            "model/model.safetensors",
+        ),
+    ],
+)
+def test_an_input_inside_the_output_folder_is_refused(script, args, option, value, monkeypatch, capsys, tmp_path):
+    """Training stage 2 into the folder that holds its stage-1 model, or converting into the source's folder, would
+    replace the input when the run saves: refused before any work."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    (out / "model").mkdir(parents=True)
+    data.mkdir()
+    (out / "model" / "config.json").write_text("{}")
+    (out / "model" / "model.safetensors").write_text("")
+    (tmp_path / "rules.json").write_text("{}")
+    before = sorted(tmp_path.rglob("*"))
+    paths = {"out": out, "data": data, "rules": tmp_path / "rules.json"}
+    code, _ = run_in_process(script, [arg.format(**paths) for arg in args], monkeypatch)
+    assert code == 2
+    assert f"holds {option} {out / value}, which this run's output would replace or delete" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -584,6 +584,10 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp
     record = json.loads((saved / train_hydrax.RUN_FILE).read_text())
     (out / "work" / "checkpoint-4").mkdir()  # a save cut short: no run record, which is written last
     assert train_hydrax.resume_checkpoint("last", out / "work", record) == str(saved)
+    assert [p.name for p in saved.glob(".*")] == [], "the run record is written whole (no partial file left)"
+    (saved / train_hydrax.RUN_FILE).write_text("")  # damaged after it was written
+    with pytest.raises(ValueError, match="its hydrax_training.json is not valid JSON"):
+        train_hydrax.resume_checkpoint("last", out / "work", record)
     (saved / train_hydrax.RUN_FILE).unlink()
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
         train(checkpoint, out, "--stage", 1, "--resume-from-checkpoint", saved, "--data", demo)
