@@ -957,8 +957,11 @@ def parse_args(argv=None):
         "the backward pass), right only when every process's batches are of one kind (e.g. only questions)",
     )
     parser.add_argument(
-        "--bf16", action="store_true", help="bf16 mixed precision (an accelerate config can also set it)"
+        "--bf16",
+        action="store_true",
+        help="bf16 mixed precision (an accelerate config can also set it); on a machine without a GPU add --cpu",
     )
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     parser.add_argument(
         "--log-samples",
         action="store_true",
@@ -1000,7 +1003,7 @@ def parse_args(argv=None):
 
 def training_arguments(args, work_dir: Path, evaluate: bool, **overrides) -> TrainingArguments:
     """`TrainingArguments` from the options the training scripts share (steps, batch, schedule, logging, saving,
-    seeds, activation checkpointing, bf16); `overrides` add or replace fields."""
+    seeds, activation checkpointing, bf16, CPU); `overrides` add or replace fields."""
     shared = dict(
         output_dir=str(work_dir),
         max_steps=args.max_steps,
@@ -1023,6 +1026,7 @@ def training_arguments(args, work_dir: Path, evaluate: bool, **overrides) -> Tra
         dataloader_pin_memory=torch.cuda.is_available(),
         activation_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
+        use_cpu=args.cpu,
     )
     return TrainingArguments(**{**shared, **overrides})
 
@@ -1162,8 +1166,10 @@ def main(argv=None) -> HydraXTrainer:
 
 
 def load_model(checkpoint: Path, config, learning_rates: dict[str, float], args):
-    """The model to train: `checkpoint` with `config`, the stage's groups trainable, LoRA when asked."""
-    model = AutoModel.from_pretrained(checkpoint, config=config)
+    """The model to train: `checkpoint` with `config` in float32 (master weights: a bf16 checkpoint, as
+    conversion/build_hydrax.py --dtype bfloat16 writes, would otherwise load and train in bf16, where small AdamW
+    updates round away; `--bf16` computes in bf16), the stage's groups trainable, LoRA when asked."""
+    model = AutoModel.from_pretrained(checkpoint, config=config, dtype=torch.float32)
     set_trainable(model, learning_rates)
     return model if args.lora_r is None else add_lora(model, args, learning_rates)
 

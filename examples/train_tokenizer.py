@@ -490,7 +490,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report-to", help="Trainer integrations (default: tensorboard when installed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast; on a machine without a GPU add --cpu")
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("--data is required: image / video folders, JSONL manifests or datasets.")
@@ -595,7 +595,6 @@ def main(argv=None) -> HydraXTokTrainer | None:
         learning_rate=learning_rate,
         adam_beta2=args.adam_beta2,
         lr_scheduler_type="cosine",
-        use_cpu=args.cpu,
     )
     clear_earlier_run(args, training_args, work_dir)
 
@@ -634,7 +633,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     if new_model:
         tokenizer = HydraXTokModel(tokenizer_config(args.preset, max(max(size) for size in args.resolutions)))
     else:
-        tokenizer = HydraXTokModel.from_pretrained(args.model)
+        tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)  # master weights, as in training
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
     teachers = load_teachers(args, tokenizer.config, new_model) if distilling else None
     if new_model and teachers is not None:

@@ -162,7 +162,8 @@ def check_timesteps(timesteps: torch.Tensor, latent_shape, name: str = "timestep
 
 
 class HydraXProjector(nn.Module):
-    """2-layer MLP from Sem-ViT width to the LLM width."""
+    """2-layer MLP from Sem-ViT width to the LLM width, in its own dtype (the LLM's; the visual tokenizer may be kept
+    in float32 next to a bf16 LLM, as a VAE often is)."""
 
     def __init__(self, config: HydraXConfig):
         super().__init__()
@@ -171,7 +172,7 @@ class HydraXProjector(nn.Module):
         self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(features)))
+        return self.linear_2(self.act(self.linear_1(features.to(self.linear_1.weight.dtype))))
 
 
 class HydraXTimestepEmbedding(nn.Module):

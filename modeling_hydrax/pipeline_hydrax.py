@@ -18,6 +18,7 @@ This file imports only torch, diffusers, transformers and its siblings `pipeline
 `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`.
 """
 
+import contextvars
 import inspect
 import json
 import math
@@ -38,7 +39,6 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
-from packaging import version
 from transformers import AutoModel, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from .lora_loading_hydrax import HydraXLoraLoaderMixin
@@ -46,8 +46,8 @@ from .pipeline_loading_hydrax import HydraXRootModel, HydraXRootProcessor
 
 
 logger = logging.get_logger(__name__)
-# `from_pipe`'s dtype argument: `dtype` from diffusers 0.40, `torch_dtype` before
-DTYPE_ARGUMENT = "dtype" if version.parse(diffusers_version).release >= (0, 40) else "torch_dtype"
+# Set while `from_pipe` builds a pipeline that was given no dtype: the components keep theirs (see `from_pipe`).
+_KEEP_DTYPES = contextvars.ContextVar("hydrax_keep_dtypes", default=False)
 
 # Files a pipeline folder carries (copied from beside this module): the pipeline code at the root, and the loader that
 # diffusers' generic `from_pretrained` finds in the `model/` and `processor/` component folders (and that the pipeline
@@ -332,16 +332,22 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """diffusers' `from_pipe`: a pipeline sharing `pipeline`'s components. Without `dtype` (or `torch_dtype`) the
-        shared model keeps its dtype; diffusers would cast it to float32, in place, under both pipelines."""
-        model = kwargs.get("model", getattr(pipeline, "model", None))
-        if model is not None and kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs[DTYPE_ARGUMENT] = model.dtype
-        return super().from_pipe(pipeline, **kwargs)
+        shared components keep their dtypes (a bf16 LLM beside a float32 visual tokenizer too); diffusers would cast
+        every one to float32, in place, under both pipelines."""
+        if kwargs.get("dtype") is not None or kwargs.get("torch_dtype") is not None:
+            return super().from_pipe(pipeline, **kwargs)
+        token = _KEEP_DTYPES.set(True)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            _KEEP_DTYPES.reset(token)
 
     def to(self, *args, **kwargs):
-        """diffusers' `to`, except that a call asking for no change leaves a model that `device_map` spread or
-        offloaded where it is: `from_pipe` calls `to(dtype=float32)` by default, which accelerate refuses for an
-        offloaded model even when it is float32 already."""
+        """diffusers' `to`, except that the dtype-only call that closes a `from_pipe` without a dtype is skipped, and
+        that a call asking for no change leaves a model that `device_map` spread or offloaded where it is (accelerate
+        refuses to move an offloaded model even to where it is)."""
+        if _KEEP_DTYPES.get() and not args and set(kwargs) == {"dtype"}:
+            return self
         requested = [*args, kwargs.get("device"), kwargs.get("dtype")]
         if getattr(self.model, "hf_device_map", None) and all(
             value in (None, self.model.dtype) for value in requested
@@ -595,7 +601,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         kwargs = {}
         if "sigmas" in accepted:  # a numpy array, as Flux and QwenImage pass it (UniPC's flow sigmas need one)
             default = np.linspace(1.0, 1 / steps, steps)
-            kwargs["sigmas"] = default if sigmas is None else np.asarray(torch.as_tensor(sigmas).cpu(), np.float32)
+            kwargs["sigmas"] = default if sigmas is None else torch.as_tensor(sigmas).detach().float().cpu().numpy()
         elif sigmas is not None:
             raise ValueError(
                 f"{type(self.scheduler).__name__}.set_timesteps takes no custom `sigmas`; pass `num_inference_steps` "

@@ -206,6 +206,8 @@ def test_the_schedule_runs_from_noise_to_one_over_n_and_other_schedulers_plug_in
     pipe("a red fox", height=32, width=32, num_inference_steps=2, output_type="latent")
     shift = math.exp(pipe.model.flow_shift_mu(4))
     torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
+    pipe("a red fox", height=32, width=32, sigmas=torch.tensor([1.0, 0.5], dtype=torch.bfloat16), output_type="latent")
+    torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
     default = pipe.scheduler
     try:
         flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
@@ -760,3 +762,22 @@ def test_a_pipeline_from_a_hub_snapshot_loads_and_saves_without_our_packages(pip
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_a_bf16_model_beside_a_float32_tokenizer_runs_every_task_and_from_pipe_keeps_both(checkpoint, pipe):
+    """The visual tokenizer kept in float32 next to a bf16 LLM, as a VAE often is (Wan, SDXL's upcast VAE)."""
+    mixed = HydraXPipeline.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    mixed.set_progress_bar_config(disable=True)
+    mixed.model.model.vision_tower.to(torch.float32)
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    image = mixed("a fox", generator=seeded(), **kwargs).images
+    torch.testing.assert_close(image, pipe("a fox", generator=seeded(), **kwargs).images, atol=0.05, rtol=0)
+    assert mixed("it moves", image=source_image(), num_frames=5, **kwargs).frames.shape == (1, 5, 3, 32, 32)
+    edit = HydraXEditPipeline.from_pipe(mixed)
+    assert edit.model.model.language_model.dtype == torch.bfloat16, "from_pipe cast the shared LLM"
+    assert edit.model.model.vision_tower.dtype == torch.float32
+    assert edit(source_image(), "make it red", **kwargs).images.shape == (1, 3, 32, 32)
+    config = mixed.model.config
+    question = torch.tensor([[5] + visual_block(config, 4) + [6, 7]])
+    answer = mixed.model.generate(input_ids=question, pixel_values=source_image()[None] * 2 - 1, max_new_tokens=2)
+    assert answer.shape == (1, question.shape[1] + 2)

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -738,3 +739,13 @@ def test_gradient_accumulation_gives_the_step_of_one_large_batch(checkpoint, dem
     for term in ("lm_loss", "flow_loss"):  # logged as token-weighted means: the large batch's values too
         assert steps[0][term] == pytest.approx(steps[1][term], rel=1e-4), term
     assert steps[0]["loss"] == pytest.approx(steps[0]["lm_loss"] + steps[0]["flow_loss"], rel=1e-4)
+
+
+def test_a_bf16_checkpoint_trains_float32_master_weights(checkpoint, demo, tmp_path):
+    """conversion/build_hydrax.py --dtype bfloat16 writes bf16 weights, which load in bf16 by default; the model is
+    trained in float32 (--bf16 computes in bf16)."""
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(checkpoint, bf16)
+    AutoModel.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(bf16)
+    trainer = train(bf16, tmp_path / "out", "--stage", 2, "--data", demo, "--max-steps", 1)
+    assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}

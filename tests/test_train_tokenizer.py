@@ -773,3 +773,11 @@ def test_a_stage_runs_under_fsdp2_with_bf16_mixed_precision(stage, data, helpers
     terms = result.stdout.split("terms", 1)[1]
     assert "'lpips': 0.0" not in terms and ("'discriminator'" in terms) == (stage == 2), terms
     assert int(result.stdout.split("preview_diff", 1)[1]) <= 2, result.stdout  # bf16 compute: 1 level measured
+
+
+def test_a_bf16_tokenizer_trains_float32_master_weights(data, stage1, tmp_path):
+    """A tokenizer saved in bf16 loads in bf16 by default (transformers' dtype="auto"); training it so would round
+    small AdamW updates away."""
+    HydraXTokModel.from_pretrained(stage1[0] / "model", dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    trainer = train(data, tmp_path / "out", "--model", tmp_path / "bf16", "--no-teachers", "--max-steps", 1)
+    assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
