@@ -8,6 +8,7 @@ or OpenCV when imageio is missing, and only the `dev` extra installs imageio-ffm
 
 import argparse
 import contextlib
+import json
 import os
 import shlex
 import sys
@@ -37,6 +38,22 @@ def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, 
     else:
         return
     parser.error(f"{option} {path}: {problem}; {hint}")
+
+
+def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint: str) -> None:
+    """`check_folder` for a Hydra-X checkpoint, also refusing a Hydra-XTok (visual tokenizer) folder, which the
+    quickstart and examples/train_tokenizer.py write as `model/` too and which fails deep inside `AutoProcessor`."""
+    check_folder(parser, option, path, hint, required_file="config.json")
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):  # unreadable: loading reports it in full
+        return
+    if model_type == "hydrax_tok":
+        parser.error(
+            f"{option} {path}: a Hydra-XTok visual tokenizer, not a Hydra-X checkpoint; build one around it with "
+            f"`python conversion/build_hydrax.py --vision {path} --llm QWEN2.5 --output FOLDER` (or `python "
+            f"examples/run_hydrax.py --tokenizer {path}` for a tiny one)"
+        )
 
 
 def check_at_least(parser: argparse.ArgumentParser, minimum: int, **values) -> None:
@@ -239,7 +256,7 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
         parser.error(f"--fps must be ≥ 1, got {args.fps}")
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
-        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+        check_hydrax_folder(parser, "--model", args.model, hint)
     if getattr(args, "image", None) is not None:
         check_image(parser, "--image", args.image)
     check_adapter(parser, "--lora", args.lora, hub_ids=False)

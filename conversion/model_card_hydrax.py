@@ -13,7 +13,7 @@ random-initialised or freshly converted (not yet trained) checkpoint says so at 
 conversion/build_hydrax.py writes a card into every folder it builds, and examples/train_hydrax.py one with the run's
 training details. After training, rewrite a folder's card with its Hub id and results (`--eval-results` takes JSON
 lists of `huggingface_hub.EvalResult` fields, such as the `eval_results.json` each evaluation/ script writes); the
-card's "Training details" are kept unless `--training-details` gives new ones:
+card's "Training details" and results are kept unless `--training-details` / `--eval-results` give new ones:
 
     python conversion/model_card_hydrax.py --model outputs/hydrax-7b-sft/model --model-id you/hydrax-7b-sft \
         --base-model Qwen/Qwen2.5-7B-Instruct \
@@ -365,13 +365,9 @@ def card_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     }
 
 
-def card_section(path: Path, title: str) -> str | None:
-    """The Markdown under the heading `## {title}` of the card at `path` (up to the next `## ` heading), if any."""
-    if not path.is_file():
-        return None
-    match = re.search(
-        rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", ModelCard.load(path).text, re.MULTILINE | re.DOTALL
-    )
+def card_section(text: str, title: str) -> str | None:
+    """The Markdown under the heading `## {title}` of a card's `text` (up to the next `## ` heading), if any."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     return match.group(1).strip() if match else None
 
 
@@ -401,8 +397,12 @@ def main(argv=None):
     hint = "pass a Hydra-X checkpoint folder or a LoRA adapter folder"
     check_folder(parser, "--model", args.model, hint, required_file=required)
     kwargs = card_arguments(parser, args)
-    if kwargs["training_details"] is None:  # the training script's, kept when the card is rewritten for its results
-        kwargs["training_details"] = card_section(args.model / "README.md", "Training details")
+    if (args.model / "README.md").is_file():  # a rewrite (for the Hub id, new results) keeps what the card says
+        existing = ModelCard.load(args.model / "README.md")
+        if kwargs["training_details"] is None:
+            kwargs["training_details"] = card_section(existing.text, "Training details")
+        if kwargs["eval_results"] is None:
+            kwargs["eval_results"] = existing.data.eval_results
     from modeling_hydrax import HydraXConfig
 
     model_id = args.model_id or str(args.model.resolve())

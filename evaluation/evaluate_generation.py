@@ -110,7 +110,7 @@ from script_args import (  # noqa: E402
     HelpFormatter,
     check_adapter,
     check_file,
-    check_folder,
+    check_hydrax_folder,
     check_new_output_folder,
     is_saved_dataset,
     looks_like_path,
@@ -856,7 +856,7 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
 def check_model(parser: argparse.ArgumentParser, option: str, value: str | None, hint: str) -> None:
     """A local model folder must hold config.json; anything else is taken as a Hub id."""
     if value is not None and looks_like_path(value):
-        check_folder(parser, option, value, hint, required_file="config.json")
+        check_hydrax_folder(parser, option, value, hint)
 
 
 def check_data(parser: argparse.ArgumentParser, option: str, value: str | None, images_folder: bool = False) -> None:

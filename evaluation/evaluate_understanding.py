@@ -94,7 +94,7 @@ from script_args import (  # noqa: E402
     SAVED_DATASET_FILES,
     HelpFormatter,
     check_adapter,
-    check_folder,
+    check_hydrax_folder,
     check_new_output_folder,
     is_saved_dataset,
     looks_like_path,
@@ -894,7 +894,7 @@ def parse_args(argv=None):
         parser.error(f"--device {args.device}: CUDA is not available on this machine; pass --device cpu")
     if looks_like_path(args.model):
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
-        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+        check_hydrax_folder(parser, "--model", args.model, hint)
     check_adapter(parser, "--lora", args.lora)
     if looks_like_path(args.data):
         data = Path(args.data).expanduser()

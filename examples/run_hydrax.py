@@ -36,7 +36,7 @@ from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from modeling_hydrax import HydraXConfig, HydraXPipeline, HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_folder, check_hydrax_folder, check_output_folder  # noqa: E402
 
 
 CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
@@ -221,7 +221,7 @@ def parse_args(argv=None):
         parser.error(f"--steps must be ≥ 0 and --sampling-steps ≥ 1, got {args.steps} and {args.sampling_steps}")
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
-        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+        check_hydrax_folder(parser, "--model", args.model, hint)
     if args.tokenizer is not None:
         hint = "pass a folder written by examples/quickstart.py or a Hydra-XTok checkpoint"
         check_folder(parser, "--tokenizer", args.tokenizer, hint, required_file="config.json")

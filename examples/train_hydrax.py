@@ -87,6 +87,7 @@ from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
     check_folder,
+    check_hydrax_folder,
     check_inputs_outside,
     check_output_folder,
     write_atomically,
@@ -260,7 +261,7 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
 
     path = Path(source)
     images = datasets.List(datasets.Image(decode=False))
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         manifest = read_manifest(path, on_bad_sample)
         manifest = manifest.add_column("images", [[]] * len(manifest), feature=images)
         return manifest.to_iterable_dataset() if streaming else manifest
@@ -344,14 +345,20 @@ def drop_bad_rows(dataset, source: str, on_bad_sample: str):
 
 
 def parse_source(value: str) -> tuple[str, float]:
-    """`SOURCE[:WEIGHT]` → (source, weight); a weight must be positive."""
+    """`SOURCE[:WEIGHT]` → (source, weight); a weight must be positive, and a file a `.jsonl` manifest (another file
+    would be looked up as a Hub dataset id)."""
     source, _, weight = value.rpartition(":")
     try:
         parsed = float(weight)
     except ValueError:
-        return value, 1.0
+        source, parsed = value, 1.0
     if not source or parsed <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive number")
+    if Path(source).is_file() and Path(source).suffix.lower() != ".jsonl":
+        raise argparse.ArgumentTypeError(
+            f'{source!r}: a manifest must be a .jsonl file, one {{"messages": [...]}} object per line; rename it '
+            "(or pass a save_to_disk folder or a Hub dataset id)"
+        )
     return source, parsed
 
 
@@ -365,6 +372,17 @@ def parse_eval_source(value: str) -> str:
     return value
 
 
+def held_out_split(dataset, source: str, eval_split: float, seed: int):
+    """`dataset.train_test_split(eval_split)`, with an error that names the source when it is too small to split."""
+    try:
+        return dataset.train_test_split(test_size=eval_split, seed=seed)
+    except ValueError as error:
+        raise ValueError(
+            f"--eval-split {eval_split}: cannot hold out part of --data {source} ({len(dataset)} rows): {error} Pass "
+            "--eval-data with evaluation samples of their own instead, or more rows."
+        ) from error
+
+
 def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str, seed: int, streaming: bool = False):
     """The training mixture (sources interleaved with probabilities ∝ weights; with `streaming` an `IterableDataset`,
     which `endless_stream` shuffles) and the evaluation set (`eval_sources` concatenated, or an `eval_split` fraction
@@ -374,7 +392,9 @@ def build_datasets(sources, eval_sources, eval_split: float, on_bad_sample: str,
     loaded = [(load_source(source, on_bad_sample, streaming), weight) for source, weight in sources]
     held_out = []
     if eval_split > 0:
-        splits = [dataset.train_test_split(test_size=eval_split, seed=seed) for dataset, _ in loaded]
+        splits = [
+            held_out_split(dataset, source, eval_split, seed) for (dataset, _), (source, _) in zip(loaded, sources)
+        ]
         loaded = [(split["train"], weight) for split, (_, weight) in zip(splits, loaded)]
         held_out = [split["test"] for split in splits]
     held_out += [load_source(source, on_bad_sample) for source in eval_sources]
@@ -991,7 +1011,7 @@ def parse_args(argv=None):
         parser.error("--eval-split needs --data (the demo set is too small to split)")
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or this script (OUTPUT_DIR/model)"
-        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+        check_hydrax_folder(parser, "--model", args.model, hint)
     if args.resume_from_checkpoint not in (None, "last"):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")

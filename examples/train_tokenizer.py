@@ -530,8 +530,10 @@ def loss_weights(args) -> dict[str, float]:
     return weights
 
 
-def load_teachers(args, config: HydraXTokConfig, new_model: bool) -> HydraXTokTeachers | None:
-    """The frozen teachers (bf16 on a GPU that has it), or None with `--no-teachers` (logged)."""
+def load_teachers(args, config: HydraXTokConfig, new_model: bool, weights: dict[str, float]):
+    """The frozen teachers (bf16 on a GPU that has it) whose distillation term has a weight (a teacher whose term is
+    off is not loaded: InternVideo-Next is a large download with remote code), or None with `--no-teachers`
+    (logged). The config records both teachers' names."""
     if args.no_teachers:
         logger.warning("--no-teachers: the image and video distillation terms are off; the Sem-ViT gets no signal.")
         return None
@@ -541,13 +543,22 @@ def load_teachers(args, config: HydraXTokConfig, new_model: bool) -> HydraXTokTe
         "video_teacher_name": args.video_teacher or config.video_teacher_name,
     }
     config.update(names)
+    used = {kind: weights[f"distill_{kind}"] > 0 for kind in ("image", "video")}
+    loaded = {f"{kind}_teacher_name": names[f"{kind}_teacher_name"] if used[kind] else None for kind in used}
     if new_model:  # its distillation heads are sized for these teachers
-        teachers = HydraXTokTeachers.from_pretrained(**names, dtype=dtype, trust_remote_code=args.trust_remote_code)
+        teachers = HydraXTokTeachers.from_pretrained(**loaded, dtype=dtype, trust_remote_code=args.trust_remote_code)
         config.image_teacher_hidden_size = teachers.image_hidden_size or config.image_teacher_hidden_size
         config.video_teacher_hidden_size = teachers.video_hidden_size or config.video_teacher_hidden_size
     else:  # the heads exist: the teachers must match their widths
-        teachers = HydraXTokTeachers.from_config(config, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    print(f"Teachers (frozen, {dtype}): image {names['image_teacher_name']}, video {names['video_teacher_name']}")
+        teachers = HydraXTokTeachers.from_config(
+            config,
+            load_image=used["image"],
+            load_video=used["video"],
+            dtype=dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    shown = {kind: name if name is not None else "(its term is off)" for kind, name in loaded.items()}
+    print(f"Teachers (frozen, {dtype}): image {shown['image_teacher_name']}, video {shown['video_teacher_name']}")
     return teachers
 
 
@@ -635,7 +646,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     else:
         tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)  # master weights, as in training
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
-    teachers = load_teachers(args, tokenizer.config, new_model) if distilling else None
+    teachers = load_teachers(args, tokenizer.config, new_model, weights) if distilling else None
     if new_model and teachers is not None:
         tokenizer.config.use_decompressor = True
         tokenizer = HydraXTokModel(tokenizer.config)  # distillation heads sized for the teachers

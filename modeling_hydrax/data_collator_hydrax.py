@@ -5,7 +5,8 @@ TRL, Accelerate) can use it; it imports only torch, transformers, Pillow and the
 
 A sample is a dict with `messages` (the conversation in the processor's chat format, as a list or a JSON string),
 and optionally `origin` (where it came from, e.g. `data.jsonl:12`, named in every report about it), `root` (the
-folder that relative `path`s of image and video blocks are relative to) and `images`: TRL's vision-language dataset
+folder that relative file paths of image and video blocks are relative to: a `path`, or a file name as the block's
+`image` / `video`) and `images`: TRL's vision-language dataset
 layout, where image blocks carry no data (`{"type": "image"}`) and take the sample's `images` (PIL images, paths or
 `datasets` `{"bytes", "path"}` dicts) in order. As in TRL, a single `image` stands for `images=[image]`, and a
 conversation written as plain strings gets one image block per image at the start of its first user turn whose
@@ -53,6 +54,17 @@ def resolve_path(path: str, root: str | None) -> Path:
     return path if path.is_absolute() or root is None else Path(root) / path
 
 
+def file_name(block: dict) -> str | None:
+    """A visual block's file as written in the data: its `path`, or a file name given as its `image` / `video` value
+    (the processor takes both; a URL, a `data:` URI or base64, which has no ".", is not a file name)."""
+    if "path" in block:
+        return block["path"]
+    value = block.get(block.get("type"))
+    if isinstance(value, str) and not value.startswith(("http://", "https://", "data:")) and "." in value:
+        return value
+    return None
+
+
 def find_problem(messages: list[dict], root: str | None = None) -> str | None:
     """Why a conversation cannot be a training sample (no assistant turn to learn from, a missing image or video file),
     or `None`. Cheap: files are only looked up, not decoded."""
@@ -62,8 +74,8 @@ def find_problem(messages: list[dict], root: str | None = None) -> str | None:
     for message in messages:
         content = message.get("content")
         for block in content if isinstance(content, list) else []:
-            if block.get("type") in VISUAL_TYPES and "path" in block:
-                path = resolve_path(block["path"], root)
+            if block.get("type") in VISUAL_TYPES and file_name(block) is not None:
+                path = resolve_path(file_name(block), root)
                 if not path.is_file():
                     return f"{block['type']} {path}: no such file"
     return None
@@ -155,9 +167,11 @@ class HydraXDataCollator:
         for message in messages:
             content = message.get("content")
             for block in content if isinstance(content, list) else []:
-                if block.get("type") not in VISUAL_TYPES or "path" not in block:
+                if block.get("type") not in VISUAL_TYPES or file_name(block) is None:
                     continue
-                path = resolve_path(block.pop("path"), root)
+                path = resolve_path(file_name(block), root)
+                block.pop("path", None)
+                block.pop(block["type"], None)
                 if block["type"] == "video":
                     block["path"] = str(path)
                     continue

@@ -638,9 +638,13 @@ class HydraXTokTeachers(nn.Module):
         return cls(image_model=models["image"], video_model=models["video"], **kwargs)
 
     @classmethod
-    def from_config(cls, config: HydraXTokConfig, **kwargs) -> HydraXTokTeachers:
-        """Loads the teachers named by a `HydraXTokConfig` and checks their widths against its teacher hidden sizes."""
-        teachers = cls.from_pretrained(config.image_teacher_name, config.video_teacher_name, **kwargs)
+    def from_config(
+        cls, config: HydraXTokConfig, load_image: bool = True, load_video: bool = True, **kwargs
+    ) -> HydraXTokTeachers:
+        """Loads the teachers named by a `HydraXTokConfig` (`load_image` / `load_video` False skips one) and checks
+        their widths against its teacher hidden sizes."""
+        names = (config.image_teacher_name if load_image else None, config.video_teacher_name if load_video else None)
+        teachers = cls.from_pretrained(*names, **kwargs)
         for kind in ("image", "video"):
             expected, actual = getattr(config, f"{kind}_teacher_hidden_size"), getattr(teachers, f"{kind}_hidden_size")
             if actual is not None and actual != expected:

@@ -92,9 +92,10 @@ def test_cli_rewrites_a_folder_card(checkpoint, tmp_path, capsys):
         card = ModelCard.load(checkpoint / "README.md")
         assert card.data.base_model == ["Qwen/Qwen2.5-1.5B"] and card.data.eval_results[0].dataset_name == "GenEval"
         assert "Fine-tuned for 10 steps." in card.text and 'model_id = "me/tiny"' in card.text
-        main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/tiny-2"])))  # results only: details kept
+        main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/tiny-2"])))  # details and results kept
         card = ModelCard.load(checkpoint / "README.md")
         assert "## Training details\n\nFine-tuned for 10 steps." in card.text and 'model_id = "me/tiny-2"' in card.text
+        assert card.data.eval_results[0].dataset_name == "GenEval"
     finally:
         (checkpoint / "README.md").write_text(readme)
     (tmp_path / "bad.json").write_text(json.dumps([{"dataset_name": "x"}]))

@@ -2,6 +2,7 @@
 the option and the value."""
 
 import argparse
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -191,3 +192,26 @@ def test_an_input_inside_the_output_folder_is_refused(script, args, option, valu
     assert code == 2
     assert f"holds {option} {out / value}, which this run's output would replace or delete" in capsys.readouterr().err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("examples/train_hydrax.py", ["--output-dir", "{tmp}/out"]),
+        ("examples/run_hydrax.py", []),
+        ("examples/text_to_image.py", []),
+        ("evaluation/evaluate_understanding.py", ["--data", "{tmp}/data.jsonl", "--output-dir", "{tmp}/out"]),
+        ("evaluation/evaluate_generation.py", ["--data", "{tmp}/data.jsonl", "--output-dir", "{tmp}/out"]),
+    ],
+)
+def test_a_visual_tokenizer_folder_as_model_is_named_as_one(script, args, monkeypatch, capsys, tmp_path):
+    """The quickstart and train_tokenizer.py write their Hydra-XTok as `model/` too; as a Hydra-X `--model` it used to
+    fail deep inside `AutoProcessor` ("Unrecognized processing class")."""
+    tokenizer = tmp_path / "quickstart" / "model"
+    tokenizer.mkdir(parents=True)
+    (tokenizer / "config.json").write_text(json.dumps({"model_type": "hydrax_tok"}))
+    (tmp_path / "data.jsonl").write_text(json.dumps({"prompt": "a cat"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    code, _ = run_in_process(script, ["--model", tokenizer, *[arg.format(tmp=tmp_path) for arg in args]], monkeypatch)
+    assert code == 2
+    assert f"--model {tokenizer}: a Hydra-XTok visual tokenizer, not a Hydra-X checkpoint" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """examples/train_hydrax.py: the three stages on Trainer, the on-the-fly collator's labels and masks, the data mixture,
 LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint built once."""
 
+import argparse
 import json
 import logging
 import math
@@ -214,6 +215,19 @@ def test_collator_labels_only_assistant_text_and_marks_targets(processor, pictur
     assert batch["target_mask"].bool().equal(placeholders & torch.tensor([[False], [True]]))
     again = collator(samples)
     assert again["input_ids"].equal(ids), "the collator itself drops no text: the model does, once"
+
+
+def test_a_file_name_as_the_image_value_is_relative_to_the_manifest_as_a_path_is(processor, pictures):
+    """`{"type": "image", "image": "seen.png"}` (as the processor and the model cards write blocks) resolves against
+    the manifest's folder, not the working directory, and a missing one is found up front as a bad sample."""
+    by_path = HydraXDataCollator(processor, SIZE)([sample(understanding("seen.png"), pictures)])
+    as_value = understanding("seen.png")
+    as_value[0]["content"][0] = {"type": "image", "image": "seen.png"}
+    by_value = HydraXDataCollator(processor, SIZE)([sample(as_value, pictures)])
+    assert by_value.keys() == by_path.keys() and all(by_value[key].equal(by_path[key]) for key in by_path)
+    as_value[0]["content"][0] = {"type": "image", "image": "missing.png"}
+    with pytest.raises(BadSampleError, match=r"test.jsonl:1: image .*missing.png: no such file"):
+        HydraXDataCollator(processor, SIZE)([sample(as_value, pictures)])
 
 
 def test_a_dropped_sample_never_counts_in_the_lm_loss(processor, pictures, checkpoint, monkeypatch):
@@ -749,3 +763,14 @@ def test_a_bf16_checkpoint_trains_float32_master_weights(checkpoint, demo, tmp_p
     AutoModel.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(bf16)
     trainer = train(bf16, tmp_path / "out", "--stage", 2, "--data", demo, "--max-steps", 1)
     assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
+
+
+def test_a_manifest_must_be_jsonl_and_a_source_too_small_to_split_is_named(demo, tmp_path):
+    (tmp_path / "qa.json").write_text(demo.read_text())  # JSON lines under another suffix: looked up on the Hub
+    with pytest.raises(argparse.ArgumentTypeError, match=r"qa.json': a manifest must be a .jsonl file"):
+        train_hydrax.parse_source(f"{tmp_path / 'qa.json'}:2")
+    assert train_hydrax.parse_source(f"{demo}:2") == (str(demo), 2.0)
+    one = demo.parent / "one.jsonl"
+    one.write_text(demo.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=rf"--eval-split 0.02: cannot hold out part of --data {one} \(1 rows\)"):
+        train_hydrax.build_datasets([(str(demo), 1.0), (str(one), 1.0)], [], 0.02, "error", seed=0)

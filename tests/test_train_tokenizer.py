@@ -23,7 +23,7 @@ from conftest import interrupting, load_script, tiny_siglip2, tiny_vjepa2
 from PIL import Image
 from transformers import AutoModel
 
-from modeling_hydrax import HydraXTokModel
+from modeling_hydrax import HydraXTokConfig, HydraXTokModel
 from modeling_hydrax.data_hydrax_tok import (
     HydraXTokBadSample,
     HydraXTokBucketBatchSampler,
@@ -781,3 +781,12 @@ def test_a_bf16_tokenizer_trains_float32_master_weights(data, stage1, tmp_path):
     HydraXTokModel.from_pretrained(stage1[0] / "model", dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
     trainer = train(data, tmp_path / "out", "--model", tmp_path / "bf16", "--no-teachers", "--max-steps", 1)
     assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
+
+
+def test_a_teacher_whose_distillation_term_is_off_is_not_loaded(data, helpers, tmp_path, capsys):
+    """Image-only distillation does not load the default video teacher (InternVideo-Next: remote code and a large
+    download; offline here, loading it would fail). The config still records its name."""
+    teacher = ["--image-teacher", helpers / "image", "--lpips", helpers / "lpips", "--distill-video-weight", 0]
+    trainer = train(data, tmp_path / "out", *teacher, "--max-steps", 1)
+    assert "video (its term is off)" in capsys.readouterr().out
+    assert trainer.model.tokenizer.config.video_teacher_name == HydraXTokConfig().video_teacher_name
