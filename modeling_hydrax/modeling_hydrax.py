@@ -119,12 +119,18 @@ class HydraXTargetGroup:
     edit_rows: torch.BoolTensor | None = None
 
 
-def check_placeholder_count(count: int, num_features: int, what: str) -> None:
-    """A clear error when a prompt's `what` placeholders and its `what` inputs' features differ in number."""
+def check_placeholder_count(count: int, num_features: int, what: str, cached: int = 0) -> None:
+    """A clear error when a prompt's `what` placeholders (after the `cached` tokens a cache already holds) and its
+    `what` inputs' features differ in number."""
     if count != num_features:
+        hint = (
+            f"with a cache of {cached} tokens, pass only the pixels (and grids) of the {what}s after them"
+            if cached
+            else f"build the prompt with HydraXProcessor so every {what} expands to its latent grid"
+        )
         raise ValueError(
-            f"The text has {count} {what} placeholder tokens but the {what} inputs give {num_features} features; "
-            f"build the prompt with HydraXProcessor so every {what} expands to its latent grid."
+            f"The text has {count} {what} placeholder tokens{' after the cached ones' if cached else ''} but the "
+            f"{what} inputs give {num_features} features; {hint}."
         )
 
 
@@ -446,8 +452,8 @@ class HydraXModel(HydraXPreTrainedModel):
         visual = (input_ids == config.image_token_id) | (input_ids == config.video_token_id)
         return torch.where(visual, starts, torch.full_like(starts, -1))
 
-    def _scatter(self, inputs_embeds, mask, features, what):
-        check_placeholder_count(int(mask.sum()), features.shape[0], what)
+    def _scatter(self, inputs_embeds, mask, features, what, cached: int = 0):
+        check_placeholder_count(int(mask.sum()), features.shape[0], what, cached)
         return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
 
     @can_return_tuple
@@ -497,7 +503,8 @@ class HydraXModel(HydraXPreTrainedModel):
         for modality, token in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
             if encoded.get(modality) is not None:
                 features = torch.cat([f.reshape(-1, f.shape[-1]) for f in encoded[modality].pooler_output])
-                inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == token), features, modality)
+                cached = cache.get_seq_length() if cache is not None else 0
+                inputs_embeds = self._scatter(inputs_embeds, clean & (input_ids == token), features, modality, cached)
 
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -618,8 +625,9 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         1. the processor's target keys are dropped: a prompt being answered has no target, and an image of an earlier
            assistant turn, which the processor marks as one (the training layout), is context to read;
         2. visual inputs passed as `None` (e.g. `batch.get("pixel_values")`) are dropped;
-        3. placeholders and image / video grids must agree before beam search or `num_return_sequences` expands the
-           inputs (the expansion would silently drop images beyond the placeholders);
+        3. placeholders (after those of a given `cache`) and image / video grids must agree before beam search or
+           `num_return_sequences` expands the inputs (the expansion would silently drop images beyond the
+           placeholders);
         4. `prefill_chunk_size` is refused with visual inputs: a chunk boundary inside a visual block would cut its
            bidirectional attention.
         """
@@ -630,12 +638,15 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             if key not in ("target_mask", "target_grid_thw") and not (key in visual_keys and value is None)
         }
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cached = cache.get_seq_length() if isinstance(cache, Cache) else 0  # a multi-turn chat's earlier prompt
         for what, token_id, grids in (
             ("image", self.config.image_token_id, kwargs.get("image_grid_thw")),
             ("video", self.config.video_token_id, kwargs.get("video_grid_thw")),
         ):
             if input_ids is not None and grids is not None:
-                check_placeholder_count(int((input_ids == token_id).sum()), int(grids.prod(-1).sum()), what)
+                count = int((input_ids[:, cached:] == token_id).sum())
+                check_placeholder_count(count, int(grids.prod(-1).sum()), what, cached)
         config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
         visual = [

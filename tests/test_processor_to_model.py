@@ -117,3 +117,31 @@ def test_generate_refuses_more_images_than_placeholders_before_expanding(process
     inputs.update(pixel_values=extra["pixel_values"], image_grid_thw=extra["image_grid_thw"])
     with pytest.raises(ValueError, match="4 image placeholder tokens but the image inputs give 8 features"):
         model.generate(**inputs, max_new_tokens=2, **expansion)
+
+
+def test_a_follow_up_turn_reuses_the_first_turns_cache_with_only_its_new_image(processor):
+    """A multi-turn chat keeps the first prompt's cache and passes the follow-up's image (pixels and grid) alone: the
+    answer equals a fresh run over the whole chat, and passing every image says what to pass instead."""
+    import copy
+
+    model = tiny_hydrax()
+    first, second = pictures(2)
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    kwargs["processor_kwargs"] = {"images_kwargs": SIZE}
+    turn = [{"role": "user", "content": [{"type": "image", "image": first}, {"type": "text", "text": "What is it?"}]}]
+    earlier = processor.apply_chat_template(turn, **kwargs)
+    with torch.no_grad():
+        cache = model(**earlier, use_cache=True).cache
+    turn += [
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+        {"role": "user", "content": [{"type": "image", "image": second}, {"type": "text", "text": "And this?"}]},
+    ]
+    chat = processor.apply_chat_template(turn, **kwargs)
+    greedy = dict(max_new_tokens=4, do_sample=False)
+    fresh = model.generate(**chat, **greedy)
+    follow_up = {key: chat[key] for key in ("input_ids", "attention_mask")}
+    follow_up |= {"pixel_values": chat["pixel_values"][1:], "image_grid_thw": chat["image_grid_thw"][1:]}
+    assert model.generate(**follow_up, cache=copy.deepcopy(cache), **greedy).equal(fresh)
+    cached = earlier["input_ids"].shape[1]
+    with pytest.raises(ValueError, match=f"after the cached ones .* with a cache of {cached} tokens, pass only the"):
+        model.generate(**chat, cache=copy.deepcopy(cache), **greedy)
