@@ -141,17 +141,16 @@ def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, 
     check_inputs_outside(parser, option, path, inputs or {})
 
 
-def check_inputs_outside(parser: argparse.ArgumentParser, option: str, path, inputs: dict) -> None:
+def check_inputs_outside(parser: argparse.ArgumentParser, option: str, path, inputs: dict, parts=(".",)) -> None:
     """`parser.error` when one of the run's `inputs` (option → a path or a list of them, None for options not given)
-    lies in the output folder `path`, which the run replaces (or parts of it) when it saves: the input would be lost,
-    e.g. a stage-1 model trained on into its own output folder."""
+    lies in what the run replaces or deletes when it saves: the output folder `path`, or only its sub-folders
+    `parts` (a training run's `model`, `adapter` and `work`). The input would be lost, e.g. a stage-1 model trained on
+    into its own output folder."""
+    replaced = [(Path(path) / part).resolve() for part in parts]
     for name, values in inputs.items():
         for value in values if isinstance(values, (list, tuple)) else [values]:
-            if (
-                value is not None
-                and Path(value).exists()
-                and Path(value).resolve().is_relative_to(Path(path).resolve())
-            ):
+            resolved = Path(value).resolve() if value is not None and Path(value).exists() else None
+            if resolved is not None and any(resolved.is_relative_to(folder) for folder in replaced):
                 parser.error(
                     f"{option} {path}: holds {name} {value}, which this run's output would replace or delete; pass "
                     "another output folder"

@@ -125,6 +125,8 @@ CONFIG_OPTIONS = (
 )
 SAMPLES_FILE = "samples.png"  # --validation-prompts' images in every checkpoint
 VIDEO_SAMPLES_FILE = "samples.mp4"  # … or their videos, with --validation-num-frames above 1
+# The sub-folders of OUTPUT_DIR a run replaces (model/, adapter/ when it saves) or deletes (work/ with --force)
+RUN_OUTPUTS = ("model", "adapter", "work")
 RUN_FILE = "hydrax_training.json"  # what a checkpoint was trained as, checked before resuming from it
 DEMO_SIZE = 32
 DEMO_MANIFEST = "demo.jsonl"
@@ -1016,7 +1018,7 @@ def parse_args(argv=None):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
-    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model})
+    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model}, RUN_OUTPUTS)
     check_no_earlier_run(parser, args)
     return args
 

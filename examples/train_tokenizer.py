@@ -58,6 +58,7 @@ from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     COUNT_OPTIONS,
+    RUN_OUTPUTS,
     HydraXTrainer,
     RunRecordCallback,
     check_no_earlier_run,
@@ -499,7 +500,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
-    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model, "--lpips": args.lpips})
+    inputs = {"--model": args.model, "--lpips": args.lpips}
+    check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, RUN_OUTPUTS)
     check_no_earlier_run(parser, args)
     if args.num_frames < 1 or (args.num_frames - 1) % 4:
         parser.error(f"--num-frames must be 1 + 4k (an anchor plus a multiple of 4), got {args.num_frames}.")

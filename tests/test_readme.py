@@ -2,8 +2,11 @@
 tiny checkpoint at outputs/run_hydrax/model (what the README's first command writes there) and small cat.jpg /
 fox.jpg / street.jpg / clip.mp4 files."""
 
+import contextlib
+import io
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +102,6 @@ PROCESSOR_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "PROCESSO
 def test_processor_guide_examples_give_the_shapes_they_state(folder, monkeypatch):
     """docs/PROCESSOR.md's examples as written, on the tiny checkpoint at the path they name, with the model the
     generation examples use and the cat photo served from disk in place of its URL."""
-    import transformers.image_utils
     from transformers import AutoModel
 
     checkpoint = folder / "path" / "to" / "hydrax-checkpoint"
@@ -108,9 +110,7 @@ def test_processor_guide_examples_give_the_shapes_they_state(folder, monkeypatch
         checkpoint.symlink_to(folder / "outputs" / "run_hydrax" / "model", target_is_directory=True)
     monkeypatch.chdir(folder)
     photos = {"https://example.com/cat.jpg": (folder / "cat.jpg").read_bytes()}
-    monkeypatch.setattr(
-        transformers.image_utils.httpx, "get", lambda url, **kwargs: type("Reply", (), {"content": photos[url]})
-    )
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kwargs: contextlib.closing(io.BytesIO(photos[url])))
     namespace = {"model": AutoModel.from_pretrained(checkpoint)}
     inputs = []
     for block in PROCESSOR_BLOCKS:
