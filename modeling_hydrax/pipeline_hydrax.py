@@ -356,21 +356,40 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         return super().to(*args, **kwargs)
 
     # --------------------------------------------------------------------------------------------- checks
-    @staticmethod
-    def _prompt_list(prompt, name: str = "prompt") -> list[str]:
-        if isinstance(prompt, str):
-            return [prompt]
-        if not isinstance(prompt, (list, tuple)) or not all(isinstance(item, str) for item in prompt):
+    def _prompt_list(self, prompt, name: str = "prompt") -> list[str]:
+        """`prompt` as a list of texts, none of which holds the processor's visual-block markers (they would be read
+        as image structure: a target placeholder, an image without pixels)."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(item, str) for item in prompts):
             raise TypeError(
                 f"`{name}` must be a string or a list of strings, got {type(prompt).__name__}: {prompt!r}."
             )
-        if not prompt:
+        if not prompts:
             raise ValueError(f"`{name}` is an empty list; pass at least one prompt.")
-        return list(prompt)
+        processor = self.processor
+        markers = (processor.image_token, processor.video_token, processor.target_token)
+        markers += (processor.vision_start_token, processor.vision_end_token)
+        for index, text in enumerate(prompts):
+            found = [marker for marker in markers if marker in text]
+            if found:
+                raise ValueError(
+                    f"`{name}` {index} holds {found}, which mark visual blocks for the model and would be read as "
+                    "image structure, not as text; remove them from the prompt."
+                )
+        return list(prompts)
+
+    @staticmethod
+    def _check_guidance(**scales) -> None:
+        """Each guidance scale (by name) is a finite number: NaN would turn guidance off silently (or give NaN
+        latents), infinity NaN latents."""
+        for name, scale in scales.items():
+            if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+                raise ValueError(f"`{name}` must be a finite number (guidance is off at ≤ 1), got {scale!r}.")
 
     def _negative_prompt_list(self, negative_prompt, num_prompts: int, **scales: float) -> list[str] | None:
         """The negative prompts, one per prompt; they act only through guidance, so one of the guidance `scales`
-        (by name) must exceed 1."""
+        (by name, checked to be finite) must exceed 1."""
+        self._check_guidance(**scales)
         if negative_prompt is None:
             return None
         if all(scale <= 1 for scale in scales.values()):
@@ -409,6 +428,16 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 )
         if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps` must be an int ≥ 1, got {num_inference_steps!r}.")
+        if sigmas is not None:
+            try:
+                levels = torch.as_tensor(sigmas, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                levels = None
+            if levels is None or levels.ndim != 1 or not levels.numel() or not bool(levels.isfinite().all()):
+                raise ValueError(
+                    f"`sigmas` must be a non-empty 1-D sequence of finite noise levels (σ = 1 is noise), one per "
+                    f"step, e.g. [1.0, 0.75, 0.5, 0.25]; got {sigmas!r}."
+                )
         self._check_images_per_prompt(num_images_per_prompt)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -460,22 +489,24 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             )
 
     # ----------------------------------------------------------------------------------- inputs to tensors
-    def _output_size(self, height, width, image=None, max_area=None) -> tuple[int, int]:
+    def _output_size(self, height, width, image=None, max_area=None, video: bool = False) -> tuple[int, int]:
         """`height` and `width`. By default: the size of `image` snapped to multiples of the patch size (its latent
         grid), scaled down to at most `max_area` pixels with its aspect ratio kept when it is larger (logged; the
         processor's own `smart_resize` rule); with only one side given, the other from the image's aspect ratio;
-        without an image, the side of the processor's `max_pixels`."""
+        without an image, the side of the processor's `max_pixels`. The budget is the image processor's, or for a
+        `video` the video processor's per frame (448² by default: the sizes videos train at)."""
         patch = self.patch_size
         height, width = (int(side) if isinstance(side, numbers.Integral) else side for side in (height, width))
         image_processor = self.processor.image_processor
-        budget = image_processor.size["max_pixels"] if max_area is None else max_area
+        sizes = (self.processor.video_processor if video else image_processor).size
+        budget = sizes["max_pixels"] if max_area is None else max_area
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < patch * patch:
             raise ValueError(
                 f"`max_area` must be an int ≥ {patch * patch} pixels (one {patch}×{patch} patch), got {budget!r}; "
                 "e.g. 1024 * 1024."
             )
         if image is None:
-            side = int(image_processor.size["max_pixels"] ** 0.5)
+            side = int(sizes["max_pixels"] ** 0.5)
             default = [max(patch, side - side % patch)] * 2
             return default[0] if height is None else height, default[1] if width is None else width
         source = image_size(image)
@@ -600,8 +631,10 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         steps = len(sigmas) if sigmas is not None else num_inference_steps
         kwargs = {}
         if "sigmas" in accepted:  # a numpy array, as Flux and QwenImage pass it (UniPC's flow sigmas need one)
-            default = np.linspace(1.0, 1 / steps, steps)
-            kwargs["sigmas"] = default if sigmas is None else torch.as_tensor(sigmas).detach().float().cpu().numpy()
+            given = sigmas is not None
+            kwargs["sigmas"] = (
+                torch.as_tensor(sigmas).detach().float().cpu().numpy() if given else np.linspace(1.0, 1 / steps, steps)
+            )
         elif sigmas is not None:
             raise ValueError(
                 f"{type(self.scheduler).__name__}.set_timesteps takes no custom `sigmas`; pass `num_inference_steps` "
@@ -629,6 +662,13 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step, at
         flow time 0 (per-frame times, as the model trains image-to-video with `config.image_to_video_prob`).
         """
+        target_tokens, limit = latents[0, 0].numel(), self.model.config.text_config.max_position_embeddings
+        if prefix.length + target_tokens > limit:
+            logger.warning(
+                f"The prompt ({prefix.length} tokens) and the target ({target_tokens} latent tokens) take more "
+                f"positions than the LLM's max_position_embeddings={limit}; expect worse results, or pass a smaller "
+                "size (or fewer frames)."
+            )
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         num_branches, dtype = len(guidance_weights), self.model.dtype
@@ -755,6 +795,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
     def _num_prompts(self, prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt) -> int:
         """How many prompts a call has, from `prompt` or from `prompt_embeds`, which must suit the call's guidance
         and outputs per prompt."""
+        self._check_guidance(guidance_scale=guidance_scale)
         if prompt_embeds is None:
             if prompt is None:
                 raise ValueError("Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt(prompt, ...)`.")
@@ -827,7 +868,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             height (`int`, *optional*), width (`int`, *optional*):
                 Output size in pixels, multiples of the tokenizer's patch size (16). Default: the size of `image`
                 (snapped to the grid; scaled down to `max_area` when larger; logged), else the side of the
-                processor's `max_pixels` (1024).
+                processor's `max_pixels`: the image processor's (1024) for an image, the video processor's (448) for
+                a video.
             num_frames (`int`, defaults to 1):
                 1 for an image; `1 + 4k` frames for a video (other counts from 5 on are rounded to that form, with a
                 warning).
@@ -856,8 +898,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
                 Tensors passed to the callback, among `_callback_tensor_inputs`.
             max_area (`int`, *optional*):
-                Image-to-video: the most pixels per frame the size taken from `image` may have (default: the
-                processor's `max_pixels`, 1024²); a larger image sets a smaller size of the same aspect ratio. Explicit
+                Image-to-video: the most pixels per frame the size taken from `image` may have (default: the video
+                processor's `max_pixels`, 448²); a larger image sets a smaller size of the same aspect ratio. Explicit
                 `height` and `width` are used as given.
             decode_chunk_frames (`int`, `"auto"` or `None`, defaults to `"auto"`):
                 Videos: latent frames Hydra-XTok decodes at a time, streamed with its frame cache, as Wan's VAE decodes
@@ -893,8 +935,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 f"num_frames={num_frames} is too few for a video, whose frame count is 1 + {step}k: pass 1 for an "
                 f"image or at least {step + 1} frames."
             )
-        if (num_frames - 1) % step:
-            snapped = (num_frames - 1) // step * step + 1
+        if (num_frames - 1) % step:  # as Wan rounds: 16 → 17, 7 → 5 (the processor's video targets round so too)
+            snapped = num_frames // step * step + 1
             logger.warning(f"`num_frames - 1` has to be divisible by {step}; rounding {num_frames} to {snapped}.")
             num_frames = snapped
         if image is not None:
@@ -904,7 +946,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                     "`image` is the first frame of image-to-video and needs num_frames = 1 + 4k > 1 (e.g. 17); to "
                     "edit an image use HydraXEditPipeline."
                 )
-        height, width = self._output_size(height, width, image, max_area)
+        height, width = self._output_size(height, width, image, max_area, video=num_frames > 1)
         decode_chunk_frames = self._decode_chunk_frames(decode_chunk_frames)
         self._guidance_scale = guidance_scale
         self._check_inputs(

@@ -111,6 +111,24 @@ def test_text_to_video_frames_and_num_frames_rounding(pipe):
         )
     )
     assert "rounding 7 to 5" in logged and result["out"].frames.shape == (1, 5, 3, 32, 32)
+    logged = pipeline_warnings(
+        lambda: result.update(
+            out=pipe("x", height=32, width=32, num_frames=8, num_inference_steps=1, output_type="pt")
+        )
+    )
+    assert "rounding 8 to 9" in logged and result["out"].frames.shape == (1, 9, 3, 32, 32), "as Wan rounds"
+
+
+def test_a_video_defaults_to_the_video_processors_frame_budget_and_long_targets_are_logged(pipe, monkeypatch):
+    """Videos train at the video processor's sizes (448² per frame by default), images at the image processor's."""
+    side = lambda sizes: int(sizes["max_pixels"] ** 0.5) // 16 * 16  # noqa: E731
+    video_side, image_side = side(pipe.processor.video_processor.size), side(pipe.processor.image_processor.size)
+    assert video_side != image_side
+    assert pipe._output_size(None, None, video=True) == (video_side, video_side)
+    assert pipe._output_size(None, None) == (image_side, image_side)
+    monkeypatch.setattr(pipe.model.config.text_config, "max_position_embeddings", 16)
+    logged = pipeline_warnings(lambda: pipe("x", height=32, width=64, num_inference_steps=1, output_type="latent"))
+    assert "and the target (8 latent tokens) take more positions than the LLM's max_position_embeddings=16" in logged
 
 
 def test_videos_decode_in_chunks_equal_to_the_whole_clip(pipe):
@@ -500,6 +518,18 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
             ValueError,
             "2 generators for 3 outputs",
         ),
+        (dict(guidance_scale=float("nan"), negative_prompt="ugly"), ValueError, "`guidance_scale` must be a finite"),
+        (dict(guidance_scale=float("inf")), ValueError, "`guidance_scale` must be a finite number"),
+        (dict(guidance_scale=None), ValueError, "`guidance_scale` must be a finite number"),
+        (dict(sigmas=[]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
+        (dict(sigmas=[[1.0, 0.5]]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
+        (dict(sigmas=[1.0, float("nan")]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
+        (
+            dict(prompt=["a fox", "a sign that reads <|vision_pad|>"]),
+            ValueError,
+            r"`prompt` 1 holds \['<\|vision_pad\|>'\], which mark visual blocks",
+        ),
+        (dict(negative_prompt="<|image_pad|>"), ValueError, r"`negative_prompt` 0 holds \['<\|image_pad\|>'\]"),
     ],
 )
 def test_bad_input_names_the_value_and_the_fix(pipe, kwargs, error, message):
