@@ -29,11 +29,11 @@ from .configuration_hydrax_tok import ATTENTION_MODES, HydraXTokConfig
 
 logger = logging.get_logger(__name__)
 
-# A unified Hydra-X checkpoint (`HydraXConfig`, model_type "hydrax") keeps the tokenizer under this prefix; once the
-# tower's keys are renamed, what still starts with `model.` or `lm_head.` is the LLM, projector and flow head.
+# A unified Hydra-X checkpoint (`HydraXConfig`, model_type "hydrax") keeps the tokenizer under this prefix (without
+# `model.` when `HydraXModel` saved it); once the tower's keys are renamed, the rest is the LLM, projector, flow head.
 UNIFIED_MODEL_TYPE = "hydrax"
-UNIFIED_VISION_TOWER_PREFIX = "model.vision_tower."
-UNIFIED_OTHER_PARTS = re.compile(r"(model|lm_head)\.")
+UNIFIED_VISION_TOWER_PREFIX = re.compile(r"^(model\.)?vision_tower\.")
+UNIFIED_OTHER_PARTS = re.compile(r"(model|lm_head|language_model|projector|timestep_embedding|flow_head)\.")
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
@@ -429,16 +429,18 @@ class HydraXTokBlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key: torch.Tensor | None = None,
+        past_value: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ):
-        """`[B, F, N, D]` → (`[B, F, N, D]`, this layer's keys/values to carry to the next chunk)."""
-        attn_output, _, present = self.self_attn(
-            self.layer_norm1(hidden_states), position_embeddings, past_key_value, **kwargs
-        )
+        """`[B, F, N, D]` and the carried keys / values → (`[B, F, N, D]`, this layer's keys, values to carry to the
+        next chunk, or `None`s). Tensors in and out at the top level, not in tuples: reentrant activation
+        checkpointing passes gradients only through those, so a chunked clip's gradients reach its earlier chunks."""
+        past = None if past_key is None else (past_key, past_value)
+        attn_output, _, present = self.self_attn(self.layer_norm1(hidden_states), position_embeddings, past, **kwargs)
         hidden_states = hidden_states + attn_output
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
-        return hidden_states, present
+        return hidden_states, *(present if present is not None else (None, None))
 
 
 class HydraXTokStack(nn.Module):
@@ -494,7 +496,8 @@ class HydraXTokStack(nn.Module):
                 hidden, fine = self._resample(hidden, includes_anchor), not fine
                 rope = self._rope(latent_offset, fine, hidden.shape[1], grid, hidden.device)
             past = cache.get(self.name, idx) if cache is not None else None
-            hidden, presents[idx] = layer(hidden, rope, past, **kwargs)
+            hidden, key, value = layer(hidden, rope, *(past or (None, None)), **kwargs)
+            presents[idx] = None if key is None else (key, value)
         if self.resample_kind is not None and self.resample_after == len(self.layers):
             hidden = self._resample(hidden, includes_anchor)
         return hidden, presents
@@ -670,7 +673,7 @@ class HydraXTokDecompressor(nn.Module):
             hidden = expand(hidden).view(batch, frames, tokens, 2, width).transpose(2, 3)
             hidden = hidden.reshape(batch, 2 * frames, tokens, width)
             rope = self.rotary(0, 2 * frames, *grid, hidden.device) if self.use_rope else None
-            hidden, _ = block(hidden, rope)
+            hidden = block(hidden, rope)[0]
         return image_features, self.video_head(hidden).flatten(1, 2)
 
 
@@ -741,14 +744,15 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         r"""[`PreTrainedModel.from_pretrained`] for a Hydra-XTok checkpoint, or the vision tower of a unified Hydra-X
-        checkpoint: its `vision_config` and its `model.vision_tower.*` weights, exactly, the way `CLIPVisionModel`
+        checkpoint: its `vision_config` and its `model.vision_tower.*` weights (`vision_tower.*` from a `HydraXModel`
+        folder), exactly, the way `CLIPVisionModel`
         loads from a CLIP checkpoint (the LLM, projector and flow head are left out and not reported). The unified
         model's tower has no Decompressor, so neither has the loaded tokenizer.
         """
         if pretrained_model_name_or_path is not None:
             model_type, architectures = cls._checkpoint_kind(pretrained_model_name_or_path, kwargs)
             if model_type == UNIFIED_MODEL_TYPE:
-                key_mapping = {rf"^{re.escape(UNIFIED_VISION_TOWER_PREFIX)}": ""}
+                key_mapping = {UNIFIED_VISION_TOWER_PREFIX.pattern: ""}
                 kwargs["key_mapping"] = {**key_mapping, **(kwargs.get("key_mapping") or {})}
             elif model_type != cls.config_class.model_type:
                 classes = ", ".join(architectures) if architectures else "no architectures listed"
@@ -784,6 +788,15 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         }
 
     # ---------------------------------------------------------------- input checks
+    @staticmethod
+    def _check_keywords(method: str, kwargs: dict) -> None:
+        """Keyword arguments beyond transformers' own are errors: `**kwargs` would swallow a typo, e.g.
+        `encode(sample_posterior=True)` (`forward`'s name, as diffusers' VAEs have it) returned the posterior mean."""
+        unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+        if unknown:
+            hint = " `encode` draws from the posterior with `sample=True`." if "sample_posterior" in unknown else ""
+            raise TypeError(f"HydraXTokModel.{method}() got unexpected keyword argument(s) {unknown}.{hint}")
+
     def _check_pixel_values(self, pixel_values, continuing: bool) -> torch.Tensor:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
@@ -792,13 +805,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 f"`pixel_values` must be a floating-point tensor in [-1, 1], got dtype {pixel_values.dtype}; "
                 "convert with `pixels.float() / 127.5 - 1` or use HydraXImageProcessor."
             )
-        if pixel_values.ndim == 4:
-            pixel_values = pixel_values.unsqueeze(2)
-        if pixel_values.ndim != 5:
+        if pixel_values.ndim not in (4, 5) or not pixel_values.shape[0]:
             raise ValueError(
-                f"`pixel_values` must be [B, 3, H, W] (images) or [B, 3, 1+T, H, W] (videos), got shape "
+                f"`pixel_values` must be [B, 3, H, W] (images) or [B, 3, 1+T, H, W] (videos) with B ≥ 1, got shape "
                 f"{tuple(pixel_values.shape)}."
             )
+        if pixel_values.ndim == 4:
+            pixel_values = pixel_values.unsqueeze(2)
         channels, frames, height, width = pixel_values.shape[1:]
         config = self.config
         if channels != config.num_channels:
@@ -806,12 +819,12 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 f"`pixel_values` has {channels} channels at dim 1 but the tokenizer expects {config.num_channels}; "
                 "videos are channels-first: [B, 3, frames, H, W]."
             )
-        if height % config.patch_size or width % config.patch_size or not height or not width:
+        patch = config.patch_size
+        if height % patch or width % patch or not height or not width:
+            nearest = [max(patch, side // patch * patch) for side in (height, width)]
             raise ValueError(
-                f"Height and width must be positive multiples of {config.patch_size}, got {height}×{width}; resize "
-                "or crop "
-                f"(e.g. to {height // config.patch_size * config.patch_size}×"
-                f"{width // config.patch_size * config.patch_size})."
+                f"Height and width must be positive multiples of {patch}, got {height}×{width}; resize or crop "
+                f"(e.g. to {nearest[0]}×{nearest[1]})."
             )
         ratio = config.temporal_compression_ratio
         if continuing and (frames == 0 or frames % ratio):
@@ -834,12 +847,14 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
     def _check_latents(self, latents: torch.Tensor, name: str = "latents") -> torch.Tensor:
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
             raise TypeError(f"`{name}` must be a floating-point torch.Tensor, got {type(latents).__name__}.")
+        given = tuple(latents.shape)
         if latents.ndim == 4:
             latents = latents.unsqueeze(2)
-        if latents.ndim != 5 or latents.shape[1] != self.config.latent_channels or 0 in latents.shape[2:]:
+        channels = self.config.latent_channels
+        if latents.ndim != 5 or latents.shape[1] != channels or 0 in latents.shape[:1] + latents.shape[2:]:
             raise ValueError(
-                f"`{name}` must be [B, {self.config.latent_channels}, frames, h, w] with at least one frame and one "
-                f"token, got {tuple(latents.shape)}."
+                f"`{name}` must be [B, {channels}, frames, h, w] (or [B, {channels}, h, w]) with B ≥ 1, at least "
+                f"one frame and one token, got {given}."
             )
         return latents
 
@@ -890,6 +905,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         (a call returns one when it streams: with `chunk_frames`, or `cache=HydraXTokFrameCache()` to start).
         `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model.
         """
+        self._check_keywords("encode", kwargs)
         self._check_chunking(chunk_frames, cache)
         offset = cache.seen("encoder") if cache is not None else 0
         pixel_values = self._check_pixel_values(pixel_values, continuing=offset > 0)
@@ -933,6 +949,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         """Normalised latents `[B, C, F, h, w]` → pixels `[B, 3, 1 + 4·(F-1), 16·h, 16·w]` (continuation chunks of a
         stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result), each
         chunk written into the preallocated output, so working memory does not grow with the clip."""
+        self._check_keywords("decode", kwargs)
         self._check_chunking(chunk_frames, cache)
         latents = self.denormalize_latents(self._check_latents(latents))
         layout = (latents.shape[0], *latents.shape[-2:])
@@ -969,6 +986,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         The output then holds the source's tokens first. With `cache` (e.g. a source's returned cache) the latents
         continue that clip: this is how a fixed edit source is computed once for all denoising steps.
         """
+        self._check_keywords("get_semantic_features", kwargs)
         self._check_chunking(None, cache)
         latents = self._check_latents(latents)
         if source_latents is not None and cache is not None:
@@ -982,6 +1000,11 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                 raise ValueError(
                     f"`source_latents` must be one latent frame on the target's grid {tuple(latents.shape[-2:])}, "
                     f"got {tuple(source_latents.shape)}."
+                )
+            if source_latents.shape[0] != latents.shape[0]:
+                raise ValueError(
+                    f"`source_latents` hold {source_latents.shape[0]} sources for {latents.shape[0]} targets; pass "
+                    "one source per target (e.g. `source_latents.repeat_interleave(n, 0)` for n targets per source)."
                 )
             latents = torch.cat([source_latents, latents], dim=2)
         layout = (latents.shape[0], *latents.shape[-2:])
