@@ -1065,7 +1065,7 @@ def main(argv=None) -> HydraXTrainer:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     output_dir, work_dir = args.output_dir, args.output_dir / "work"
-    checkpoint = args.model or output_dir / "initial"
+    checkpoint = (args.model or output_dir / "initial").resolve()  # absolute: the adapter's recorded base
     sources = args.data or [(str(output_dir / "demo_data" / DEMO_MANIFEST), 1.0)]
     learning_rates = stage_learning_rates(
         args.stage, args.learning_rate_scale, vision_head=args.vision_head_lr, sem_vit=args.sem_vit_lr, llm=args.llm_lr
@@ -1255,7 +1255,7 @@ def training_details(args, trainer, sources, learning_rates: dict[str, float]) -
     if not losses and history and "train_loss" in history[-1]:
         losses = f"train_loss {history[-1]['train_loss']:.4f} (the run's mean)"
     rows = {
-        "base checkpoint": f"`{args.model}`" if args.model else "a tiny random Hydra-X built by the run",
+        "base checkpoint": f"`{args.model.resolve()}`" if args.model else "a tiny random Hydra-X built by the run",
         "stage": args.stage,
         "data": data,
         "steps": trainer.state.global_step,

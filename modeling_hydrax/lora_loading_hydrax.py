@@ -21,6 +21,7 @@ from diffusers.utils import logging
 logger = logging.get_logger(__name__)
 
 LORA_PREFIX = "lora_"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # beside adapter_config.json in a PEFT adapter folder
 SAVED_PREFIX = "base_model.model."  # what `PeftModel.save_pretrained` puts before the model's own parameter names
 
 
@@ -102,6 +103,18 @@ class HydraXLoraLoaderMixin:
                 "Got a state dict; a bare LoRA state dict lacks the adapter's config (rank, alpha, target modules). "
                 "Pass a PEFT adapter folder or Hub repo (adapter_config.json + adapter_model.safetensors)."
             )
+        weight_name = kwargs.pop("weight_name", None)
+        if weight_name not in (None, ADAPTER_WEIGHTS):
+            raise ValueError(
+                f"`weight_name={weight_name!r}`: a PEFT adapter's weights are {ADAPTER_WEIGHTS} beside its "
+                "adapter_config.json (diffusers-format LoRA files such as pytorch_lora_weights.safetensors carry no "
+                "PEFT config); pass the adapter's folder or Hub repo."
+            )
+        if kwargs.pop("hotswap", False):
+            raise ValueError(
+                "`hotswap=True` is not supported: load the new adapter under its own `adapter_name`, then "
+                "`set_adapters(name)` (and `delete_adapters(old)`)."
+            )
         peft = _peft()
         loaded = self.get_list_adapters()["model"]
         adapter_name = adapter_name or f"default_{len(loaded)}"
@@ -115,17 +128,18 @@ class HydraXLoraLoaderMixin:
         source = os.fspath(pretrained_model_name_or_path)
         try:
             config = peft["PeftConfig"].from_pretrained(source, **kwargs)
+            if config.peft_type == "LORA":
+                weights = peft["load_peft_weights"](source, device=str(self.model.device), **kwargs)
         except (OSError, ValueError) as error:
             raise ValueError(
                 f"No PEFT adapter at {source!r} ({error}); pass a folder or Hub repo holding adapter_config.json and "
-                "adapter_model.safetensors, such as train_hydrax.py's OUTPUT_DIR/adapter."
+                f"{ADAPTER_WEIGHTS}, such as train_hydrax.py's OUTPUT_DIR/adapter."
             ) from error
         if config.peft_type != "LORA":
             raise ValueError(f"{source!r} holds a {config.peft_type} adapter; the Hydra-X pipelines load LoRA only.")
-        weights = peft["load_peft_weights"](source, device=str(self.model.device), **kwargs)
         weights = {name.removeprefix(SAVED_PREFIX): value for name, value in weights.items()}
 
-        training, active = self.model.training, self.get_active_adapters()
+        training, active, disabled = self.model.training, self.get_active_adapters(), self._lora_disabled()
         try:
             with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -136,15 +150,46 @@ class HydraXLoraLoaderMixin:
                 raise ValueError(
                     f"The adapter at {source!r} does not fit this model: weights for no module of it "
                     f"{result.unexpected_keys[:5]}, modules without weights {missing[:5]}. Was it trained on another "
-                    "architecture or preset?"
+                    f"architecture or preset?{self._copy_hint(result.unexpected_keys + missing)}"
                 )
+        except KeyError as error:  # PEFT looks a target up inside another adapter's full module copy
+            self._undo_load(adapter_name, active)
+            raise ValueError(
+                f"The adapter at {source!r} cannot be loaded beside {loaded}: {error}.{self._copy_hint([str(error)])}"
+            ) from error
         except Exception:
-            self._remove_adapter(adapter_name)
-            if active:  # injecting switched the module copies over to the new adapter
-                peft["set_adapter"](self.model, active, inference_mode=True)
+            self._undo_load(adapter_name, active)
             raise
         self.model.train(training)  # the new layers (and their dropout) follow the model's mode
         self.set_adapters(adapter_name)
+        if disabled:  # its new layers start enabled: after `disable_lora()` every adapter stays off
+            self._enable_lora(False)
+
+    def _undo_load(self, adapter_name: str, active: list[str]):
+        """Remove a half-loaded adapter and reactivate the adapters that were active."""
+        self._remove_adapter(adapter_name)
+        if active:  # injecting switched the module copies over to the new adapter
+            _peft()["set_adapter"](self.model, active, inference_mode=True)
+
+    def _copy_hint(self, keys: list[str]) -> str:
+        """For keys inside another adapter's full module copy (`modules_to_save`): which module, and what to do."""
+        _, wrapper = self._peft_layer_types()
+        for name, module in self.model.named_modules():
+            if isinstance(module, wrapper) and any(f"{name}." in key for key in keys):
+                holders = list(module.modules_to_save)
+                return (
+                    f" Its targets lie inside `{name}`, which adapter(s) {holders} replace with a full copy; LoRA "
+                    "cannot reach into that copy, so load the two adapters into separate pipelines."
+                )
+        return ""
+
+    def _lora_disabled(self) -> bool:
+        """Whether `disable_lora()` turned the adapters off."""
+        return any(
+            getattr(module, "disable_adapters", False)
+            for module in self.model.modules()
+            if isinstance(module, self._peft_layer_types())
+        )
 
     # ------------------------------------------------------------------------------------------- selection
     def get_list_adapters(self) -> dict[str, list[str]]:
@@ -153,10 +198,14 @@ class HydraXLoraLoaderMixin:
 
     def get_active_adapters(self) -> list[str]:
         """The adapters that act in the forward pass, in the order `set_adapters` gave."""
+        return [] if self._lora_disabled() else self._selected_adapters()
+
+    def _selected_adapters(self) -> list[str]:
+        """The adapters `set_adapters` chose, acting or not (`disable_lora()` keeps the choice)."""
         lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
             if isinstance(module, lora_layer):
-                return [] if module.disable_adapters else list(module.active_adapters)
+                return list(module.active_adapters)
         return []
 
     def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None):
@@ -245,7 +294,9 @@ class HydraXLoraLoaderMixin:
 
     # -------------------------------------------------------------------------------------------- removal
     def delete_adapters(self, adapter_names: str | list[str]):
-        """Remove `adapter_names` from the model (their layers and copies); the remaining active ones stay active."""
+        """Remove `adapter_names` from the model (their layers and copies); the remaining active ones stay active,
+        with their weights. When no active one remains, the first remaining adapter becomes active (in every layer
+        and copy: PEFT would fall back layer by layer, mixing adapters), and that is logged."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         loaded = self.get_list_adapters()["model"]
         unknown = [name for name in names if name not in loaded]
@@ -253,8 +304,18 @@ class HydraXLoraLoaderMixin:
             raise ValueError(f"Unknown adapter(s) {unknown}; the loaded ones are {loaded}.")
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before deleting one.")
+        active, disabled = self._selected_adapters(), self._lora_disabled()
         for name in names:
             self._remove_adapter(name)
+        remaining = self.get_list_adapters()["model"]
+        if remaining:
+            kept = [name for name in active if name in remaining]
+            if not kept:
+                kept = remaining[:1]
+                logger.warning(f"No active adapter remains; {kept[0]!r} is now active (`set_adapters` picks others).")
+            _peft()["set_adapter"](self.model, kept, inference_mode=True)
+            if disabled:
+                self._enable_lora(False)
 
     def unload_lora_weights(self):
         """Remove every adapter and PEFT layer, leaving plain modules: the base weights, or with fused adapters the
@@ -274,6 +335,7 @@ class HydraXLoraLoaderMixin:
                     parent, _, child = name.rpartition(".")
                     setattr(self.model.get_submodule(parent), child, replacement)
         self.model.__dict__.pop("peft_config", None)
+        self.model.__dict__.pop("_hf_peft_config_loaded", None)  # transformers' flag: it would save an adapter only
         self._lora_fuse_scale = None
 
     def _remove_adapter(self, adapter_name: str):

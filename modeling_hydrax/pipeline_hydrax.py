@@ -244,6 +244,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, scheduler: FlowMatchEulerDiscreteScheduler):
         super().__init__()
+        if hasattr(model, "get_base_model"):  # a `PeftModel`: its model, adapters in place, for the LoRA methods
+            model = model.get_base_model()
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
         self.patch_size = model.config.vision_config.patch_size
         self.temporal_compression = model.config.vision_config.temporal_compression_ratio

@@ -287,3 +287,59 @@ def test_fusing_names_only_the_active_adapters_and_state_dicts_are_refused(pipe,
     pipe.unfuse_lora()
     with pytest.raises(ValueError, match="a bare LoRA state dict lacks the adapter's config"):
         pipe.load_lora_weights(load_file(adapters["a"][0] / "adapter_model.safetensors"))
+
+
+def test_an_adapter_loaded_while_disabled_stays_off_until_enabled(pipe, adapters, checkpoint, base_sample):
+    """The new adapter's layers (here a flow-head copy no earlier adapter had) start enabled in PEFT."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.disable_lora()
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    assert pipe.get_active_adapters() == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=1e-6)
+    pipe.enable_lora()
+    assert pipe.get_active_adapters() == ["a"]
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+
+
+def test_deleting_the_active_adapter_activates_one_remaining_adapter_whole(pipe, adapters, checkpoint):
+    """PEFT falls back layer by layer, which left `a`'s LoRA layers on but its flow-head copy off."""
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.delete_adapters("b")
+    assert pipe.get_active_adapters() == ["a"]
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+
+
+def test_a_pipeline_on_a_peft_model_samples_and_saves_as_the_merged_model(adapters, checkpoint, tmp_path):
+    adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), adapters["a"][0])
+    pipe = HydraXPipeline.from_pretrained(checkpoint, model=adapted)
+    pipe.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / "fused")
+    reloaded = HydraXPipeline.from_pretrained(tmp_path / "fused")
+    reloaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(sample(reloaded), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+
+
+def test_unloading_clears_transformers_adapter_flag_so_the_fused_model_saves_whole(pipe, adapters, tmp_path):
+    pipe.model.load_adapter(str(adapters["b"][0]), adapter_name="b")  # transformers' own PEFT integration
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    assert not getattr(pipe.model, "_hf_peft_config_loaded", False)
+    pipe.save_pretrained(tmp_path / "fused")
+    assert (tmp_path / "fused" / "config.json").is_file() and not (tmp_path / "fused" / "adapter_config.json").exists()
+
+
+def test_loader_options_it_cannot_honour_and_adapters_inside_a_copy_are_named(pipe, adapters, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="`weight_name='pytorch_lora_weights.safetensors'`: a PEFT adapter's"):
+        pipe.load_lora_weights(adapters["b"][0], weight_name="pytorch_lora_weights.safetensors")
+    with pytest.raises(ValueError, match="`hotswap=True` is not supported"):
+        pipe.load_lora_weights(adapters["b"][0], hotswap=True)
+    config = LoraConfig(r=4, target_modules=r"model\.flow_head\..*(input_proj|out_proj)", init_lora_weights=False)
+    get_peft_model(AutoModel.from_pretrained(checkpoint), config).save_pretrained(tmp_path / "head")
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")  # carries a full copy of the flow head
+    with pytest.raises(ValueError, match="inside `model.flow_head`, which adapter\\(s\\) \\['a'\\] replace"):
+        pipe.load_lora_weights(tmp_path / "head", adapter_name="head")
+    assert pipe.get_list_adapters() == {"model": ["a"]} and pipe.get_active_adapters() == ["a"]

@@ -458,6 +458,7 @@ def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_
     assert (out / "adapter" / "adapter_config.json").is_file()
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == train_hydrax.DEFAULT_LORA_TARGETS
+    assert config["base_model_name_or_path"] == str(checkpoint.resolve()), "AutoPeftModel loads it from anywhere"
     adapted = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), out / "adapter").eval()
     merged = AutoModel.from_pretrained(out / "model").eval()
     base = AutoModel.from_pretrained(checkpoint).eval()
