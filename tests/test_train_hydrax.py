@@ -450,11 +450,12 @@ def test_mixture_ratios_are_respected(tmp_path, pictures):
     assert train_hydrax.parse_source("org/name") == ("org/name", 1.0)
 
 
-def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_path, processor):
+def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_path, processor, monkeypatch):
     from peft import PeftModel
 
     out = tmp_path / "out"
-    train(checkpoint, out, "--stage", 2, "--lora-r", 4, "--llm-lr", 1e-2, "--data", demo)
+    monkeypatch.chdir(checkpoint.parent)  # --model given relative to the working folder
+    train(Path(checkpoint.name), out, "--stage", 2, "--lora-r", 4, "--llm-lr", 1e-2, "--data", demo)
     assert (out / "adapter" / "adapter_config.json").is_file()
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == train_hydrax.DEFAULT_LORA_TARGETS
