@@ -9,7 +9,14 @@ import warnings
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import (
+    _MARKED_RE,
+    _UNMARKED,
+    MultiModalData,
+    ProcessingKwargs,
+    ProcessorMixin,
+    Unpack,
+)
 
 from .image_processing_hydrax import describe_input
 from .video_processing_hydrax import make_list_of_videos
@@ -197,7 +204,8 @@ class HydraXProcessor(ProcessorMixin):
         start_id, end_id = self.tokenizer.convert_tokens_to_ids([self.vision_start_token, self.vision_end_token])
         for index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"])):
             ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-            blocks, starts, ends = sample.count(self.vision_start_token), ids.count(start_id), ids.count(end_id)
+            blocks = _MARKED_RE.sub("", sample).count(self.vision_start_token)  # not marked user text
+            starts, ends = ids.count(start_id), ids.count(end_id)
             if starts != blocks or ends != blocks:
                 raise ValueError(
                     f"Sample {index} has {blocks} visual block(s), but its tokens keep {starts} "
@@ -208,9 +216,11 @@ class HydraXProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------- placeholders
 
     def _block_pattern(self) -> re.Pattern:
+        """A placeholder with its block markers, except where `apply_chat_template(sanitize_control_tokens=True)`
+        marked it as user text (transformers' `_UNMARKED`), which stays text."""
         start, end = re.escape(self.vision_start_token), re.escape(self.vision_end_token)
         groups = [
-            f"(?P<{name}>(?:{start})?{re.escape(token)}(?:{end})?)"
+            f"(?P<{name}>{_UNMARKED}(?:{start})?{re.escape(token)}(?:{end})?)"
             for name, token in (
                 ("image", self.image_token),
                 ("video", self.video_token),
@@ -431,24 +441,27 @@ class HydraXProcessor(ProcessorMixin):
             for key, value in (kwargs.pop("processor_kwargs", None) or {}).items()
         }
         if kwargs.get("tokenize"):
-            targets = self._targets_from_conversations(conversation)
+            conversations, _ = self._normalize_conversations(conversation)  # dicts, also from message objects
+            targets = self._targets_from_conversations(conversations, kwargs.get("continue_final_message"))
             if targets:
                 processor_kwargs.setdefault("visual_targets", targets)
         return super().apply_chat_template(conversation, chat_template, processor_kwargs=processor_kwargs, **kwargs)
 
     @staticmethod
-    def _targets_from_conversations(conversation) -> list[dict]:
-        """Target specs of the data-less visual blocks of assistant turns, of one or a batch of conversations, in
-        template order."""
-        is_batched = conversation and (
-            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
-        )
+    def _targets_from_conversations(conversations: list[list[dict]], continue_final_message=False) -> list[dict]:
+        """Target specs of the data-less visual blocks of assistant turns, of a batch of (normalised) conversations, in
+        template order. With `continue_final_message`, the final message renders only up to its last text block
+        (transformers cuts the rest), so blocks after it are no targets."""
         data_keys = ("image", "video", "url", "path", "base64")
         targets = []
-        for messages in conversation if is_batched else [conversation]:
-            for message in getattr(messages, "messages", messages):
-                is_assistant = isinstance(message, dict) and message.get("role") == "assistant"
-                content = message.get("content") if is_assistant else None
+        for messages in conversations:
+            for position, message in enumerate(messages):
+                content = message.get("content") if message.get("role") == "assistant" else None
+                if continue_final_message in (True, "content") and position == len(messages) - 1 and content:
+                    texts = [
+                        index for index, block in enumerate(content) if isinstance(block, dict) and "text" in block
+                    ]
+                    content = content[: texts[-1] + 1] if texts else content
                 for block in content if isinstance(content, (list, tuple)) else []:
                     if not isinstance(block, dict) or block.get("type") not in ("image", "video"):
                         continue

@@ -744,7 +744,7 @@ def test_data_less_blocks_are_inputs_in_user_turns_and_targets_in_assistant_turn
     generate = messages + [{"role": "assistant", "content": [{"type": "image", "height": 64, "width": 64}]}]
     rendered = processor.apply_chat_template(generate)
     assert rendered.count("<|image_pad|>") == 1 and rendered.count("<|vision_pad|>") == 1
-    assert processor._targets_from_conversations(generate) == [{"type": "image", "height": 64, "width": 64}]
+    assert processor._targets_from_conversations([generate]) == [{"type": "image", "height": 64, "width": 64}]
 
 
 def test_truncation_that_cuts_a_visual_block_is_an_error(processor, astronaut):
@@ -1024,3 +1024,38 @@ def test_numpy_outputs_of_different_sizes_and_none_valued_target_keys(processor,
     assert prompt.count("<|vision_pad|>") == 1 and "<|image_pad|>" not in prompt
     inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
     assert inputs["target_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+def test_sanitized_user_text_keeps_literal_visual_tokens_as_text(processor):
+    """`sanitize_control_tokens=True` marks control tokens typed by the user; they stay text, as in Qwen2.5-VL."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True, sanitize_control_tokens=True)
+    for text in ("What does <|image_pad|> mean?", "Say <|vision_pad|> or <|vision_start|>"):
+        chat = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+        out = processor.apply_chat_template(chat, **kwargs)
+        assert processor.image_token_id not in out["input_ids"][0] and "target_mask" not in out
+    content = [{"type": "image", "image": image}, {"type": "text", "text": "<|image_pad|>?"}]
+    chat = [{"role": "user", "content": content}]
+    out = processor.apply_chat_template(chat, **kwargs)
+    assert out["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert list(out["input_ids"][0]).count(processor.image_token_id) == 16, "only the real image's block"
+
+
+def test_message_objects_and_continued_messages_give_the_targets_they_render(processor):
+    """Dataclass messages (which transformers accepts) keep their target's size; with `continue_final_message`, a
+    target block after the final text is cut by transformers and so is no target."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Message:
+        role: str
+        content: list
+
+    target = {"type": "image", "height": 64, "width": 64}
+    chat = [Message("user", [{"type": "text", "text": "A red fox."}]), Message("assistant", [target])]
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+    assert out["target_grid_thw"].tolist() == [[1, 4, 4]]
+    reply = {"role": "assistant", "content": [{"type": "text", "text": "Sure, here it is: "}, target]}
+    chat = [{"role": "user", "content": "Draw a cat"}, reply]
+    out = processor.apply_chat_template(chat, continue_final_message=True, tokenize=True, return_dict=True)
+    assert "target_mask" not in out and processor.tokenizer.decode(out["input_ids"][0]).endswith("here it is: ")
