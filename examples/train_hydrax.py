@@ -1118,6 +1118,7 @@ def main(argv=None) -> HydraXTrainer:
     # 3. Model and processor, with the config pass-throughs; trainable groups and learning rates of the stage; LoRA
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     config = AutoConfig.from_pretrained(checkpoint, **overrides)
+    saved_dtype = stored_dtype(config)  # the model trains in float32 and is saved back in this dtype
     processor = AutoProcessor.from_pretrained(checkpoint)
     model = load_model(checkpoint, config, learning_rates, args)
     record = run_record(model, args, learning_rates)
@@ -1179,7 +1180,7 @@ def main(argv=None) -> HydraXTrainer:
                 card = build_adapter_card(adapter, base, config, lora, training_details=details)
                 card.save(staging / "README.md")  # in place of PEFT's blank template
             trained = trained.merge_and_unload()
-        save_model(trained, processor, output_dir / "model", details)
+        save_model(trained.to(saved_dtype), processor, output_dir / "model", details)
         final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
         print(json.dumps(final, indent=2))
         print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))
@@ -1187,10 +1188,18 @@ def main(argv=None) -> HydraXTrainer:
     return trainer
 
 
+def stored_dtype(config) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (its config's `dtype`; float32 when it records none): a run
+    trains float32 master weights and saves the result back in it (a LoRA adapter stays float32)."""
+    dtype = getattr(config, "dtype", None) or torch.float32
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
 def load_model(checkpoint: Path, config, learning_rates: dict[str, float], args):
     """The model to train: `checkpoint` with `config` in float32 (master weights: a bf16 checkpoint, as
     conversion/build_hydrax.py --dtype bfloat16 writes, would otherwise load and train in bf16, where small AdamW
-    updates round away; `--bf16` computes in bf16), the stage's groups trainable, LoRA when asked."""
+    updates round away; `--bf16` computes in bf16; the result is saved back in the checkpoint's dtype), the stage's
+    groups trainable, LoRA when asked."""
     model = AutoModel.from_pretrained(checkpoint, config=config, dtype=torch.float32)
     set_trainable(model, learning_rates)
     return model if args.lora_r is None else add_lora(model, args, learning_rates)

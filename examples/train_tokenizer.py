@@ -66,6 +66,7 @@ from train_hydrax import (  # noqa: E402
     full_parameters,
     gathered_model,
     resume_checkpoint,
+    stored_dtype,
     training_arguments,
 )
 from transformers import ProgressCallback, TrainerCallback  # noqa: E402
@@ -642,11 +643,12 @@ def main(argv=None) -> HydraXTokTrainer | None:
         print(f"Training data: {len(train_dataset)} items in buckets {sorted(train_dataset.buckets)}")
 
     # 3. The tokenizer, its stage, the teachers and the objective
-    new_model = args.model is None
+    new_model, saved_dtype = args.model is None, torch.float32
     if new_model:
         tokenizer = HydraXTokModel(tokenizer_config(args.preset, max(max(size) for size in args.resolutions)))
-    else:
-        tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)  # master weights, as in training
+    else:  # float32 master weights, saved back in the checkpoint's dtype
+        saved_dtype = stored_dtype(HydraXTokConfig.from_pretrained(args.model))
+        tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
     teachers = load_teachers(args, tokenizer.config, new_model, weights) if distilling else None
     if new_model and teachers is not None:
@@ -670,7 +672,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         )
         if args.compute_latent_stats:
             if training_args.process_index == 0:
-                save_tokenizer(tokenizer, output_dir / "model")
+                save_tokenizer(tokenizer.to(saved_dtype), output_dir / "model")
                 print(f"model with latent statistics: {output_dir / 'model'}")
             return None
     if args.stage == 1 and tokenizer.config.latents_mean is not None:
@@ -715,7 +717,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     )
     trained = gathered_model(trainer, fresh)
     if trainer.is_world_process_zero():
-        save_tokenizer(trained.tokenizer, output_dir / "model")
+        save_tokenizer(trained.tokenizer.to(saved_dtype), output_dir / "model")
         final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
         print(json.dumps(final, indent=2))
         print(f"model: {output_dir / 'model'}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ def report(message: str, on_bad_sample: str) -> None:
     logger.warning(f"Skipping {message}")
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; its values 5–8 turn the stored image a quarter to show it
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
 def open_image(source) -> Image.Image:
     """The image at a path, in row `source[1]` of a `datasets` dataset `source[0]` (a PIL image or a path), or a
     `datasets` image read undecoded (`{"bytes", "path"}`); use it as a context manager so the file is closed."""
@@ -94,6 +98,8 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
         if kind == "image":
             with open_image(source) as image:  # reads the header only
                 width, height = image.size
+                if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:  # shown upright, as it is decoded
+                    width, height = height, width
             return HydraXTokMedia(kind, source, origin, height, width)
         frames, height, width = probe_video(str(source))
     except Exception as error:  # PIL, PyAV and the OS each raise their own types for an unreadable file
@@ -230,12 +236,14 @@ class HydraXTokCropper:
 
     @staticmethod
     def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
-        """uint8 `[1, 3, H, W]`, read as the processor reads images (`rgb_image`: 16-bit scaled, transparency onto
-        white; an RGB conversion would saturate the one and show what the other hides)."""
+        """uint8 `[1, 3, H, W]`, read as the processor reads images: upright by its EXIF orientation, then `rgb_image`
+        (16-bit scaled, transparency onto white; an RGB conversion would saturate the one and show what the other
+        hides)."""
         from processing_hydrax.image_processing_hydrax import rgb_image
 
         with open_image(item.source) as image:
-            return torch.from_numpy(np.asarray(rgb_image(image)).copy()).permute(2, 0, 1)[None]
+            upright = rgb_image(ImageOps.exif_transpose(image))
+        return torch.from_numpy(np.asarray(upright).copy()).permute(2, 0, 1)[None]
 
     def crop(self, item: HydraXTokMedia, seed: int | None) -> dict:
         """The item as `pixel_values` in [-1, 1], `[3, H, W]` (image) or `[3, F, H, W]` (video), of its bucket."""

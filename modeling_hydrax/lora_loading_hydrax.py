@@ -139,7 +139,7 @@ class HydraXLoraLoaderMixin:
             raise ValueError(f"{source!r} holds a {config.peft_type} adapter; the Hydra-X pipelines load LoRA only.")
         weights = {name.removeprefix(SAVED_PREFIX): value for name, value in weights.items()}
 
-        training, active, disabled = self.model.training, self.get_active_adapters(), self._lora_disabled()
+        training, active, disabled = self.model.training, self._selected_adapters(), self._lora_disabled()
         try:
             with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")

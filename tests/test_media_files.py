@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from modeling_hydrax.data_hydrax_tok import decode_frames, probe_video
+from modeling_hydrax.data_hydrax_tok import HydraXTokCropper, decode_frames, probe, probe_video
 from processing_hydrax import HydraXImageProcessor, HydraXVideoProcessor
 from processing_hydrax.image_processing_hydrax import rgb_image
 
@@ -111,3 +111,15 @@ def test_an_animated_webp_that_ffmpeg_cannot_decode_names_the_way_around(tmp_pat
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
     with pytest.raises(ValueError, match="animated WebP.*ImageSequence"), pytest.warns(UserWarning):
         HydraXVideoProcessor()(str(path))
+
+
+def test_the_tokenizers_training_data_reads_photos_upright(tmp_path):
+    """A phone photo stored landscape with EXIF "rotate 90°": its bucket and pixels are portrait, as the processor
+    reads it."""
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    PIL.Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "portrait.jpg", exif=exif)
+    item = probe("image", str(tmp_path / "portrait.jpg"), "portrait.jpg")
+    assert (item.height, item.width) == (64, 32)
+    assert tuple(HydraXTokCropper._decode_image(item).shape) == (1, 3, 64, 32)
+    assert HydraXImageProcessor(do_resize=False)(str(tmp_path / "portrait.jpg"))["pixel_values"].shape[-2:] == (64, 32)

@@ -757,14 +757,16 @@ def test_gradient_accumulation_gives_the_step_of_one_large_batch(checkpoint, dem
     assert steps[0]["loss"] == pytest.approx(steps[0]["lm_loss"] + steps[0]["flow_loss"], rel=1e-4)
 
 
-def test_a_bf16_checkpoint_trains_float32_master_weights(checkpoint, demo, tmp_path):
+def test_a_bf16_checkpoint_trains_float32_master_weights_and_is_saved_in_bf16(checkpoint, demo, tmp_path):
     """conversion/build_hydrax.py --dtype bfloat16 writes bf16 weights, which load in bf16 by default; the model is
-    trained in float32 (--bf16 computes in bf16)."""
+    trained in float32 (--bf16 computes in bf16: AdamW's state shows it) and saved back in bf16, at its size."""
     bf16 = tmp_path / "bf16"
     shutil.copytree(checkpoint, bf16)
     AutoModel.from_pretrained(checkpoint, dtype=torch.bfloat16).save_pretrained(bf16)
     trainer = train(bf16, tmp_path / "out", "--stage", 2, "--data", demo, "--max-steps", 1)
-    assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
+    assert {state["exp_avg"].dtype for state in trainer.optimizer.state.values()} == {torch.float32}
+    saved = AutoModel.from_pretrained(tmp_path / "out" / "model")
+    assert {param.dtype for param in saved.parameters()} == {torch.bfloat16} and saved.config.dtype == torch.bfloat16
 
 
 def test_a_manifest_must_be_jsonl_and_a_source_too_small_to_split_is_named(demo, tmp_path):

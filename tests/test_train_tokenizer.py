@@ -775,12 +775,14 @@ def test_a_stage_runs_under_fsdp2_with_bf16_mixed_precision(stage, data, helpers
     assert int(result.stdout.split("preview_diff", 1)[1]) <= 2, result.stdout  # bf16 compute: 1 level measured
 
 
-def test_a_bf16_tokenizer_trains_float32_master_weights(data, stage1, tmp_path):
+def test_a_bf16_tokenizer_trains_float32_master_weights_and_is_saved_in_bf16(data, stage1, tmp_path):
     """A tokenizer saved in bf16 loads in bf16 by default (transformers' dtype="auto"); training it so would round
-    small AdamW updates away."""
+    small AdamW updates away. It trains in float32 (AdamW's state shows it) and is saved back in bf16."""
     HydraXTokModel.from_pretrained(stage1[0] / "model", dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
     trainer = train(data, tmp_path / "out", "--model", tmp_path / "bf16", "--no-teachers", "--max-steps", 1)
-    assert {param.dtype for param in trainer.model.parameters()} == {torch.float32}
+    assert {state["exp_avg"].dtype for state in trainer.optimizer.state.values()} == {torch.float32}
+    saved = HydraXTokModel.from_pretrained(tmp_path / "out" / "model")
+    assert {param.dtype for param in saved.parameters()} == {torch.bfloat16}
 
 
 def test_a_teacher_whose_distillation_term_is_off_is_not_loaded(data, helpers, tmp_path, capsys):
