@@ -64,6 +64,13 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag; its values 5–8 turn the stored imag
 QUARTER_TURNS = (5, 6, 7, 8)
 
 
+def header_exif(image: Image.Image) -> bool:
+    """Whether the image's EXIF comes with its header (JPEG, TIFF, WebP, a PNG's `eXIf` before its pixels): probing
+    reads only headers, and a PNG's later `eXIf` would take decoding it, so only header EXIF turns images upright here
+    (probe and decode agree on every size)."""
+    return image.format != "PNG" or "exif" in image.info
+
+
 def open_image(source) -> Image.Image:
     """The image at a path, in row `source[1]` of a `datasets` dataset `source[0]` (a PIL image or a path), or a
     `datasets` image read undecoded (`{"bytes", "path"}`); use it as a context manager so the file is closed."""
@@ -98,7 +105,7 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
         if kind == "image":
             with open_image(source) as image:  # reads the header only
                 width, height = image.size
-                if image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:  # shown upright, as it is decoded
+                if header_exif(image) and image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:  # shown upright
                     width, height = height, width
             return HydraXTokMedia(kind, source, origin, height, width)
         frames, height, width = probe_video(str(source))
@@ -242,7 +249,7 @@ class HydraXTokCropper:
         from processing_hydrax.image_processing_hydrax import rgb_image
 
         with open_image(item.source) as image:
-            upright = rgb_image(ImageOps.exif_transpose(image))
+            upright = rgb_image(ImageOps.exif_transpose(image) if header_exif(image) else image)
         return torch.from_numpy(np.asarray(upright).copy()).permute(2, 0, 1)[None]
 
     def crop(self, item: HydraXTokMedia, seed: int | None) -> dict:

@@ -661,7 +661,7 @@ def test_target_latents_accept_images_without_a_frame_axis(model):
         five = model(input_ids=ids, target_latents=z0, timesteps=t, noise=noise)
         four = model(input_ids=ids, target_latents=z0[:, :, 0], timesteps=t, noise=noise)
         assert torch.equal(five.velocity, four.velocity) and torch.equal(five.flow_loss, four.flow_loss)
-        with pytest.raises(ValueError, match=r"`target_latents` must be \[B, 8, frames, h, w\] .*, got \(1, 3, 1, 2"):
+        with pytest.raises(ValueError, match=r"`target_latents` must be \[B, 8, frames, h, w\] .*, got \(1, 3, 2, 2"):
             model(input_ids=ids, target_latents=torch.randn(1, 3, 2, 2))
 
 
