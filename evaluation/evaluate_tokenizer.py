@@ -51,13 +51,30 @@ from tqdm.auto import tqdm  # noqa: E402
 from train_tokenizer import reconstruct, save_grid  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
-from modeling_hydrax.data_hydrax_tok import HydraXTokClipDataset, list_source, parse_resolution, psnr  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
+    HydraXTokBadSample,
+    HydraXTokClipDataset,
+    list_source,
+    parse_resolution,
+    psnr,
+    report,
+)
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import _fold_frames as frames_of  # noqa: E402
 from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_exactly(dataset: HydraXTokClipDataset, index: int) -> dict | None:
+    """Item `index` (its centred crop), or `None` when its file fails to decode (reported per `--on-bad-sample`):
+    `dataset[index]` lets another item of its bucket stand in, which training wants and a measurement must not."""
+    try:
+        return dataset.load(index, None)
+    except HydraXTokBadSample as error:
+        report(str(error), dataset.on_bad_sample)
+        return None
 
 
 def item_batches(dataset: HydraXTokClipDataset, batch_size: int, limit: int | None) -> list[list[int]]:
@@ -208,7 +225,7 @@ def main(argv=None) -> dict:
         (staging / "examples").mkdir()
         progress = tqdm(total=sum(map(len, batches)), desc="reconstructing", unit="item")
         for indices in batches:
-            loaded = [(index, dataset[index]) for index in indices]
+            loaded = [(index, load_exactly(dataset, index)) for index in indices]
             skipped += [dataset.items[index].origin for index, item in loaded if item is None]
             loaded = [(index, item) for index, item in loaded if item is not None]
             progress.update(len(indices))

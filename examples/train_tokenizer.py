@@ -510,7 +510,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for height, width in args.resolutions:
         if height % 16 or width % 16 or min(height, width) < 16:
             parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
-    check_at_least(parser, 1, **{name: getattr(args, name) for name in (*COUNT_OPTIONS, "stats_samples")})
+    check_at_least(parser, 1, **{name: getattr(args, name) for name in (*COUNT_OPTIONS, "stats_samples", "frame_stride")})
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
     if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
@@ -700,7 +700,9 @@ def main(argv=None) -> HydraXTokTrainer | None:
         eval_dataset=eval_dataset,
         batch_sampler=None
         if args.streaming
-        else HydraXTokBucketBatchSampler(train_dataset, args.batch_size, video_ratio, args.seed),
+        else HydraXTokBucketBatchSampler(
+            train_dataset, args.batch_size, video_ratio, args.seed, num_processes=training_args.world_size
+        ),
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
         learning_rates=learning_rates,
         time_budget=budget,

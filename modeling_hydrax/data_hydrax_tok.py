@@ -126,6 +126,12 @@ def decode_frames(path: str, indices: np.ndarray) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether a folder is a `datasets` `save_to_disk` folder: a `Dataset` or a `DatasetDict` (whose `train` split
+    is read)."""
+    return any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
 def list_source(source: str) -> list[tuple[str, object, str]]:
     """`(kind, source, origin)` of every item of a data source: a folder of images and/or videos (searched
     recursively), a JSONL manifest of `{"image": path}` / `{"video": path}` lines (paths relative to the manifest),
@@ -138,13 +144,16 @@ def list_source(source: str) -> list[tuple[str, object, str]]:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
-            entry = json.loads(line)
-            kinds = [kind for kind in ("image", "video") if kind in entry]
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON object ({error}): {line!r}.") from error
+            kinds = [kind for kind in ("image", "video") if isinstance(entry, dict) and kind in entry]
             if len(kinds) != 1:
                 raise ValueError(f"{path}:{number}: a line needs exactly one of 'image' or 'video', got {line!r}.")
             items.append((kinds[0], str(path.parent / entry[kinds[0]]), f"{path}:{number}"))
         return items
-    if path.is_dir() and not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+    if path.is_dir() and not is_saved_dataset(path):
         files = sorted(file for file in path.rglob("*") if file.is_file())
         items = [("image", str(file), str(file)) for file in files if file.suffix.lower() in IMAGE_SUFFIXES]
         items += [("video", str(file), str(file)) for file in files if file.suffix.lower() in VIDEO_SUFFIXES]
@@ -202,6 +211,8 @@ class HydraXTokCropper:
             raise ValueError(f"`num_frames` must be 1 + 4·k (an anchor plus a multiple of 4), got {num_frames}.")
         if not 0 < min_crop_fraction <= 1:
             raise ValueError(f"`min_crop_fraction` must be in (0, 1], got {min_crop_fraction}.")
+        if not isinstance(frame_stride, int) or frame_stride < 1:
+            raise ValueError(f"`frame_stride` must be an int ≥ 1 (1: consecutive frames), got {frame_stride!r}.")
         self.resolutions = [tuple(resolution) for resolution in resolutions]
         self.num_frames, self.frame_stride = num_frames, frame_stride
         self.min_crop_fraction, self.shuffle_channels = min_crop_fraction, shuffle_channels
@@ -363,7 +374,7 @@ def stream_source(source: str):
         image=datasets.Image(decode=False), video=datasets.Value("string"), origin=datasets.Value("string")
     )
     path = Path(source)
-    is_saved = path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file())
+    is_saved = path.is_dir() and is_saved_dataset(path)
     if path.suffix == ".jsonl" or (path.is_dir() and not is_saved):
         rows = [
             {
@@ -459,6 +470,9 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
                     stream.filter(lambda row, kind=kind: row[kind] is not None) if len(kinds) == 2 else stream
                 )
         self.streams = {kind: parts for kind, parts in by_kind.items() if parts}
+        if augment and len(self.streams) == 2 and video_ratio in (0, 1):  # interleaving would repeat one kind forever
+            kept = "video" if video_ratio == 1 else "image"
+            self.streams = {kept: self.streams[kept]}
         if not self.streams:
             raise ValueError(f"No image or video in {[str(source) for source in sources]}.")
         if video_ratio == 1 and "video" not in self.streams or video_ratio == 0 and "image" not in self.streams:
@@ -508,18 +522,33 @@ class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
     """Batches of `(index, seed)` keys, each from one bucket of a `HydraXTokClipDataset`.
 
     A batch is a video batch with probability `video_ratio` (when the data has both kinds), from a bucket drawn in
-    proportion to its size; items come from a per-bucket shuffled queue, so every item is seen before any repeats.
-    The draws depend on `seed` and the epoch (`set_epoch`) only. `len()` is the number of batches of one epoch:
-    `ceil(len(dataset) / batch_size)`.
+    proportion to its size; items come from a per-bucket shuffled queue, so within an epoch a bucket repeats no item
+    before it has given all of them (buckets drawn at random: an epoch sees most items, not each exactly once; a
+    batch larger than its bucket repeats items). The draws depend on `seed` and the epoch (`set_epoch`) only. `len()`
+    is the number of batches of one epoch: `ceil(len(dataset) / batch_size)`.
+
+    With `num_processes` > 1, each run of `num_processes` consecutive batches shares one kind: accelerate deals the
+    batches to the processes in turn, so every process's micro-batch of a step is of the same kind and runs the same
+    modules (video batches alone run the Decompressor). FSDP and DeepSpeed ZeRO-3 gather each module's shards as it
+    runs; processes running different modules stopped on a collective mismatch.
     """
 
-    def __init__(self, dataset: HydraXTokClipDataset, batch_size: int, video_ratio: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        dataset: HydraXTokClipDataset,
+        batch_size: int,
+        video_ratio: float = 0.5,
+        seed: int = 0,
+        num_processes: int = 1,
+    ):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be ≥ 1, got {batch_size}.")
         if not 0 <= video_ratio <= 1:
             raise ValueError(f"`video_ratio` must be in [0, 1], got {video_ratio}.")
         self.buckets = dataset.buckets
-        self.batch_size, self.video_ratio, self.seed = batch_size, video_ratio, seed
+        if num_processes < 1:
+            raise ValueError(f"`num_processes` must be ≥ 1, got {num_processes}.")
+        self.batch_size, self.video_ratio, self.seed, self.num_processes = batch_size, video_ratio, seed, num_processes
         self.num_batches = math.ceil(len(dataset) / batch_size)
         self.epoch = 0
         kinds = dataset.kinds()
@@ -538,11 +567,10 @@ class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
             kind: [key for key in self.buckets if key[0] == kind] for kind in ("image", "video") if self._has(kind)
         }
         queues = {key: [] for key in self.buckets}
-        for _ in range(self.num_batches):
-            if len(by_kind) == 2:
+        kind = next(iter(by_kind))
+        for index in range(self.num_batches):
+            if len(by_kind) == 2 and index % self.num_processes == 0:  # one kind per step's batches of all processes
                 kind = "video" if float(torch.rand((), generator=generator)) < self.video_ratio else "image"
-            else:
-                kind = next(iter(by_kind))
             keys = by_kind[kind]
             sizes = torch.tensor([len(self.buckets[key]) for key in keys], dtype=torch.float)
             key = keys[int(torch.multinomial(sizes, 1, generator=generator))]

@@ -161,15 +161,18 @@ def test_unreadable_items_are_skipped_and_listed_or_stop_the_run_leaving_no_outp
     folder.mkdir()
     Image.fromarray(skimage_data.chelsea()).save(folder / "chelsea.png")
     (folder / "broken.png").write_bytes(b"not a png")
+    raw = (folder / "chelsea.png").read_bytes()  # its header probes fine; decoding fails: not measured in its place
+    (folder / "truncated.png").write_bytes(raw[: len(raw) // 3])
     base = ["--model", tokenizer_folder, "--data", folder, *SMALL]
     metrics, samples = run(evaluate, *base, "--output-dir", tmp_path / "skip")
     assert [Path(sample["origin"]).name for sample in samples] == ["chelsea.png"]
-    assert len(metrics["skipped_items"]) == 1 and metrics["skipped_items"][0].endswith("broken.png")
+    assert sorted(Path(item).name for item in metrics["skipped_items"]) == ["broken.png", "truncated.png"]
     assert set(metrics["skipped_metrics"]) == {"lpips", "rfd"}
     with pytest.raises(SystemExit, match="error: .*broken.png"):
         evaluate.main(list(map(str, [*base, "--on-bad-sample", "error", "--output-dir", tmp_path / "stopped"])))
     assert not (tmp_path / "stopped").exists() and not list(tmp_path.glob(".stopped*"))
     (folder / "chelsea.png").unlink()  # nothing usable left: a one-line error, no output
+    (folder / "truncated.png").unlink()
     with pytest.raises(SystemExit, match=r"error: No usable image or video in \['.*data'\]"):
         evaluate.main(list(map(str, [*base, "--output-dir", tmp_path / "empty"])))
     assert not (tmp_path / "empty").exists()

@@ -5,6 +5,7 @@ Everything is tiny and offline: 32×32 crops of a few 48×64 / 64×48 PNGs and a
 random SigLIP 2 / V-JEPA 2 teachers and a tiny LPIPS saved to folders once per module. The script runs in-process.
 """
 
+import itertools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from modeling_hydrax.data_hydrax_tok import (
     HydraXTokClipDataset,
     HydraXTokStreamDataset,
     collate_clips,
+    list_source,
     parse_resolution,
 )
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS
@@ -653,6 +655,35 @@ def test_batches_hold_one_bucket_and_repeat_per_seed_and_epoch(data):
         HydraXTokBucketBatchSampler(images, 2, video_ratio=1.0)
 
 
+def test_each_step_of_several_processes_holds_one_kind(data):
+    """accelerate deals batches to processes in turn; with `num_processes` each run of that many batches shares a
+    kind, so every process's step runs the same modules (FSDP and ZeRO-3 gather modules as they run)."""
+    dataset = HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=5)
+    bucket_of = {index: key for key, indices in dataset.buckets.items() for index in indices}
+    for seed in range(4):
+        sampler = HydraXTokBucketBatchSampler(dataset, 1, 0.5, seed, num_processes=2)
+        kinds = [bucket_of[batch[0][0]][0] for batch in sampler]
+        assert all(kinds[i] == kinds[i + 1] for i in range(0, len(kinds) - 1, 2)), kinds
+
+
+def test_data_sources_with_mistakes_are_named_or_read(data, tmp_path):
+    import datasets
+
+    with pytest.raises(ValueError, match="`frame_stride` must be an int ≥ 1"):
+        HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=5, frame_stride=0)
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text('{"image": "a.png"}\n{"image": "b.png"\n')
+    with pytest.raises(ValueError, match=r"items.jsonl:2: not a JSON object"):
+        list_source(str(manifest))
+    manifest.write_text('"image.png"\n')
+    with pytest.raises(ValueError, match=r"items.jsonl:1: a line needs exactly one of 'image' or 'video'"):
+        list_source(str(manifest))
+    images = [str(path) for path in sorted(data.glob("*.png"))]
+    splits = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": images}))
+    splits.save_to_disk(str(tmp_path / "saved"))  # dataset_dict.json + train/: a dataset, not a folder of files
+    assert len(list_source(str(tmp_path / "saved"))) == len(images)
+
+
 def test_a_seeded_key_gives_a_random_crop_and_a_plain_index_the_centred_one(data):
     dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
     first = dataset[(0, 11)]["pixel_values"]
@@ -792,3 +823,12 @@ def test_a_teacher_whose_distillation_term_is_off_is_not_loaded(data, helpers, t
     trainer = train(data, tmp_path / "out", *teacher, "--max-steps", 1)
     assert "video (its term is off)" in capsys.readouterr().out
     assert trainer.model.tokenizer.config.video_teacher_name == HydraXTokConfig().video_teacher_name
+
+
+@pytest.mark.parametrize("video_ratio, kind", [(0.0, 1), (1.0, 2)])
+def test_a_stream_of_one_kind_ends_its_pass(data, video_ratio, kind):
+    """With both kinds in the sources, a ratio of 0 or 1 keeps one kind's stream: interleaving with a probability of
+    0 never exhausted the other, so a pass repeated its kind forever."""
+    stream = HydraXTokStreamDataset([data], [(32, 32)], batch_size=2, video_ratio=video_ratio, num_frames=5)
+    batches = list(itertools.islice(iter(stream), 50))
+    assert len(batches) < 50 and {batch["pixel_values"].ndim - 3 for batch in batches} == {kind}
