@@ -510,7 +510,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for height, width in args.resolutions:
         if height % 16 or width % 16 or min(height, width) < 16:
             parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
-    check_at_least(parser, 1, **{name: getattr(args, name) for name in (*COUNT_OPTIONS, "stats_samples", "frame_stride")})
+    counts = (*COUNT_OPTIONS, "stats_samples", "frame_stride")
+    check_at_least(parser, 1, **{name: getattr(args, name) for name in counts})
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
     if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
