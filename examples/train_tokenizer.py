@@ -255,7 +255,7 @@ class HydraXTokTrainer(HydraXTrainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
         )
-        return self.accelerator.prepare(loader)
+        return epochs_reach_sampler(self.accelerator.prepare(loader), self.batch_sampler)
 
     def get_eval_dataloader(self, eval_dataset=None):
         loader = torch.utils.data.DataLoader(
@@ -416,6 +416,15 @@ def eval_batches(dataset: HydraXTokClipDataset, batch_size: int, max_samples: in
             [(index, None) for index in indices[i : i + batch_size]] for i in range(0, len(indices), batch_size)
         ]
     return [batch for batch in batches if batch]
+
+
+def epochs_reach_sampler(loader, sampler):
+    """`loader` (prepared by accelerate) with its batch sampler's `set_epoch` reaching `sampler`: with several
+    processes accelerate wraps it (`BatchSamplerShard`, and `SkipBatchSampler` on a resume), and neither it nor the
+    Trainer reaches through both, so a run resumed in a later epoch replayed epoch 0's batches."""
+    if loader.batch_sampler is not sampler:
+        loader.batch_sampler.set_epoch = sampler.set_epoch
+    return loader
 
 
 # --------------------------------------------------------------------------------------------------------- arguments

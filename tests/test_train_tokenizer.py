@@ -832,3 +832,31 @@ def test_a_stream_of_one_kind_ends_its_pass(data, video_ratio, kind):
     stream = HydraXTokStreamDataset([data], [(32, 32)], batch_size=2, video_ratio=video_ratio, num_frames=5)
     batches = list(itertools.islice(iter(stream), 50))
     assert len(batches) < 50 and {batch["pixel_values"].ndim - 3 for batch in batches} == {kind}
+
+
+class KeysOnly(torch.utils.data.Dataset):
+    """A dataset that gives back the `(index, seed)` keys it is asked for: the batches without decoding."""
+
+    def __getitem__(self, key):
+        return key
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_run_resumed_in_a_later_epoch_sees_that_epochs_batches_on_every_process(data, rank):
+    """What the Trainer does with a prepared loader on one of 2 processes: skip the batches already trained on, then
+    set the epoch. Through accelerate's wrappers the epoch did not reach the sampler (epoch 0's batches again)."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+
+    dataset = HydraXTokClipDataset([data], resolutions=BUCKETS, num_frames=5)
+
+    def epoch_batches(skip):
+        sampler = HydraXTokBucketBatchSampler(dataset, 1, 0.5, seed=0, num_processes=2)
+        keys = torch.utils.data.DataLoader(KeysOnly(), batch_sampler=sampler, collate_fn=lambda batch: batch)
+        loader = prepare_data_loader(keys, num_processes=2, process_index=rank, put_on_device=False)
+        loader = train_tokenizer.epochs_reach_sampler(loader, sampler)
+        loader = skip_first_batches(loader, skip) if skip else loader
+        loader.set_epoch(1)
+        getattr(loader.batch_sampler, "batch_sampler", loader.batch_sampler).set_epoch(1)  # as the Trainer does
+        return list(loader)
+
+    assert epoch_batches(1) == epoch_batches(0)[1:]
