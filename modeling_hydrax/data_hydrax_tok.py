@@ -525,7 +525,8 @@ class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
     proportion to its size; items come from a per-bucket shuffled queue, so within an epoch a bucket repeats no item
     before it has given all of them (buckets drawn at random: an epoch sees most items, not each exactly once; a
     batch larger than its bucket repeats items). The draws depend on `seed` and the epoch (`set_epoch`) only. `len()`
-    is the number of batches of one epoch: `ceil(len(dataset) / batch_size)`.
+    is the number of batches of one epoch: `ceil(len(dataset) / batch_size)`, rounded up to a multiple of
+    `num_processes`.
 
     With `num_processes` > 1, each run of `num_processes` consecutive batches shares one kind: accelerate deals the
     batches to the processes in turn, so every process's micro-batch of a step is of the same kind and runs the same
@@ -549,7 +550,9 @@ class HydraXTokBucketBatchSampler(torch.utils.data.Sampler):
         if num_processes < 1:
             raise ValueError(f"`num_processes` must be ≥ 1, got {num_processes}.")
         self.batch_size, self.video_ratio, self.seed, self.num_processes = batch_size, video_ratio, seed, num_processes
-        self.num_batches = math.ceil(len(dataset) / batch_size)
+        # a whole number of steps of all processes: accelerate would fill the last one with the first batches, of
+        # another kind maybe
+        self.num_batches = math.ceil(math.ceil(len(dataset) / batch_size) / num_processes) * num_processes
         self.epoch = 0
         kinds = dataset.kinds()
         if video_ratio == 1 and "video" not in kinds or video_ratio == 0 and "image" not in kinds:
