@@ -784,6 +784,11 @@ def evaluate(args) -> dict | None:
             generation["fps"] = args.fps
         else:
             generation.pop("num_frames")
+        data = Path(args.data)  # files and a saved `Dataset` (not a `DatasetDict`) have no splits
+        plain = data.suffix.lower() in (".txt", ".jsonl") or (
+            data.is_dir() and not (data / "dataset_dict.json").is_file()
+        )
+        split = None if plain else args.split
         metrics = {
             "task": args.task,
             "metrics": summary,
@@ -798,7 +803,7 @@ def evaluate(args) -> dict | None:
                 "lora_scale": args.lora_scale if args.lora else None,
                 "data": args.data,
                 "subset": args.subset,
-                "split": args.split,
+                "split": split,
                 "limit": args.limit,
                 "reference": args.reference,
                 "clip_model": args.clip_model,
@@ -817,7 +822,6 @@ def evaluate(args) -> dict | None:
         (staging / "samples.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
         values = {name: entry.get("value", entry.get("mean")) for name, entry in summary.items()}
         task_type = "image-to-image" if args.task == "edit" else args.task
-        split = None if Path(args.data).suffix.lower() in (".txt", ".jsonl") else args.split  # files have no splits
         models = {key: args.clip_model for key in ("clip", "background")}  # VBench's background metrics use CLIP
         models.update({key: args.feature_model for key in ("dino", "subject")})
         settings = {  # the metric's feature model: scores of other CLIP / DINO models differ in scale
@@ -826,6 +830,12 @@ def evaluate(args) -> dict | None:
             for key, model in models.items()
             if model and key in name
         }
+        if args.feature_model and fd_name(args.feature_model) in values:  # named after its model, maybe a CLIP
+            settings[fd_name(args.feature_model)] = Path(str(args.feature_model).rstrip("/")).name
+        if args.limit is not None:  # a part of the benchmark is not the benchmark's score
+            settings = {
+                name: ", ".join(filter(None, [settings.get(name), f"first {args.limit} rows"])) for name in values
+            }
         results = eval_results(task_type, args.data, split, values, args.subset, settings)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return metrics

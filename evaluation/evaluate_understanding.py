@@ -623,14 +623,15 @@ def generate_record(sample: Sample, text: str) -> dict:
     return {**prediction_record(sample, parse_prediction(text, sample.options)), "generated": text}
 
 
-def normalize_open(value: str) -> float | str:
-    """An open answer's form for matching (MMMU's): a number without commas, rounded to 2 decimals, when it is one;
-    else its lower-case text, a single character padded with spaces (so that it matches only as a word)."""
+def normalize_open(value: str) -> list[float | str]:
+    """An open answer's forms for matching (MMMU's `normalize_str`): a number without commas, rounded to 2 decimals,
+    when it is one; else its lower-case text, a single character as its two word-edge forms (" c" and "c ", so that
+    it matches at a word's start or end, e.g. "C atom" for "C")."""
     text = value.strip().strip(".").strip().lower()
     try:
-        return round(float(text.replace(",", "")), 2)
+        return [round(float(text.replace(",", "")), 2)]
     except ValueError:
-        return f" {text} " if len(text) == 1 else text
+        return [f" {text}", f"{text} "] if len(text) == 1 else [text]
 
 
 def open_candidates(text: str) -> list[float | str]:
@@ -648,12 +649,12 @@ def open_candidates(text: str) -> list[float | str]:
             keys.append(shortest)
     keys = keys or [text.strip()]
     found = [number for key in keys for number in NUMBER.findall(key)] + keys
-    return list(dict.fromkeys(normalize_open(candidate) for candidate in found if candidate.strip()))
+    return list(dict.fromkeys(form for candidate in found if candidate.strip() for form in normalize_open(candidate)))
 
 
 def open_correct(answers: list[str], candidates: list[float | str]) -> bool:
     """Whether a candidate number equals an accepted number, or a candidate text contains an accepted text."""
-    accepted = [normalize_open(answer) for answer in answers]
+    accepted = [form for answer in answers for form in normalize_open(answer)]
     for candidate in candidates:
         if isinstance(candidate, str):
             if any(isinstance(answer, str) and answer in candidate for answer in accepted):
@@ -794,7 +795,10 @@ def write_outputs(output_dir: Path, metrics: dict, records: list[dict]) -> None:
     values = {name: metrics[name] for name in names if name in metrics}
     if "accuracy" in metrics.get("open", {}):
         values["open_accuracy"] = metrics["open"]["accuracy"]
-    settings = {name: f"{metrics['scoring']} scoring" for name in values}  # the modes score differently
+    part = [f"first {metrics['limit']} rows"] if metrics.get("limit") is not None else []
+    part += ["without its open questions"] if metrics.get("skipped_open") else []
+    # the modes score differently; a part of the benchmark is not the benchmark's score
+    settings = {name: ", ".join([f"{metrics['scoring']} scoring", *part]) for name in values}
     results = eval_results(
         "visual-question-answering", metrics["data"], metrics["split"], values, metrics["subset"], settings
     )
@@ -957,6 +961,9 @@ def main(argv=None):
             subset=args.subset,
             split=split,
             skipped_open=open_rows if args.skip_open else [],
+            limit=args.limit,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
             processes=state.num_processes,
             seconds=round(time.perf_counter() - started, 1),
         )

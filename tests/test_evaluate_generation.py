@@ -6,6 +6,7 @@ on 2 busy CPU cores, a third of it the one script run's start-up."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -573,3 +574,14 @@ def test_a_lora_adapter_is_evaluated_as_the_model_it_merges_into(checkpoint, dat
         for image, other in zip(pixels[name], pixels[reference], strict=True):
             difference = np.abs(image.astype(int) - other.astype(int)).max()
             assert difference > 8 if differs else difference <= 1, (name, reference, difference)
+
+
+def test_fd_on_clip_features_is_labelled_with_its_own_model(checkpoint, data, tmp_path):
+    """clip-FID: a CLIP as `--feature-model` beside another `--clip-model`; the FD entry names the feature model."""
+    features = tmp_path / "clip-features"
+    shutil.copytree(data["clip"], features)
+    models = ["--clip-model", data["clip"], "--feature-model", features]
+    output = evaluate(tmp_path / "out", "--model", checkpoint, "--data", data["t2i"], *SMALL, *models)
+    entries = {entry["metric_type"]: entry for entry in json.loads((output / "eval_results.json").read_text())}
+    assert entries["fd_clip-features"]["metric_config"] == "clip-features"
+    assert entries["clip_score"]["metric_config"] == Path(data["clip"]).name

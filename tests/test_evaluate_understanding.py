@@ -483,6 +483,9 @@ def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, chec
     metrics, predictions = read_outputs(out)
     check_consistent(metrics, predictions, count=3, chance=0.25)
     assert metrics["scoring"] == "likelihood" and metrics["data"] == str(data) and metrics["seconds"] > 0
+    assert metrics["limit"] == 3  # a part of the benchmark: the card's entries say so
+    entries = json.loads((out / "eval_results.json").read_text())
+    assert {entry["metric_config"] for entry in entries} == {"likelihood scoring, first 3 rows"}
     for record in predictions:
         best = max(record["scores"], key=record["scores"].get)
         assert record["prediction"] == best and record["correct"] == (best == record["answer"])
@@ -590,8 +593,11 @@ def test_eval_results_go_into_a_model_card(evaluator, run_hydrax, checkpoint, tm
         ("25", "24", False),
         ("It is a cat.", "cat", True),
         ("A dog", "cat", False),
-        ("The answer is b.", "B", True),  # a single letter matches only as a word: " b "
-        ("a bird", "b", False),
+        ("The answer is b.", "B", True),  # a single letter matches at a word's edge: " b" or "b " (MMMU)
+        ("C atom", "C", True),
+        ("the variable x", "x", True),
+        ("a bird", "b", True),  # MMMU's reading too: " b" starts "bird"
+        ("abc", "b", False),
         ("Thus the result is 12. It was hard.", "12", True),
         ("6 or 7", "['7', '7.0']", True),  # MMMU's list of accepted answers
     ],

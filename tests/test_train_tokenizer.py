@@ -433,9 +433,10 @@ def train_two_processes(data, tmp_path, *args) -> tuple[Path, Path]:
 def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_path):
     logs, _ = train_two_processes(data, tmp_path)
 
-    # accelerate deals the sampler's batches out in turn: rank r gets batches r, r + 2, … of every epoch
+    # accelerate deals the sampler's batches out in turn: rank r gets batches r, r + 2, … of every epoch (a sampler
+    # for 2 processes: each step's two batches of one kind)
     dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
-    sampler = HydraXTokBucketBatchSampler(dataset, 2, 0.5, seed=0)
+    sampler = HydraXTokBucketBatchSampler(dataset, 2, 0.5, seed=0, num_processes=2)
     dealt = {0: [], 1: []}
     for epoch in range(3):
         sampler.set_epoch(epoch)
