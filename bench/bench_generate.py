@@ -70,7 +70,7 @@ def main(argv=None):
         tokenize=True,
         return_dict=True,
         return_tensors="pt",
-        images_kwargs={"min_pixels": args.image_size**2, "max_pixels": args.image_size**2},
+        processor_kwargs={"images_kwargs": {"min_pixels": args.image_size**2, "max_pixels": args.image_size**2}},
     )
     greedy = dict(**inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     compile_config = CompileConfig(fullgraph=True, mode="default")

@@ -173,9 +173,9 @@ def main(argv=None):
         "--threads", type=int, default=1, help="torch threads (default: 1, steady timings on a shared machine)"
     )
     args = parser.parse_args(argv)
-    if args.grid < 1 or args.steps < 3 or args.short_prompt < 1 or args.long_prompt < args.short_prompt:
+    if args.grid < 1 or args.steps < 3 or args.short_prompt < 1 or args.long_prompt <= args.short_prompt:
         parser.error(
-            f"need --grid ≥ 1, --steps ≥ 3 and 1 ≤ --short-prompt ≤ --long-prompt, got {args.grid}, {args.steps}, "
+            f"need --grid ≥ 1, --steps ≥ 3 and 1 ≤ --short-prompt < --long-prompt, got {args.grid}, {args.steps}, "
             f"{args.short_prompt}, {args.long_prompt}"
         )
     if args.guidance_scale <= 1 or args.image_guidance_scale <= 1:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.modeling_hydrax_tok import HydraXTokAttention  # noqa: E402
-from script_args import check_at_least, check_output_file  # noqa: E402
+from script_args import check_at_least, check_output_file, write_atomically  # noqa: E402
 
 
 def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical", decoder=False):
@@ -385,7 +385,8 @@ def main(argv=None):
     parts = list(benches) if args.part == "all" else [args.part]
     results = {part: benches[part](args) for part in parts}
     if args.output:
-        args.output.write_text(json.dumps(results, indent=2))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.output, lambda partial: partial.write_text(json.dumps(results, indent=2)))
         print(f"\nresults written to {args.output}")
 
 

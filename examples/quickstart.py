@@ -36,7 +36,13 @@ import train_tokenizer  # noqa: E402
 
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
-from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_at_least,
+    check_folder,
+    check_inputs_outside,
+    check_output_folder,
+)
 
 
 TRAIN_IMAGES = (
@@ -95,6 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         hint = "pass a folder written by save_pretrained, e.g. outputs/quickstart/model"
         check_folder(parser, "--model", args.model, hint, required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    inputs = {"--model": args.model}  # train_tokenizer.py would refuse it late, after the data and a first PSNR
+    check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, train_tokenizer.RUN_OUTPUTS)
     if args.model is not None and args.tiny:
         parser.error("--tiny builds a new model; it cannot be combined with --model.")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -59,9 +59,11 @@ def load_images(size: int) -> dict[str, np.ndarray]:
     return images
 
 
-def chat_batch(processor, conversations, size=None, **kwargs):
-    """`conversations` rendered, tokenized and padded into one batch; with `size`, images stay size × size pixels."""
-    processor_kwargs = {"padding": True}
+def chat_batch(processor, conversations, size=None, padding_side=None, **kwargs):
+    """`conversations` rendered, tokenized and padded into one batch; with `size`, images stay size × size pixels.
+    `padding_side` ("left" for generation) holds for this call only: set on the tokenizer, it would be saved with the
+    checkpoint and pad later training batches on the left."""
+    processor_kwargs = {"padding": True} | ({} if padding_side is None else {"padding_side": padding_side})
     if size is not None:
         processor_kwargs["images_kwargs"] = {"size": {"min_pixels": size * size, "max_pixels": size * size}}
     return processor.apply_chat_template(
@@ -144,8 +146,7 @@ def answer_questions(model, processor, images, size) -> dict[str, str]:
         [{"role": "user", "content": [{"type": "image", "image": images[name]}, {"type": "text", "text": QUESTION}]}]
         for name in CAPTIONS
     ]
-    processor.tokenizer.padding_side = "left"
-    inputs = chat_batch(processor, conversations, size, add_generation_prompt=True)
+    inputs = chat_batch(processor, conversations, size, padding_side="left", add_generation_prompt=True)
     output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return {name: text.strip() for name, text in zip(CAPTIONS, texts)}

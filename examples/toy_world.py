@@ -237,8 +237,7 @@ def evaluate_questions(model, processor, held_out, size) -> tuple[dict, list]:
         [user([{"type": "image", "image": render(*combo, RADII[EVAL_RADIUS], size)}, text(question)])]
         for combo, question, _ in items
     ]
-    processor.tokenizer.padding_side = "left"
-    inputs = chat_batch(processor, conversations, size, add_generation_prompt=True)
+    inputs = chat_batch(processor, conversations, size, padding_side="left", add_generation_prompt=True)
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     replies = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     predictions = [reply.strip().lower().rstrip(".") for reply in replies]

@@ -30,7 +30,7 @@ def test_attention_work_counts_frame_pairs():
 
 
 def test_every_part_runs_and_reports(tmp_path):
-    output = tmp_path / "bench.json"
+    output = tmp_path / "results" / "bench.json"  # a folder that does not exist yet: made, not a crash at the end
     toy = ["--frames", "5", "--repeats", "1", "--stream-frames", "5", "9", "--chunk-frames", "1"]
     result = run_script(BENCH, "--part", "all", *toy, *TOY, "--output", output, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -93,6 +93,7 @@ def a_file(tmp_path):
         ("bench/bench_understanding.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
         ("bench/bench_pipelines.py", ["--layers", "0"], "--layers must be ≥ 1, got 0"),
         ("bench/bench_pipelines.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        ("bench/bench_pipelines.py", ["--short-prompt", "8", "--long-prompt", "8"], "--short-prompt < --long-prompt"),
         (
             "bench/bench_pipelines.py",
             ["--hidden-size", "200"],
@@ -150,6 +151,7 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
             "--model",
             "model",
         ),
+        ("examples/quickstart.py", ["--model", "{out}/model", "--output-dir", "{out}"], "--model", "model"),
         (
             "examples/train_tokenizer.py",
             ["--data", "{data}", "--model", "{out}/model", "--output-dir", "{out}", "--force"],
