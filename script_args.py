@@ -19,15 +19,6 @@ from pathlib import Path
 PATCH_SIZE = 16  # pixels per latent token side in every Hydra-X preset
 
 
-SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what `save_to_disk` writes
-
-
-def is_saved_dataset(path) -> bool:
-    """Whether `path` is a folder written by `datasets`' `save_to_disk` (a Dataset or a DatasetDict)."""
-    path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
-
-
 def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, required_file: str | None = None):
     """`parser.error` unless `path` is a folder (holding `required_file`, when given); `hint` says what to pass."""
     path = Path(path)

@@ -103,7 +103,7 @@ from metrics_hydrax import (  # noqa: E402
 )
 
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline  # noqa: E402
-from modeling_hydrax.data_hydrax_tok import IMAGE_SUFFIXES  # noqa: E402
+from modeling_hydrax.data_hydrax_tok import IMAGE_SUFFIXES, is_saved_dataset  # noqa: E402
 from processing_hydrax.image_processing_hydrax import rgb_image  # noqa: E402
 from script_args import (  # noqa: E402
     PATCH_SIZE,
@@ -112,7 +112,6 @@ from script_args import (  # noqa: E402
     check_file,
     check_hydrax_folder,
     check_new_output_folder,
-    is_saved_dataset,
     looks_like_path,
     write_video,
 )

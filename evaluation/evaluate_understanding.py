@@ -90,13 +90,12 @@ from transformers.cache_utils import DynamicCache  # noqa: E402
 
 import modeling_hydrax  # noqa: E402, F401  (registers Hydra-X with the Auto classes)
 import processing_hydrax  # noqa: E402, F401  (and the processor)
+from modeling_hydrax.data_hydrax_tok import SAVED_DATASET_FILES, is_saved_dataset  # noqa: E402
 from script_args import (  # noqa: E402
-    SAVED_DATASET_FILES,
     HelpFormatter,
     check_adapter,
     check_hydrax_folder,
     check_new_output_folder,
-    is_saved_dataset,
     looks_like_path,
 )
 

@@ -126,10 +126,14 @@ def decode_frames(path: str, indices: np.ndarray) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
 
 
-def is_saved_dataset(path: Path) -> bool:
-    """Whether a folder is a `datasets` `save_to_disk` folder: a `Dataset` or a `DatasetDict` (whose `train` split
-    is read)."""
-    return any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what `save_to_disk` writes
+
+
+def is_saved_dataset(path) -> bool:
+    """Whether `path` is a folder written by `datasets`' `save_to_disk`: a `Dataset` or a `DatasetDict` (whose
+    `train` split is read)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
 
 
 def list_source(source: str) -> list[tuple[str, object, str]]:
@@ -374,7 +378,7 @@ def stream_source(source: str):
         image=datasets.Image(decode=False), video=datasets.Value("string"), origin=datasets.Value("string")
     )
     path = Path(source)
-    is_saved = path.is_dir() and is_saved_dataset(path)
+    is_saved = is_saved_dataset(path)
     if path.suffix == ".jsonl" or (path.is_dir() and not is_saved):
         rows = [
             {
