@@ -240,15 +240,16 @@ def stream_rows(args, *extra: str) -> list[dict]:
 def bench_stream(args) -> dict:
     rows = stream_rows(args)
     first = rows[0]
-    chunk, width = args.chunk_frames, args.hidden_size
-    print(f"\n== stream: chunked encode ({chunk} latent frames a chunk), {args.size}², width {width}")
-    print(f"{'frames':>7}{'seconds':>9}{'ms/frame':>10}{'peak MiB':>10}{'outputs':>9}{'working':>9}{'vs 17f':>8}")
+    chunks = f"{args.chunk_frames} latent frames a chunk" if args.chunk_frames else "whole clip, --chunk-frames 0"
+    print(f"\n== stream: encode ({chunks}), {args.size}², width {args.hidden_size}")
+    versus = f"vs {first['frames']}f"
+    print(f"{'frames':>7}{'seconds':>9}{'ms/frame':>10}{'peak MiB':>10}{'outputs':>9}{'working':>9}{versus:>9}")
     for row in rows:
         per_frame = 1000 * row["seconds"] / row["frames"]
         ratio = row["working_mib"] / first["working_mib"]
         print(
             f"{row['frames']:>7}{row['seconds']:>9.2f}{per_frame:>10.1f}{row['peak_mib']:>10.1f}"
-            f"{row['output_mib']:>9.1f}{row['working_mib']:>9.1f}{ratio:>7.2f}×"
+            f"{row['output_mib']:>9.1f}{row['working_mib']:>9.1f}{ratio:>8.2f}×"
         )
     return {"rows": rows, "working_ratio_last_vs_first": rows[-1]["working_mib"] / first["working_mib"]}
 
@@ -362,6 +363,8 @@ def parse_args(argv=None):
     sizes = dict(hidden_size=args.hidden_size, heads=args.heads, intermediate_size=args.intermediate_size)
     check_at_least(parser, 1, **sizes, gen_layers=args.gen_layers, repeats=args.repeats, threads=args.threads)
     check_at_least(parser, 0, chunk_frames=args.chunk_frames)
+    if args.chunk_frames == 0 and args.part in ("decode", "all") and not args.worker_frames:
+        parser.error(f"`--part {args.part}` compares whole-clip decoding with chunks: give --chunk-frames ≥ 1, not 0")
     if args.hidden_size % args.heads:
         parser.error(f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}")
     return args

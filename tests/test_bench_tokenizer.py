@@ -34,6 +34,7 @@ def test_every_part_runs_and_reports(tmp_path):
     toy = ["--frames", "5", "--repeats", "1", "--stream-frames", "5", "9", "--chunk-frames", "1"]
     result = run_script(BENCH, "--part", "all", *toy, *TOY, "--output", output, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "vs 5f" in result.stdout and "vs 17f" not in result.stdout  # the ratio column names its first clip
     results = json.loads(output.read_text())
 
     modes = results["modes"]
@@ -51,3 +52,12 @@ def test_every_part_runs_and_reports(tmp_path):
         assert [row["frames"] for row in decode[name]] == [5, 9]
         assert all(row["seconds"] > 0 for row in decode[name])
     assert decode["whole"][1]["output_mib"] == decode["chunked"][1]["output_mib"] > decode["whole"][0]["output_mib"]
+
+
+@pytest.mark.parametrize("part", ["decode", "all"])
+def test_decode_needs_chunks(part, capsys):
+    # `--chunk-frames 0` decodes whole clips, the very baseline `decode` compares chunks with.
+    with pytest.raises(SystemExit):
+        load_bench().parse_args(["--part", part, "--chunk-frames", "0"])
+    assert "--chunk-frames ≥ 1" in capsys.readouterr().err
+    assert load_bench().parse_args(["--part", "stream", "--chunk-frames", "0"]).chunk_frames == 0
