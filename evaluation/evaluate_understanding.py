@@ -102,7 +102,6 @@ from script_args import (  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LETTERS = string.ascii_uppercase
-MEDIA_COLUMNS = ("image", "video", *(f"image_{number}" for number in range(1, 10)))  # MMMU: image_1 … image_7
 IMAGE_PLACEHOLDER = re.compile(r"<image (\d+)>")  # MMMU's reference to its `image_k` column inside the text
 YES_NO = ("Yes", "No")
 LIST_COLUMNS = ("options", "choices", "candidates")
@@ -168,26 +167,36 @@ def resolve_path(value, base: Path | None) -> Path:
     return path if path.is_absolute() or base is None else base / path
 
 
+def media_file(kind: str, value, base: Path | None, where: str) -> Path | None:
+    """The file behind a row's image or video, checked to exist without decoding it; None for an image held in memory
+    (a PIL image, or a `datasets` Image dict with its bytes). Errors name the row, the value and the fix."""
+    if kind == "image" and isinstance(value, dict):  # a `datasets` Image: in memory, or stored as a path only
+        value = value if value.get("bytes") is not None or value.get("path") is None else value["path"]
+    in_memory = isinstance(value, Image.Image) or isinstance(value, dict) and value.get("bytes") is not None
+    if kind == "image" and in_memory:
+        return None
+    if not isinstance(value, (str, Path)):
+        forms = "the path of a video file" if kind == "video" else "a PIL image, a path or a datasets Image dict"
+        raise ValueError(f"{where}: the {kind} is a {type(value).__name__}; give {forms}")
+    path = resolve_path(value, base)
+    if not path.is_file():
+        raise ValueError(
+            f"{where}: {kind} {str(value)!r} ({path}) does not exist; paths are relative to the data's folder"
+        )
+    return path
+
+
 def load_image(value, base: Path | None, where: str) -> Image.Image:
     """A PIL image from a PIL image, a path, or a `datasets` Image dict (`bytes` and/or `path`), upright by its EXIF
     orientation and in its own mode, as training reads images: the processor converts it (16-bit scaled, transparency
     onto white), which a plain RGB conversion here would get wrong."""
     if isinstance(value, Image.Image):
         return ImageOps.exif_transpose(value)
-    if isinstance(value, dict) and value.get("bytes") is not None:
+    path = media_file("image", value, base, where)
+    if path is None:
         source, shown = BytesIO(value["bytes"]), f"the image bytes of {value.get('path') or 'the image column'}"
-    elif isinstance(value, dict) and value.get("path") is not None:
-        source = resolve_path(value["path"], base)
-        shown = f"image {value['path']!r} ({source})"
-    elif isinstance(value, (str, Path)):
-        source = resolve_path(value, base)
-        shown = f"image {str(value)!r} ({source})"
     else:
-        raise ValueError(
-            f"{where}: the image is a {type(value).__name__}; give a PIL image, an image path or a datasets Image dict"
-        )
-    if isinstance(source, Path) and not source.is_file():
-        raise ValueError(f"{where}: {shown} does not exist; image paths are relative to the data's folder")
+        source, shown = path, f"image {str(value['path'] if isinstance(value, dict) else value)!r} ({path})"
     try:
         with Image.open(source) as image:
             return ImageOps.exif_transpose(image)
@@ -199,13 +208,7 @@ def check_video(value, base: Path | None, where: str) -> str:
     """The path of a video file from the data, checked to open with PyAV and to decode a first video frame."""
     import av
 
-    if not isinstance(value, (str, Path)):
-        raise ValueError(f"{where}: the video is a {type(value).__name__}; give the path of a video file")
-    path = resolve_path(value, base)
-    if not path.is_file():
-        raise ValueError(
-            f"{where}: video {str(value)!r} ({path}) does not exist; paths are relative to the data's folder"
-        )
+    path = media_file("video", value, base, where)
     shown = f"video {str(value)!r} ({path})"
     try:
         with av.open(str(path)) as container:
@@ -358,11 +361,8 @@ def normalize_row(
     if images and video is not None:
         raise ValueError(f"{where} has both images and a video; give one kind (or neither)")
     for kind, value in [("image", image) for image in images] + [("video", video)] * (video is not None):
-        if not media and isinstance(value, (str, Path)) and not resolve_path(value, base).is_file():  # no decoding
-            raise ValueError(
-                f"{where}: {kind} {str(value)!r} ({resolve_path(value, base)}) does not exist; paths are relative to "
-                "the data's folder"
-            )
+        if not media:
+            media_file(kind, value, base, where)  # exists and is of a readable kind, without decoding
     question = str(row["question"]).strip()
     for number in map(int, IMAGE_PLACEHOLDER.findall(question) if media else ()):
         if not 1 <= number <= len(images):
@@ -426,11 +426,14 @@ def load_rows(data: str, split: str | None = None, subset: str | None = None):
     return datasets.load_dataset(data, subset, split=split), None, split
 
 
-def text_view(rows):
-    """`rows` without their media columns, so that every row's text can be checked without decoding images."""
+def undecoded_rows(rows):
+    """Every row of `rows` with its images left undecoded (a `datasets` Image as its `bytes` and `path`), so that each
+    row's text and media files can be checked before the model loads, without decoding any image."""
     if isinstance(rows, list):
-        return rows
-    return rows.remove_columns([column for column in MEDIA_COLUMNS if column in rows.column_names])
+        yield from rows
+        return
+    for batch in rows.with_format("arrow").iter(batch_size=256):
+        yield from batch.to_pylist()
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -923,7 +926,7 @@ def main(argv=None):
         raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
     row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
     kept, open_rows = [], []
-    for index, row in enumerate(text_view(rows)):  # every row's text is checked before the model loads
+    for index, row in enumerate(undecoded_rows(rows)):  # every row is checked before the model loads
         try:
             normalize_row(row, index, base, row_format, media=False)
         except OpenQuestion:

@@ -723,3 +723,22 @@ def test_mmbench_nan_strings_are_missing_and_missing_media_stop_before_the_model
     settings = evaluator.eval_results("vqa", "data", None, {"accuracy": 0.5}, None, {"accuracy": "likelihood scoring"})
     assert settings[0]["metric_name"] == "accuracy (likelihood scoring)"
     assert settings[0]["metric_config"] == "likelihood scoring"
+
+
+def test_saved_dataset_media_are_checked_before_the_model_loads(evaluator, checkpoint, tmp_path, monkeypatch):
+    """A saved dataset's video paths are checked with the text of every row, before the model loads (a missing file
+    used to stop the run only when its batch was reached), as are images stored as paths and videos given as frames."""
+    import datasets
+
+    rows = {"question": ["Q?", "Q?"], "options": [["a", "b"]] * 2, "answer": ["a", "b"], "video": [None, "typo.mp4"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "saved")
+    monkeypatch.setattr(evaluator, "load_model", lambda *args: pytest.fail("the model loaded"))
+    with pytest.raises(ValueError, match=r"row 1: video 'typo.mp4' \(.*saved/typo.mp4\) does not exist"):
+        evaluator.main(
+            ["--data", str(tmp_path / "saved"), "--model", str(checkpoint), "--output-dir", str(tmp_path / "out")]
+        )
+    question = {"question": "Q?", "options": ["a", "b"], "answer": "a"}
+    with pytest.raises(ValueError, match=r"row 2: image 'gone.png' \(.*gone.png\) does not exist"):
+        evaluator.normalize_row({**question, "image": {"bytes": None, "path": "gone.png"}}, 2, tmp_path, media=False)
+    with pytest.raises(ValueError, match="row 3: the video is a list; give the path of a video file"):
+        evaluator.normalize_row({**question, "video": ["f.png"]}, 3, media=False)
