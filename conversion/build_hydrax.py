@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 
@@ -62,6 +63,7 @@ from modeling_hydrax import (  # noqa: E402
     HydraXTokModel,
 )
 from processing_hydrax import (  # noqa: E402
+    HYDRAX_CHAT_TEMPLATE,
     HydraXImageProcessor,
     HydraXProcessor,
     HydraXVideoProcessor,
@@ -92,6 +94,9 @@ VISION_TARGET_PREFIX = "model.vision_tower."
 NEW_MODULES = ("model.projector.", "model.timestep_embedding.", "model.flow_head.")
 DROPPED_VISION = {"decompressor.": "Hydra-XTok's training-only Decompressor (video-teacher distillation)"}
 CHECK_PROMPT = "Hydra-X reads and writes images and videos through one visual tokenizer. The answer is 42."
+# Saved tokenizers pad on the left, ready for batched generation (transformers' `pipeline(batch_size=...)` pads with
+# the tokenizer's side), as LLaVA and Qwen-VL checkpoints do; the training collator pads on the right per call.
+PADDING_SIDE = "left"
 # Text-only logits through Hydra-X vs the source Qwen2: the same weights and ops, so they agree to rounding.
 LOGITS_ATOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -138,13 +143,21 @@ def check_vocabulary(tokenizer, vocab_size: int) -> None:
         )
 
 
+def hydrax_processor(tokenizer, patch_size: int) -> HydraXProcessor:
+    """The Hydra-X processor around `tokenizer`, cutting images and frames into the vision tower's `patch_size`."""
+    return HydraXProcessor(
+        HydraXImageProcessor(patch_size=patch_size), tokenizer, HydraXVideoProcessor(patch_size=patch_size)
+    )
+
+
 def build_processor(config: HydraXConfig, tokenizer_path: str | None) -> HydraXProcessor:
-    """The processor for `config`: a tiny offline tokenizer when `tokenizer_path` is None, else a Qwen2.5 one."""
+    """The processor for `config`: a tiny offline tokenizer when `tokenizer_path` is None, else a Qwen2.5 one. Its
+    tokenizer is saved padding on the left (`PADDING_SIDE`)."""
     if tokenizer_path is None:
-        tokenizer = build_tiny_qwen2_tokenizer(vocab_size=config.text_config.vocab_size)
+        tokenizer = build_tiny_qwen2_tokenizer(vocab_size=config.text_config.vocab_size, padding_side=PADDING_SIDE)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    processor = HydraXProcessor(HydraXImageProcessor(), tokenizer, HydraXVideoProcessor())
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, padding_side=PADDING_SIDE)
+    processor = hydrax_processor(tokenizer, config.vision_config.patch_size)
     mismatched = {
         name: (getattr(config, name), value)
         for name, value in special_token_ids(processor).items()
@@ -321,16 +334,17 @@ def check_model_type(source: dict, path_or_id: str, folder: Path) -> None:
         )
 
 
-def pretrained_processor(path_or_id: str, folder: Path) -> HydraXProcessor:
-    """The Hydra-X processor around the LLM checkpoint's own tokenizer, which must have Qwen2.5's vision tokens."""
+def pretrained_processor(path_or_id: str, folder: Path, patch_size: int) -> HydraXProcessor:
+    """The Hydra-X processor around the LLM checkpoint's own tokenizer (saved padding on the left, `PADDING_SIDE`),
+    which must have Qwen2.5's vision tokens; `patch_size` is the vision tower's."""
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(
             f"--llm {path_or_id} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); pass the Qwen2.5-Instruct "
             "checkpoint together with its tokenizer files."
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side=PADDING_SIDE)
     try:
-        return HydraXProcessor(HydraXImageProcessor(), tokenizer, HydraXVideoProcessor())
+        return hydrax_processor(tokenizer, patch_size)
     except ValueError as error:
         raise ValueError(
             f"--llm {path_or_id}: {error} Hydra-X marks images and videos with Qwen2.5's vision tokens "
@@ -429,7 +443,8 @@ def verify_folder(
 
     1. every tensor's dtype and shape (from the files), 2. every copied tensor equal to its source, 3. a text-only
     prompt's logits (`logits_to_keep=0`: every position) equal to the source Qwen2's, 4. the vision tower's `encode`
-    equal to the source tokenizer's.
+    equal to the source tokenizer's, 5. the saved processor's image question runs through the built model (its
+    placeholders match the vision tower's patches).
     """
     # 1. Files
     checks = {"tensors_checked": check_saved_tensors(folder, config, dtype)}
@@ -447,9 +462,15 @@ def verify_folder(
     input_ids = tokenizer(CHECK_PROMPT, return_tensors="pt").input_ids
     patch = config.vision_config.patch_size
     pixels = (torch.rand(1, 3, 5, 2 * patch, 2 * patch, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dtype)
+    question = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (2 * patch, 2 * patch))}]}]
+    image_inputs = HydraXProcessor.from_pretrained(folder).apply_chat_template(
+        question, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         built_logits = built(input_ids=input_ids, logits_to_keep=0).logits
         built_latents = built.model.vision_tower.encode(pixels).latents
+        built(**image_inputs.to(dtype=dtype), logits_to_keep=1)  # raises if the placeholders and patches disagree
+        checks["image_question_tokens"] = image_inputs["input_ids"].shape[1]
         del built, state
         source_lm = Qwen2ForCausalLM.from_pretrained(sources["llm"], dtype=dtype).eval()
         source_logits = source_lm(input_ids=input_ids).logits
@@ -501,11 +522,10 @@ def build_from_pretrained(
     folders = {"llm": resolve_checkpoint("--llm", llm), "vision": resolve_checkpoint("--vision", vision)}
     check_model_type(LLM, llm, folders["llm"])
     check_model_type(VISION, vision, folders["vision"])
-    processor = pretrained_processor(llm, folders["llm"])
-    qwen_config = Qwen2Config.from_pretrained(folders["llm"])
-    config = derive_config(
-        qwen_config, HydraXTokConfig.from_pretrained(folders["vision"]), special_token_ids(processor)
-    )
+    tok_config = HydraXTokConfig.from_pretrained(folders["vision"])
+    processor = pretrained_processor(llm, folders["llm"], tok_config.patch_size)
+    llm_template = processor.tokenizer.chat_template  # replaced by Hydra-X's, which the report says
+    config = derive_config(Qwen2Config.from_pretrained(folders["llm"]), tok_config, special_token_ids(processor))
     check_vocabulary(processor.tokenizer, config.text_config.vocab_size)
     # 2. Plan every tensor from the file headers
     tensors = {source: checkpoint_tensors(folder) for source, folder in folders.items()}
@@ -541,11 +561,22 @@ def build_from_pretrained(
         report = {
             "sources": {"llm": str(llm), "vision": str(vision)},
             "dtype": dtype,
+            "chat_template": chat_template_note(llm_template),
             **asdict(plan),
             "checks": checks,
         }
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return output, report
+
+
+def chat_template_note(llm_template: str | None) -> str:
+    """What the report says of the chat template: always Hydra-X's (it places visual blocks and generation targets),
+    and whether it replaced a different one the LLM's tokenizer had (Qwen2.5-Instruct's has tool calling and another
+    default system prompt)."""
+    note = "Hydra-X's (Qwen2.5-VL's format: default system prompt \"You are a helpful assistant.\", no tools)"
+    if llm_template is None or llm_template == HYDRAX_CHAT_TEMPLATE:
+        return note
+    return f"{note}; it replaces the language model's own template"
 
 
 def summarize_report(report: dict) -> str:
@@ -555,6 +586,7 @@ def summarize_report(report: dict) -> str:
         f"from {location}"
         for source, location in report["sources"].items()
     ]
+    lines.append(f"chat template: {report['chat_template']}")
     lines += [f"dropped {name}: {reason}" for name, reason in report["dropped"].items()]
     lines += [f"tied {name} → {tied_to}" for name, tied_to in report["tied"].items()]
     lines += [f"newly initialised: {name}" for name in report["initialised"]]

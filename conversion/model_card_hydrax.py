@@ -65,9 +65,9 @@ WARNINGS = {
     "converted": (
         "> [!WARNING]\n> **Not trained as a multimodal model yet.** The language model and the vision tower are "
         "pretrained weights copied exactly, but the projector, the timestep embedding and the flow head are newly "
-        "initialised (see `conversion_report.json`). Text-only chat behaves as the source language model does; image "
-        "and video understanding, generation and editing produce meaningless output until Hydra-X's training stages "
-        "have run."
+        "initialised (see `conversion_report.json`). Text-only prompts give the source language model's outputs (the "
+        "chat template is Hydra-X's, in Qwen2.5-VL's format, without tool calling); image and video understanding, "
+        "generation and editing produce meaningless output until Hydra-X's training stages have run."
     ),
 }
 

@@ -96,7 +96,9 @@ def _training_corpus(num_words: int = 30000) -> list[str]:
     return _CORPUS.splitlines() * 20 + lines
 
 
-def build_tiny_qwen2_tokenizer(vocab_size: int = 1024, model_max_length: int = 32768) -> Qwen2TokenizerFast:
+def build_tiny_qwen2_tokenizer(
+    vocab_size: int = 1024, model_max_length: int = 32768, padding_side: str = "right"
+) -> Qwen2TokenizerFast:
     r"""
     Builds, fully offline, a small byte-level BPE `Qwen2TokenizerFast` that behaves like Qwen2.5's: same
     pre-tokenisation, same special tokens (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<|vision_start|>`,
@@ -155,6 +157,7 @@ def build_tiny_qwen2_tokenizer(vocab_size: int = 1024, model_max_length: int = 3
         extra_special_tokens=QWEN2_5_SPECIAL_TOKENS[1:],
         errors="replace",
         model_max_length=model_max_length,
+        padding_side=padding_side,
         chat_template=HYDRAX_CHAT_TEMPLATE,
     )
     if len(tokenizer) != vocab_size:

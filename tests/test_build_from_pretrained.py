@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import HfApi
+from PIL import Image
 from test_remote_code_tok import BLOCK_OUR_PACKAGES
 from transformers import AutoModel, AutoProcessor, Qwen2Config, Qwen2ForCausalLM
 
@@ -63,20 +64,31 @@ QWEN2_5_7B_INSTRUCT = {
     "vocab_size": 152064,
 }
 CHECKPOINT_KEYS = ("architectures", "dtype", "transformers_version", "model_type")
+QWEN_TEMPLATE = (  # Qwen2.5-Instruct's default system prompt, without its tool calling
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are "
+    "Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>"
+    "{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def write_sources(folder: Path, tied: bool = False) -> dict[str, Path]:
     """A tiny Qwen2ForCausalLM (the tiny preset's sizes, transformers' own class) with the tiny Qwen2.5-style
-    tokenizer, and a Hydra-XTok with the tiny preset's vision config and its Decompressor, saved as checkpoints."""
+    tokenizer (and a chat template of its own, as Qwen2.5-Instruct has), and a Hydra-XTok with the tiny preset's
+    vision config but 8-pixel patches and its Decompressor, saved as checkpoints."""
     preset = HydraXConfig.from_preset("tiny")
     text = {key: value for key, value in preset.text_config.to_dict().items() if key not in CHECKPOINT_KEYS}
     torch.manual_seed(0)
     qwen = Qwen2ForCausalLM(Qwen2Config(**{**text, "tie_word_embeddings": tied}))
     qwen.generation_config.update(do_sample=True, temperature=0.7, top_p=0.8)  # as Qwen2.5-Instruct's
     qwen.save_pretrained(folder / "qwen")
-    build_tiny_qwen2_tokenizer(vocab_size=text["vocab_size"]).save_pretrained(folder / "qwen")
+    tokenizer = build_tiny_qwen2_tokenizer(vocab_size=text["vocab_size"])
+    tokenizer.chat_template = QWEN_TEMPLATE
+    tokenizer.save_pretrained(folder / "qwen")
     vision = {key: value for key, value in preset.vision_config.to_dict().items() if key not in CHECKPOINT_KEYS}
-    HydraXTokModel(HydraXTokConfig(**{**vision, "use_decompressor": True})).save_pretrained(folder / "tok")
+    HydraXTokModel(HydraXTokConfig(**{**vision, "patch_size": 8, "use_decompressor": True})).save_pretrained(
+        folder / "tok"
+    )
     return {"llm": folder / "qwen", "vision": folder / "tok"}
 
 
@@ -103,6 +115,8 @@ def test_report_accounts_for_every_source_tensor(built, sources):
     assert report["initialised"] and all(name.startswith(NEW_MODULES) for name in report["initialised"])
     assert report["checks"]["text_logits_max_abs_diff"] == 0.0
     assert report["checks"]["vision_encode_max_abs_diff"] == 0.0
+    assert report["checks"]["image_question_tokens"] > 0  # the saved processor's image question ran through the model
+    assert report["chat_template"].endswith("it replaces the language model's own template")
 
 
 def test_built_model_equals_its_sources(built, sources):
@@ -113,6 +127,15 @@ def test_built_model_equals_its_sources(built, sources):
     assert model.config.image_token_id == processor.image_token_id == HydraXConfig.from_preset("tiny").image_token_id
     assert model.config.text_config.vocab_size == len(processor.tokenizer) == 1024
     assert processor.chat_template == HYDRAX_CHAT_TEMPLATE
+    # the processor cuts images into the vision tower's patches (8 pixels here, not the processors' default 16)
+    assert processor.image_processor.patch_size == processor.video_processor.patch_size == 8
+    assert processor.tokenizer.padding_side == "left"  # saved generation-ready; the training collator pads right
+    question = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 48))}]}]
+    inputs = processor.apply_chat_template(question, tokenize=True, return_dict=True, return_tensors="pt")
+    (_, rows, columns), height_width = inputs["image_grid_thw"][0].tolist(), inputs["pixel_values"].shape[-2:]
+    assert list(height_width) == [8 * rows, 8 * columns]
+    with torch.no_grad():  # one placeholder per 8-pixel patch, as the model's vision tower counts them
+        assert model(**inputs, logits_to_keep=1).logits.shape == (1, 1, model.config.text_config.vocab_size)
     assert model.generation_config.do_sample and model.generation_config.top_p == 0.8
     ids = processor.tokenizer("A fox jumps over the lazy dog.", return_tensors="pt").input_ids
     pixels = torch.rand(1, 3, 5, 32, 32) * 2 - 1

@@ -407,6 +407,12 @@ def test_transformers_image_text_to_text_pipeline_answers_as_generate(checkpoint
         answers.append(answer)
     batch = answerer(text=[chat(red), chat(blue)], max_new_tokens=5, do_sample=False)
     assert [item for (item,) in batch] == answers
+    # batch_size > 1: the pipeline's own collator pads with the saved tokenizer's side (left), prompts of two lengths
+    long = [{**message, "content": [*message["content"], {"type": "text", "text": " Describe it in detail."}]}
+            for message in chat(red)]  # fmt: skip
+    alone = [answerer(text=conversation, max_new_tokens=5, do_sample=False) for conversation in (chat(red), long)]
+    together = answerer(text=[chat(red), long], batch_size=2, max_new_tokens=5, do_sample=False)
+    assert together == alone
     # the model card's task, `any-to-any`, loads through AutoModelForMultimodalLM and answers the same
     (answer,) = pipeline("any-to-any", model=str(checkpoint))(text=chat(red), max_new_tokens=5, do_sample=False)
     assert answer["generated_text"][-1] == answers[0]["generated_text"][-1]
