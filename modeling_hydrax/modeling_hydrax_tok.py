@@ -747,11 +747,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         checkpoint: its `vision_config` and its `model.vision_tower.*` weights (`vision_tower.*` from a `HydraXModel`
         folder), exactly, the way `CLIPVisionModel`
         loads from a CLIP checkpoint (the LLM, projector and flow head are left out and not reported). The unified
-        model's tower has no Decompressor, so neither has the loaded tokenizer.
+        model's tower has no Decompressor, so neither has the loaded tokenizer. It saves as a tokenizer checkpoint.
         """
+        unified = False
         if pretrained_model_name_or_path is not None:
             model_type, architectures = cls._checkpoint_kind(pretrained_model_name_or_path, kwargs)
-            if model_type == UNIFIED_MODEL_TYPE:
+            unified = model_type == UNIFIED_MODEL_TYPE
+            if unified:
                 key_mapping = {UNIFIED_VISION_TOWER_PREFIX.pattern: ""}
                 kwargs["key_mapping"] = {**key_mapping, **(kwargs.get("key_mapping") or {})}
             elif model_type != cls.config_class.model_type:
@@ -763,7 +765,15 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
                     "`HydraXForConditionalGeneration.save_pretrained` (e.g. `conversion/build_hydrax.py`); load this "
                     "one with `AutoModel.from_pretrained(..., trust_remote_code=True)`."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if unified:  # transformers would undo the renaming on save, writing unified keys (or failing to)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            model._weight_conversions = [
+                conversion
+                for conversion in model._weight_conversions or []
+                if UNIFIED_VISION_TOWER_PREFIX.pattern not in conversion.source_patterns
+            ]
+        return loaded
 
     @staticmethod
     def _checkpoint_kind(pretrained_model_name_or_path, kwargs) -> tuple[str | None, list[str] | None]:

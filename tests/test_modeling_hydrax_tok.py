@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import tiny_tok_config
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, Qwen2Config, modeling_utils
 from transformers.testing_utils import CaptureLogger
 
@@ -612,6 +613,20 @@ def test_loads_the_vision_tower_of_a_unified_checkpoint_exactly(unified_checkpoi
     pixels = clip(5)
     with torch.no_grad():
         assert torch.equal(loaded.eval().encode(pixels).latents, tower.encode(pixels).latents)
+
+
+def test_a_tower_loaded_from_a_unified_checkpoint_saves_as_a_tokenizer(unified_checkpoint, tmp_path):
+    """train_tokenizer.py --model <Hydra-X checkpoint> saves what it loaded: transformers used to undo the tower's
+    key renaming on save, and failed (IndexError)."""
+    path, tower = unified_checkpoint
+    HydraXTokModel.from_pretrained(path).save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+        assert set(saved.keys()) == set(tower.state_dict())  # `gen_vit.*`, ...: a tokenizer checkpoint's keys
+    resaved, info = HydraXTokModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    pixels = clip(5)
+    with torch.no_grad():
+        assert torch.equal(resaved.eval().encode(pixels).latents, tower.eval().encode(pixels).latents)
 
 
 def test_from_pretrained_names_a_foreign_checkpoint(tmp_path):
