@@ -74,12 +74,14 @@ from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
+    HydraXTokBadSample,
     HydraXTokBucketBatchSampler,
     HydraXTokClipDataset,
     HydraXTokStreamDataset,
     collate_clips,
     parse_resolution,
     psnr,
+    report,
 )
 from modeling_hydrax.losses_hydrax_tok import (  # noqa: E402
     HydraXTokLoss,
@@ -361,16 +363,17 @@ def save_grid(originals: torch.Tensor, rebuilt: torch.Tensor, path: Path, scale:
 
 # ------------------------------------------------------------------------------------------------- latent statistics
 @torch.no_grad()
-def compute_latent_stats(tokenizer: HydraXTokModel, dataset, max_samples: int, batch_size: int):
-    """Per-channel mean and std of the raw (un-normalised) posterior means over the first `max_samples` items of
-    `dataset` (centred crops, the middle clip), in float64; returns (mean, std, samples used)."""
+def compute_latent_stats(tokenizer: HydraXTokModel, dataset, max_samples: int, batch_size: int, seed: int = 0):
+    """Per-channel mean and std of the raw (un-normalised) posterior means over `max_samples` items of `dataset` drawn
+    at random with `seed` (all of a probed dataset that holds no more: a folder sorted by class or kind is sampled
+    whole, not its first items), centred crops and middle clips, in float64; returns (mean, std, samples loaded)."""
     device = next(tokenizer.parameters()).device
     was_training = tokenizer.training
     tokenizer.eval()
     channels = tokenizer.config.latent_channels
     total, total_sq = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
     count, used = 0, 0
-    for pixels in centred_batches(dataset, batch_size, max_samples):
+    for pixels in centred_batches(dataset, batch_size, max_samples, seed):
         pixels = pixels.to(device)
         dtype = next(tokenizer.parameters()).dtype
         latents = tokenizer.encode(pixels.to(dtype)).latent_dist.mean.double().cpu()
@@ -386,31 +389,46 @@ def compute_latent_stats(tokenizer: HydraXTokModel, dataset, max_samples: int, b
     return mean.tolist(), std.tolist(), used
 
 
-def centred_batches(dataset, batch_size: int, max_samples: int):
-    """`pixel_values` batches of the first `max_samples` items, centred crops and middle clips: of a probed dataset
-    bucket by bucket, or of a stream (`HydraXTokStreamDataset`) in its unshuffled order."""
+def centred_batches(dataset, batch_size: int, max_samples: int, seed: int | None = None):
+    """`pixel_values` batches of `max_samples` items, centred crops and middle clips: of a probed dataset the first
+    ones bucket by bucket, or with a `seed` a random draw over all items (batched by bucket); of a stream
+    (`HydraXTokStreamDataset`) the first rows, or with a `seed` the first of its shuffled rows (images and videos
+    drawn by its `video_ratio`). Files that fail to decode are left out (reported)."""
     if isinstance(dataset, HydraXTokStreamDataset):
-        options = dict(num_frames=dataset.num_frames, frame_stride=dataset.frame_stride)
-        stream = HydraXTokStreamDataset(
-            dataset.sources, dataset.resolutions, batch_size, augment=False, on_bad_sample="skip", **options
-        )
+        options = dict(num_frames=dataset.num_frames, frame_stride=dataset.frame_stride, on_bad_sample="skip")
+        if seed is not None:
+            options.update(shuffle=True, seed=seed, video_ratio=dataset.video_ratio)
+        stream = HydraXTokStreamDataset(dataset.sources, dataset.resolutions, batch_size, augment=False, **options)
         for batch in stream:
             yield batch["pixel_values"][:max_samples]
             max_samples -= len(batch["pixel_values"])
             if max_samples <= 0:
                 return
         return
-    for keys in eval_batches(dataset, batch_size, max_samples):
-        samples = [sample for sample in (dataset[key] for key in keys) if sample is not None]
+    for keys in eval_batches(dataset, batch_size, max_samples, seed):
+        samples = []
+        for index, _ in keys:
+            try:
+                samples.append(dataset.load(index, None))
+            except HydraXTokBadSample as error:
+                report(str(error), dataset.on_bad_sample)
         if samples:
             yield torch.stack([sample["pixel_values"] for sample in samples])
 
 
-def eval_batches(dataset: HydraXTokClipDataset, batch_size: int, max_samples: int | None = None) -> list[list]:
-    """Deterministic batches of `(index, None)` keys (centred crops), bucket by bucket, at most `max_samples` keys."""
-    batches, budget = [], max_samples if max_samples is not None else len(dataset)
+def eval_batches(
+    dataset: HydraXTokClipDataset, batch_size: int, max_samples: int | None = None, seed: int | None = None
+) -> list[list]:
+    """Deterministic batches of `(index, None)` keys (centred crops), bucket by bucket, at most `max_samples` keys:
+    the first ones of each bucket in turn, or with a `seed` a random draw of `max_samples` over all items."""
+    budget = max_samples if max_samples is not None else len(dataset)
+    chosen = None
+    if seed is not None and budget < len(dataset):
+        generator = torch.Generator().manual_seed(seed)
+        chosen = set(torch.randperm(len(dataset), generator=generator)[:budget].tolist())
+    batches = []
     for indices in dataset.buckets.values():
-        indices = indices[: max(0, budget)]
+        indices = [index for index in indices if index in chosen] if chosen is not None else indices[: max(0, budget)]
         budget -= len(indices)
         batches += [
             [(index, None) for index in indices[i : i + batch_size]] for i in range(0, len(indices), batch_size)
@@ -543,10 +561,11 @@ def loss_weights(args) -> dict[str, float]:
     return weights
 
 
-def load_teachers(args, config: HydraXTokConfig, new_model: bool, weights: dict[str, float]):
+def load_teachers(args, config: HydraXTokConfig, new_heads: bool, weights: dict[str, float]):
     """The frozen teachers (bf16 on a GPU that has it) whose distillation term has a weight (a teacher whose term is
     off is not loaded: InternVideo-Next is a large download with remote code), or None with `--no-teachers`
-    (logged). The config records both teachers' names."""
+    (logged). The config records both teachers' names, and with `new_heads` (a new model, or one without a
+    Decompressor) the teachers' widths, which the distillation heads about to be built project to."""
     if args.no_teachers:
         logger.warning("--no-teachers: the image and video distillation terms are off; the Sem-ViT gets no signal.")
         return None
@@ -558,7 +577,7 @@ def load_teachers(args, config: HydraXTokConfig, new_model: bool, weights: dict[
     config.update(names)
     used = {kind: weights[f"distill_{kind}"] > 0 for kind in ("image", "video")}
     loaded = {f"{kind}_teacher_name": names[f"{kind}_teacher_name"] if used[kind] else None for kind in used}
-    if new_model:  # its distillation heads are sized for these teachers
+    if new_heads:  # the distillation heads will be sized for these teachers
         teachers = HydraXTokTeachers.from_pretrained(**loaded, dtype=dtype, trust_remote_code=args.trust_remote_code)
         config.image_teacher_hidden_size = teachers.image_hidden_size or config.image_teacher_hidden_size
         config.video_teacher_hidden_size = teachers.video_hidden_size or config.video_teacher_hidden_size
@@ -660,20 +679,21 @@ def main(argv=None) -> HydraXTokTrainer | None:
         saved_dtype = stored_dtype(HydraXTokConfig.from_pretrained(args.model))
         tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
-    teachers = load_teachers(args, tokenizer.config, new_model, weights) if distilling else None
+    new_heads = new_model or tokenizer.decompressor is None  # the distillation heads are sized for the teachers
+    teachers = load_teachers(args, tokenizer.config, new_heads, weights) if distilling else None
     if new_model and teachers is not None:
         tokenizer.config.use_decompressor = True
-        tokenizer = HydraXTokModel(tokenizer.config)  # distillation heads sized for the teachers
-    if teachers is not None and tokenizer.decompressor is None:
-        raise ValueError(
-            f"{args.model} has no Decompressor (use_decompressor=False), which distillation needs: train it with "
-            "--no-teachers, or start from a model built with one."
-        )
+        tokenizer = HydraXTokModel(tokenizer.config)
+    elif teachers is not None and tokenizer.decompressor is None:  # e.g. a stage-1 model trained with --no-teachers
+        tokenizer.add_decompressor()
+        print(f"{args.model} had no Decompressor (training only): a new one is initialised for the distillation.")
     device = training_args.device
     tokenizer.to(device)
     if args.stage == 3 or args.compute_latent_stats:
         tokenizer.config.latents_mean = tokenizer.config.latents_std = None
-        mean, std, used = compute_latent_stats(tokenizer, train_dataset, args.stats_samples, args.batch_size)
+        mean, std, used = compute_latent_stats(
+            tokenizer, train_dataset, args.stats_samples, args.batch_size, args.seed
+        )
         tokenizer.config.latents_mean, tokenizer.config.latents_std = mean, std
         tokenizer.config.latents_stats_samples = used
         print(

@@ -437,8 +437,9 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
         seed: shuffling and augmentation seed.
         buffer_size: rows the stream shuffles among.
         process_index, num_processes: this process's share of the rows.
-        augment: random crops, flips and clip starts, and rows shuffled and drawn by `video_ratio` (else the centred
-            box and middle clip of every row once, in the sources' order).
+        augment: random crops, flips and clip starts (else the centred box and middle clip).
+        shuffle: rows shuffled and drawn by `video_ratio` (else every row once, in the sources' order); defaults to
+            `augment`.
         **kwargs: the other options of [`HydraXTokCropper`].
     """
 
@@ -453,6 +454,7 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
         process_index: int = 0,
         num_processes: int = 1,
         augment: bool = True,
+        shuffle: bool | None = None,
         **kwargs,
     ):
         import datasets
@@ -464,6 +466,7 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
         if not 0 <= video_ratio <= 1:
             raise ValueError(f"`video_ratio` must be in [0, 1], got {video_ratio}.")
         self.sources, self.batch_size, self.seed, self.augment = list(sources), batch_size, seed, augment
+        self.video_ratio, shuffle = video_ratio, augment if shuffle is None else shuffle
         self.process_index = process_index
         self.epoch = 0
         by_kind = {"image": [], "video": []}
@@ -474,7 +477,7 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
                     stream.filter(lambda row, kind=kind: row[kind] is not None) if len(kinds) == 2 else stream
                 )
         self.streams = {kind: parts for kind, parts in by_kind.items() if parts}
-        if augment and len(self.streams) == 2 and video_ratio in (0, 1):  # interleaving would repeat one kind forever
+        if shuffle and len(self.streams) == 2 and video_ratio in (0, 1):  # interleaving would repeat one kind forever
             kept = "video" if video_ratio == 1 else "image"
             self.streams = {kept: self.streams[kept]}
         if not self.streams:
@@ -484,7 +487,7 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
         kinds = [
             datasets.interleave_datasets(parts, stopping_strategy="all_exhausted") for parts in self.streams.values()
         ]
-        if len(kinds) == 2 and not augment:  # every row once: the images, then the videos
+        if len(kinds) == 2 and not shuffle:  # every row once: the images, then the videos
             rows = datasets.concatenate_datasets(kinds)
         elif len(kinds) == 2:
             rows = datasets.interleave_datasets(
@@ -492,7 +495,7 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
             )
         else:
             rows = kinds[0]
-        rows = rows.shuffle(seed=seed, buffer_size=buffer_size) if augment else rows
+        rows = rows.shuffle(seed=seed, buffer_size=buffer_size) if shuffle else rows
         self.rows = split_dataset_by_node(rows, rank=process_index, world_size=num_processes)
 
     def kinds(self) -> set[str]:

@@ -733,6 +733,14 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         self.decompressor = HydraXTokDecompressor(config) if config.use_decompressor else None
         self.post_init()
 
+    def add_decompressor(self) -> None:
+        """Give a tokenizer saved without one (`use_decompressor=False`: the unified model's tower, or one trained
+        without teachers) a newly initialised Decompressor, sized by the config's teacher widths, for distillation."""
+        self.config.use_decompressor = True
+        parameter = next(self.parameters())
+        self.decompressor = HydraXTokDecompressor(self.config).to(parameter.device, parameter.dtype)
+        self.decompressor.apply(self._init_weights)
+
     def get_input_embeddings(self) -> nn.Module:
         """Sem-ViT's input layer (latent → ViT width), where the LLM's path enters the tokenizer: transformers'
         `enable_input_require_grads` hooks it, so that adapters on Sem-ViT train under reentrant gradient

@@ -331,17 +331,56 @@ def test_the_statistics_use_at_most_stats_samples_items(data, stage1, latent_sta
     train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--no-teachers", "--stats-samples", 3)
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["latents_stats_samples"] == 3
-    # the first 3 keys of eval_batches: 3 of the 6 images (no video), so other statistics than over all 7 items
     full = json.loads((latent_stats / "model" / "config.json").read_text())
     assert not torch.allclose(torch.tensor(config["latents_mean"]), torch.tensor(full["latents_mean"]))
+    # 3 items drawn at random over the whole dataset (--seed 0), not the first 3 of a folder sorted by class or kind
     dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
-    keys = [key for batch in train_tokenizer.eval_batches(dataset, 2, 3) for key in batch]
-    assert keys == [(0, None), (1, None), (2, None)]
+    keys = [key for batch in train_tokenizer.eval_batches(dataset, 2, 3, seed=0) for key in batch]
+    drawn = torch.randperm(7, generator=torch.Generator().manual_seed(0))[:3].tolist()
+    assert {index for index, _ in keys} == set(drawn)
+    assert keys != [(0, None), (1, None), (2, None)]
+    draws = {tuple(key for batch in train_tokenizer.eval_batches(dataset, 2, 3, seed=seed) for key in batch)
+             for seed in range(20)}  # fmt: skip
+    assert any((6, None) in draw for draw in draws)  # the video (item 6, listed last) is drawn too
     tokenizer = AutoModel.from_pretrained(stage1[0] / "model")
-    mean, std, used = train_tokenizer.compute_latent_stats(tokenizer, dataset, 3, 2)
+    mean, std, used = train_tokenizer.compute_latent_stats(tokenizer, dataset, 3, 2, seed=0)
     assert used == 3
     torch.testing.assert_close(torch.tensor(mean), torch.tensor(config["latents_mean"]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(std), torch.tensor(config["latents_std"]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_statistics_leave_out_files_that_fail_to_decode(stage1, tmp_path):
+    """A file that fails to decode is left out of the statistics and their count (the training data replaces it by
+    another item of its bucket, which counted that item twice)."""
+    write_images(tmp_path, count=3)
+    data = (tmp_path / "image2.png").read_bytes()
+    (tmp_path / "image2.png").write_bytes(data[: len(data) // 2])  # the header probes, the pixels do not decode
+    tokenizer = AutoModel.from_pretrained(stage1[0] / "model")
+    dataset = HydraXTokClipDataset([tmp_path], resolutions=[(32, 32)], num_frames=5)
+    assert len(dataset) == 3
+    mean, _, used = train_tokenizer.compute_latent_stats(tokenizer, dataset, 10, 2)
+    (tmp_path / "image2.png").unlink()
+    readable = HydraXTokClipDataset([tmp_path], resolutions=[(32, 32)], num_frames=5)
+    expected, _, expected_used = train_tokenizer.compute_latent_stats(tokenizer, readable, 10, 2)
+    assert used == expected_used == 2
+    torch.testing.assert_close(torch.tensor(mean), torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_stage_3_from_a_model_trained_without_teachers_adds_a_decompressor(data, helpers, tmp_path, capsys):
+    """A stage-1 model trained with --no-teachers has no Decompressor (whose heads are sized for the teachers):
+    stage 3 builds a new one for the teachers it loads instead of stopping on their widths."""
+    first = tmp_path / "stage1"
+    train(data, first, "--preset", "tiny", "--no-teachers", "--max-steps", 1, "--save-steps", 1)
+    assert AutoModel.from_pretrained(first / "model").decompressor is None
+    third = tmp_path / "stage3"
+    train(data, third, "--model", first / "model", "--stage", 3, "--max-steps", 1, "--save-steps", 1,
+          *teacher_args(helpers))  # fmt: skip
+    assert "had no Decompressor" in capsys.readouterr().out
+    model = AutoModel.from_pretrained(third / "model")
+    assert model.decompressor is not None
+    assert model.config.image_teacher_hidden_size == 16 and model.config.video_teacher_hidden_size == 24
+    before, after = state_dict(first / "model"), model.state_dict()
+    assert all(torch.equal(after[name], tensor) for name, tensor in before.items() if name.startswith("gen_vit."))
 
 
 # ------------------------------------------------------------------------------------------------------- resuming
