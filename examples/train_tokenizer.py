@@ -145,6 +145,16 @@ class HydraXTokTrainingModel(nn.Module):
         self._teachers = [teachers]  # a list: not registered as a submodule
         self.step = 0
 
+    def train(self, mode: bool = True):
+        """Trainer's `model.train()`, except for the tokenizer's parts the stage freezes whole (the Gen-ViT in stages
+        2 and 3, the decoder in stage 3): they stay in eval mode, as diffusers' scripts keep a frozen VAE, so that
+        their dropout does not change the features the trained parts learn from (`encode` gives them without)."""
+        super().train(mode)
+        for part in self.tokenizer.children() if mode else ():
+            if not any(parameter.requires_grad for parameter in part.parameters()):
+                part.eval()
+        return self
+
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """Trainer's `--gradient-checkpointing`: recompute the tokenizer's blocks in the backward pass."""
         self.tokenizer.activation_checkpointing_enable(**kwargs)
@@ -235,6 +245,13 @@ class HydraXTokTrainer(HydraXTrainer):
         super().__init__(*args, **kwargs)
         self.batch_sampler, self.eval_batches, self.time_budget = batch_sampler, eval_batches, time_budget
         self.can_return_loss = True  # forward(pixel_values) takes no labels: without this, evaluation skips the loss
+
+    def term_weights(self, inputs) -> tuple:
+        """One per batch for every logged term but `distill_video` of an image batch, which has no video term (it
+        reports 0): counted, it scaled the logged video distance down by the share of image batches."""
+        pixels = inputs["pixel_values"]
+        clips = pixels.ndim == 5 and pixels.shape[2] > 1
+        return tuple(int(clips or name != "distill_video") for name in self.logged_terms)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.time_budget is None or self.lr_scheduler is not None:
