@@ -92,7 +92,9 @@ class HydraXConfig(PreTrainedConfig):
         if self.vision_config.use_decompressor:
             self.vision_config.use_decompressor = False
         self.flow_head_hidden_size = self.flow_head_hidden_size or self.text_config.hidden_size
-        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+        # Tied when either says so, as Qwen2.5-VL and LLaVA read it (pre-v5 checkpoints kept it in the text config)
+        self.tie_word_embeddings = self.tie_word_embeddings or self.text_config.tie_word_embeddings
+        self.text_config.tie_word_embeddings = self.tie_word_embeddings
 
     def validate_architecture(self):
         """Part of `@strict`-powered validation."""

@@ -649,6 +649,21 @@ def test_config_never_changes_the_callers_tokenizer_config(tmp_path):
         assert torch.equal(saved, loaded), name
 
 
+@pytest.mark.parametrize("where", ["top", "text_config"])
+def test_tie_word_embeddings_is_kept_from_either_level(where, tmp_path):
+    """Tied when the top level or the text config says so, as Qwen2.5-VL and LLaVA read it: the top-level setting was
+    overwritten by the text config's False, silently untying the model."""
+    preset = HydraXConfig.from_preset("tiny")
+    text = {**preset.text_config.to_dict(), "tie_word_embeddings": where == "text_config"}
+    config = HydraXConfig.from_preset("tiny", text_config=text, tie_word_embeddings=where == "top")
+    assert config.tie_word_embeddings and config.text_config.tie_word_embeddings
+    model = HydraXForConditionalGeneration(config)
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    model.save_pretrained(tmp_path)
+    reloaded = HydraXForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.lm_head.weight is reloaded.model.language_model.embed_tokens.weight
+
+
 def test_skip_keys_device_placement_names_whole_keys(model):
     assert model._skip_keys_device_placement == {"cache"}, "a string would become a set of its characters"
 
