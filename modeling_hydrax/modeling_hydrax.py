@@ -134,6 +134,17 @@ def check_placeholder_count(count: int, num_features: int, what: str, cached: in
         )
 
 
+def visual_token_count(pixels, patch_size: int) -> int:
+    """Placeholders that images `[N, 3, H, W]` or videos `[N, 3, 1+T, H, W]` (a batch, or a list of single items)
+    fill: `(H / patch_size) · (W / patch_size)` per latent frame, `1 + T/4` latent frames a video."""
+    items = [pixels] if isinstance(pixels, torch.Tensor) else [item[None] for item in pixels]
+    total = 0
+    for item in items:
+        frames = 1 + (item.shape[2] - 1) // 4 if item.ndim == 5 else 1
+        total += item.shape[0] * frames * (item.shape[-2] // patch_size) * (item.shape[-1] // patch_size)
+    return total
+
+
 def batch_or_list(items: list[torch.Tensor]):
     """Stack same-shaped tensors into a batch; keep a list when shapes differ; `None` when empty."""
     if not items:
@@ -164,6 +175,12 @@ def check_timesteps(timesteps: torch.Tensor, latent_shape, name: str = "timestep
         raise ValueError(
             f"`{name}` must be [{batch}] (one flow time per target) or [{batch}, {frames}] (one per latent frame) for "
             f"latents of shape {tuple(latent_shape)}, got {tuple(timesteps.shape)}."
+        )
+    if not torch.compiler.is_compiling() and bool(((timesteps < 0) | (timesteps > 1)).any()):
+        raise ValueError(
+            f"`{name}` are flow times σ in [0, 1], got values from {timesteps.min().item()} to "
+            f"{timesteps.max().item()}; with a diffusers scheduler pass `scheduler.sigmas[i]`, not "
+            "`scheduler.timesteps[i]` (σ · 1000)."
         )
 
 
@@ -299,6 +316,30 @@ class HydraXPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _repeated_blocks = ["Qwen2DecoderLayer"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        r"""[`PreTrainedModel.from_pretrained`], refusing another model's checkpoint up front: transformers only warns,
+        then builds this class's default configuration (13 B parameters) with random weights."""
+        model_type = None
+        if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
+            try:
+                model_type, architectures = HydraXTokModel._checkpoint_kind(pretrained_model_name_or_path, kwargs)
+            except OSError:  # no config.json (e.g. a PEFT adapter folder): transformers finds the base model
+                pass
+        if model_type not in (None, cls.config_class.model_type):
+            hint = (
+                "load it with `HydraXTokModel.from_pretrained`, or build a Hydra-X around it with "
+                "`conversion/build_hydrax.py --vision`"
+                if model_type == HydraXTokModel.config_class.model_type
+                else "load it with its own class (`AutoModel.from_pretrained`)"
+            )
+            raise ValueError(
+                f"{str(pretrained_model_name_or_path)!r} holds a {model_type!r} checkpoint "
+                f"({', '.join(architectures or ['no architectures listed'])}), not a Hydra-X one "
+                f"({cls.config_class.model_type!r}): {hint}."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     def compile_repeated_blocks(self, *args, **kwargs):
         """Regional compilation, as in diffusers' `ModelMixin.compile_repeated_blocks`: `torch.compile(*args,
         **kwargs)` on each of the LLM's decoder layers rather than on the whole model.
@@ -376,7 +417,9 @@ class HydraXModel(HydraXPreTrainedModel):
     def encode_latents(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels → normalised latents with the frozen Gen-ViT (posterior mean)."""
         dtype = self.vision_tower.gen_vit.patch_embedding.weight.dtype
-        return self.vision_tower.encode(pixel_values.to(dtype)).latents
+        if pixel_values.is_floating_point():  # others reach the tokenizer's check (uint8 [0, 255] is not [-1, 1])
+            pixel_values = pixel_values.to(dtype)
+        return self.vision_tower.encode(pixel_values).latents
 
     def _visual_features(self, pixel_values) -> BaseModelOutputWithPooling:
         """Clean pixels (a batched tensor or a list of differently sized ones) → Sem-ViT features `[Σ tokens, D]`
@@ -640,13 +683,16 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         cached = cache.get_seq_length() if isinstance(cache, Cache) else 0  # a multi-turn chat's earlier prompt
-        for what, token_id, grids in (
-            ("image", self.config.image_token_id, kwargs.get("image_grid_thw")),
-            ("video", self.config.video_token_id, kwargs.get("video_grid_thw")),
+        patch_size = self.config.vision_config.patch_size
+        for what, token_id, grids, pixels in (
+            ("image", self.config.image_token_id, kwargs.get("image_grid_thw"), kwargs.get("pixel_values")),
+            ("video", self.config.video_token_id, kwargs.get("video_grid_thw"), kwargs.get("pixel_values_videos")),
         ):
-            if input_ids is not None and grids is not None:
-                count = int((input_ids[:, cached:] == token_id).sum())
-                check_placeholder_count(count, int(grids.prod(-1).sum()), what, cached)
+            if input_ids is None or grids is None and pixels is None:
+                continue
+            count = int((input_ids[:, cached:] == token_id).sum())
+            features = int(grids.prod(-1).sum()) if grids is not None else visual_token_count(pixels, patch_size)
+            check_placeholder_count(count, features, what, cached)
         config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
         visual = [
@@ -865,6 +911,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
                 group_timesteps = pick(timesteps, rows)
                 check_timesteps(group_timesteps, z0.shape)
             group_noise = torch.randn_like(z0) if noise is None else pick(noise, rows)
+            if group_noise.ndim == 4 and z0.shape[2] == 1:  # images' noise without a frame axis, as their latents
+                group_noise = group_noise.unsqueeze(2)
+            if group_noise.shape != z0.shape:
+                raise ValueError(
+                    f"`noise` must match the target latents: {tuple(z0.shape)} for these targets (one per target, in "
+                    f"latent space), got {tuple(group_noise.shape)}."
+                )
             t = group_timesteps.float()  # mixed in float32: a bf16 t would differ from the one the model is told
             t = t.view(-1, 1, 1, 1, 1) if t.ndim == 1 else t.view(t.shape[0], 1, t.shape[1], 1, 1)
             groups.append(
@@ -1003,6 +1056,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         """
         # 1. Noise the generation targets (and encode the edit sources)
         input_ids = self.model.sequence_ids(input_ids, inputs_embeds)
+        if target_mask is not None and tuple(target_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"`target_mask` must have the shape of the tokens, {tuple(input_ids.shape)}, got "
+                f"{tuple(target_mask.shape)}; pass the processor's `target_mask` with its `input_ids`."
+            )
+        if target_latents is not None and target_pixel_values is not None:
+            raise ValueError("Pass the generation targets once: `target_latents` or `target_pixel_values`, not both.")
         if target_mask is not None and not bool(target_mask.any()):
             target_mask = None  # a collated batch without generation samples
         if target_mask is not None and target_pixel_values is None and target_latents is None:
@@ -1132,6 +1192,17 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         (`source_pixel_values`) fills the prompt's last visual block. Returns the state `predict_velocity` reuses."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        ends = input_ids[:, -1] == self.config.vision_start_token_id
+        if not bool((ends & attention_mask[:, -1].bool()).all()):
+            raise ValueError(
+                "Every row of `input_ids` must end with the generation target's `<|vision_start|>`: cut the prompt "
+                "before the target's placeholders and pad on the left (`padding_side='left'`)."
+            )
+        if source_pixel_values is not None and len(source_pixel_values) != len(input_ids):
+            raise ValueError(
+                f"`source_pixel_values` holds {len(source_pixel_values)} sources for {len(input_ids)} prompt rows: "
+                "give one per row (repeat the source for each guidance branch)."
+            )
         source_cache = generation_embeds = generation_mask = None
         if source_pixel_values is not None and self.config.vision_config.attention_mode == "full":
             raise ValueError(
@@ -1172,6 +1243,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         conditional and unconditional prompts): Sem-ViT, projector and timestep embedding then run once and their
         embeddings are shared by the branches, unless the prefix has an edit source (each branch's Sem-ViT sees its own
         source, so the latents are repeated for it)."""
+        latent_shape = self.model.vision_tower._check_latents(noisy_latents).shape
         rows = prefix.attention_mask.shape[0]
         if rows % noisy_latents.shape[0]:
             raise ValueError(
@@ -1181,7 +1253,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         branches = rows // noisy_latents.shape[0]
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(noisy_latents.shape[0])
-        check_timesteps(timesteps, self.model.vision_tower._check_latents(noisy_latents).shape)
+        check_timesteps(timesteps, latent_shape)
         if prefix.source_cache is not None and branches > 1:
             noisy_latents, timesteps, branches = (
                 noisy_latents.repeat(branches, 1, 1, 1, 1),

@@ -7,6 +7,7 @@ to those of the frame just before it, computed block-sparse (frames folded into 
 the `causal` ablation mode is block-sparse too (each frame against its key prefix).
 """
 
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -876,16 +877,24 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             )
         return latents
 
-    def _check_chunking(self, chunk_frames, cache):
-        if chunk_frames is not None and (not isinstance(chunk_frames, int) or chunk_frames < 1):
-            raise ValueError(
-                f"`chunk_frames` counts latent frames per chunk and must be an int ≥ 1, got {chunk_frames}."
-            )
+    def _check_chunking(self, chunk_frames, cache) -> int | None:
+        """`chunk_frames` as an int (numpy and 0-d tensor integers too), or a clear error."""
+        if chunk_frames is not None:
+            try:
+                count = None if isinstance(chunk_frames, bool) else operator.index(chunk_frames)
+            except TypeError:
+                count = None
+            if count is None or count < 1:
+                raise ValueError(
+                    f"`chunk_frames` counts latent frames per chunk and must be an int ≥ 1, got {chunk_frames!r}."
+                )
+            chunk_frames = count
         if self.config.attention_mode == "full" and (chunk_frames is not None or cache is not None):
             raise ValueError(
                 "`chunk_frames` and `cache` need temporally causal attention, but attention_mode='full' lets every "
                 "frame see the future; use attention_mode='tubelet' or 'causal', or encode the whole clip."
             )
+        return chunk_frames
 
     # ---------------------------------------------------------------- latent normalisation
     def _latent_stats(self, reference: torch.Tensor):
@@ -924,7 +933,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model.
         """
         self._check_keywords("encode", kwargs)
-        self._check_chunking(chunk_frames, cache)
+        chunk_frames = self._check_chunking(chunk_frames, cache)
         offset = cache.seen("encoder") if cache is not None else 0
         pixel_values = self._check_pixel_values(pixel_values, continuing=offset > 0)
         ratio = self.config.temporal_compression_ratio
@@ -968,7 +977,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         stream decode to 4·F frames). `chunk_frames` decodes that many latent frames at a time (same result), each
         chunk written into the preallocated output, so working memory does not grow with the clip."""
         self._check_keywords("decode", kwargs)
-        self._check_chunking(chunk_frames, cache)
+        chunk_frames = self._check_chunking(chunk_frames, cache)
         latents = self.denormalize_latents(self._check_latents(latents))
         layout = (latents.shape[0], *latents.shape[-2:])
         if cache is not None:
@@ -1063,6 +1072,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         not pay for it. `output_hidden_states` / `output_attentions` fill the `encoder_*`, `semantic_*` and
         `decoder_*` fields (the training-only Decompressor's blocks are not recorded).
         """
+        self._check_keywords("forward", kwargs)
         sample = self.training if sample_posterior is None else sample_posterior
         encoded = self.encode(pixel_values, sample=sample, generator=generator, return_dict=True, **kwargs)
         latents = encoded.latents

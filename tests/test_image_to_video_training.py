@@ -37,7 +37,8 @@ def trained(image_to_video_prob: float, steps: int = 400, batch: int = 16):
 def continue_anchors(model, anchors: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """Image-to-video's Euler loop: the anchor clean at flow time 0 in every step, the next frame from noise."""
     ids = prompt_ids(model.config)
-    prefix = model.prepare_generation_prefix(ids[:, : -FRAMES * SIDE * SIDE - 1].expand(anchors.shape[0], -1))
+    cut = -FRAMES * SIDE * SIDE - 2  # the prompt up to the target's <|vision_start|> (placeholders, end marker, 7 off)
+    prefix = model.prepare_generation_prefix(ids[:, :cut].expand(anchors.shape[0], -1))
     latents = torch.randn(anchors.shape[0], CHANNELS, FRAMES, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
     sigmas = torch.linspace(1, 0, steps + 1)
     for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):

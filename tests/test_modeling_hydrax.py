@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_hydrax, visual_block
@@ -768,3 +769,73 @@ def test_trainer_keeps_dividing_by_gradient_accumulation(model):
     args = TrainingArguments(output_dir="unused", report_to=[], use_cpu=True)
     trainer = Trainer(model=model, args=args)
     assert model.accepts_loss_kwargs is False and not trainer.model_accepts_loss_kwargs
+
+
+# ---------------------------------------------------------------- plausible mistakes at the call boundaries
+def test_bad_generation_inputs_are_named_up_front(model):
+    """Each mistake gets an error naming the argument, where it used to crash deep inside, blame another argument or
+    silently compute something else."""
+    config, ids = model.config, t2i_ids(model.config)
+    prompt = ids[:, : -IMAGE_TOKENS - 1]  # ends with the target's <|vision_start|>
+    z0 = torch.randn(1, 8, 1, 2, 2)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match="uint8"):  # [0, 255] pixels were converted to float and encoded
+            model.get_image_features(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        with pytest.raises(ValueError, match=r"σ in \[0, 1\].*scheduler.sigmas"):  # σ·1000 from a diffusers loop
+            model.predict_velocity(z0, torch.tensor([667.0]), model.prepare_generation_prefix(prompt))
+        with pytest.raises(ValueError, match=r"σ in \[0, 1\]"):  # t < 0 counted as clean context: flow loss 0
+            model(input_ids=ids, target_latents=z0, timesteps=torch.tensor([-0.5]))
+        with pytest.raises(ValueError, match=r"`noise` must match the target latents: \(1, 8, 1, 2, 2\)"):
+            model(input_ids=ids, target_latents=z0, noise=torch.randn(1, 8, 2, 2, 2))
+        noise = torch.randn(1, 8, 2, 2)  # an image's noise without a frame axis, as its latents may be given
+        torch.testing.assert_close(
+            model(input_ids=ids, target_latents=z0, timesteps=torch.tensor([0.5]), noise=noise).velocity,
+            model(input_ids=ids, target_latents=z0, timesteps=torch.tensor([0.5]), noise=noise[:, :, None]).velocity,
+        )
+        with pytest.raises(ValueError, match="`target_mask` must have the shape of the tokens"):
+            model(input_ids=ids, target_latents=z0, target_mask=torch.ones(1, 3, dtype=torch.bool))
+        with pytest.raises(ValueError, match="`target_latents` or `target_pixel_values`, not both"):
+            model(input_ids=ids, target_latents=z0, target_pixel_values=image())
+        for cut in (ids, ids[:, : -IMAGE_TOKENS - 2]):  # the whole prompt, or one token short of the target
+            with pytest.raises(ValueError, match=r"must end with the generation target's `<\|vision_start\|>`"):
+                model.prepare_generation_prefix(cut)
+        right_padded = torch.cat([prompt, prompt.new_full((1, 1), config.pad_token_id)], dim=1)
+        with pytest.raises(ValueError, match="pad on the left"):
+            model.prepare_generation_prefix(right_padded, attention_mask=(right_padded != config.pad_token_id).long())
+        edit_prompt = edit_ids(config)[:, : -IMAGE_TOKENS - 1].repeat(2, 1)  # CFG's two rows, the source once
+        with pytest.raises(ValueError, match="1 sources for 2 prompt rows: give one per row"):
+            model.prepare_generation_prefix(edit_prompt, source_pixel_values=image())
+        with pytest.raises(ValueError, match="latents"):  # [C, h, w]: named as latents, not as a row mismatch
+            model.predict_velocity(torch.randn(8, 2, 2), torch.tensor(0.5), model.prepare_generation_prefix(prompt))
+    question = understanding_ids(config)
+    with pytest.raises(ValueError, match="1 image placeholder tokens.*2 features|4 image placeholder tokens.*8"):
+        model.generate(input_ids=question, pixel_values=image(2), num_beams=2, max_new_tokens=2, do_sample=False)
+
+
+def test_tokenizer_chunk_counts_and_forward_keywords(model):
+    tokenizer, video = model.model.vision_tower, image(frames=9)
+    with torch.no_grad():
+        whole = tokenizer.encode(video).latents
+        for count in (np.int64(1), torch.tensor(1)):  # integers of numpy and torch, as loops and configs give them
+            torch.testing.assert_close(tokenizer.encode(video, chunk_frames=count).latents, whole, rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="must be an int ≥ 1, got True"):
+            tokenizer.encode(video, chunk_frames=True)
+        with pytest.raises(TypeError, match=r"HydraXTokModel.forward\(\) got unexpected keyword argument\(s\)"):
+            tokenizer(video, chunk_frames=1)
+
+
+def test_another_models_checkpoint_is_refused_before_anything_is_built(tmp_path):
+    """transformers only warned, then built the default configuration (13 B random parameters, killed for memory)."""
+    from conftest import tiny_tok_config
+    from transformers import Qwen2Config
+
+    from modeling_hydrax import HydraXModel, HydraXTokModel
+
+    HydraXTokModel(tiny_tok_config()).save_pretrained(tmp_path / "tok")
+    for cls in (HydraXForConditionalGeneration, HydraXModel):
+        with pytest.raises(ValueError, match=r"'hydrax_tok' checkpoint \(HydraXTokModel\), not a Hydra-X one"):
+            cls.from_pretrained(tmp_path / "tok")
+    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "qwen")
+    with pytest.raises(ValueError, match="'qwen2' checkpoint.*its own class"):
+        HydraXForConditionalGeneration.from_pretrained(tmp_path / "qwen")
+    assert type(AutoModel.from_pretrained(tmp_path / "tok")) is HydraXTokModel
