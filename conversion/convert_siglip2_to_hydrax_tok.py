@@ -131,6 +131,11 @@ def layer_split(
     `num_gen_layers` / `num_decoder_layers` is kept, and its fold / unfold layer follows it."""
     if num_layers < 2:
         raise ValueError(f"A SigLIP 2 encoder of {num_layers} layer(s) cannot fill both a Gen-ViT and a Sem-ViT.")
+    if num_gen_layers is not None and not 1 <= num_gen_layers < num_layers:
+        raise ValueError(
+            f"--config: num_gen_layers must be 1 to {num_layers - 1} (SigLIP 2's {num_layers} layers fill the Gen-ViT "
+            f"and then the Sem-ViT), got {num_gen_layers}."
+        )
     paper = HydraXTokConfig
     total = paper.num_gen_layers + paper.num_sem_layers
     if num_gen_layers is None:
@@ -355,6 +360,7 @@ def conversion_report(siglip: str, source, config: HydraXTokConfig, plan: Import
         "position_embedding": {
             "source_grid": grid,
             "grid": config.position_embedding_size,
+            "dropped": not config.use_abs_pos_embed,
             "resized": config.use_abs_pos_embed and config.position_embedding_size != grid,
             "interpolation": "SigLIP 2's own: Siglip2VisionEmbeddings.resize_positional_embeddings (bilinear, "
             "antialiased)",
@@ -414,7 +420,11 @@ def format_report(report: dict, output: Path) -> str:
     """The report as a few readable lines."""
     positions = report["position_embedding"]
     grid = f"{positions['source_grid']}² grid " + (
-        f"resized to {positions['grid']}² with {positions['interpolation']}" if positions["resized"] else "kept"
+        "dropped (use_abs_pos_embed=False)"
+        if positions["dropped"]
+        else f"resized to {positions['grid']}² with {positions['interpolation']}"
+        if positions["resized"]
+        else "kept"
     )
     lines = [
         f"{report['source_architecture']} {report['source']} → Hydra-XTok {output} ({report['dtype']})",

@@ -371,6 +371,18 @@ def card_section(text: str, title: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+def card_weights(text: str) -> str:
+    """Where a card written by `build_model_card` says the weights stand: its warning's, else `trained`."""
+    return next((origin for origin, warning in WARNINGS.items() if warning in text), "trained")
+
+
+def card_sources(text: str) -> dict[str, str] | None:
+    """The `sources` of a card's "Weights" table (`build_model_card`), if it has one."""
+    section = card_section(text, "Weights") or ""
+    rows = re.findall(r"^\| (.+?) \| `(.+)` \|$", section, re.MULTILINE)
+    return dict(rows) or None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
@@ -387,8 +399,7 @@ def main(argv=None):
     parser.add_argument(
         "--weights",
         choices=WEIGHT_ORIGINS,
-        default="trained",
-        help="where the weights stand (sets the card's warning)",
+        help="where the weights stand (sets the card's warning; default: what the folder's card says, else trained)",
     )
     add_card_arguments(parser)
     args = parser.parse_args(argv)
@@ -397,12 +408,17 @@ def main(argv=None):
     hint = "pass a Hydra-X checkpoint folder or a LoRA adapter folder"
     check_folder(parser, "--model", args.model, hint, required_file=required)
     kwargs = card_arguments(parser, args)
+    weights, sources = args.weights or "trained", None
     if (args.model / "README.md").is_file():  # a rewrite (for the Hub id, new results) keeps what the card says
         existing = ModelCard.load(args.model / "README.md")
         if kwargs["training_details"] is None:
             kwargs["training_details"] = card_section(existing.text, "Training details")
         if kwargs["eval_results"] is None:
             kwargs["eval_results"] = existing.data.eval_results
+        if kwargs["base_models"] is None and existing.data.base_model:
+            base = existing.data.base_model
+            kwargs["base_models"] = [base] if isinstance(base, str) else list(base)
+        weights, sources = args.weights or card_weights(existing.text), card_sources(existing.text)
     from modeling_hydrax import HydraXConfig
 
     model_id = args.model_id or str(args.model.resolve())
@@ -420,7 +436,7 @@ def main(argv=None):
         card = build_adapter_card(model_id, base_id, config, lora, base_models=args.base_model, **kwargs)
     else:
         config = HydraXConfig.from_pretrained(args.model)
-        card = build_model_card(model_id, config, args.weights, **kwargs)
+        card = build_model_card(model_id, config, weights, sources=sources, **kwargs)
     card.save(args.model / "README.md")
     print(f"wrote {args.model / 'README.md'}")
 

@@ -138,6 +138,14 @@ def test_report_accounts_for_every_tensor(converted, sources):
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"].startswith("modeling_hydrax_tok")
 
 
+def test_a_dropped_position_embedding_is_reported_so(sources):
+    output = sources / "no-positions"
+    report = converter.convert(sources / "vision", output, {**SMALL, "use_abs_pos_embed": False})
+    assert report["position_embedding"]["dropped"] and not report["position_embedding"]["resized"]
+    assert "position embedding: 4² grid dropped (use_abs_pos_embed=False)" in converter.format_report(report, output)
+    assert not hasattr(HydraXTokModel.from_pretrained(output).gen_vit, "position_embedding")
+
+
 @torch.no_grad()
 def test_overrides_resize_positions_and_rope_off_matches_siglip2_end_to_end(sources):
     output = sources / "resized"
@@ -219,6 +227,7 @@ def test_a_layer_count_override_moves_its_fold_to_the_same_proportion(overrides,
         ('{"use_rope": "yes"}', "Field 'use_rope' expected bool, got str"),
         ('{"decoder_unfold_layer": 9}', "`decoder_unfold_layer` (9) must lie in [0, num_decoder_layers=4]"),
         ('{"num_gen_layers": "3"}', "--config: num_gen_layers must be an integer, got '3'"),
+        ('{"num_gen_layers": 0}', "--config: num_gen_layers must be 1 to 3 (SigLIP 2's 4 layers"),  # was IndexError
     ],
 )
 def test_values_the_config_rejects_are_command_line_errors(sources, tmp_path, capsys, overrides, message):

@@ -18,7 +18,7 @@ from modeling_hydrax import HydraXConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from model_card_hydrax import HYDRAX_TAGS, build_model_card, eval_results_from_json, main  # noqa: E402
+from model_card_hydrax import HYDRAX_TAGS, WARNINGS, build_model_card, eval_results_from_json, main  # noqa: E402
 
 
 EVAL_RESULTS = [
@@ -92,10 +92,20 @@ def test_cli_rewrites_a_folder_card(checkpoint, tmp_path, capsys):
         card = ModelCard.load(checkpoint / "README.md")
         assert card.data.base_model == ["Qwen/Qwen2.5-1.5B"] and card.data.eval_results[0].dataset_name == "GenEval"
         assert "Fine-tuned for 10 steps." in card.text and 'model_id = "me/tiny"' in card.text
+        assert WARNINGS["random"] in card.text  # the built card's "random weights" warning stays
         main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/tiny-2"])))  # details and results kept
         card = ModelCard.load(checkpoint / "README.md")
         assert "## Training details\n\nFine-tuned for 10 steps." in card.text and 'model_id = "me/tiny-2"' in card.text
         assert card.data.eval_results[0].dataset_name == "GenEval"
+        assert card.data.base_model == ["Qwen/Qwen2.5-1.5B"] and WARNINGS["random"] in card.text
+        main(list(map(os.fspath, ["--model", checkpoint, "--weights", "trained"])))  # said explicitly: replaced
+        assert WARNINGS["random"] not in (checkpoint / "README.md").read_text()
+        sources = {"language model (Qwen2.5)": "Qwen/Qwen2.5-7B-Instruct", "vision tower (Hydra-XTok)": "tok"}
+        config = HydraXConfig.from_pretrained(checkpoint)
+        build_model_card("me/x", config, "converted", sources=sources).save(checkpoint / "README.md")
+        main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/y"])))  # a converted card's table stays
+        text = (checkpoint / "README.md").read_text()
+        assert WARNINGS["converted"] in text and "| vision tower (Hydra-XTok) | `tok` |" in text
     finally:
         (checkpoint / "README.md").write_text(readme)
     (tmp_path / "bad.json").write_text(json.dumps([{"dataset_name": "x"}]))
