@@ -31,7 +31,12 @@ def image_question_ids(config, tokens: int) -> torch.Tensor:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="hydrax-7b", help="model preset to build (default: hydrax-7b)")
+    parser.add_argument(
+        "--preset",
+        choices=["hydrax-7b", "hydrax-1.5b"],
+        default="hydrax-7b",
+        help="model preset to build (one with Qwen2.5's vocabulary: the prompt is Qwen2.5 token ids)",
+    )
     parser.add_argument(
         "--output-dir",
         type=Path,

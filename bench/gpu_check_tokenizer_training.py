@@ -73,8 +73,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU; pass --device cpu for a smoke run")
-    if args.steps < 1 or args.size % 16:
-        parser.error(f"--steps must be ≥ 1 and --size a multiple of 16, got {args.steps} and {args.size}")
+    if args.steps < 1 or args.size < 16 or args.size % 16:
+        parser.error(f"--steps must be ≥ 1 and --size a positive multiple of 16, got {args.steps} and {args.size}")
     check_output_folder(parser, "--report", args.report.parent)
     with tempfile.TemporaryDirectory(prefix="hydrax-tokenizer-check-") as work:  # the report is all that is kept
         run_checks(args, argv, Path(work))
