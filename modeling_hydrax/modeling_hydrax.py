@@ -134,13 +134,13 @@ def check_placeholder_count(count: int, num_features: int, what: str, cached: in
         )
 
 
-def visual_token_count(pixels, patch_size: int) -> int:
+def visual_token_count(pixels, patch_size: int, temporal_ratio: int) -> int:
     """Placeholders that images `[N, 3, H, W]` or videos `[N, 3, 1+T, H, W]` (a batch, or a list of single items)
-    fill: `(H / patch_size) · (W / patch_size)` per latent frame, `1 + T/4` latent frames a video."""
+    fill: `(H / patch_size) · (W / patch_size)` per latent frame, `1 + T / temporal_ratio` latent frames a video."""
     items = [pixels] if isinstance(pixels, torch.Tensor) else [item[None] for item in pixels]
     total = 0
     for item in items:
-        frames = 1 + (item.shape[2] - 1) // 4 if item.ndim == 5 else 1
+        frames = 1 + (item.shape[2] - 1) // temporal_ratio if item.ndim == 5 else 1
         total += item.shape[0] * frames * (item.shape[-2] // patch_size) * (item.shape[-1] // patch_size)
     return total
 
@@ -683,7 +683,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         cached = cache.get_seq_length() if isinstance(cache, Cache) else 0  # a multi-turn chat's earlier prompt
-        patch_size = self.config.vision_config.patch_size
+        sizes = self.config.vision_config.patch_size, self.config.vision_config.temporal_compression_ratio
         for what, token_id, grids, pixels in (
             ("image", self.config.image_token_id, kwargs.get("image_grid_thw"), kwargs.get("pixel_values")),
             ("video", self.config.video_token_id, kwargs.get("video_grid_thw"), kwargs.get("pixel_values_videos")),
@@ -691,7 +691,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             if input_ids is None or grids is None and pixels is None:
                 continue
             count = int((input_ids[:, cached:] == token_id).sum())
-            features = int(grids.prod(-1).sum()) if grids is not None else visual_token_count(pixels, patch_size)
+            features = int(grids.prod(-1).sum()) if grids is not None else visual_token_count(pixels, *sizes)
             check_placeholder_count(count, features, what, cached)
         config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))

@@ -807,9 +807,14 @@ def test_bad_generation_inputs_are_named_up_front(model):
             model.prepare_generation_prefix(edit_prompt, source_pixel_values=image())
         with pytest.raises(ValueError, match="latents"):  # [C, h, w]: named as latents, not as a row mismatch
             model.predict_velocity(torch.randn(8, 2, 2), torch.tensor(0.5), model.prepare_generation_prefix(prompt))
-    question = understanding_ids(config)
-    with pytest.raises(ValueError, match="1 image placeholder tokens.*2 features|4 image placeholder tokens.*8"):
-        model.generate(input_ids=question, pixel_values=image(2), num_beams=2, max_new_tokens=2, do_sample=False)
+    # Without grids, beam search used to expand the inputs and silently drop the images beyond the placeholders
+    beams = dict(num_beams=2, max_new_tokens=2, do_sample=False)
+    with pytest.raises(ValueError, match="4 image placeholder tokens but the image inputs give 8 features"):
+        model.generate(input_ids=understanding_ids(config), pixel_values=image(2), **beams)
+    video_question = torch.tensor([[5] + visual_block(config, 3 * IMAGE_TOKENS, video=True) + [6]])  # 9 frames
+    with pytest.raises(ValueError, match="12 video placeholder tokens but the video inputs give 24 features"):
+        model.generate(input_ids=video_question, pixel_values_videos=image(2, frames=9), **beams)
+    assert model.generate(input_ids=video_question, pixel_values_videos=image(1, frames=9), **beams).shape[0] == 1
 
 
 def test_tokenizer_chunk_counts_and_forward_keywords(model):
