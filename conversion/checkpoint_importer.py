@@ -372,8 +372,9 @@ def staged_folder(output: Path):
     removed when it fails or the process is terminated (`sigterm_as_exit`), so `output` is never half-written and no
     full-size staging folder is left behind. A replaced `output` is first moved aside and deleted only once the new
     folder is in place, so no failure leaves neither. An `output` that is a symbolic link is replaced where it points
-    (the link stays). The folder gets the mode a plain `mkdir` gives (the umask's, not `mkdtemp`'s private 0700), so
-    other users and serving containers can read it."""
+    (the link stays). The folder and its files get the modes a plain `mkdir` / `open` give (the umask's, not
+    `mkdtemp`'s private 0700 or the 0600 transformers writes safetensors weights with), so other users and serving
+    containers can read them."""
     output = output.resolve() if output.is_symlink() else output
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
@@ -382,7 +383,9 @@ def staged_folder(output: Path):
             yield staging
             umask = os.umask(0)
             os.umask(umask)
-            staging.chmod(0o777 & ~umask)
+            for path in [staging, *staging.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod((path.stat().st_mode | (0o777 if path.is_dir() else 0o666)) & 0o777 & ~umask)
             previous = staging.with_name(f"{staging.name}-previous") if output.exists() else None
             if previous is not None:
                 output.rename(previous)

@@ -54,6 +54,7 @@ HYDRAX_TAGS = [
 ]
 PAPER_URL = "https://arxiv.org/abs/2606.13289"
 WEIGHT_ORIGINS = ("random", "converted", "trained")
+DEFAULT_LICENSE = "apache-2.0"
 CARD_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}\n"
 
 WARNINGS = {
@@ -186,7 +187,7 @@ def build_model_card(
     weights: str,
     base_models: list[str] | None = None,
     sources: dict[str, str] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     training_details: str | None = None,
     eval_results: list[EvalResult] | None = None,
     model_name: str | None = None,
@@ -250,7 +251,7 @@ def assemble_card(
     parts.append(CITATION)
     card_data = ModelCardData(
         **data,
-        license=license,
+        license=license or DEFAULT_LICENSE,
         pipeline_tag="any-to-any",
         base_model=list(base_models) if base_models else None,
         eval_results=eval_results or None,
@@ -293,7 +294,7 @@ def build_adapter_card(
     base_id: str,
     config,
     lora: dict,
-    license: str = "apache-2.0",
+    license: str | None = None,
     training_details: str | None = None,
     eval_results: list[EvalResult] | None = None,
     base_models: list[str] | None = None,
@@ -335,7 +336,9 @@ def add_card_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Hub id the weights derive from, for the card's `base_model` (repeat for several; default: the "
         "sources' Hub ids where known, never a local path)",
     )
-    parser.add_argument("--license", default="apache-2.0", help="the card's licence (a Hub licence id)")
+    parser.add_argument(
+        "--license", help=f"the card's licence, a Hub licence id (default: the folder card's, else {DEFAULT_LICENSE})"
+    )
     parser.add_argument("--training-details", type=Path, help="a Markdown file describing the training, for the card")
     parser.add_argument(
         "--eval-results",
@@ -372,8 +375,9 @@ def card_section(text: str, title: str) -> str | None:
 
 
 def card_weights(text: str) -> str:
-    """Where a card written by `build_model_card` says the weights stand: its warning's, else `trained`."""
-    return next((origin for origin, warning in WARNINGS.items() if warning in text), "trained")
+    """Where a card written by `build_model_card` says the weights stand: its warning's (found by the warning's bold
+    headline, which outlives rewordings of the rest), else `trained`."""
+    return next((origin for origin, warning in WARNINGS.items() if warning.split("**")[1] in text), "trained")
 
 
 def card_sources(text: str) -> dict[str, str] | None:
@@ -418,6 +422,7 @@ def main(argv=None):
         if kwargs["base_models"] is None and existing.data.base_model:
             base = existing.data.base_model
             kwargs["base_models"] = [base] if isinstance(base, str) else list(base)
+        kwargs["license"] = kwargs["license"] or existing.data.license
         weights, sources = args.weights or card_weights(existing.text), card_sources(existing.text)
     from modeling_hydrax import HydraXConfig
 
@@ -432,8 +437,7 @@ def main(argv=None):
                 f"--base-id {base_id}: cannot read the base checkpoint's config ({error}); pass --base-id with its "
                 "folder, or a Hub id this machine can reach"
             )
-        kwargs.pop("base_models")
-        card = build_adapter_card(model_id, base_id, config, lora, base_models=args.base_model, **kwargs)
+        card = build_adapter_card(model_id, base_id, config, lora, **kwargs)
     else:
         config = HydraXConfig.from_pretrained(args.model)
         card = build_model_card(model_id, config, weights, sources=sources, **kwargs)

@@ -338,9 +338,9 @@ def normalize_row(
     open_question: bool = False,
 ) -> Sample:
     """A data row as a `Sample`, checked: errors name the row, the bad value and the fix. `base` is the folder that
-    relative media paths start from; with `media=False` the images and video are left out (a quick check of the text
-    of every row). A row without options raises `OpenQuestion` unless `row_format.yes_no`; `open_question` reads a
-    row with empty options as an open question."""
+    relative media paths start from; with `media=False` the images and video are only checked to exist, not decoded,
+    and left out of the sample (a quick check of every row). A row without options raises `OpenQuestion` unless
+    `row_format.yes_no`; `open_question` reads a row with empty options as an open question."""
     where = f"row {index}"
     for column in ("question", "answer"):
         if column not in row:

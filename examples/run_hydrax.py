@@ -61,8 +61,9 @@ def load_images(size: int) -> dict[str, np.ndarray]:
 
 def chat_batch(processor, conversations, size=None, padding_side=None, **kwargs):
     """`conversations` rendered, tokenized and padded into one batch; with `size`, images stay size × size pixels.
-    `padding_side` ("left" for generation) holds for this call only: set on the tokenizer, it would be saved with the
-    checkpoint and pad later training batches on the left."""
+    `padding_side` ("left" for generation) holds for this call only, without changing the tokenizer that is saved
+    with the checkpoint; other batches pad with the tokenizer's own side (the model's positions follow the attention
+    mask, so training gives the same losses padded either way)."""
     processor_kwargs = {"padding": True} | ({} if padding_side is None else {"padding_side": padding_side})
     if size is not None:
         processor_kwargs["images_kwargs"] = {"size": {"min_pixels": size * size, "max_pixels": size * size}}

@@ -438,8 +438,8 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
         buffer_size: rows the stream shuffles among.
         process_index, num_processes: this process's share of the rows.
         augment: random crops, flips and clip starts (else the centred box and middle clip).
-        shuffle: rows shuffled and drawn by `video_ratio` (else every row once, in the sources' order); defaults to
-            `augment`.
+        shuffle: rows shuffled and drawn by `video_ratio` (else in the sources' order); defaults to `augment`. With
+            `augment` the scarcer kind repeats until both are exhausted (training); without, every row comes once.
         **kwargs: the other options of [`HydraXTokCropper`].
     """
 
@@ -491,7 +491,10 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
             rows = datasets.concatenate_datasets(kinds)
         elif len(kinds) == 2:
             rows = datasets.interleave_datasets(
-                kinds, probabilities=[1 - video_ratio, video_ratio], seed=seed, stopping_strategy="all_exhausted"
+                kinds,
+                probabilities=[1 - video_ratio, video_ratio],
+                seed=seed,
+                stopping_strategy="all_exhausted" if augment else "all_exhausted_without_replacement",
             )
         else:
             rows = kinds[0]

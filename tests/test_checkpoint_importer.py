@@ -256,13 +256,21 @@ def test_a_terminated_save_leaves_no_staging_folder_and_the_old_output(tmp_path)
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)])
 def test_staged_folder_gets_the_mode_of_a_plain_mkdir(tmp_path, umask, mode):
+    """The folder and its files as `mkdir` / `open` make them: transformers writes model.safetensors 0600, which
+    left a built checkpoint's weights unreadable to other users and serving containers."""
     previous = os.umask(umask)
     try:
         with staged_folder(tmp_path / "out") as staging:
             (staging / "metrics.json").write_text("{}")
+            save_file({"w": torch.zeros(2)}, staging / "model.safetensors")
+            (staging / "model.safetensors").chmod(0o600)
+            (staging / "processor").mkdir(mode=0o700)
     finally:
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == mode, "not mkdtemp's private 0700"
+    assert (tmp_path / "out" / "processor").stat().st_mode & 0o777 == mode
+    for name in ("metrics.json", "model.safetensors"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == mode & 0o666, name
 
 
 def test_a_tied_lm_head_is_filled_through_the_embedding(tmp_path):

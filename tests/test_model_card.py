@@ -106,6 +106,11 @@ def test_cli_rewrites_a_folder_card(checkpoint, tmp_path, capsys):
         main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/y"])))  # a converted card's table stays
         text = (checkpoint / "README.md").read_text()
         assert WARNINGS["converted"] in text and "| vision tower (Hydra-XTok) | `tok` |" in text
+        # a card whose warning an earlier version worded otherwise is found by its headline
+        older = text.replace(WARNINGS["converted"], WARNINGS["converted"].split("**")[1] + " Older wording.")
+        (checkpoint / "README.md").write_text(older)
+        main(list(map(os.fspath, ["--model", checkpoint, "--model-id", "me/z"])))
+        assert WARNINGS["converted"] in (checkpoint / "README.md").read_text()
     finally:
         (checkpoint / "README.md").write_text(readme)
     (tmp_path / "bad.json").write_text(json.dumps([{"dataset_name": "x"}]))
@@ -145,6 +150,11 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
         exec(compile(code, "README.md", "exec"), {"__name__": "__snippet__"})
     assert Image.open("fox.png").size == (64, 64)
     assert capsys.readouterr().out.count("\n") == 1, "the understanding snippet prints one answer (random: empty)"
+    # a rewrite for another Hub id keeps the card's base_model and licence unless given again
+    main(["--model", str(adapter), "--base-id", str(checkpoint), "--base-model", "me/hydrax-tiny", "--license", "mit"])
+    main(["--model", str(adapter), "--base-id", str(checkpoint), "--model-id", "me/lora"])
+    data = ModelCard.load(adapter / "README.md").data
+    assert data.base_model == ["me/hydrax-tiny"] and data.license == "mit"
 
 
 def test_an_adapter_whose_base_cannot_be_read_is_a_command_line_error(adapter, tmp_path, capsys):
