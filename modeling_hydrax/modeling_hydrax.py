@@ -1212,6 +1212,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             )
         if source_pixel_values is not None:
             source_latents = self.model.encode_latents(source_pixel_values)
+            self._check_source_block(input_ids, source_latents)
             semantic = self.model.vision_tower.get_semantic_features(source_latents)
             source_cache = semantic.cache
             generation_embeds = self.model.projector(semantic.last_hidden_state)
@@ -1230,6 +1231,21 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         next_position = self.model._position_ids(attention_mask, 1, 0, input_ids.device)[:, -1] + 1
         unpadded = bool(attention_mask.all())
         return HydraXGenerationPrefix(outputs.cache, attention_mask, next_position, source_cache, unpadded)
+
+    def _check_source_block(self, input_ids: torch.Tensor, source_latents: torch.Tensor) -> None:
+        """An edit prompt's last visual block (before the target) is its source's: it must exist in every row and hold
+        one placeholder per source latent token."""
+        block_ids = self.model.visual_block_ids(input_ids)
+        last = block_ids.max(dim=1, keepdim=True).values
+        counts = ((block_ids == last) & (last >= 0)).sum(dim=1).tolist()
+        tokens = source_latents[0, 0].numel()
+        if any(count != tokens for count in counts):
+            height, width = source_latents.shape[-2:]
+            raise ValueError(
+                f"The edit source gives {tokens} latent tokens ({height}×{width}), but the prompt's source blocks "
+                f"(its last visual block before the target) hold {counts} placeholders: build the edit prompt with "
+                "HydraXProcessor for this source image, at the size the source is passed."
+            )
 
     @torch.no_grad()
     def predict_velocity(
@@ -1254,6 +1270,13 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(noisy_latents.shape[0])
         check_timesteps(timesteps, latent_shape)
+        if prefix.source_cache is not None:
+            _, height, width = prefix.source_cache.layouts["semantic"]
+            if tuple(latent_shape[-2:]) != (height, width):
+                raise ValueError(
+                    f"An edit's target takes its source's latent grid, {height}×{width}, got noisy latents of "
+                    f"{latent_shape[-2]}×{latent_shape[-1]}: sample the target at the source image's size."
+                )
         if prefix.source_cache is not None and branches > 1:
             noisy_latents, timesteps, branches = (
                 noisy_latents.repeat(branches, 1, 1, 1, 1),

@@ -656,6 +656,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         clean_latents: torch.Tensor | None,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
+        generator=None,
     ) -> torch.Tensor:
         """The sampling loop of every Hydra-X task.
 
@@ -663,6 +664,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         predicts all branches in one forward after it and combines them as `Σ weight · velocity` (CFG and dual CFG
         are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step, at
         flow time 0 (per-frame times, as the model trains image-to-video with `config.image_to_video_prob`).
+        `generator` also drives the noise of stochastic schedulers (`FlowMatchLCMScheduler`, Euler with
+        `stochastic_sampling`), which would otherwise draw from the global RNG.
         """
         target_tokens, limit = latents[0, 0].numel(), self.model.config.text_config.max_position_embeddings
         if prefix.length + target_tokens > limit:
@@ -676,6 +679,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         num_branches, dtype = len(guidance_weights), self.model.dtype
         num_clean = 0 if clean_latents is None else clean_latents.shape[2]
         latents = self._anchored(latents, clean_latents)
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -688,7 +694,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 # One latent per output: the branches share its Sem-ViT embedding (see `predict_velocity`)
                 velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
                 velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
-                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
                 latents = self._anchored(latents, clean_latents)  # the callback, next step and output see the anchor
 
                 if callback_on_step_end is not None:
@@ -992,6 +998,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             clean_latents,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            generator,
         )
 
         # 6. Decode

@@ -188,7 +188,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
 
         # 6. Denoising loop
         latents = self._denoise(
-            prefix, weights, latents, None, callback_on_step_end, callback_on_step_end_tensor_inputs
+            prefix, weights, latents, None, callback_on_step_end, callback_on_step_end_tensor_inputs, generator
         )
 
         # 7. Decode

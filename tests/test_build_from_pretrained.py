@@ -167,6 +167,8 @@ def test_remote_code_loads_without_our_packages(built, tmp_path):
         import torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        import sys  # the model's remote code imports only torch, transformers and its siblings: no diffusers
+        assert "diffusers" not in sys.modules, "the remote-code model imported diffusers"
         processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
         assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
         ids = processor.tokenizer("Hello there", return_tensors="pt").input_ids

@@ -805,6 +805,14 @@ def test_bad_generation_inputs_are_named_up_front(model):
         edit_prompt = edit_ids(config)[:, : -IMAGE_TOKENS - 1].repeat(2, 1)  # CFG's two rows, the source once
         with pytest.raises(ValueError, match="1 sources for 2 prompt rows: give one per row"):
             model.prepare_generation_prefix(edit_prompt, source_pixel_values=image())
+        source_prompt = edit_ids(config)[:, : -IMAGE_TOKENS - 1]  # its source block holds 2×2 placeholders
+        with pytest.raises(ValueError, match=r"source gives 9 latent tokens \(3×3\).*hold \[4\] placeholders"):
+            model.prepare_generation_prefix(source_prompt, source_pixel_values=image(size=48))
+        with pytest.raises(ValueError, match=r"hold \[0\] placeholders"):  # a text-only prompt has no source block
+            model.prepare_generation_prefix(prompt, source_pixel_values=image())
+        edit_prefix = model.prepare_generation_prefix(source_prompt, source_pixel_values=image())
+        with pytest.raises(ValueError, match="takes its source's latent grid, 2×2, got noisy latents of 3×3"):
+            model.predict_velocity(torch.randn(1, 8, 1, 3, 3), torch.tensor([0.5]), edit_prefix)
         with pytest.raises(ValueError, match="latents"):  # [C, h, w]: named as latents, not as a row mismatch
             model.predict_velocity(torch.randn(8, 2, 2), torch.tensor(0.5), model.prepare_generation_prefix(prompt))
     # Without grids, beam search used to expand the inputs and silently drop the images beyond the placeholders

@@ -15,7 +15,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import visual_block
-from diffusers import DiffusionPipeline, FlowMatchLCMScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchLCMScheduler
 from diffusers.utils import logging as diffusers_logging
 
 
@@ -811,3 +811,57 @@ def test_a_bf16_model_beside_a_float32_tokenizer_runs_every_task_and_from_pipe_k
     question = torch.tensor([[5] + visual_block(config, 4) + [6, 7]])
     answer = mixed.model.generate(input_ids=question, pixel_values=source_image()[None] * 2 - 1, max_new_tokens=2)
     assert answer.shape == (1, question.shape[1] + 2)
+
+
+@pytest.mark.parametrize("stochastic", ["lcm", "euler"])
+def test_stochastic_schedulers_draw_their_noise_from_the_generator(pipe, edit, stochastic):
+    """FlowMatchLCMScheduler and Euler with `stochastic_sampling` re-noise at every step: from the call's
+    `generator`, so a seeded call repeats whatever the global RNG (they drew from it, as diffusers' Flux does)."""
+    scheduler = (
+        FlowMatchLCMScheduler.from_config(pipe.scheduler.config)
+        if stochastic == "lcm"
+        else FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    )
+    for pipeline, inputs in ((pipe, {"height": 32, "width": 32}), (edit, {"image": source_image()})):
+        sampler = type(pipeline).from_pipe(pipeline, scheduler=scheduler)
+        outputs = []
+        for global_seed in (0, 1):
+            torch.manual_seed(global_seed)
+            call = sampler(prompt="a fox", generator=seeded(), num_inference_steps=3, output_type="pt", **inputs)
+            outputs.append(call.images)
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+        differs = sampler(prompt="a fox", generator=seeded(1), num_inference_steps=3, output_type="pt", **inputs)
+        assert not torch.equal(differs.images, outputs[0])
+
+
+def test_each_step_is_one_batched_llm_forward_without_the_lm_head(pipe, edit):
+    """Speed by design: the prompt runs once, then each step is one LLM forward holding every guidance branch (CFG:
+    2, the edit's dual guidance: 3), the LM head never runs, and an edit's source passes the Sem-ViT once."""
+    model, steps = pipe.model, 3
+    calls = {"llm": [], "lm_head": 0, "sem_vit": 0}
+
+    def llm(module, args, kwargs):
+        calls["llm"].append(kwargs["inputs_embeds"].shape[0])
+
+    def count(name):
+        def hook(module, args):
+            calls[name] += 1
+
+        return hook
+
+    hooks = [
+        model.model.language_model.register_forward_pre_hook(llm, with_kwargs=True),
+        model.lm_head.register_forward_pre_hook(count("lm_head")),
+        model.model.vision_tower.sem_vit.register_forward_pre_hook(count("sem_vit")),
+    ]
+    try:
+        for pipeline, inputs, branches, sources in (
+            (pipe, {"height": 32, "width": 32, "guidance_scale": 4.0}, 2, 0),
+            (edit, {"image": source_image(), "guidance_scale": 4.0, "image_guidance_scale": 1.5}, 3, 1),
+        ):
+            calls.update(llm=[], lm_head=0, sem_vit=0)
+            pipeline(prompt="a fox", num_inference_steps=steps, output_type="latent", **inputs)
+            assert calls == {"llm": [branches] * (1 + steps), "lm_head": 0, "sem_vit": steps + sources}, calls
+    finally:
+        for hook in hooks:
+            hook.remove()
