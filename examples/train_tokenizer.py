@@ -696,14 +696,12 @@ def main(argv=None) -> HydraXTokTrainer | None:
         saved_dtype = stored_dtype(HydraXTokConfig.from_pretrained(args.model))
         tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)
     distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
-    new_heads = new_model or tokenizer.decompressor is None  # the distillation heads are sized for the teachers
+    new_heads = new_model or tokenizer.decompressor is None  # the distillation heads are built for the teachers
     teachers = load_teachers(args, tokenizer.config, new_heads, weights) if distilling else None
-    if new_model and teachers is not None:
-        tokenizer.config.use_decompressor = True
-        tokenizer = HydraXTokModel(tokenizer.config)
-    elif teachers is not None and tokenizer.decompressor is None:  # e.g. a stage-1 model trained with --no-teachers
+    if teachers is not None and new_heads:
         tokenizer.add_decompressor()
-        print(f"{args.model} had no Decompressor (training only): a new one is initialised for the distillation.")
+        if not new_model:  # e.g. a stage-1 model trained with --no-teachers
+            print(f"{args.model} had no Decompressor (training only): a new one is initialised for the distillation.")
     device = training_args.device
     tokenizer.to(device)
     if args.stage == 3 or args.compute_latent_stats:

@@ -735,8 +735,9 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         self.post_init()
 
     def add_decompressor(self) -> None:
-        """Give a tokenizer saved without one (`use_decompressor=False`: the unified model's tower, or one trained
-        without teachers) a newly initialised Decompressor, sized by the config's teacher widths, for distillation."""
+        """A newly initialised Decompressor, sized by the config's teacher widths, for distillation: for a tokenizer
+        saved without one (the unified model's tower, or one trained without teachers), or new heads for other
+        teachers."""
         self.config.use_decompressor = True
         parameter = next(self.parameters())
         self.decompressor = HydraXTokDecompressor(self.config).to(parameter.device, parameter.dtype)
