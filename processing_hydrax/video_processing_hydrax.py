@@ -452,11 +452,32 @@ class HydraXVideoProcessor(BaseVideoProcessor):
             grids.append([1 + (len(video) - 1) // temporal_compression, *grid])
         return grid_batch("pixel_values_videos", pixel_values, "video_grid_thw", grids, return_tensors)
 
+    def get_num_sampled_frames(self, num_frames: int, videos_kwargs: dict | None = None) -> int:
+        """How many of a clip's `num_frames` frames a call with `videos_kwargs` keeps, sampling as `preprocess` does
+        (the processor's `num_frames` budget by default). Sampling by `fps` depends on the clip's frame rate, which a
+        frame count does not give: it is an error here."""
+        videos_kwargs = videos_kwargs or {}
+        temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
+        if not videos_kwargs.get("do_sample_frames", self.do_sample_frames):
+            return largest_valid_num_frames(num_frames, temporal_compression)
+        wanted = videos_kwargs.get("num_frames")
+        if wanted is None and (videos_kwargs.get("fps") is not None or self.fps is not None):
+            raise ValueError(
+                f"Sampling at fps={videos_kwargs.get('fps') or self.fps} keeps a number of frames that depends on "
+                "each video's frame rate, which a frame count does not give; count with `num_frames=...`, or pass "
+                "the sampled clips' frame counts with `do_sample_frames=False`."
+            )
+        if wanted is None and self.num_frames is not None:
+            wanted = FrameBudget(self.num_frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rounding warnings belong to the call that samples the frames
+            return len(sample_frame_indices(num_frames, wanted, temporal_compression=temporal_compression))
+
     def get_video_grid_thw(
         self, num_frames: int, height: int, width: int, videos_kwargs: dict | None = None
     ) -> tuple[int, int, int]:
-        """The latent grid `(1 + T/4, h, w)` of a clip of `num_frames` (already sampled) frames of `height x width`
-        pixels, without processing it."""
+        """The latent grid `(1 + T/4, h, w)` of a clip of `num_frames` frames of `height x width` pixels after the
+        call's frame sampling (`get_num_sampled_frames`), without processing it."""
         videos_kwargs = videos_kwargs or {}
         patch_size = videos_kwargs.get("patch_size") or self.patch_size
         temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
@@ -465,11 +486,11 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         new_height, new_width = smart_resize(
             height, width, patch_size, size.min_pixels, size.max_pixels, max_aspect_ratio
         )
-        latent_frames = 1 + (largest_valid_num_frames(num_frames, temporal_compression) - 1) // temporal_compression
+        latent_frames = 1 + (self.get_num_sampled_frames(num_frames, videos_kwargs) - 1) // temporal_compression
         return latent_frames, new_height // patch_size, new_width // patch_size
 
     def get_num_of_video_patches(self, num_frames: int, height: int, width: int, videos_kwargs=None) -> int:
-        """Number of latent tokens (= `<|video_pad|>` placeholders) for such a clip."""
+        """Number of latent tokens (= `<|video_pad|>` placeholders) a call gives a clip of `num_frames` frames."""
         return math.prod(self.get_video_grid_thw(num_frames, height, width, videos_kwargs))
 
     def postprocess(self, videos, output_type: str = "pil"):

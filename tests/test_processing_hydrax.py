@@ -552,11 +552,32 @@ def test_placeholder_counts_equal_grids_for_images_videos_and_mixed_batches(proc
 
 def test_counting_helpers_agree_with_processing(processor, coffee):
     out = processor(text="<|image_pad|><|video_pad|>", images=coffee, videos=np.zeros((30, 100, 150, 3), np.uint8))
-    counts = processor._get_num_multimodal_tokens(image_sizes=[(400, 600)], video_sizes=[(9, 100, 150)])
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(400, 600)], video_sizes=[(30, 100, 150)])
     assert counts.num_image_tokens == processor.get_num_visual_tokens(out["image_grid_thw"])
     assert counts.num_image_patches == [1]  # rows of `pixel_values` per image (LLaVA's and Gemma 3's count)
     assert counts.num_video_tokens == processor.get_num_visual_tokens(out["video_grid_thw"])
     assert processor.get_num_visual_tokens([5, 16, 16]) == 1280
+
+
+@pytest.mark.parametrize(
+    "frames, videos_kwargs",
+    [(30, {}), (6, {}), (65, {"num_frames": 13}), (30, {"do_sample_frames": False}), (3, {"do_sample_frames": False})],
+)
+def test_video_counting_hook_samples_frames_as_the_call_does(processor, frames, videos_kwargs):
+    """vLLM counts placeholders from the raw clip's `(frames, height, width)`: the hook applies the call's frame
+    sampling (the processor's budget of 9 frames here, a call's `num_frames`, or every frame trimmed to `1 + 4k`)."""
+    video = np.zeros((frames, 100, 150, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = processor(text="<|video_pad|>", videos=video, videos_kwargs=videos_kwargs)
+    hooked = processor._get_num_multimodal_tokens(video_sizes=[(frames, 100, 150)], videos_kwargs=videos_kwargs)
+    assert hooked.num_video_tokens == [processor.get_num_visual_tokens(out["video_grid_thw"][0])]
+    assert count(out["input_ids"], processor.video_token_id) == hooked.num_video_tokens
+
+
+def test_video_counting_hook_refuses_fps_sampling(processor):
+    with pytest.raises(ValueError, match="fps=2.*depends on each video's frame rate"):
+        processor._get_num_multimodal_tokens(video_sizes=[(30, 100, 150)], videos_kwargs={"fps": 2})
 
 
 def test_kwargs_precedence_and_pixel_budget_shorthands(processor, astronaut, tmp_path):
