@@ -139,7 +139,7 @@ def write_world(folder: Path, size: int) -> dict[str, Path]:
             lines["text_to_image"].append([user([text(caption(*combo))]), assistant([image(*combo, index)])])
         for source, result in edits(train):
             instruction = text(edit_instruction(result[0], result[1]))
-            lines["edits"].append([user([image(*source, index), instruction]), assistant([image(*result, index)])])
+            lines["edits"].append([user([instruction, image(*source, index)]), assistant([image(*result, index)])])
     manifests = {}
     for name, conversations in lines.items():
         manifests[name] = folder / f"{name}.jsonl"

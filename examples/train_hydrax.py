@@ -440,7 +440,7 @@ def write_demo_data(folder: Path) -> Path:
         lines.append([user([image, text("What is in the image?")]), assistant([text(caption)])])
         lines.append([user([text(f"Draw {caption}.")]), assistant([image])])
     Image.fromarray((np.asarray(crop) * 0.5).astype(np.uint8)).save(folder / "rocket_dark.png")
-    edit = [{"type": "image", "path": "rocket.png"}, text("Make it darker.")]
+    edit = [text("Make it darker."), {"type": "image", "path": "rocket.png"}]  # instruction, source: as the pipeline
     lines.append([user(edit), assistant([{"type": "image", "path": "rocket_dark.png"}])])
     manifest = folder / DEMO_MANIFEST
     manifest.write_text("".join(json.dumps({"messages": messages}) + "\n" for messages in lines))

@@ -479,6 +479,13 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 )
             integer = (np.uint8, np.uint16, torch.uint8, torch.uint16)
             is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in integer
+            if is_float and not (
+                item.is_floating_point() if isinstance(item, torch.Tensor) else item.dtype.kind == "f"
+            ):
+                raise ValueError(
+                    f"`{name}` arrays and tensors hold uint8 (0–255) or uint16 pixels, or floats in [0, 1]; got dtype "
+                    f"{item.dtype}: convert it first (e.g. `.astype(np.uint8)` for 0–255 integers)."
+                )
             if is_float and math.prod(item.shape) and not 0 <= float(item.min()) <= float(item.max()) <= 1:
                 raise ValueError(
                     f"A float `{name}` array or tensor must hold values in [0, 1], got [{float(item.min())}, "
@@ -544,10 +551,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
 
     @staticmethod
     def _conversation(text: str, target: dict, source: torch.Tensor | None = None) -> list[dict]:
-        """A one-turn chat: the user's text (after the edit source, if any), then the data-less target block."""
+        """A one-turn chat: the user's text, then the edit source if any (the spec's `[instruction, source, target]`:
+        the source's LLM states see the instruction), then the data-less target block."""
         content = [{"type": "text", "text": text}]
         if source is not None:
-            content.insert(0, {"type": "image", "image": source})
+            content.append({"type": "image", "image": source})
         return [{"role": "user", "content": content}, {"role": "assistant", "content": [target]}]
 
     def _tokenize(self, conversations: list) -> tuple[torch.Tensor, torch.Tensor]:

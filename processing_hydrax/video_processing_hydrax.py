@@ -143,14 +143,39 @@ def _checked_leaves(videos):
             f"Unsupported video input: {describe_input(videos)}. Pass a path, a URL, a list of frames (PIL images or "
             "arrays), a (T, H, W, C) array or tensor, or a list of those."
         )
+    if (
+        not isinstance(videos, str)
+        and videos.ndim == 3
+        and videos.shape[0] not in (1, 3, 4)
+        and videos.shape[-1] not in (1, 3, 4)
+    ):
+        raise ValueError(
+            f"A 3-D video array of shape {tuple(videos.shape)} is neither one (H, W, C) / (C, H, W) frame nor a clip; "
+            "give grayscale frames a channel axis (`video[..., None]`: (T, H, W, 1))."
+        )
     return to_8_bit(videos)
+
+
+def _leaf_shapes(videos) -> list[tuple]:
+    """The distinct shapes of a nested input's arrays and PIL images (after `_checked_leaves`), in order."""
+    if isinstance(videos, list):
+        return list(dict.fromkeys(shape for item in videos for shape in _leaf_shapes(item)))
+    return [] if isinstance(videos, str) else [tuple(videos.shape)]
 
 
 def make_list_of_videos(videos) -> list:
     """`make_batched_videos` (one path, URL or `[T, ...]` array per video) with errors for empty and unsupported
-    inputs, which it would crash on or drop."""
+    inputs, which it would crash on or drop, and for frames of different sizes, which it fails to stack."""
     videos = _checked_leaves(videos)
-    videos = make_batched_videos(videos) if not isinstance(videos, list) or videos else []  # it fails on []
+    try:
+        videos = make_batched_videos(videos) if not isinstance(videos, list) or videos else []  # it fails on []
+    except ValueError as error:
+        if "same shape" not in str(error):
+            raise
+        raise ValueError(
+            f"The frames of a video must share one size, got frames of shapes {_leaf_shapes(videos)}; resize them "
+            "first (videos of different sizes go in as separate clips)."
+        ) from error
     if not videos:
         raise ValueError("Received an empty list of videos; pass at least one video or `videos=None`.")
     return videos

@@ -361,6 +361,15 @@ def test_edit_outputs_follow_the_source(edit):
         assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
+def test_edit_prompts_put_the_instruction_before_the_source(edit):
+    """SPEC's edit layout `[instruction, source, target]`: the source's LLM states see the instruction."""
+    pixels = edit.video_processor.preprocess(source_image(), height=32, width=32)
+    ids, _ = edit._tokenize([edit._conversation("make it red", {"type": "image"}, pixels[0])])
+    text = edit.processor.tokenizer.decode(ids[0])
+    assert text.index("make it red") < text.index("<|image_pad|>") < text.index("<|im_start|>assistant")
+    assert text.endswith("<|vision_start|>") and text.count("<|vision_start|>") == 2
+
+
 def test_max_area_caps_the_size_taken_from_the_input_image(pipe, edit):
     """A large source is edited (or animated) at most at `max_area` pixels with its aspect ratio, logged, as diffusers'
     Kontext and Qwen-Image-Edit pipelines do; explicit sizes and small sources are left alone."""
@@ -498,6 +507,12 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
             ValueError,
             r"array or tensor must hold values in \[0, 1\], got \[255.0, 255.0\]",
         ),
+        (
+            dict(image=np.full((32, 32, 3), 255, np.int32), num_frames=5),
+            ValueError,
+            r"hold uint8 \(0–255\) or uint16 pixels, or floats in \[0, 1\]; got dtype int32",
+        ),
+        (dict(image=torch.ones(3, 32, 32, dtype=torch.bool), num_frames=5), ValueError, "got dtype torch.bool"),
         (dict(prompt=[]), ValueError, "`prompt` is an empty list"),
         (dict(prompt=3), TypeError, "`prompt` must be a string or a list of strings"),
         (

@@ -398,6 +398,14 @@ def test_video_bad_inputs_give_clear_errors(tmp_path, tiny_mp4):
         processor(np.zeros((9, 32, 32, 3), np.uint8), fps=2)
     with pytest.raises(TypeError, match="Unsupported video input: an object of type int"):
         processor(3)
+    frames = [PIL.Image.new("RGB", (32, 32)), PIL.Image.new("RGB", (48, 32))] * 3
+    with pytest.raises(
+        ValueError, match=r"must share one size, got frames of shapes \[\(32, 32, 3\), \(32, 48, 3\)\]"
+    ):
+        processor(frames)
+    for grayscale in (np.zeros((9, 32, 32), np.uint8), torch.zeros(9, 32, 32)):
+        with pytest.raises(ValueError, match=r"shape \(9, 32, 32\) is neither .* \(`video\[\.\.\., None\]`"):
+            processor(grayscale)
     with pytest.raises(TypeError, match="Unexpected keyword"):
         processor(np.zeros((9, 32, 32, 3), np.uint8), num_frame=9)
     with pytest.raises(ValueError, match="zero size"):
