@@ -126,6 +126,9 @@ def test_a_video_defaults_to_the_video_processors_frame_budget_and_long_targets_
     assert video_side != image_side
     assert pipe._output_size(None, None, video=True) == (video_side, video_side)
     assert pipe._output_size(None, None) == (image_side, image_side)
+    big = source_image(0, 640, 640)  # image-to-video of a large image without a size: the video budget too
+    out = pipe("it moves", image=big, num_frames=5, num_inference_steps=1, output_type="latent").frames
+    assert out.shape[-2:] == (video_side // 16, video_side // 16)
     monkeypatch.setattr(pipe.model.config.text_config, "max_position_embeddings", 16)
     logged = pipeline_warnings(lambda: pipe("x", height=32, width=64, num_inference_steps=1, output_type="latent"))
     assert "and the target (8 latent tokens) take more positions than the LLM's max_position_embeddings=16" in logged
@@ -195,6 +198,13 @@ def test_image_to_video_callbacks_see_the_clean_anchor(pipe):
     clean = pipe.model.model.encode_latents(image[None] * 2 - 1).float()
     assert len(anchors) == 3 and all(torch.equal(anchor, clean) for anchor in anchors)
 
+    def zeroing(pipeline, step, timestep, callback_kwargs):  # replaced latents are anchored again
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+
+    out = pipe("it moves", image=image, num_frames=5, num_inference_steps=2, output_type="latent",
+               callback_on_step_end=zeroing).frames  # fmt: skip
+    assert torch.equal(out[:, :, :1], clean) and not out[:, :, 1:].any()
+
 
 def test_image_to_video_samples_the_anchor_at_time_zero(pipe, monkeypatch):
     seen = []
@@ -226,6 +236,11 @@ def test_the_schedule_runs_from_noise_to_one_over_n_and_other_schedulers_plug_in
     torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
     pipe("a red fox", height=32, width=32, sigmas=torch.tensor([1.0, 0.5], dtype=torch.bfloat16), output_type="latent")
     torch.testing.assert_close(pipe.scheduler.sigmas, torch.tensor([1.0, shift / (shift + 1), 0.0]))
+    pipe("a red fox", height=32, width=32, sigmas=[1.0, 0.7, 0.2], output_type="latent")  # not the default's
+    given = torch.tensor([1.0, 0.7, 0.2])
+    torch.testing.assert_close(
+        pipe.scheduler.sigmas, torch.cat([shift * given / (1 + (shift - 1) * given), torch.zeros(1)])
+    )
     default = pipe.scheduler
     try:
         flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
@@ -326,6 +341,26 @@ def test_batched_prompts_and_num_images_per_prompt_equal_single_calls(pipe, edit
     torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-5)
 
 
+def test_several_prompts_with_several_outputs_each_come_out_prompt_major(pipe, edit):
+    """diffusers' order for 2 prompts x 2 outputs: p0, p0, p1, p1; each output, its anchor image or edit source
+    belongs to its prompt, as in a single call."""
+    prompts, generators = ["a red fox", "a small blue boat on the lake"], lambda: [seeded(i) for i in range(4)]
+    kwargs = dict(num_inference_steps=1, output_type="latent", num_images_per_prompt=2)
+    images = pipe(prompts, height=32, width=32, generator=generators(), **kwargs).images
+    sources = [source_image(1), source_image(2)]
+    videos = pipe(prompts, image=sources, num_frames=5, generator=generators(), **kwargs).frames
+    edits = edit(sources, prompts, generator=generators(), **kwargs).images
+    single = dict(num_inference_steps=1, output_type="latent")
+    for i in range(4):
+        prompt, image = prompts[i // 2], sources[i // 2]
+        expected = pipe(prompt, height=32, width=32, generator=seeded(i), **single).images
+        torch.testing.assert_close(images[i : i + 1], expected, atol=1e-5, rtol=1e-5)
+        expected = pipe(prompt, image=image, num_frames=5, generator=seeded(i), **single).frames
+        torch.testing.assert_close(videos[i : i + 1], expected, atol=1e-5, rtol=1e-5)
+        expected = edit(image, prompt, generator=seeded(i), **single).images
+        torch.testing.assert_close(edits[i : i + 1], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_callback_runs_once_per_step_and_can_replace_latents(pipe, edit):
     calls = []
 
@@ -413,6 +448,33 @@ def test_cached_sampler_equals_the_reference_sampler(pipe, edit):
     reference = reference_sample(
         edit, [conditional, text_free, text_free], [3.0, -1.0, -1.0], noise[..., :2].clone(), 3, sources
     )
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_branches_are_the_prompt_its_text_dropped_and_the_negative_prompt(pipe, edit):
+    """The reference sampler on branches built here, not by the pipelines' `_encode_prompts`: the text-free branch is
+    the prompt with its text dropped as in training, a negative prompt is the negative branch, and an edit guided by
+    text alone keeps the source in both branches."""
+    target = {"type": "image", "height": 32, "width": 32}
+    noise = torch.randn(1, 8, 1, 2, 2, generator=seeded(3))
+    kwargs = dict(height=32, width=32, num_inference_steps=2, guidance_scale=3.0, output_type="latent")
+    ids, mask = pipe._tokenize([pipe._conversation("a red fox", target)])
+    cached = pipe("a red fox", latents=noise, **kwargs).images
+    reference = reference_sample(pipe, [(ids, mask), (pipe.model.unconditional_input_ids(ids), mask)], [3.0, -2.0],
+                                 noise.clone(), 2)  # fmt: skip
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+    negative = "a small blue boat on the lake"
+    ids, mask = pipe._tokenize([pipe._conversation(text, target) for text in ("a red fox", negative)])
+    cached = pipe("a red fox", negative_prompt=negative, latents=noise, **kwargs).images
+    reference = reference_sample(pipe, [(ids[:1], mask[:1]), (ids[1:], mask[1:])], [3.0, -2.0], noise.clone(), 2)
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+
+    pixels = edit.video_processor.preprocess(source_image(), height=32, width=32)
+    ids, mask = edit._tokenize([edit._conversation("make it red", {"type": "image"}, pixels[0])])
+    branches = [(ids, mask), (edit.model.unconditional_input_ids(ids), mask)]
+    cached = edit(source_image(), "make it red", num_inference_steps=2, guidance_scale=3.0, image_guidance_scale=1.0,
+                  latents=noise, output_type="latent").images  # fmt: skip
+    reference = reference_sample(edit, branches, [3.0, -2.0], noise.clone(), 2, [pixels, pixels])
     torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
 
 

@@ -252,6 +252,15 @@ def test_fps_sampling_of_fractional_rates_never_repeats_a_frame(video_fps):
             assert indices.tolist() == list(range(len(indices)))
 
 
+def test_fps_sampling_takes_the_frames_at_the_rate():
+    """24000/1001 from 30000/1001 fps is a stride of 1.25 that floating point gives as 1.2499999999999998: frame 4
+    is at 5.0, not 4.99999."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        indices = sample_frame_indices(120, fps=24000 / 1001, video_fps=30000 / 1001)
+    assert indices[:9].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 10]
+
+
 def test_processor_num_frames_is_a_budget_and_call_time_sampling_wins():
     short = np.zeros((6, 32, 32, 3), np.uint8)
     with pytest.warns(UserWarning, match="has 6 frames, fewer than the processor's num_frames=17; keeping 5"):
@@ -569,7 +578,14 @@ def test_counting_helpers_agree_with_processing(processor, coffee):
 
 @pytest.mark.parametrize(
     "frames, videos_kwargs",
-    [(30, {}), (6, {}), (65, {"num_frames": 13}), (30, {"do_sample_frames": False}), (3, {"do_sample_frames": False})],
+    [
+        (30, {}),
+        (6, {}),
+        (65, {"num_frames": 13}),
+        (30, {"do_sample_frames": False}),
+        (8, {"do_sample_frames": False}),
+        (3, {"do_sample_frames": False}),
+    ],
 )
 def test_video_counting_hook_samples_frames_as_the_call_does(processor, frames, videos_kwargs):
     """vLLM counts placeholders from the raw clip's `(frames, height, width)`: the hook applies the call's frame

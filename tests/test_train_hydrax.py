@@ -217,6 +217,30 @@ def test_collator_labels_only_assistant_text_and_marks_targets(processor, pictur
     assert again["input_ids"].equal(ids), "the collator itself drops no text: the model does, once"
 
 
+def test_collator_never_labels_video_placeholders(processor, pictures):
+    """A video question's and a text-to-video target's `<|video_pad|>` placeholders are -100, as image ones are (the
+    model masks visual blocks again, but a custom loss reads the labels)."""
+    import av
+
+    with av.open(str(pictures / "clip.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(17):  # the processor's frame budget: nothing to round
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 12 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    clip = {"type": "video", "path": "clip.mp4"}
+    question = [
+        train_hydrax.user([clip, train_hydrax.text("What happens?")]),
+        train_hydrax.assistant([train_hydrax.text("it brightens")]),
+    ]
+    drawing = [train_hydrax.user([train_hydrax.text("Film a sunrise")]), train_hydrax.assistant([clip])]
+    batch = HydraXDataCollator(processor, SIZE)([sample(question, pictures), sample(drawing, pictures)])
+    placeholders = batch["input_ids"] == processor.video_token_id
+    assert placeholders.sum(dim=1).gt(0).all() and (batch["labels"][placeholders] == -100).all()
+    assert "".join(labelled_tokens(processor, batch["labels"][0])) == "itĠbrightens<|im_end|>"
+
+
 def test_a_file_name_as_the_image_value_is_relative_to_the_manifest_as_a_path_is(processor, pictures):
     """`{"type": "image", "image": "seen.png"}` (as the processor and the model cards write blocks) resolves against
     the manifest's folder, not the working directory, and a missing one is found up front as a bad sample."""
