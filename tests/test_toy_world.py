@@ -64,8 +64,9 @@ def test_reduced_run_generalises_to_held_out_combinations(tmp_path):
     """Every part learns, scored on combinations held out of training, above chance (questions 1/6, colours 1/4, both
     colours 1/12). The run repeats exactly: no time budget in the tokenizer's schedule and one torch thread (other
     tests change the thread count; results depend on it). Measured with these arguments, seeds 0, 1, 2 (2-core CPU,
-    122–149 s each, 2026-12-02): questions 30.6 %, 66.7 %, 44.4 %; text-to-image both colours right 41.7 %, 41.7 %,
-    50.0 % (background 100 % each); edits recoloured 95.8 %, 83.3 %, 91.7 %, background kept 100 %, 100 %, 87.5 %.
+    2026-12-02, edits as [instruction, source, target]): questions 41.7 %, 50.0 %, 77.8 %; text-to-image both colours
+    right 50.0 %, 91.7 %, 50.0 % (background 100 % each); edits recoloured 100 %, 91.7 %, 91.7 %, background kept 100 %
+    each (with the source before the instruction: 30.6-66.7 %, 41.7-50.0 %, 83.3-95.8 %, 87.5-100 %).
     With batch 1 (before mixed batches) text-to-image drew no shape (both colours 0–8.3 %) and edits recoloured 0–33 %.
     Thresholds sit below the worst seed."""
     fit = ("--tokenizer-steps", "500", "--tokenizer-minutes", "0")  # no clock in the schedule: the run repeats exactly
