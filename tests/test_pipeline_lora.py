@@ -343,3 +343,13 @@ def test_loader_options_it_cannot_honour_and_adapters_inside_a_copy_are_named(pi
     with pytest.raises(ValueError, match="inside `model.flow_head`, which adapter\\(s\\) \\['a'\\] replace"):
         pipe.load_lora_weights(tmp_path / "head", adapter_name="head")
     assert pipe.get_list_adapters() == {"model": ["a"]} and pipe.get_active_adapters() == ["a"]
+
+
+def test_each_adapter_takes_its_own_weight(pipe, adapters, checkpoint):
+    """`set_adapters([a, b], [1.0, 0.0])` is `a` alone (`b` carries no module copy)."""
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.set_adapters(["a", "b"], [1.0, 0.0])
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+    pipe.set_adapters(["b", "a"], [0.0, 1.0])
+    torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from conftest import load_script, pipeline_row
 from PIL import Image
-from transformers import AutoModel
+from transformers import AutoModel, AutoProcessor
 
 from modeling_hydrax import HydraXPipeline
 from modeling_hydrax.data_collator_hydrax import BadSampleError, HydraXDataCollator
@@ -802,3 +803,137 @@ def test_a_manifest_must_be_jsonl_and_a_source_too_small_to_split_is_named(demo,
     one.write_text(demo.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match=rf"--eval-split 0.02: cannot hold out part of --data {one} \(1 rows\)"):
         train_hydrax.build_datasets([(str(demo), 1.0), (str(one), 1.0)], [], 0.02, "error", seed=0)
+
+
+def test_stage_learning_rates_are_the_papers():
+    """The stage table holds the paper's learning rates (the other tests compare the optimizer with the table)."""
+    assert train_hydrax.STAGE_LEARNING_RATES == {
+        1: {"vision_head": 1e-4, "sem_vit": 5e-5},
+        2: {"vision_head": 5e-5, "llm": 2e-5, "sem_vit": 2e-5},
+        3: {"vision_head": 5e-5, "llm": 2e-5, "sem_vit": 2e-5},
+    }
+
+
+def test_lora_adapts_every_llm_projection_with_its_alpha_and_trains_the_stage_groups_in_full(checkpoint):
+    """`--lora-r`: adapters on all seven projections of every LLM layer with `--lora-alpha`'s scaling, while the
+    stage's vision head and Sem-ViT train in full (`modules_to_save`; without it PEFT freezes them)."""
+    from peft.tuners.lora import LoraLayer
+
+    model = AutoModel.from_pretrained(checkpoint)
+    rates = train_hydrax.stage_learning_rates(2)
+    train_hydrax.set_trainable(model, rates)
+    groups_of = {name: train_hydrax.parameter_group(name) for name, _ in model.named_parameters()}
+    full = {name for name, group in groups_of.items() if group in ("vision_head", "sem_vit")}
+    args = argparse.Namespace(
+        lora_r=4, lora_alpha=16, lora_dropout=0.0, lora_target_modules=train_hydrax.DEFAULT_LORA_TARGETS
+    )
+    peft_model = train_hydrax.add_lora(model, args, rates)
+    config = peft_model.peft_config["default"]
+    assert config.r == 4 and config.lora_alpha == 16
+    adapted = {
+        name.removeprefix("base_model.model."): module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    layers = model.config.text_config.num_hidden_layers
+    projections = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+    assert set(adapted) == {f"model.language_model.layers.{i}.{p}" for i in range(layers) for p in projections}
+    assert all(module.scaling["default"] == 16 / 4 for module in adapted.values())
+    trainable = [name for name, param in peft_model.named_parameters() if param.requires_grad]
+    groups = Counter(train_hydrax.parameter_group(name) for name in trainable)
+    assert set(groups) == {"vision_head", "sem_vit", "llm"}, groups
+    assert all("lora_" in name for name in trainable if train_hydrax.parameter_group(name) == "llm")
+    # every vision-head and Sem-ViT tensor of the base model has a trainable full copy
+    copies = {name.removeprefix("base_model.model.").replace(".modules_to_save.default", "") for name in trainable
+              if ".modules_to_save.default." in name}  # fmt: skip
+    assert copies == full
+
+
+def test_validation_samples_follow_the_seed(checkpoint, tmp_path):
+    """`--seed` seeds the validation samples (seed 0 alone cannot tell a seed that is ignored)."""
+    model = AutoModel.from_pretrained(checkpoint)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    images = train_hydrax.sample_prompts(model, processor, ["a cat", "a dog"], 32, 2, 3.0, seed=7)
+    row = np.concatenate([np.asarray(image) for image in images], axis=1)
+    assert np.array_equal(
+        row, pipeline_row(checkpoint, ["a cat", "a dog"], size=32, steps=2, guidance_scale=3.0, seed=7)
+    )
+    assert not np.array_equal(row, pipeline_row(checkpoint, ["a cat", "a dog"], size=32, steps=2, guidance_scale=3.0))
+
+
+def write_checkpoint(folder: Path, record: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / train_hydrax.RUN_FILE).write_text(json.dumps(record))
+    return folder
+
+
+RECORD = {
+    "stage": 2,
+    "learning_rates": {"vision_head": 5e-5, "llm": 2e-5, "sem_vit": 2e-5},
+    "lora": {"r": 4, "alpha": 16, "dropout": 0.0, "targets": "x"},
+    "architecture": {},
+    "trainable_tensors": 7,
+}
+
+
+def test_resume_last_takes_the_newest_complete_checkpoint(tmp_path):
+    """With several complete checkpoints `last` is the newest by step (not by name order)."""
+    work = tmp_path / "work"
+    for step in (2, 10, 4):
+        write_checkpoint(work / f"checkpoint-{step}", RECORD)
+    assert train_hydrax.resume_checkpoint("last", work, RECORD) == str(work / "checkpoint-10")
+
+
+def test_resuming_with_other_lora_settings_says_why(tmp_path):
+    """Every field of the run record is checked, the LoRA settings too (a resume restores the checkpoint's
+    adapter, so a changed rank or alpha would be silently ignored)."""
+    saved = write_checkpoint(tmp_path / "work" / "checkpoint-2", RECORD)
+    other = {**RECORD, "lora": {**RECORD["lora"], "alpha": 32}}
+    with pytest.raises(ValueError, match=r"trained differently \(lora: checkpoint"):
+        train_hydrax.resume_checkpoint(str(saved), tmp_path / "work", other)
+
+
+def test_a_resume_runs_only_the_remaining_steps(checkpoint, tmp_path, monkeypatch):
+    """A resumed run executes only the steps after its checkpoint: a run from scratch with the same seed gives the
+    same losses and weights, so only the steps it runs tell a resume from a rerun."""
+    from conftest import interrupting
+
+    demo = train_hydrax.write_demo_data(tmp_path / "demo")
+    argv = ["--model", checkpoint, "--data", demo, "--max-steps", 3, "--save-steps", 2, "--logging-steps", 1,
+            "--report-to", "none", "--output-dir", tmp_path / "out"]  # fmt: skip
+    argv = list(map(str, argv))
+    with monkeypatch.context() as patch:
+        patch.setattr(train_hydrax, "RunRecordCallback", interrupting(train_hydrax.RunRecordCallback))
+        assert train_hydrax.main(argv).state.global_step == 2
+    ran = []
+
+    class Steps(train_hydrax.RunRecordCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            ran.append(state.global_step + 1)
+
+    monkeypatch.setattr(train_hydrax, "RunRecordCallback", Steps)
+    resumed = train_hydrax.main([*argv, "--resume-from-checkpoint", "last"])
+    assert ran == [3] and resumed.state.global_step == 3
+
+
+def test_the_seed_picks_the_held_out_split(tmp_path):
+    """`--eval-split` holds out a seeded random part of every source."""
+    manifest = train_hydrax.write_demo_data(tmp_path / "demo")
+    held_out = [
+        tuple(train_hydrax.build_datasets([(str(manifest), 1.0)], [], 0.5, "error", seed=seed)[1]["origin"])
+        for seed in range(4)
+    ]
+    assert len(set(held_out)) > 1, held_out
+
+
+def test_the_seed_orders_a_streamed_mixture():
+    """`endless_stream` shuffles with the run's seed."""
+    import datasets
+
+    stream = datasets.Dataset.from_dict({"origin": [str(i) for i in range(50)]}).to_iterable_dataset()
+    orders = [
+        [row["origin"] for _, row in zip(range(50), train_hydrax.endless_stream(stream, seed))] for seed in (0, 1)
+    ]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(str(i) for i in range(50))
+    assert orders[0] != orders[1]

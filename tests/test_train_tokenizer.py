@@ -5,6 +5,7 @@ Everything is tiny and offline: 32×32 crops of a few 48×64 / 64×48 PNGs and a
 random SigLIP 2 / V-JEPA 2 teachers and a tiny LPIPS saved to folders once per module. The script runs in-process.
 """
 
+import argparse
 import itertools
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -24,6 +26,7 @@ from conftest import interrupting, load_script, tiny_siglip2, tiny_vjepa2
 from PIL import Image
 from transformers import AutoModel
 
+import modeling_hydrax.data_hydrax_tok as data_module
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel
 from modeling_hydrax.data_hydrax_tok import (
     HydraXTokBadSample,
@@ -921,3 +924,192 @@ def test_a_run_resumed_in_a_later_epoch_sees_that_epochs_batches_on_every_proces
         return list(loader)
 
     assert epoch_batches(1) == epoch_batches(0)[1:]
+
+
+def test_stage_tables_are_the_papers():
+    """The stage tables hold the paper's loss weights and learning rates (the other tests compare the loss config and
+    the optimizer with the tables)."""
+    assert train_tokenizer.STAGE_WEIGHTS == {
+        1: {"l1": 1.0, "lpips": 0.1, "kl": 1e-4, "gan": 0.0, "distill_image": 1.0, "distill_video": 1.0},
+        2: {"l1": 1.0, "lpips": 0.1, "kl": 0.0, "gan": 0.075, "distill_image": 0.0, "distill_video": 0.0},
+        3: {"l1": 0.0, "lpips": 0.0, "kl": 0.0, "gan": 0.0, "distill_image": 1.0, "distill_video": 1.0},
+    }
+    assert train_tokenizer.STAGE_LEARNING_RATES == {1: 2e-4, 2: 1e-4, 3: 1e-4}
+
+
+@pytest.fixture(scope="module")
+def gan_run(data, tmp_path_factory):
+    """4 steps of stage 2 with the GAN from step 2 on (steps count from 0: the 3rd and 4th optimizer steps)."""
+    out = tmp_path_factory.mktemp("gan")
+    argv = ["--data", data, "--output-dir", out, "--size", 32, "--num-frames", 5, "--batch-size", 2,
+            "--max-steps", 4, "--save-steps", 4, "--logging-steps", 1, "--report-to", "none", "--preset", "tiny",
+            "--stage", 2, "--no-teachers", "--lpips-weight", 0, "--gan-start-step", 2]  # fmt: skip
+    return train_tokenizer.main(list(map(str, argv)))
+
+
+def test_the_gan_starts_at_gan_start_step(gan_run):
+    """`--gan-start-step 2`: the GAN term is weighted 0 for the first two steps, 0.075 from then on (the step
+    reaches the loss through the trainer's callback)."""
+    log = [entry for entry in gan_run.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert [entry["gan_weight"] for entry in log] == pytest.approx([0.0, 0.0, 0.075, 0.075]), log
+    assert [entry["gan"] == 0 for entry in log] == [True, True, False, False], log
+    assert gan_run.model.loss_fn.config.gan_start_step == 2
+
+
+def test_the_tokenizer_trains_with_its_adam_betas(gan_run):
+    """`--adam-beta2` (0.95) reaches the tokenizer's AdamW groups; the discriminator keeps (0.5, 0.9)."""
+    betas = {group["name"]: group["betas"] for group in gan_run.optimizer.param_groups}
+    assert betas == {"tokenizer": (0.9, 0.95), "tokenizer_no_decay": (0.9, 0.95), "discriminator_no_decay": (0.5, 0.9)}
+
+
+def test_the_two_players_gradients_are_clipped_apart():
+    """The two players are clipped apart: the discriminator's large gradient does not shrink the tokenizer's."""
+
+    class Module(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokenizer = torch.nn.Linear(4, 4)
+            self.loss_fn = torch.nn.Module()
+            self.loss_fn.discriminator = torch.nn.Linear(4, 4)
+
+    module = Module()
+    module.tokenizer.weight.grad = torch.full((4, 4), 0.1)  # norm 0.4 (+ bias 0): below the limit
+    module.tokenizer.bias.grad = torch.zeros(4)
+    module.loss_fn.discriminator.weight.grad = torch.full((4, 4), 25.0)  # norm 100
+    module.loss_fn.discriminator.bias.grad = torch.zeros(4)
+    accelerator = argparse.Namespace(clip_grad_norm_=torch.nn.utils.clip_grad_norm_)
+    fake = argparse.Namespace(accelerator=accelerator, args=argparse.Namespace(max_grad_norm=1.0))
+    norm = train_tokenizer.HydraXTokTrainer._clip_grad_norm(fake, module)
+    assert float(norm) == pytest.approx(0.4)
+    torch.testing.assert_close(module.tokenizer.weight.grad, torch.full((4, 4), 0.1))
+    assert float(module.loss_fn.discriminator.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_the_time_budget_schedule_follows_whichever_runs_out_first():
+    """With `--max-minutes` the cosine schedule's progress is the larger of the step and time fractions."""
+    budget = train_tokenizer.TimeBudget(minutes=1e6, max_steps=10, warmup_steps=0)
+    assert budget.factor(0) == pytest.approx(1.0, abs=1e-6)
+    assert budget.factor(10) == pytest.approx(0.1, abs=1e-6)  # the steps ran out; the time did not
+    assert budget.factor(5) == pytest.approx(0.55, abs=1e-6)
+    budget = train_tokenizer.TimeBudget(minutes=1.0, max_steps=10, warmup_steps=0)
+    budget.start = time.monotonic() - 61  # the time ran out; the steps did not
+    assert budget.factor(0) == pytest.approx(0.1, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ data_hydrax_tok
+def test_seeded_crops_cover_the_image_flip_shuffle_channels_and_scale(tmp_path, monkeypatch):
+    """Each seeded crop is an exact box of the image (its channels maybe permuted), resized, maybe flipped; over 40
+    seeds the boxes reach across the whole width, vary in scale, and are flipped and channel-shuffled sometimes."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
+    dataset = HydraXTokClipDataset([tmp_path], resolutions=[(32, 32)], num_frames=1, shuffle_channels=True)
+    image = torch.from_numpy(np.array(Image.open(tmp_path / "noise.png"))).permute(2, 0, 1)
+    boxes = []
+    interpolate = data_module.F.interpolate
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(torch.nn.functional, name)
+
+        @staticmethod
+        def interpolate(box, *args, **kwargs):
+            boxes.append(box.clone())
+            return interpolate(box, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "F", Spy())
+    lefts, sides, flips, orders = set(), set(), set(), set()
+    for seed in range(40):
+        pixels = dataset[(0, seed)]["pixel_values"]
+        box = boxes[-1][0]  # [3, h, w] float
+        side = box.shape[-1]
+        assert box.shape[-2] == side  # a square bucket: a square box
+        sides.add(side)
+        found = [
+            (top, left, order)
+            for order in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+            for top in range(48 - side + 1)
+            for left in range(64 - side + 1)
+            if torch.equal(image[list(order), top : top + side, left : left + side].float(), box)
+        ]
+        assert len(found) == 1, (seed, found)
+        _, left, order = found[0]
+        lefts.add(left)
+        orders.add(order)
+        resized = (interpolate(box[None], size=(32, 32), mode="bilinear", antialias=True) / 127.5 - 1).clamp(-1, 1)[0]
+        flipped = torch.equal(pixels, resized.flip(-1))
+        assert flipped or torch.equal(pixels, resized)
+        flips.add(flipped)
+        # the box's left edge lies anywhere across the width, beyond the height's range too
+    assert max(lefts) > 48 - min(sides), (lefts, sides)
+    assert flips == {True, False}
+    assert len(orders) > 1
+    assert min(sides) < 36 and max(sides) > 40, sides  # scales in [0.5, 1] of the 48-pixel box
+
+
+@pytest.mark.parametrize("cache_media", [False, True])
+def test_clips_take_every_frame_stride_th_frame_and_every_start(data, cache_media):
+    """`frame_stride` frames from every possible start (the last one too), decoded or sliced from the media cache:
+    frame t of the test clip is grey level 16·t + 8."""
+    dataset = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5, frame_stride=2,
+                                   cache_media=cache_media)  # fmt: skip
+    video = next(index for index, item in enumerate(dataset.items) if item.kind == "video")
+
+    def frame_numbers(pixels):
+        return ((pixels.mean(dim=(0, 2, 3)) + 1) * 127.5 - 8) / 16
+
+    # 12 frames, a span of 9: starts 0-3, the middle one 1 (frames 1, 3, 5, 7, 9)
+    torch.testing.assert_close(
+        frame_numbers(dataset[video]["pixel_values"]), torch.arange(1.0, 10.0, 2), atol=0.1, rtol=0
+    )
+    starts = set()
+    for seed in range(24 if cache_media else 12):
+        numbers = frame_numbers(dataset[(video, seed)]["pixel_values"])
+        start = round(float(numbers[0]))
+        torch.testing.assert_close(numbers, torch.arange(start, start + 9.0, 2), atol=0.1, rtol=0)
+        starts.add(start)
+    assert starts == {0, 1, 2, 3}, starts
+
+
+class Buckets:
+    """What the batch sampler reads of a dataset: buckets of indices, its length and kinds."""
+
+    def __init__(self, buckets):
+        self.buckets = buckets
+
+    def __len__(self):
+        return sum(len(indices) for indices in self.buckets.values())
+
+    def kinds(self):
+        return {key[0] for key in self.buckets}
+
+
+def test_buckets_are_drawn_in_proportion_to_their_size():
+    """A bucket of 9 items is drawn 9 times as often as a bucket of 1 (uniformly drawn: half the batches)."""
+    data = Buckets({("image", 32, 32): list(range(9)), ("image", 32, 48): [9]})
+    sampler = HydraXTokBucketBatchSampler(data, 1, seed=0)
+    drawn = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn += [batch[0][0] for batch in sampler]
+    share = sum(index != 9 for index in drawn) / len(drawn)
+    assert 0.8 < share < 0.97, share
+
+
+def test_a_bucket_gives_each_item_once_before_repeating():
+    """Within an epoch, a bucket's shuffled queue gives every item before any repeats."""
+    sampler = HydraXTokBucketBatchSampler(Buckets({("image", 32, 32): list(range(6))}), 1, seed=0)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        assert sorted(batch[0][0] for batch in sampler) == list(range(6))
+
+
+def test_the_stream_is_shuffled_with_its_seed(tmp_path):
+    """`seed` orders a stream's rows."""
+
+    write_images(tmp_path, 12)
+    orders = [
+        [row["origin"] for row in HydraXTokStreamDataset([tmp_path], [(32, 32)], 2, seed=seed, num_frames=5).rows]
+        for seed in (0, 1)
+    ]
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
