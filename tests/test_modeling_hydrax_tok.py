@@ -1,5 +1,7 @@
 """Hydra-XTok: shapes, causality, streaming equivalence, editing mode, save/load, gradients and input checks."""
 
+import itertools
+
 import pytest
 import torch
 from conftest import tiny_tok_config
@@ -9,6 +11,7 @@ from transformers import AutoConfig, AutoModel, Qwen2Config, modeling_utils
 from transformers.testing_utils import CaptureLogger
 
 from modeling_hydrax import HydraXTokFrameCache, HydraXTokModel
+from modeling_hydrax.modeling_hydrax_tok import patchify, unpatchify
 
 
 MODES = ["tubelet", "causal", "full"]
@@ -660,3 +663,84 @@ def test_block_level_group_offloading_gives_the_same_outputs(tmp_path):
         parameter.data.fill_(float("nan"))
     for got, want in zip(run(), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("temporal_patch_size", [2, 4])
+@pytest.mark.parametrize("includes_anchor", [True, False])
+def test_unpatchify_inverts_patchify_pixel_for_pixel(temporal_patch_size, includes_anchor):
+    """The decoder's pixel layout is the patch embedding's: unpatchify(patchify(x)) == x, on a non-square grid with
+    a non-square count of patches per side, so a swapped row / column or in-patch axis shows."""
+    frames = (1 if includes_anchor else 0) + 2 * temporal_patch_size
+    pixels = torch.randn(2, 3, frames, 3 * 4, 5 * 4)
+    patches = patchify(pixels, 4, temporal_patch_size, includes_anchor)
+    assert patches.shape[-1] == temporal_patch_size * 4 * 4 * 3
+    restored = unpatchify(patches, (3, 5), 4, temporal_patch_size, 3, includes_anchor)
+    assert torch.equal(restored, pixels)
+
+
+def test_patchify_feature_order_is_time_row_column_channel():
+    """A tubelet's features are ordered (t, row, column, channel), the layout of SigLIP 2's patch embedding that
+    the converted weights assume, and tokens run row-major over the grid."""
+    p, tp, grid = 2, 2, (2, 3)
+    pixels = torch.randn(1, 3, tp, grid[0] * p, grid[1] * p)
+    patches = patchify(pixels, p, tp, includes_anchor=False)
+    for r, c, t, i, j, ch in itertools.product(
+        range(grid[0]), range(grid[1]), range(tp), range(p), range(p), range(3)
+    ):
+        feature = ((t * p + i) * p + j) * 3 + ch
+        assert patches[0, 0, r * grid[1] + c, feature] == pixels[0, ch, t, r * p + i, c * p + j]
+
+
+def test_attention_dropout_is_off_in_eval_under_every_implementation():
+    """`attention_dropout` only acts in training: sdpa (unlike eager) applies any `dropout` it is given, so eval
+    outputs must not change from call to call, and equal eager's."""
+    config = tiny_tok_config(attention_dropout=0.5)
+    eager = HydraXTokModel._from_config(config, attn_implementation="eager").eval()
+    sdpa = HydraXTokModel._from_config(tiny_tok_config(attention_dropout=0.5), attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    pixels = clip(5)
+    with torch.no_grad():
+        first, second = sdpa.encode(pixels).latents, sdpa.encode(pixels).latents
+        reference = eager.encode(pixels).latents
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_fold_and_unfold_after_the_last_layer():
+    """`gen_fold_layer == num_gen_layers` and `decoder_unfold_layer == 0` / `== num_decoder_layers` are valid
+    splits: the fold then runs after the last Gen-ViT block, and the clip still compresses 4× in time."""
+    for unfold in (0, 3):
+        model = build(gen_fold_layer=3, decoder_unfold_layer=unfold)
+        with torch.no_grad():
+            out = model(clip(9))
+        assert out.latents.shape == (1, 8, 3, 2, 2)
+        assert out.reconstruction.shape == (1, 3, 9, 32, 32)
+    model = build(gen_fold_layer=3, decoder_unfold_layer=3)
+    with torch.no_grad():
+        whole = model.encode(clip(9)).latents
+    assert whole.shape[2] == 3
+
+
+def test_full_attention_returns_no_semantic_cache():
+    """Under attention_mode='full' no cache can be continued (passing one is refused), so none is returned."""
+    model = build(attention_mode="full")
+    with torch.no_grad():
+        out = model.get_semantic_features(torch.randn(1, 8, 2, 2, 2))
+    assert out.cache is None
+    tubelet = build()
+    with torch.no_grad():
+        assert tubelet.get_semantic_features(torch.randn(1, 8, 2, 2, 2)).cache.seen("semantic") == 2
+
+
+def test_add_decompressor_initialises_like_the_model():
+    """A Decompressor added later (stage-3 distillation of a tower without one) gets the model's `_init_weights`:
+    zero biases, weights at `initializer_range`, not torch's default uniform init."""
+    model = HydraXTokModel(tiny_tok_config(use_decompressor=False, hidden_size=64, intermediate_size=128))
+    model.add_decompressor()
+    head = model.decompressor.image_head
+    assert torch.equal(head.bias, torch.zeros_like(head.bias))
+    std = model.config.initializer_range
+    for module in model.decompressor.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+            assert abs(module.weight.std().item() - std) < 0.3 * std

@@ -1104,3 +1104,79 @@ def test_message_objects_and_continued_messages_give_the_targets_they_render(pro
     chat = [{"role": "user", "content": "Draw a cat"}, reply]
     out = processor.apply_chat_template(chat, continue_final_message=True, tokenize=True, return_dict=True)
     assert "target_mask" not in out and processor.tokenizer.decode(out["input_ids"][0]).endswith("here it is: ")
+
+
+@pytest.fixture(scope="module")
+def default_processor(tokenizer):
+    """The processors' own defaults (images 256²–1024²)."""
+    return HydraXProcessor(HydraXImageProcessor(), tokenizer, HydraXVideoProcessor())
+
+
+def _png_base64(size=(64, 64)) -> str:
+    import base64
+    import io
+
+    import PIL.Image
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.full((*size, 3), 200, np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_visual_blocks_with_any_data_key_are_inputs_in_assistant_turns(default_processor):
+    """The template and `_targets_from_conversations` agree on what makes a block hold data (image, video, url,
+    path, base64): an assistant block with data renders as an `<|image_pad|>` block carrying its pixels (a training
+    target with data), never as a data-less `<|vision_pad|>` target."""
+    for key, value in (("base64", _png_base64()), ("image", np.full((64, 64, 3), 200, np.uint8))):
+        messages = [
+            {"role": "user", "content": [{"type": "text", "text": "Show me one."}]},
+            {"role": "assistant", "content": [{"type": "image", key: value}]},
+        ]
+        prompt = default_processor.apply_chat_template(messages, tokenize=False)
+        assert "<|vision_pad|>" not in prompt and prompt.count("<|image_pad|>") == 1, key
+        inputs = default_processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+        assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]], key
+        assert inputs["target_grid_thw"].tolist() == [[1, 16, 16]], key
+
+
+def test_chat_template_renders_the_qwen2_5_format_exactly(default_processor):
+    """Golden rendering: Qwen2.5's default system prompt and turn markup (what the LLM was trained on), an input
+    image block in a user turn and a data-less generation target in an assistant turn."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Make it night."}]},
+        {"role": "assistant", "content": [{"type": "image"}]},
+        {"role": "user", "content": "Thanks!"},
+    ]
+    expected = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Make it night.<|im_end|>\n"
+        "<|im_start|>assistant\n<|vision_start|><|vision_pad|><|vision_end|><|im_end|>\n"
+        "<|im_start|>user\nThanks!<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert default_processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert default_processor.apply_chat_template(system, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    )
+
+
+def test_tiny_tokenizer_pads_on_the_right_by_default_as_qwen2_5(default_processor):
+    """Qwen2.5's tokenizer pads on the right unless asked otherwise (training batches); generation asks for left."""
+    tokenizer = default_processor.tokenizer
+    assert tokenizer.padding_side == "right"
+    batch = tokenizer(["Hello there, how are you?", "A fox."], padding=True)
+    pad = tokenizer.pad_token_id
+    assert batch["input_ids"][1][-1] == pad and batch["input_ids"][1][0] != pad
+    assert batch["attention_mask"][1][-1] == 0 and batch["attention_mask"][1][0] == 1
+
+
+def test_post_process_image_text_to_text_drops_special_tokens_by_default(default_processor):
+    """As every transformers VLM processor: decoding generated ids drops `<|im_end|>` & co. unless asked to keep
+    them; one row `[length]` gives a one-item list."""
+    tokenizer = default_processor.tokenizer
+    ids = tokenizer(["A fox.<|im_end|>"], return_tensors="pt")["input_ids"]
+    assert default_processor.post_process_image_text_to_text(ids) == ["A fox."]
+    assert default_processor.post_process_image_text_to_text(ids[0]) == ["A fox."]
+    kept = default_processor.post_process_image_text_to_text(ids, skip_special_tokens=False)
+    assert kept == ["A fox.<|im_end|>"]
