@@ -12,10 +12,11 @@ active, so two active adapters may not both carry a copy of the same module.
 This file imports only torch, diffusers and, when used, peft: a checkpoint folder carries it with the pipeline code.
 """
 
+import contextlib
 import os
 import warnings
 
-from diffusers.utils import logging
+from diffusers.utils import logging, scale_lora_layers
 
 
 logger = logging.get_logger(__name__)
@@ -252,6 +253,34 @@ class HydraXLoraLoaderMixin:
         for module in self.model.modules():
             if isinstance(module, layer_types):
                 module.enable_adapters(enabled)
+
+    @contextlib.contextmanager
+    def _scaled_lora(self, scale: float | None):
+        """diffusers' per-call LoRA strength (`attention_kwargs={"scale": scale}`): inside the block, the active
+        adapters' low-rank updates are multiplied by `scale` (diffusers' `scale_lora_layers`) on top of their
+        `set_adapters` weights; afterwards each layer's weights are restored exactly (diffusers' `unscale_lora_layers`
+        divides by the scale, and after a scale of 0 resets every weight to 1.0, losing the `set_adapters` weights)."""
+        if scale is None or scale == 1:
+            yield
+            return
+        if not self.get_list_adapters()["model"]:
+            logger.warning(f"`attention_kwargs['scale']={scale}` scales LoRA adapters, and none is loaded: no effect.")
+            yield
+            return
+        if self._lora_fuse_scale is not None:
+            raise ValueError(
+                f"The adapters are fused into the weights (at lora_scale={self._lora_fuse_scale}), where a per-call "
+                "scale cannot reach them; call `unfuse_lora()` first, or fuse at the scale you want."
+            )
+        tuner_layer = self._peft_layer_types()[0]
+        layers = [module for module in self.model.modules() if isinstance(module, tuner_layer)]
+        weights = [dict(layer.scaling) for layer in layers]
+        scale_lora_layers(self.model, scale)
+        try:
+            yield
+        finally:
+            for layer, saved in zip(layers, weights):
+                layer.scaling.update(saved)
 
     # --------------------------------------------------------------------------------------------- fusing
     def fuse_lora(self, lora_scale: float = 1.0, adapter_names: list[str] | None = None, safe_fusing: bool = False):

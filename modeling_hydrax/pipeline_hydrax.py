@@ -56,6 +56,8 @@ LOADER_FILE = "pipeline_loading_hydrax.py"
 PIPELINE_FILES = ("pipeline_hydrax.py", "pipeline_hydrax_edit.py", "lora_loading_hydrax.py", LOADER_FILE)
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The guidance branches an encoded prompt can hold, in their batch order: a prefix holds the first one, two or three.
+GUIDANCE_BRANCHES = ("conditional", "text-free", "source-free")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -104,26 +106,30 @@ class HydraXPipelineOutput(BaseOutput):
 @dataclass
 class HydraXEncodedPrompt:
     """
-    Prompts run through the LLM once by [`HydraXPipeline.encode_prompt`], for `prompt_embeds=` in any number of calls.
+    Prompts run through the LLM once by [`HydraXPipeline.encode_prompt`] (or, with their source images,
+    [`HydraXEditPipeline.encode_prompt`]), for `prompt_embeds=` in any number of calls.
 
     Hydra-X has no separate text encoder: the LLM that reads the prompt also predicts every denoising step, so the
-    encoded prompt is that LLM's cached prefix (keys and values of every layer) rather than embedding tensors. The
-    prefix ends where the generation target starts, so one encoding serves any size, frame count, seed or
-    image-to-video anchor.
+    encoded prompt is that LLM's cached prefix (keys and values of every layer) rather than embedding tensors. A text
+    prompt's prefix ends where the generation target starts, so one encoding serves any size, frame count, seed or
+    image-to-video anchor; an edit's also holds its source's Sem-ViT frame cache, which fixes the output size.
 
     Args:
         prefix (`HydraXGenerationPrefix`): the cached prefix of every guidance branch, branch-major, each prompt
             repeated `num_images_per_prompt` times.
         num_prompts (`int`): prompts encoded.
         num_images_per_prompt (`int`): outputs per prompt the prefix has rows for.
-        guided (`bool`): whether the prefix holds the text-free (or negative) branch of classifier-free guidance, so
-            that it serves calls with `guidance_scale > 1` (and only those).
+        num_branches (`int`): the guidance branches the prefix holds, the first of `GUIDANCE_BRANCHES`: 1, the
+            conditional one (guidance off); 2, also the text-free (or negative) one of classifier-free guidance; 3,
+            also an edit's source-free one of image guidance. It serves the calls whose guidance scales run as many.
+        size (`tuple[int, int]`, *optional*): an edit's output `(height, width)`, the size its sources were encoded at.
     """
 
     prefix: object
     num_prompts: int
     num_images_per_prompt: int
-    guided: bool
+    num_branches: int
+    size: tuple[int, int] | None = None
 
 
 def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -410,6 +416,113 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             )
         return negatives
 
+    def _prompts(self, prompt, negative_prompt, max_sequence_length, **scales: float):
+        """The prompts and negative prompts (`None` without) of a call, checked, and cut to `max_sequence_length`."""
+        prompts = self._truncated(self._prompt_list(prompt), max_sequence_length)
+        negatives = self._negative_prompt_list(negative_prompt, len(prompts), **scales)
+        return prompts, None if negatives is None else self._truncated(negatives, max_sequence_length)
+
+    def _truncated(self, prompts: list[str], max_sequence_length: int | None) -> list[str]:
+        """`prompts` cut after their first `max_sequence_length` tokens, with what is cut logged, as diffusers'
+        pipelines cut long prompts; `None` keeps them whole (the LLM reads any length its positions allow)."""
+        if max_sequence_length is None:
+            return prompts
+        limit = max_sequence_length
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(
+                f"`max_sequence_length` must be an int ≥ 1 (text tokens per prompt) or None (no limit), got "
+                f"{max_sequence_length!r}."
+            )
+        tokens = self.processor.tokenizer(prompts, add_special_tokens=False, return_offsets_mapping=True)
+        kept = []
+        for text, spans in zip(prompts, tokens["offset_mapping"]):
+            if len(spans) > max_sequence_length:
+                end = spans[max_sequence_length - 1][1]  # the end of the last token kept, in characters
+                logger.warning(
+                    f"The following part of your input was truncated because `max_sequence_length` is set to "
+                    f"{max_sequence_length} tokens: {text[end:]!r}"
+                )
+                text = text[:end]
+            kept.append(text)
+        return kept
+
+    @staticmethod
+    def _lora_scale(attention_kwargs) -> float | None:
+        """The LoRA strength in diffusers' `attention_kwargs={"scale": s}`, the one key Hydra-X takes there: its
+        attention runs through transformers' attention interface, which takes no per-call arguments."""
+        if attention_kwargs is None:
+            return None
+        if not isinstance(attention_kwargs, dict):
+            raise TypeError(
+                f"`attention_kwargs` must be a dict such as {{'scale': 0.5}}, got {type(attention_kwargs).__name__}."
+            )
+        unknown = sorted(set(attention_kwargs) - {"scale"}, key=str)
+        if unknown:
+            raise ValueError(
+                f"`attention_kwargs` holds {unknown}, which Hydra-X does not take: its one key is `scale`, the "
+                "strength of the loaded LoRA adapters, e.g. {'scale': 0.5}."
+            )
+        scale = attention_kwargs.get("scale")
+        if scale is not None and (
+            isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
+        ):
+            raise ValueError(f"`attention_kwargs['scale']` (LoRA strength) must be a finite number, got {scale!r}.")
+        return scale
+
+    def _num_prompts(self, prompt, negative_prompt, prompt_embeds, num_images_per_prompt, encoded: dict, **scales):
+        """How many prompts a call has, from `prompt` or from `prompt_embeds`, which must suit the call: made by
+        `encode_prompt`, not passed beside the inputs it already holds (`encoded`, by name), with the guidance
+        branches the call's `scales` run, its outputs per prompt, and the pipeline's current dtype and device."""
+        self._check_guidance(**scales)
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt(prompt, ...)`.")
+            prompts = self._prompt_list(prompt)
+            self._negative_prompt_list(negative_prompt, len(prompts), **scales)
+            return len(prompts)
+        if not isinstance(prompt_embeds, HydraXEncodedPrompt):
+            raise TypeError(
+                f"`prompt_embeds` must come from `pipe.encode_prompt(...)`, got {type(prompt_embeds).__name__}."
+            )
+        passed = {"prompt": prompt, "negative_prompt": negative_prompt, **encoded}
+        passed = [name for name, value in passed.items() if value is not None]
+        if passed:
+            raise ValueError(
+                f"`prompt_embeds` already hold the prompts and negative prompts (an edit's, its sources at their "
+                f"size); pass {passed} to `encode_prompt`, and `prompt_embeds` alone here."
+            )
+        held, needed = prompt_embeds.num_branches, len(self._guidance_weights(**scales))
+        if held != needed:
+            settings = ", ".join(f"{name}={scale}" for name, scale in scales.items())
+            raise ValueError(
+                f"`prompt_embeds` hold {held} guidance branch(es) ({', '.join(GUIDANCE_BRANCHES[:held])}), but this "
+                f"call ({settings}) runs {needed} ({', '.join(GUIDANCE_BRANCHES[:needed])}); encode the prompts with "
+                "this call's guidance scales."
+            )
+        if prompt_embeds.num_images_per_prompt != num_images_per_prompt:
+            raise ValueError(
+                f"`prompt_embeds` were encoded for num_images_per_prompt={prompt_embeds.num_images_per_prompt}, but "
+                f"this call asks for {num_images_per_prompt}; encode with the call's num_images_per_prompt."
+            )
+        keys = prompt_embeds.prefix.cache.layers[0].keys
+        dtype, device = self.model.get_input_embeddings().weight.dtype, self._execution_device
+        if keys.dtype != dtype or keys.device.type != device.type:
+            raise ValueError(
+                f"`prompt_embeds` were encoded in {keys.dtype} on {keys.device.type}, but the pipeline now runs in "
+                f"{dtype} on {device.type}: encode the prompts again after `pipe.to(...)`."
+            )
+        return prompt_embeds.num_prompts
+
+    def _check_size(self, height, width):
+        patch = self.patch_size
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < patch or value % patch:
+                nearest = max(patch, round(value / patch) * patch) if isinstance(value, numbers.Real) else 16 * patch
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of the tokenizer's patch size {patch}, got {value!r}; "
+                    f"use e.g. {nearest}."
+                )
+
     def _check_inputs(
         self,
         height,
@@ -420,14 +533,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         output_type,
         callback_on_step_end_tensor_inputs,
     ):
-        patch = self.patch_size
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < patch or value % patch:
-                nearest = max(patch, round(value / patch) * patch) if isinstance(value, numbers.Real) else 16 * patch
-                raise ValueError(
-                    f"`{name}` must be a positive multiple of the tokenizer's patch size {patch}, got {value!r}; "
-                    f"use e.g. {nearest}."
-                )
+        self._check_size(height, width)
         if sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"`num_inference_steps` must be an int ≥ 1, got {num_inference_steps!r}.")
         if sigmas is not None:
@@ -777,6 +883,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         guidance_scale: float = 4.0,
         num_images_per_prompt: int = 1,
+        max_sequence_length: int | None = None,
+        lora_scale: float | None = None,
     ) -> HydraXEncodedPrompt:
         r"""
         Run prompts through the LLM once, for `prompt_embeds=` in later calls: a seed or guidance sweep, other sizes,
@@ -792,61 +900,34 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 at any scale above 1.
             num_images_per_prompt (`int`, defaults to 1):
                 Outputs per prompt of the calls using the encoding.
+            max_sequence_length (`int`, *optional*):
+                Text tokens kept per prompt (and negative prompt); longer ones are cut, with a warning naming what is
+                cut. Default: no limit.
+            lora_scale (`float`, *optional*):
+                Strength of the loaded LoRA adapters while the prompts are read (a call's `attention_kwargs["scale"]`).
 
         Returns:
             [`HydraXEncodedPrompt`]: pass it as `pipe(prompt_embeds=...)`, e.g. once per seed of a sweep.
         """
-        prompts = self._prompt_list(prompt)
-        negative_prompts = self._negative_prompt_list(negative_prompt, len(prompts), guidance_scale=guidance_scale)
+        num_images_per_prompt, max_sequence_length = plain_ints(num_images_per_prompt, max_sequence_length)
+        prompts, negative_prompts = self._prompts(
+            prompt, negative_prompt, max_sequence_length, guidance_scale=guidance_scale
+        )
         self._check_images_per_prompt(num_images_per_prompt)
         target = {"type": "image", "height": self.patch_size, "width": self.patch_size}  # the prefix ends before it
         conditional, text_free = self._encode_prompts(
             [self._conversation(text, target) for text in prompts],
             None if negative_prompts is None else [self._conversation(text, target) for text in negative_prompts],
         )
-        guided = guidance_scale > 1
-        prefix = self._prepare_prefix([conditional, text_free] if guided else [conditional], num_images_per_prompt)
-        return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, guided)
+        branches = [conditional, text_free][: len(self._guidance_weights(guidance_scale))]
+        with self._scaled_lora(lora_scale):
+            prefix = self._prepare_prefix(branches, num_images_per_prompt)
+        return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, len(branches))
 
-    def _num_prompts(self, prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt) -> int:
-        """How many prompts a call has, from `prompt` or from `prompt_embeds`, which must suit the call's guidance
-        and outputs per prompt."""
-        self._check_guidance(guidance_scale=guidance_scale)
-        if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt(prompt, ...)`.")
-            prompts = self._prompt_list(prompt)
-            self._negative_prompt_list(negative_prompt, len(prompts), guidance_scale=guidance_scale)
-            return len(prompts)
-        if not isinstance(prompt_embeds, HydraXEncodedPrompt):
-            raise TypeError(
-                f"`prompt_embeds` must come from `pipe.encode_prompt(...)`, got {type(prompt_embeds).__name__}."
-            )
-        if prompt is not None or negative_prompt is not None:
-            raise ValueError(
-                "`prompt_embeds` already hold the prompts and negative prompts; pass those to `encode_prompt`, and "
-                "`prompt_embeds` alone here."
-            )
-        if prompt_embeds.guided != (guidance_scale > 1):
-            held = "holds" if prompt_embeds.guided else "lacks"
-            raise ValueError(
-                f"`prompt_embeds` {held} the text-free branch of classifier-free guidance, but this call has "
-                f"guidance_scale={guidance_scale}; encode with guidance_scale {'>' if guidance_scale > 1 else '≤'} 1 "
-                "as the call uses it."
-            )
-        if prompt_embeds.num_images_per_prompt != num_images_per_prompt:
-            raise ValueError(
-                f"`prompt_embeds` were encoded for num_images_per_prompt={prompt_embeds.num_images_per_prompt}, but "
-                f"this call asks for {num_images_per_prompt}; encode with the call's num_images_per_prompt."
-            )
-        keys = prompt_embeds.prefix.cache.layers[0].keys
-        dtype, device = self.model.get_input_embeddings().weight.dtype, self._execution_device
-        if keys.dtype != dtype or keys.device.type != device.type:
-            raise ValueError(
-                f"`prompt_embeds` were encoded in {keys.dtype} on {keys.device.type}, but the pipeline now runs in "
-                f"{dtype} on {device.type}: encode the prompts again after `pipe.to(...)`."
-            )
-        return prompt_embeds.num_prompts
+    @staticmethod
+    def _guidance_weights(guidance_scale: float) -> list[float]:
+        """Classifier-free guidance as a sum over the branches `[conditional, text-free]`: `s·v_c + (1 − s)·v_u`."""
+        return [guidance_scale, 1 - guidance_scale] if guidance_scale > 1 else [1.0]
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -871,6 +952,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         max_area: int | None = None,
         decode_chunk_frames: int | str | None = "auto",
         prompt_embeds: HydraXEncodedPrompt | None = None,
+        attention_kwargs: dict | None = None,
+        max_sequence_length: int | None = None,
     ):
         r"""
         Generate images (`num_frames=1`) or videos (`num_frames = 1 + 4k`) from text, or animate `image`.
@@ -928,6 +1011,13 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Prompts already run through the LLM by [`~HydraXPipeline.encode_prompt`], in place of `prompt` and
                 `negative_prompt`; encoded with this call's `num_images_per_prompt` and with guidance on (> 1) or off
                 as this call has it.
+            attention_kwargs (`dict`, *optional*):
+                `{"scale": s}` multiplies the active LoRA adapters' updates by `s` for this call (diffusers' per-call
+                LoRA strength; their `set_adapters` weights are restored afterwards). Prompts given as
+                `prompt_embeds` keep the strength they were encoded with (`encode_prompt(lora_scale=...)`).
+            max_sequence_length (`int`, *optional*):
+                Text tokens kept per prompt (and negative prompt); longer ones are cut, with a warning naming what is
+                cut. Default: no limit.
 
         Examples:
 
@@ -937,10 +1027,18 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         # 1. Check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames = plain_ints(
-            num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames
+        settings = (num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames)
+        num_frames, num_inference_steps, num_images_per_prompt, max_area, decode_chunk_frames = plain_ints(*settings)
+        (max_sequence_length,) = plain_ints(max_sequence_length)
+        num_prompts = self._num_prompts(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            num_images_per_prompt,
+            {"max_sequence_length": max_sequence_length},
+            guidance_scale=guidance_scale,
         )
-        num_prompts = self._num_prompts(prompt, negative_prompt, prompt_embeds, guidance_scale, num_images_per_prompt)
+        lora_scale = self._lora_scale(attention_kwargs)
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(
                 f"`num_frames` must be an int ≥ 1 (1 for an image, 1 + 4k for a video), got {num_frames!r}."
@@ -979,35 +1077,37 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         self._interrupt = False
         self._current_timestep = None
 
-        # 2. Run the prompt once (unless given encoded): conditional and unconditional branches in one cached batch
-        if prompt_embeds is None:
-            prompt_embeds = self.encode_prompt(prompt, negative_prompt, guidance_scale, num_images_per_prompt)
-        else:
-            self._onload_model()  # the call's first use of the model (see `_prepare_prefix`)
-        weights = [guidance_scale, 1 - guidance_scale] if guidance_scale > 1 else [1.0]
+        with self._scaled_lora(lora_scale):  # steps 2–5 run the LLM: LoRA at the call's strength
+            # 2. Run the prompt once (unless given encoded): conditional and unconditional branches in one cached batch
+            if prompt_embeds is None:
+                prompt_embeds = self.encode_prompt(
+                    prompt, negative_prompt, guidance_scale, num_images_per_prompt, max_sequence_length
+                )
+            else:
+                self._onload_model()  # the call's first use of the model (see `_prepare_prefix`)
 
-        # 3. Prepare the noisy latents and, for image-to-video, the clean anchor
-        video = num_frames > 1
-        latents = self._prepare_latents(shape, generator, latents)
-        clean_latents = None
-        if image is not None:
-            pixels = self._preprocess_images(image, height, width, num_prompts)
-            pixels = pixels.repeat_interleave(num_images_per_prompt, 0).to(latents.device, self.model.dtype)
-            clean_latents = self.model.model.encode_latents(pixels).float()
+            # 3. Prepare the noisy latents and, for image-to-video, the clean anchor
+            video = num_frames > 1
+            latents = self._prepare_latents(shape, generator, latents)
+            clean_latents = None
+            if image is not None:
+                pixels = self._preprocess_images(image, height, width, num_prompts)
+                pixels = pixels.repeat_interleave(num_images_per_prompt, 0).to(latents.device, self.model.dtype)
+                clean_latents = self.model.model.encode_latents(pixels).float()
 
-        # 4. Prepare timesteps with the model's resolution shift
-        self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
+            # 4. Prepare timesteps with the model's resolution shift
+            self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
 
-        # 5. Denoising loop
-        latents = self._denoise(
-            prompt_embeds.prefix,
-            weights,
-            latents,
-            clean_latents,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            generator,
-        )
+            # 5. Denoising loop
+            latents = self._denoise(
+                prompt_embeds.prefix,
+                self._guidance_weights(guidance_scale),
+                latents,
+                clean_latents,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+                generator,
+            )
 
         # 6. Decode
         output = self._postprocess(latents, output_type, video, decode_chunk_frames if video else None)

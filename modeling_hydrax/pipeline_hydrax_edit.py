@@ -10,7 +10,7 @@ from diffusers.utils import replace_example_docstring
 # diffusers copies only the direct relative imports of a local folder's custom pipeline file: the two unused ones make
 # it copy the modules `pipeline_hydrax.py` needs when this pipeline is the first one loaded (a fresh module cache)
 from .lora_loading_hydrax import HydraXLoraLoaderMixin  # noqa: F401
-from .pipeline_hydrax import HydraXPipelineOutput, HydraXSamplerMixin, plain_ints
+from .pipeline_hydrax import HydraXEncodedPrompt, HydraXPipelineOutput, HydraXSamplerMixin, plain_ints
 from .pipeline_loading_hydrax import HydraXRootModel  # noqa: F401
 
 
@@ -58,11 +58,82 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         return self._image_guidance_scale
 
     @torch.no_grad()
-    @replace_example_docstring(EXAMPLE_DOC_STRING)
-    def __call__(
+    def encode_prompt(
         self,
         image,
         prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 4.0,
+        image_guidance_scale: float = 1.5,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        max_area: int | None = None,
+        max_sequence_length: int | None = None,
+        lora_scale: float | None = None,
+    ) -> HydraXEncodedPrompt:
+        r"""
+        Run the instructions with their sources through the LLM, and the sources through Sem-ViT, once, for
+        `prompt_embeds=` in later calls: a seed sweep, or other guidance scales that run the same branches, then skip
+        that work. The encoding fixes the output size (the sources' frame cache is at it).
+
+        Args:
+            image, prompt, negative_prompt, height, width, max_area, max_sequence_length:
+                As in [`~HydraXEditPipeline.__call__`].
+            guidance_scale (`float`, defaults to 4.0), image_guidance_scale (`float`, defaults to 1.5):
+                Which guidance branches to encode: the text-free one when either scale is above 1, the source-free
+                one when `image_guidance_scale` is. Calls using the encoding must run the same branches.
+            num_images_per_prompt (`int`, defaults to 1):
+                Outputs per prompt of the calls using the encoding.
+            lora_scale (`float`, *optional*):
+                Strength of the loaded LoRA adapters while the prompts are read (a call's `attention_kwargs["scale"]`).
+
+        Returns:
+            [`HydraXEncodedPrompt`]: pass it as `pipe(prompt_embeds=...)`, without `image` or `prompt`.
+        """
+        num_images_per_prompt, height, width, max_area, max_sequence_length = plain_ints(
+            num_images_per_prompt, height, width, max_area, max_sequence_length
+        )
+        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+        prompts, negative_prompts = self._prompts(prompt, negative_prompt, max_sequence_length, **scales)
+        if image is None:
+            raise ValueError("Pass `image`: the source image(s) to edit, one for all prompts or one per prompt.")
+        self._check_images(image, len(prompts))
+        self._check_images_per_prompt(num_images_per_prompt)
+        height, width = self._output_size(height, width, image, max_area)
+        self._check_size(height, width)
+        sources = self._preprocess_images(image, height, width, len(prompts))
+        target = {"type": "image"}  # takes the source's grid
+        conditional, text_free = self._encode_prompts(
+            [self._conversation(text, target, source) for text, source in zip(prompts, sources)],
+            None
+            if negative_prompts is None
+            else [self._conversation(text, target, source) for text, source in zip(negative_prompts, sources)],
+        )
+        count = len(self._guidance_weights(**scales))
+        branches = [conditional, text_free, text_free][:count]
+        branch_sources = [sources, sources, torch.zeros_like(sources)][:count]  # the null image: zeros in [-1, 1]
+        with self._scaled_lora(lora_scale):
+            prefix = self._prepare_prefix(branches, num_images_per_prompt, torch.cat(branch_sources))
+        return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, count, (height, width))
+
+    @staticmethod
+    def _guidance_weights(guidance_scale: float, image_guidance_scale: float) -> list[float]:
+        """Dual guidance (the class docstring) as a sum over the branches `[conditional, text-free, source-free]`: all
+        three with image guidance on, the first two with text guidance alone, the conditional one without either."""
+        text_scale, image_scale = max(guidance_scale, 1.0), max(image_guidance_scale, 1.0)
+        if image_scale > 1:
+            return [text_scale, image_scale - text_scale, 1 - image_scale]
+        if text_scale > 1:
+            return [text_scale, 1 - text_scale]
+        return [1.0]
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image=None,
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -78,6 +149,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_area: int | None = None,
+        prompt_embeds: HydraXEncodedPrompt | None = None,
+        attention_kwargs: dict | None = None,
+        max_sequence_length: int | None = None,
     ):
         r"""
         Edit `image` following the instruction `prompt`.
@@ -85,9 +159,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list):
                 The source image(s) (arrays `[H, W, C]` / tensors `[C, H, W]` in [0, 1]): one for all prompts or one
-                per prompt.
+                per prompt. Not needed with `prompt_embeds`.
             prompt (`str` or `list[str]`):
-                The editing instruction(s).
+                The editing instruction(s). Not needed with `prompt_embeds`.
             negative_prompt (`str` or `list[str]`, *optional*):
                 Replaces the instruction in the two branches without it; needs a guidance scale above 1.
             height (`int`, *optional*), width (`int`, *optional*):
@@ -122,6 +196,17 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 The most pixels the size taken from the source may have (default: the processor's `max_pixels`,
                 1024²), so a 12-megapixel photo is edited at about 1 megapixel, not at 47k latent tokens. Explicit
                 `height` and `width` are used as given.
+            prompt_embeds ([`HydraXEncodedPrompt`], *optional*):
+                Instructions and sources already encoded by [`~HydraXEditPipeline.encode_prompt`], in place of `image`,
+                `prompt` and `negative_prompt`; encoded with this call's `num_images_per_prompt` and guidance branches.
+                The output takes their size.
+            attention_kwargs (`dict`, *optional*):
+                `{"scale": s}` multiplies the active LoRA adapters' updates by `s` for this call (diffusers' per-call
+                LoRA strength; their `set_adapters` weights are restored afterwards). `prompt_embeds` keep the strength
+                they were encoded with (`encode_prompt(lora_scale=...)`).
+            max_sequence_length (`int`, *optional*):
+                Text tokens kept per instruction (and negative prompt); longer ones are cut, with a warning naming
+                what is cut. Default: no limit.
 
         Examples:
 
@@ -131,15 +216,27 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         # 1. Check inputs
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        num_inference_steps, num_images_per_prompt, max_area = plain_ints(
-            num_inference_steps, num_images_per_prompt, max_area
+        num_inference_steps, num_images_per_prompt, max_area, max_sequence_length = plain_ints(
+            num_inference_steps, num_images_per_prompt, max_area, max_sequence_length
         )
-        prompts = self._prompt_list(prompt)
-        negative_prompts = self._negative_prompt_list(
-            negative_prompt, len(prompts), guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale
+        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+        encoded = {"image": image, "max_area": max_area, "max_sequence_length": max_sequence_length}
+        num_prompts = self._num_prompts(
+            prompt, negative_prompt, prompt_embeds, num_images_per_prompt, encoded, **scales
         )
-        self._check_images(image, len(prompts))
-        height, width = self._output_size(height, width, image, max_area)
+        if prompt_embeds is None:
+            if image is None:
+                raise ValueError("Pass `image` (the source to edit), or `prompt_embeds` from `pipe.encode_prompt`.")
+            self._check_images(image, num_prompts)
+            height, width = self._output_size(height, width, image, max_area)
+        elif (height, width) not in ((None, None), prompt_embeds.size):
+            raise ValueError(
+                f"`prompt_embeds` hold sources encoded at {prompt_embeds.size[0]}x{prompt_embeds.size[1]}, the size "
+                f"of the output; got height={height}, width={width}. Drop them, or encode at that size."
+            )
+        else:
+            height, width = prompt_embeds.size
+        lora_scale = self._lora_scale(attention_kwargs)
         self._guidance_scale = guidance_scale
         self._image_guidance_scale = image_guidance_scale
         self._check_inputs(
@@ -151,47 +248,43 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        shape = self._latent_shape(len(prompts) * num_images_per_prompt, 1, height, width, generator, latents)
+        shape = self._latent_shape(num_prompts * num_images_per_prompt, 1, height, width, generator, latents)
         self._interrupt = False
         self._current_timestep = None
 
-        # 2. Resize the sources to the output size
-        sources = self._preprocess_images(image, height, width, len(prompts))
+        with self._scaled_lora(lora_scale):  # steps 2–4 run the LLM: LoRA at the call's strength
+            # 2. Run the instructions with their sources (resized to the output size) through the LLM, and the sources
+            # through Sem-ViT, once, for every guidance branch (unless given encoded)
+            if prompt_embeds is None:
+                prompt_embeds = self.encode_prompt(
+                    image,
+                    prompt,
+                    negative_prompt,
+                    num_images_per_prompt=num_images_per_prompt,
+                    height=height,
+                    width=width,
+                    max_sequence_length=max_sequence_length,
+                    **scales,
+                )
+            else:
+                self._onload_model()  # the call's first use of the model (see `_prepare_prefix`)
 
-        # 3. Run prompt + source once: the source's Sem-ViT cache and LLM tokens for every guidance branch
-        target = {"type": "image"}  # takes the source's grid
-        conditional, text_free = self._encode_prompts(
-            [self._conversation(text, target, source) for text, source in zip(prompts, sources)],
-            None
-            if negative_prompts is None
-            else [self._conversation(text, target, source) for text, source in zip(negative_prompts, sources)],
-        )
-        text_scale, image_scale = max(guidance_scale, 1.0), max(image_guidance_scale, 1.0)
-        if image_scale > 1:
-            branches, branch_sources = (
-                [conditional, text_free, text_free],
-                [sources, sources, torch.zeros_like(sources)],
+            # 3. Prepare the noisy target latents and timesteps with the model's resolution shift
+            latents = self._prepare_latents(shape, generator, latents)
+            self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
+
+            # 4. Denoising loop
+            latents = self._denoise(
+                prompt_embeds.prefix,
+                self._guidance_weights(**scales),
+                latents,
+                None,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+                generator,
             )
-            weights = [text_scale, image_scale - text_scale, 1 - image_scale]
-        elif text_scale > 1:
-            branches, branch_sources = [conditional, text_free], [sources, sources]
-            weights = [text_scale, 1 - text_scale]
-        else:
-            branches, branch_sources, weights = [conditional], [sources], [1.0]
-        prefix = self._prepare_prefix(branches, num_images_per_prompt, torch.cat(branch_sources))
 
-        # 4. Prepare the noisy target latents
-        latents = self._prepare_latents(shape, generator, latents)
-
-        # 5. Prepare timesteps with the model's resolution shift
-        self._set_timesteps(num_inference_steps, sigmas, latents[0, 0].numel())
-
-        # 6. Denoising loop
-        latents = self._denoise(
-            prefix, weights, latents, None, callback_on_step_end, callback_on_step_end_tensor_inputs, generator
-        )
-
-        # 7. Decode
+        # 5. Decode
         images = self._postprocess(latents, output_type, video=False)
         self.maybe_free_model_hooks()
         if not return_dict:

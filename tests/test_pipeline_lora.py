@@ -64,12 +64,12 @@ def pipe(checkpoint):
     return pipe
 
 
-def sample(pipe) -> torch.Tensor:
-    kwargs = dict(height=32, width=32, num_inference_steps=2, output_type="pt", generator=torch.Generator())
+def sample(pipe, **call) -> torch.Tensor:
+    kwargs = dict(height=32, width=32, num_inference_steps=2, output_type="pt", generator=torch.Generator(), **call)
     kwargs["generator"].manual_seed(0)
     if isinstance(pipe, HydraXEditPipeline):
         return pipe(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)), "Make it dark", **kwargs).images
-    return pipe(PROMPT, **kwargs).images
+    return pipe(None if "prompt_embeds" in call else PROMPT, **kwargs).images
 
 
 def reference(checkpoint: Path, model, edit: bool = False) -> torch.Tensor:
@@ -353,3 +353,40 @@ def test_each_adapter_takes_its_own_weight(pipe, adapters, checkpoint):
     torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
     pipe.set_adapters(["b", "a"], [0.0, 1.0])
     torch.testing.assert_close(sample(pipe), reference(checkpoint, adapters["a"][1]), rtol=0, atol=1e-5)
+
+
+def test_attention_kwargs_scale_is_a_per_call_lora_strength(pipe, adapters, checkpoint, base_sample):
+    """diffusers' `attention_kwargs={"scale": s}`: the call samples as `set_adapters(name, weight · s)` would, in the
+    prompt (or `encode_prompt(lora_scale=s)`) and at every step, for both pipelines; afterwards the weights are the
+    `set_adapters` ones exactly, also after a scale of 0 (where diffusers' `unscale_lora_layers` resets them to 1)."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    whole = sample(pipe)
+    pipe.set_adapters("b", 0.25)
+    quarter, quarter_edit = sample(pipe), sample(edit)
+    pipe.set_adapters("b", 0.5)
+    half = sample(pipe)
+    scaled = dict(attention_kwargs={"scale": 0.5})
+    torch.testing.assert_close(sample(pipe, **scaled), quarter, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(edit, **scaled), quarter_edit, rtol=0, atol=1e-6)
+    embeds = pipe.encode_prompt(PROMPT, lora_scale=0.5)
+    torch.testing.assert_close(sample(pipe, prompt_embeds=embeds, **scaled), quarter, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(pipe, attention_kwargs={"scale": 0.0}), base_sample, rtol=0, atol=1e-6)
+    torch.testing.assert_close(sample(pipe), half, rtol=0, atol=0)
+    torch.testing.assert_close(sample(pipe, attention_kwargs={"scale": 2.0}), whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(sample(pipe, attention_kwargs={"scale": None}), half, rtol=0, atol=0)
+
+    for bad, message in (
+        ({"scale": 0.5, "ip_adapter_masks": None}, r"holds \['ip_adapter_masks'\], which Hydra-X does not take"),
+        ({"scale": float("nan")}, r"`attention_kwargs\['scale'\]` \(LoRA strength\) must be a finite number"),
+        ([("scale", 0.5)], "must be a dict such as"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=message):
+            sample(pipe, attention_kwargs=bad)
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match=r"fused into the weights \(at lora_scale=1.0\), where a per-call scale"):
+        sample(pipe, **scaled)
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(sample(pipe, **scaled), base_sample, rtol=0, atol=1e-6)

@@ -70,6 +70,7 @@ def pipeline_warnings(fn) -> str:
 def test_call_signatures_follow_diffusers():
     required = {"num_inference_steps", "num_images_per_prompt", "generator", "latents", "output_type", "return_dict"}
     required |= {"prompt", "negative_prompt", "height", "width", "guidance_scale", "callback_on_step_end"}
+    required |= {"sigmas", "prompt_embeds", "attention_kwargs", "max_sequence_length"}
     for cls, extra in ((HydraXPipeline, {"num_frames", "image"}), (HydraXEditPipeline, {"image_guidance_scale"})):
         parameters = set(inspect.signature(cls.__call__).parameters)
         assert required | extra <= parameters, (required | extra) - parameters
@@ -294,9 +295,17 @@ def test_encoded_prompts_give_the_prompts_outputs_and_run_the_llm_once(pipe, mon
 @pytest.mark.parametrize(
     "call, message",
     [
-        (dict(prompt="a fox"), "already hold the prompts and negative prompts; pass those to `encode_prompt`"),
-        (dict(negative_prompt="blurry"), "already hold the prompts and negative prompts"),
-        (dict(guidance_scale=1.0), "holds the text-free branch .*guidance_scale=1.0; encode with guidance_scale ≤ 1"),
+        (
+            dict(prompt="a fox"),
+            r"already hold the prompts and negative prompts .* pass \['prompt'\] to `encode_prompt`",
+        ),
+        (dict(negative_prompt="blurry"), r"already hold the prompts and negative prompts .*\['negative_prompt'\]"),
+        (dict(max_sequence_length=8), r"pass \['max_sequence_length'\] to `encode_prompt`, and `prompt_embeds` alone"),
+        (
+            dict(guidance_scale=1.0),
+            r"hold 2 guidance branch\(es\) \(conditional, text-free\), but this call \(guidance_scale=1.0\) runs 1 "
+            r"\(conditional\); encode the prompts with this call's guidance scales",
+        ),
         (dict(num_images_per_prompt=2), "encoded for num_images_per_prompt=1, but this call asks for 2"),
         (dict(prompt_embeds="a fox"), "must come from `pipe.encode_prompt"),
         (dict(prompt_embeds=None), "Pass `prompt`, or `prompt_embeds` from `pipe.encode_prompt"),
@@ -308,6 +317,99 @@ def test_encoded_prompts_that_do_not_suit_the_call_are_refused(pipe, call, messa
         pipe(**{"prompt_embeds": embeds, "height": 32, "width": 32, "num_inference_steps": STEPS, **call})
     with pytest.raises(ValueError, match="off at guidance_scale=1.0; raise the guidance scale"):
         pipe.encode_prompt("a fox", negative_prompt="blurry", guidance_scale=1.0)
+
+
+def test_edit_encoded_prompts_give_the_edits_and_run_the_llm_and_sem_vit_once(edit, monkeypatch):
+    """The edit pipeline's encode_prompt: `prompt_embeds` (instructions, sources and the sources' Sem-ViT cache) give
+    exactly what image + prompt give, at the encoded size, for other seeds and for other guidance scales that run the
+    same branches, without running the LLM again; each branch layout (none, text, text + image) round-trips."""
+    sources, prompts = [source_image(1), source_image(2)], ["make it red", "make the sky a deep blue"]
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt", num_images_per_prompt=2)
+    embeds = edit.encode_prompt(sources, prompts, "blurry", guidance_scale=3.0, num_images_per_prompt=2)
+    assert embeds.size == (32, 32) and embeds.num_branches == 3
+    prefixes = []
+    prepare = edit.model.prepare_generation_prefix
+    monkeypatch.setattr(
+        edit.model, "prepare_generation_prefix", lambda *a, **k: prefixes.append(1) or prepare(*a, **k)
+    )
+    for scales in (
+        dict(guidance_scale=3.0, image_guidance_scale=1.5),
+        dict(guidance_scale=5.0, image_guidance_scale=2),
+    ):
+        encoded = edit(prompt_embeds=embeds, generator=[seeded(i) for i in range(4)], **scales, **kwargs).images
+        assert not prefixes, "an encoded edit ran through the LLM again"
+        plain = edit(sources, prompts, "blurry", generator=[seeded(i) for i in range(4)], **scales, **kwargs).images
+        prefixes.clear()
+        torch.testing.assert_close(encoded, plain, atol=0, rtol=0)
+    single = dict(num_inference_steps=STEPS, output_type="pt", height=32, width=48)
+    for scales in (
+        dict(guidance_scale=1.0, image_guidance_scale=1.0),
+        dict(guidance_scale=3.0, image_guidance_scale=1),
+    ):
+        embeds = edit.encode_prompt(source_image(), "make it red", height=32, width=48, **scales)
+        torch.testing.assert_close(
+            edit(prompt_embeds=embeds, generator=seeded(), **scales, **single).images,
+            edit(source_image(), "make it red", generator=seeded(), **scales, **single).images,
+            atol=0,
+            rtol=0,
+        )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (dict(image=source_image()), r"pass \['image'\] to `encode_prompt`"),
+        (dict(max_area=1024), r"pass \['max_area'\] to `encode_prompt`"),
+        (dict(height=48, width=32), "encoded at 32x32, the size of the output; got height=48, width=32"),
+        (
+            dict(image_guidance_scale=1.0),
+            r"hold 3 guidance branch\(es\) .* runs 2 \(conditional, text-free\)",
+        ),
+        (dict(num_images_per_prompt=2), "encoded for num_images_per_prompt=1, but this call asks for 2"),
+        (dict(prompt_embeds=None), "Pass `prompt`, or `prompt_embeds`"),
+        (dict(prompt_embeds=None, prompt="x"), r"Pass `image` \(the source to edit\)"),
+    ],
+)
+def test_edit_encoded_prompts_that_do_not_suit_the_call_are_refused(edit, call, message):
+    embeds = edit.encode_prompt(source_image(), "make it red")
+    with pytest.raises(ValueError, match=message):
+        edit(**{"prompt_embeds": embeds, "num_inference_steps": STEPS, **call})
+    with pytest.raises(ValueError, match="Pass `image`: the source image"):
+        edit.encode_prompt(None, "make it red")
+
+
+def test_long_prompts_are_cut_to_max_sequence_length(pipe, edit):
+    """diffusers' `max_sequence_length`: a prompt (and negative prompt) longer than the limit samples exactly as its
+    first tokens do, and the cut text is logged; by default nothing is cut."""
+    tokenizer = pipe.processor.tokenizer
+    long, negative = "a red fox jumps over the lazy dog in the snow", "blurry and dark and grainy"
+
+    def head(text, count=4):
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:count])
+
+    assert len(tokenizer(long, add_special_tokens=False)["input_ids"]) > 4 < len(tokenizer(negative)["input_ids"])
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt", guidance_scale=3.0)
+    cut = {}
+    logged = pipeline_warnings(
+        lambda: cut.update(pipe(long, negative, max_sequence_length=4, generator=seeded(), **kwargs))
+    )
+    assert f"truncated because `max_sequence_length` is set to 4 tokens: {long[len(head(long)) :]!r}" in logged
+    assert f"{negative[len(head(negative)) :]!r}" in logged
+    torch.testing.assert_close(
+        cut["images"], pipe(head(long), head(negative), generator=seeded(), **kwargs).images, atol=0, rtol=0
+    )
+    assert not torch.equal(cut["images"], pipe(long, negative, generator=seeded(), **kwargs).images)
+    assert pipeline_warnings(lambda: pipe(long, max_sequence_length=64, **kwargs)) == ""
+    edit_kwargs = dict(num_inference_steps=STEPS, output_type="pt")
+    torch.testing.assert_close(
+        edit(source_image(), long, max_sequence_length=4, generator=seeded(), **edit_kwargs).images,
+        edit(source_image(), head(long), generator=seeded(), **edit_kwargs).images,
+        atol=0,
+        rtol=0,
+    )
+    for bad in (0, 2.5, True, "64"):
+        with pytest.raises(ValueError, match=f"`max_sequence_length` must be an int ≥ 1 .* got {bad!r}"):
+            pipe("a fox", max_sequence_length=bad, **kwargs)
 
 
 def test_same_seed_same_output_different_seed_different(pipe, edit):
