@@ -384,15 +384,21 @@ class HydraXVideoProcessor(BaseVideoProcessor):
                 f"Unexpected keyword argument(s) {unknown} for {type(self).__name__}; valid ones: "
                 f"{sorted(valid_names)}."
             )
+        num_frames, fps = self._frame_sampling(kwargs)
+        return super().preprocess(videos, **{**kwargs, "num_frames": num_frames, "fps": fps, "do_sample_frames": True})
+
+    def _frame_sampling(self, kwargs: dict) -> tuple:
+        """The `(num_frames, fps)` a call with `kwargs` samples by (`sample_frame_indices`' arguments): neither with
+        `do_sample_frames=False` (every frame, the tail trimmed to `1 + 4k`); a call-time `num_frames` or `fps` over
+        the processor's way; else the processor's `fps`, or its `num_frames` as a budget."""
         if not kwargs.get("do_sample_frames", self.do_sample_frames):
-            kwargs.update(num_frames=None, fps=None)
-        elif kwargs.get("num_frames") is not None:
-            kwargs.setdefault("fps", None)
-        elif kwargs.get("fps") is not None or self.fps is not None:
-            kwargs["num_frames"] = None
-        elif self.num_frames is not None:
-            kwargs["num_frames"] = FrameBudget(self.num_frames)
-        return super().preprocess(videos, **{**kwargs, "do_sample_frames": True})
+            return None, None
+        if kwargs.get("num_frames") is not None:
+            return kwargs["num_frames"], kwargs.get("fps")
+        fps = kwargs["fps"] if kwargs.get("fps") is not None else self.fps
+        if fps is not None:
+            return None, fps
+        return (None if self.num_frames is None else FrameBudget(self.num_frames)), None
 
     def _standardize_kwargs(self, size=None, min_pixels=None, max_pixels=None, **kwargs) -> dict:
         """`min_pixels` / `max_pixels` folded into `size` (`pixel_bounds`), then transformers' standardisation."""
@@ -483,20 +489,16 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         frame count does not give: it is an error here."""
         videos_kwargs = videos_kwargs or {}
         temporal_compression = videos_kwargs.get("temporal_compression") or self.temporal_compression
-        if not videos_kwargs.get("do_sample_frames", self.do_sample_frames):
-            return largest_valid_num_frames(num_frames, temporal_compression)
-        wanted = videos_kwargs.get("num_frames")
-        if wanted is None and (videos_kwargs.get("fps") is not None or self.fps is not None):
+        wanted, fps = self._frame_sampling(videos_kwargs)
+        if wanted is None and fps is not None:
             raise ValueError(
-                f"Sampling at fps={videos_kwargs.get('fps') or self.fps} keeps a number of frames that depends on "
-                "each video's frame rate, which a frame count does not give; count with `num_frames=...`, or pass "
-                "the sampled clips' frame counts with `do_sample_frames=False`."
+                f"Sampling at fps={fps} keeps a number of frames that depends on each video's frame rate, which a "
+                "frame count does not give; count with `num_frames=...`, or pass the sampled clips' frame counts with "
+                "`do_sample_frames=False`."
             )
-        if wanted is None and self.num_frames is not None:
-            wanted = FrameBudget(self.num_frames)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rounding warnings belong to the call that samples the frames
-            return len(sample_frame_indices(num_frames, wanted, temporal_compression=temporal_compression))
+            return len(sample_frame_indices(num_frames, wanted, fps, temporal_compression=temporal_compression))
 
     def get_video_grid_thw(
         self, num_frames: int, height: int, width: int, videos_kwargs: dict | None = None

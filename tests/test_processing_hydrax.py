@@ -600,8 +600,18 @@ def test_video_counting_hook_samples_frames_as_the_call_does(processor, frames, 
 
 
 def test_video_counting_hook_refuses_fps_sampling(processor):
+    """fps sampling (the call's or the processor's) needs the clip's frame rate; `num_frames` with `fps` is refused as
+    the call refuses it, and a call-time `num_frames` wins over the processor's `fps`, as in the call."""
     with pytest.raises(ValueError, match="fps=2.*depends on each video's frame rate"):
         processor._get_num_multimodal_tokens(video_sizes=[(30, 100, 150)], videos_kwargs={"fps": 2})
+    video_processor = processor.video_processor
+    with pytest.raises(ValueError, match="Pass either `num_frames` or `fps`.*not both"):
+        video_processor.get_num_sampled_frames(30, {"num_frames": 9, "fps": 2})
+    fps_processor = type(video_processor)(fps=2)
+    with pytest.raises(ValueError, match="fps=2.*depends on each video's frame rate"):
+        fps_processor.get_num_sampled_frames(30)
+    assert fps_processor.get_num_sampled_frames(30, {"num_frames": 9}) == 9
+    assert fps_processor.get_num_sampled_frames(30, {"do_sample_frames": False}) == 29
 
 
 def test_kwargs_precedence_and_pixel_budget_shorthands(processor, astronaut, tmp_path):
