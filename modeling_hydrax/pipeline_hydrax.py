@@ -425,22 +425,21 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     def _truncated(self, prompts: list[str], max_sequence_length: int | None) -> list[str]:
         """`prompts` cut after their first `max_sequence_length` tokens, with what is cut logged, as diffusers'
         pipelines cut long prompts; `None` keeps them whole (the LLM reads any length its positions allow)."""
-        if max_sequence_length is None:
-            return prompts
         limit = max_sequence_length
+        if limit is None:
+            return prompts
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ValueError(
-                f"`max_sequence_length` must be an int ≥ 1 (text tokens per prompt) or None (no limit), got "
-                f"{max_sequence_length!r}."
+                f"`max_sequence_length` must be an int ≥ 1 (text tokens per prompt) or None (no limit), got {limit!r}."
             )
         tokens = self.processor.tokenizer(prompts, add_special_tokens=False, return_offsets_mapping=True)
         kept = []
         for text, spans in zip(prompts, tokens["offset_mapping"]):
-            if len(spans) > max_sequence_length:
-                end = spans[max_sequence_length - 1][1]  # the end of the last token kept, in characters
+            if len(spans) > limit:
+                end = spans[limit - 1][1]  # the end of the last token kept, in characters
                 logger.warning(
-                    f"The following part of your input was truncated because `max_sequence_length` is set to "
-                    f"{max_sequence_length} tokens: {text[end:]!r}"
+                    f"The following part of your input was truncated because `max_sequence_length` is set to {limit} "
+                    f"tokens: {text[end:]!r}"
                 )
                 text = text[:end]
             kept.append(text)
