@@ -583,10 +583,9 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     "is converted to RGB)."
                 )
             integer = (np.uint8, np.uint16, torch.uint8, torch.uint16)
-            is_float = isinstance(item, (np.ndarray, torch.Tensor)) and item.dtype not in integer
-            if is_float and not (
-                item.is_floating_point() if isinstance(item, torch.Tensor) else item.dtype.kind == "f"
-            ):
+            dtype = item.dtype.newbyteorder("=") if isinstance(item, np.ndarray) else getattr(item, "dtype", None)
+            is_float = isinstance(item, (np.ndarray, torch.Tensor)) and dtype not in integer
+            if is_float and not (item.is_floating_point() if isinstance(item, torch.Tensor) else dtype.kind == "f"):
                 raise ValueError(
                     f"`{name}` arrays and tensors hold uint8 (0–255) or uint16 pixels, or floats in [0, 1]; got dtype "
                     f"{item.dtype}: convert it first (e.g. `.astype(np.uint8)` for 0–255 integers)."

@@ -118,9 +118,12 @@ def describe_input(value) -> str:
 
 
 def to_8_bit(image):
-    """A 16-bit image (PIL mode `I;16*` or `I`, a uint16 array or tensor) scaled to 8 bits; anything else as it is.
-    Pillow's RGB conversion clips 16-bit values at 255 and transformers rescales by 1/255, either of which turns
-    a 16-bit PNG or TIFF white."""
+    """A 16-bit image (PIL mode `I;16*` or `I`, a uint16 array or tensor) scaled to 8 bits; anything else as it is,
+    except that arrays in the other byte order (big-endian FITS or raw data), which torch cannot read, are turned to
+    the machine's. Pillow's RGB conversion clips 16-bit values at 255 and transformers rescales by 1/255, either of
+    which turns a 16-bit PNG or TIFF white."""
+    if isinstance(image, np.ndarray) and not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
     if isinstance(image, PIL.Image.Image):
         if not (image.mode == "I" or image.mode.startswith("I;16")):
             return image

@@ -728,8 +728,11 @@ def test_every_image_input_form_gives_the_same_pixels(pipe):
         torch.from_numpy(rgb).permute(2, 0, 1),
         torch.from_numpy(rgb).permute(2, 0, 1) / 255,
         PIL.Image.fromarray(rgb).convert("RGBA"),
+        (rgb / 255).astype(">f4"),  # big-endian data (FITS, raw dumps), which torch cannot read as it is
+        (rgb.astype(np.uint16) * 257).astype(">u2"),
     ]
     for form in forms:
+        pipe._check_images(form, 1)
         torch.testing.assert_close(pipe._preprocess_images(form, 32, 48, 1), reference, atol=1e-6, rtol=0)
     gray = pipe._preprocess_images(PIL.Image.fromarray(rgb).convert("L"), 32, 48, 1)
     assert gray.shape == (1, 3, 32, 48) and torch.equal(gray[:, 0], gray[:, 1])

@@ -197,10 +197,16 @@ def test_16_bit_images_are_scaled_not_saturated(tmp_path):
         str(tmp_path / "gray16.png"),
         PIL.Image.fromarray(gray),
         rgb16,
+        rgb16.astype(">u2"),  # big-endian (FITS, raw dumps): torch reads only the machine's byte order
         torch.from_numpy(rgb16.astype(np.int32)).permute(2, 0, 1).to(torch.uint16),
     ):
         assert torch.equal(processor(image)["pixel_values"], reference), image_processing_hydrax.describe_input(image)
     assert reference.min() == -1 and reference.max() == 1  # the full range, not white
+    clip = np.repeat(rgb16[None], 5, axis=0)
+    video_processor = HydraXVideoProcessor(size={"min_pixels": 32 * 32, "max_pixels": 64 * 64})
+    assert torch.equal(
+        video_processor(clip.astype(">u2"))["pixel_values_videos"], video_processor(clip)["pixel_values_videos"]
+    )
 
 
 # --------------------------------------------------------------------------------------------- frame sampling
