@@ -5,8 +5,11 @@ transformers config classes, the tokenizer output is a stand-in with plain tenso
 """
 
 import json
+import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,7 +18,7 @@ import conftest
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     SiglipConfig,
     SiglipModel,
@@ -23,7 +26,10 @@ from transformers import (
 )
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
+from modeling_hydrax import losses_hydrax_tok
 from modeling_hydrax.losses_hydrax_tok import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     HydraXTokDiscriminator,
     HydraXTokLoss,
     HydraXTokLossConfig,
@@ -107,8 +113,9 @@ def make_output(clip, video=True, requires_grad=True):
     return output, leaves
 
 
-def random_clip(batch_size=2, num_frames=4, size=32):
-    return torch.rand(batch_size, 3, 1 + num_frames, size, size) * 2 - 1
+def random_clip(batch_size=2, num_frames=4, size=32, width=None):
+    """A clip [B, 3, 1+T, size, width] in [-1, 1]; `width` defaults to `size` (square frames)."""
+    return torch.rand(batch_size, 3, 1 + num_frames, size, width or size) * 2 - 1
 
 
 # ----------------------------------------------------------------------------------------------------- LPIPS
@@ -584,14 +591,26 @@ def test_discriminator_step_trains_only_the_discriminator(tiny_lpips, norm):
     assert leaves["reconstruction"].grad is not None
 
 
-def test_adaptive_gan_weight_balances_gradients_at_the_last_layer(tiny_lpips):
+def adaptive_setup(tiny_lpips, **overrides):
+    """An adaptive-GAN-weight loss (KL and distillation off) and a one-frame clip reconstructed through a 3 × 3
+    `last_layer`: returns (loss_fn, clip, last_layer, output)."""
     loss_fn = make_loss(
-        tiny_lpips, adaptive_gan_weight=True, kl_weight=0.0, distill_image_weight=0.0, distill_video_weight=0.0
+        tiny_lpips,
+        adaptive_gan_weight=True,
+        kl_weight=0.0,
+        distill_image_weight=0.0,
+        distill_video_weight=0.0,
+        **overrides,
     )
     clip = random_clip(1, 0)
     last_layer = torch.nn.Parameter(torch.randn(3, 3) * 0.1 + torch.eye(3))
     reconstruction = torch.einsum("ij,bjfhw->bifhw", last_layer, clip)
-    output = StandInOutput(reconstruction=reconstruction)
+    return loss_fn, clip, last_layer, StandInOutput(reconstruction=reconstruction)
+
+
+def test_adaptive_gan_weight_balances_gradients_at_the_last_layer(tiny_lpips):
+    loss_fn, clip, last_layer, output = adaptive_setup(tiny_lpips)
+    reconstruction = output.reconstruction
     losses = loss_fn(clip, output, last_layer=last_layer)
     rec = loss_fn.config.l1_weight * losses["l1"] + loss_fn.config.lpips_weight * losses["lpips"]
     rec_grad = torch.autograd.grad(
@@ -711,3 +730,280 @@ def test_with_the_real_tokenizer_output(teachers, tiny_lpips):
     losses["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert sum(g is not None and g.abs().sum() > 0 for g in grads) > 0.9 * len(grads)
+
+
+# ------------------------------------------------------------------------ pinned behaviours (mutation review)
+
+
+def test_docstring_examples_run():
+    runner = conftest.run_docstring_examples(losses_hydrax_tok)
+    assert runner.tries > 0 and runner.failures == 0
+
+
+def test_loss_config_defaults_are_hydras():
+    """The documented defaults (HYDRA's weights, VQGAN's adaptive clamp, a 3-layer 64-wide PatchGAN) stay put."""
+    config = HydraXTokLossConfig()
+    assert {f.name: getattr(config, f.name) for f in fields(config)} == {
+        "l1_weight": 1.0,
+        "lpips_weight": 0.1,
+        "gan_weight": 0.075,
+        "kl_weight": 1e-4,
+        "kl_reduction": "mean",
+        "distill_image_weight": 1.0,
+        "distill_video_weight": 1.0,
+        "gan_start_step": 0,
+        "adaptive_gan_weight": False,
+        "adaptive_gan_weight_max": 1e4,
+        "discriminator_channels": 64,
+        "discriminator_layers": 3,
+        "discriminator_norm": "group",
+        "patch_size": 16,
+        "lpips_name_or_path": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["l1_weight", "lpips_weight", "gan_weight", "kl_weight", "distill_image_weight", "distill_video_weight"],
+)
+def test_every_loss_weight_rejects_negative_values(name):
+    """Each of the six loss weights is validated as >= 0, not only `kl_weight`."""
+    with pytest.raises(ValueError, match=f"`{name}` must be >= 0, got -0.5"):
+        HydraXTokLossConfig(**{name: -0.5})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            dict(discriminator_layers=0),
+            "`discriminator_layers` and `discriminator_channels` must be >= 1, got 0 and 64",
+        ),
+        (dict(discriminator_channels=0), "must be >= 1, got 3 and 0"),
+        (dict(patch_size=0), "`patch_size` must be >= 1, got 0"),
+    ],
+)
+def test_loss_config_rejects_empty_discriminator_and_patch_size(overrides, message):
+    """A zero-layer / zero-width discriminator or a zero patch size is refused at config time."""
+    with pytest.raises(ValueError, match=message):
+        HydraXTokLossConfig(**overrides)
+
+
+def reference_lpips(lpips, x, y):
+    """LPIPS v0.1 written out: the lpips package's scaling layer, its five VGG16 slices, unit-normalised features,
+    squared difference weighted by the 1x1 heads, spatial mean, sum over layers."""
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    hx, hy = (x - shift) / scale, (y - shift) / scale
+    total = torch.zeros(x.shape[0])
+    for (start, stop), head in zip(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)), lpips.heads):
+        hx, hy = lpips.features[start:stop](hx), lpips.features[start:stop](hy)
+        nx = hx / (hx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        ny = hy / (hy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        total = total + (head.weight.view(1, -1, 1, 1) * (nx - ny).pow(2)).sum(1).mean(dim=(1, 2))
+    return total
+
+
+def test_lpips_matches_the_written_out_formula():
+    """Without the `lpips` package, LPIPS still equals its formula: ImageNet scaling, relu1_2…relu5_3 taps, squared
+    difference of unit-normalised features, per-channel head weights."""
+    lpips = HydraXTokLPIPS(channels=TINY_LPIPS)
+    for head in lpips.heads:  # non-uniform, non-negative heads, as the real ones
+        head.weight.copy_(torch.rand_like(head.weight))
+    x, y = random_clip(2, 0)[:, :, 0], random_clip(2, 0)[:, :, 0]
+    torch.testing.assert_close(lpips(x, y), reference_lpips(lpips, x, y), rtol=1e-5, atol=1e-6)
+
+
+def test_lpips_from_pretrained_refuses_a_checkpoint_with_missing_weights(tiny_lpips, tmp_path):
+    """A checkpoint lacking a tensor is an error, not a silently half-random LPIPS."""
+    tiny_lpips.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    del state["heads.4.weight"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(RuntimeError, match="heads.4.weight"):
+        HydraXTokLPIPS.from_pretrained(tmp_path)
+
+
+def test_hinge_d_loss_averages_the_hinge_per_logit():
+    """The hinge is applied per logit, then averaged (not applied to the mean logit)."""
+    real = torch.tensor([0.0, 2.0]).view(2, 1, 1, 1)  # relu(1 - 0) = 1, relu(1 - 2) = 0
+    fake = torch.tensor([-2.0, 0.0]).view(2, 1, 1, 1)  # relu(1 - 2) = 0, relu(1 + 0) = 1
+    assert hinge_d_loss(real, fake).item() == 0.5
+
+
+def reference_patchgan(state, x, widths):
+    """VQGAN's NLayerDiscriminator with GroupNorm: 4x4 convs, stride 2 but the last stage's, bias-free inner convs,
+    GroupNorm(gcd(32, width)), LeakyReLU(0.2)."""
+    h = F.leaky_relu(F.conv2d(x, state["layers.0.weight"], state["layers.0.bias"], stride=2, padding=1), 0.2)
+    index, num_layers = 2, len(widths) - 1
+    for stage in range(1, num_layers + 1):
+        assert state[f"layers.{index}.weight"].shape == (widths[stage], widths[stage - 1], 4, 4)
+        assert f"layers.{index}.bias" not in state  # GroupNorm follows: the conv carries no bias
+        h = F.conv2d(h, state[f"layers.{index}.weight"], stride=2 if stage < num_layers else 1, padding=1)
+        h = F.group_norm(
+            h, math.gcd(32, widths[stage]), state[f"layers.{index + 1}.weight"], state[f"layers.{index + 1}.bias"]
+        )
+        h = F.leaky_relu(h, 0.2)
+        index += 3
+    return F.conv2d(h, state[f"layers.{index}.weight"], state[f"layers.{index}.bias"], stride=1, padding=1)
+
+
+def test_group_norm_discriminator_matches_vqgans_patchgan():
+    """Widths double per stage and cap at 8x, GroupNorm uses gcd(32, width) groups, LeakyReLU slope 0.2."""
+    disc = HydraXTokDiscriminator(channels=4, num_layers=4).eval()
+    with torch.no_grad():
+        for parameter in disc.parameters():  # away from the init (unit GroupNorm, zero biases)
+            parameter.copy_(torch.randn_like(parameter) * 0.3)
+    x = random_clip(2, 0, size=64)[:, :, 0]
+    expected = reference_patchgan(disc.state_dict(), x, widths=[4, 8, 16, 32, 32])
+    torch.testing.assert_close(disc(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_discriminator_convolutions_start_from_vqgans_init():
+    """Conv weights start from N(0, 0.02) and conv biases from 0 (VQGAN's `weights_init`)."""
+    disc = HydraXTokDiscriminator()
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights = torch.cat([m.weight.flatten() for m in convs[1:-1]])  # the wide inner convolutions
+    assert 0.018 < weights.std().item() < 0.022
+    assert all(m.bias is None or torch.equal(m.bias, torch.zeros_like(m.bias)) for m in convs)
+
+
+def test_discriminator_step_reports_the_mean_fake_logit(tiny_lpips):
+    """`logits_fake` is the discriminator's mean logit on the reconstruction (and differs from `logits_real`)."""
+    loss_fn = make_loss(tiny_lpips).eval()
+    clip = random_clip(2, 0)
+    losses = loss_fn(clip, StandInOutput(reconstruction=-clip), mode="discriminator")
+    torch.testing.assert_close(losses["logits_fake"], loss_fn.discriminator(-clip).mean())
+    assert losses["logits_fake"].item() != losses["logits_real"].item()
+
+
+def test_l1_is_the_mean_absolute_error_over_the_batch(tiny_lpips):
+    """`l1` is the mean over every element, batch included (not summed over samples)."""
+    loss_fn = make_loss(tiny_lpips, kl_weight=0.0, gan_weight=0.0, distill_image_weight=0.0, distill_video_weight=0.0)
+    clip = 0.9 * random_clip(3, 1)
+    losses = loss_fn(clip, StandInOutput(reconstruction=clip + 0.1))
+    assert losses["l1"].item() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_a_zero_kl_weight_reports_kl_as_zero(tiny_lpips):
+    """A term whose weight is 0 is skipped and reported as 0, the KL included."""
+    loss_fn = make_loss(tiny_lpips, kl_weight=0.0, gan_weight=0.0, distill_image_weight=0.0, distill_video_weight=0.0)
+    clip = random_clip(1, 0)
+    posterior = StandInGaussian(torch.randn(1, 8, 1, 2, 2), torch.randn(1, 8, 1, 2, 2))
+    losses = loss_fn(clip, StandInOutput(reconstruction=clip.clone(), latent_dist=posterior))
+    assert losses["kl"].item() == 0.0
+
+
+def test_each_distillation_term_takes_its_own_weight(tiny_lpips):
+    """`distill_image_weight` scales the image term and `distill_video_weight` the video term."""
+    loss_fn = make_loss(tiny_lpips, distill_image_weight=0.3, distill_video_weight=0.7)
+    clip = random_clip(2, 4)
+    target = HydraXTokTeacherFeatures(image=torch.randn(2, 4, IMAGE_DIM), video=torch.randn(2, 16, VIDEO_DIM))
+    output = StandInOutput(
+        image_distill_features=torch.randn(2, 4, IMAGE_DIM), video_distill_features=torch.randn(2, 16, VIDEO_DIM)
+    )
+    losses = loss_fn(clip, output, teacher_features=target)
+    expected = 0.3 * losses["distill_image"] + 0.7 * losses["distill_video"]
+    torch.testing.assert_close(losses["loss"], expected)
+
+
+def test_a_frame_width_off_the_patch_grid_is_refused(tiny_lpips):
+    """The width, not only the height, must be a multiple of the patch size for distillation."""
+    loss_fn = make_loss(tiny_lpips)
+    clip = random_clip(2, 0, width=40)
+    output = StandInOutput(image_distill_features=torch.randn(2, 4, IMAGE_DIM))
+    with pytest.raises(ValueError, match=r"Frame size 32×40 is not a multiple of the patch size 16"):
+        loss_fn(clip, output, teacher_features=HydraXTokTeacherFeatures(image=torch.randn(2, 4, IMAGE_DIM)))
+
+
+def test_adaptive_gan_weight_is_clamped_at_its_max(tiny_lpips):
+    """The adaptive factor is clamped to `adaptive_gan_weight_max`."""
+    loss_fn, clip, last_layer, output = adaptive_setup(tiny_lpips, adaptive_gan_weight_max=1e-6)
+    losses = loss_fn(clip, output, last_layer=last_layer)
+    assert losses["gan_weight"].item() == pytest.approx(0.075 * 1e-6, rel=1e-5)
+
+
+def test_adaptive_gan_weight_under_no_grad_falls_back_to_the_plain_weight(tiny_lpips):
+    """Evaluation under `torch.no_grad()` needs no `last_layer`: the GAN term takes the plain `gan_weight`."""
+    loss_fn, clip, _, output = adaptive_setup(tiny_lpips)
+    with torch.no_grad():
+        losses = loss_fn(clip, StandInOutput(reconstruction=output.reconstruction.detach()))
+    assert losses["gan_weight"].item() == pytest.approx(0.075)
+    assert torch.isfinite(losses["loss"])
+
+
+def test_adaptive_gan_weight_without_a_reconstruction_gradient_says_why(tiny_lpips):
+    """With L1 and LPIPS off, the adaptive weight raises a ValueError that says to set `gan_weight=0`."""
+    loss_fn, clip, last_layer, output = adaptive_setup(tiny_lpips, l1_weight=0.0, lpips_weight=0.0)
+    with pytest.raises(ValueError, match="set `gan_weight=0` there"):
+        loss_fn(clip, output, last_layer=last_layer)
+
+
+def test_teachers_put_non_square_frames_on_a_non_square_grid(teachers):
+    """`teachers(clip)` uses (H / p, W / p) as the student grid, so a 32×64 frame gives 2 × 4 tokens."""
+    clip = random_clip(2, 0, width=64)
+    features = teachers(clip).image
+    assert features.shape == (2, 8, IMAGE_DIM)
+    torch.testing.assert_close(features, teachers.image_features(clip[:, :, 0], (2, 4)))
+
+
+def test_naflex_teacher_takes_an_anchor_smaller_than_its_patch(teachers):
+    """A NaFlex anchor smaller than the teacher's patch is upsampled to one whole patch, not cut to zero."""
+    features = teachers.image_features(torch.rand(2, 3, 4, 4) * 2 - 1, (1, 1))
+    assert features.shape == (2, 1, IMAGE_DIM) and torch.isfinite(features).all()
+
+
+def test_one_frame_video_with_a_two_frame_tubelet_gets_one_token_layer(teachers):
+    """A clip with a single frame after the anchor still gets video tokens when the tubelet is 2 frames long."""
+    assert teachers.video_model.config.tubelet_size == 2
+    features = teachers(random_clip(2, 1)).video
+    assert features.shape == (2, 4, VIDEO_DIM) and torch.isfinite(features).all()
+
+
+def test_unknown_teacher_type_warns_and_uses_imagenet_statistics(caplog):
+    """A teacher of unknown `model_type` falls back to ImageNet mean / std with a warning saying so."""
+
+    class Mystery(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(model_type="mystery", hidden_size=4, patch_size=16)
+            self.proj = torch.nn.Linear(3, 4)
+
+        def forward(self, pixel_values):
+            return pixel_values
+
+    with caplog.at_level(logging.WARNING):
+        teachers = HydraXTokTeachers.from_models(image_model=Mystery())
+    assert "No pixel normalisation known for the image teacher of model_type 'mystery'" in caplog.text
+    assert teachers.image_mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN)
+    assert teachers.image_std.flatten().tolist() == pytest.approx(IMAGENET_STD)
+
+
+def test_explicit_mean_std_beat_the_preprocessor_config(tmp_path, teachers):
+    """`from_pretrained(image_mean=…, image_std=…)` keeps the given statistics over the checkpoint's preprocessor
+    config; a preprocessor config with only `image_mean` is ignored (the model type's statistics apply)."""
+    teachers.image_model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+    )
+    loaded = HydraXTokTeachers.from_pretrained(
+        str(tmp_path), None, image_mean=(0.7, 0.7, 0.7), image_std=(0.2, 0.2, 0.2)
+    )
+    assert loaded.image_mean.flatten().tolist() == pytest.approx([0.7, 0.7, 0.7])
+    assert loaded.image_std.flatten().tolist() == pytest.approx([0.2, 0.2, 0.2])
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3]}))
+    loaded = HydraXTokTeachers.from_pretrained(str(tmp_path), None)
+    assert loaded.image_mean.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5])  # SigLIP 2's own
+
+
+def test_from_config_skips_the_width_check_of_a_teacher_it_does_not_load(tmp_path, teachers):
+    """`from_config(load_video=False)` loads the image teacher only and does not compare the absent video width."""
+    teachers.image_model.save_pretrained(tmp_path)
+    config = SimpleNamespace(
+        image_teacher_name=str(tmp_path),
+        video_teacher_name="not/needed",
+        image_teacher_hidden_size=IMAGE_DIM,
+        video_teacher_hidden_size=1024,
+    )
+    loaded = HydraXTokTeachers.from_config(config, load_video=False)
+    assert loaded.video_model is None and loaded.image_hidden_size == IMAGE_DIM
