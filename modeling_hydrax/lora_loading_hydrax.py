@@ -13,6 +13,8 @@ This file imports only torch, diffusers and, when used, peft: a checkpoint folde
 """
 
 import contextlib
+import math
+import numbers
 import os
 import warnings
 
@@ -255,16 +257,21 @@ class HydraXLoraLoaderMixin:
                 module.enable_adapters(enabled)
 
     @contextlib.contextmanager
-    def _scaled_lora(self, scale: float | None):
-        """diffusers' per-call LoRA strength (`attention_kwargs={"scale": scale}`): inside the block, the active
-        adapters' low-rank updates are multiplied by `scale` (diffusers' `scale_lora_layers`) on top of their
-        `set_adapters` weights; afterwards each layer's weights are restored exactly (diffusers' `unscale_lora_layers`
-        divides by the scale, and after a scale of 0 resets every weight to 1.0, losing the `set_adapters` weights)."""
+    def _scaled_lora(self, scale: float | None, name: str):
+        """diffusers' per-call LoRA strength (`attention_kwargs={"scale": scale}`; `name` is the argument that gave
+        it): inside the block, the active adapters' low-rank updates are multiplied by `scale` (diffusers'
+        `scale_lora_layers`) on top of their `set_adapters` weights; afterwards each layer's weights are restored
+        exactly (diffusers' `unscale_lora_layers` divides by the scale, and after a scale of 0 resets every weight to
+        1.0, losing the `set_adapters` weights)."""
+        if scale is not None and (
+            isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
+        ):
+            raise ValueError(f"`{name}` (the LoRA strength) must be a finite number, got {scale!r}.")
         if scale is None or scale == 1:
             yield
             return
         if not self.get_list_adapters()["model"]:
-            logger.warning(f"`attention_kwargs['scale']={scale}` scales LoRA adapters, and none is loaded: no effect.")
+            logger.warning(f"`{name}={scale}` scales LoRA adapters, and none is loaded: no effect.")
             yield
             return
         if self._lora_fuse_scale is not None:

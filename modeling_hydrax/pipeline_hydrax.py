@@ -247,6 +247,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
 
     model_cpu_offload_seq = "model"
     _callback_tensor_inputs = ["latents"]
+    _encodes_sources = False  # whether `encode_prompt` takes source images (the edit pipeline's)
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, scheduler: FlowMatchEulerDiscreteScheduler):
         super().__init__()
@@ -432,23 +433,30 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             raise ValueError(
                 f"`max_sequence_length` must be an int ≥ 1 (text tokens per prompt) or None (no limit), got {limit!r}."
             )
-        tokens = self.processor.tokenizer(prompts, add_special_tokens=False, return_offsets_mapping=True)
-        kept = []
-        for text, spans in zip(prompts, tokens["offset_mapping"]):
-            if len(spans) > limit:
-                end = spans[limit - 1][1]  # the end of the last token kept, in characters
-                logger.warning(
-                    f"The following part of your input was truncated because `max_sequence_length` is set to {limit} "
-                    f"tokens: {text[end:]!r}"
-                )
-                text = text[:end]
-            kept.append(text)
-        return kept
+        tokenizer = self.processor.tokenizer
+        texts = list(dict.fromkeys(prompts))  # each text once: one negative prompt serves every prompt
+        offsets = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        cut = {}
+        for text, spans in zip(texts, offsets):
+            if len(spans) <= limit:
+                continue
+            # Byte-level tokens of one character (emoji, CJK, accents) share its span: cut before a character whose
+            # tokens straddle the limit, and step back further should the kept text tokenize longer than the limit
+            end = min(spans[limit - 1][1], spans[limit][0])
+            while end and len(tokenizer(text[:end], add_special_tokens=False).input_ids) > limit:
+                end = max((start for start, _ in spans if start < end), default=0)
+            cut[text] = text[:end]
+            logger.warning(
+                f"The following part of your input was truncated because `max_sequence_length` is set to {limit} "
+                f"tokens: {text[end:]!r}"
+            )
+        return [cut.get(text, text) for text in prompts]
 
     @staticmethod
     def _lora_scale(attention_kwargs) -> float | None:
-        """The LoRA strength in diffusers' `attention_kwargs={"scale": s}`, the one key Hydra-X takes there: its
-        attention runs through transformers' attention interface, which takes no per-call arguments."""
+        """The LoRA strength in diffusers' `attention_kwargs={"scale": s}` (checked by `_scaled_lora`), the one key
+        Hydra-X takes there: its attention runs through transformers' attention interface, which takes no per-call
+        arguments."""
         if attention_kwargs is None:
             return None
         if not isinstance(attention_kwargs, dict):
@@ -461,12 +469,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 f"`attention_kwargs` holds {unknown}, which Hydra-X does not take: its one key is `scale`, the "
                 "strength of the loaded LoRA adapters, e.g. {'scale': 0.5}."
             )
-        scale = attention_kwargs.get("scale")
-        if scale is not None and (
-            isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
-        ):
-            raise ValueError(f"`attention_kwargs['scale']` (LoRA strength) must be a finite number, got {scale!r}.")
-        return scale
+        return attention_kwargs.get("scale")
 
     def _num_prompts(self, prompt, negative_prompt, prompt_embeds, num_images_per_prompt, encoded: dict, **scales):
         """How many prompts a call has, from `prompt` or from `prompt_embeds`, which must suit the call: made by
@@ -482,6 +485,12 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         if not isinstance(prompt_embeds, HydraXEncodedPrompt):
             raise TypeError(
                 f"`prompt_embeds` must come from `pipe.encode_prompt(...)`, got {type(prompt_embeds).__name__}."
+            )
+        if (prompt_embeds.size is not None) != self._encodes_sources:
+            made = "an edit's instructions with their sources" if prompt_embeds.size else "text prompts"
+            raise ValueError(
+                f"`prompt_embeds` hold {made}, which {type(self).__name__} cannot sample from; encode with this "
+                "pipeline's own `encode_prompt`."
             )
         passed = {"prompt": prompt, "negative_prompt": negative_prompt, **encoded}
         passed = [name for name, value in passed.items() if value is not None]
@@ -918,7 +927,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             None if negative_prompts is None else [self._conversation(text, target) for text in negative_prompts],
         )
         branches = [conditional, text_free][: len(self._guidance_weights(guidance_scale))]
-        with self._scaled_lora(lora_scale):
+        with self._scaled_lora(lora_scale, "lora_scale"):
             prefix = self._prepare_prefix(branches, num_images_per_prompt)
         return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, len(branches))
 
@@ -1075,7 +1084,9 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         self._interrupt = False
         self._current_timestep = None
 
-        with self._scaled_lora(lora_scale):  # steps 2–5 run the LLM: LoRA at the call's strength
+        with self._scaled_lora(
+            lora_scale, "attention_kwargs['scale']"
+        ):  # steps 2–5 run the LLM: LoRA at the call's strength
             # 2. Run the prompt once (unless given encoded): conditional and unconditional branches in one cached batch
             if prompt_embeds is None:
                 prompt_embeds = self.encode_prompt(

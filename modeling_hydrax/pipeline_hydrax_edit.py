@@ -53,6 +53,8 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
     `image_guidance_scale ≤ 1` only the text term runs (two branches), with both ≤ 1 a single branch.
     """
 
+    _encodes_sources = True
+
     @property
     def image_guidance_scale(self):
         return self._image_guidance_scale
@@ -113,7 +115,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         count = len(self._guidance_weights(**scales))
         branches = [conditional, text_free, text_free][:count]
         branch_sources = [sources, sources, torch.zeros_like(sources)][:count]  # the null image: zeros in [-1, 1]
-        with self._scaled_lora(lora_scale):
+        with self._scaled_lora(lora_scale, "lora_scale"):
             prefix = self._prepare_prefix(branches, num_images_per_prompt, torch.cat(branch_sources))
         return HydraXEncodedPrompt(prefix, len(prompts), num_images_per_prompt, count, (height, width))
 
@@ -229,7 +231,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 raise ValueError("Pass `image` (the source to edit), or `prompt_embeds` from `pipe.encode_prompt`.")
             self._check_images(image, num_prompts)
             height, width = self._output_size(height, width, image, max_area)
-        elif (height, width) not in ((None, None), prompt_embeds.size):
+        elif height not in (None, prompt_embeds.size[0]) or width not in (None, prompt_embeds.size[1]):
             raise ValueError(
                 f"`prompt_embeds` hold sources encoded at {prompt_embeds.size[0]}x{prompt_embeds.size[1]}, the size "
                 f"of the output; got height={height}, width={width}. Drop them, or encode at that size."
@@ -252,7 +254,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         self._interrupt = False
         self._current_timestep = None
 
-        with self._scaled_lora(lora_scale):  # steps 2–4 run the LLM: LoRA at the call's strength
+        with self._scaled_lora(
+            lora_scale, "attention_kwargs['scale']"
+        ):  # steps 2–4 run the LLM: LoRA at the call's strength
             # 2. Run the instructions with their sources (resized to the output size) through the LLM, and the sources
             # through Sem-ViT, once, for every guidance branch (unless given encoded)
             if prompt_embeds is None:

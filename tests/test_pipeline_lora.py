@@ -379,11 +379,17 @@ def test_attention_kwargs_scale_is_a_per_call_lora_strength(pipe, adapters, chec
 
     for bad, message in (
         ({"scale": 0.5, "ip_adapter_masks": None}, r"holds \['ip_adapter_masks'\], which Hydra-X does not take"),
-        ({"scale": float("nan")}, r"`attention_kwargs\['scale'\]` \(LoRA strength\) must be a finite number"),
+        ({"scale": float("nan")}, r"`attention_kwargs\['scale'\]` \(the LoRA strength\) must be a finite number"),
+        ({"scale": torch.tensor(0.5)}, r"must be a finite number, got tensor\(0.5000\)"),
         ([("scale", 0.5)], "must be a dict such as"),
     ):
         with pytest.raises((ValueError, TypeError), match=message):
             sample(pipe, attention_kwargs=bad)
+    for bad in (float("inf"), "0.5", True):
+        with pytest.raises(
+            ValueError, match=f"`lora_scale` \\(the LoRA strength\\) must be a finite number, got {bad!r}"
+        ):
+            pipe.encode_prompt(PROMPT, lora_scale=bad)
     pipe.fuse_lora()
     with pytest.raises(ValueError, match=r"fused into the weights \(at lora_scale=1.0\), where a per-call scale"):
         sample(pipe, **scaled)

@@ -378,6 +378,21 @@ def test_edit_encoded_prompts_that_do_not_suit_the_call_are_refused(edit, call, 
         edit.encode_prompt(None, "make it red")
 
 
+def test_encoded_prompts_serve_only_the_pipeline_kind_that_made_them(pipe, edit):
+    """A text prompt's encoding has no source for an edit, and an edit's holds a source a text-to-image call would
+    sample after: each pipeline refuses the other's; one side of an edit's encoded size may be given alone."""
+    kwargs = dict(num_inference_steps=1, output_type="latent")
+    text, edited = pipe.encode_prompt("a fox"), edit.encode_prompt(source_image(width=48), "make it red")
+    with pytest.raises(ValueError, match="hold text prompts, which HydraXEditPipeline cannot sample from"):
+        edit(prompt_embeds=text, image_guidance_scale=1.0, **kwargs)
+    message = "hold an edit's instructions with their sources, which HydraXPipeline cannot sample from"
+    with pytest.raises(ValueError, match=message):
+        pipe(prompt_embeds=edited, guidance_scale=4.0, height=32, width=32, **kwargs)
+    assert edit(prompt_embeds=edited, height=32, **kwargs).images.shape[-2:] == (2, 3)
+    with pytest.raises(ValueError, match="encoded at 32x48, the size of the output; got height=None, width=32"):
+        edit(prompt_embeds=edited, width=32, **kwargs)
+
+
 def test_long_prompts_are_cut_to_max_sequence_length(pipe, edit):
     """diffusers' `max_sequence_length`: a prompt (and negative prompt) longer than the limit samples exactly as its
     first tokens do, and the cut text is logged; by default nothing is cut."""
@@ -410,6 +425,22 @@ def test_long_prompts_are_cut_to_max_sequence_length(pipe, edit):
     for bad in (0, 2.5, True, "64"):
         with pytest.raises(ValueError, match=f"`max_sequence_length` must be an int ≥ 1 .* got {bad!r}"):
             pipe("a fox", max_sequence_length=bad, **kwargs)
+    logged = pipeline_warnings(lambda: pipe._prompts(["a", "b", "c"], negative, 4, guidance_scale=3.0))
+    assert logged.count("truncated") == 1, "one negative prompt for three prompts is one cut, logged once"
+
+
+@pytest.mark.parametrize(
+    "text", ["🦊🦊🦊 a fox in snow", "一只红色的狐狸在雪地里", "café au lait très chaud", "\u3000" * 5 + "x"]
+)
+def test_max_sequence_length_cuts_between_characters(pipe, text):
+    """Byte-level BPE splits an emoji, a CJK character or an accented letter into tokens that share its span: the cut
+    falls before such a character when it straddles the limit, so the kept text is a prefix of at most N tokens."""
+    tokenizer = pipe.processor.tokenizer
+    total = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for limit in range(1, total):
+        kept = pipe._truncated([text], limit)[0]
+        assert text.startswith(kept) and len(tokenizer(kept, add_special_tokens=False)["input_ids"]) <= limit
+    assert pipe._truncated([text], total) == [text]
 
 
 def test_same_seed_same_output_different_seed_different(pipe, edit):
