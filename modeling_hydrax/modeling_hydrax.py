@@ -6,6 +6,7 @@ velocity `ε − z0` per latent token. Editing: the source and the noisy target 
 causal; each visual block (an image, a video, a noisy target) is bidirectional inside itself.
 """
 
+import copy
 import math
 from dataclasses import dataclass
 from types import MethodType
@@ -83,6 +84,26 @@ class HydraXGenerationPrefix:
     @property
     def length(self) -> int:
         return self.attention_mask.shape[1]
+
+    def first_rows(self, count: int) -> "HydraXGenerationPrefix":
+        """The prefix of its first `count` rows, as views (nothing copied): e.g. a sampler's first guidance branches
+        alone, once it stops guiding (branches are batched branch-major)."""
+        if count == self.attention_mask.shape[0]:
+            return self
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        for layer, full in zip(cache.layers, self.cache.layers):
+            layer.keys, layer.values = full.keys[:count], full.values[:count]
+        source = self.source_cache
+        if source is not None:
+            source = HydraXTokFrameCache(
+                {name: (keys[:count], values[:count]) for name, (keys, values) in source.key_values.items()},
+                source.frames_seen,
+                {stack: (count, *layout[1:]) for stack, layout in source.layouts.items()},
+            )
+        return HydraXGenerationPrefix(
+            cache, self.attention_mask[:count], self.next_position[:count], source, self.unpadded
+        )
 
 
 class HydraXPromptLayerView(DynamicLayer):

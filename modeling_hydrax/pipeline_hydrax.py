@@ -769,10 +769,25 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self.scheduler.set_begin_index(0)
 
     # ------------------------------------------------------------------------------------------- sampling
+    def _step_guidance(self, held: int) -> list[float]:
+        """This step's guidance weights, from the pipeline's scales as they are now: a step callback may change them
+        (`pipe._guidance_scale = 1.0` stops classifier-free guidance, as diffusers' CFG-cutoff callbacks do), and the
+        step then runs only the branches they weigh, the first of the `held` ones the prefix has."""
+        scales = self._guidance_scales()
+        self._check_guidance(**scales)
+        weights = self._guidance_weights(**scales)
+        if len(weights) > held:
+            settings = ", ".join(f"{name}={scale}" for name, scale in scales.items())
+            raise ValueError(
+                f"A step callback set {settings}, which runs {len(weights)} guidance branches, but the call encoded "
+                f"{held} ({', '.join(GUIDANCE_BRANCHES[:held])}); start the call with that guidance on to turn it off "
+                "later, not the reverse."
+            )
+        return weights
+
     def _denoise(
         self,
         prefix,
-        guidance_weights: list[float],
         latents: torch.Tensor,
         clean_latents: torch.Tensor | None,
         callback_on_step_end,
@@ -781,10 +796,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
     ) -> torch.Tensor:
         """The sampling loop of every Hydra-X task.
 
-        `prefix` (from `prepare_generation_prefix`) holds one batch of `len(guidance_weights)` branches; each step
-        predicts all branches in one forward after it and combines them as `Σ weight · velocity` (CFG and dual CFG
-        are such sums). `clean_latents` (image-to-video's anchor) replace the first latent frames at every step, at
-        flow time 0 (per-frame times, as the model trains image-to-video with `config.image_to_video_prob`).
+        `prefix` (from `prepare_generation_prefix`) holds one batch of guidance branches; each step predicts the
+        branches its guidance weighs (`_step_guidance`: all of them unless a callback turned guidance off) in one
+        forward after it and combines them as `Σ weight · velocity` (CFG and dual CFG are such sums).
+        `clean_latents` (image-to-video's anchor) replace the first latent frames at every step, at flow time 0
+        (per-frame times, as the model trains image-to-video with `config.image_to_video_prob`).
         `generator` also drives the noise of stochastic schedulers (`FlowMatchLCMScheduler`, Euler with
         `stochastic_sampling`), which would otherwise draw from the global RNG.
         """
@@ -797,7 +813,8 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
             )
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        num_branches, dtype = len(guidance_weights), self.model.dtype
+        dtype, held = self.model.dtype, prefix.attention_mask.shape[0] // latents.shape[0]
+        prefixes = {held: prefix}  # by branch count: the prefix's first branches, once guidance drops some
         num_clean = 0 if clean_latents is None else clean_latents.shape[2]
         latents = self._anchored(latents, clean_latents)
         step_kwargs = (
@@ -812,9 +829,12 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 if num_clean:
                     sigma = sigma[:, None].repeat(1, latents.shape[2])
                     sigma[:, :num_clean] = 0.0
+                weights = self._step_guidance(held)
+                if len(weights) not in prefixes:
+                    prefixes[len(weights)] = prefix.first_rows(len(weights) * latents.shape[0])
                 # One latent per output: the branches share its Sem-ViT embedding (see `predict_velocity`)
-                velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefix).float().chunk(num_branches)
-                velocity = sum(weight * branch for weight, branch in zip(guidance_weights, velocities))
+                velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefixes[len(weights)]).float()
+                velocity = sum(weight * branch for weight, branch in zip(weights, velocities.chunk(len(weights))))
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
                 latents = self._anchored(latents, clean_latents)  # the callback, next step and output see the anchor
 
@@ -935,6 +955,9 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
     def _guidance_weights(guidance_scale: float) -> list[float]:
         """Classifier-free guidance as a sum over the branches `[conditional, text-free]`: `s·v_c + (1 − s)·v_u`."""
         return [guidance_scale, 1 - guidance_scale] if guidance_scale > 1 else [1.0]
+
+    def _guidance_scales(self) -> dict[str, float]:
+        return {"guidance_scale": self._guidance_scale}
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
@@ -1110,7 +1133,6 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             # 5. Denoising loop
             latents = self._denoise(
                 prompt_embeds.prefix,
-                self._guidance_weights(guidance_scale),
                 latents,
                 clean_latents,
                 callback_on_step_end,

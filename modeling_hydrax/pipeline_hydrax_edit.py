@@ -130,6 +130,9 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             return [text_scale, 1 - text_scale]
         return [1.0]
 
+    def _guidance_scales(self) -> dict[str, float]:
+        return {"guidance_scale": self._guidance_scale, "image_guidance_scale": self._image_guidance_scale}
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
@@ -280,7 +283,6 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             # 4. Denoising loop
             latents = self._denoise(
                 prompt_embeds.prefix,
-                self._guidance_weights(**scales),
                 latents,
                 None,
                 callback_on_step_end,

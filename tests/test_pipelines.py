@@ -512,6 +512,57 @@ def test_callback_runs_once_per_step_and_can_replace_latents(pipe, edit):
     assert len(calls) == 3 and torch.equal(out.images, torch.zeros(1, 8, 1, 2, 2))
 
 
+@pytest.mark.parametrize("task", ["text", "edit"])
+def test_a_callback_can_cut_guidance_off_and_later_steps_run_only_the_branches_left(pipe, task, monkeypatch):
+    """diffusers' CFG cutoff: a step callback setting `pipe._guidance_scale = 1.0` (an edit's
+    `_image_guidance_scale`) turns that guidance off from the next step, which runs only the remaining branches' rows
+    and equals a call without that guidance resumed from the cut's latents; turning on guidance a call started
+    without is refused."""
+    unshifted = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False)  # σ = 1, 0.5 for two steps
+    target = HydraXPipeline.from_pipe(pipe, scheduler=unshifted)
+    if task == "edit":
+        target = HydraXEditPipeline.from_pipe(target)
+        inputs, scales = (
+            dict(image=source_image(), prompt="make it red"),
+            dict(guidance_scale=3.0, image_guidance_scale=2),
+        )
+        name, rows = "_image_guidance_scale", [3, 2]
+    else:
+        inputs, scales, name, rows = (
+            dict(prompt="a fox", height=32, width=32),
+            dict(guidance_scale=3.0),
+            "_guidance_scale",
+            [2, 1],
+        )
+    target.set_progress_bar_config(disable=True)
+    cut = {}
+
+    def cut_guidance(pipeline, step, timestep, callback_kwargs):
+        if step == 0:
+            setattr(pipeline, name, 1.0)
+            cut["latents"] = callback_kwargs["latents"].clone()
+        return {}
+
+    seen, predict = [], target.model.predict_velocity
+    monkeypatch.setattr(
+        target.model, "predict_velocity", lambda *a: seen.append(a[2].attention_mask.shape[0]) or predict(*a)
+    )
+    kwargs = dict(output_type="latent", generator=seeded())
+    out = target(**inputs, **scales, num_inference_steps=2, callback_on_step_end=cut_guidance, **kwargs).images
+    assert seen == rows and getattr(target, name) == 1.0
+    off = {**scales, name.removeprefix("_"): 1.0}
+    resumed = target(**inputs, **off, sigmas=[0.5], latents=cut["latents"], **kwargs).images
+    torch.testing.assert_close(out, resumed, atol=1e-6, rtol=0)
+
+    def turn_on(pipeline, step, timestep, callback_kwargs):
+        pipeline._guidance_scale = 3.0
+        return {}
+
+    unguided = {**off, "guidance_scale": 1.0}
+    with pytest.raises(ValueError, match="A step callback set guidance_scale=3.0.* start the call with that guidance"):
+        target(**inputs, **unguided, num_inference_steps=2, callback_on_step_end=turn_on, **kwargs)
+
+
 def test_edit_outputs_follow_the_source(edit):
     kwargs = dict(num_inference_steps=STEPS, output_type="pt")
     first = edit(source_image(1), "make it red", generator=seeded(), **kwargs).images
