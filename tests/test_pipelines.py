@@ -868,7 +868,7 @@ def test_bench_runs_at_toy_sizes(capsys):
     bench_main(["--grid", "2", "--steps", "3", "--short-prompt", "4", "--long-prompt", "12", "--hidden-size", "64",
                 "--layers", "1"])  # fmt: skip
     out = capsys.readouterr().out
-    assert "faster per step than the reference" in out and "prompt length:" in out
+    assert "faster per step than the reference" in out and "prompt length:" in out and "CFG cutoff: a step" in out
     errors = [float(value.rstrip(",")) for value in out.split("max |Δ latents|")[1].split() if value[0].isdigit()]
     assert len(errors) == 2 and max(errors) < 1e-4
 
