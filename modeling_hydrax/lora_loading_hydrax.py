@@ -18,6 +18,7 @@ import numbers
 import os
 import warnings
 
+import torch
 from diffusers.utils import logging, scale_lora_layers
 
 
@@ -139,7 +140,8 @@ class HydraXLoraLoaderMixin:
                 f"{ADAPTER_WEIGHTS}, such as train_hydrax.py's OUTPUT_DIR/adapter."
             ) from error
         if config.peft_type != "LORA":
-            raise ValueError(f"{source!r} holds a {config.peft_type} adapter; the Hydra-X pipelines load LoRA only.")
+            kind = getattr(config.peft_type, "value", config.peft_type)  # PeftType.LOHA → "LOHA"
+            raise ValueError(f"{source!r} holds a {kind} adapter; the Hydra-X pipelines load LoRA only.")
         weights = {name.removeprefix(SAVED_PREFIX): value for name, value in weights.items()}
 
         training, active, disabled = self.model.training, self._selected_adapters(), self._lora_disabled()
@@ -294,7 +296,8 @@ class HydraXLoraLoaderMixin:
         """Merge the low-rank updates of the active adapters, times `lora_scale`, into the LLM's weights: sampling
         runs at the base model's speed. Their full module copies stay in use. `adapter_names`, when given, must be the
         active ones (PEFT scales and runs the active adapters: fusing others would drop or misweight them; pick them
-        with `set_adapters` first). `safe_fusing` refuses updates that hold NaNs."""
+        with `set_adapters` first). `safe_fusing` refuses updates that are not finite before anything is merged, so
+        the model stays as it was (and should a merge fail on the way, the layers merged before it are unmerged)."""
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are already fused; call `unfuse_lora()` first.")
         if not lora_scale:
@@ -311,10 +314,26 @@ class HydraXLoraLoaderMixin:
                 f"Call `set_adapters({names})` first (loaded: {self.get_list_adapters()['model']})."
             )
         lora_layer, _ = self._peft_layer_types()
-        for module in self.model.modules():
-            if isinstance(module, lora_layer):
-                module.scale_layer(lora_scale)
-                module.merge(safe_merge=safe_fusing, adapter_names=names)
+        named = [(path, module) for path, module in self.model.named_modules() if isinstance(module, lora_layer)]
+        for path, layer in named if safe_fusing else []:  # PEFT checks layer by layer, after merging the ones before
+            for name in names:
+                if name in layer.lora_A and not bool(torch.isfinite(layer.get_delta_weight(name)).all()):
+                    raise ValueError(
+                        f"Adapter {name!r} holds non-finite values (NaN or inf) in its update of `{path}`; nothing "
+                        "was fused. Check the adapter's training, or load another."
+                    )
+        layers = [layer for _, layer in named]
+        weights = [dict(layer.scaling) for layer in layers]
+        try:
+            for layer in layers:
+                layer.scale_layer(lora_scale)
+                layer.merge(safe_merge=safe_fusing, adapter_names=names)
+        except Exception:  # PEFT refuses layer by layer: take out what was merged before the refusal
+            for layer, saved in zip(layers, weights):
+                if layer.merged:
+                    layer.unmerge()
+                layer.scaling.update(saved)
+            raise
         self._lora_fuse_scale = lora_scale
 
     def unfuse_lora(self):
