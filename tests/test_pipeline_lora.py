@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import load_script, run_docstring_examples
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoHaConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors.torch import load_file, save_file
@@ -240,16 +240,33 @@ def test_the_docstring_example_runs(monkeypatch):
     assert runner.tries >= 15 and runner.failures == 0
 
 
+def edited(adapter: Path, folder: Path, edit) -> Path:
+    """A copy of `adapter` in `folder` whose weights `edit` (given them as a dict) has changed in place."""
+    shutil.copytree(adapter, folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "adapter_model.safetensors")
+    return folder
+
+
 def test_an_adapter_missing_weights_is_refused(pipe, adapters, tmp_path, base_sample):
-    shutil.copytree(adapters["b"][0], tmp_path / "partial")
-    weights = load_file(tmp_path / "partial" / "adapter_model.safetensors")
-    dropped = sorted(weights)[0]
-    save_file(
-        {name: value for name, value in weights.items() if name != dropped},
-        tmp_path / "partial" / "adapter_model.safetensors",
-    )
+    partial = edited(adapters["b"][0], tmp_path / "partial", lambda weights: weights.pop(sorted(weights)[0]))
     with pytest.raises(ValueError, match=r"does not fit this model: .*modules without weights \[.*lora_A"):
-        pipe.load_lora_weights(tmp_path / "partial")
+        pipe.load_lora_weights(partial)
+    assert peft_modules(pipe.model) == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
+
+
+def test_an_adapter_with_weights_for_no_module_is_refused(pipe, adapters, tmp_path, base_sample):
+    """Weights that fit no module of the model (here a layer 7 the tiny LLM lacks) make the load fail, leaving the
+    base model."""
+
+    def add_layer_7(weights):
+        name = next(name for name in sorted(weights) if ".layers.0." in name)
+        weights[name.replace(".layers.0.", ".layers.7.")] = weights[name].clone()
+
+    with pytest.raises(ValueError, match=r"does not fit this model: weights for no module of it \[.*layers\.7\."):
+        pipe.load_lora_weights(edited(adapters["b"][0], tmp_path / "extra", add_layer_7))
     assert peft_modules(pipe.model) == []
     torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
 
@@ -396,3 +413,114 @@ def test_attention_kwargs_scale_is_a_per_call_lora_strength(pipe, adapters, chec
     pipe.unfuse_lora()
     pipe.unload_lora_weights()
     torch.testing.assert_close(sample(pipe, **scaled), base_sample, rtol=0, atol=1e-6)
+
+
+def test_the_peft_weight_file_name_is_accepted_as_weight_name(pipe, adapters):
+    """`weight_name="adapter_model.safetensors"` (the PEFT file itself) loads; only other file names are refused."""
+    pipe.load_lora_weights(adapters["b"][0], weight_name="adapter_model.safetensors", adapter_name="b")
+    assert pipe.get_list_adapters() == {"model": ["b"]} and pipe.get_active_adapters() == ["b"]
+
+
+def test_an_adapter_cannot_be_loaded_or_deleted_while_adapters_are_fused(pipe, adapters):
+    """Loading or deleting an adapter while others are fused is refused (the fused weights would go stale)."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match=r"fused into the model; call `unfuse_lora\(\)` before loading another one"):
+        pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    with pytest.raises(ValueError, match=r"fused into the model; call `unfuse_lora\(\)` before deleting one"):
+        pipe.delete_adapters("b")
+    assert pipe.get_list_adapters() == {"model": ["b"]}
+
+
+def test_a_non_lora_peft_adapter_is_refused_and_leaves_the_model_as_it_was(pipe, checkpoint, tmp_path):
+    """A LoHa adapter is a clear ValueError ("load LoRA only"), not a crash, and injects nothing."""
+    config = LoHaConfig(r=4, target_modules=["q_proj"])
+    get_peft_model(AutoModel.from_pretrained(checkpoint), config).save_pretrained(tmp_path / "loha")
+    with pytest.raises(ValueError, match="holds a LOHA adapter; the Hydra-X pipelines load LoRA only"):
+        pipe.load_lora_weights(tmp_path / "loha")
+    assert peft_modules(pipe.model) == [] and pipe.get_list_adapters() == {"model": []}
+
+
+def test_an_adapter_with_dropout_loads_in_the_pipelines_eval_mode(pipe, checkpoint, tmp_path):
+    """A LoRA trained with dropout adds dropout layers that must follow the model's eval mode: sampling stays
+    deterministic."""
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.5, init_lora_weights=False)
+    get_peft_model(AutoModel.from_pretrained(checkpoint), config).save_pretrained(tmp_path / "dropout")
+    pipe.load_lora_weights(tmp_path / "dropout")
+    assert not any(module.training for module in pipe.model.modules())
+    torch.testing.assert_close(sample(pipe), sample(pipe), rtol=0, atol=0)
+
+
+def test_empty_adapter_lists_are_refused(pipe, adapters):
+    """`set_adapters([])` and `fuse_lora()` with no adapter loaded say so instead of acting on nothing."""
+    with pytest.raises(ValueError, match=r"No adapter to fuse: none is active \(loaded: \[\]\)"):
+        pipe.fuse_lora()
+    assert pipe._lora_fuse_scale is None
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    with pytest.raises(ValueError, match=r"Unknown adapter\(s\) \[\]; the loaded ones are \['b'\]"):
+        pipe.set_adapters([])
+    assert pipe.get_active_adapters() == ["b"]
+
+
+def test_deleting_an_unknown_adapter_is_refused(pipe, adapters):
+    """`delete_adapters` names unknown adapters and deletes nothing."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    with pytest.raises(ValueError, match=r"Unknown adapter\(s\) \['x'\]; the loaded ones are \['b'\]"):
+        pipe.delete_adapters(["b", "x"])
+    assert pipe.get_list_adapters() == {"model": ["b"]} and pipe.get_active_adapters() == ["b"]
+
+
+def test_deleting_the_active_adapter_activates_the_first_remaining_one(pipe, adapters):
+    """With no active adapter left, the first remaining adapter (in loading order) becomes active."""
+    for name in ("x", "y", "z"):
+        pipe.load_lora_weights(adapters["b"][0], adapter_name=name)
+    pipe.delete_adapters("z")
+    assert pipe.get_list_adapters() == {"model": ["x", "y"]} and pipe.get_active_adapters() == ["x"]
+
+
+def test_deleting_one_of_several_active_adapters_keeps_the_others_active(pipe, adapters):
+    """The active adapters that remain stay active; the first loaded adapter is only the fallback."""
+    for name in ("x", "y", "z"):
+        pipe.load_lora_weights(adapters["b"][0], adapter_name=name)
+    pipe.set_adapters(["y", "z"], [0.5, 1.0])
+    pipe.delete_adapters("z")
+    assert pipe.get_active_adapters() == ["y"]
+
+
+def test_safe_fusing_refuses_an_adapter_holding_nans(pipe, adapters):
+    """`fuse_lora(safe_fusing=True)` raises on NaN updates instead of writing NaNs into the weights."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")  # weight 1.0
+    named = [(path, module) for path, module in pipe.model.named_modules() if isinstance(module, BaseTunerLayer)]
+    path, last = named[-1]  # the last layer merged: PEFT's own check came after merging all the others
+    with torch.no_grad():
+        last.lora_B["b"].weight.fill_(float("nan"))
+    pipe.disable_lora()
+    before = sample(pipe)
+    pipe.enable_lora()
+    scaling = [dict(layer.scaling) for _, layer in named]
+    message = f"Adapter 'b' holds non-finite values \\(NaN or inf\\) in its update of `{path}`; nothing was fused"
+    with pytest.raises(ValueError, match=message):
+        pipe.fuse_lora(lora_scale=2.0, safe_fusing=True)
+    assert pipe._lora_fuse_scale is None
+    assert not any(layer.merged_adapters for _, layer in named)
+    assert [dict(layer.scaling) for _, layer in named] == scaling
+    pipe.disable_lora()
+    assert torch.equal(sample(pipe), before)
+
+
+def test_after_fusing_and_unloading_new_adapters_load(pipe, adapters):
+    """`fuse_lora()` + `unload_lora_weights()` leaves a plain model that takes further adapters."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.set_adapters("a", 0.5)
+    assert pipe.get_list_adapters() == {"model": ["a"]} and pipe.get_active_adapters() == ["a"]
+
+
+def test_unloading_an_unfused_adapter_drops_its_module_copy(pipe, adapters, base_sample):
+    """Without fusing, `unload_lora_weights()` restores the original flow head even while `a`'s copy is active."""
+    pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    pipe.unload_lora_weights()
+    assert peft_modules(pipe.model) == []
+    torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)

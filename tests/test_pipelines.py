@@ -1029,6 +1029,26 @@ def test_root_components_load_from_the_checkpoint_folder_or_the_hub_snapshots_re
     assert revision_kwargs(tmp_path / "ckpt" / "model", {"dtype": "auto"}) == {"dtype": "auto"}
 
 
+def test_a_local_folder_named_snapshots_is_not_a_hub_snapshot(tmp_path):
+    """Only `models--<org>--<name>/snapshots/<commit>` is read as a Hub snapshot; a local `snapshots` folder is a
+    plain checkpoint folder."""
+    from modeling_hydrax.pipeline_loading_hydrax import checkpoint_root, revision_kwargs
+
+    folder = tmp_path / "runs" / "snapshots" / "v1"
+    assert checkpoint_root(folder / "model") == str(folder)
+    assert revision_kwargs(folder / "model", {"dtype": "auto"}) == {"dtype": "auto"}
+
+
+def test_the_root_model_records_its_pipeline_folder_absolute(checkpoint, monkeypatch):
+    """A component folder given relative to the working folder still records the absolute pipeline folder (where
+    `save_pretrained` copies the pipeline files from)."""
+    from modeling_hydrax.pipeline_loading_hydrax import HydraXRootModel
+
+    monkeypatch.chdir(checkpoint)
+    model = HydraXRootModel.from_pretrained("model")
+    assert model.hydrax_pipeline_folder == str(Path(checkpoint).resolve())
+
+
 def test_a_pipeline_from_a_hub_snapshot_loads_and_saves_without_our_packages(pipe, tmp_path):
     """The Hub route, offline: a checkpoint in the Hugging Face cache layout loads through
     `DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)` (the root components from the snapshot's

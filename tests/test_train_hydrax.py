@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from modeling_hydrax import HydraXPipeline
-from modeling_hydrax.data_collator_hydrax import BadSampleError, HydraXDataCollator
+from modeling_hydrax.data_collator_hydrax import BadSampleError, HydraXDataCollator, find_problem
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_hydrax.py"
@@ -255,6 +255,38 @@ def test_a_file_name_as_the_image_value_is_relative_to_the_manifest_as_a_path_is
         HydraXDataCollator(processor, SIZE)([sample(as_value, pictures)])
 
 
+def test_a_home_relative_image_path_is_expanded(pictures, monkeypatch, processor):
+    """`~/seen.png` is looked up in the home folder, whatever `root` is."""
+    monkeypatch.setenv("HOME", str(pictures))
+    messages = understanding("~/seen.png")
+    assert find_problem(messages, root="/nonexistent") is None
+    loaded = HydraXDataCollator(processor).load_sample({"messages": messages, "root": "/nonexistent"})
+    assert loaded[0]["content"][0]["image"].size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "value", ["https://example.com/cat.png", "http://example.com/cat.png", "iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB"]
+)
+def test_urls_and_base64_image_values_are_not_file_names(value):
+    """An image block whose value is a URL or base64 data is left to the processor, not looked up as a file."""
+    messages = understanding(None)
+    messages[0]["content"][0] = {"type": "image", "image": value}
+    assert find_problem(messages, root="/nonexistent") is None
+
+
+def test_a_missing_video_file_is_found_up_front(pictures):
+    """A video block's missing file is a bad sample before any decoding, as a missing image is."""
+    messages = understanding("clip.mp4")
+    messages[0]["content"][0]["type"] = "video"
+    assert find_problem(messages, str(pictures)) == f"video {pictures / 'clip.mp4'}: no such file"
+
+
+def test_a_folder_is_not_an_image_file(pictures):
+    """A path naming a folder is reported as no such file."""
+    (pictures / "folder.png").mkdir()
+    assert find_problem(understanding("folder.png"), str(pictures)) == f"image {pictures / 'folder.png'}: no such file"
+
+
 def test_a_dropped_sample_never_counts_in_the_lm_loss(processor, pictures, checkpoint, monkeypatch):
     model = AutoModel.from_pretrained(checkpoint).train()
     batch = HydraXDataCollator(processor, SIZE)(
@@ -416,8 +448,8 @@ def test_16_bit_images_collate_to_the_same_pixels_by_path_bytes_or_pil(processor
     assert (pixels[0] >= 0.999).float().mean() < 0.05  # not saturated
 
 
-def trl_layout_messages(answer: str) -> list[dict]:
-    question = train_hydrax.user([{"type": "image"}, train_hydrax.text("What is it?")])
+def trl_layout_messages(answer: str, images: int = 1) -> list[dict]:
+    question = train_hydrax.user([*({"type": "image"} for _ in range(images)), train_hydrax.text("What is it?")])
     return [question, train_hydrax.assistant([train_hydrax.text(answer)])]
 
 
@@ -434,6 +466,63 @@ def test_a_stream_of_unknown_features_keeps_its_images(monkeypatch, pictures, pr
     assert row["origin"] == "someone/a-stream row 0" and json.loads(row["messages"]) == rows[0]["messages"]
     loaded = HydraXDataCollator(processor).load_sample(row)[0]["content"][0]["image"]
     assert np.array_equal(np.asarray(loaded), np.asarray(Image.open(pictures / "seen.png").convert("RGB")))
+
+
+def test_an_array_in_images_fills_its_bare_block(processor):
+    """TRL `images` entries may be arrays: they pass to the processor as they are."""
+    array = np.zeros((32, 32, 3), np.uint8)
+    loaded = HydraXDataCollator(processor).load_sample({"messages": trl_layout_messages("a cat"), "images": [array]})
+    assert loaded[0]["content"][0]["image"] is array
+
+
+def test_a_non_empty_images_list_wins_over_a_single_image(pictures, processor):
+    """A sample with both `images` and `image` takes `images` (TRL would silently drop them)."""
+    seen, drawn = (str(pictures / name) for name in ("seen.png", "drawn.png"))
+    row = {"messages": trl_layout_messages("a cat"), "images": [seen], "image": drawn}
+    loaded = HydraXDataCollator(processor).load_sample(row)
+    assert np.array_equal(np.asarray(loaded[0]["content"][0]["image"]), np.asarray(Image.open(seen)))
+
+
+def test_images_fill_the_bare_blocks_in_order(pictures, processor):
+    """The n-th bare image block takes the n-th entry of `images`."""
+    paths = [str(pictures / name) for name in ("seen.png", "drawn.png")]
+    loaded = HydraXDataCollator(processor).load_sample({"messages": trl_layout_messages("same", 2), "images": paths})
+    for block, path in zip(loaded[0]["content"][:2], paths, strict=True):
+        assert np.array_equal(np.asarray(block["image"]), np.asarray(Image.open(path))), path
+
+
+def test_more_bare_image_blocks_than_images_is_a_bad_sample(pictures, processor):
+    """Two bare image blocks and one image in `images` is a bad sample naming both counts."""
+    row = {"messages": trl_layout_messages("same", 2), "images": [str(pictures / "seen.png")], "origin": "row 3"}
+    with pytest.raises(BadSampleError, match=r"^row 3: 2 image block\(s\) without a `path`, `image` or `url`, but 1 "):
+        HydraXDataCollator(processor).load_sample(row)
+
+
+def test_arrow_none_keys_do_not_hide_bare_image_blocks(pictures, processor):
+    """Blocks read back from Arrow carry `None` for the keys other blocks have (`path: None`); a bare image block
+    with them still takes the sample's `images`."""
+    seen = str(pictures / "seen.png")
+    messages = [
+        {"role": "user", "content": [{"type": "image", "path": None, "text": None},
+                                     {"type": "text", "text": "What?", "path": None}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a cat", "path": None}]},
+    ]  # fmt: skip
+    loaded = HydraXDataCollator(processor).load_sample({"messages": messages, "images": [seen]})
+    assert loaded[0]["content"][0].keys() == {"type", "image"}
+    assert np.array_equal(np.asarray(loaded[0]["content"][0]["image"]), np.asarray(Image.open(seen)))
+
+
+def test_plain_string_turns_get_the_images_in_the_first_user_turn(pictures, processor):
+    """In a multi-turn plain-string conversation the images go before the first user text, as TRL puts them."""
+    messages = [
+        {"role": "user", "content": "What is it?"},
+        {"role": "assistant", "content": "a cat"},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "yes"},
+    ]
+    loaded = HydraXDataCollator(processor).load_sample({"messages": messages, "image": str(pictures / "seen.png")})
+    assert [block["type"] for block in loaded[0]["content"]] == ["image", "text"]
+    assert loaded[2]["content"] == "Sure?"
 
 
 def test_streaming_reads_every_source_row_and_trains(checkpoint, processor, pictures, tmp_path):
@@ -564,6 +653,30 @@ def test_a_batch_of_bad_samples_only_trains_on_the_last_good_sample_when_skippin
         stand_in = collator([bad])
     assert "Every sample of this batch is bad (m.jsonl:1); training on the last good sample, m.jsonl:0" in caplog.text
     assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
+
+
+def numbered(pictures: Path, *conversations) -> list[dict]:
+    """`sample`s of `conversations` as the lines 0, 1, … of m.jsonl."""
+    return [sample(messages, pictures, f"m.jsonl:{i}") for i, messages in enumerate(conversations)]
+
+
+def test_the_stand_in_is_the_last_good_sample_of_the_last_batch(pictures, processor):
+    """A batch of bad samples only trains on the LAST good sample collated, not the first of its batch."""
+    (pictures / "broken.png").write_bytes(b"not a png")
+    first, last, bad = numbered(
+        pictures, understanding("seen.png"), understanding("drawn.png", "a dog"), understanding("broken.png", "x")
+    )
+    collator = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")
+    collator([first, last])
+    expected = HydraXDataCollator(processor, SIZE)([last])
+    stand_in = collator([bad])
+    assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
+
+
+def test_an_unknown_on_bad_sample_is_refused(processor):
+    """`on_bad_sample` takes "error" or "skip" only."""
+    with pytest.raises(ValueError, match=r"`on_bad_sample` must be 'error' or 'skip', got 'ignore'"):
+        HydraXDataCollator(processor, on_bad_sample="ignore")
 
 
 @pytest.mark.parametrize(
@@ -758,6 +871,17 @@ def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor
         with caplog.at_level(logging.WARNING):
             stand_in = collator([bad])  # a batch of it alone trains on the last good sample
         assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
+
+
+def test_skipping_a_sample_the_processor_refuses_keeps_every_good_one(pictures, processor):
+    """When the processor refuses the batch, only the refused sample leaves it: the good ones all stay, in order."""
+    Image.new("RGB", (4000, 16), "red").save(pictures / "sliver.png")
+    first, second, sliver = numbered(
+        pictures, understanding("seen.png"), understanding("drawn.png", "a dog"), understanding("sliver.png", "x")
+    )
+    expected = HydraXDataCollator(processor, SIZE)([first, second])
+    batch = HydraXDataCollator(processor, SIZE, on_bad_sample="skip")([first, sliver, second])
+    assert batch.keys() == expected.keys() and all(torch.equal(value, expected[key]) for key, value in batch.items())
 
 
 def test_gradient_accumulation_gives_the_step_of_one_large_batch(checkpoint, demo, tmp_path):
