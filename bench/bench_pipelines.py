@@ -231,7 +231,7 @@ def main(argv=None):
 
         return text_to_image_call(pipe, short_text, size, steps, noise, g)(callback)
 
-    rows["text-to-image, CFG cut off after step 1, cached"] = measure_pipeline(cut_off_guidance)
+    rows["text-to-image, CFG cut at step 1, cached"] = measure_pipeline(cut_off_guidance)
     rows["edit, dual CFG, cached"] = measure_pipeline(edit_image)
     rows["edit, dual CFG, reference"] = measure_reference(
         lambda seconds: reference_sample(
