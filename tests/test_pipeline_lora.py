@@ -2,12 +2,15 @@
 merges into, weights scale the low-rank updates, adapters combine, switch off and on, fuse, unload and delete, and
 bad uses say what to do and leave the model as it was. Tiny checkpoint, 32² images, 2 steps, CPU."""
 
+import io
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import load_script, run_docstring_examples
+from diffusers.utils import logging as diffusers_logging
 from peft import LoHaConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
@@ -524,3 +527,68 @@ def test_unloading_an_unfused_adapter_drops_its_module_copy(pipe, adapters, base
     pipe.unload_lora_weights()
     assert peft_modules(pipe.model) == []
     torch.testing.assert_close(sample(pipe), base_sample, rtol=0, atol=0)
+
+
+def test_safe_fusing_refuses_an_adapter_holding_infinities(pipe, adapters):
+    """`fuse_lora(safe_fusing=True)` refuses inf updates too (not only NaN), fusing nothing."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    named = [(p, m) for p, m in pipe.model.named_modules() if isinstance(m, BaseTunerLayer)]
+    path, last = named[-1]
+    with torch.no_grad():
+        last.lora_B["b"].weight.zero_()
+        last.lora_B["b"].weight[0, 0] = float("inf")  # one row of ±inf updates, no NaN (A has no exact zeros)
+    with pytest.raises(ValueError, match=f"non-finite values \\(NaN or inf\\) in its update of `{path}`"):
+        pipe.fuse_lora(safe_fusing=True)
+    assert pipe._lora_fuse_scale is None and not any(m.merged_adapters for _, m in named)
+
+
+def test_a_merge_failing_part_way_leaves_no_layer_merged_and_the_weights_as_they_were(pipe, adapters):
+    """Should PEFT refuse a layer mid-fuse, the layers merged before it are unmerged and every scaling restored."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.set_adapters("b", 0.5)
+    named = [(p, m) for p, m in pipe.model.named_modules() if isinstance(m, BaseTunerLayer)]
+    weights = {p: m.base_layer.weight.clone() for p, m in named}
+    scaling = [dict(m.scaling) for _, m in named]
+
+    def refuse(*args, **kwargs):
+        raise ValueError("refused by PEFT")
+
+    named[-1][1].merge = refuse
+    with pytest.raises(ValueError, match="refused by PEFT"):
+        pipe.fuse_lora(lora_scale=2.0)
+    assert pipe._lora_fuse_scale is None and not any(m.merged for _, m in named)
+    assert [dict(m.scaling) for _, m in named] == scaling
+    for p, m in named:
+        torch.testing.assert_close(m.base_layer.weight, weights[p], rtol=0, atol=1e-6)
+
+
+def test_a_scale_of_one_runs_on_fused_adapters_and_warns_of_nothing_without_adapters(pipe, adapters):
+    """`attention_kwargs={"scale": 1}` changes nothing: it samples on fused adapters, and logs nothing without any."""
+    kwargs = dict(height=32, width=32, num_inference_steps=1, output_type="latent")
+    stream, logger = io.StringIO(), diffusers_logging.get_logger(lora_loading_hydrax.__name__)
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        pipe("a fox", attention_kwargs={"scale": 1.0}, **kwargs)
+        pipe("a fox", attention_kwargs={"scale": 0.5}, **kwargs)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().count("no effect") == 1, "only the scale of 0.5 warns that no adapter is loaded"
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    pipe.fuse_lora()
+    fused = pipe("a fox", generator=torch.Generator().manual_seed(0), **kwargs).images
+    scaled = pipe("a fox", generator=torch.Generator().manual_seed(0), attention_kwargs={"scale": 1}, **kwargs)
+    assert torch.equal(scaled.images, fused)
+
+
+def test_edit_encode_prompt_lora_scale_reads_the_prompt_at_that_strength(pipe, adapters):
+    """`HydraXEditPipeline.encode_prompt(lora_scale=s)` encodes as a call with `attention_kwargs={"scale": s}` does."""
+    pipe.load_lora_weights(adapters["b"][0], adapter_name="b")
+    edit = HydraXEditPipeline.from_pipe(pipe)
+    edit.set_progress_bar_config(disable=True)
+    source = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(num_inference_steps=2, output_type="pt", attention_kwargs={"scale": 0.5})
+    embeds = edit.encode_prompt(source, "Make it dark", lora_scale=0.5)
+    encoded = edit(prompt_embeds=embeds, generator=torch.Generator().manual_seed(0), **kwargs).images
+    plain = edit(source, "Make it dark", generator=torch.Generator().manual_seed(0), **kwargs).images
+    torch.testing.assert_close(encoded, plain, rtol=0, atol=1e-6)

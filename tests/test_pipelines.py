@@ -443,6 +443,23 @@ def test_max_sequence_length_cuts_between_characters(pipe, text):
     assert pipe._truncated([text], total) == [text]
 
 
+def test_max_sequence_length_cuts_every_long_prompt_of_a_batch(pipe):
+    """Each distinct long prompt of a batch is cut to the limit, not only the first one."""
+    tokenizer = pipe.processor.tokenizer
+    prompts = ["a red fox jumps over the lazy dog", "a small blue boat sails on the quiet lake"]
+    cut = pipe._truncated(prompts, 3)
+    for text, kept in zip(prompts, cut):
+        assert text.startswith(kept) and len(tokenizer(kept, add_special_tokens=False)["input_ids"]) == 3
+
+
+def test_edit_encode_prompt_checks_its_source_images(edit):
+    """The edit pipeline's encode_prompt refuses bad sources itself: out-of-range floats and a count mismatch."""
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\], got \[0.0, 2.0\]"):
+        edit.encode_prompt(torch.full((3, 32, 32), 2.0).index_fill_(1, torch.tensor([0]), 0.0), "make it red")
+    with pytest.raises(ValueError, match="Got 2 images for 3 prompts"):
+        edit.encode_prompt([torch.rand(3, 32, 32)] * 2, ["a", "b", "c"])
+
+
 def test_same_seed_same_output_different_seed_different(pipe, edit):
     kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
     first = pipe("a boat", generator=seeded(0), **kwargs).images
@@ -561,6 +578,25 @@ def test_a_callback_can_cut_guidance_off_and_later_steps_run_only_the_branches_l
     unguided = {**off, "guidance_scale": 1.0}
     with pytest.raises(ValueError, match="A step callback set guidance_scale=3.0.* start the call with that guidance"):
         target(**inputs, **unguided, num_inference_steps=2, callback_on_step_end=turn_on, **kwargs)
+
+
+def test_a_callback_setting_a_non_finite_guidance_scale_is_refused(pipe):
+    """A step callback that sets guidance_scale to NaN is refused, not run silently as guidance off."""
+
+    def to_nan(pipeline, step, timestep, callback_kwargs):
+        pipeline._guidance_scale = float("nan")
+        return {}
+
+    with pytest.raises(ValueError, match="`guidance_scale` must be a finite number"):
+        pipe(
+            "a fox",
+            height=32,
+            width=32,
+            num_inference_steps=2,
+            guidance_scale=3.0,
+            output_type="latent",
+            callback_on_step_end=to_nan,
+        )
 
 
 def test_edit_outputs_follow_the_source(edit):
