@@ -94,6 +94,8 @@ def test_processor_model_and_pipeline_examples_run_on_the_run_hydrax_checkpoint(
     assert namespace["out"].flow_loss is not None and namespace["velocity"].shape == (2, 8, 1, 32, 32)
     assert namespace["image"].size == (512, 512) and len(namespace["animated"]) == 17
     assert namespace["night"].size == (96, 64) and (folder / "fox.mp4").stat().st_size > 0
+    assert [night.size for night in namespace["nights"]] == [(96, 64)] * 3
+    assert namespace["fast"].images[0].size == (512, 512) and namespace["pipe"].guidance_scale == 1.0
 
 
 PROCESSOR_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "PROCESSOR.md").read_text(), flags=re.S)
