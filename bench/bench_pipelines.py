@@ -48,11 +48,14 @@ LLM_HEAD_WIDTH = 64  # channels per attention head of the benchmark LLM (Qwen2.5
 
 
 @torch.no_grad()
-def reference_sample(pipe, branches, weights, latents, num_inference_steps, sources=None, step_seconds=None):
+def reference_sample(
+    pipe, branches, weights, latents, num_inference_steps, sources=None, step_seconds=None, guidance_rescale=0.0
+):
     """The recompute-everything sampler: per step, one full `model(...)` forward per guidance branch `(input_ids,
     attention_mask)` (a prompt prefix ending with the target's `<|vision_start|>`, as the pipelines build them) with
-    the noisy target appended, combined as `Σ weight · velocity`. `sources` gives each branch's edit source pixels.
-    Step times are appended to `step_seconds` when given. Returns the final latents."""
+    the noisy target appended, combined as `Σ weight · velocity`, then rescaled toward the first (conditional)
+    branch's standard deviation per output by the fraction `guidance_rescale`. `sources` gives each branch's edit
+    source pixels. Step times are appended to `step_seconds` when given. Returns the final latents."""
     model, num_tokens = pipe.model, latents[0, 0].numel()
     pipe._set_timesteps(num_inference_steps, None, num_tokens)  # the pipeline's schedule, on a copy of its scheduler
     scheduler = copy.deepcopy(pipe.scheduler)
@@ -65,9 +68,8 @@ def reference_sample(pipe, branches, weights, latents, num_inference_steps, sour
     for i, t in enumerate(scheduler.timesteps):
         began = time.perf_counter()
         sigma = scheduler.sigmas[i].expand(latents.shape[0])
-        velocity = sum(
-            weight
-            * model(
+        velocities = [
+            model(
                 input_ids=ids,
                 attention_mask=mask,
                 target_latents=latents,
@@ -75,8 +77,12 @@ def reference_sample(pipe, branches, weights, latents, num_inference_steps, sour
                 timesteps=sigma,
                 source_pixel_values=source,
             ).velocity
-            for weight, (ids, mask), source in zip(weights, full, sources)
-        )
+            for (ids, mask), source in zip(full, sources)
+        ]
+        velocity = sum(weight * branch for weight, branch in zip(weights, velocities))
+        if guidance_rescale:
+            deviation = [value.flatten(1).std(dim=1).view(-1, 1, 1, 1, 1) for value in (velocities[0], velocity)]
+            velocity = velocity * (1 - guidance_rescale + guidance_rescale * deviation[0] / deviation[1])
         latents = scheduler.step(velocity, t, latents).prev_sample
         if step_seconds is not None:
             step_seconds.append(time.perf_counter() - began)

@@ -36,6 +36,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers import __version__ as diffusers_version
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.guiders.guider_utils import rescale_noise_cfg
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
@@ -264,6 +265,10 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         return self._guidance_scale
 
     @property
+    def guidance_rescale(self):
+        return self._guidance_rescale
+
+    @property
     def num_timesteps(self):
         return self._num_timesteps
 
@@ -394,6 +399,26 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         for name, scale in scales.items():
             if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
                 raise ValueError(f"`{name}` must be a finite number (guidance is off at ≤ 1), got {scale!r}.")
+
+    def _set_guidance_rescale(self, guidance_rescale, **scales: float) -> None:
+        """Checks `guidance_rescale` (a number in [0, 1]) and keeps it for the steps; it acts only on guided steps, so
+        a call whose guidance `scales` (by name) are all ≤ 1 logs that it has no effect."""
+        if (
+            isinstance(guidance_rescale, bool)
+            or not isinstance(guidance_rescale, numbers.Real)
+            or not 0 <= guidance_rescale <= 1
+        ):
+            raise ValueError(
+                f"`guidance_rescale` must be a number in [0, 1] (0: plain guidance, 0.7: the paper's suggestion), got "
+                f"{guidance_rescale!r}."
+            )
+        if guidance_rescale > 0 and all(scale <= 1 for scale in scales.values()):
+            settings = ", ".join(f"{name}={scale}" for name, scale in scales.items())
+            logger.warning(
+                f"guidance_rescale={guidance_rescale} has no effect: it rescales classifier-free guidance, which is "
+                f"off at {settings}."
+            )
+        self._guidance_rescale = guidance_rescale
 
     def _negative_prompt_list(self, negative_prompt, num_prompts: int, **scales: float) -> list[str] | None:
         """The negative prompts, one per prompt; they act only through guidance, so one of the guidance `scales`
@@ -834,7 +859,10 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     prefixes[len(weights)] = prefix.first_rows(len(weights) * latents.shape[0])
                 # One latent per output: the branches share its Sem-ViT embedding (see `predict_velocity`)
                 velocities = self.model.predict_velocity(latents.to(dtype), sigma, prefixes[len(weights)]).float()
-                velocity = sum(weight * branch for weight, branch in zip(weights, velocities.chunk(len(weights))))
+                branches = velocities.chunk(len(weights))
+                velocity = sum(weight * branch for weight, branch in zip(weights, branches))
+                if len(weights) > 1 and self._guidance_rescale > 0:
+                    velocity = self._rescaled(velocity, branches[0], num_clean)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False, **step_kwargs)[0]
                 latents = self._anchored(latents, clean_latents)  # the callback, next step and output see the anchor
 
@@ -848,6 +876,15 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                 progress_bar.update()
         self._current_timestep = None
         return latents
+
+    def _rescaled(self, velocity: torch.Tensor, conditional: torch.Tensor, num_clean: int) -> torch.Tensor:
+        """The guided velocity rescaled toward the conditional branch's standard deviation per output, by
+        `guidance_rescale` (diffusers' `rescale_noise_cfg`: guidance at large scales otherwise over-saturates). The
+        first `num_clean` latent frames, image-to-video's anchor that each step replaces, are left out of the
+        deviations."""
+        noisy = (slice(None), slice(None), slice(num_clean, None))
+        velocity[noisy] = rescale_noise_cfg(velocity[noisy], conditional[noisy], self._guidance_rescale)
+        return velocity
 
     @staticmethod
     def _anchored(latents: torch.Tensor, clean_latents: torch.Tensor | None) -> torch.Tensor:
@@ -972,6 +1009,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         num_inference_steps: int = 50,
         sigmas: list[float] | None = None,
         guidance_scale: float = 4.0,
+        guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -1011,6 +1049,11 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Classifier-free guidance scale; off at ≤ 1.
+            guidance_rescale (`float`, defaults to 0.0):
+                Rescales each guided velocity toward the conditional one's standard deviation by this fraction
+                (diffusers' `guidance_rescale`, from [Common Diffusion Noise Schedules and Sample Steps are
+                Flawed](https://huggingface.co/papers/2305.08891); 0.7 there), against the over-saturation of large
+                guidance scales. 0: plain guidance.
             num_images_per_prompt (`int`, defaults to 1):
                 Outputs per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
@@ -1093,6 +1136,7 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
         height, width = self._output_size(height, width, image, max_area, video=num_frames > 1)
         decode_chunk_frames = self._decode_chunk_frames(decode_chunk_frames)
         self._guidance_scale = guidance_scale
+        self._set_guidance_rescale(guidance_rescale, guidance_scale=guidance_scale)
         self._check_inputs(
             height,
             width,

@@ -146,6 +146,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         sigmas: list[float] | None = None,
         guidance_scale: float = 4.0,
         image_guidance_scale: float = 1.5,
+        guidance_rescale: float = 0.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -182,6 +183,10 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
                 Text guidance `s_txt` (see the class docstring); off at ≤ 1.
             image_guidance_scale (`float`, defaults to 1.5):
                 Image guidance `s_img`: how closely the output follows the source; off at ≤ 1.
+            guidance_rescale (`float`, defaults to 0.0):
+                Rescales each guided velocity toward the standard deviation of the branch with both instruction and
+                source by this fraction (diffusers' `guidance_rescale`, as its SDXL InstructPix2Pix pipeline applies
+                it), against the over-saturation of large guidance scales. 0: plain guidance.
             num_images_per_prompt (`int`, defaults to 1):
                 Outputs per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
@@ -244,6 +249,7 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
         lora_scale = self._lora_scale(attention_kwargs)
         self._guidance_scale = guidance_scale
         self._image_guidance_scale = image_guidance_scale
+        self._set_guidance_rescale(guidance_rescale, **scales)
         self._check_inputs(
             height,
             width,

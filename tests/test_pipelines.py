@@ -671,6 +671,71 @@ def test_cached_sampler_equals_the_reference_sampler(pipe, edit):
     torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_guidance_rescale_follows_the_reference_sampler(pipe, edit):
+    """`guidance_rescale` moves each output's guided velocity toward the standard deviation of its conditional branch
+    (an edit's branch with instruction and source), as the reference sampler writes it out; 0 is plain guidance."""
+    prompts, target = ["a red fox", "a small blue boat"], {"type": "image", "height": 32, "width": 32}
+    noise = torch.randn(2, 8, 1, 2, 2, generator=seeded(3))
+    kwargs = dict(height=32, width=32, num_inference_steps=2, guidance_scale=5.0, output_type="latent")
+    branches = list(pipe._encode_prompts([pipe._conversation(text, target) for text in prompts], None))
+    outputs = {}
+    for rescale in (0.0, 0.7, 1.0):
+        outputs[rescale] = pipe(prompts, latents=noise, guidance_rescale=rescale, **kwargs).images
+        reference = reference_sample(pipe, branches, [5.0, -4.0], noise.clone(), 2, guidance_rescale=rescale)
+        torch.testing.assert_close(outputs[rescale], reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(outputs[0.0], pipe(prompts, latents=noise, **kwargs).images)
+    assert (outputs[0.7] - outputs[0.0]).abs().amax() > 1e-2 and (outputs[1.0] - outputs[0.7]).abs().amax() > 1e-3
+
+    pixels = edit.video_processor.preprocess(source_image(), height=32, width=32)
+    conditional, text_free = edit._encode_prompts(
+        [edit._conversation("make it red", {"type": "image"}, pixels[0])], None
+    )
+    sources, weights = [pixels, pixels, torch.zeros_like(pixels)], [3.0, -1.0, -1.0]
+    cached = edit(source_image(), "make it red", num_inference_steps=2, guidance_scale=3.0, image_guidance_scale=2.0,
+                  guidance_rescale=0.7, latents=noise[:1], output_type="latent").images  # fmt: skip
+    reference = reference_sample(
+        edit, [conditional, text_free, text_free], weights, noise[:1].clone(), 2, sources, guidance_rescale=0.7
+    )
+    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_rescale_leaves_the_image_to_video_anchor_out(pipe, monkeypatch):
+    """The anchor's velocity, which each step discards, takes no part in the rescale's deviations: making it 100×
+    larger leaves the video as it was."""
+    kwargs = dict(image=source_image(), num_frames=5, num_inference_steps=2, guidance_scale=5.0, guidance_rescale=0.7)
+    expected = pipe("a red fox", generator=seeded(0), output_type="latent", **kwargs).frames
+    predict = pipe.model.predict_velocity
+
+    def loud_anchor(*args, **kwargs):
+        velocity = predict(*args, **kwargs).clone()
+        velocity[:, :, 0] *= 100
+        return velocity
+
+    monkeypatch.setattr(pipe.model, "predict_velocity", loud_anchor)
+    assert torch.equal(pipe("a red fox", generator=seeded(0), output_type="latent", **kwargs).frames, expected)
+
+
+def test_guidance_rescale_without_guidance_is_logged(pipe, edit):
+    noise = torch.randn(1, 8, 1, 2, 2, generator=seeded(3))
+    kwargs = dict(height=32, width=32, num_inference_steps=1, latents=noise, output_type="latent")
+    plain = pipe("a fox", guidance_scale=1.0, **kwargs).images
+    logged = pipeline_warnings(lambda: pipe("a fox", guidance_scale=1.0, guidance_rescale=0.5, **kwargs))
+    assert "guidance_rescale=0.5 has no effect: it rescales classifier-free guidance, which is off at " in logged
+    assert "guidance_scale=1.0" in logged
+    assert torch.equal(pipe("a fox", guidance_scale=1.0, guidance_rescale=0.5, **kwargs).images, plain)
+    logged = pipeline_warnings(
+        lambda: edit(source_image(), "x", guidance_scale=1.0, image_guidance_scale=0.5, guidance_rescale=0.5, **kwargs)
+    )
+    assert "off at guidance_scale=1.0, image_guidance_scale=0.5" in logged
+    assert "has no effect" not in pipeline_warnings(lambda: pipe("a fox", guidance_rescale=0.5, **kwargs))
+    text_guided = pipeline_warnings(
+        lambda: edit(source_image(), "x", image_guidance_scale=1.0, guidance_rescale=0.5, **kwargs)
+    )
+    assert "has no effect" not in text_guided
+    with pytest.raises(ValueError, match="`guidance_rescale` must be a number in .* got 2"):
+        edit(source_image(), "x", guidance_rescale=2)
+
+
 def test_guidance_branches_are_the_prompt_its_text_dropped_and_the_negative_prompt(pipe, edit):
     """The reference sampler on branches built here, not by the pipelines' `_encode_prompts`: the text-free branch is
     the prompt with its text dropped as in training, a negative prompt is the negative branch, and an edit guided by
@@ -818,6 +883,10 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
         (dict(guidance_scale=float("nan"), negative_prompt="ugly"), ValueError, "`guidance_scale` must be a finite"),
         (dict(guidance_scale=float("inf")), ValueError, "`guidance_scale` must be a finite number"),
         (dict(guidance_scale=None), ValueError, "`guidance_scale` must be a finite number"),
+        (dict(guidance_rescale=-0.1), ValueError, r"`guidance_rescale` must be a number in \[0, 1\] .* got -0.1"),
+        (dict(guidance_rescale=1.5), ValueError, r"`guidance_rescale` must be a number in \[0, 1\] .* got 1.5"),
+        (dict(guidance_rescale=float("nan")), ValueError, "`guidance_rescale` must be a number in .* got nan"),
+        (dict(guidance_rescale=True), ValueError, "`guidance_rescale` must be a number in .* got True"),
         (dict(sigmas=[]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
         (dict(sigmas=[[1.0, 0.5]]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
         (dict(sigmas=[1.0, float("nan")]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
