@@ -57,7 +57,9 @@ import math
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -66,14 +68,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "conversion"))
 
+from accelerate import PartialState  # noqa: E402
+from accelerate.utils import broadcast  # noqa: E402
 from accelerate.utils.deepspeed import DeepSpeedEngineWrapper  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
 from model_card_hydrax import build_adapter_card, build_model_card  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModel,
     AutoProcessor,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -470,15 +476,91 @@ def loss_token_counts(batch: dict) -> tuple[int, int]:
     return int((batch["labels"][:, 1:] != -100).sum()), 0 if targets is None else int(targets.sum())
 
 
+def linear_decay(progress: float) -> float:
+    """The learning-rate factor of the Trainer's default "linear" schedule after warm-up, at `progress` in [0, 1]."""
+    return 1.0 - progress
+
+
+class TimeBudget(TrainerCallback):
+    """`--max-minutes`: stops training when the budget is spent, shows a progress bar that counts its seconds (the
+    step bar's ETA would be for a step count the budget rarely reaches), and gives the learning-rate schedule its
+    progress, the larger of the step and time fractions: a linear warm-up, then `decay(progress)`.
+
+    Every process reads the main process's clock, broadcast at each step's end: with their own clocks, processes
+    could stop at different steps (one left waiting for gradients the others never send) and would step with
+    different learning rates, so that their weights drift apart."""
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}"
+
+    def __init__(self, minutes: float, max_steps: int, warmup_steps: int, desc: str, decay: Callable[[float], float]):
+        self.seconds, self.max_steps, self.warmup_steps = minutes * 60, max_steps, warmup_steps
+        self.desc, self.decay = desc, decay
+        self.start, self.elapsed, self.bar, self.loss = time.monotonic(), 0.0, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.elapsed = time.monotonic(), 0.0
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=self.seconds, desc=self.desc, bar_format=self.bar_format)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = torch.tensor([time.monotonic() - self.start], device=PartialState().device)
+        self.elapsed = float(broadcast(elapsed, from_process=0)[0])
+        if self.elapsed >= self.seconds:
+            control.should_training_stop = True
+        if self.bar is not None:
+            self.bar.update(min(self.elapsed, self.seconds) - self.bar.n)
+            loss = "" if self.loss is None else f", loss {self.loss:.4f}"
+            self.bar.set_postfix_str(f"step {state.global_step}/{self.max_steps}{loss}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.loss = (logs or {}).get("loss", self.loss)
+        if self.bar is not None and logs:  # what ProgressCallback, which this replaces, would print
+            self.bar.write(
+                str({key: f"{value:.4g}" if isinstance(value, float) else value for key, value in logs.items()})
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+    @property
+    def ran_out(self) -> bool:
+        """Whether the budget, not the step count, ended the run."""
+        return self.elapsed >= self.seconds
+
+    def factor(self, step: int) -> float:
+        progress = min(1.0, max(step / self.max_steps, self.elapsed / self.seconds))
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warmup * self.decay(progress)
+
+
 class HydraXTrainer(Trainer):
     """Trainer with per-module learning rates (optimizer parameter groups) and the model's `logged_terms` (`lm_loss`,
-    `flow_loss`) logged beside `loss` (averaged over the batches since the last log; `eval_…` in evaluation)."""
+    `flow_loss`) logged beside `loss` (averaged over the batches since the last log; `eval_…` in evaluation); with a
+    `time_budget`, its progress bar and learning-rate schedule."""
 
-    def __init__(self, *args, learning_rates: dict[str, float], deepspeed_grad_reduction: str = "step", **kwargs):
+    def __init__(
+        self,
+        *args,
+        learning_rates: dict[str, float],
+        deepspeed_grad_reduction: str = "step",
+        time_budget: TimeBudget | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.learning_rates = learning_rates
         self.deepspeed_grad_reduction = deepspeed_grad_reduction
         self.loss_sums = {"train": {}, "eval": {}}
+        self.time_budget = time_budget
+        if time_budget is not None:  # its bar counts the budget's seconds, in place of the step bar
+            self.add_callback(time_budget)
+            self.remove_callback(ProgressCallback)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.time_budget.factor)
+        return self.lr_scheduler
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -806,6 +888,29 @@ def check_no_earlier_run(parser: argparse.ArgumentParser, args) -> None:
         )
 
 
+def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
+    """`--max-minutes`, checked by `check_time_budget`."""
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="time budget: stop after this many minutes; the learning rate then follows whichever of --max-steps and "
+        "the budget runs out first (a run that is not reproducible step for step: no resuming)",
+    )
+
+
+def check_time_budget(parser: argparse.ArgumentParser, args) -> None:
+    """`--max-minutes`, when given, is a positive finite number of minutes, and starts a run: its schedule follows
+    the clock, which a resumed run cannot replay."""
+    if args.max_minutes is None:
+        return
+    if not math.isfinite(args.max_minutes) or args.max_minutes <= 0:
+        parser.error(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}.")
+    if args.resume_from_checkpoint:
+        parser.error(
+            "--max-minutes cannot resume a run (its learning rate followed the clock); resume with --max-steps only."
+        )
+
+
 def clear_earlier_run(args, training_args: TrainingArguments, work_dir: Path) -> None:
     """--force without a resume: the earlier run's OUTPUT_DIR/work and --log-samples records go (the main process
     removes them while the others wait) before this run writes its own; its OUTPUT_DIR/model is replaced only when
@@ -865,6 +970,7 @@ def parse_args(argv=None):
         "--output-dir", type=Path, default=Path("outputs/train_hydrax"), help="where work/, model/ (and adapter/) go"
     )
     parser.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
+    add_time_budget_argument(parser)
     parser.add_argument(
         "--batch-size", type=int, default=1, help="samples per device and step (may mix tasks and target sizes)"
     )
@@ -997,6 +1103,7 @@ def parse_args(argv=None):
     if args.streaming and args.eval_split:
         parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
     check_at_least(parser, 1, **{name: getattr(args, name) for name in COUNT_OPTIONS})
+    check_time_budget(parser, args)
     if args.eval_steps is not None and not (args.eval_data or args.eval_split):
         parser.error("--eval-steps needs evaluation data: pass --eval-data or --eval-split")
     if any(not prompt.strip() for prompt in args.validation_prompts):
@@ -1149,6 +1256,9 @@ def main(argv=None) -> HydraXTrainer:
         collator = SampleLog(collator, output_dir / f"samples_rank{rank}.txt")
 
     # 5. Train
+    budget = None
+    if args.max_minutes:
+        budget = TimeBudget(args.max_minutes, args.max_steps, args.warmup_steps, "training Hydra-X", linear_decay)
     trainer = HydraXTrainer(
         model=model,
         args=training_args,
@@ -1158,6 +1268,7 @@ def main(argv=None) -> HydraXTrainer:
         processing_class=processor,
         learning_rates=learning_rates,
         deepspeed_grad_reduction=args.deepspeed_grad_reduction,
+        time_budget=budget,
         callbacks=[RunRecordCallback(record), *validation],
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -1263,11 +1374,13 @@ def training_details(args, trainer, sources, learning_rates: dict[str, float]) -
     losses = ", ".join(f"{name} {last[name]:.4f}" for name in ("loss", "lm_loss", "flow_loss") if name in last)
     if not losses and history and "train_loss" in history[-1]:
         losses = f"train_loss {history[-1]['train_loss']:.4f} (the run's mean)"
+    budget = trainer.time_budget
+    stopped = f" (the {args.max_minutes:g}-minute time budget ran out)" if budget and budget.ran_out else ""
     rows = {
         "base checkpoint": f"`{args.model.resolve()}`" if args.model else "a tiny random Hydra-X built by the run",
         "stage": args.stage,
         "data": data,
-        "steps": trainer.state.global_step,
+        "steps": f"{trainer.state.global_step}{stopped}",
         "batch": f"{args.batch_size} per process × {args.gradient_accumulation_steps} accumulated × "
         f"{trainer.args.world_size} process(es)",
         "learning rates": ", ".join(f"{group} {rate:g}" for group, rate in learning_rates.items()),

@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -55,13 +54,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder  # noqa: E402
 from PIL import Image  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 from train_hydrax import (  # noqa: E402
     COUNT_OPTIONS,
     RUN_OUTPUTS,
     HydraXTrainer,
     RunRecordCallback,
+    TimeBudget,
+    add_time_budget_argument,
     check_no_earlier_run,
+    check_time_budget,
     clear_earlier_run,
     full_parameters,
     gathered_model,
@@ -69,7 +70,7 @@ from train_hydrax import (  # noqa: E402
     stored_dtype,
     training_arguments,
 )
-from transformers import ProgressCallback, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel  # noqa: E402
@@ -186,46 +187,9 @@ class HydraXTokTrainingModel(nn.Module):
         return {**losses, "loss": total, "psnr": losses["psnr"].mean()}
 
 
-class TimeBudget(TrainerCallback):
-    """`--max-minutes`: stops training when the budget is spent, shows a progress bar that counts its seconds (the
-    step bar's ETA would be for a step count the budget rarely reaches), and gives the learning-rate schedule its
-    progress, the larger of the step and time fractions (warm-up, then cosine from 1 down to 0.1 of the peak)."""
-
-    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of the time budget{postfix}"
-
-    def __init__(self, minutes: float, max_steps: int, warmup_steps: int):
-        self.seconds, self.max_steps, self.warmup_steps = minutes * 60, max_steps, warmup_steps
-        self.start, self.bar, self.loss = time.monotonic(), None, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
-        if state.is_world_process_zero:
-            self.bar = tqdm(total=self.seconds, desc="training Hydra-XTok", bar_format=self.bar_format)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        elapsed = time.monotonic() - self.start
-        if elapsed >= self.seconds:
-            control.should_training_stop = True
-        if self.bar is not None:
-            self.bar.update(min(elapsed, self.seconds) - self.bar.n)
-            loss = "" if self.loss is None else f", loss {self.loss:.4f}"
-            self.bar.set_postfix_str(f"step {state.global_step}/{self.max_steps}{loss}")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.loss = (logs or {}).get("loss", self.loss)
-        if self.bar is not None and logs:  # what ProgressCallback, which this replaces, would print
-            self.bar.write(
-                str({key: f"{value:.4g}" if isinstance(value, float) else value for key, value in logs.items()})
-            )
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
-            self.bar.close()
-
-    def factor(self, step: int) -> float:
-        progress = min(1.0, max(step / self.max_steps, (time.monotonic() - self.start) / self.seconds))
-        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        return warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+def cosine_to_tenth(progress: float) -> float:
+    """The time budget's learning-rate factor after warm-up: cosine from 1 down to 0.1 at `progress` in [0, 1]."""
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
 
 class HydraXTokStreamLoader(torch.utils.data.DataLoader):
@@ -241,9 +205,9 @@ class HydraXTokTrainer(HydraXTrainer):
 
     logged_terms = LOGGED_TERMS
 
-    def __init__(self, *args, batch_sampler, eval_batches=None, time_budget: TimeBudget | None = None, **kwargs):
+    def __init__(self, *args, batch_sampler, eval_batches=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batch_sampler, self.eval_batches, self.time_budget = batch_sampler, eval_batches, time_budget
+        self.batch_sampler, self.eval_batches = batch_sampler, eval_batches
         self.can_return_loss = True  # forward(pixel_values) takes no labels: without this, evaluation skips the loss
 
     def term_weights(self, inputs) -> tuple:
@@ -252,12 +216,6 @@ class HydraXTokTrainer(HydraXTrainer):
         pixels = inputs["pixel_values"]
         clips = pixels.ndim == 5 and pixels.shape[2] > 1
         return tuple(int(clips or name != "distill_video") for name in self.logged_terms)
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.time_budget is None or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.time_budget.factor)
-        return self.lr_scheduler
 
     def get_train_dataloader(self):
         if self.batch_sampler is None:  # a stream of whole batches, already split among the processes
@@ -524,12 +482,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="start afresh in an --output-dir that holds an earlier run's checkpoints (they are removed)",
     )
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        help="time budget: stop after this many minutes; the learning rate then follows whichever of --max-steps and "
-        "the budget runs out first (a run that is not reproducible step for step: no resuming)",
-    )
+    add_time_budget_argument(parser)
     parser.add_argument("--save-steps", type=int, default=500, help="checkpoint every n steps")
     parser.add_argument("--eval-steps", type=int, help="evaluate every n steps (default: at the end)")
     parser.add_argument("--logging-steps", type=int, default=10, help="log every n steps")
@@ -558,8 +511,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_at_least(parser, 1, **{name: getattr(args, name) for name in counts})
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
-    if args.max_minutes is not None and (args.max_minutes <= 0 or args.resume_from_checkpoint):
-        parser.error(f"--max-minutes must be positive and cannot resume a run, got {args.max_minutes}.")
+    check_time_budget(parser, args)
     if args.streaming and args.cache_media:
         parser.error("--cache-media keeps every decoded file in memory, which a stream never revisits; drop one.")
     if args.streaming and args.max_minutes is not None:
@@ -737,7 +689,11 @@ def main(argv=None) -> HydraXTokTrainer | None:
 
     # 4. Train
     preview_pixels = next(centred_batches(eval_dataset or train_dataset, PREVIEW_SAMPLES, PREVIEW_SAMPLES))
-    budget = TimeBudget(args.max_minutes, args.max_steps, args.warmup_steps) if args.max_minutes else None
+    budget = None
+    if args.max_minutes:
+        budget = TimeBudget(
+            args.max_minutes, args.max_steps, args.warmup_steps, "training Hydra-XTok", cosine_to_tenth
+        )
     trainer = HydraXTokTrainer(
         model=module,
         args=training_args,
@@ -751,11 +707,8 @@ def main(argv=None) -> HydraXTokTrainer | None:
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
         learning_rates=learning_rates,
         time_budget=budget,
-        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)]
-        + ([budget] if budget else []),
+        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)],
     )
-    if budget is not None:
-        trainer.remove_callback(ProgressCallback)
     trainer.train(resume_from_checkpoint=resume)
 
     # 5. Save the tokenizer (main process), staged and renamed into place

@@ -2,6 +2,7 @@ import doctest
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,32 @@ def run_script(script, *args, cwd):
     """Run a repository script in a fresh, offline Python process with a minimal environment."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+# Two processes on this machine, under torchrun (gloo on the CPU): the prefix of `run_processes` commands.
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2)
+
+
+def run_processes(*command, timeout: float = 240, cwd=None, **env) -> subprocess.CompletedProcess:
+    """Runs a multi-process launch (`TORCHRUN`, `accelerate launch`) with one thread per process, offline, and `env`
+    added to the environment, in a process group of its own that is killed whole on timeout: a launcher killed alone
+    leaves its workers waiting on a collective, holding the CPU for the rest of the suite."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"} | env
+    with subprocess.Popen(
+        list(map(str, command)),
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def load_script(path):

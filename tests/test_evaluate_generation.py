@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, run_script, tiny_clip, tiny_dinov2
+from conftest import TORCHRUN, load_script, run_processes, run_script, tiny_clip, tiny_dinov2
 from PIL import Image
 
 
@@ -525,18 +525,11 @@ def test_video_consistency_of_a_still_video_is_one():
 def test_two_processes_split_the_rows_and_write_what_one_process_writes(checkpoint, data, tmp_path):
     """Under torchrun (gloo, CPU) each process generates every other row into the main process's folder; the main
     process gathers the records and the FD statistics: the same files and metrics as one process."""
-    import os
-    import subprocess
-    import sys
 
     models = ["--clip-model", data["clip"], "--feature-model", data["dinov2"]]
     run = ["--model", str(checkpoint), "--data", data["t2i"], *SMALL, *models, "--batch-size", "1"]
     single = evaluate(tmp_path / "one", *run)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [*command, *map(str, run), "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True
-    )
+    result = run_processes(*TORCHRUN, SCRIPT, *run, "--output-dir", tmp_path / "two", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (one, first), (two, second) = read_outputs(single), read_outputs(tmp_path / "two")
     assert two["settings"]["processes"] == 2 and [record["row"] for record in second] == [0, 1, 2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, run_script
+from conftest import TORCHRUN, load_script, run_processes, run_script
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
@@ -513,9 +513,6 @@ def test_two_processes_split_the_questions_and_write_the_single_process_results(
 ):
     """Under torchrun (gloo, CPU) each process scores every other question; the main process gathers them and writes
     the same predictions as one process, in row order."""
-    import os
-    import subprocess
-    import sys
 
     rows = caption_rows(run_hydrax) + caption_rows(run_hydrax)[:1]  # 5 questions: one process gets 3, the other 2
     images = list(run_hydrax.load_images(SIZE).values())
@@ -523,11 +520,7 @@ def test_two_processes_split_the_questions_and_write_the_single_process_results(
     argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE)]
     evaluator.main([*argv, "--output-dir", str(tmp_path / "one")])
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT)]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [*command, *argv, "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=240
-    )
+    result = run_processes(*TORCHRUN, SCRIPT, *argv, "--output-dir", tmp_path / "two", ACCELERATE_USE_CPU="true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     (one, single), (two, split) = read_outputs(tmp_path / "one"), read_outputs(tmp_path / "two")
     assert two["processes"] == 2 and one["processes"] == 1 and two["count"] == 5

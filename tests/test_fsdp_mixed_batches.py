@@ -10,12 +10,11 @@ accelerate enables FSDP only on GPUs, so tests/fsdp_mixed_worker.py applies torc
 are averaged by hand.
 """
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import TORCHRUN, run_processes
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +29,7 @@ def wrapped_classes() -> str:
 
 
 def run_worker(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER, *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    return run_processes(*TORCHRUN, WORKER, *args, cwd=ROOT)
 
 
 def test_fsdp_yaml_makes_only_the_qwen2_layers_shard_units():

@@ -15,16 +15,14 @@ backend for DeepSpeed without a GPU and would run every process alone, so the sc
 that names gloo for it (GPU runs take the NCCL path untouched)."""
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, pipeline_row
+from conftest import TORCHRUN, load_script, pipeline_row, run_processes
 from PIL import Image
 from test_train_tokenizer import write_data, write_helpers
 from transformers import AutoModel
@@ -103,9 +101,8 @@ def launch(tmp_path, stage: int, *args, stop=False, script: Path = SCRIPT):
     ]
     command += ["--num_processes", 2, "--mixed_precision", "no", "--main_process_port", port, launcher, *args]
     command += ["--report-to", "none", "--logging-steps", 1]
-    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    env |= {"STOP_AFTER_FIRST_CHECKPOINT": "1"} if stop else {}
-    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=180)
+    stopping = {"STOP_AFTER_FIRST_CHECKPOINT": "1"} if stop else {}
+    result = run_processes(*command, timeout=180, DS_ACCELERATOR="cpu", **stopping)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
 
@@ -219,10 +216,8 @@ def assert_zero2_equals_ddp(tmp_path, argv: list, steps: int, script=SCRIPT, une
     """Runs `script` with `argv` under ZeRO-2 and under DDP (torchrun, gloo) and compares losses, gradient norms and
     saved weights (but those whose names start with `unequal_weights`)."""
     launch(tmp_path, 2, *argv, "--output-dir", tmp_path / "zero2", script=script)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, script, *argv]
-    command += ["--output-dir", tmp_path / "ddp", "--report-to", "none", "--logging-steps", 1]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=180)
+    argv = [*argv, "--output-dir", tmp_path / "ddp", "--report-to", "none", "--logging-steps", 1]
+    result = run_processes(*TORCHRUN, script, *argv, timeout=180, ACCELERATE_USE_CPU="true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     runs = {}

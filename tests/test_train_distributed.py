@@ -4,8 +4,6 @@ holds. The accelerate configs of examples/accelerate/ load as accelerate's own p
 
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import interrupting, load_script, pipeline_row
+from conftest import TORCHRUN, interrupting, load_script, pipeline_row, run_processes
 from PIL import Image
 from transformers import AutoModel
 
@@ -66,12 +64,10 @@ def test_two_processes_train_on_different_samples_and_agree_on_the_weights(check
     must still reduce the flow head's gradients, else it waits for a bucket the other process never sends. With
     `--streaming` each process collates its own share of the stream."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT]
-    command += ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
-    command += ["--report-to", "none", *([option] if option else [])]
-    command += ["--validation-prompts", "an astronaut", "--validation-inference-steps", 2]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
+    argv = ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1, "--log-samples"]
+    argv += ["--report-to", "none", *([option] if option else [])]
+    argv += ["--validation-prompts", "an astronaut", "--validation-inference-steps", 2]
+    result = run_processes(*TORCHRUN, SCRIPT, *argv, ACCELERATE_USE_CPU="true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     seen = [(out / f"samples_rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
@@ -88,6 +84,20 @@ def test_two_processes_train_on_different_samples_and_agree_on_the_weights(check
     # --validation-prompts: both processes sampled, the main one wrote what the final weights sample
     samples = np.asarray(Image.open(out / "work" / "checkpoint-3" / train_hydrax.SAMPLES_FILE))
     assert np.array_equal(samples, pipeline_row(out / "model", ["an astronaut"], size=32, steps=2))
+
+
+def test_a_time_budget_follows_the_main_processs_clock(checkpoint, tmp_path):
+    """A second process whose clock runs 1000× fast would find a 10-minute budget spent after its first step, stop
+    there while the main process waits in the next step's gradient reduction, and step with a learning rate of 0:
+    both follow the main process's clock instead, run every step and end with the same weights."""
+    out = tmp_path / "out"
+    argv = ["--model", checkpoint, "--output-dir", out, "--max-steps", 3, "--max-minutes", 10, "--log-samples"]
+    worker = ROOT / "tests" / "clock_skew_worker.py"
+    result = run_processes(*TORCHRUN, worker, *argv, "--report-to", "none", ACCELERATE_USE_CPU="true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    held = [json.loads((out / f"weights_rank{rank}.txt").read_text()) for rank in (0, 1)]
+    assert held[0] == held[1], "the processes ended with different weights"
+    assert "| steps | 3 |" in (out / "model" / "README.md").read_text()
 
 
 def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint):

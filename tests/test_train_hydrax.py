@@ -795,12 +795,39 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--save-steps", "0"], "--save-steps must be ≥ 1, got 0"),
         (["--eval-steps", "5"], "--eval-steps needs evaluation data: pass --eval-data or --eval-split"),
         (["--lora-r", "4", "--stage", "2", "--eval-split", "0.1"], "--eval-split needs --data"),
+        (["--max-minutes", "0"], "--max-minutes must be a positive number of minutes, got 0.0"),
+        (["--max-minutes", "nan"], "--max-minutes must be a positive number of minutes, got nan"),
+        (["--max-minutes", "5", "--resume-from-checkpoint", "last"], "--max-minutes cannot resume a run"),
     ],
 )
 def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
     with pytest.raises(SystemExit):
         train_hydrax.parse_args(args)
     assert message in capsys.readouterr().err
+
+
+def test_a_time_budget_ends_the_run_saves_the_model_and_says_so_in_the_card(checkpoint, tmp_path, capsys):
+    """`--max-minutes`: a budget spent within the first step ends the run there, with the model saved and the card
+    naming the budget; its bar replaces the step bar. A budget that outlasts the steps changes neither."""
+    trainer = train(checkpoint, tmp_path / "short", "--max-steps", 50, "--max-minutes", 1e-5)
+    assert trainer.state.global_step == 1 and trainer.time_budget.ran_out
+    card = (tmp_path / "short" / "model" / "README.md").read_text()
+    assert "| steps | 1 (the 1e-05-minute time budget ran out) |" in card
+    assert "s of the time budget" in capsys.readouterr().err
+    trainer = train(checkpoint, tmp_path / "long", "--max-minutes", 60)
+    assert trainer.state.global_step == 2 and not trainer.time_budget.ran_out
+    assert "| steps | 2 |" in (tmp_path / "long" / "model" / "README.md").read_text()
+
+
+def test_the_time_budget_schedule_decays_linearly_with_whichever_runs_out_first():
+    """After warm-up the learning rate falls as the Trainer's "linear" schedule does, at the larger of the step and
+    time fractions; the time is the main process's, read at the last step's end."""
+    budget = train_hydrax.TimeBudget(1.0, 10, 2, "training", train_hydrax.linear_decay)
+    assert [budget.factor(step) for step in (0, 1, 5, 10)] == pytest.approx([0.5, 0.9, 0.5, 0.0])
+    budget.elapsed = 45.0  # three quarters of the minute: ahead of the steps
+    assert [budget.factor(step) for step in (2, 9)] == pytest.approx([0.25, 0.1])
+    budget.start -= 600  # the local clock is not read: only the broadcast elapsed time counts
+    assert budget.factor(2) == pytest.approx(0.25) and not budget.ran_out
 
 
 def test_a_validation_size_off_the_patch_grid_stops_before_training(checkpoint, tmp_path):

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import interrupting, load_script, tiny_siglip2, tiny_vjepa2
+from conftest import TORCHRUN, interrupting, load_script, run_processes, tiny_siglip2, tiny_vjepa2
 from PIL import Image
 from transformers import AutoModel
 
@@ -478,11 +477,8 @@ def train_two_processes(data, tmp_path, *args) -> tuple[Path, Path]:
     launcher, logs, out = tmp_path / "launch.py", tmp_path / "logs", tmp_path / "out"
     launcher.write_text(LAUNCHER)
     logs.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, launcher]
-    command += [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
-    command += ["--max-steps", 3, *args]
-    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=240)
+    argv = [SCRIPT, logs, *common(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0)]
+    result = run_processes(*TORCHRUN, launcher, *argv, "--max-steps", 3, *args, ACCELERATE_USE_CPU="true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     held = [json.loads((logs / f"weights_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert held[0] == held[1], "the processes ended with different weights"
@@ -988,12 +984,12 @@ def test_the_two_players_gradients_are_clipped_apart():
 
 def test_the_time_budget_schedule_follows_whichever_runs_out_first():
     """With `--max-minutes` the cosine schedule's progress is the larger of the step and time fractions."""
-    budget = train_tokenizer.TimeBudget(minutes=1e6, max_steps=10, warmup_steps=0)
+    budget = train_tokenizer.TimeBudget(1e6, 10, 0, "training", train_tokenizer.cosine_to_tenth)
     assert budget.factor(0) == pytest.approx(1.0, abs=1e-6)
     assert budget.factor(10) == pytest.approx(0.1, abs=1e-6)  # the steps ran out; the time did not
     assert budget.factor(5) == pytest.approx(0.55, abs=1e-6)
-    budget = train_tokenizer.TimeBudget(minutes=1.0, max_steps=10, warmup_steps=0)
-    budget.start = time.monotonic() - 61  # the time ran out; the steps did not
+    budget = train_tokenizer.TimeBudget(1.0, 10, 0, "training", train_tokenizer.cosine_to_tenth)
+    budget.elapsed = 61.0  # the time ran out; the steps did not
     assert budget.factor(0) == pytest.approx(0.1, abs=1e-6)
 
 
