@@ -1,7 +1,7 @@
 """examples/text_to_image.py, text_to_video.py, image_to_video.py and edit_image.py write the file they print, at the
 asked size and length; their arguments are checked before any work, and every option reaches the pipeline (a fake
-one, in process). The four runs share one thread pool (each is
-mostly a Python start-up) and take about 20 s together on 2 CPU cores."""
+one, in process). The four runs share one thread pool (each is mostly a Python start-up) and take about 20 s together
+on 2 CPU cores."""
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
