@@ -135,13 +135,22 @@ class HydraXDataCollator:
         on_bad_sample (`str`): `"error"` raises on a bad sample, `"skip"` logs a warning naming it and leaves it out; a
             batch of bad samples only is replaced by the last good sample collated (a warning names the samples), so
             that training goes on at any batch size.
+        chat_template_kwargs (`dict`, *optional*): passed to the chat template, e.g. `{"add_vision_id": True}` to train
+            on Qwen2.5-VL's "Picture 1: " labels (then pass the same at inference).
     """
 
-    def __init__(self, processor, processor_kwargs: dict | None = None, on_bad_sample: str = "error"):
+    def __init__(
+        self,
+        processor,
+        processor_kwargs: dict | None = None,
+        on_bad_sample: str = "error",
+        chat_template_kwargs: dict | None = None,
+    ):
         if on_bad_sample not in ("error", "skip"):
             raise ValueError(f"`on_bad_sample` must be 'error' or 'skip', got {on_bad_sample!r}.")
         self.processor = processor
         self.processor_kwargs = dict(processor_kwargs or {})
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.on_bad_sample = on_bad_sample
         self._last_good = None  # the last sample that loaded, stand-in for a batch of bad samples in skip mode
 
@@ -256,6 +265,7 @@ class HydraXDataCollator:
             return_tensors="pt",
             return_assistant_tokens_mask=True,
             processor_kwargs={**self.processor_kwargs, "padding": True, "padding_side": "right"},
+            **self.chat_template_kwargs,
         )
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:

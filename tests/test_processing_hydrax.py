@@ -795,6 +795,43 @@ def test_chat_template_round_trip(processor, astronaut, tiny_mp4):
     assert processor.batch_decode(tokenized["input_ids"], skip_special_tokens=True)[0].count("Thanks!") == 1
 
 
+def test_add_vision_id_labels_inputs_as_qwen2_5_vl_does(processor, astronaut, coffee, tiny_mp4):
+    """`add_vision_id=True` writes Qwen2.5-VL's "Picture N: " / "Video N: " before each visual input, numbered over
+    the whole conversation (an assistant's earlier image counts); generation targets stay unlabelled."""
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": astronaut},
+                {"type": "video", "path": tiny_mp4},
+                {"type": "text", "text": "Redraw it."},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "image", "image": coffee}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Now a cup."}]},
+        {"role": "assistant", "content": [{"type": "image", "height": 64, "width": 64}]},
+    ]
+    plain = processor.apply_chat_template(messages)
+    labelled = processor.apply_chat_template(messages, add_vision_id=True)
+    image, video, target = (
+        f"<|vision_start|><|{name}|><|vision_end|>" for name in ("image_pad", "video_pad", "vision_pad")
+    )
+    assert labelled == plain.replace(image, "Picture {}: " + image).replace(video, "Video 1: " + video).format(1, 2, 3)
+    assert labelled.count("Picture") == 3 and target in labelled and ": " + target not in labelled
+    assert processor.apply_chat_template(messages, add_vision_id=False) == plain
+    tokenized = processor.apply_chat_template(
+        messages[:2], add_vision_id=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    direct = processor(
+        text=processor.apply_chat_template(messages[:2], add_vision_id=True),
+        images=[astronaut, coffee],
+        videos=tiny_mp4,
+        return_tensors="pt",
+    )
+    assert torch.equal(tokenized["input_ids"], direct["input_ids"])
+    assert processor.tokenizer.apply_chat_template(messages, tokenize=False, add_vision_id=True) == labelled
+
+
 def test_data_less_blocks_are_inputs_in_user_turns_and_targets_in_assistant_turns(processor, astronaut):
     """LLaVA / Qwen2.5-VL usage: `{"type": "image"}` in a user turn, the image passed to the processor."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]

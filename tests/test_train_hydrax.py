@@ -218,6 +218,18 @@ def test_collator_labels_only_assistant_text_and_marks_targets(processor, pictur
     assert again["input_ids"].equal(ids), "the collator itself drops no text: the model does, once"
 
 
+def test_collator_passes_chat_template_kwargs(processor, pictures):
+    """`chat_template_kwargs={"add_vision_id": True}`: the user turn's image is labelled "Picture 1: ", unlabelled for
+    the loss; the rest of the batch is as without it."""
+    samples = [sample(understanding("seen.png", "a small cat"), pictures)]
+    plain = HydraXDataCollator(processor, SIZE)(samples)
+    labelled = HydraXDataCollator(processor, SIZE, chat_template_kwargs={"add_vision_id": True})(samples)
+    text = processor.batch_decode(labelled["input_ids"])[0]
+    assert "Picture 1: <|vision_start|>" in text and "Picture" not in processor.batch_decode(plain["input_ids"])[0]
+    assert labelled_tokens(processor, labelled["labels"][0]) == labelled_tokens(processor, plain["labels"][0])
+    assert torch.equal(labelled["pixel_values"], plain["pixel_values"])
+
+
 def test_collator_never_labels_video_placeholders(processor, pictures):
     """A video question's and a text-to-video target's `<|video_pad|>` placeholders are -100, as image ones are (the
     model masks visual blocks again, but a custom loss reads the labels)."""
