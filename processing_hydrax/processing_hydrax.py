@@ -28,7 +28,8 @@ from .video_processing_hydrax import make_list_of_videos
 # Qwen2.5-VL); a data-less block in an assistant turn is a generation target,
 # `<|vision_start|><|vision_pad|><|vision_end|>`, whose size the processor reads from the block (`height`, `width`,
 # `num_frames`) or, for edits, from the source image before it. Assistant turns sit in `{% generation %}` so that
-# `return_assistant_tokens_mask=True` marks them.
+# `return_assistant_tokens_mask=True` marks them. `add_vision_id=True` labels the visual inputs "Picture N: " /
+# "Video N: " as Qwen2.5-VL's template does.
 HYDRAX_CHAT_TEMPLATE = (
     "{%- macro render_content(content, is_assistant, counts) -%}"
     "{%- if content is string -%}{{- content -}}"
