@@ -185,7 +185,7 @@ def test_readme_install_brings_everything_the_quickstart_uses_and_ci_installs_no
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + project["optional-dependencies"][extra]
     names = {re.match(r"[A-Za-z0-9_.-]+", requirement)[0].lower() for requirement in requirements}
-    assert {"scikit-image", "scikit-video", "av", "diffusers", "pytest"} <= names, names
+    assert {"scikit-image", "scikit-video", "av", "diffusers", "pytest", "pytest-xdist"} <= names, names
     commands = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and line[0] not in "#"]
     assert [line for line in commands if " install" in line] == [f'python -m pip install --quiet -e ".[{extra}]"']
-    assert commands[-1] == test_line == "HF_HUB_OFFLINE=1 python -m pytest -q"
+    assert commands[-1] == test_line == "HF_HUB_OFFLINE=1 python -m pytest -q -n auto --maxprocesses 8 --dist loadfile"
