@@ -43,6 +43,9 @@ Scoring (`--scoring`):
   is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
   option's text (case and surrounding punctuation ignored) gives it, else it is `unparsed` (and wrong).
 
+Prompts label no image or video unless `--add-vision-id` labels them as Qwen2.5-VL's template does ("Picture 1: ",
+"Video 1: "): for a model trained with `train_hydrax.py --add-vision-id` (its model card's "vision ids" row says so).
+
 Open questions (`--answer-open`, whatever `--scoring`): greedy `generate` on the question followed by `--open-prompt`
 (default: lmms-eval's MMMU instruction, "Answer the question using a single word or phrase."), read as MMMU's
 evaluation reads it: per sentence, the text after its last answer indicator (`is`, `so`, `thus`, `therefore`, `final`,
@@ -53,9 +56,10 @@ candidate text must contain an accepted text (lower case). `open` in metrics.jso
 
 Outputs, in `--output-dir` (written beside it and renamed into place, so a failure never leaves a half-written folder;
 an existing folder is replaced only with `--force`): `metrics.json` (accuracy, accuracy_norm or unparsed, count, chance
-= the mean of 1 / number of options, per-category accuracies and counts, the scoring mode, model, data, split and
-seconds), `predictions.jsonl` (per row: index, answer letter, predicted letter, correct, and the option scores or
-the generated text) and `eval_results.json` (for a model card: `conversion/model_card_hydrax.py --eval-results`).
+= the mean of 1 / number of options, per-category accuracies and counts, the scoring mode, add_vision_id, model, data,
+split and seconds), `predictions.jsonl` (per row: index, answer letter, predicted letter, correct, and the option
+scores or the generated text) and `eval_results.json` (for a model card: `conversion/model_card_hydrax.py
+--eval-results`).
 """
 
 import argparse
@@ -68,6 +72,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -490,13 +495,17 @@ def media_kwargs(processor, max_pixels: int | None = None, num_frames: int | Non
     return kwargs
 
 
-def prompt_inputs(processor, samples: list[Sample], text_of, processor_kwargs: dict | None = None):
-    """The chat-template prompts (with the generation prompt) of `samples`, tokenized with their media, padded."""
+def prompt_inputs(
+    processor, samples: list[Sample], text_of, processor_kwargs: dict | None = None, add_vision_id: bool = False
+):
+    """The chat-template prompts (with the generation prompt) of `samples`, tokenized with their media, padded; with
+    `add_vision_id`, each image and video labelled as Qwen2.5-VL's template does ("Picture 1: ", "Video 1: ")."""
     conversations = [conversation(sample, text_of(sample)) for sample in samples]
     try:
         inputs = processor.apply_chat_template(
             conversations,
             add_generation_prompt=True,
+            add_vision_id=add_vision_id,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
@@ -515,16 +524,18 @@ def prompt_inputs(processor, samples: list[Sample], text_of, processor_kwargs: d
 
 
 @torch.no_grad()
-def score_options(model, processor, samples: list[Sample], processor_kwargs: dict | None = None) -> list[list[float]]:
+def score_options(
+    model, processor, samples: list[Sample], processor_kwargs: dict | None = None, add_vision_id: bool = False
+) -> list[list[float]]:
     """For each sample, the sum of the token log-probabilities of each option's text (in option order) as the
-    assistant's answer.
+    assistant's answer (`add_vision_id`: see `prompt_inputs`).
 
     The prompts (with their images or videos) run once, left-padded into one batch, keeping the KV cache and the
     logits of their last position (which score each option's first token); the cache rows are then picked once per
     option of their question and all options of all questions run as one batch over them, right-padded and masked,
     and only the logits that score a token become log-probabilities."""
     kwargs = {**(processor_kwargs or {}), "padding_side": "left"}
-    inputs = prompt_inputs(processor, samples, likelihood_text, kwargs).to(model.device)
+    inputs = prompt_inputs(processor, samples, likelihood_text, kwargs, add_vision_id).to(model.device)
     pairs = [
         (question, processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         for question, sample in enumerate(samples)
@@ -610,11 +621,12 @@ def generate_answers(
     max_new_tokens: int,
     processor_kwargs: dict | None = None,
     text_of=multiple_choice_text,
+    add_vision_id: bool = False,
 ) -> list[str]:
     """Greedy answers to the prompts `text_of` writes for `samples` (default: the lettered multiple-choice prompt), as
-    one left-padded batch."""
+    one left-padded batch (`add_vision_id`: see `prompt_inputs`)."""
     kwargs = {**(processor_kwargs or {}), "padding_side": "left"}
-    inputs = prompt_inputs(processor, samples, text_of, kwargs).to(model.device)
+    inputs = prompt_inputs(processor, samples, text_of, kwargs, add_vision_id).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return [text.strip() for text in texts]
@@ -746,9 +758,8 @@ def answer_open(
             normalize_row(rows[index], index, base, row_format, open_question=True)
             for index in kept[start : start + args.batch_size]
         ]
-        texts = generate_answers(
-            model, processor, samples, args.max_new_tokens, kwargs, lambda sample: open_text(sample, args.open_prompt)
-        )
+        text_of = partial(open_text, instruction=args.open_prompt)
+        texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs, text_of, args.add_vision_id)
         records += [open_record(sample, text) for sample, text in zip(samples, texts)]
         bar.update(len(samples))
     bar.close()
@@ -768,10 +779,12 @@ def evaluate(
             normalize_row(rows[index], index, base, row_format) for index in kept[start : start + args.batch_size]
         ]
         if args.scoring == "likelihood":
-            scores = score_options(model, processor, samples, kwargs)
+            scores = score_options(model, processor, samples, kwargs, args.add_vision_id)
             records += [likelihood_record(sample, values) for sample, values in zip(samples, scores)]
         else:
-            texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs)
+            texts = generate_answers(
+                model, processor, samples, args.max_new_tokens, kwargs, add_vision_id=args.add_vision_id
+            )
             records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
         chances += [1 / len(sample.options) for sample in samples]
         bar.update(len(samples))
@@ -872,6 +885,12 @@ def parse_args(argv=None):
         "answered entirely right, and with categories MME's score, Σ 100·(accuracy + accuracy_plus) over them",
     )
     parser.add_argument("--yes-no", action="store_true", help="rows without options are Yes / No questions (MME)")
+    parser.add_argument(
+        "--add-vision-id",
+        action="store_true",
+        help='label each image and video of a prompt as Qwen2.5-VL\'s template does ("Picture 1: ", "Video 1: "), '
+        "for a model trained that way (train_hydrax.py --add-vision-id; its model card says so)",
+    )
     open_questions = parser.add_mutually_exclusive_group()
     open_questions.add_argument(
         "--skip-open", action="store_true", help="leave out rows whose options are empty (MMMU's open questions)"
@@ -957,6 +976,7 @@ def main(argv=None):
             metrics["accuracy_all"] = sum(record["correct"] for record in records + opened) / len(records + opened)
         metrics.update(
             scoring=args.scoring,
+            add_vision_id=args.add_vision_id,
             model=str(args.model),
             lora=args.lora,
             data=str(args.data),

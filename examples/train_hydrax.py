@@ -1009,6 +1009,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--lm-loss-weight", type=float, help="weight of the next-token loss")
     parser.add_argument("--flow-loss-weight", type=float, help="weight of the flow-matching loss")
+    parser.add_argument(
+        "--add-vision-id",
+        action="store_true",
+        help='label each image and video of a conversation as Qwen2.5-VL\'s template does ("Picture 1: ", '
+        '"Video 1: "); the model card says so (evaluate with evaluate_understanding.py --add-vision-id, prompt '
+        "with apply_chat_template(..., add_vision_id=True))",
+    )
     parser.add_argument("--min-pixels", type=int, help="smallest image area after resizing (default: the processor's)")
     parser.add_argument("--max-pixels", type=int, help="largest image area after resizing (default: the processor's)")
     parser.add_argument(
@@ -1250,7 +1257,8 @@ def main(argv=None) -> HydraXTrainer:
         pixels = (DEMO_SIZE**2, DEMO_SIZE**2)
     size = {key: value for key, value in zip(("min_pixels", "max_pixels"), pixels) if value is not None}
     processor_kwargs = {"images_kwargs": {"size": size}, "videos_kwargs": {"size": size}} if size else {}
-    collator = HydraXDataCollator(processor, processor_kwargs, on_bad_sample=args.on_bad_sample)
+    template_kwargs = {"add_vision_id": True} if args.add_vision_id else None
+    collator = HydraXDataCollator(processor, processor_kwargs, args.on_bad_sample, template_kwargs)
     rank = training_args.process_index
     if args.log_samples:
         collator = SampleLog(collator, output_dir / f"samples_rank{rank}.txt")
@@ -1385,6 +1393,10 @@ def training_details(args, trainer, sources, learning_rates: dict[str, float]) -
         f"{trainer.args.world_size} process(es)",
         "learning rates": ", ".join(f"{group} {rate:g}" for group, rate in learning_rates.items()),
         "LoRA": f"rank {args.lora_r}, alpha {args.lora_alpha}" if args.lora_r else "none (the stage's groups in full)",
+        "vision ids": '"Picture 1: ", "Video 1: " before each image and video (prompt with '
+        "`apply_chat_template(..., add_vision_id=True)`)"
+        if args.add_vision_id
+        else "none",
         "last logged losses": losses or "none logged",
         "seed": args.seed,
     }

@@ -29,7 +29,8 @@ from .video_processing_hydrax import make_list_of_videos
 # `<|vision_start|><|vision_pad|><|vision_end|>`, whose size the processor reads from the block (`height`, `width`,
 # `num_frames`) or, for edits, from the source image before it. Assistant turns sit in `{% generation %}` so that
 # `return_assistant_tokens_mask=True` marks them. `add_vision_id=True` labels the visual inputs "Picture N: " /
-# "Video N: " as Qwen2.5-VL's template does.
+# "Video N: " as Qwen2.5-VL's template does, outside assistant turns only: an assistant's images and videos are the
+# model's outputs (training targets), which the pipelines start without a label.
 HYDRAX_CHAT_TEMPLATE = (
     "{%- macro render_content(content, is_assistant, counts) -%}"
     "{%- if content is string -%}{{- content -}}"
@@ -39,11 +40,13 @@ HYDRAX_CHAT_TEMPLATE = (
     "{%- if is_assistant and not (block.get('image') is not none or block.get('video') is not none"
     " or block.get('url') is not none or block.get('path') is not none or block.get('base64') is not none) -%}"
     "{{- '<|vision_start|><|vision_pad|><|vision_end|>' -}}"
-    "{%- elif block['type'] == 'image' -%}{%- set counts.image = counts.image + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' + counts.image | string + ': ' -}}{%- endif -%}"
+    "{%- elif block['type'] == 'image' -%}"
+    "{%- if add_vision_id and not is_assistant -%}{%- set counts.image = counts.image + 1 -%}"
+    "{{- 'Picture ' + counts.image | string + ': ' -}}{%- endif -%}"
     "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- else -%}{%- set counts.video = counts.video + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Video ' + counts.video | string + ': ' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{%- if add_vision_id and not is_assistant -%}{%- set counts.video = counts.video + 1 -%}"
+    "{{- 'Video ' + counts.video | string + ': ' -}}{%- endif -%}"
     "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"

@@ -322,6 +322,37 @@ def test_parse_prediction(evaluator, text, expected):
     assert evaluator.parse_prediction(text, options) == expected
 
 
+@pytest.mark.parametrize("scoring", ["likelihood", "generate"])
+def test_add_vision_id_labels_the_image_of_every_prompt(
+    evaluator, run_hydrax, checkpoint, tmp_path, monkeypatch, scoring
+):
+    """--add-vision-id: every prompt the model reads (the options' or the lettered prompt, and an open question's)
+    labels its image "Picture 1: " as `train_hydrax.py --add-vision-id` trains; without it none is labelled;
+    metrics.json says which."""
+    images = list(run_hydrax.load_images(SIZE).values())
+    rows = caption_rows(run_hydrax)[:2]
+    rows.append({**rows[0], "options": []})
+    data = write_manifest(tmp_path / "data", rows, {0: images[0], 1: images[1], 2: images[0]})
+    argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE), "--scoring", scoring]
+    argv += ["--answer-open", "--max-new-tokens", "2"]
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    prompt_inputs, prompts = evaluator.prompt_inputs, []
+
+    def recorded(*args, **kwargs):
+        prompts.append(prompt_inputs(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(evaluator, "prompt_inputs", recorded)
+    for flags, labels in (([], 0), (["--add-vision-id"], 1)):
+        prompts.clear()
+        out = tmp_path / f"out-{labels}"
+        evaluator.main([*argv, *flags, "--output-dir", str(out)])
+        texts = [text for inputs in prompts for text in processor.batch_decode(inputs["input_ids"])]
+        assert [text.count("Picture 1: <|vision_start|>") for text in texts] == [labels] * 3, texts
+        assert "Picture 2" not in "".join(texts)
+        assert read_outputs(out)[0]["add_vision_id"] is bool(flags)
+
+
 def test_mmmu_rows_place_each_image_where_the_question_refers_to_it(evaluator, run_hydrax, tmp_path):
     images = list(run_hydrax.load_images(SIZE).values())
     for number in (1, 2):

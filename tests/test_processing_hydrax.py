@@ -797,7 +797,9 @@ def test_chat_template_round_trip(processor, astronaut, tiny_mp4):
 
 def test_add_vision_id_labels_inputs_as_qwen2_5_vl_does(processor, astronaut, coffee, tiny_mp4):
     """`add_vision_id=True` writes Qwen2.5-VL's "Picture N: " / "Video N: " before each visual input, numbered over
-    the whole conversation (an assistant's earlier image counts); generation targets stay unlabelled."""
+    the whole conversation; an assistant's images (its earlier output, a training target, a generation target) stay
+    unlabelled: trained with labels there, the model would learn to write one before the images the pipelines start
+    without it."""
     messages = [
         {
             "role": "user",
@@ -816,8 +818,11 @@ def test_add_vision_id_labels_inputs_as_qwen2_5_vl_does(processor, astronaut, co
     image, video, target = (
         f"<|vision_start|><|{name}|><|vision_end|>" for name in ("image_pad", "video_pad", "vision_pad")
     )
-    assert labelled == plain.replace(image, "Picture {}: " + image).replace(video, "Video 1: " + video).format(1, 2, 3)
-    assert labelled.count("Picture") == 3 and target in labelled and ": " + target not in labelled
+    user, assistant = plain.split("<|im_start|>assistant\n", 1)
+    expected = user.replace(image, "Picture 1: " + image).replace(video, "Video 1: " + video)
+    head, tail = assistant.rsplit(image, 1)  # the second user turn's image
+    assert labelled == expected + "<|im_start|>assistant\n" + head + "Picture 2: " + image + tail
+    assert labelled.count("Picture") == 2 and target in labelled and ": " + target not in labelled
     assert processor.apply_chat_template(messages, add_vision_id=False) == plain
     tokenized = processor.apply_chat_template(
         messages[:2], add_vision_id=True, tokenize=True, return_dict=True, return_tensors="pt"

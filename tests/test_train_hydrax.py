@@ -133,6 +133,27 @@ def test_one_batch_mixes_questions_text_to_image_and_edits(checkpoint, demo, tmp
     assert len(logged) == 2 and all(math.isfinite(entry["flow_loss"]) for entry in logged)
 
 
+def test_add_vision_id_trains_on_labelled_inputs_and_the_card_says_so(
+    checkpoint, processor, demo, tmp_path, monkeypatch
+):
+    """--add-vision-id: the demo set's inputs (4 questions' images, the edit's source) are labelled "Picture 1: " as
+    `apply_chat_template(..., add_vision_id=True)` labels them, its generation targets (4 drawings, the edit's result)
+    are not; the model card says so."""
+    batches = []
+    monkeypatch.setattr(HydraXDataCollator, "__call__", record_calls(HydraXDataCollator.__call__, batches))
+    size = ("--min-pixels", 32 * 32, "--max-pixels", 32 * 32)
+    out = tmp_path / "out"
+    train(checkpoint, out, "--stage", 2, "--data", demo, "--batch-size", 9, "--add-vision-id", *size)
+    texts = processor.batch_decode(batches[0]["input_ids"])
+    labels = {True: [], False: []}  # labels per sample, by whether it has a generation target
+    for text, target in zip(texts, batches[0]["target_mask"].any(dim=1).tolist()):
+        labels[target].append(text.count("Picture 1: <|vision_start|>"))
+    assert labels[False] == [1] * 4 and sorted(labels[True]) == [0] * 4 + [1], texts
+    assert "Picture 2" not in "".join(texts), texts
+    card = (out / "model" / "README.md").read_text()
+    assert '| vision ids | "Picture 1: ", "Video 1: " before each image and video' in card
+
+
 def test_one_batch_holds_targets_of_different_sizes(checkpoint, tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     for name, height in (("tall.png", 64), ("square.png", 32)):
@@ -605,6 +626,7 @@ def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_
     assert cards["adapter"].data.library_name == "peft" and cards["model"].data.library_name == "transformers"
     for card in cards.values():
         assert "| stage | 2 |" in card.text and "| LoRA | rank 4, alpha 16 |" in card.text
+        assert "| vision ids | none |" in card.text
         assert "[!WARNING]" not in card.text
     assert f'pipe.load_lora_weights("{(out / "adapter").resolve()}")' in cards["adapter"].text
 
