@@ -44,6 +44,28 @@ def test_short_run_writes_model_samples_and_metrics(tmp_path):
     assert not (out / ".model-staging").exists()
 
 
+def test_a_seed_repeats_the_run_and_another_seed_changes_it(run_hydrax, tmp_path):
+    """--seed seeds the weights, the training noise and the sampling: the same seed gives the same losses, answers,
+    samples and weights; another seed, other ones. metrics.json's losses are the training history's."""
+
+    def run_seed(seed: int, name: str) -> tuple[dict, np.ndarray, bytes]:
+        out = tmp_path / name
+        args = ["--steps", "3", "--sampling-steps", "2", "--size", "32", "--seed", str(seed), "--output-dir", str(out)]
+        run_hydrax.main(args)
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics.pop("seconds")
+        samples = np.asarray(Image.open(out / "samples.png"))
+        return metrics, samples, (out / "model" / "model.safetensors").read_bytes()
+
+    first, again, other = run_seed(0, "first"), run_seed(0, "again"), run_seed(1, "other")
+    assert first[0] == again[0] and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    assert first[0]["first_losses"] != other[0]["first_losses"] and not np.array_equal(first[1], other[1])
+    assert first[2] != other[2]
+    metrics = first[0]
+    assert metrics["first_losses"]["step"] == 0 and metrics["last_losses"]["step"] == 2
+    assert metrics["caption_loss_after_training"] < metrics["first_losses"]["lm_loss"]
+
+
 def test_help_and_bad_arguments(tmp_path):
     assert "--tokenizer" in run("--help", cwd=tmp_path).stdout
     bad = run("--size", "30", cwd=tmp_path)
