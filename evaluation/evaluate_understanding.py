@@ -751,14 +751,13 @@ def answer_open(
 ) -> list[dict]:
     """Answer the open questions at `kept` by greedy generation; returns their prediction records."""
     kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
-    records = []
+    records, text_of = [], partial(open_text, instruction=args.open_prompt)
     bar = tqdm(total=len(kept), desc="answering open questions", unit="question", disable=not progress)
     for start in range(0, len(kept), args.batch_size):
         samples = [
             normalize_row(rows[index], index, base, row_format, open_question=True)
             for index in kept[start : start + args.batch_size]
         ]
-        text_of = partial(open_text, instruction=args.open_prompt)
         texts = generate_answers(model, processor, samples, args.max_new_tokens, kwargs, text_of, args.add_vision_id)
         records += [open_record(sample, text) for sample, text in zip(samples, texts)]
         bar.update(len(samples))

@@ -1012,9 +1012,10 @@ def parse_args(argv=None):
     parser.add_argument(
         "--add-vision-id",
         action="store_true",
-        help='label each image and video of a conversation as Qwen2.5-VL\'s template does ("Picture 1: ", '
-        '"Video 1: "); the model card says so (evaluate with evaluate_understanding.py --add-vision-id, prompt '
-        "with apply_chat_template(..., add_vision_id=True))",
+        help="label each image and video of a conversation's user turns as Qwen2.5-VL's template does "
+        "('Picture 1: ', 'Video 1: '); the model card says so (evaluate with evaluate_understanding.py "
+        "--add-vision-id, prompt with apply_chat_template(..., add_vision_id=True)); meant for understanding data, "
+        "as HydraXEditPipeline writes an edit's source unlabelled",
     )
     parser.add_argument("--min-pixels", type=int, help="smallest image area after resizing (default: the processor's)")
     parser.add_argument("--max-pixels", type=int, help="largest image area after resizing (default: the processor's)")
@@ -1393,8 +1394,8 @@ def training_details(args, trainer, sources, learning_rates: dict[str, float]) -
         f"{trainer.args.world_size} process(es)",
         "learning rates": ", ".join(f"{group} {rate:g}" for group, rate in learning_rates.items()),
         "LoRA": f"rank {args.lora_r}, alpha {args.lora_alpha}" if args.lora_r else "none (the stage's groups in full)",
-        "vision ids": '"Picture 1: ", "Video 1: " before each image and video (prompt with '
-        "`apply_chat_template(..., add_vision_id=True)`)"
+        "vision ids": '"Picture 1: ", "Video 1: " before each image and video of a user turn (prompt with '
+        "`apply_chat_template(..., add_vision_id=True)`; `HydraXEditPipeline` writes an edit's source unlabelled)"
         if args.add_vision_id
         else "none",
         "last logged losses": losses or "none logged",

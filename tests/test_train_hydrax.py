@@ -151,7 +151,7 @@ def test_add_vision_id_trains_on_labelled_inputs_and_the_card_says_so(
     assert labels[False] == [1] * 4 and sorted(labels[True]) == [0] * 4 + [1], texts
     assert "Picture 2" not in "".join(texts), texts
     card = (out / "model" / "README.md").read_text()
-    assert '| vision ids | "Picture 1: ", "Video 1: " before each image and video' in card
+    assert '| vision ids | "Picture 1: ", "Video 1: " before each image and video of a user turn' in card
 
 
 def test_one_batch_holds_targets_of_different_sizes(checkpoint, tmp_path, monkeypatch):
