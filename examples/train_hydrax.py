@@ -467,6 +467,7 @@ def text(value):
 
 # ------------------------------------------------------------------------------------------------------- trainer
 LOSS_SHARES = "hydrax_loss_shares"  # a training micro-batch's (text, flow) loss weights, set by get_batch_samples
+EVAL_PADDING = "hydrax_eval_padding"  # marks an evaluation batch of padding only, whose terms count for nothing
 
 
 def loss_token_counts(batch: dict) -> tuple[int, int]:
@@ -612,7 +613,8 @@ class HydraXTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         shares = inputs.pop(LOSS_SHARES, None)
-        weights = self.term_weights(inputs)
+        padding = inputs.pop(EVAL_PADDING, False)
+        weights = (0,) * len(self.logged_terms) if padding else self.term_weights(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if shares is not None:
             config = self.accelerator.unwrap_model(model).config
@@ -791,6 +793,37 @@ def full_parameters(model):
             model.reshard()
     else:
         yield
+
+
+class PaddedEvalSet(torch.utils.data.Dataset):
+    """The evaluation set padded with `None` items to a multiple of `multiple` (the processes' joint batch): otherwise
+    accelerate (`even_batches`) fills the last batches of the processes with the set's first samples again, and those
+    count twice in the logged evaluation terms. `EvalPaddingCollator` leaves the padding out."""
+
+    def __init__(self, dataset, multiple: int):
+        self.dataset, self.length = dataset, -(-len(dataset) // multiple) * multiple
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.dataset[index] if index < len(self.dataset) else None
+
+
+class EvalPaddingCollator:
+    """Wraps a collator to leave out `PaddedEvalSet`'s padding. A batch of padding only collates `stand_in` (a sample
+    of the set) marked `EVAL_PADDING`: every process still runs one forward per batch (FSDP and ZeRO-3 gather
+    parameters in it), and the Trainer counts its terms for nothing."""
+
+    def __init__(self, collator, stand_in: dict):
+        self.collator, self.stand_in = collator, stand_in
+
+    def __call__(self, samples):
+        real = [sample for sample in samples if sample is not None]
+        batch = self.collator(real or [self.stand_in])
+        if not real:
+            batch[EVAL_PADDING] = True
+        return batch
 
 
 class SampleLog:
@@ -1263,6 +1296,9 @@ def main(argv=None) -> HydraXTrainer:
     rank = training_args.process_index
     if args.log_samples:
         collator = SampleLog(collator, output_dir / f"samples_rank{rank}.txt")
+    if eval_dataset is not None and training_args.world_size > 1:
+        eval_dataset = PaddedEvalSet(eval_dataset, training_args.per_device_eval_batch_size * training_args.world_size)
+        collator = EvalPaddingCollator(collator, eval_dataset.dataset[0])
 
     # 5. Train
     budget = None

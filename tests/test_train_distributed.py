@@ -100,6 +100,29 @@ def test_a_time_budget_follows_the_main_processs_clock(checkpoint, tmp_path):
     assert "| steps | 3 |" in (out / "model" / "README.md").read_text()
 
 
+def test_two_processes_evaluate_each_sample_once(checkpoint, tmp_path):
+    """Three held-out questions, one per batch, on two processes: accelerate would give the second process the first
+    question again to even out the batches, counted twice in `eval_lm_loss` (6.9611 against 6.9691 here). With the
+    set padded and the padding left out, the logged evaluation equals one process's (learning rate 0: the same
+    weights)."""
+    demo = train_hydrax.write_demo_data(tmp_path / "demo")
+    questions = tmp_path / "demo" / "questions.jsonl"
+    questions.write_text("".join(line + "\n" for line in demo.read_text().splitlines()[0:6:2]))
+    argv = ["--model", checkpoint, "--stage", 2, "--data", questions, "--eval-data", questions, "--batch-size", 1]
+    argv += ["--max-steps", 1, "--save-steps", 1, "--learning-rate-scale", 0, "--report-to", "none"]
+
+    def evaluation(out: Path) -> dict:
+        state = json.loads((out / "work" / "checkpoint-1" / "trainer_state.json").read_text())
+        return next(entry for entry in state["log_history"] if "eval_loss" in entry)
+
+    result = run_processes(*TORCHRUN, SCRIPT, *argv, "--output-dir", tmp_path / "two", ACCELERATE_USE_CPU="true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    train_hydrax.main(list(map(str, [*argv, "--output-dir", tmp_path / "one"])))
+    two, one = evaluation(tmp_path / "two"), evaluation(tmp_path / "one")
+    assert two["eval_lm_loss"] == pytest.approx(one["eval_lm_loss"], rel=1e-6) and "eval_flow_loss" not in two
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
 def test_the_accelerate_configs_load_and_fsdp_wraps_the_models_layers(checkpoint):
     from accelerate.commands.config.config_args import ClusterConfig
 
