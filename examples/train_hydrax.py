@@ -84,6 +84,7 @@ from transformers import (  # noqa: E402
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_pt_utils import find_batch_size  # noqa: E402
 from transformers.trainer_utils import sort_checkpoints  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
@@ -624,8 +625,10 @@ class HydraXTrainer(Trainer):
                 if outputs.get(name) is not None:
                     loss = loss + (share - 1) * weight * outputs[name]
         sums = self.loss_sums["train" if model.training else "eval"]
-        for name, weight in zip(self.logged_terms, weights):
-            value = outputs.get(name)
+        terms = [(name, outputs.get(name), weight) for name, weight in zip(self.logged_terms, weights)]
+        if not model.training:  # the evaluation loss per sample (as the Trainer's), without the padding batches
+            terms.append(("loss", loss, 0 if padding else find_batch_size(inputs)))
+        for name, value, weight in terms:
             if value is not None:
                 total, count = sums.get(name, (0.0, 0))
                 sums[name] = (total + value.detach().float().item() * weight, count + weight)
@@ -635,12 +638,14 @@ class HydraXTrainer(Trainer):
         """Adds each term's mean, weighted by `term_weights`, over the batches of every process since the last log (the
         Trainer calls `log` on every process at the same points, so the sums are reduced across them). `eval_loss`
         becomes the weighted sum of the evaluation terms, as the training `loss` is: the Trainer's mean of per-batch
-        losses would depend on how the evaluation samples were batched."""
+        losses would depend on how the evaluation samples were batched. Other trainers' `eval_loss` is the mean of the
+        evaluation batches' losses per sample, as the Trainer's, but without `EVAL_PADDING` batches."""
         split, prefix = ("train", "") if "loss" in logs else ("eval", "eval_") if "eval_loss" in logs else (None, "")
         if split is not None:
-            sums = [self.loss_sums[split].get(name, (0.0, 0)) for name in self.logged_terms]
+            names = (*self.logged_terms, "loss") if split == "eval" else self.logged_terms
+            sums = [self.loss_sums[split].get(name, (0.0, 0)) for name in names]
             sums = self.accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=self.args.device), "sum")
-            for name, (total, count) in zip(self.logged_terms, sums.tolist()):
+            for name, (total, count) in zip(names, sums.tolist()):
                 if count:
                     logs[prefix + name] = total / count
             self.loss_sums[split] = {}
@@ -944,6 +949,14 @@ def check_time_budget(parser: argparse.ArgumentParser, args) -> None:
         )
 
 
+def check_learning_rates(parser: argparse.ArgumentParser, args, options: tuple[str, ...]) -> None:
+    """The learning-rate `options` that were given are finite and ≥ 0 (0 leaves the weights as they are)."""
+    for option in options:
+        value = getattr(args, option.removeprefix("--").replace("-", "_"))
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            parser.error(f"{option} must be a finite number ≥ 0, got {value}")
+
+
 def clear_earlier_run(args, training_args: TrainingArguments, work_dir: Path) -> None:
     """--force without a resume: the earlier run's OUTPUT_DIR/work and --log-samples records go (the main process
     removes them while the others wait) before this run writes its own; its OUTPUT_DIR/model is replaced only when
@@ -1145,6 +1158,7 @@ def parse_args(argv=None):
         parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
     check_at_least(parser, 1, **{name: getattr(args, name) for name in COUNT_OPTIONS})
     check_time_budget(parser, args)
+    check_learning_rates(parser, args, ("--learning-rate-scale", "--vision-head-lr", "--sem-vit-lr", "--llm-lr"))
     if args.eval_steps is not None and not (args.eval_data or args.eval_split):
         parser.error("--eval-steps needs evaluation data: pass --eval-data or --eval-split")
     if any(not prompt.strip() for prompt in args.validation_prompts):

@@ -56,11 +56,13 @@ from checkpoint_importer import staged_folder  # noqa: E402
 from PIL import Image  # noqa: E402
 from train_hydrax import (  # noqa: E402
     COUNT_OPTIONS,
+    EVAL_PADDING,
     RUN_OUTPUTS,
     HydraXTrainer,
     RunRecordCallback,
     TimeBudget,
     add_time_budget_argument,
+    check_learning_rates,
     check_no_earlier_run,
     check_time_budget,
     clear_earlier_run,
@@ -235,10 +237,16 @@ class HydraXTokTrainer(HydraXTrainer):
         return epochs_reach_sampler(self.accelerator.prepare(loader), self.batch_sampler)
 
     def get_eval_dataloader(self, eval_dataset=None):
+        """The held-out batches, dealt out to the processes in turn, their count padded to a multiple of the processes
+        with repeats of the first batch that `EvalPaddingLoader` marks: accelerate would otherwise repeat batches
+        itself to even out the processes, unmarked, and they would count twice in the logged terms."""
+        processes = self.accelerator.num_processes
+        batches = self.eval_batches + self.eval_batches[:1] * (-len(self.eval_batches) % processes)
         loader = torch.utils.data.DataLoader(
-            self.eval_dataset, batch_sampler=self.eval_batches, collate_fn=collate_clips, num_workers=0
+            self.eval_dataset, batch_sampler=batches, collate_fn=collate_clips, num_workers=0
         )
-        return self.accelerator.prepare(loader)
+        loader = self.accelerator.prepare(loader)
+        return EvalPaddingLoader(loader, len(self.eval_batches), processes, self.accelerator.process_index)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -411,6 +419,27 @@ def eval_batches(
     return [batch for batch in batches if batch]
 
 
+class EvalPaddingLoader:
+    """A prepared evaluation loader whose batches after the first `real` ones are marked `EVAL_PADDING` (their terms
+    count for nothing); accelerate deals the batches out in turn, so this process's k-th is batch k · processes +
+    rank."""
+
+    def __init__(self, loader, real: int, processes: int, rank: int):
+        self.loader, self.real, self.processes, self.rank = loader, real, processes, rank
+
+    def __iter__(self):
+        for number, batch in enumerate(self.loader):
+            if number * self.processes + self.rank >= self.real:
+                batch[EVAL_PADDING] = True
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
 def epochs_reach_sampler(loader, sampler):
     """`loader` (prepared by accelerate) with its batch sampler's `set_epoch` reaching `sampler`: with several
     processes accelerate wraps it (`BatchSamplerShard`, and `SkipBatchSampler` on a resume), and neither it nor the
@@ -512,6 +541,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
     check_time_budget(parser, args)
+    check_learning_rates(parser, args, ("--learning-rate", "--discriminator-lr"))
     if args.streaming and args.cache_media:
         parser.error("--cache-media keeps every decoded file in memory, which a stream never revisits; drop one.")
     if args.streaming and args.max_minutes is not None:
@@ -596,7 +626,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     torch.manual_seed(args.seed)
     output_dir, work_dir = args.output_dir, args.output_dir / "work"
     weights = loss_weights(args)
-    learning_rate = args.learning_rate or STAGE_LEARNING_RATES[args.stage]
+    learning_rate = STAGE_LEARNING_RATES[args.stage] if args.learning_rate is None else args.learning_rate
     learning_rates = {"tokenizer": learning_rate, "discriminator": args.discriminator_lr}
 
     # 1. Training arguments first: they set up the processes (torchrun / accelerate launch)

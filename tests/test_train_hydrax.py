@@ -832,6 +832,10 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--max-minutes", "0"], "--max-minutes must be a positive number of minutes, got 0.0"),
         (["--max-minutes", "nan"], "--max-minutes must be a positive number of minutes, got nan"),
         (["--max-minutes", "5", "--resume-from-checkpoint", "last"], "--max-minutes cannot resume a run"),
+        (["--learning-rate-scale", "-1"], "--learning-rate-scale must be a finite number ≥ 0, got -1.0"),
+        (["--llm-lr", "inf"], "--llm-lr must be a finite number ≥ 0, got inf"),
+        (["--sem-vit-lr", "nan"], "--sem-vit-lr must be a finite number ≥ 0, got nan"),
+        (["--vision-head-lr", "-0.1"], "--vision-head-lr must be a finite number ≥ 0, got -0.1"),
     ],
 )
 def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):

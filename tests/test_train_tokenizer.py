@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +183,8 @@ def test_help_lists_the_options(capsys):
         (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
         (["--resolutions", "40"], "resolutions must be multiples of 16"),
         (["--stage", "3", "--no-teachers"], "stage 3 trains the Sem-ViT by distillation only"),
+        (["--learning-rate", "-0.5"], "--learning-rate must be a finite number ≥ 0, got -0.5"),
+        (["--discriminator-lr", "nan"], "--discriminator-lr must be a finite number ≥ 0, got nan"),
     ],
 )
 def test_bad_arguments_stop_in_argparse(argv, message, data, tmp_path, capsys):
@@ -509,6 +512,28 @@ def test_two_processes_train_on_different_batches_and_save_one_model(data, tmp_p
         expected = [key for batch in dealt[rank] for key in batch]
         assert len(seen[rank]) >= 6 and seen[rank] == expected[: len(seen[rank])], (rank, seen[rank])
     assert not {tuple(key) for key in seen[0]} & {tuple(key) for key in seen[1]}
+
+
+def test_two_processes_evaluate_each_batch_once(data, tmp_path):
+    """Five held-out images in batches of 2 (3 batches) on two processes: accelerate would give the second process the
+    first batch again, counted twice in the logged evaluation. Padded and marked, the logged evaluation equals one
+    process's (learning rate 0: the same weights)."""
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for image in sorted(data.glob("*.png"))[:5]:
+        shutil.copy(image, held_out)
+    args = ["--eval-data", held_out, "--learning-rate", 0, "--max-steps", 2, "--save-steps", 2]
+    _, out = train_two_processes(data, tmp_path, *args)
+    train(data, tmp_path / "one", "--preset", "tiny", "--no-teachers", "--lpips-weight", 0, *args)
+
+    def evaluation(folder: Path) -> dict:
+        state = json.loads((folder / "work" / "checkpoint-2" / "trainer_state.json").read_text())
+        entry = next(entry for entry in state["log_history"] if "eval_loss" in entry)
+        return {name: value for name, value in entry.items() if name.startswith("eval_") and "_per_second" not in name}
+
+    two, one = evaluation(out), evaluation(tmp_path / "one")
+    two.pop("eval_runtime"), one.pop("eval_runtime")
+    assert two == pytest.approx(one, rel=1e-5) and "eval_psnr" in two
 
 
 # ------------------------------------------------------------------------------------------------------ streaming
