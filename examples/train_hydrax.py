@@ -818,7 +818,7 @@ class PaddedEvalSet(torch.utils.data.Dataset):
 class EvalPaddingCollator:
     """Wraps a collator to leave out `PaddedEvalSet`'s padding. A batch of padding only collates `stand_in` (a sample
     of the set) marked `EVAL_PADDING`: every process still runs one forward per batch (FSDP and ZeRO-3 gather
-    parameters in it), and the Trainer counts its terms for nothing."""
+    parameters in it), and `HydraXTrainer` counts its terms for nothing."""
 
     def __init__(self, collator, stand_in: dict):
         self.collator, self.stand_in = collator, stand_in
