@@ -9,6 +9,7 @@ or OpenCV when imageio is missing, and only the `dev` extra installs imageio-ffm
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -239,6 +240,10 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
             parser.error(f"{option} must be a positive multiple of {PATCH_SIZE}, got {value}")
     if args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    for option in ("--guidance-scale", "--image-guidance-scale", "--lora-scale"):
+        value = getattr(args, option.removeprefix("--").replace("-", "_"), None)
+        if value is not None and not math.isfinite(value):
+            parser.error(f"{option} must be a finite number, got {value}")
     video = hasattr(args, "num_frames")
     if video and (args.num_frames < 5 or (args.num_frames - 1) % 4):
         parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got {args.num_frames}")

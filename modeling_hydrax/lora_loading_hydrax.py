@@ -53,6 +53,12 @@ def _peft():
     }
 
 
+def check_lora_scale(scale, name: str) -> None:
+    """A LoRA strength must be a finite real number: NaN or inf would turn every sampled pixel into NaN."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise ValueError(f"`{name}` (the LoRA strength) must be a finite number, got {scale!r}.")
+
+
 class HydraXLoraLoaderMixin:
     r"""
     Load, combine, fuse and remove PEFT LoRA adapters on the pipeline's `model` (mixed into the Hydra-X pipelines).
@@ -226,6 +232,9 @@ class HydraXLoraLoaderMixin:
         weights = adapter_weights if isinstance(adapter_weights, (list, tuple)) else [adapter_weights] * len(names)
         if len(weights) != len(names):
             raise ValueError(f"Got {len(weights)} adapter weights for {len(names)} adapters {names}; pass one each.")
+        for name, weight in zip(names, weights):
+            if weight is not None:
+                check_lora_scale(weight, f"adapter_weights[{name!r}]")
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are fused into the model; call `unfuse_lora()` before changing them.")
         for name, module in self.model.named_modules():
@@ -265,10 +274,8 @@ class HydraXLoraLoaderMixin:
         `scale_lora_layers`) on top of their `set_adapters` weights; afterwards each layer's weights are restored
         exactly (diffusers' `unscale_lora_layers` divides by the scale, and after a scale of 0 resets every weight to
         1.0, losing the `set_adapters` weights)."""
-        if scale is not None and (
-            isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)
-        ):
-            raise ValueError(f"`{name}` (the LoRA strength) must be a finite number, got {scale!r}.")
+        if scale is not None:
+            check_lora_scale(scale, name)
         if scale is None or scale == 1:
             yield
             return
@@ -300,10 +307,9 @@ class HydraXLoraLoaderMixin:
         the model stays as it was (and should a merge fail on the way, the layers merged before it are unmerged)."""
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are already fused; call `unfuse_lora()` first.")
-        if not lora_scale:
-            raise ValueError(
-                f"`lora_scale` must be non-zero, got {lora_scale!r}; `disable_lora()` runs the base model."
-            )
+        check_lora_scale(lora_scale, "lora_scale")
+        if lora_scale == 0:
+            raise ValueError("`lora_scale` must be non-zero, got 0; `disable_lora()` runs the base model.")
         active = self.get_active_adapters()
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names or active)
         if not names:

@@ -191,6 +191,22 @@ def test_bad_uses_say_what_to_do(pipe, adapters, tmp_path):
         pipe.load_lora_weights(tmp_path / "missing")
     with pytest.raises(ValueError, match="must be non-zero"):
         pipe.fuse_lora(lora_scale=0)
+    # a NaN or infinite strength would turn every sampled pixel into NaN
+    active = pipe.get_active_adapters()
+    with pytest.raises(
+        ValueError, match=r"`adapter_weights\['a'\]` \(the LoRA strength\) must be a finite number, got nan"
+    ):
+        pipe.set_adapters("a", float("nan"))
+    with pytest.raises(ValueError, match=r"`adapter_weights\['a'\]` .* must be a finite number, got inf"):
+        pipe.set_adapters(["a"], [float("inf")])
+    for bad in (float("inf"), float("nan"), True):
+        with pytest.raises(
+            ValueError, match=f"`lora_scale` \\(the LoRA strength\\) must be a finite number, got {bad!r}"
+        ):
+            pipe.fuse_lora(lora_scale=bad)
+    assert pipe.get_active_adapters() == active and not any(
+        getattr(module, "merged", False) for module in pipe.model.modules()
+    )
     pipe.fuse_lora()
     with pytest.raises(ValueError, match="already fused"):
         pipe.fuse_lora()
