@@ -288,14 +288,17 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         transformers files, one copy shared with `AutoModel` / `AutoProcessor`), the scheduler from `scheduler/`, or
         [`default_scheduler`] when there is none (e.g. a folder from `conversion/build_hydrax.py`).
 
-        `dtype` (or `torch_dtype`), `device_map`, `attn_implementation`, `trust_remote_code` and the Hub arguments
-        (`cache_dir`, `revision`, `token`, `local_files_only`, ...) go to the model's `from_pretrained`. Components
-        passed by name (`model=`, `processor=`, `scheduler=`) are used as they are.
+        `dtype` (or `torch_dtype`; a per-component dict as diffusers takes it, `{"model": torch.bfloat16}`, with
+        `"default"` for the rest and float32 without one), `device_map`, `attn_implementation`, `trust_remote_code`
+        and the Hub arguments (`cache_dir`, `revision`, `token`, `local_files_only`, ...) go to the model's
+        `from_pretrained`. Components passed by name (`model=`, `processor=`, `scheduler=`) are used as they are.
         """
         path = os.fspath(pretrained_model_name_or_path)
         components = {name: kwargs.pop(name) for name in ("model", "processor", "scheduler") if name in kwargs}
         if "torch_dtype" in kwargs:
             kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        if isinstance(kwargs.get("dtype"), dict):  # diffusers' per-component dtypes: the model's entry, else "default"
+            kwargs["dtype"] = kwargs["dtype"].get("model", kwargs["dtype"].get("default", torch.float32))
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
         if "model" not in components:
             components["model"] = AutoModel.from_pretrained(path, **kwargs)

@@ -784,6 +784,12 @@ def test_save_load_round_trip_and_generic_diffusers_loading(pipe, tmp_path):
     assert type(HydraXPipeline.from_pretrained(tmp_path / "lcm").scheduler) is FlowMatchLCMScheduler  # as saved
     bf16 = HydraXPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.bfloat16)
     assert bf16.model.dtype == torch.bfloat16
+    for per_component, dtype in (  # diffusers' per-component dtypes: the model's entry, else "default", else fp32
+        ({"model": torch.bfloat16, "default": torch.float16}, torch.bfloat16),
+        ({"default": torch.bfloat16}, torch.bfloat16),
+        ({"scheduler": torch.bfloat16}, torch.float32),
+    ):
+        assert HydraXEditPipeline.from_pretrained(tmp_path / "saved", torch_dtype=per_component).model.dtype == dtype
     with pytest.raises(ValueError, match="trust_remote_code"):
         DiffusionPipeline.from_pretrained(tmp_path / "saved")
 
