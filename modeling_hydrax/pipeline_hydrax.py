@@ -196,9 +196,10 @@ def write_pipeline_files(
 
 
 def image_count(image) -> int:
-    """How many images `image` holds: one PIL image / `[C, H, W]` tensor / `[H, W, C]` array, a batch, or a list."""
+    """How many images `image` holds: one PIL image / `[C, H, W]` tensor / `[H, W, C]` array, a batch, or a list of
+    them (a batch in a list counts its images, as the list is concatenated)."""
     if isinstance(image, (list, tuple)):
-        return len(image)
+        return sum(image_count(item) for item in image)
     if isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4:
         return image.shape[0]
     return 1

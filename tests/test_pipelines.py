@@ -952,6 +952,21 @@ def test_bad_edit_input(edit):
         edit({"not": "an image"}, "x")
     with pytest.raises(ValueError, match="2 images for 3 prompts"):
         edit([source_image(), source_image()], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="2 images for 3 prompts"):  # a batch in a list counts its images
+        edit([torch.rand(2, 3, 32, 32)], ["a", "b", "c"])
+
+
+def test_a_batch_inside_a_list_counts_as_its_images(pipe, edit):
+    """diffusers concatenates a list of batches: `[batch of 2]` is two images, one per prompt, as the list of both."""
+    first, second = torch.rand(3, 32, 32, generator=seeded(1)), torch.rand(3, 32, 32, generator=seeded(2))
+    kwargs = dict(num_inference_steps=1, output_type="pt")
+    for call, extra in ((edit, {}), (pipe, {"num_frames": 5})):
+        listed = call(image=[first, second], prompt=["a", "b"], generator=seeded(), **extra, **kwargs)
+        batched = call(image=[torch.stack([first, second])], prompt=["a", "b"], generator=seeded(), **extra, **kwargs)
+        output = "images" if call is edit else "frames"
+        torch.testing.assert_close(getattr(batched, output), getattr(listed, output), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="2 images for 1 prompts"):
+        pipe(image=[torch.stack([first, second])], prompt="a", num_frames=5, **kwargs)
     with pytest.raises(ValueError, match="raise the guidance scale above 1"):
         edit(source_image(), "x", negative_prompt="y", guidance_scale=1.0, image_guidance_scale=1.0)
 
