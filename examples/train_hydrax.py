@@ -484,7 +484,8 @@ def linear_decay(progress: float) -> float:
 
 
 class TimeBudget(TrainerCallback):
-    """`--max-minutes`: stops training when the budget is spent, shows a progress bar that counts its seconds (the
+    """`--max-minutes`: stops training when the budget is spent (with the evaluation and checkpoint that end a run at
+    its last step), shows a progress bar that counts its seconds (the
     step bar's ETA would be for a step count the budget rarely reaches), and gives the learning-rate schedule its
     progress, the larger of the step and time fractions: a linear warm-up, then `decay(progress)`.
 
@@ -507,8 +508,10 @@ class TimeBudget(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = torch.tensor([time.monotonic() - self.start], device=PartialState().device)
         self.elapsed = float(broadcast(elapsed, from_process=0)[0])
-        if self.elapsed >= self.seconds:
+        if self.elapsed >= self.seconds:  # ends the run as DefaultFlowCallback does at max_steps: a last eval and save
             control.should_training_stop = True
+            control.should_evaluate |= args.eval_strategy == "steps" and args.eval_delay <= state.global_step
+            control.should_save |= args.save_strategy == "steps"
         if self.bar is not None:
             self.bar.update(min(self.elapsed, self.seconds) - self.bar.n)
             loss = "" if self.loss is None else f", loss {self.loss:.4f}"
@@ -931,8 +934,9 @@ def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-minutes",
         type=float,
-        help="time budget: stop after this many minutes; the learning rate then follows whichever of --max-steps and "
-        "the budget runs out first (a run that is not reproducible step for step: no resuming)",
+        help="time budget: stop after this many minutes (with the evaluation and checkpoint of a last step); the "
+        "learning rate then follows whichever of --max-steps and the budget runs out first (a run that is not "
+        "reproducible step for step: no resuming)",
     )
 
 

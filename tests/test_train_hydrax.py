@@ -844,11 +844,14 @@ def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_a_time_budget_ends_the_run_saves_the_model_and_says_so_in_the_card(checkpoint, tmp_path, capsys):
-    """`--max-minutes`: a budget spent within the first step ends the run there, with the model saved and the card
-    naming the budget; its bar replaces the step bar. A budget that outlasts the steps changes neither."""
-    trainer = train(checkpoint, tmp_path / "short", "--max-steps", 50, "--max-minutes", 1e-5)
+def test_a_time_budget_ends_the_run_saves_the_model_and_says_so_in_the_card(checkpoint, demo, tmp_path, capsys):
+    """`--max-minutes`: a budget spent within the first step ends the run there, as the last step would: evaluated,
+    checkpointed, the model saved and the card naming the budget; its bar replaces the step bar. A budget that
+    outlasts the steps changes neither."""
+    trainer = train(checkpoint, tmp_path / "short", "--max-steps", 50, "--max-minutes", 1e-5, "--eval-data", demo)
     assert trainer.state.global_step == 1 and trainer.time_budget.ran_out
+    assert [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry] == [1]
+    assert (tmp_path / "short" / "work" / "checkpoint-1" / "trainer_state.json").is_file()
     card = (tmp_path / "short" / "model" / "README.md").read_text()
     assert "| steps | 1 (the 1e-05-minute time budget ran out) |" in card
     assert "s of the time budget" in capsys.readouterr().err

@@ -1007,6 +1007,16 @@ def test_the_two_players_gradients_are_clipped_apart():
     assert float(module.loss_fn.discriminator.weight.grad.norm()) == pytest.approx(1.0, rel=1e-4)
 
 
+def test_a_spent_time_budget_ends_the_run_evaluated_and_checkpointed(data, tmp_path):
+    """A budget spent within the first step ends the run there as its last step would: an evaluation, a checkpoint."""
+    out = tmp_path / "out"
+    trainer = train(data, out, "--preset", "tiny", "--no-teachers", "--lpips-weight", 0, "--eval-data", data,
+                    "--max-steps", 50, "--max-minutes", 1e-5)  # fmt: skip
+    assert trainer.state.global_step == 1 and trainer.time_budget.ran_out
+    assert [entry["step"] for entry in trainer.state.log_history if "eval_psnr" in entry] == [1]
+    assert (out / "work" / "checkpoint-1" / "trainer_state.json").is_file()
+
+
 def test_the_time_budget_schedule_follows_whichever_runs_out_first():
     """With `--max-minutes` the cosine schedule's progress is the larger of the step and time fractions."""
     budget = train_tokenizer.TimeBudget(1e6, 10, 0, "training", train_tokenizer.cosine_to_tenth)
