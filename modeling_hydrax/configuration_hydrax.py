@@ -4,6 +4,7 @@ import copy
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 from .configuration_hydrax_presets import HYDRAX_PRESETS, preset_kwargs
@@ -41,7 +42,10 @@ class HydraXConfig(PreTrainedConfig):
             `flow_max_shift` above it (e.g. a constant shift of 2.5) are kept. `None`: no bound.
         lm_loss_weight / flow_loss_weight (`float`): the paper's NTP : flow weights (1 : 1).
         image_token_id / video_token_id / vision_start_token_id / vision_end_token_id (`int`): Qwen2.5 special tokens.
-        pad_token_id (`int`): the token that replaces dropped text.
+        pad_token_id (`int`): the token that replaces dropped text (required). The five token ids are distinct and
+            below the text config's `vocab_size`.
+        tie_word_embeddings (`bool`): share the LM head with the input embeddings; tied when either this or the text
+            config says so (pre-v5 checkpoints kept it in the text config), so untie a tied preset in `text_config`.
 
     Example:
 
@@ -91,7 +95,8 @@ class HydraXConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.vision_config.use_decompressor:
             self.vision_config.use_decompressor = False
-        self.flow_head_hidden_size = self.flow_head_hidden_size or self.text_config.hidden_size
+        if self.flow_head_hidden_size is None:
+            self.flow_head_hidden_size = self.text_config.hidden_size
         # Tied when either says so, as Qwen2.5-VL and LLaVA read it (pre-v5 checkpoints kept it in the text config)
         self.tie_word_embeddings = self.tie_word_embeddings or self.text_config.tie_word_embeddings
         self.text_config.tie_word_embeddings = self.tie_word_embeddings
@@ -105,12 +110,47 @@ class HydraXConfig(PreTrainedConfig):
             raise ValueError(f"`image_to_video_prob` must lie in [0, 1], got {self.image_to_video_prob}.")
         if self.flow_head_num_layers < 1:
             raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
+        if self.flow_head_hidden_size < 1:
+            raise ValueError(
+                f"`flow_head_hidden_size` must be ≥ 1 (or None: the LLM width), got {self.flow_head_hidden_size}."
+            )
+        if self.timestep_embedding_dim < 2 or self.timestep_embedding_dim % 2:
+            raise ValueError(
+                f"`timestep_embedding_dim` must be even and ≥ 2 (cosine and sine features), got "
+                f"{self.timestep_embedding_dim}."
+            )
+        if self.projector_hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`projector_hidden_act` {self.projector_hidden_act!r} is not an activation transformers knows; pick "
+                f"one of {sorted(ACT2FN)}."
+            )
+        self._validate_token_ids()
         if self.flow_max_seq_len <= self.flow_base_seq_len:
             raise ValueError(
                 f"`flow_max_seq_len` ({self.flow_max_seq_len}) must exceed `flow_base_seq_len` "
                 f"({self.flow_base_seq_len}): `mu` is interpolated between them. For a constant shift, set "
                 "`flow_base_shift == flow_max_shift`."
             )
+
+    def _validate_token_ids(self):
+        """The special tokens are distinct rows of the LLM's vocabulary; `pad_token_id` is one of them, required: it
+        replaces dropped text in training and builds the unconditional prompt of guidance."""
+        names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "pad_token_id")
+        ids = {name: getattr(self, name) for name in names}
+        if ids["pad_token_id"] is None:
+            raise ValueError(
+                "`pad_token_id` is required: it replaces dropped text (`text_dropout_prob`) and builds the "
+                "unconditional prompt of classifier-free guidance; pass the tokenizer's `pad_token_id`."
+            )
+        vocab_size = self.text_config.vocab_size
+        for name, token_id in ids.items():
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"`{name}` must be a token id in [0, {vocab_size}) (the text config's `vocab_size`), got "
+                    f"{token_id!r}."
+                )
+        if len(set(ids.values())) < len(ids):
+            raise ValueError(f"The special token ids must be distinct, got {ids}.")
 
     @classmethod
     def available_presets(cls) -> list[str]:

@@ -2,6 +2,8 @@
 the code mutant it was written for): positions after a cache, unconditional ids, prefix padding, loss weights,
 flow-head settings, training defaults, presets."""
 
+import re
+
 import pytest
 import torch
 from conftest import tiny_hydrax, visual_block
@@ -110,6 +112,27 @@ def test_flow_head_needs_at_least_one_layer():
     """`flow_head_num_layers=0` is refused by the config's validation."""
     with pytest.raises(StrictDataclassClassValidationError, match="`flow_head_num_layers` must be ≥ 1, got 0"):
         HydraXConfig.from_preset("tiny", flow_head_num_layers=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pad_token_id": None}, "`pad_token_id` is required: it replaces dropped text"),
+        ({"timestep_embedding_dim": 255}, "must be even and ≥ 2 (cosine and sine features), got 255"),
+        ({"timestep_embedding_dim": 0}, "`timestep_embedding_dim` must be even and ≥ 2"),
+        ({"flow_head_hidden_size": 0}, "`flow_head_hidden_size` must be ≥ 1 (or None: the LLM width), got 0"),
+        ({"flow_head_hidden_size": -5}, "`flow_head_hidden_size` must be ≥ 1"),
+        ({"projector_hidden_act": "bogus"}, "`projector_hidden_act` 'bogus' is not an activation transformers knows"),
+        ({"image_token_id": 5000}, "`image_token_id` must be a token id in [0, 1024)"),
+        ({"pad_token_id": -1}, "`pad_token_id` must be a token id in [0, 1024)"),
+        ({"video_token_id": 1014}, "The special token ids must be distinct"),
+    ],
+)  # fmt: skip
+def test_config_refuses_values_that_would_fail_later(overrides, message):
+    """Values that only failed inside `forward` or the model's construction (or silently, as a zero width did) are
+    refused with the config, naming the field."""
+    with pytest.raises(StrictDataclassClassValidationError, match=re.escape(message)):
+        HydraXConfig.from_preset("tiny", **overrides)
 
 
 def test_flow_head_hidden_size_is_kept_when_given():
