@@ -953,8 +953,9 @@ def check_time_budget(parser: argparse.ArgumentParser, args) -> None:
         )
 
 
-def check_learning_rates(parser: argparse.ArgumentParser, args, options: tuple[str, ...]) -> None:
-    """The learning-rate `options` that were given are finite and ≥ 0 (0 leaves the weights as they are)."""
+def check_non_negative(parser: argparse.ArgumentParser, args, options: tuple[str, ...]) -> None:
+    """The `options` that were given (learning rates, weight decay, clipping norm) are finite and ≥ 0 (a learning
+    rate of 0 leaves the weights as they are; a clipping norm of 0 turns clipping off)."""
     for option in options:
         value = getattr(args, option.removeprefix("--").replace("-", "_"))
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -1034,7 +1035,7 @@ def parse_args(argv=None):
         )
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (not on biases/norms)")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: no clipping)")
     parser.add_argument(
         "--flow-logit-mean",
         type=float,
@@ -1162,7 +1163,17 @@ def parse_args(argv=None):
         parser.error("--eval-split holds out part of every whole source; with --streaming pass --eval-data")
     check_at_least(parser, 1, **{name: getattr(args, name) for name in COUNT_OPTIONS})
     check_time_budget(parser, args)
-    check_learning_rates(parser, args, ("--learning-rate-scale", "--vision-head-lr", "--sem-vit-lr", "--llm-lr"))
+    check_non_negative(
+        parser,
+        args,
+        ("--learning-rate-scale", "--vision-head-lr", "--sem-vit-lr", "--llm-lr", "--weight-decay", "--max-grad-norm"),
+    )
+    if args.lora_alpha < 1:
+        parser.error(f"--lora-alpha must be ≥ 1 (the adapters' update is scaled by alpha / r), got {args.lora_alpha}")
+    if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
+        parser.error(f"--min-pixels {args.min_pixels} exceeds --max-pixels {args.max_pixels}")
+    if args.max_pixels is not None and args.max_pixels < 16 * 16:
+        parser.error(f"--max-pixels must hold one 16×16 patch (≥ 256 pixels), got {args.max_pixels}")
     if args.eval_steps is not None and not (args.eval_data or args.eval_split):
         parser.error("--eval-steps needs evaluation data: pass --eval-data or --eval-split")
     if any(not prompt.strip() for prompt in args.validation_prompts):

@@ -62,8 +62,8 @@ from train_hydrax import (  # noqa: E402
     RunRecordCallback,
     TimeBudget,
     add_time_budget_argument,
-    check_learning_rates,
     check_no_earlier_run,
+    check_non_negative,
     check_time_budget,
     clear_earlier_run,
     full_parameters,
@@ -493,7 +493,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
     parser.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW β2 of the tokenizer's parameters")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps, then cosine decay")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping, per player")
+    parser.add_argument(
+        "--max-grad-norm", type=float, default=1.0, help="gradient clipping, per player (0: no clipping)"
+    )
     for term in STAGE_WEIGHTS[1]:
         parser.add_argument(
             f"--{term.replace('_', '-')}-weight", type=float, help=f"weight of the {term} loss (default: the stage's)"
@@ -541,7 +543,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.eval_steps is not None and not args.eval_data:
         parser.error("--eval-steps needs evaluation data: pass --eval-data")
     check_time_budget(parser, args)
-    check_learning_rates(parser, args, ("--learning-rate", "--discriminator-lr"))
+    check_non_negative(parser, args, ("--learning-rate", "--discriminator-lr", "--weight-decay", "--max-grad-norm"))
     if args.streaming and args.cache_media:
         parser.error("--cache-media keeps every decoded file in memory, which a stream never revisits; drop one.")
     if args.streaming and args.max_minutes is not None:

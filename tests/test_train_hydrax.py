@@ -836,6 +836,11 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--llm-lr", "inf"], "--llm-lr must be a finite number ≥ 0, got inf"),
         (["--sem-vit-lr", "nan"], "--sem-vit-lr must be a finite number ≥ 0, got nan"),
         (["--vision-head-lr", "-0.1"], "--vision-head-lr must be a finite number ≥ 0, got -0.1"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0, got -1.0"),
+        (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number ≥ 0, got -1.0"),
+        (["--lora-alpha", "0"], "--lora-alpha must be ≥ 1 (the adapters' update is scaled by alpha / r), got 0"),
+        (["--min-pixels", "5000", "--max-pixels", "1000"], "--min-pixels 5000 exceeds --max-pixels 1000"),
+        (["--max-pixels", "100"], "--max-pixels must hold one 16×16 patch (≥ 256 pixels), got 100"),
     ],
 )
 def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):

@@ -185,6 +185,8 @@ def test_help_lists_the_options(capsys):
         (["--stage", "3", "--no-teachers"], "stage 3 trains the Sem-ViT by distillation only"),
         (["--learning-rate", "-0.5"], "--learning-rate must be a finite number ≥ 0, got -0.5"),
         (["--discriminator-lr", "nan"], "--discriminator-lr must be a finite number ≥ 0, got nan"),
+        (["--weight-decay", "-0.01"], "--weight-decay must be a finite number ≥ 0, got -0.01"),
+        (["--max-grad-norm", "inf"], "--max-grad-norm must be a finite number ≥ 0, got inf"),
     ],
 )
 def test_bad_arguments_stop_in_argparse(argv, message, data, tmp_path, capsys):
