@@ -485,9 +485,9 @@ def linear_decay(progress: float) -> float:
 
 class TimeBudget(TrainerCallback):
     """`--max-minutes`: stops training when the budget is spent (with the evaluation and checkpoint that end a run at
-    its last step), shows a progress bar that counts its seconds (the
-    step bar's ETA would be for a step count the budget rarely reaches), and gives the learning-rate schedule its
-    progress, the larger of the step and time fractions: a linear warm-up, then `decay(progress)`.
+    its last step), shows a progress bar that counts its seconds (the step bar's ETA would be for a step count the
+    budget rarely reaches), and gives the learning-rate schedule its progress, the larger of the step and time
+    fractions: a linear warm-up, then `decay(progress)`.
 
     Every process reads the main process's clock, broadcast at each step's end: with their own clocks, processes
     could stop at different steps (one left waiting for gradients the others never send) and would step with
