@@ -353,16 +353,27 @@ def drop_bad_rows(dataset, source: str, on_bad_sample: str):
     return dataset if len(good) == len(dataset) else dataset.select(good)
 
 
-def parse_source(value: str) -> tuple[str, float]:
-    """`SOURCE[:WEIGHT]` → (source, weight); a weight must be positive, and a file a `.jsonl` manifest (another file
-    would be looked up as a Hub dataset id)."""
+def parse_source(value: str, weighted: bool = True) -> tuple[str, float]:
+    """`SOURCE[:WEIGHT]` → (source, weight); a weight must be positive, a file a `.jsonl` manifest (another file
+    would be looked up as a Hub dataset id), and a local path (a `.jsonl` name, or one starting `.`, `/` or `~`, or
+    with more than one `/`) must exist (else it too would be looked up on the Hub). `weighted=False` (evaluation
+    sources, read whole) refuses a weight."""
     source, _, weight = value.rpartition(":")
     try:
         parsed = float(weight)
     except ValueError:
         source, parsed = value, 1.0
+    if not weighted and source != value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: evaluation data is read whole and takes no ':WEIGHT'; pass {source!r}"
+        )
     if not source or parsed <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive number")
+    meant_local = source.lower().endswith(".jsonl") or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if meant_local and not Path(source).expanduser().exists():
+        raise argparse.ArgumentTypeError(
+            f"{source!r}: no such file or folder; pass a .jsonl manifest, a save_to_disk folder or a Hub dataset id"
+        )
     if Path(source).is_file() and Path(source).suffix.lower() != ".jsonl":
         raise argparse.ArgumentTypeError(
             f'{source!r}: a manifest must be a .jsonl file, one {{"messages": [...]}} object per line; rename it '
@@ -373,12 +384,7 @@ def parse_source(value: str) -> tuple[str, float]:
 
 def parse_eval_source(value: str) -> str:
     """`SOURCE` of `--eval-data`: evaluation sources are read whole and concatenated; a `:WEIGHT` would be ignored."""
-    source, _ = parse_source(value)
-    if source != value:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: evaluation data is read whole and takes no ':WEIGHT'; pass {source!r}"
-        )
-    return value
+    return parse_source(value, weighted=False)[0]
 
 
 def held_out_split(dataset, source: str, eval_split: float, seed: int):

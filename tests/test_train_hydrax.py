@@ -593,8 +593,9 @@ def test_mixture_ratios_are_respected(tmp_path, pictures):
     origins = [origin.split(":")[0] for origin in train_set["origin"]]
     share = origins.count(str(first)) / len(origins)
     assert eval_set is None and len(origins) >= 1000 and 0.70 < share < 0.80, share
-    assert train_hydrax.parse_source("data/x.jsonl:3") == ("data/x.jsonl", 3.0)
+    assert train_hydrax.parse_source(f"{first}:3") == (str(first), 3.0)
     assert train_hydrax.parse_source("org/name") == ("org/name", 1.0)
+    assert train_hydrax.parse_source("mnist:2") == ("mnist", 2.0)  # a Hub id without an owner is not a path
 
 
 def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_path, processor, monkeypatch):
@@ -825,6 +826,9 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--validation-prompts", "a cat", "--validation-num-frames", "4"], "must be 1 or 1 + 4k (5, 9, …), got 4"),
         (["--validation-prompts", "a cat", "--validation-inference-steps", "0"], "must be ≥ 1, got 0"),
         (["--eval-data", "data/x.jsonl:3"], "takes no ':WEIGHT'; pass 'data/x.jsonl'"),
+        (["--data", "missing.jsonl"], "'missing.jsonl': no such file or folder; pass a .jsonl manifest"),
+        (["--data", "./missing:2"], "'./missing': no such file or folder"),
+        (["--eval-data", "data/sets/missing"], "'data/sets/missing': no such file or folder"),
         (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps must be ≥ 1, got 0"),
         (["--save-steps", "0"], "--save-steps must be ≥ 1, got 0"),
         (["--eval-steps", "5"], "--eval-steps needs evaluation data: pass --eval-data or --eval-split"),
