@@ -641,7 +641,7 @@ def test_config_never_changes_the_callers_tokenizer_config(tmp_path):
     from modeling_hydrax import HydraXTokModel
 
     tokenizer = HydraXTokModel(tiny_tok_config(use_decompressor=True))
-    config = HydraXConfig(text_config=HydraXConfig.from_preset("tiny").text_config, vision_config=tokenizer.config)
+    config = HydraXConfig.from_preset("tiny", vision_config=tokenizer.config)
     assert not config.vision_config.use_decompressor and tokenizer.config.use_decompressor
     tokenizer.save_pretrained(tmp_path)
     reloaded = HydraXTokModel.from_pretrained(tmp_path)
