@@ -7,6 +7,7 @@ import io
 import math
 import os
 import urllib.request
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -195,6 +196,24 @@ def to_grid(
     return pixels, (height // patch_size, width // patch_size)
 
 
+def warn_if_unit_range(items: list[torch.Tensor], do_rescale: bool, kind: str) -> None:
+    """Warns when `do_rescale` is about to divide pixels that are already in [0, 1] by 255 (float images such as a
+    pipeline's `output_type="pt"` / `"np"` output), which would turn them near black; transformers' slow image
+    processors give the same warning (`is_scaled_image`)."""
+    if not do_rescale:
+        return
+    for index, item in enumerate(items):
+        if item.is_floating_point() and item.numel() and item.min() >= 0 and item.max() <= 1:
+            warnings.warn(
+                f"{kind} {index} is a float {kind.lower()} with every pixel in [0, 1], but the processor rescales by "
+                f"1/255 (`do_rescale=True`), which would make it near black. Pass `do_rescale=False` for pixels in "
+                "[0, 1] (a pipeline's `output_type='pt'` or `'np'` output), or uint8 / PIL pixels in [0, 255].",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+
+
 def grid_batch(key: str, pixels: list[torch.Tensor], grid_key: str, grids: list, return_tensors) -> BatchFeature:
     """`pixels` as one tensor when every item has the same shape, else as a list: Hydra-XTok patchifies each item on
     its own grid, so padding would add latent tokens that do not exist."""
@@ -367,6 +386,7 @@ class HydraXImageProcessor(TorchvisionBackend):
     ) -> BatchFeature:
         if not images:
             raise ValueError("Received an empty list of images; pass at least one image or `images=None`.")
+        warn_if_unit_range(images, do_rescale, "Image")
         pixel_values, grids = [], []
         for index, image in enumerate(images):
             image, grid = to_grid(

@@ -29,6 +29,7 @@ from .image_processing_hydrax import (
     smart_resize,
     to_8_bit,
     to_grid,
+    warn_if_unit_range,
 )
 
 
@@ -473,6 +474,7 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
+        warn_if_unit_range(videos, do_rescale, "Video")
         pixel_values, grids = [], []
         for index, video in enumerate(videos):
             video, grid = to_grid(

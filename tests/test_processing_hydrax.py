@@ -209,6 +209,35 @@ def test_16_bit_images_are_scaled_not_saturated(tmp_path):
     )
 
 
+def test_float_pixels_already_in_unit_range_are_warned_about(processor):
+    """Floats are read in [0, 255] as in transformers; a [0, 1] float input (a pipeline's "pt" output) would become
+    near black, so the processor warns, and `do_rescale=False` reads it right."""
+    gray = np.linspace(0, 1, 64 * 64 * 3, dtype=np.float32).reshape(64, 64, 3)
+    as_uint8 = processor.image_processor((gray * 255).round().astype(np.uint8))["pixel_values"]
+    clip = np.repeat(gray[None], 9, axis=0)  # the processor's num_frames: no sampling warning
+    for call, kind in (
+        (lambda **kw: processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=gray, **kw), "Image 0"),
+        (
+            lambda **kw: processor.image_processor([gray * 255, torch.from_numpy(gray).permute(2, 0, 1)], **kw),
+            "Image 1",
+        ),
+        (lambda **kw: processor.video_processor(clip, **kw), "Video 0"),
+    ):
+        with pytest.warns(UserWarning, match=f"{kind} is a float .* with every pixel in \\[0, 1\\].*do_rescale=False"):
+            call()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call(do_rescale=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels = [
+            processor.image_processor(image)["pixel_values"]
+            for image in (gray * 255, (gray * 255).round().astype(np.uint8))
+        ]
+        assert torch.allclose(processor.image_processor(gray, do_rescale=False)["pixel_values"], pixels[0], atol=1e-5)
+        assert torch.allclose(pixels[0], as_uint8, atol=1 / 127.5)
+
+
 # --------------------------------------------------------------------------------------------- frame sampling
 
 
