@@ -143,8 +143,9 @@ class HydraXProcessor(ProcessorMixin):
         r"""
         Processes `images`, `videos` and `text` (a string or a batch of strings) for Hydra-X; see the class docstring.
         Images and videos are matched to their placeholders in order over the whole batch; `images` and `videos`
-        may be flat lists or one list per sample. Processing options go to the sub-processors (e.g. `num_frames`,
-        `fps`, `size`, `padding`, `padding_side`, `return_tensors`).
+        may be flat lists or one list per sample (each sample's list then holds the images of that sample's
+        placeholders, which is checked). Processing options go to the sub-processors (e.g. `num_frames`, `fps`,
+        `size`, `padding`, `padding_side`, `return_tensors`).
 
         `visual_targets` gives one spec per generation target (`<|vision_pad|>`) in the text, in order over the batch
         (a flat list, or one list per sample): `{"type": "image" | "video", "height": int, "width": int,
@@ -161,13 +162,17 @@ class HydraXProcessor(ProcessorMixin):
             if not isinstance(text, (list, tuple)) or not all(isinstance(sample, str) for sample in text):
                 raise TypeError(f"`text` must be a string or a list of strings, got {describe_input(text)}.")
             text = list(text)
+        images_per_sample = None
         if images is not None:
-            images = make_flat_list_of_images(self.image_processor.fetch_images(images))
+            images = self.image_processor.fetch_images(images)
+            if isinstance(images, list) and images and all(isinstance(item, list) for item in images):
+                images_per_sample = [len(item) for item in images]  # one list per sample, as apply_chat_template gives
+            images = make_flat_list_of_images(images)
         if videos is not None:
             videos = make_list_of_videos(videos)
         if text is not None:
             num_images, num_videos = len(images or []), len(videos or [])
-            targets = self._validate_placeholders(text, num_images, num_videos, visual_targets)
+            targets = self._validate_placeholders(text, num_images, num_videos, visual_targets, images_per_sample)
 
         merged = self._merge_kwargs(ProcessingKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs = merged["text_kwargs"]
@@ -238,8 +243,11 @@ class HydraXProcessor(ProcessorMixin):
         ]
         return re.compile("|".join(groups))
 
-    def _validate_placeholders(self, text, num_images: int, num_videos: int, visual_targets) -> list[dict]:
-        """Checks that placeholders and inputs match in number and returns one target spec per target placeholder."""
+    def _validate_placeholders(
+        self, text, num_images: int, num_videos: int, visual_targets, images_per_sample: list[int] | None = None
+    ) -> list[dict]:
+        """Checks that placeholders and inputs match in number (sample by sample when `images` came as one list per
+        sample) and returns one target spec per target placeholder."""
         counts = {"image": [], "video": [], "target": []}
         pattern = self._block_pattern()
         for sample in text:
@@ -254,6 +262,12 @@ class HydraXProcessor(ProcessorMixin):
                     f"(per sample: {counts[kind]}). Put one {token!r} in the text for each {kind}, in the order "
                     f"the {kind}s are passed (apply_chat_template does this for {{'type': '{kind}'}} blocks)."
                 )
+        if images_per_sample is not None and images_per_sample != counts["image"]:
+            raise ValueError(
+                f"`images` holds one list per sample with {images_per_sample} image(s), but the {len(text)} sample(s) "
+                f"of the text have {counts['image']} image placeholder(s) {self.image_token!r}. Give each sample's "
+                "list the images of its own placeholders, in order, or pass one flat list for the whole batch."
+            )
         num_targets = sum(counts["target"])
         if visual_targets is None:
             return [{}] * num_targets

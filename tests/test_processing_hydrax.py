@@ -719,6 +719,17 @@ def test_placeholder_and_input_mismatches_give_clear_errors(processor, astronaut
         processor(text="<|image_pad|>")
     with pytest.raises(ValueError, match=r"Got 1 video\(s\) but the text has 0 video placeholder"):
         processor(text="no placeholder", videos=np.zeros((5, 32, 32, 3), np.uint8))
+    two_samples = ["<|image_pad|>", "<|image_pad|> <|image_pad|>"]
+    with pytest.raises(ValueError, match=r"one list per sample with \[2, 1\] image\(s\).*have \[1, 2\] image"):
+        processor(text=two_samples, images=[[astronaut, astronaut[:64]], [astronaut]])
+    with pytest.raises(ValueError, match=r"one list per sample with \[1, 1, 1\] image\(s\), but the 2 sample"):
+        processor(text=two_samples, images=[[astronaut], [astronaut], [astronaut]])
+    nested = processor(text=two_samples, images=[[astronaut], [astronaut, astronaut[:64]]])
+    flat = processor(text=two_samples, images=[astronaut, astronaut, astronaut[:64]])
+    assert (
+        nested["input_ids"] == flat["input_ids"]
+        and nested["image_grid_thw"].tolist() == flat["image_grid_thw"].tolist()
+    )
     with pytest.raises(TypeError, match="`text` must be a string or a list of strings"):
         processor(text=[1, 2])
     with pytest.raises(TypeError, match="Unsupported image input"):
