@@ -103,6 +103,13 @@ def looks_like_path(value: str) -> bool:
     return Path(value).exists() or value.startswith((".", "/", "~")) or value.count("/") != 1
 
 
+def missing_local_source(value: str) -> bool:
+    """Whether a data source is meant as a local path (a `.jsonl` name, one starting `.`, `/` or `~`, or one with more
+    than one `/`) that does not exist; the scripts would look it up as a Hub dataset id (`mnist`, `org/name`)."""
+    meant_local = value.lower().endswith(".jsonl") or value.startswith((".", "/", "~")) or value.count("/") > 1
+    return meant_local and not Path(value).expanduser().exists()
+
+
 def command_line(script: str, argv=None) -> str:
     """How `script` (a path from the repository root) was run, for a report: `python script args…`, shell-quoted;
     `argv` as `main(argv)` got it (None: the process's own arguments)."""

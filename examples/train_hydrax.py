@@ -97,6 +97,7 @@ from script_args import (  # noqa: E402
     check_hydrax_folder,
     check_inputs_outside,
     check_output_folder,
+    missing_local_source,
     write_atomically,
     write_video,
 )
@@ -369,8 +370,7 @@ def parse_source(value: str, weighted: bool = True) -> tuple[str, float]:
         )
     if not source or parsed <= 0:
         raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive number")
-    meant_local = source.lower().endswith(".jsonl") or source.startswith((".", "/", "~")) or source.count("/") > 1
-    if meant_local and not Path(source).expanduser().exists():
+    if missing_local_source(source):
         raise argparse.ArgumentTypeError(
             f"{source!r}: no such file or folder; pass a .jsonl manifest, a save_to_disk folder or a Hub dataset id"
         )

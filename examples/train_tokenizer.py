@@ -98,6 +98,7 @@ from script_args import (  # noqa: E402
     check_folder,
     check_inputs_outside,
     check_output_folder,
+    missing_local_source,
 )
 
 
@@ -524,6 +525,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("--data is required: image / video folders, JSONL manifests or datasets.")
+    for option, sources in (("--data", args.data), ("--eval-data", args.eval_data)):
+        for source in filter(missing_local_source, sources):
+            parser.error(
+                f"{option} {source}: no such file or folder; pass a folder of images or videos, a .jsonl manifest, "
+                "a save_to_disk folder or a Hub dataset id"
+            )
+    if args.resume_from_checkpoint not in (None, "last"):
+        hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
+        check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     if args.model is not None:
         check_folder(parser, "--model", args.model, "a HydraXTokModel folder", required_file="config.json")
     if args.lpips is not None:

@@ -187,12 +187,28 @@ def test_help_lists_the_options(capsys):
         (["--discriminator-lr", "nan"], "--discriminator-lr must be a finite number ≥ 0, got nan"),
         (["--weight-decay", "-0.01"], "--weight-decay must be a finite number ≥ 0, got -0.01"),
         (["--max-grad-norm", "inf"], "--max-grad-norm must be a finite number ≥ 0, got inf"),
+        (["--data", "./gone"], "--data ./gone: no such file or folder; pass a folder of images or videos"),
+        (["--eval-data", "missing.jsonl"], "--eval-data missing.jsonl: no such file or folder"),
+        (["--eval-data", "data/sets/missing"], "--eval-data data/sets/missing: no such file or folder"),
+        (["--resume-from-checkpoint", "nowhere"], "--resume-from-checkpoint nowhere: no such folder"),
     ],
 )
 def test_bad_arguments_stop_in_argparse(argv, message, data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_tokenizer.parse_args(["--data", str(data), "--output-dir", str(tmp_path), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_hub_dataset_ids_and_checkpoint_folders_pass_argparse(data, tmp_path, capsys):
+    checkpoint = tmp_path / "work" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    with pytest.raises(SystemExit):  # a folder without trainer_state.json is no checkpoint
+        train_tokenizer.parse_args(["--data", str(data), "--resume-from-checkpoint", str(checkpoint)])
+    assert "a folder without trainer_state.json" in capsys.readouterr().err
+    (checkpoint / "trainer_state.json").write_text("{}")
+    argv = ["--data", str(data), "mnist", "--eval-data", "org/name", "--output-dir", str(tmp_path)]
+    args = train_tokenizer.parse_args([*argv, "--resume-from-checkpoint", str(checkpoint)])
+    assert args.data == [str(data), "mnist"] and args.eval_data == ["org/name"]
 
 
 # -------------------------------------------------------------------------------------------------------- the stages
