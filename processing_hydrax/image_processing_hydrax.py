@@ -206,7 +206,7 @@ def warn_if_unit_range(items: list[torch.Tensor], do_rescale: bool, kind: str) -
         if item.is_floating_point() and item.numel() and item.min() >= 0 and item.max() <= 1:
             warnings.warn(
                 f"{kind} {index} is a float {kind.lower()} with every pixel in [0, 1], but the processor rescales by "
-                f"1/255 (`do_rescale=True`), which would make it near black. Pass `do_rescale=False` for pixels in "
+                "1/255 (`do_rescale=True`), which would make it near black. Pass `do_rescale=False` for pixels in "
                 "[0, 1] (a pipeline's `output_type='pt'` or `'np'` output), or uint8 / PIL pixels in [0, 255].",
                 UserWarning,
                 stacklevel=2,
