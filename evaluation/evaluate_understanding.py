@@ -113,7 +113,14 @@ LIST_COLUMNS = ("options", "choices", "candidates")
 ANSWER_HINT = "give the answer as an option letter, a 0-based option index or an option's exact text"
 OPEN_PROMPT = "Answer the question using a single word or phrase."  # lmms-eval's MMMU instruction for open questions
 OPEN_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
-NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# The numbers MMMU's evaluation finds in an answer, pattern by pattern (two may find parts of one number, as there):
+# with thousands separators, in scientific notation, and plain (`.5` too).
+NUMBERS = (
+    re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),
+    re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),
+    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"),
+)
+TRIVIAL_OPEN_ANSWERS = set(":,.!?;'")
 
 
 @dataclass(frozen=True)
@@ -641,29 +648,34 @@ def normalize_open(value: str) -> list[float | str]:
     """An open answer's forms for matching (MMMU's `normalize_str`): a number without commas, rounded to 2 decimals,
     when it is one; else its lower-case text, a single character as its two word-edge forms (" c" and "c ", so that
     it matches at a word's start or end, e.g. "C atom" for "C")."""
-    text = value.strip().strip(".").strip().lower()
+    text = value.strip()
     try:
         return [round(float(text.replace(",", "")), 2)]
     except ValueError:
+        text = text.lower()
         return [f" {text}", f"{text} "] if len(text) == 1 else [text]
 
 
 def open_candidates(text: str) -> list[float | str]:
-    """What a generated answer to an open question may mean, as MMMU's evaluation reads it: per sentence, the text
-    after its last answer indicator (`OPEN_INDICATORS`, and `=` in the last sentence), or the whole answer when no
-    sentence has one; the numbers in those texts, then the texts themselves, normalised (`normalize_open`)."""
-    sentences = [sentence.strip().strip(".").lower() for sentence in re.split(r"\.\s(?=[A-Z])|\n", text.strip())]
-    sentences = [sentence for sentence in sentences if sentence]
+    """What a generated answer to an open question may mean, as MMMU's evaluation (`parse_open_response`) reads it:
+    the answer lower-cased, per line the text after its answer indicators (`OPEN_INDICATORS`, and `=` on the last
+    line), the shortest one as MMMU picks it, or the whole answer when no line has one; those texts and the numbers in
+    them (`NUMBERS`), normalised (`normalize_open`). MMMU also splits at ". " before a capital letter, but only after
+    lower-casing, so only line breaks split; so here."""
+    answer = text.strip().strip(".").lower()
+    lines = answer.split("\n")
     keys = []
-    for position, sentence in enumerate(sentences):
-        indicators = OPEN_INDICATORS + (("=",) if position == len(sentences) - 1 else ())
-        tails = [sentence.split(indicator)[-1].strip() for indicator in indicators if indicator in sentence]
-        shortest = min(tails, key=len, default="")
-        if shortest.strip(string.punctuation):
+    for position, line in enumerate(lines):
+        indicators = OPEN_INDICATORS + (("=",) if position == len(lines) - 1 else ())
+        shortest = ""
+        for tail in (line.split(indicator)[-1].strip() for indicator in indicators if indicator in line):
+            if not shortest or len(tail) < len(shortest):  # an empty tail is replaced by the next one, as in MMMU
+                shortest = tail
+        if shortest and shortest.strip() not in TRIVIAL_OPEN_ANSWERS:
             keys.append(shortest)
-    keys = keys or [text.strip()]
-    found = [number for key in keys for number in NUMBER.findall(key)] + keys
-    return list(dict.fromkeys(form for candidate in found if candidate.strip() for form in normalize_open(candidate)))
+    keys = keys or [answer]
+    found = keys + [number for key in keys for pattern in NUMBERS for number in pattern.findall(key)]
+    return list(dict.fromkeys(form for candidate in found for form in normalize_open(candidate)))
 
 
 def open_correct(answers: list[str], candidates: list[float | str]) -> bool:

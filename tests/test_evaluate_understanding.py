@@ -624,6 +624,13 @@ def test_eval_results_go_into_a_model_card(evaluator, run_hydrax, checkpoint, tm
         ("abc", "b", False),
         ("Thus the result is 12. It was hard.", "12", True),
         ("6 or 7", "['7', '7.0']", True),  # MMMU's list of accepted answers
+        ("The mass is 5 kg. So the answer is 10.", "10", True),
+        ("The mass is 5 kg. So the answer is 10.", "5", False),  # MMMU lower-cases first: one sentence, one tail
+        ("It is a cat. The answer is dog.", "cat", False),
+        ("The answer is .5", "0.5", True),
+        ("The answer is 0.5", ".5", True),
+        ("The mass is 5 kg.\nSo the answer is 10.", "5", True),  # a line break does split
+        ("It is 1,234", "234", True),  # MMMU's plain-number pattern also finds the digits after the comma
     ],
 )
 def test_open_answers_are_matched_as_mmmu_does(evaluator, generated, answer, correct):
