@@ -989,6 +989,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--subset {args.subset} names a configuration of a Hub dataset; --data {args.data} is local")
     check_data(parser, "--reference", args.reference, images_folder=True)
     inputs = {"--model": args.model, "--lora": args.lora, "--data": args.data, "--reference": args.reference}
+    inputs |= {"--clip-model": args.clip_model, "--feature-model": args.feature_model}
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     return args
 

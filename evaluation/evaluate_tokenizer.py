@@ -163,7 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for `--sample`")
     args = parser.parse_args(argv)
     check_folder(parser, "--model", args.model, "pass a Hydra-XTok or Hydra-X checkpoint folder", "config.json")
-    inputs = {"--model": args.model, "--data": args.data, "--lpips": args.lpips}
+    inputs = {"--model": args.model, "--data": args.data, "--lpips": args.lpips, "--feature-model": args.feature_model}
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     if args.lpips is not None:
         hint = "pass a folder written by HydraXTokLPIPS.save_pretrained"

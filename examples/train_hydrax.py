@@ -1201,7 +1201,8 @@ def parse_args(argv=None):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
-    check_inputs_outside(parser, "--output-dir", args.output_dir, {"--model": args.model}, RUN_OUTPUTS)
+    inputs = {"--model": args.model, "--data": [source for source, _ in args.data], "--eval-data": args.eval_data}
+    check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, RUN_OUTPUTS)
     check_no_earlier_run(parser, args)
     return args
 

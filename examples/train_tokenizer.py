@@ -539,7 +539,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
-    inputs = {"--model": args.model, "--lpips": args.lpips}
+    inputs = {"--model": args.model, "--lpips": args.lpips, "--data": args.data, "--eval-data": args.eval_data}
+    inputs |= {"--image-teacher": args.image_teacher, "--video-teacher": args.video_teacher}
     check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, RUN_OUTPUTS)
     check_no_earlier_run(parser, args)
     if args.num_frames < 1 or (args.num_frames - 1) % 4:

@@ -177,6 +177,32 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
             "model",
         ),
         (
+            "examples/train_tokenizer.py",
+            ["--data", "{data}", "--eval-data", "{out}/work", "--output-dir", "{out}", "--force"],
+            "--eval-data",
+            "work",
+        ),
+        (
+            "examples/train_hydrax.py",
+            ["--data", "{out}/work/data.jsonl:2", "--output-dir", "{out}", "--force"],
+            "--data",
+            "work/data.jsonl",
+        ),
+        (  # the metric models are loaded, then the staged output replaces the folder
+            "evaluation/evaluate_generation.py",
+            ["--model", "{hydrax}", "--data", "{prompts}", "--clip-model", "{out}/model", "--output-dir", "{out}"]
+            + ["--force"],
+            "--clip-model",
+            "model",
+        ),
+        (
+            "evaluation/evaluate_tokenizer.py",
+            ["--model", "{hydrax}", "--data", "{data}", "--feature-model", "{out}/model", "--output-dir", "{out}"]
+            + ["--force"],
+            "--feature-model",
+            "model",
+        ),
+        (
             "conversion/build_hydrax.py",
             ["--vision", "{out}/model", "--llm", "{out}/model", "--output", "{out}", "--force"],
             "--vision",
@@ -206,9 +232,16 @@ def test_an_input_inside_the_output_folder_is_refused(script, args, option, valu
         (model / "config.json").write_text("{}")
     data.mkdir()
     (out / "model" / "model.safetensors").write_text("")
+    (out / "work" / "data.jsonl").write_text("")
     (tmp_path / "rules.json").write_text("{}")
+    (tmp_path / "prompts.txt").write_text("a red fox\n")
+    hydrax = tmp_path / "hydrax"
+    hydrax.mkdir()
+    (hydrax / "config.json").write_text('{"model_type": "hydrax"}')
+    (hydrax / "model.safetensors").write_text("")
     before = sorted(tmp_path.rglob("*"))
-    paths = {"out": out, "data": data, "rules": tmp_path / "rules.json"}
+    paths = {"out": out, "data": data, "rules": tmp_path / "rules.json", "prompts": tmp_path / "prompts.txt"}
+    paths["hydrax"] = hydrax
     code, _ = run_in_process(script, [arg.format(**paths) for arg in args], monkeypatch)
     assert code == 2
     assert f"holds {option} {out / value}, which this run's output would replace or delete" in capsys.readouterr().err
