@@ -221,12 +221,22 @@ def upright(frame) -> np.ndarray:
     return np.rot90(frame.to_ndarray(format="rgb24"), k=round(frame.rotation / 90))
 
 
+def import_av():
+    """PyAV (the `video` extra), imported when a video file is decoded. The import sits in a `try`, which transformers'
+    `check_imports` skips, so that a checkpoint's remote code loads without PyAV (images and decoded frames need
+    none)."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("Decoding video files needs PyAV: `pip install av`, or pass the decoded frames.") from error
+    return av
+
+
 def read_video_frames(source, total: int, sample_indices_fn, name: str) -> tuple[np.ndarray, VideoMetadata]:
     """The frames `[T, H, W, 3]` of a video file at the indices `sample_indices_fn(metadata=...)` picks from its
     `total` frames, upright (`upright`), and their metadata. transformers' `read_video_pyav` takes the count from the
     container (wrong for edit lists, missing in WebM) and ignores display rotation."""
-    import av
-
+    av = import_av()
     try:
         with av.open(source) as container:
             stream = container.streams.video[0]
@@ -277,10 +287,7 @@ def _open_video(source: str, name: str) -> tuple:
         raise FileNotFoundError(
             f"Video file {name} does not exist. Pass an existing path, an http(s) URL, or the decoded frames."
         )
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError("Decoding video files needs PyAV: `pip install av`, or pass the decoded frames.") from error
+    av = import_av()
     try:
         with av.open(source) as container:
             stream = container.streams.video[0] if container.streams.video else None

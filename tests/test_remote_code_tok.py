@@ -11,7 +11,9 @@ from conftest import tiny_tok_config
 from modeling_hydrax import HydraXTokModel
 
 
-# Run first in the subprocess: any import of our packages fails, whatever the editable install puts on the path.
+# Run first in the subprocess, for a Hub user's Python: any import of our packages fails, whatever the editable
+# install puts on the path, and PyAV (the optional `video` extra) is missing, which loading the remote code must not
+# mind (transformers refuses remote code whose imports outside `try` blocks are missing).
 BLOCK_OUR_PACKAGES = """
 import importlib.abc, sys
 class BlockOurPackages(importlib.abc.MetaPathFinder):
@@ -19,6 +21,7 @@ class BlockOurPackages(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in ("modeling_hydrax", "processing_hydrax"):
             raise ModuleNotFoundError(f"{name} must not be imported here")
 sys.meta_path.insert(0, BlockOurPackages())
+sys.modules["av"] = None  # not installed: `import av` fails, `importlib.util.find_spec("av")` is None
 try:
     import modeling_hydrax
     raise SystemExit("modeling_hydrax is importable: the check would prove nothing")
