@@ -33,8 +33,9 @@ def check_folder(parser: argparse.ArgumentParser, option: str, path, hint: str, 
 
 
 def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint: str) -> None:
-    """`check_folder` for a Hydra-X checkpoint, also refusing a Hydra-XTok (visual tokenizer) folder, which the
-    quickstart and examples/train_tokenizer.py write as `model/` too and which fails deep inside `AutoProcessor`."""
+    """`check_folder` for a Hydra-X checkpoint, also refusing a folder of another model type (transformers would only
+    warn, and build a Hydra-X model of default sizes around it): a Hydra-XTok (visual tokenizer) folder, which the
+    quickstart and examples/train_tokenizer.py write as `model/` too, gets the command that builds a Hydra-X one."""
     check_folder(parser, option, path, hint, required_file="config.json")
     try:
         model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
@@ -46,6 +47,8 @@ def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint
             f"`python conversion/build_hydrax.py --vision {path} --llm QWEN2.5 --output FOLDER` (or `python "
             f"examples/run_hydrax.py --tokenizer {path}` for a tiny one)"
         )
+    if model_type not in (None, "hydrax"):
+        parser.error(f"{option} {path}: a {model_type!r} checkpoint (config.json's model_type), not Hydra-X; {hint}")
 
 
 def check_at_least(parser: argparse.ArgumentParser, minimum: int, **values) -> None:

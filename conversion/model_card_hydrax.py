@@ -40,7 +40,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from script_args import HelpFormatter, check_file, check_folder  # noqa: E402
+from script_args import HelpFormatter, check_file, check_folder, check_hydrax_folder  # noqa: E402
 
 
 HYDRAX_TAGS = [
@@ -411,6 +411,8 @@ def main(argv=None):
     required = adapter.name if adapter.is_file() else "config.json"
     hint = "pass a Hydra-X checkpoint folder or a LoRA adapter folder"
     check_folder(parser, "--model", args.model, hint, required_file=required)
+    if not adapter.is_file():
+        check_hydrax_folder(parser, "--model", args.model, hint)
     kwargs = card_arguments(parser, args)
     weights, sources = args.weights or "trained", None
     if (args.model / "README.md").is_file():  # a rewrite (for the Hub id, new results) keeps what the card says
@@ -430,6 +432,9 @@ def main(argv=None):
     if adapter.is_file():
         lora = json.loads(adapter.read_text())
         base_id = args.base_id or lora["base_model_name_or_path"]
+        if Path(base_id).is_dir():
+            hint = "pass --base-id with the Hydra-X checkpoint folder or Hub id the adapter was trained on"
+            check_hydrax_folder(parser, "--base-id", base_id, hint)
         try:
             config = HydraXConfig.from_pretrained(base_id)
         except OSError as error:

@@ -110,6 +110,7 @@ from script_args import (  # noqa: E402
     HelpFormatter,
     check_adapter,
     check_file,
+    check_folder,
     check_hydrax_folder,
     check_new_output_folder,
     looks_like_path,
@@ -862,10 +863,14 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     )
 
 
-def check_model(parser: argparse.ArgumentParser, option: str, value: str | None, hint: str) -> None:
-    """A local model folder must hold config.json; anything else is taken as a Hub id."""
-    if value is not None and looks_like_path(value):
+def check_model(parser: argparse.ArgumentParser, option: str, value: str | None, hint: str, hydrax=False) -> None:
+    """A local model folder must hold config.json (and, `hydrax`, be a Hydra-X one); anything else is a Hub id."""
+    if value is None or not looks_like_path(value):
+        return
+    if hydrax:
         check_hydrax_folder(parser, option, value, hint)
+    else:
+        check_folder(parser, option, value, hint, required_file="config.json")
 
 
 def check_data(parser: argparse.ArgumentParser, option: str, value: str | None, images_folder: bool = False) -> None:
@@ -980,7 +985,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.task == "edit" and args.reference is not None:
         parser.error("--reference sets FD references for text-to-image; edit metrics compare with each row's target")
     hint = "pass a Hydra-X checkpoint folder (conversion/build_hydrax.py writes one) or a Hub id"
-    check_model(parser, "--model", args.model, hint)
+    check_model(parser, "--model", args.model, hint, hydrax=True)
     check_adapter(parser, "--lora", args.lora)
     check_model(parser, "--clip-model", args.clip_model, "pass a CLIP or SigLIP checkpoint folder or Hub id")
     check_model(parser, "--feature-model", args.feature_model, "pass a transformers vision model folder or Hub id")

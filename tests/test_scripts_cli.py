@@ -256,6 +256,7 @@ def test_an_input_inside_the_output_folder_is_refused(script, args, option, valu
         ("examples/text_to_image.py", []),
         ("evaluation/evaluate_understanding.py", ["--data", "{tmp}/data.jsonl", "--output-dir", "{tmp}/out"]),
         ("evaluation/evaluate_generation.py", ["--data", "{tmp}/data.jsonl", "--output-dir", "{tmp}/out"]),
+        ("conversion/model_card_hydrax.py", []),  # it wrote a Hydra-X card of default sizes over the tokenizer's
     ],
 )
 def test_a_visual_tokenizer_folder_as_model_is_named_as_one(script, args, monkeypatch, capsys, tmp_path):
@@ -269,6 +270,36 @@ def test_a_visual_tokenizer_folder_as_model_is_named_as_one(script, args, monkey
     code, _ = run_in_process(script, ["--model", tokenizer, *[arg.format(tmp=tmp_path) for arg in args]], monkeypatch)
     assert code == 2
     assert f"--model {tokenizer}: a Hydra-XTok visual tokenizer, not a Hydra-X checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("examples/run_hydrax.py", ["--model", "{qwen}"]),
+        ("conversion/model_card_hydrax.py", ["--model", "{qwen}"]),
+        ("conversion/model_card_hydrax.py", ["--model", "{adapter}", "--base-id", "{qwen}"]),
+        (  # a CLIP folder is fine as --clip-model: the run goes on to refuse the Qwen2 --model
+            "evaluation/evaluate_generation.py",
+            ["--model", "{qwen}", "--clip-model", "{clip}", "--data", "{tmp}/data.txt", "--output-dir", "{tmp}/o"],
+        ),
+    ],
+)
+def test_a_folder_of_another_model_type_as_a_hydrax_model_is_refused(script, args, monkeypatch, capsys, tmp_path):
+    """transformers only warns when a config of another model type loads as a Hydra-X one, and builds a model (or a
+    card) of default sizes around it."""
+    paths = {"qwen": tmp_path / "qwen", "clip": tmp_path / "clip", "adapter": tmp_path / "adapter", "tmp": tmp_path}
+    for name, model_type in (("qwen", "qwen2"), ("clip", "clip")):
+        paths[name].mkdir()
+        (paths[name] / "config.json").write_text(json.dumps({"model_type": model_type}))
+    paths["adapter"].mkdir()
+    (paths["adapter"] / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "me/hydrax"}))
+    (tmp_path / "data.txt").write_text("a cat\n")
+    code, _ = run_in_process(script, [arg.format(**paths) for arg in args], monkeypatch)
+    option = "--base-id" if "--base-id" in args else "--model"
+    assert code == 2
+    assert f"{option} {paths['qwen']}: a 'qwen2' checkpoint (config.json's model_type), not Hydra-X" in (
+        capsys.readouterr().err
+    )
 
 
 def test_only_org_name_adapters_are_taken_as_hub_ids(tmp_path, monkeypatch, capsys):
