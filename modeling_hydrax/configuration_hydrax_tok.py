@@ -1,11 +1,14 @@
 """Configuration of Hydra-XTok, the holistic image + video tokenizer of Hydra-X."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 
 ATTENTION_MODES = ("tubelet", "causal", "full")
 TEMPORAL_COMPRESSIONS = ("hierarchical", "single")
+HEAD_SIZES = ("hidden_size", "num_attention_heads", "intermediate_size")  # the encoder's, and the decoder's own
 
 
 @strict
@@ -91,9 +94,9 @@ class HydraXTokConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        self.decoder_hidden_size = self.decoder_hidden_size or self.hidden_size
-        self.decoder_num_attention_heads = self.decoder_num_attention_heads or self.num_attention_heads
-        self.decoder_intermediate_size = self.decoder_intermediate_size or self.intermediate_size
+        for name in HEAD_SIZES:  # a decoder size left None is the encoder's
+            if getattr(self, f"decoder_{name}") is None:
+                setattr(self, f"decoder_{name}", getattr(self, name))
         super().__post_init__(**kwargs)
 
     @property
@@ -114,6 +117,14 @@ class HydraXTokConfig(PreTrainedConfig):
             raise ValueError(
                 f"`temporal_compression` must be one of {TEMPORAL_COMPRESSIONS}, got {self.temporal_compression!r}."
             )
+        sizes = [f"{prefix}{name}" for prefix in ("", "decoder_") for name in HEAD_SIZES]
+        sizes += ["num_channels", "patch_size", "latent_channels", "image_teacher_hidden_size"]
+        sizes += ["video_teacher_hidden_size"] + (["position_embedding_size"] if self.use_abs_pos_embed else [])
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"`attention_dropout` is a probability in [0, 1), got {self.attention_dropout}.")
         for width, heads, name in (
             (self.hidden_size, self.num_attention_heads, "hidden_size"),
             (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_hidden_size"),
@@ -145,6 +156,11 @@ class HydraXTokConfig(PreTrainedConfig):
                 raise ValueError(
                     f"`{name}` has {len(values)} values but `latent_channels` is {self.latent_channels}; "
                     "give one value per channel or None."
+                )
+            if values is not None and not all(map(math.isfinite, values)):
+                raise ValueError(
+                    f"`{name}` must be finite, got {[value for value in values if not math.isfinite(value)]}; "
+                    "recompute the statistics or pass None."
                 )
         if self.latents_std is not None and min(self.latents_std) <= 0:
             raise ValueError(

@@ -899,7 +899,10 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
 
     # ---------------------------------------------------------------- latent normalisation
     def _latent_stats(self, reference: torch.Tensor):
-        config, shape = self.config, (1, -1, 1, 1, 1)
+        """The config's per-channel mean and std, shaped to broadcast over `reference` (`[B, C, F, h, w]` latents,
+        or `[B, C, h, w]` image latents)."""
+        self._check_latents(reference)
+        config, shape = self.config, (1, -1) + (1,) * (reference.ndim - 2)
         config.check_latent_statistics()
         mean = config.latents_mean or [0.0] * config.latent_channels
         std = config.latents_std or [1.0] * config.latent_channels
@@ -907,10 +910,13 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         return torch.tensor(mean, **kwargs).view(shape), torch.tensor(std, **kwargs).view(shape)
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `[B, C, F, h, w]` or `[B, C, h, w]` in the config's normalised scale (`(z - latents_mean) /
+        latents_std`; unchanged while the statistics are None), the scale `encode` returns and `decode` takes."""
         mean, std = self._latent_stats(latents)
         return (latents - mean) / std
 
     def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize_latents`, for latents of either layout."""
         mean, std = self._latent_stats(latents)
         return latents * std + mean
 

@@ -260,6 +260,11 @@ def test_latent_normalisation_from_config(tmp_path):
         scaled = normed.encode(pixels).latents
         torch.testing.assert_close(scaled, (raw - 0.5) / 2.0)
         torch.testing.assert_close(normed.decode(scaled).sample, plain.decode(raw).sample, rtol=1e-5, atol=1e-5)
+    image_latents = torch.randn(3, 8, 2, 2)  # [B, C, h, w], the layout decode takes for images
+    torch.testing.assert_close(normed.normalize_latents(image_latents), (image_latents - 0.5) / 2.0)
+    torch.testing.assert_close(normed.denormalize_latents(normed.normalize_latents(image_latents)), image_latents)
+    with pytest.raises(ValueError, match=r"`latents` must be \[B, 8, frames, h, w\]"):
+        normed.normalize_latents(torch.randn(3, 4, 2, 2))
 
 
 def test_eager_matches_sdpa():
@@ -412,6 +417,19 @@ def test_settings_that_would_silently_misbehave_are_refused():
         StrictDataclassClassValidationError, match="3D RoPE needs an even head dim of at least 6 .* = 4"
     ):
         tiny_tok_config(num_attention_heads=8)  # width 32 / 8 heads: no frequency pair left for h and w
+    for overrides, message in (
+        ({"num_attention_heads": 0}, "`num_attention_heads` must be at least 1, got 0"),  # was a ZeroDivisionError
+        ({"patch_size": 0}, "`patch_size` must be at least 1, got 0"),
+        ({"latent_channels": 0}, "`latent_channels` must be at least 1, got 0"),
+        ({"position_embedding_size": 0}, "`position_embedding_size` must be at least 1, got 0"),
+        ({"decoder_hidden_size": 0}, "`decoder_hidden_size` must be at least 1, got 0"),  # was the encoder's width
+        ({"attention_dropout": 1.5}, r"`attention_dropout` is a probability in \[0, 1\), got 1.5"),
+        ({"latents_std": [float("nan")] * 8}, r"`latents_std` must be finite, got \[nan, nan"),  # NaN latents
+        ({"latents_mean": [float("inf")] + [0.0] * 7}, r"`latents_mean` must be finite, got \[inf\]"),
+    ):
+        with pytest.raises(StrictDataclassClassValidationError, match=message):
+            tiny_tok_config(**overrides)
+    assert tiny_tok_config(use_abs_pos_embed=False, position_embedding_size=0).position_embedding_size == 0
 
 
 def test_a_bf16_tokenizer_takes_float32_inputs():
