@@ -291,6 +291,18 @@ def max_difference(actual: torch.Tensor, expected: torch.Tensor, what: str) -> f
     return (actual.float() - expected.float()).abs().max().item()
 
 
+def gen_vit_input(model: HydraXTokModel, image: torch.Tensor) -> torch.Tensor:
+    """The Gen-ViT stack's input `[B, N, W]` for one image: its patch (+ position) embedding, read before the first
+    block whatever follows it (the temporal fold comes first when `gen_fold_layer` is 0)."""
+    captured = []
+    hook = model.gen_vit.encoder.register_forward_pre_hook(lambda module, args: captured.append(args[0][:, 0]))
+    try:
+        model.encode(image)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
 @torch.no_grad()
 def verify_equivalences(siglip, model: HydraXTokModel) -> list[str]:
     """The by-construction equivalences of a converted `model` with its source vision tower `siglip`."""
@@ -306,7 +318,7 @@ def verify_equivalences(siglip, model: HydraXTokModel) -> list[str]:
             1, config.num_channels, rows * config.patch_size, cols * config.patch_size, generator=generator
         )
         image = (image * 2 - 1).to(dtype)
-        embedded = model.encode(image, output_hidden_states=True).hidden_states[0][:, 0]
+        embedded = gen_vit_input(model, image)
         patches = convert_image_to_patches(image[0], config.patch_size)[None]
         if config.use_abs_pos_embed and not resized:
             expected, what = siglip.embeddings(patches, torch.tensor([[rows, cols]])), "patch + position embedding"

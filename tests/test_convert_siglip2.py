@@ -146,6 +146,18 @@ def test_a_dropped_position_embedding_is_reported_so(sources):
     assert not hasattr(HydraXTokModel.from_pretrained(output).gen_vit, "position_embedding")
 
 
+def test_a_one_layer_gen_vit_folds_first_and_converts(sources):
+    """`num_gen_layers` 1 puts the fold at 0 (before SigLIP 2's layer 0, the default proportion 6 / 13 rounded): the
+    embedding check reads the Gen-ViT's input, not the folded input of its first block, and passes."""
+    output = sources / "one-gen-layer"
+    report = converter.convert(sources / "vision", output, {**SMALL, "num_gen_layers": 1})
+    config = HydraXTokModel.from_pretrained(output).config
+    assert (config.num_gen_layers, config.gen_fold_layer, config.num_sem_layers) == (1, 0, 3)
+    assert any(
+        check.startswith("patch + position embedding of a 4×4-patch image equals") for check in report["checks"]
+    )
+
+
 @torch.no_grad()
 def test_overrides_resize_positions_and_rope_off_matches_siglip2_end_to_end(sources):
     output = sources / "resized"
