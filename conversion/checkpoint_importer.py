@@ -264,6 +264,11 @@ def check_safetensors(path: Path) -> list[str]:
 def read_weights_file(path: Path, state_dict_key: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of one safetensors or `.bin`/`.pt`/`.pth` file (`state_dict_key` picks a nested state dict)."""
     if path.suffix == ".safetensors":
+        if state_dict_key is not None:
+            raise CheckpointImportError(
+                f"{path}: a safetensors file holds its tensors by name, with no state dict entries to pick "
+                f"{state_dict_key!r} from; drop the state dict key (--state-dict-key is for .pt / .bin files)."
+            )
         check_safetensors(path)
         return load_file(str(path))
     if path.suffix not in PICKLE_SUFFIXES:

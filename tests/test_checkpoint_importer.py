@@ -148,6 +148,8 @@ def test_reading_shards_and_naming_broken_ones(tmp_path):
     weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     assert {name: tensor.shape for name, tensor in read_checkpoint(tmp_path).items()} == {"a": (2,), "b": (3,)}
+    with pytest.raises(CheckpointImportError, match="no state dict entries to pick 'model' from; drop the state"):
+        read_checkpoint(tmp_path, "model")  # was silently ignored
     shard = tmp_path / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:-4])
     with pytest.raises(CheckpointImportError, match=f"{shard} is not a readable safetensors file"):
