@@ -697,13 +697,18 @@ def test_a_file_that_fails_to_decode_is_replaced_by_another_of_its_bucket(tmp_pa
     assert trainer.state.global_step == 4
 
 
-def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_path):
+def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_path, capsys):
     out, _ = stage1
     argv = ["--model", out / "model", "--no-teachers", "--lpips-weight", 0]
     with pytest.raises(ValueError, match=r"trained differently \(stage: checkpoint 1, this run 2"):
         train(data, tmp_path, *argv, "--stage", 2, "--resume-from-checkpoint", out / "work" / "checkpoint-2")
+    model = shutil.copytree(out / "model", tmp_path / "model-with-trainer-state")
+    shutil.copy(out / "work" / "checkpoint-2" / "trainer_state.json", model)  # a checkpoint to argparse
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
+        train(data, tmp_path, *argv, "--resume-from-checkpoint", model)
+    with pytest.raises(SystemExit):  # no trainer_state.json: refused in argparse
         train(data, tmp_path, *argv, "--resume-from-checkpoint", out / "model")
+    assert "a folder without trainer_state.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no complete checkpoint-N folder"):
         train(data, tmp_path, *argv, "--resume-from-checkpoint", "last")
     assert not (tmp_path / "model").exists()
