@@ -484,8 +484,9 @@ class HydraXTokStreamDataset(HydraXTokCropper, torch.utils.data.IterableDataset)
             raise ValueError(f"No image or video in {[str(source) for source in sources]}.")
         if video_ratio == 1 and "video" not in self.streams or video_ratio == 0 and "image" not in self.streams:
             raise ValueError(f"`video_ratio` {video_ratio} asks for a kind of data these sources lack.")
-        kinds = [
-            datasets.interleave_datasets(parts, stopping_strategy="all_exhausted") for parts in self.streams.values()
+        kinds = [  # the sources of a kind in turns, each row once ("all_exhausted" would repeat the smaller ones)
+            datasets.interleave_datasets(parts, stopping_strategy="all_exhausted_without_replacement")
+            for parts in self.streams.values()
         ]
         if len(kinds) == 2 and not shuffle:  # every row once: the images, then the videos
             rows = datasets.concatenate_datasets(kinds)

@@ -585,6 +585,16 @@ def test_a_stream_batches_by_bucket_reshuffles_per_epoch_and_splits_among_proces
     ]  # fmt: skip
     assert not set(shares[0]) & set(shares[1]) and len(shares[0]) + len(shares[1]) == 13  # 6 + 6 images, 1 video
 
+    one_photo = tmp_path / "one-photo"
+    one_photo.mkdir()
+    shutil.copy(images[0], one_photo)
+    for shuffle in (False, True):  # sources of one kind but of different sizes: each row once, the small one too
+        rows = HydraXTokStreamDataset([tmp_path / "photos", one_photo], buckets, 2, augment=False, shuffle=shuffle)
+        origins = sorted(row["origin"] for row in rows.rows)
+        assert origins == sorted(
+            [f"{tmp_path / 'photos'} row {n}" for n in range(6)] + [str(one_photo / images[0].name)]
+        )
+
     centred = HydraXTokStreamDataset([tmp_path / "photos"], buckets, batch_size=3, num_frames=5, augment=False)
     probed = HydraXTokClipDataset([tmp_path / "photos"], buckets, num_frames=5)
     expected = [
