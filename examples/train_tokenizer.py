@@ -81,6 +81,7 @@ from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
     HydraXTokBucketBatchSampler,
     HydraXTokClipDataset,
     HydraXTokStreamDataset,
+    check_bucket_resolutions,
     collate_clips,
     parse_resolution,
     psnr,
@@ -468,7 +469,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="+", default=[], help="training data sources (folders, manifests, datasets)")
     parser.add_argument("--eval-data", nargs="+", default=[], help="held-out sources for evaluation (PSNR)")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/train_tokenizer"), help="work/ and model/")
-    parser.add_argument("--resolutions", nargs="+", type=parse_resolution, help="H or HxW buckets (default: --size)")
+    parser.add_argument(
+        "--resolutions",
+        nargs="+",
+        type=parse_resolution,
+        help="H or HxW buckets, one per aspect ratio (default: --size)",
+    )
     parser.add_argument("--size", type=int, default=256, help="square training side when --resolutions is not given")
     parser.add_argument("--num-frames", type=int, default=17, help="frames per video clip (1 + 4k)")
     parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame of a video")
@@ -549,6 +555,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for height, width in args.resolutions:
         if height % 16 or width % 16 or min(height, width) < 16:
             parser.error(f"resolutions must be multiples of 16 (the patch size), got {height}x{width}.")
+    try:
+        check_bucket_resolutions(args.resolutions)
+    except ValueError as error:
+        parser.error(f"--resolutions: {error}")
     counts = (*COUNT_OPTIONS, "stats_samples", "frame_stride")
     check_at_least(parser, 1, **{name: getattr(args, name) for name in counts})
     if args.eval_steps is not None and not args.eval_data:

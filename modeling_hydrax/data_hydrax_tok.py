@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +178,21 @@ def list_source(source: str) -> list[tuple[str, object, str]]:
     raise ValueError(f"{source}: the dataset has neither an 'image' nor a 'video' column ({dataset.column_names}).")
 
 
+def check_bucket_resolutions(resolutions) -> list[tuple[int, int]]:
+    """`(height, width)` buckets as tuples, one per aspect ratio: an item goes to the bucket nearest its aspect ratio,
+    so a second size of the same ratio (e.g. 256 and 512) would never be used."""
+    resolutions, seen = [tuple(resolution) for resolution in resolutions], {}
+    for height, width in resolutions:
+        earlier = seen.setdefault(Fraction(width, height), (height, width))
+        if earlier != (height, width) or resolutions.count((height, width)) > 1:
+            raise ValueError(
+                f"resolutions {earlier[0]}x{earlier[1]} and {height}x{width} have the same aspect ratio; an item goes "
+                "to the bucket nearest its aspect ratio, so only the first would be used. Give one size per aspect "
+                "ratio (train another size in a run of its own)."
+            )
+    return resolutions
+
+
 def parse_resolution(value: str) -> tuple[int, int]:
     """`"256"` → (256, 256); `"256x384"` → (256, 384) as (height, width)."""
     height, _, width = value.lower().partition("x")
@@ -217,7 +233,7 @@ class HydraXTokCropper:
             raise ValueError(f"`min_crop_fraction` must be in (0, 1], got {min_crop_fraction}.")
         if not isinstance(frame_stride, int) or frame_stride < 1:
             raise ValueError(f"`frame_stride` must be an int ≥ 1 (1: consecutive frames), got {frame_stride!r}.")
-        self.resolutions = [tuple(resolution) for resolution in resolutions]
+        self.resolutions = check_bucket_resolutions(resolutions)
         self.num_frames, self.frame_stride = num_frames, frame_stride
         self.min_crop_fraction, self.shuffle_channels = min_crop_fraction, shuffle_channels
         self.on_bad_sample, self.cache_media = on_bad_sample, cache_media

@@ -182,6 +182,8 @@ def test_help_lists_the_options(capsys):
     [
         (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
         (["--resolutions", "40"], "resolutions must be multiples of 16"),
+        (["--resolutions", "32", "64"], "--resolutions: resolutions 32x32 and 64x64 have the same aspect ratio"),
+        (["--resolutions", "32x48", "64x96"], "resolutions 32x48 and 64x96 have the same aspect ratio"),
         (["--stage", "3", "--no-teachers"], "stage 3 trains the Sem-ViT by distillation only"),
         (["--learning-rate", "-0.5"], "--learning-rate must be a finite number ≥ 0, got -0.5"),
         (["--discriminator-lr", "nan"], "--discriminator-lr must be a finite number ≥ 0, got nan"),
@@ -738,6 +740,8 @@ def test_items_go_to_the_bucket_nearest_their_aspect_ratio(data):
     assert dataset[(0, 7)]["pixel_values"].shape == (3, 32, 48)
     assert dataset[1]["pixel_values"].shape == (3, 48, 32)
     assert dataset[(6, 7)]["pixel_values"].shape == (3, 5, 32, 48)
+    with pytest.raises(ValueError, match="32x32 and 32x32 have the same aspect ratio; an item goes to the bucket"):
+        HydraXTokClipDataset([data], resolutions=[(32, 32), (32, 32)], num_frames=5)
     square = HydraXTokClipDataset([data], resolutions=[(32, 32)], num_frames=5)
     assert square.buckets == {("image", 32, 32): list(range(6)), ("video", 32, 32): [6]}
     assert parse_resolution("32") == (32, 32) and parse_resolution("32X48") == (32, 48)
