@@ -81,14 +81,33 @@ def open_image(source) -> Image.Image:
     return image if isinstance(image, Image.Image) else Image.open(image)
 
 
-def probe_video(path: str) -> tuple[int, int, int]:
-    """(frames, height, width) of a video file as the video processor decodes it (frames less those an edit list
-    discards, sides turned by the display rotation), read with PyAV; decodes only the first frame."""
+def undecoded_video(value, root: Path) -> dict:
+    """A dataset's `video` value as `datasets.Video(decode=False)` gives it, `{"bytes", "path"}` (a string column's
+    path becomes one), a path without bytes taken relative to `root`, the dataset's folder."""
+    value = value if isinstance(value, dict) else {"bytes": None, "path": value}
+    return value if value.get("bytes") is not None else {"bytes": None, "path": str(root / value["path"])}
+
+
+def video_file(source) -> str | bytes:
+    """What PyAV opens for a video item: its path, or the file's bytes embedded in a `datasets.Video` value, given
+    as `{"bytes", "path"}` or as row `source[1]` of a dataset `source[0]` from the folder `source[2]`."""
+    if isinstance(source, tuple):
+        dataset, row, root = source
+        source = undecoded_video(dataset[row]["video"], root)
+    if isinstance(source, dict):
+        return source["path"] if source.get("bytes") is None else source["bytes"]
+    return str(source)
+
+
+def probe_video(file: str | bytes) -> tuple[int, int, int]:
+    """(frames, height, width) of a video file (a path, or its bytes) as the video processor decodes it (frames less
+    those an edit list discards, sides turned by the display rotation), read with PyAV; decodes only the first
+    frame."""
     import av
 
     from processing_hydrax.video_processing_hydrax import count_video_frames, upright
 
-    with av.open(path) as container:
+    with av.open(io.BytesIO(file) if isinstance(file, bytes) else file) as container:
         if not container.streams.video:
             raise ValueError("it has no video stream")
         stream = container.streams.video[0]
@@ -109,7 +128,7 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
                 if header_exif(image) and image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS:  # shown upright
                     width, height = height, width
             return HydraXTokMedia(kind, source, origin, height, width)
-        frames, height, width = probe_video(str(source))
+        frames, height, width = probe_video(video_file(source))
     except Exception as error:  # PIL, PyAV and the OS each raise their own types for an unreadable file
         raise HydraXTokBadSample(f"{origin}: unreadable {kind} ({type(error).__name__}: {error})") from error
     if not frames:
@@ -117,12 +136,12 @@ def probe(kind: str, source, origin: str) -> HydraXTokMedia:
     return HydraXTokMedia(kind, source, origin, height, width, frames)
 
 
-def decode_frames(path: str, indices: np.ndarray) -> torch.Tensor:
-    """The frames at `indices` of a video file as uint8 `[T, 3, H, W]`, decoded by the project's video processor
-    (PyAV)."""
+def decode_frames(file: str | bytes, indices: np.ndarray) -> torch.Tensor:
+    """The frames at `indices` of a video file (a path, or its bytes) as uint8 `[T, 3, H, W]`, decoded by the
+    project's video processor (PyAV)."""
     from processing_hydrax import HydraXVideoProcessor
 
-    frames, _ = HydraXVideoProcessor().fetch_videos(path, lambda metadata, **kwargs: indices)
+    frames, _ = HydraXVideoProcessor().fetch_videos(file, lambda metadata, **kwargs: indices)
     frames = torch.as_tensor(np.asarray(frames))
     return frames.permute(0, 3, 1, 2) if frames.shape[-1] == 3 else frames
 
@@ -172,9 +191,10 @@ def list_source(source: str) -> list[tuple[str, object, str]]:
         dataset = dataset["train"]
     if "image" in dataset.column_names:
         return [("image", (dataset, row), f"{source} row {row}") for row in range(len(dataset))]
-    if "video" in dataset.column_names:
+    if "video" in dataset.column_names:  # read undecoded, a path or the embedded file (datasets would use torchcodec)
+        dataset = dataset.cast_column("video", datasets.Video(decode=False))
         root = path if path.is_dir() else Path(".")
-        return [("video", str(root / video), f"{source} row {row}") for row, video in enumerate(dataset["video"])]
+        return [("video", (dataset, row, root), f"{source} row {row}") for row in range(len(dataset))]
     raise ValueError(f"{source}: the dataset has neither an 'image' nor a 'video' column ({dataset.column_names}).")
 
 
@@ -268,9 +288,9 @@ class HydraXTokCropper:
         start = last_start // 2 if generator is None else int(torch.randint(last_start + 1, (), generator=generator))
         if self.cache_media:
             if item.origin not in self._cache:
-                self._cache[item.origin] = decode_frames(str(item.source), np.arange(item.num_frames))
+                self._cache[item.origin] = decode_frames(video_file(item.source), np.arange(item.num_frames))
             return self._cache[item.origin][start : start + span : self.frame_stride]
-        return decode_frames(str(item.source), np.arange(start, start + span, self.frame_stride))
+        return decode_frames(video_file(item.source), np.arange(start, start + span, self.frame_stride))
 
     @staticmethod
     def _decode_image(item: HydraXTokMedia) -> torch.Tensor:
@@ -385,13 +405,14 @@ class HydraXTokClipDataset(HydraXTokCropper, torch.utils.data.Dataset):
 
 
 def stream_source(source: str):
-    """One data source as (a `datasets.IterableDataset` of `image` (a `datasets` image, undecoded) or `video` (a
-    path) rows with their `origin`, the kinds it holds), read lazily: a folder or manifest is listed, not probed; a
-    `datasets` dataset is streamed (a `load_dataset` name is read while training, nothing downloaded up front)."""
+    """One data source as (a `datasets.IterableDataset` of `image` and `video` rows (`datasets` images and videos,
+    undecoded: `{"bytes", "path"}`) with their `origin`, the kinds it holds), read lazily: a folder or manifest is
+    listed, not probed; a `datasets` dataset is streamed (a `load_dataset` name is read while training, nothing
+    downloaded up front)."""
     import datasets
 
     features = datasets.Features(
-        image=datasets.Image(decode=False), video=datasets.Value("string"), origin=datasets.Value("string")
+        image=datasets.Image(decode=False), video=datasets.Video(decode=False), origin=datasets.Value("string")
     )
     path = Path(source)
     is_saved = is_saved_dataset(path)
@@ -418,13 +439,13 @@ def stream_source(source: str):
     if "image" not in columns and "video" not in columns:
         raise ValueError(f"{source}: the dataset has neither an 'image' nor a 'video' column ({columns}).")
     kind = "image" if "image" in columns else "video"
-    if kind == "image" and dataset.features is not None:
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if dataset.features is not None:  # read undecoded (datasets would decode videos with torchcodec)
+        dataset = dataset.cast_column(kind, (datasets.Image if kind == "image" else datasets.Video)(decode=False))
     root = path if is_saved else Path(".")
     rows = dataset.map(
         lambda media, index: {
             "image": media if kind == "image" else None,
-            "video": str(root / media) if kind == "video" else None,
+            "video": undecoded_video(media, root) if kind == "video" else None,
             "origin": f"{source} row {index}",
         },
         input_columns=[kind],

@@ -271,11 +271,13 @@ def read_video_frames(source, total: int, sample_indices_fn, name: str) -> tuple
     return frames, metadata
 
 
-def _open_video(source: str, name: str) -> tuple:
-    """The file to decode (a path, or the bytes of an http(s) URL downloaded with a timeout) and its frame count,
-    checked up front: transformers' PyAV reader assumes a video stream with a frame rate and takes the frame count
-    from the container, which WebM and MKV do not record (it is then counted here from the packets)."""
-    if source.startswith(("http://", "https://")):
+def _open_video(source: str | bytes, name: str) -> tuple:
+    """The file to decode (a path, a file's bytes, or the bytes of an http(s) URL downloaded with a timeout) and its
+    frame count, checked up front: transformers' PyAV reader assumes a video stream with a frame rate and takes the
+    frame count from the container, which WebM and MKV do not record (it is then counted here from the packets)."""
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    elif source.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(source, timeout=URL_TIMEOUT) as response:
                 source = io.BytesIO(response.read())
@@ -432,9 +434,10 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         )
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
-        """Decodes a path or an http(s) URL (or a list of them) with PyAV (`read_video_frames`): the base class
-        hard-codes torchcodec, which needs a system FFmpeg that matches torch, while PyAV wheels bundle FFmpeg. Samples
-        on the frame count `_open_video` found. Returns the sampled frames `[T, H, W, 3]` and their metadata."""
+        """Decodes a path, an http(s) URL or a video file's bytes (or a list of them) with PyAV (`read_video_frames`):
+        the base class hard-codes torchcodec, which needs a system FFmpeg that matches torch, while PyAV wheels bundle
+        FFmpeg. Samples on the frame count `_open_video` found. Returns the sampled frames `[T, H, W, 3]` and their
+        metadata."""
         if isinstance(video_url_or_urls, (list, tuple)):
             return list(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
         name = describe_input(video_url_or_urls)

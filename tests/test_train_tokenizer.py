@@ -605,6 +605,23 @@ def test_a_stream_batches_by_bucket_reshuffles_per_epoch_and_splits_among_proces
     assert all(torch.equal(a["pixel_values"], b) for a, b in zip(centred, expected, strict=True))
 
 
+def test_a_datasets_video_column_is_read_with_pyav_from_its_embedded_bytes(data, tmp_path):
+    """A `datasets.Video` column, which `datasets` would decode with torchcodec, is read undecoded: the file's bytes
+    that `save_to_disk` embeds go to PyAV. Probed and streamed, it gives the folder's clip."""
+    import datasets
+
+    video = datasets.Dataset.from_dict({"video": [str(data / "clip.mp4")]}).cast_column("video", datasets.Video())
+    video.save_to_disk(str(tmp_path / "videos"))
+    stored = datasets.load_from_disk(str(tmp_path / "videos")).cast_column("video", datasets.Video(decode=False))
+    assert stored[0]["video"]["bytes"] == (data / "clip.mp4").read_bytes()  # embedded: no path to fall back on
+    folder = HydraXTokClipDataset([data], BUCKETS, num_frames=5)
+    probed = HydraXTokClipDataset([tmp_path / "videos"], BUCKETS, num_frames=5)
+    assert probed.buckets == {("video", 32, 48): [0]}
+    assert torch.equal(probed[(0, 7)]["pixel_values"], folder[(6, 7)]["pixel_values"])  # a random clip and crop
+    streamed = HydraXTokStreamDataset([tmp_path / "videos"], BUCKETS, 1, num_frames=5, augment=False)
+    assert torch.equal(next(iter(streamed))["pixel_values"][0], folder[6]["pixel_values"])  # the centred clip
+
+
 def test_streaming_trains_resumes_with_the_same_losses_and_computes_the_same_statistics(data, tmp_path, monkeypatch):
     """`--streaming`: a run interrupted within its first pass resumes with the losses of an uninterrupted one, and the
     latent statistics over a stream equal those over the probed data (every item once, centred)."""
