@@ -27,7 +27,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 VISUAL_TYPES = ("image", "video")
-IMAGE_SOURCES = ("path", "image", "url")  # keys that give an image block its pixels
+IMAGE_SOURCES = ("path", "image", "url", "base64")  # keys that give an image block its pixels, as the template reads
+VIDEO_SOURCES = ("path", "video", "url", "base64")
 
 
 def normalize_messages(messages) -> list[dict]:
@@ -66,14 +67,20 @@ def file_name(block: dict) -> str | None:
 
 
 def find_problem(messages: list[dict], root: str | None = None) -> str | None:
-    """Why a conversation cannot be a training sample (no assistant turn to learn from, a missing image or video file),
-    or `None`. Cheap: files are only looked up, not decoded."""
+    """Why a conversation cannot be a training sample (no assistant turn to learn from, a missing image or video file,
+    a video block without one: TRL's `images` fills image blocks only), or `None`. Cheap: files are only looked up,
+    not decoded."""
     if not any(message.get("role") == "assistant" for message in messages):
         roles = [message.get("role") for message in messages]
         return f"the conversation has no assistant turn (roles: {roles}), so nothing in it is a training target"
     for message in messages:
         content = message.get("content")
         for block in content if isinstance(content, list) else []:
+            if block.get("type") == "video" and not any(key in block for key in VIDEO_SOURCES):
+                return (
+                    f"a video block in the {message.get('role')} turn has no file ({block}); give it a `path` (a "
+                    "generation target too: training needs its pixels)"
+                )
             if block.get("type") in VISUAL_TYPES and file_name(block) is not None:
                 path = resolve_path(file_name(block), root)
                 if not path.is_file():
@@ -119,7 +126,7 @@ class HydraXDataCollator:
 
     Per batch: (1) each sample's conversation is checked and its image files loaded (a bad sample is reported with its
     `origin` and skipped, or raises, by `on_bad_sample`); (2) the processor's chat template renders, tokenizes and
-    right-pads the batch and marks assistant tokens (`return_assistant_tokens_mask`) and generation targets
+    pads the batch and marks assistant tokens (`return_assistant_tokens_mask`) and generation targets
     (`target_mask`: the visual blocks of assistant turns); (3) `labels` are the input ids, -100 everywhere except the
     assistant's text: padding, system and user turns and every image/video placeholder are never labelled.
 
@@ -131,7 +138,9 @@ class HydraXDataCollator:
     Args:
         processor (`HydraXProcessor`): the checkpoint's processor.
         processor_kwargs (`dict`, *optional*): passed to the processor, e.g.
-            `{"images_kwargs": {"size": {"min_pixels": 256 * 256, "max_pixels": 256 * 256}}}`.
+            `{"images_kwargs": {"size": {"min_pixels": 256 * 256, "max_pixels": 256 * 256}}}`, or
+            `{"padding": "max_length", "max_length": 2048}` for batches of one shape (default: padded to the longest
+            sample, on the right; the labels and the loss do not depend on the padding).
         on_bad_sample (`str`): `"error"` raises on a bad sample, `"skip"` logs a warning naming it and leaves it out; a
             batch of bad samples only is replaced by the last good sample collated (a warning names the samples), so
             that training goes on at any batch size.
@@ -163,7 +172,9 @@ class HydraXDataCollator:
             messages = normalize_messages(example.get("messages"))
         except Exception as error:
             raise BadSampleError(f"{origin}: `messages` is not a conversation ({error})") from error
-        images = example.get("images") or ([] if example.get("image") is None else [example["image"]])
+        images = example.get("images")
+        if images is None or isinstance(images, (list, tuple)) and not images:  # an empty `images` leaves `image`
+            images = [] if example.get("image") is None else [example["image"]]
         if not isinstance(images, (list, tuple)):
             raise BadSampleError(
                 f"{origin}: `images` holds one {type(images).__name__}, not a list of images; pass it as `image` or "
@@ -192,9 +203,9 @@ class HydraXDataCollator:
 
     @staticmethod
     def _place_images(messages: list[dict], images: list, origin: str):
-        """TRL's layout: the image blocks without a `path`, `image` or `url` take `images`, in order; a `datasets`
-        image (`{"bytes", "path"}`) becomes a PIL image, a string a path. A conversation without such blocks whose
-        first user turn is a plain string gets a bare block per image before that text, as TRL's
+        """TRL's layout: the image blocks without a `path`, `image`, `url` or `base64` take `images`, in order; a
+        `datasets` image (`{"bytes", "path"}`) becomes a PIL image, a string a path. A conversation without such blocks
+        whose first user turn is a plain string gets a bare block per image before that text, as TRL's
         `prepare_multimodal_messages` does (one with bare blocks, e.g. a text-to-image target, keeps them as they
         are)."""
 
@@ -218,8 +229,8 @@ class HydraXDataCollator:
         bare = bare_blocks()
         if len(bare) != len(images):
             raise BadSampleError(
-                f"{origin}: {len(bare)} image block(s) without a `path`, `image` or `url`, but {len(images)} "
-                "image(s) in the sample's `images`; each bare block takes the next image of `images`."
+                f"{origin}: {len(bare)} image block(s) without a `path`, `image`, `url` or `base64`, but "
+                f"{len(images)} image(s) in the sample's `images`; each bare block takes the next image of `images`."
             )
         for index, (block, image) in enumerate(zip(bare, images)):
             try:
@@ -264,7 +275,7 @@ class HydraXDataCollator:
             return_dict=True,
             return_tensors="pt",
             return_assistant_tokens_mask=True,
-            processor_kwargs={**self.processor_kwargs, "padding": True, "padding_side": "right"},
+            processor_kwargs={"padding": True, "padding_side": "right", **self.processor_kwargs},
             **self.chat_template_kwargs,
         )
 
@@ -273,7 +284,7 @@ class HydraXDataCollator:
         loaded = [(example, self._checked(self.load_sample, example)) for example in examples]
         loaded = [(example, conversation) for example, conversation in loaded if conversation is not None]
 
-        # 2. Chat template, tokenization (right padding) and visual preprocessing; when the processor refuses the batch
+        # 2. Chat template, tokenization (padding) and visual preprocessing; when the processor refuses the batch
         # (an undecodable video, an extreme aspect ratio), each sample is rendered alone to find and report the bad one
         try:
             batch = self._render([conversation for _, conversation in loaded] or [self._stand_in(examples)])

@@ -2,6 +2,7 @@
 LoRA, bad data and resuming. The script runs in-process on a tiny checkpoint built once."""
 
 import argparse
+import base64
 import json
 import logging
 import math
@@ -389,7 +390,7 @@ def test_trl_layout_datasets_train_like_manifests(checkpoint, processor, picture
     train_set, _ = train_hydrax.build_datasets([(str(folder), 1.0), (str(manifest), 1.0)], [], 0.0, "error", seed=0)
     kinds = {len(images) for images in train_set["images"]}
     assert kinds == {0, 1} and len(train_set) >= 4
-    with pytest.raises(BadSampleError, match="1 image block\\(s\\) without a `path`, `image` or `url`, but 2 image"):
+    with pytest.raises(BadSampleError, match="1 image block\\(s\\) without a .* or `base64`, but 2 image"):
         collator([{"messages": rows[0]["messages"], "images": rows[0]["images"] * 2, "origin": "row 7"}])
 
     out = tmp_path / "out"
@@ -527,8 +528,37 @@ def test_images_fill_the_bare_blocks_in_order(pictures, processor):
 def test_more_bare_image_blocks_than_images_is_a_bad_sample(pictures, processor):
     """Two bare image blocks and one image in `images` is a bad sample naming both counts."""
     row = {"messages": trl_layout_messages("same", 2), "images": [str(pictures / "seen.png")], "origin": "row 3"}
-    with pytest.raises(BadSampleError, match=r"^row 3: 2 image block\(s\) without a `path`, `image` or `url`, but 1 "):
+    with pytest.raises(BadSampleError, match=r"^row 3: 2 image block\(s\) without a `path`, .*, but 1 image"):
         HydraXDataCollator(processor).load_sample(row)
+
+
+def test_collator_reads_base64_blocks_refuses_fileless_videos_and_keeps_the_asked_padding(pictures, processor):
+    """A base64 image block is an input as the processor reads it (it was counted as bare and the sample refused); a
+    video block without a file, even a generation target, is a bad sample (it crashed `forward` in the training step);
+    `images` given as one array or tensor is a bad sample, not a crash; `processor_kwargs` padding is kept."""
+    encoded = base64.b64encode((pictures / "seen.png").read_bytes()).decode()
+    question = [
+        {"role": "user", "content": [{"type": "image", "base64": encoded}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A picture."}]},
+    ]
+    by_path = json.loads(json.dumps(question).replace(f'"base64": "{encoded}"', f'"path": "{pictures / "seen.png"}"'))
+    collator = HydraXDataCollator(processor)
+    from_base64, from_path = collator([{"messages": question}]), collator([{"messages": by_path}])
+    assert all(torch.equal(from_base64[key], value) for key, value in from_path.items())
+    video_target = [
+        {"role": "user", "content": [{"type": "text", "text": "Waves."}]},
+        {"role": "assistant", "content": [{"type": "video", "num_frames": 5, "height": 32, "width": 32}]},
+    ]
+    with pytest.raises(BadSampleError, match=r"^v: a video block in the assistant turn has no file .*; give it a"):
+        collator.load_sample({"messages": video_target, "origin": "v"})
+    for images in (np.zeros((2, 32, 32, 3), np.uint8), torch.zeros(2, 3, 32, 32)):
+        with pytest.raises(BadSampleError, match=f"`images` holds one {type(images).__name__}, not a list of images"):
+            collator.load_sample({"messages": question, "images": images, "origin": "a"})
+    fixed = HydraXDataCollator(processor, processor_kwargs={"padding": "max_length", "max_length": 300})
+    batch = fixed([{"messages": question}])
+    length = from_path["labels"].shape[1]
+    assert batch["input_ids"].shape == (1, 300) and (batch["labels"][:, length:] == -100).all()
+    assert torch.equal(batch["labels"][:, :length], from_path["labels"])
 
 
 def test_arrow_none_keys_do_not_hide_bare_image_blocks(pictures, processor):
