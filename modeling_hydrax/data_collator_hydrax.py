@@ -29,6 +29,18 @@ logger = logging.get_logger(__name__)
 VISUAL_TYPES = ("image", "video")
 IMAGE_SOURCES = ("path", "image", "url", "base64")  # keys that give an image block its pixels, as the template reads
 VIDEO_SOURCES = ("path", "video", "url", "base64")
+# Chat-template options a training batch cannot take: the collator's own, ones that cut or extend the last turn, and
+# one transformers refuses beside the assistant-token mask that the labels come from.
+FIXED_TEMPLATE_OPTIONS = (
+    "tokenize",
+    "return_dict",
+    "return_tensors",
+    "return_assistant_tokens_mask",
+    "processor_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "sanitize_control_tokens",
+)
 
 
 def normalize_messages(messages) -> list[dict]:
@@ -160,6 +172,13 @@ class HydraXDataCollator:
         self.processor = processor
         self.processor_kwargs = dict(processor_kwargs or {})
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        fixed = sorted(set(self.chat_template_kwargs) & set(FIXED_TEMPLATE_OPTIONS))
+        if fixed:
+            raise ValueError(
+                f"`chat_template_kwargs` cannot set {fixed}: the collator renders whole conversations and labels the "
+                "assistant's tokens by transformers' assistant mask, which `sanitize_control_tokens` does not support; "
+                "processing options go in the collator's `processor_kwargs`."
+            )
         self.on_bad_sample = on_bad_sample
         self._last_good = None  # the last sample that loaded, stand-in for a batch of bad samples in skip mode
 

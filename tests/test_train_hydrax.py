@@ -738,6 +738,13 @@ def test_the_stand_in_is_the_last_good_sample_of_the_last_batch(pictures, proces
     assert all(torch.equal(value, expected[key]) for key, value in stand_in.items())
 
 
+@pytest.mark.parametrize("option", ["continue_final_message", "sanitize_control_tokens", "processor_kwargs"])
+def test_template_options_a_training_batch_cannot_take_are_refused_up_front(processor, option):
+    """They failed every sample ("the processor refuses it"), so a skipping run dropped all its data."""
+    with pytest.raises(ValueError, match=rf"`chat_template_kwargs` cannot set \['{option}'\]: the collator"):
+        HydraXDataCollator(processor, chat_template_kwargs={option: True, "add_vision_id": True})
+
+
 def test_an_unknown_on_bad_sample_is_refused(processor):
     """`on_bad_sample` takes "error" or "skip" only."""
     with pytest.raises(ValueError, match=r"`on_bad_sample` must be 'error' or 'skip', got 'ignore'"):
