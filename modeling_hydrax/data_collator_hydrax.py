@@ -176,8 +176,8 @@ class HydraXDataCollator:
         if fixed:
             raise ValueError(
                 f"`chat_template_kwargs` cannot set {fixed}: the collator renders whole conversations and labels the "
-                "assistant's tokens by transformers' assistant mask, which `sanitize_control_tokens` does not support; "
-                "processing options go in the collator's `processor_kwargs`."
+                "assistant's tokens by transformers' assistant mask, which `sanitize_control_tokens` does not "
+                "support; processing options go in the collator's `processor_kwargs`."
             )
         self.on_bad_sample = on_bad_sample
         self._last_good = None  # the last sample that loaded, stand-in for a batch of bad samples in skip mode
