@@ -700,7 +700,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     else:  # float32 master weights, saved back in the checkpoint's dtype
         saved_dtype = stored_dtype(HydraXTokConfig.from_pretrained(args.model))
         tokenizer = HydraXTokModel.from_pretrained(args.model, dtype=torch.float32)
-    distilling = weights["distill_image"] > 0 or weights["distill_video"] > 0
+    distilling = not args.compute_latent_stats and (weights["distill_image"] > 0 or weights["distill_video"] > 0)
     new_heads = new_model or tokenizer.decompressor is None  # the distillation heads are built for the teachers
     teachers = load_teachers(args, tokenizer.config, new_heads, weights) if distilling else None
     if teachers is not None and new_heads:

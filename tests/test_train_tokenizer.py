@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TORCHRUN, interrupting, load_script, run_processes, tiny_siglip2, tiny_vjepa2
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoModel
 
 import modeling_hydrax.data_hydrax_tok as data_module
@@ -372,10 +373,13 @@ def test_stage_1_drops_the_latent_statistics_it_makes_stale(data, latent_stats, 
 
 
 def test_the_statistics_use_at_most_stats_samples_items(data, stage1, latent_stats, tmp_path):
+    """Without --no-teachers too: the pass saves the weights it was given, Decompressor included, unchanged."""
     out = tmp_path / "out"
-    train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--no-teachers", "--stats-samples", 3)
+    train(data, out, "--model", stage1[0] / "model", "--compute-latent-stats", "--stats-samples", 3)
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["latents_stats_samples"] == 3
+    saved, given = (load_file(folder / "model" / "model.safetensors") for folder in (out, stage1[0]))
+    assert saved.keys() == given.keys() and all(torch.equal(saved[name], given[name]) for name in given)
     full = json.loads((latent_stats / "model" / "config.json").read_text())
     assert not torch.allclose(torch.tensor(config["latents_mean"]), torch.tensor(full["latents_mean"]))
     # 3 items drawn at random over the whole dataset (--seed 0), not the first 3 of a folder sorted by class or kind
@@ -392,6 +396,14 @@ def test_the_statistics_use_at_most_stats_samples_items(data, stage1, latent_sta
     assert used == 3
     torch.testing.assert_close(torch.tensor(mean), torch.tensor(config["latents_mean"]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(std), torch.tensor(config["latents_std"]), rtol=1e-5, atol=1e-6)
+
+
+def test_the_statistics_pass_loads_no_teacher(data, tmp_path):
+    """--compute-latent-stats without --no-teachers on a new model: the default teachers are Hub downloads the pass
+    does not need (offline it failed), and no Decompressor is added to the saved model."""
+    out = tmp_path / "out"
+    assert train(data, out, "--preset", "tiny", "--compute-latent-stats", "--stats-samples", 2) is None
+    assert not any(name.startswith("decompressor.") for name in load_file(out / "model" / "model.safetensors"))
 
 
 def test_the_statistics_leave_out_files_that_fail_to_decode(stage1, tmp_path):
