@@ -583,6 +583,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
                     f"`sigmas` must be a non-empty 1-D sequence of finite noise levels (σ = 1 is noise), one per "
                     f"step, e.g. [1.0, 0.75, 0.5, 0.25]; got {sigmas!r}."
                 )
+            if bool((levels < 0).any() or (levels > 1).any() or (levels[1:] > levels[:-1]).any()):
+                raise ValueError(
+                    f"`sigmas` are noise levels falling from 1 (noise) toward 0 (the image), within [0, 1], e.g. "
+                    f"[1.0, 0.75, 0.5, 0.25]; got {sigmas!r}."
+                )
         self._check_images_per_prompt(num_images_per_prompt)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -1049,8 +1054,8 @@ class HydraXPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of `linspace(1, 1/N, N)`; a scheduler with
-                `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
+                Custom noise levels in [0, 1], falling (σ = 1 is noise), instead of `linspace(1, 1/N, N)`; a
+                scheduler with `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Classifier-free guidance scale; off at ≤ 1.
             guidance_rescale (`float`, defaults to 0.0):

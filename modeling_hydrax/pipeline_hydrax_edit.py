@@ -177,8 +177,8 @@ class HydraXEditPipeline(HydraXSamplerMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50):
                 Euler steps.
             sigmas (`list[float]`, *optional*):
-                Custom noise levels (σ = 1 is noise) instead of `linspace(1, 1/N, N)`; a scheduler with
-                `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
+                Custom noise levels in [0, 1], falling (σ = 1 is noise), instead of `linspace(1, 1/N, N)`; a
+                scheduler with `use_dynamic_shifting` (the default) still applies the model's resolution shift to them.
             guidance_scale (`float`, defaults to 4.0):
                 Text guidance `s_txt` (see the class docstring); off at ≤ 1.
             image_guidance_scale (`float`, defaults to 1.5):

@@ -896,6 +896,9 @@ def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
         (dict(sigmas=[]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
         (dict(sigmas=[[1.0, 0.5]]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
         (dict(sigmas=[1.0, float("nan")]), ValueError, "`sigmas` must be a non-empty 1-D sequence"),
+        (dict(sigmas=[2.0, 1.0]), ValueError, r"`sigmas` are noise levels falling from 1 .* got \[2.0, 1.0\]"),
+        (dict(sigmas=[1.0, -0.5]), ValueError, r"within \[0, 1\], e.g. \[1.0, 0.75, 0.5, 0.25\]; got \[1.0, -0.5\]"),
+        (dict(sigmas=[0.2, 0.9]), ValueError, r"`sigmas` are noise levels falling .* got \[0.2, 0.9\]"),  # rising
         (
             dict(prompt=["a fox", "a sign that reads <|vision_pad|>"]),
             ValueError,
