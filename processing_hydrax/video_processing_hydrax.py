@@ -109,7 +109,9 @@ def sample_frame_indices(
                 "`video_metadata={'fps': ...}` with the source frame rate, or sample with `num_frames`."
             )
         rate = min(fps, video_fps)
-        wanted = max(1, min(total_num_frames, math.floor(total_num_frames / video_fps * rate)))
+        # the sample times k / rate within the clip, k / rate < total / video_fps: frame floor(k · stride) below shows
+        # at each (the margin keeps `61 / 29.97 * 29.97` from counting 60, and the last index below the frame count)
+        wanted = min(total_num_frames, math.floor(total_num_frames * rate / video_fps - 1e-5) + 1)
         count = largest_valid_num_frames(wanted, step)
         if count != wanted:
             warnings.warn(

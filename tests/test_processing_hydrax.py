@@ -296,6 +296,24 @@ def test_fps_sampling_takes_the_frames_at_the_rate():
     assert indices[:9].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 10]
 
 
+@pytest.mark.parametrize("video_fps", [29.97, 30000 / 1001, 10])
+def test_fps_sampling_counts_every_frame_at_the_rate_the_last_one_included(video_fps):
+    """Sampling at the clip's own rate keeps every frame (61 frames at 29.97 fps kept 57: 61 / 29.97 * 29.97 floored
+    to 60), and a lower rate keeps all the frames on it: 21 frames at 10 fps sampled at 2 fps are 0, 5, 10, 15, 20
+    (a valid 5), not 1 frame (2.1 s · 2 fps floored to 4, trimmed to 1)."""
+    for total in range(1, 130):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            own_rate = sample_frame_indices(total, fps=video_fps, video_fps=video_fps)
+            two_fps = sample_frame_indices(total, fps=2, video_fps=video_fps)
+        assert own_rate.tolist() == list(range(1 + (total - 1) // 4 * 4)), total
+        on_the_rate = np.floor(np.arange(total) * video_fps / 2 + 1e-6)  # the frames a 2 fps clock lands on
+        on_the_rate = on_the_rate[on_the_rate <= total - 1]
+        assert two_fps.tolist() == on_the_rate[: 1 + (len(on_the_rate) - 1) // 4 * 4].astype(int).tolist(), total
+    if video_fps == 10:
+        assert sample_frame_indices(21, fps=2, video_fps=10).tolist() == [0, 5, 10, 15, 20]
+
+
 def test_processor_num_frames_is_a_budget_and_call_time_sampling_wins():
     short = np.zeros((6, 32, 32, 3), np.uint8)
     with pytest.warns(UserWarning, match="has 6 frames, fewer than the processor's num_frames=17; keeping 5"):
@@ -337,7 +355,7 @@ def test_video_processor_accepts_arrays_tensors_frames_and_batches():
     with pytest.warns(UserWarning, match="has 14 frames; keeping the first 13"):
         all_frames = processor(np.concatenate([video, video[:1]]), do_sample_frames=False)
     assert all_frames["pixel_values_videos"].shape[2] == 13
-    with pytest.warns(UserWarning, match="fps=5 gives 6 frames; keeping 5"):
+    with pytest.warns(UserWarning, match="fps=5 gives 7 frames; keeping 5"):  # frames 0, 2, …, 12
         by_fps = processor(video, fps=5, video_metadata={"fps": 10})
     assert by_fps["video_metadata"][0].frames_indices == [0, 2, 4, 6, 8]
     assert by_fps["video_metadata"][0].duration == pytest.approx(1.3)
