@@ -191,8 +191,8 @@ def _metadata_list(videos: list, video_metadata) -> list[VideoMetadata]:
         video_metadata = [{}] * len(videos)
     elif isinstance(video_metadata, (dict, VideoMetadata)):
         video_metadata = [video_metadata]
-    elif len(video_metadata) == 1 and isinstance(video_metadata[0], (list, tuple)):  # as apply_chat_template nests it
-        video_metadata = video_metadata[0]
+    elif video_metadata and isinstance(video_metadata[0], (list, tuple)):  # one list per sample, as videos may come
+        video_metadata = [entry for sample in video_metadata for entry in sample]
     if len(video_metadata) != len(videos):
         raise ValueError(
             f"Received {len(videos)} videos but {len(video_metadata)} `video_metadata` entries; pass one per video."

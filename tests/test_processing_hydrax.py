@@ -359,6 +359,8 @@ def test_video_processor_accepts_arrays_tensors_frames_and_batches():
         by_fps = processor(video, fps=5, video_metadata={"fps": 10})
     assert by_fps["video_metadata"][0].frames_indices == [0, 2, 4, 6, 8]
     assert by_fps["video_metadata"][0].duration == pytest.approx(1.3)
+    per_sample = processor([[video], [video, video]], fps=5, video_metadata=[[{"fps": 10}], [{"fps": 10}] * 2])
+    assert [entry.frames_indices for entry in per_sample["video_metadata"]] == [[0, 2, 4, 6, 8]] * 3  # as transformers
     transparent = np.concatenate([video[:9], np.zeros((9, 48, 64, 1), np.uint8)], axis=-1)  # RGBA -> white
     assert torch.all(processor(transparent)["pixel_values_videos"] == 1)
 
