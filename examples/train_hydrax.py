@@ -540,9 +540,12 @@ class TimeBudget(TrainerCallback):
         return self.elapsed >= self.seconds
 
     def factor(self, step: int) -> float:
-        progress = min(1.0, max(step / self.max_steps, self.elapsed / self.seconds))
-        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        return warmup * self.decay(progress)
+        """The Trainer's schedule: a linear warm-up from 0 over `warmup_steps`, then `decay` of the larger of the step
+        fraction after the warm-up and the time fraction (a budget that never runs out leaves the Trainer's rates)."""
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        steps = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.decay(min(1.0, max(steps, self.elapsed / self.seconds)))
 
 
 class HydraXTrainer(Trainer):

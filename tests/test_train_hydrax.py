@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import load_script, pipeline_row
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoProcessor, get_linear_schedule_with_warmup
 
 from modeling_hydrax import HydraXPipeline
 from modeling_hydrax.data_collator_hydrax import BadSampleError, HydraXDataCollator, find_problem
@@ -907,12 +907,16 @@ def test_a_time_budget_ends_the_run_saves_the_model_and_says_so_in_the_card(chec
 
 
 def test_the_time_budget_schedule_decays_linearly_with_whichever_runs_out_first():
-    """After warm-up the learning rate falls as the Trainer's "linear" schedule does, at the larger of the step and
-    time fractions; the time is the main process's, read at the last step's end."""
+    """The Trainer's "linear" schedule with warm-up, exactly, while the time fraction stays behind (a budget that never
+    runs out changed the rates: the warm-up was multiplied into a decay that had already started); after the warm-up
+    the larger of the step and time fractions counts. The time is the main process's, read at the last step's end."""
     budget = train_hydrax.TimeBudget(1.0, 10, 2, "training", train_hydrax.linear_decay)
-    assert [budget.factor(step) for step in (0, 1, 5, 10)] == pytest.approx([0.5, 0.9, 0.5, 0.0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer_schedule = get_linear_schedule_with_warmup(optimizer, 2, 10).lr_lambdas[0]
+    assert [budget.factor(step) for step in range(11)] == pytest.approx([trainer_schedule(s) for s in range(11)])
+    assert [budget.factor(step) for step in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
     budget.elapsed = 45.0  # three quarters of the minute: ahead of the steps
-    assert [budget.factor(step) for step in (2, 9)] == pytest.approx([0.25, 0.1])
+    assert [budget.factor(step) for step in (2, 9)] == pytest.approx([0.25, 0.125])
     budget.start -= 600  # the local clock is not read: only the broadcast elapsed time counts
     assert budget.factor(2) == pytest.approx(0.25) and not budget.ran_out
 
