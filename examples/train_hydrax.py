@@ -858,7 +858,8 @@ class SampleLog:
 
 def run_record(model, args, learning_rates: dict[str, float]) -> dict:
     """What a checkpoint of this run must match to be resumed from (a resume restores the optimizer's learning rates
-    and the adapter from the checkpoint, so changed values would be silently ignored)."""
+    and weight decay and the adapter from the checkpoint, so changed values would be silently ignored; a run ended
+    by `--max-minutes` followed the clock, which a resume cannot replay)."""
     config = model.config.to_dict()
     architecture = {
         "text": {k: config["text_config"][k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
@@ -872,6 +873,8 @@ def run_record(model, args, learning_rates: dict[str, float]) -> dict:
     return {
         "stage": args.stage,
         "learning_rates": learning_rates,
+        "weight_decay": args.weight_decay,
+        "max_minutes": args.max_minutes,
         "lora": lora,
         "architecture": architecture,
         "trainable_tensors": trainable,

@@ -630,7 +630,8 @@ def build_objective(args, weights: dict[str, float], config: HydraXTokConfig) ->
 
 def run_record(tokenizer: HydraXTokModel, args, weights: dict, learning_rates: dict[str, float]) -> dict:
     """What a checkpoint of this run must match to be resumed from (a resume restores the optimizer's learning rates,
-    so changed ones would be silently ignored)."""
+    weight decay and β2, so changed ones would be silently ignored; a run ended by `--max-minutes` followed the clock,
+    which a resume cannot replay)."""
     config = tokenizer.config
     architecture = {key: getattr(config, key) for key in ("hidden_size", "latent_channels", "num_gen_layers")}
     return {
@@ -639,6 +640,9 @@ def run_record(tokenizer: HydraXTokModel, args, weights: dict, learning_rates: d
         "architecture": architecture,
         "loss_weights": weights,
         "learning_rates": learning_rates,
+        "weight_decay": args.weight_decay,
+        "adam_beta2": args.adam_beta2,
+        "max_minutes": args.max_minutes,
     }
 
 

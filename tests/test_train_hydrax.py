@@ -808,6 +808,12 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp
         train(checkpoint, out, "--stage", 2, "--resume-from-checkpoint", saved, "--data", demo)
     with pytest.raises(ValueError, match=r"learning_rates: checkpoint \{'vision_head': 0.0001, 'sem_vit': 5e-05\}"):
         train(checkpoint, out, "--vision-head-lr", "3e-4", "--resume-from-checkpoint", saved, "--data", demo)
+    with pytest.raises(ValueError, match=r"weight_decay: checkpoint 0.0, this run 0.5"):  # ignored: the optimizer's
+        train(checkpoint, out, "--weight-decay", 0.5, "--resume-from-checkpoint", saved, "--data", demo)
+    budget = tmp_path / "budget"
+    train(checkpoint, budget, "--max-minutes", 1e-5, "--data", demo)  # ends at step 1 with checkpoint-1
+    with pytest.raises(ValueError, match=r"max_minutes: checkpoint 1e-05, this run None"):  # the clock's schedule
+        train(checkpoint, budget, "--resume-from-checkpoint", "last", "--data", demo)
     record = json.loads((saved / train_hydrax.RUN_FILE).read_text())
     (out / "work" / "checkpoint-4").mkdir()  # a save cut short: no run record, which is written last
     assert train_hydrax.resume_checkpoint("last", out / "work", record) == str(saved)
