@@ -1370,15 +1370,19 @@ def main(argv=None) -> HydraXTrainer:
     trained = gathered_model(trainer, lambda: load_model(checkpoint, config, learning_rates, args))
     if trainer.is_world_process_zero():
         details = training_details(args, trainer, sources, learning_rates)
-        if args.lora_r is not None:
+        if args.lora_r is not None:  # the adapter goes in place after the merged model: a failed save changes neither
             with staged_folder(output_dir / "adapter") as staging:
                 trained.save_pretrained(staging)
                 lora = json.loads((staging / "adapter_config.json").read_text())
                 adapter, base = (str(path.resolve()) for path in (output_dir / "adapter", checkpoint))
                 card = build_adapter_card(adapter, base, config, lora, training_details=details)
                 card.save(staging / "README.md")  # in place of PEFT's blank template
-            trained = trained.merge_and_unload()
-        save_model(trained.to(saved_dtype), processor, output_dir / "model", details)
+                save_model(trained.merge_and_unload().to(saved_dtype), processor, output_dir / "model", details)
+        else:
+            save_model(trained.to(saved_dtype), processor, output_dir / "model", details)
+            if (output_dir / "adapter").is_dir():  # an earlier LoRA run's, which this model does not go with
+                shutil.rmtree(output_dir / "adapter")
+                print(f"removed {output_dir / 'adapter'}, an earlier run's LoRA adapter")
         final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
         print(json.dumps(final, indent=2))
         print(f"model: {output_dir / 'model'}" + (f"\nadapter: {output_dir / 'adapter'}" if args.lora_r else ""))

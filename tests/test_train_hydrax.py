@@ -675,6 +675,22 @@ def test_lora_adapter_loads_back_onto_the_base_checkpoint(checkpoint, demo, tmp_
         )
     torch.testing.assert_close(samples[0], samples[1], rtol=0, atol=1e-5)
 
+    # a --force LoRA run whose model save fails leaves the earlier run's adapter and model together (the new adapter
+    # was put in place first); a --force run without LoRA removes the adapter its model does not go with
+    saved = {name: (out / name / "README.md").read_text() for name in ("adapter", "model")}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_hydrax, "save_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(Path(checkpoint.name), out, "--stage", 2, "--lora-r", 2, "--data", demo, "--force")
+    assert {name: (out / name / "README.md").read_text() for name in ("adapter", "model")} == saved
+    monkeypatch.undo()
+    monkeypatch.chdir(checkpoint.parent)
+    train(Path(checkpoint.name), out, "--stage", 2, "--data", demo, "--force")
+    assert sorted(path.name for path in out.iterdir()) == ["model", "work"]
+
 
 def test_bad_samples_are_reported_then_skipped_or_fatal(tmp_path, pictures, processor, caplog):
     (pictures / "broken.png").write_bytes(b"not a png")
