@@ -24,6 +24,7 @@ from .image_processing_hydrax import (
     URL_TIMEOUT,
     describe_input,
     grid_batch,
+    load_image_source,
     pixel_bounds,
     postprocess_pixels,
     smart_resize,
@@ -181,7 +182,26 @@ def make_list_of_videos(videos) -> list:
         ) from error
     if not videos:
         raise ValueError("Received an empty list of videos; pass at least one video or `videos=None`.")
-    return videos
+    return [frames_from_paths(video) if is_frame_paths(video) else video for video in videos]
+
+
+def is_frame_paths(video) -> bool:
+    """Whether a video is given as its frames' image files (paths, URLs or base64 strings), as `make_batched_videos`
+    keeps a list of them nested in a sample's list (`{"type": "video", "video": [frame paths]}` in a chat)."""
+    return isinstance(video, list) and bool(video) and all(isinstance(frame, str) for frame in video)
+
+
+def frames_from_paths(paths: list[str]) -> np.ndarray:
+    """The frames `[T, H, W, 3]` of a video given as image files, read as the image processor reads images (16-bit
+    scaled, transparency onto white); they must share one size."""
+    frames = [convert_to_rgb(to_8_bit(load_image_source(path)), return_numpy=True) for path in paths]
+    shapes = list(dict.fromkeys(frame.shape for frame in frames))
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The frames of a video must share one size, got frames of shapes {shapes} from "
+            f"{describe_input(paths[0])} and the rest; resize them first."
+        )
+    return np.stack(frames)
 
 
 def _metadata_list(videos: list, video_metadata) -> list[VideoMetadata]:

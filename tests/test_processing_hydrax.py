@@ -187,6 +187,26 @@ def test_image_bad_inputs_give_clear_errors(tmp_path):
         processor([])
 
 
+def test_a_video_given_as_frame_files_is_one_video_of_those_frames(processor, tmp_path):
+    """`{"type": "video", "video": [frame paths]}`: one video of those frames, as Qwen2-VL's processors read it (it
+    became 9 one-frame videos behind one placeholder, or failed with an index error)."""
+    frames = np.random.default_rng(0).integers(0, 256, (9, 32, 48, 3), dtype=np.uint8)
+    paths = []
+    for index, frame in enumerate(frames):
+        paths.append(str(tmp_path / f"frame{index}.png"))
+        PIL.Image.fromarray(frame).save(paths[-1])
+    expected = processor.video_processor(frames, do_sample_frames=False)
+    from_files = processor.video_processor([[paths]], do_sample_frames=False)
+    assert torch.equal(from_files["pixel_values_videos"], expected["pixel_values_videos"])
+    chat = [{"role": "user", "content": [{"type": "video", "video": paths}, {"type": "text", "text": "What?"}]}]
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
+    assert out["video_grid_thw"].tolist() == expected["video_grid_thw"].tolist()
+    assert torch.equal(out["pixel_values_videos"], expected["pixel_values_videos"])
+    PIL.Image.fromarray(frames[0, :16]).save(paths[-1])
+    with pytest.raises(ValueError, match="The frames of a video must share one size"):
+        processor.video_processor([[paths]])
+
+
 def test_16_bit_images_are_scaled_not_saturated(tmp_path):
     processor = HydraXImageProcessor(size={"min_pixels": 32 * 32, "max_pixels": 64 * 64})
     gray = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # 0 .. 65520
