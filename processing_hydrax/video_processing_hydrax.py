@@ -192,9 +192,9 @@ def is_frame_paths(video) -> bool:
 
 
 def frames_from_paths(paths: list[str]) -> np.ndarray:
-    """The frames `[T, H, W, 3]` of a video given as image files, read as the image processor reads images (16-bit
-    scaled, transparency onto white); they must share one size."""
-    frames = [convert_to_rgb(to_8_bit(load_image_source(path)), return_numpy=True) for path in paths]
+    """The frames `[T, H, W, 3]` of a video given as image files, each read as a PIL frame is (`_checked_leaves`:
+    16-bit scaled, transparency onto white); they must share one size."""
+    frames = [_checked_leaves(load_image_source(path)) for path in paths]
     shapes = list(dict.fromkeys(frame.shape for frame in frames))
     if len(shapes) > 1:
         raise ValueError(
