@@ -191,9 +191,10 @@ class HydraXTokTrainingModel(nn.Module):
         return {**losses, "loss": total, "psnr": losses["psnr"].mean()}
 
 
-def cosine_to_tenth(progress: float) -> float:
-    """The time budget's learning-rate factor after warm-up: cosine from 1 down to 0.1 at `progress` in [0, 1]."""
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+def cosine_decay(progress: float) -> float:
+    """The learning-rate factor of the Trainer's "cosine" schedule after warm-up, at `progress` in [0, 1]: the time
+    budget follows it, so that a run with `--max-minutes` decays as one without (to 0, not to a floor)."""
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class HydraXTokStreamLoader(torch.utils.data.DataLoader):
@@ -748,9 +749,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     preview_pixels = next(centred_batches(eval_dataset or train_dataset, PREVIEW_SAMPLES, PREVIEW_SAMPLES))
     budget = None
     if args.max_minutes:
-        budget = TimeBudget(
-            args.max_minutes, args.max_steps, args.warmup_steps, "training Hydra-XTok", cosine_to_tenth
-        )
+        budget = TimeBudget(args.max_minutes, args.max_steps, args.warmup_steps, "training Hydra-XTok", cosine_decay)
     trainer = HydraXTokTrainer(
         model=module,
         args=training_args,

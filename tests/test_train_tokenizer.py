@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from conftest import TORCHRUN, interrupting, load_script, run_processes, tiny_siglip2, tiny_vjepa2
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoModel, get_cosine_schedule_with_warmup
 
 import modeling_hydrax.data_hydrax_tok as data_module
 from modeling_hydrax import HydraXTokConfig, HydraXTokModel
@@ -1083,15 +1083,17 @@ def test_a_spent_time_budget_ends_the_run_evaluated_and_checkpointed(data, tmp_p
     assert (out / "work" / "checkpoint-1" / "trainer_state.json").is_file()
 
 
-def test_the_time_budget_schedule_follows_whichever_runs_out_first():
-    """With `--max-minutes` the cosine schedule's progress is the larger of the step and time fractions."""
-    budget = train_tokenizer.TimeBudget(1e6, 10, 0, "training", train_tokenizer.cosine_to_tenth)
-    assert budget.factor(0) == pytest.approx(1.0, abs=1e-6)
-    assert budget.factor(10) == pytest.approx(0.1, abs=1e-6)  # the steps ran out; the time did not
-    assert budget.factor(5) == pytest.approx(0.55, abs=1e-6)
-    budget = train_tokenizer.TimeBudget(1.0, 10, 0, "training", train_tokenizer.cosine_to_tenth)
+def test_the_time_budget_schedule_is_the_trainers_cosine_with_whichever_runs_out_first():
+    """With `--max-minutes` the schedule is the Trainer's "cosine" with warm-up exactly while the time fraction stays
+    behind (it decayed to 0.1 instead of 0, so a budget that never ran out changed the rates); after the warm-up its
+    progress is the larger of the step and time fractions."""
+    budget = train_tokenizer.TimeBudget(1.0, 10, 2, "training", train_tokenizer.cosine_decay)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer_schedule = get_cosine_schedule_with_warmup(optimizer, 2, 10).lr_lambdas[0]
+    assert [budget.factor(step) for step in range(11)] == pytest.approx([trainer_schedule(s) for s in range(11)])
+    assert [budget.factor(step) for step in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-6)
     budget.elapsed = 61.0  # the time ran out; the steps did not
-    assert budget.factor(0) == pytest.approx(0.1, abs=1e-6)
+    assert budget.factor(2) == pytest.approx(0.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ data_hydrax_tok
