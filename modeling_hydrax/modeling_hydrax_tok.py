@@ -7,6 +7,7 @@ to those of the frame just before it, computed block-sparse (frames folded into 
 the `causal` ablation mode is block-sparse too (each frame against its key prefix).
 """
 
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -897,6 +898,21 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             )
         return chunk_frames
 
+    def _check_one_pass(self, method: str, kwargs: dict, chunk_frames: int | None, num_latent: int) -> None:
+        """`output_hidden_states` / `output_attentions` record one entry per layer call, so they need the layers run
+        once: several chunks would return a list of per-chunk pieces that no longer maps to the layers."""
+        recorded = [
+            name
+            for name in ("output_hidden_states", "output_attentions")
+            if kwargs.get(name, getattr(self.config, name, False))
+        ]
+        if recorded and chunk_frames is not None and chunk_frames < num_latent:
+            raise ValueError(
+                f"`{method}` with {' and '.join(recorded)} records one entry per layer call, but chunk_frames="
+                f"{chunk_frames} runs the layers {math.ceil(num_latent / chunk_frames)} times for {num_latent} latent "
+                "frames; leave `chunk_frames` unset, or pass each chunk in its own call with the returned `cache`."
+            )
+
     # ---------------------------------------------------------------- latent normalisation
     def _latent_stats(self, reference: torch.Tensor):
         """The config's per-channel mean and std, shaped to broadcast over `reference` (`[B, C, F, h, w]` latents,
@@ -937,7 +953,8 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         frames at a time, carrying each layer's last-frame keys/values, so memory stays flat with length and the
         result equals the whole clip. Pass the returned `cache` back to continue a stream with the next 4·k frames
         (a call returns one when it streams: with `chunk_frames`, or `cache=HydraXTokFrameCache()` to start).
-        `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model.
+        `output_hidden_states` / `output_attentions` / `return_dict` behave as in any transformers model (the first two
+        need the layers run once: not with a `chunk_frames` that splits the clip).
         """
         self._check_keywords("encode", kwargs)
         chunk_frames = self._check_chunking(chunk_frames, cache)
@@ -945,6 +962,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
         pixel_values = self._check_pixel_values(pixel_values, continuing=offset > 0)
         ratio = self.config.temporal_compression_ratio
         num_latent = pixel_values.shape[2] // ratio + (1 if offset == 0 else 0)
+        self._check_one_pass("encode", kwargs, chunk_frames, num_latent)
         step = chunk_frames or num_latent
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         layout = (pixel_values.shape[0], *grid)
@@ -991,6 +1009,7 @@ class HydraXTokModel(HydraXTokPreTrainedModel):
             cache.check_layout("decoder", layout)
         offset = cache.seen("decoder") if cache is not None else 0
         num_latent = latents.shape[2]
+        self._check_one_pass("decode", kwargs, chunk_frames, num_latent)
         step = chunk_frames or num_latent
         frames = written = None
         for start in range(0, num_latent, step):

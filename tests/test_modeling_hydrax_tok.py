@@ -547,6 +547,28 @@ def test_attention_outputs(mode):
                     assert torch.all(weights[:, q, ..., 4 * (q + 1) :] == 0), "a frame attended to a later one"
 
 
+def test_recorded_outputs_refuse_a_chunk_frames_that_splits_the_clip():
+    """Recorded outputs hold one entry per layer call: a chunked pass returned per-chunk pieces (9 frames with
+    `chunk_frames=1`: 10 encoder states of 1–2 frames for the whole clip's 4) that map to no layer. A chunk size
+    that holds the whole clip records as the plain call does."""
+    model = build()
+    pixels = clip(9)
+    with torch.no_grad():
+        latents = model.encode(pixels).latents
+        for flag in ("output_hidden_states", "output_attentions"):
+            with pytest.raises(ValueError, match=f"`encode` with {flag} .* chunk_frames=1 runs the layers 3 times"):
+                model.encode(pixels, chunk_frames=1, **{flag: True})
+            with pytest.raises(ValueError, match=f"`decode` with {flag} .* chunk_frames=2 runs the layers 2 times"):
+                model.decode(latents, chunk_frames=2, **{flag: True})
+        whole = model.encode(pixels, output_hidden_states=True)
+        one_chunk = model.encode(pixels, chunk_frames=3, output_hidden_states=True)
+        assert len(one_chunk.hidden_states) == len(whole.hidden_states) == 4
+        assert all(torch.equal(a, b) for a, b in zip(one_chunk.hidden_states, whole.hidden_states))
+        model.config.output_hidden_states = True  # the config's setting counts as the keyword does
+        with pytest.raises(ValueError, match="`decode` with output_hidden_states"):
+            model.decode(latents, chunk_frames=1)
+
+
 def test_return_dict_false_gives_tuples():
     model = build()
     pixels = clip(5)
