@@ -20,10 +20,10 @@ card's "Training details" and results are kept unless `--training-details` / `--
         --eval-results outputs/eval-mmbench/eval_results.json outputs/eval-t2i/eval_results.json
 
 A LoRA adapter folder (`examples/train_hydrax.py --lora-r`'s OUTPUT_DIR/adapter) gets an adapter card (`library_name:
-peft`; snippets that load the base checkpoint and apply the adapter):
+peft`; snippets that load the base checkpoint and apply the adapter; `base_model`: the base's Hub id):
 
     python conversion/model_card_hydrax.py --model outputs/sft/adapter --model-id you/hydrax-7b-style-lora \
-        --base-id you/hydrax-7b --base-model you/hydrax-7b
+        --base-id you/hydrax-7b
 
 `card.validate()` asks the Hub; offline, parse the text back with `ModelCard(text).data.to_dict()`.
 """
@@ -304,8 +304,11 @@ def build_adapter_card(
 
     `adapter_id` and `base_id` are what the usage snippets load; `config` is the base's `HydraXConfig`; `lora` holds
     the adapter's `r`, `lora_alpha`, `target_modules` and `modules_to_save` (its `adapter_config.json`).
-    `base_models` (Hub ids) go to the `base_model` metadata.
+    `base_models` (Hub ids) go to the `base_model` metadata; by default `base_id` when it is a Hub id, not a local
+    folder (the Hub lists an adapter under the base its metadata names).
     """
+    if base_models is None and not Path(base_id).is_dir():
+        base_models = [base_id]
     name = Path(adapter_id).name
     copies = ", ".join(f"`{module}`" for module in lora.get("modules_to_save") or []) or "none"
     parts = [

@@ -18,7 +18,14 @@ from modeling_hydrax import HydraXConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "conversion"))
 
-from model_card_hydrax import HYDRAX_TAGS, WARNINGS, build_model_card, eval_results_from_json, main  # noqa: E402
+from model_card_hydrax import (  # noqa: E402
+    HYDRAX_TAGS,
+    WARNINGS,
+    build_adapter_card,
+    build_model_card,
+    eval_results_from_json,
+    main,
+)
 
 
 EVAL_RESULTS = [
@@ -155,6 +162,19 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
     main(["--model", str(adapter), "--base-id", str(checkpoint), "--model-id", "me/lora"])
     data = ModelCard.load(adapter / "README.md").data
     assert data.base_model == ["me/hydrax-tiny"] and data.license == "mit"
+
+
+def test_an_adapter_cards_base_model_defaults_to_its_base_hub_id_never_a_local_folder(adapter, checkpoint):
+    """An adapter of a Hub checkpoint names it as `base_model` (the card had none, so the Hub did not list the
+    adapter under its base although the id was known); a local base folder is never named; given ones win."""
+    config, lora = HydraXConfig.from_pretrained(checkpoint), json.loads((adapter / "adapter_config.json").read_text())
+    cards = {
+        "hub base": build_adapter_card("me/lora", "me/hydrax-tiny", config, lora),
+        "local base": build_adapter_card("me/lora", str(checkpoint), config, lora),
+        "given": build_adapter_card("me/lora", "me/hydrax-tiny", config, lora, base_models=["me/other"]),
+    }
+    bases = {case: ModelCard(str(card)).data.base_model for case, card in cards.items()}
+    assert bases == {"hub base": ["me/hydrax-tiny"], "local base": None, "given": ["me/other"]}
 
 
 def test_an_adapter_whose_base_cannot_be_read_is_a_command_line_error(adapter, tmp_path, capsys):
