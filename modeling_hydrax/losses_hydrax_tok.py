@@ -144,14 +144,12 @@ class HydraXTokLossConfig:
 
 def _as_clip(pixel_values: torch.Tensor, name: str = "pixel_values") -> torch.Tensor:
     """Returns `[B, 3, F, H, W]`, accepting an image batch `[B, 3, H, W]` as a one-frame clip."""
-    if pixel_values.ndim == 4:
-        pixel_values = pixel_values.unsqueeze(2)
-    if pixel_values.ndim != 5 or pixel_values.shape[1] != 3:
+    if pixel_values.ndim not in (4, 5) or pixel_values.shape[1] != 3:
         raise ValueError(
             f"`{name}` must be [B, 3, 1+T, H, W] (or [B, 3, H, W] for images) with RGB channels in dim 1, got shape "
             f"{tuple(pixel_values.shape)}; permute channels-last tensors with `.permute(0, 4, 1, 2, 3)` first."
         )
-    return pixel_values
+    return pixel_values.unsqueeze(2) if pixel_values.ndim == 4 else pixel_values
 
 
 def _fold_frames(pixel_values: torch.Tensor, name: str = "pixel_values") -> torch.Tensor:

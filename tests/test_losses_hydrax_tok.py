@@ -683,6 +683,8 @@ def test_bad_inputs_give_clear_errors(teachers, tiny_lpips):
     output, _ = make_output(clip)
     with pytest.raises(ValueError, match="RGB channels in dim 1"):
         loss_fn(torch.zeros(2, 4, 5, 32, 32), output, teachers=teachers)
+    with pytest.raises(ValueError, match=r"RGB channels in dim 1, got shape \(2, 1, 32, 32\);"):
+        loss_fn.lpips(torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32))  # as given, not with a frame axis added
     with pytest.raises(
         ValueError, match=r"reconstruction` has shape \(2, 3, 5, 32, 32\) but `pixel_values` has shape"
     ):
