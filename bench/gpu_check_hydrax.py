@@ -17,6 +17,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gpu_check_pipelines import append_lines  # noqa: E402
 
 from modeling_hydrax import HydraXConfig, HydraXForConditionalGeneration  # noqa: E402
 from script_args import check_output_folder, command_line, given_or_temporary_folder  # noqa: E402
@@ -136,10 +139,7 @@ def run_check(args, argv, output_dir: Path) -> None:
         f"| one generation forward {args.size}² | {gen_s:.2f} s, peak {gen_peak:.1f} GiB, flow loss "
         f"{gen.flow_loss.item():.3f} |",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    with args.report.open("a") as handle:
-        handle.write(report)
+    append_lines(args.report, lines)
     print(f"appended to {args.report}")
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import train_tokenizer  # noqa: E402
 from gpu_check_pipelines import append_lines  # noqa: E402
-from gpu_check_training import loads_back, precision  # noqa: E402
+from gpu_check_training import loads_back, precision, step_clock  # noqa: E402
 
 from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
@@ -53,11 +53,11 @@ def train(args, data: Path, output: Path, *options) -> str:
     argv = ["--data", data, "--output-dir", output, "--size", args.size, "--batch-size", args.batch_size]
     argv += ["--max-steps", args.steps, "--logging-steps", 1, "--save-steps", args.steps, "--report-to", "none"]
     argv += ["--no-teachers", "--gradient-checkpointing"] + (["--bf16"] if args.device == "cuda" else ["--cpu"])
-    trainer = train_tokenizer.main(list(map(str, [*argv, *options])))
+    with step_clock() as clock:
+        trainer = train_tokenizer.main(list(map(str, [*argv, *options])))
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    seconds = trainer.state.log_history[-1]["train_runtime"] / trainer.state.global_step
-    return f"{seconds:.2f} s/step (first included), peak {peak:.1f} GiB, loss {losses[0]:.3f} → {losses[-1]:.3f}"
+    return f"{clock.per_step()}, peak {peak:.1f} GiB, loss {losses[0]:.3f} → {losses[-1]:.3f}"
 
 
 def main(argv=None):

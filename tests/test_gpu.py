@@ -25,7 +25,7 @@ def test_tiny_model_bf16_on_cuda(tmp_path):
 
 def test_a_lora_adapter_on_a_bf16_cuda_pipeline_samples_as_its_merged_model(checkpoint, tmp_path):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoProcessor
 
     from modeling_hydrax import HydraXPipeline
 
@@ -33,6 +33,7 @@ def test_a_lora_adapter_on_a_bf16_cuda_pipeline_samples_as_its_merged_model(chec
     adapted = get_peft_model(AutoModel.from_pretrained(checkpoint), lora)
     adapted.save_pretrained(tmp_path / "adapter")
     adapted.merge_and_unload().save_pretrained(tmp_path / "merged")
+    AutoProcessor.from_pretrained(checkpoint).save_pretrained(tmp_path / "merged")  # a pipeline folder needs it
     samples = []
     for folder, adapter in ((checkpoint, tmp_path / "adapter"), (tmp_path / "merged", None)):
         pipe = HydraXPipeline.from_pretrained(folder, dtype=torch.bfloat16, device_map="cuda")
