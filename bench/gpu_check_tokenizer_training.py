@@ -13,7 +13,6 @@ random VGG16 weights; the speed is the same).
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import train_tokenizer  # noqa: E402
 from gpu_check_pipelines import append_lines  # noqa: E402
-from gpu_check_training import loads_back, precision, step_clock  # noqa: E402
+from gpu_check_training import loads_back, precision, run_command, step_clock  # noqa: E402
 
 from script_args import HelpFormatter, check_output_folder, command_line  # noqa: E402
 
@@ -111,7 +110,7 @@ def run_checks(args, argv, work: Path) -> None:
     command += [str(ROOT / "examples" / "train_tokenizer.py"), "--data", str(data), "--output-dir", str(output)]
     command += ["--preset", "tiny", "--size", "32", "--max-steps", "3", "--no-teachers", "--report-to", "none"]
     start = time.perf_counter()
-    result = subprocess.run(command, env=os.environ | {"HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    result = run_command(command, os.environ | {"HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - start
     outcome = loads_back(output / "model") if result.returncode == 0 else f"exit code {result.returncode}"
     if result.returncode != 0:  # the first traceback, not the launcher's summary that ends stderr

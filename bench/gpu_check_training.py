@@ -15,6 +15,7 @@ the CPU test suite as accelerate plugins.
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from script_args import HelpFormatter, check_output_folder, command_line  # noqa
 
 
 SCRIPT = ROOT / "examples" / "train_hydrax.py"
+LAUNCH_TIMEOUT = 300  # seconds for one tiny launched run (~25 s on an H200)
 LAUNCHERS = {"FSDP2": "fsdp.yaml", "DDP": "ddp.yaml"}
 
 
@@ -58,8 +60,24 @@ def launch(config: str | None, device: str, output: Path, steps: int) -> tuple[i
         command += argv
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = run_command(command, env)
     return result.returncode, time.perf_counter() - start, (result.stdout + result.stderr)[-3000:]
+
+
+def run_command(command: list[str], env: dict, timeout: float = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
+    """`subprocess.run(command)` with its output captured, in a process group of its own that is killed whole after
+    `timeout` seconds (exit code -9, stderr ending in "timed out"): a launcher's workers hung in a collective would
+    otherwise hold the GPU machine's few minutes."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += f"\ntimed out after {timeout:.0f} s"
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def precision(device: str) -> str:

@@ -2,6 +2,7 @@
 label what ran, and leave no temporary folders behind (at full size each holds tens of GB)."""
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -121,3 +122,13 @@ def test_the_step_clock_times_the_steps_after_the_first_without_the_final_checkp
         trainer = transformers.Trainer(torch.nn.Linear(1, 1), arguments)
     assert clock in trainer.callback_handler.callbacks
     assert clock not in transformers.trainer.DEFAULT_CALLBACKS
+
+
+def test_a_hung_launch_is_killed_with_its_workers_after_the_timeout():
+    """A launched run that hangs (a worker waiting in a collective) is killed as a process group: a worker that held
+    the output pipes open would keep `communicate` waiting past the timeout."""
+    worker = "import time; time.sleep(120)"
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(120)"
+    result = gpu_check_training.run_command([sys.executable, "-c", launcher], dict(os.environ), timeout=2)
+    assert result.returncode == -9 and result.stderr.endswith("timed out after 2 s")
+    assert gpu_check_training.run_command([sys.executable, "-c", "print('ok')"], dict(os.environ)).stdout == "ok\n"
