@@ -51,12 +51,29 @@ def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint
         parser.error(f"{option} {path}: a {model_type!r} checkpoint (config.json's model_type), not Hydra-X; {hint}")
 
 
+def check_finite(parser: argparse.ArgumentParser, **values) -> None:
+    """`parser.error` naming the first option that is not a finite number: `inf` and `nan` pass every comparison
+    check, and a script that hands them on fails late, under another script's usage. Each keyword is an option
+    (`repeats=args.repeats` is --repeats); None (an option left at its "not given" default) passes."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            parser.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
 def check_at_least(parser: argparse.ArgumentParser, minimum: int, **values) -> None:
-    """`parser.error` naming the first option below `minimum`; each keyword is an option (`repeats=args.repeats` is
-    --repeats), and None (an option left at its "not given" default) passes."""
+    """`parser.error` naming the first option below `minimum` or not finite (keywords as `check_finite`'s)."""
+    check_finite(parser, **values)
     for name, value in values.items():
         if value is not None and value < minimum:
             parser.error(f"--{name.replace('_', '-')} must be ≥ {minimum}, got {value}")
+
+
+def check_positive(parser: argparse.ArgumentParser, **values) -> None:
+    """`parser.error` naming the first option that is not a finite number > 0 (keywords as `check_finite`'s)."""
+    check_finite(parser, **values)
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
 
 
 def check_hidden_size(parser: argparse.ArgumentParser, hidden_size: int, head_width: int) -> None:

@@ -42,6 +42,7 @@ from script_args import (  # noqa: E402
     check_folder,
     check_inputs_outside,
     check_output_folder,
+    check_positive,
 )
 
 
@@ -95,8 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_at_least(parser, 0, seed=args.seed)
     if args.video_every < 0:
         parser.error(f"--video-every must be ≥ 0 (0 disables video), got {args.video_every}.")
-    if args.lr <= 0 or args.max_minutes <= 0:
-        parser.error(f"--lr and --max-minutes must be positive, got {args.lr} and {args.max_minutes}.")
+    check_positive(parser, lr=args.lr, max_minutes=args.max_minutes)
     if args.model is not None:
         hint = "pass a folder written by save_pretrained, e.g. outputs/quickstart/model"
         check_folder(parser, "--model", args.model, hint, required_file="config.json")

@@ -35,7 +35,7 @@ import train_tokenizer  # noqa: E402
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
-from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder, check_positive  # noqa: E402
 
 
 LPIPS_CHANNELS = (16, 32, 64, 64, 64)
@@ -63,8 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
         parser.error(f"--size must be a multiple of 16 of at least 32 (LPIPS pools 4 times), got {args.size}.")
-    if min(args.stage1_minutes, args.stage2_minutes) <= 0:
-        parser.error("--stage1-minutes and --stage2-minutes must be positive.")
+    check_positive(parser, stage1_minutes=args.stage1_minutes, stage2_minutes=args.stage2_minutes)
     check_at_least(parser, 1, batch_size=args.batch_size)
     check_at_least(parser, 0, seed=args.seed)
     if args.stage1_model is not None:

@@ -52,7 +52,7 @@ from transformers import AutoModel, AutoProcessor  # noqa: E402
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import HelpFormatter, check_at_least, check_output_folder  # noqa: E402
+from script_args import HelpFormatter, check_at_least, check_finite, check_output_folder, check_positive  # noqa: E402
 
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 40)}
@@ -347,12 +347,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("tokenizer_steps", "steps", "batch_size", "sampling_steps", "latent_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("tokenizer_lr", "learning_rate_scale"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.tokenizer_minutes < 0:
-        parser.error(f"--tokenizer-minutes must be ≥ 0 (0: no time budget), got {args.tokenizer_minutes}")
-    check_at_least(parser, 0, seed=args.seed)
+    check_positive(parser, tokenizer_lr=args.tokenizer_lr, learning_rate_scale=args.learning_rate_scale)
+    check_at_least(parser, 0, tokenizer_minutes=args.tokenizer_minutes, seed=args.seed)  # minutes 0: no budget
+    check_finite(parser, flow_logit_mean=args.flow_logit_mean)
+    check_finite(parser, guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale)
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 

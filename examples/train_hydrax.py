@@ -93,10 +93,12 @@ from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
+    check_finite,
     check_folder,
     check_hydrax_folder,
     check_inputs_outside,
     check_output_folder,
+    check_positive,
     missing_local_source,
     write_atomically,
     write_video,
@@ -1180,6 +1182,15 @@ def parse_args(argv=None):
         args,
         ("--learning-rate-scale", "--vision-head-lr", "--sem-vit-lr", "--llm-lr", "--weight-decay", "--max-grad-norm"),
     )
+    # the config fields' own rules (HydraXConfig), here before any work: a NaN flow-time mean trained a NaN model
+    check_finite(parser, flow_logit_mean=args.flow_logit_mean)
+    check_positive(parser, flow_logit_std=args.flow_logit_std)
+    check_non_negative(parser, args, ("--lm-loss-weight", "--flow-loss-weight"))
+    intervals = {"text_dropout_prob": "[0, 1)", "source_dropout_prob": "[0, 1)", "image_to_video_prob": "[0, 1]"}
+    for name, interval in intervals.items():
+        value = getattr(args, name)
+        if value is not None and not (0 <= value < 1 or (value == 1 and interval.endswith("]"))):
+            parser.error(f"--{name.replace('_', '-')} must lie in {interval}, got {value}")
     if args.lora_alpha < 1:
         parser.error(f"--lora-alpha must be ≥ 1 (the adapters' update is scaled by alpha / r), got {args.lora_alpha}")
     if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:

@@ -1,6 +1,7 @@
 """Configuration of Hydra-X, the unified model: a Qwen2.5 LLM over Hydra-XTok semantic features, with a flow head."""
 
 import copy
+import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
@@ -108,6 +109,7 @@ class HydraXConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must lie in [0, 1), got {getattr(self, name)}.")
         if not 0.0 <= self.image_to_video_prob <= 1.0:
             raise ValueError(f"`image_to_video_prob` must lie in [0, 1], got {self.image_to_video_prob}.")
+        self._validate_flow_numbers()
         if self.flow_head_num_layers < 1:
             raise ValueError(f"`flow_head_num_layers` must be ≥ 1, got {self.flow_head_num_layers}.")
         if self.flow_head_hidden_size < 1:
@@ -131,6 +133,20 @@ class HydraXConfig(PreTrainedConfig):
                 f"({self.flow_base_seq_len}): `mu` is interpolated between them. For a constant shift, set "
                 "`flow_base_shift == flow_max_shift`."
             )
+
+    def _validate_flow_numbers(self):
+        """The flow-time distribution, the resolution shift and the loss weights are finite (a NaN mean trained a
+        NaN model while the Trainer logged a loss of 0); the std is > 0 and the weights ≥ 0."""
+        for name in ("flow_logit_mean", "flow_logit_std", "flow_base_shift", "flow_max_shift", "flow_max_mu"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value}.")
+        if self.flow_logit_std <= 0:
+            raise ValueError(f"`flow_logit_std` must be > 0 (the logit-normal's spread), got {self.flow_logit_std}.")
+        for name in ("lm_loss_weight", "flow_loss_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a finite number ≥ 0, got {value}.")
 
     def _validate_token_ids(self):
         """The special tokens are distinct rows of the LLM's vocabulary; `pad_token_id` is one of them, required: it

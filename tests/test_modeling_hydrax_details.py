@@ -126,6 +126,12 @@ def test_flow_head_needs_at_least_one_layer():
         ({"image_token_id": 5000}, "`image_token_id` must be a token id in [0, 1024)"),
         ({"pad_token_id": -1}, "`pad_token_id` must be a token id in [0, 1024)"),
         ({"video_token_id": 1014}, "The special token ids must be distinct"),
+        ({"flow_logit_mean": float("nan")}, "`flow_logit_mean` must be a finite number, got nan"),  # trained NaNs
+        ({"flow_logit_std": 0.0}, "`flow_logit_std` must be > 0 (the logit-normal's spread), got 0.0"),
+        ({"flow_max_shift": float("inf")}, "`flow_max_shift` must be a finite number, got inf"),
+        ({"flow_max_mu": float("nan")}, "`flow_max_mu` must be a finite number, got nan"),
+        ({"lm_loss_weight": -1.0}, "`lm_loss_weight` must be a finite number ≥ 0, got -1.0"),
+        ({"flow_loss_weight": float("inf")}, "`flow_loss_weight` must be a finite number ≥ 0, got inf"),
     ],
 )  # fmt: skip
 def test_config_refuses_values_that_would_fail_later(overrides, message):

@@ -105,8 +105,10 @@ def test_quickstart_help(quickstart, capsys):
         (["--steps", "0"], "--steps must be ≥ 1, got 0"),
         (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
         (["--seed", "-1"], "--seed must be ≥ 0, got -1"),
-        (["--lr", "0"], "--lr and --max-minutes must be positive, got 0.0 and 3.0."),
-        (["--max-minutes", "0"], "--lr and --max-minutes must be positive"),
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--max-minutes", "0"], "--max-minutes must be > 0, got 0.0"),
+        (["--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),  # it failed after the data
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
         (["--video-every", "-1"], "--video-every must be ≥ 0 (0 disables video), got -1."),
         pytest.param(
             ["--device", "cuda"],
