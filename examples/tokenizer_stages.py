@@ -35,7 +35,14 @@ import train_tokenizer  # noqa: E402
 from modeling_hydrax import HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
-from script_args import HelpFormatter, check_at_least, check_folder, check_output_folder, check_positive  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_at_least,
+    check_folder,
+    check_inputs_outside,
+    check_output_folder,
+    check_positive,
+)
 
 
 LPIPS_CHANNELS = (16, 32, 64, 64, 64)
@@ -72,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         hint = "pass a stage-1 model folder, e.g. OUTPUT_DIR/stage1/model of an earlier run"
         check_folder(parser, "--stage1-model", args.stage1_model, hint, required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)
+    # a stage-1 model inside a stage-2 run's folder would be replaced by that run (it failed after the runs before it)
+    stage2_outputs = [f"{folder}/{part}" for _, folder, _ in STAGE2_RUNS for part in train_tokenizer.RUN_OUTPUTS]
+    inputs = {"--stage1-model": args.stage1_model}
+    check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, stage2_outputs)
     return args
 
 

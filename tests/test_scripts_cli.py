@@ -171,6 +171,12 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
             "model",
         ),
         ("examples/quickstart.py", ["--model", "{out}/model", "--output-dir", "{out}"], "--model", "model"),
+        (  # a stage-2 run's model, which that run replaces (it failed after the stage-2 runs before it)
+            "examples/tokenizer_stages.py",
+            ["--stage1-model", "{out}/stage2_no_gan/model", "--output-dir", "{out}"],
+            "--stage1-model",
+            "stage2_no_gan/model",
+        ),
         (  # deep inside OUTPUT_DIR/work, which the quickstart replaces
             "examples/quickstart.py",
             ["--model", "{out}/work/checkpoint-3", "--output-dir", "{out}"],
@@ -234,7 +240,7 @@ def test_an_input_inside_the_output_folder_is_refused(script, args, option, valu
     """Training stage 2 into the folder that holds its stage-1 model, or converting into the source's folder, would
     replace the input when the run saves: refused before any work."""
     out, data = tmp_path / "out", tmp_path / "data"
-    for model in (out / "model", out / "work" / "checkpoint-3"):
+    for model in (out / "model", out / "work" / "checkpoint-3", out / "stage2_no_gan" / "model"):
         model.mkdir(parents=True)
         (model / "config.json").write_text("{}")
     data.mkdir()
