@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -1251,7 +1252,15 @@ def training_arguments(args, work_dir: Path, evaluate: bool, **overrides) -> Tra
         bf16=args.bf16,
         use_cpu=args.cpu,
     )
-    return TrainingArguments(**{**shared, **overrides})
+    training_args = TrainingArguments(**{**shared, **overrides})
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:  # each process would train alone, all into one folder
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}), but the Trainer runs each alone (world "
+            f"size 1): without a GPU, accelerate joins processes only when told to train on the CPU. Pass --cpu, or "
+            "launch with ACCELERATE_USE_CPU=true."
+        )
+    return training_args
 
 
 def report_to() -> str:

@@ -86,6 +86,18 @@ def test_two_processes_train_on_different_samples_and_agree_on_the_weights(check
     assert np.array_equal(samples, pipeline_row(out / "model", ["an astronaut"], size=32, steps=2))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="processes on GPUs form a group without being told")
+def test_processes_that_would_each_train_alone_stop_before_any_work(checkpoint, tmp_path):
+    """Two CPU processes launched without ACCELERATE_USE_CPU (or --cpu) each saw a world of one: both wrote the same
+    output folder, one crashed on the other's half-built checkpoint. Now each stops at once, saying what to pass."""
+    out = tmp_path / "out"
+    result = run_processes(*TORCHRUN, SCRIPT, "--model", checkpoint, "--output-dir", out, "--max-steps", 1)
+    assert result.returncode != 0
+    assert "2 processes were launched (WORLD_SIZE=2), but the Trainer runs each alone" in result.stderr
+    assert "Pass --cpu, or launch with ACCELERATE_USE_CPU=true." in result.stderr
+    assert not out.exists()
+
+
 def test_a_time_budget_follows_the_main_processs_clock(checkpoint, tmp_path):
     """A second process whose clock runs 1000× fast would find a 10-minute budget spent after its first step, stop
     there while the main process waits in the next step's gradient reduction, and step with a learning rate of 0:
