@@ -265,10 +265,12 @@ def main(argv=None):
     scale = max(1, 256 // args.size)
     train_tokenizer.save_grid(evaluations["image"], outputs["image"], args.output_dir / "reconstruction.png", scale)
     written = ["reconstruction.png"]
+    path = args.output_dir / "video_reconstruction.png"
     if "video" in outputs:
-        path = args.output_dir / "video_reconstruction.png"
         train_tokenizer.save_grid(evaluations["video"], outputs["video"], path, max(1, scale // 2))
         written.append("video_reconstruction.png")
+    else:  # an earlier run's, of another model
+        path.unlink(missing_ok=True)
     metrics = {
         **{f"{kind}_psnr_before": value for kind, value in before.items()},
         **{f"{kind}_psnr_after": value for kind, value in after.items()},

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def test_quickstart_trains_evaluates_and_saves(tiny_run):
 
 def test_quickstart_resumes_a_saved_model_on_images_when_video_support_is_missing(tiny_run, tmp_path):
     _, first_dir = tiny_run
+    shutil.copy(first_dir / "video_reconstruction.png", tmp_path)  # an earlier run's, which must not stay
     result = run_quickstart(*TINY[1:], "--model", first_dir / "model", "--output-dir", tmp_path, hide=("av",))
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = "video skipped: av not installed; fix: pip install av"
