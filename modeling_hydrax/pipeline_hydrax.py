@@ -54,6 +54,9 @@ _KEEP_DTYPES = contextvars.ContextVar("hydrax_keep_dtypes", default=False)
 # diffusers' generic `from_pretrained` finds in the `model/` and `processor/` component folders (and that the pipeline
 # code imports).
 LOADER_FILE = "pipeline_loading_hydrax.py"
+# `model/root_weights.{variant}.json`: diffusers looks for a weights variant in the component's subfolder only, and
+# Hydra-X keeps its weights at the folder root; this file says the root holds that variant
+VARIANT_MARKER = "root_weights.{variant}.json"
 PIPELINE_FILES = ("pipeline_hydrax.py", "pipeline_hydrax_edit.py", "lora_loading_hydrax.py", LOADER_FILE)
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -162,12 +165,15 @@ def write_pipeline_files(
     scheduler: FlowMatchEulerDiscreteScheduler | None = None,
     pipeline_class=None,
     code_folder: Path | None = None,
+    variant: str | None = None,
 ):
     """Turn a Hydra-X checkpoint folder (the model's and processor's transformers files, as `save_pretrained` and
     `conversion/build_hydrax.py` write them) into a diffusers pipeline folder as well, with no second copy of the
     weights: `model_index.json`, `scheduler/`, the pipeline code (from `code_folder`, default this package's), and the
     root-component loader in `model/` and `processor/` (see `pipeline_loading_hydrax.py`). `pipeline_class` (default
-    `HydraXPipeline`) is the class that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` builds."""
+    `HydraXPipeline`) is the class that `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` builds;
+    with a weights `variant` at the root (`model.{variant}.safetensors`), `model/` marks it (`VARIANT_MARKER`), so that
+    diffusers' `from_pretrained(folder, variant=...)` finds it and passes it on."""
     folder = Path(folder)
     code = Path(code_folder) if code_folder is not None else Path(__file__).resolve().parent
     missing = [name for name in PIPELINE_FILES if not (code / name).is_file()]
@@ -184,6 +190,9 @@ def write_pipeline_files(
     for component in ("model", "processor"):
         (folder / component).mkdir(exist_ok=True)
         copy_code(code / LOADER_FILE, folder / component / LOADER_FILE)
+    if variant is not None:
+        marker = {"variant": variant, "weights": f"the checkpoint root's model.{variant}.safetensors"}
+        (folder / "model" / VARIANT_MARKER.format(variant=variant)).write_text(json.dumps(marker, indent=2) + "\n")
     loader = Path(LOADER_FILE).stem
     index = {
         "_class_name": [pipeline_class.__module__.rsplit(".", 1)[-1], pipeline_class.__name__],
@@ -332,7 +341,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         self._check_no_lora("save_pretrained")
         self.model.save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
         self.processor.save_pretrained(save_directory)
-        write_pipeline_files(save_directory, self.scheduler, type(self), pipeline_code_folder(self.model))
+        write_pipeline_files(save_directory, self.scheduler, type(self), pipeline_code_folder(self.model), variant)
 
     def enable_group_offload(self, *args, **kwargs):
         """diffusers' group offloading (`DiffusionPipeline.enable_group_offload`), refused for a model whose LM head

@@ -794,6 +794,21 @@ def test_save_load_round_trip_and_generic_diffusers_loading(pipe, tmp_path):
         DiffusionPipeline.from_pretrained(tmp_path / "saved")
 
 
+def test_a_weights_variant_loads_back_through_both_routes(pipe, tmp_path):
+    """`save_pretrained(variant="fp16")` writes the root's `model.fp16.safetensors`; diffusers' generic route refused
+    the folder ("no such modeling files"): it looks for variants in the component subfolders only."""
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
+    expected = pipe("a fox", generator=seeded(), **kwargs).images
+    pipe.save_pretrained(tmp_path / "saved", variant="fp16")
+    assert (tmp_path / "saved" / "model.fp16.safetensors").is_file()
+    for loaded in (
+        HydraXPipeline.from_pretrained(tmp_path / "saved", variant="fp16"),
+        DiffusionPipeline.from_pretrained(tmp_path / "saved", variant="fp16", trust_remote_code=True),
+    ):
+        loaded.set_progress_bar_config(disable=True)
+        torch.testing.assert_close(loaded("a fox", generator=seeded(), **kwargs).images, expected)
+
+
 def test_remote_pipeline_loads_without_our_packages(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
     expected = pipe(
