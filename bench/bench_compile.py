@@ -1,24 +1,31 @@
 """torch.compile warm-up of the Hydra-X sampler: the whole LLM (`model.model.language_model.compile()`) against
 regional compilation of its decoder layers (`model.compile_repeated_blocks()`), each on a fresh copy of the same
-model, in one process, with eager sampling as the baseline.
+model, with eager sampling as the baseline.
 
     python bench/bench_compile.py                   # 28 layers (hydrax-7b's depth) at width 64, ~5 minutes
     python bench/bench_compile.py --layers 4        # quick
 
 Compilation time grows with the graph that is compiled, hardly with its width: a narrow LLM with the 7B's 28 layers
-shows what the whole LLM costs to compile against one layer. Every variant starts with dynamo reset and inductor's
-caches off, so each warm-up compiles from scratch. Rows: the first call (the warm-up, compilation included), the
-median step of a second call, the graphs compiled, and the largest difference of the output latents from eager.
-Per-step times at this width say little about a GPU at 7B width; the warm-up and graph counts carry over.
+shows what the whole LLM costs to compile against one layer. Every variant runs in a process of its own with an empty
+inductor cache folder and the graph caches off, so each warm-up compiles from scratch and pays inductor's start-up
+(in one process the first compiled variant paid it, and its kernels in the on-disk cache served the next). Rows: the
+first call (the warm-up, compilation included), the median step of a second call, the graphs compiled, and the
+largest difference of the output latents from eager. Per-step times at this width say little about a GPU at 7B
+width; the warm-up and graph counts carry over.
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch._dynamo.utils import counters
 
 
@@ -68,6 +75,21 @@ def run_variant(args, compile_model) -> tuple[float, float, int, torch.Tensor]:
     return first, step, counters["stats"]["unique_graphs"], latents
 
 
+def run_in_own_process(args, name: str, work: Path) -> tuple[float, float, int, torch.Tensor]:
+    """`run_variant` of the variant `name` in a fresh Python process with an empty inductor cache folder."""
+    output = work / f"variant{list(VARIANTS).index(name)}"
+    sizes = ("layers", "hidden_size", "grid", "steps", "backend", "threads")
+    command = [sys.executable, __file__, *(f"--{key.replace('_', '-')}={getattr(args, key)}" for key in sizes)]
+    command += ["--worker", name, "--worker-output", str(output)]
+    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(work / f"{output.name}-inductor")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"variant {name!r} failed:\n{result.stderr[-4000:]}")
+    figures = json.loads(output.with_suffix(".json").read_text())
+    latents = load_file(output.with_suffix(".safetensors"))["latents"]
+    return figures["first"], figures["step"], figures["graphs"], latents
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=28, help="LLM layers (default: 28, as in hydrax-7b)")
@@ -78,6 +100,8 @@ def main(argv=None):
         "--backend", default="inductor", help="torch.compile backend (default: inductor; aot_eager for a smoke run)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one variant, in its process
+    parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.hidden_size < 64 or args.grid < 1 or args.steps < 3:
         parser.error(
@@ -85,13 +109,19 @@ def main(argv=None):
         )
     check_llm_size(parser, args)
     check_at_least(parser, 1, threads=args.threads)
-    torch.set_num_threads(args.threads)
-    with torch._inductor.config.patch(fx_graph_cache=False):
-        with torch._functorch.config.patch(enable_autograd_cache=False):
-            rows = {name: run_variant(args, compile_model) for name, compile_model in VARIANTS.items()}
+    if args.worker is not None:
+        torch.set_num_threads(args.threads)
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            with torch._functorch.config.patch(enable_autograd_cache=False):
+                first, step, graphs, latents = run_variant(args, VARIANTS[args.worker])
+        save_file({"latents": latents.contiguous()}, args.worker_output.with_suffix(".safetensors"))
+        args.worker_output.with_suffix(".json").write_text(json.dumps(dict(first=first, step=step, graphs=graphs)))
+        return
+    with tempfile.TemporaryDirectory(prefix="hydrax-bench-compile-") as work:
+        rows = {name: run_in_own_process(args, name, Path(work)) for name in VARIANTS}
     print(
         f"Hydra-X text-to-image with CFG, {args.grid}² latent tokens, {args.steps} steps, LLM {args.layers} layers × "
-        f"width {args.hidden_size}, backend {args.backend}, {torch.get_num_threads()} threads"
+        f"width {args.hidden_size}, backend {args.backend}, {args.threads} threads, each variant in its own process"
     )
     print(f"{'variant':<44}{'first call s':>14}{'s / step':>10}{'graphs':>8}{'max |Δ| vs eager':>18}")
     eager = rows["eager"][3]

@@ -11,11 +11,13 @@ image?" about each training image and count exact captions (`train_caption_exact
 generalisation); (4) sample each caption's image with `HydraXPipeline` (diffusers' `FlowMatchEulerDiscreteScheduler`,
 the prompt's LLM cache computed once, the conditional and unconditional branches batched); (5) save the pipeline
 (`model/`: loads with `AutoModel`, `HydraXPipeline` or `DiffusionPipeline`), `samples.png` (each caption above its
-training image and the image sampled from it) and metrics.json into `--output-dir`.
+training image and the image sampled from it) and metrics.json into `--output-dir`, beside `initial/` (the checkpoint
+built in step 1, before training; none with `--model`).
 """
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,14 @@ from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from modeling_hydrax import HydraXConfig, HydraXPipeline, HydraXTokConfig, HydraXTokModel  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_hydrax_folder, check_output_folder  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_finite,
+    check_folder,
+    check_hydrax_folder,
+    check_output_folder,
+    check_positive,
+)
 
 
 CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
@@ -221,6 +230,8 @@ def parse_args(argv=None):
         parser.error(f"--size must be a positive multiple of 16, got {args.size}")
     if args.steps < 0 or args.sampling_steps < 1:
         parser.error(f"--steps must be ≥ 0 and --sampling-steps ≥ 1, got {args.steps} and {args.sampling_steps}")
+    check_positive(parser, lr=args.lr)  # both failed only after the work: AdamW at step 1, guidance at sampling
+    check_finite(parser, guidance_scale=args.guidance_scale)
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
         check_hydrax_folder(parser, "--model", args.model, hint)
@@ -250,9 +261,13 @@ def main(argv=None):
     # 1. A checkpoint folder, loaded the way a user loads a Hub checkpoint
     fitted = HydraXTokModel.from_pretrained(args.tokenizer) if args.tokenizer else None
     overrides = {"vision_config": fitted.config.to_dict()} if fitted else {}
-    checkpoint = args.model or build_checkpoint(
-        "tiny", output_dir / "initial", seed=args.seed, overwrite=True, **overrides
-    )
+    initial = output_dir / "initial"
+    if args.model is None:
+        checkpoint = build_checkpoint("tiny", initial, seed=args.seed, overwrite=True, **overrides)
+    else:
+        checkpoint = args.model
+        if initial.is_dir() and not args.model.resolve().is_relative_to(initial.resolve()):
+            shutil.rmtree(initial)  # an earlier run's, of another model than this run's `model/`
     model = AutoModel.from_pretrained(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint)
     if fitted is not None:

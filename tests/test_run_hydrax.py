@@ -1,6 +1,7 @@
 """examples/run_hydrax.py, the unified model's main job, runs end to end on a tiny model and leaves its outputs."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,34 @@ def test_help_and_bad_arguments(tmp_path):
     assert "--tokenizer" in run("--help", cwd=tmp_path).stdout
     bad = run("--size", "30", cwd=tmp_path)
     assert bad.returncode == 2 and "multiple of 16" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),  # AdamW refused it after the checkpoint was built
+        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+        (["--guidance-scale", "inf"], "--guidance-scale must be a finite number, got inf"),  # after all training
+    ],
+)
+def test_bad_numbers_stop_in_argparse(run_hydrax, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_hydrax.parse_args([*args, "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_with_model_removes_an_earlier_runs_initial_checkpoint(run_hydrax, checkpoint, tmp_path):
+    """`initial/` is the checkpoint a run without --model builds; a later run with --model into the same folder left
+    it beside a `model/` of another checkpoint. One that --model points into stays."""
+    out = tmp_path / "out"
+    (out / "initial").mkdir(parents=True)
+    (out / "initial" / "config.json").write_text("{}")
+    options = ["--steps", "0", "--sampling-steps", "1", "--size", "32", "--output-dir", str(out)]
+    run_hydrax.main(["--model", str(checkpoint), *options])
+    assert not (out / "initial").exists() and (out / "model" / "model.safetensors").is_file()
+    shutil.copytree(checkpoint, out / "initial")
+    run_hydrax.main(["--model", str(out / "initial"), *options])
+    assert (out / "initial" / "model.safetensors").is_file()
 
 
 def test_zero_training_steps_are_accepted(run_hydrax, tmp_path):
