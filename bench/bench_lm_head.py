@@ -83,7 +83,7 @@ def step_where_needed(model, batch):
 def peak_rss_above(fn) -> tuple[float, float]:
     """(seconds, peak resident bytes above the start) of one call; the peak is reset through /proc/self/clear_refs."""
     Path("/proc/self/clear_refs").write_text("5")
-    start = rss("VmRSS")
+    start = rss("VmHWM")  # the reset high-water mark (the resident set read after it could exceed it: a negative peak)
     began = time.perf_counter()
     fn()
     return time.perf_counter() - began, rss("VmHWM") - start

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -45,8 +46,14 @@ from script_args import check_at_least, check_output_file, write_atomically  # n
 def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarchical", decoder=False):
     """A Hydra-XTok with the benchmark's sizes: the Gen-ViT + bottleneck, or with `decoder` the pixel decoder, has
     `--gen-layers` layers (the part a benchmark runs); the rest one layer."""
+    config = bench_config(args, attention_mode, temporal_compression, decoder)
+    return HydraXTokModel._from_config(config, attn_implementation=args.attn_implementation).eval()
+
+
+def bench_config(args, attention_mode="tubelet", temporal_compression="hierarchical", decoder=False):
+    """The `HydraXTokConfig` of `build_encoder` (its validation checks the sizes up front)."""
     layers = args.gen_layers
-    config = HydraXTokConfig(
+    return HydraXTokConfig(
         hidden_size=args.hidden_size,
         num_attention_heads=args.heads,
         intermediate_size=args.intermediate_size,
@@ -59,7 +66,6 @@ def build_encoder(args, attention_mode="tubelet", temporal_compression="hierarch
         temporal_compression=temporal_compression,
         use_decompressor=False,
     )
-    return HydraXTokModel._from_config(config, attn_implementation=args.attn_implementation).eval()
 
 
 def timed(fn, repeats: int) -> float:
@@ -205,7 +211,7 @@ def stream_worker(args) -> None:
     with torch.inference_mode():
         run(inputs[:, :, :2] if decode else inputs[:, :, :5])
         Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
+        base = _status_kb("VmHWM")  # the reset high-water mark: the resident set just read could already exceed it
         start = time.perf_counter()
         outputs = run(inputs)
         seconds = time.perf_counter() - start
@@ -231,8 +237,10 @@ def stream_rows(args, *extra: str) -> list[dict]:
         # A fixed mmap threshold makes glibc return every large freed buffer, so resident memory tracks live tensors
         # instead of allocator high-water marks.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-        row = json.loads(output.strip().splitlines()[-1])
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:  # the worker's own error, not only its exit status
+            raise RuntimeError(f"the {frames}-frame worker failed:\n{result.stderr[-4000:]}")
+        row = json.loads(result.stdout.strip().splitlines()[-1])
         row["working_mib"] = row["peak_mib"] - row["output_mib"]
         rows.append(row)
     return rows
@@ -371,6 +379,10 @@ def parse_args(argv=None):
         parser.error(f"`--part {args.part}` compares whole-clip decoding with chunks: give --chunk-frames ≥ 1, not 0")
     if args.hidden_size % args.heads:
         parser.error(f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}")
+    try:  # the model's own rules (e.g. the head width 3D RoPE needs), before any worker hides them in its stderr
+        bench_config(args)
+    except StrictDataclassError as error:
+        parser.error(f"--hidden-size / --heads / --intermediate-size / --gen-layers give no valid Hydra-XTok: {error}")
     return args
 
 

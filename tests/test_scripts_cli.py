@@ -104,6 +104,11 @@ def a_file(tmp_path):
             "--hidden-size 200: does not split into 3 attention heads of an even width; pass 32 or a multiple of 64",
         ),
         ("bench/bench_lora.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
+        (  # the model's rule, which the stream workers' failure hid (only "exit status 1" was printed)
+            "bench/bench_tokenizer.py",
+            ["--hidden-size", "6", "--heads", "2", "--intermediate-size", "8"],
+            "give no valid Hydra-XTok: Class validation error",
+        ),
         ("bench/bench_compile.py", ["--threads", "0"], "--threads must be ≥ 1, got 0"),
         ("bench/bench_lm_head.py", ["--vocab-size", "500"], "--vocab-size 500: must be ≥ 1024"),
         ("bench/bench_lm_head.py", ["--hidden-size", "0"], "--hidden-size must be ≥ 1, got 0"),
