@@ -477,7 +477,8 @@ class HydraXModel(HydraXPreTrainedModel):
         embeds = self.projector(semantic.last_hidden_state)
         target_tokens = noisy_latents[0, 0].numel()
         source_embeds = embeds[:, :-target_tokens] if source_latents is not None else None
-        target_embeds = add_per_frame(embeds[:, -target_tokens:], self.timestep_embedding(timesteps).to(embeds.dtype))
+        # `.to(embeds)`: under a `device_map` the timestep embedding may run on another device than the projector
+        target_embeds = add_per_frame(embeds[:, -target_tokens:], self.timestep_embedding(timesteps).to(embeds))
         return source_embeds, target_embeds
 
     # ---------------------------------------------------------------- sequence structure
@@ -1328,7 +1329,10 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             return_dict=True,
             **attention_kwargs,
         ).last_hidden_state
-        return self.model.flow_head(hidden, timesteps, (rows, *noisy_latents.shape[1:]))
+        velocity = self.model.flow_head(hidden, timesteps, (rows, *noisy_latents.shape[1:]))
+        # on the latents' device: a `device_map` split puts the flow head, last, on another device than the latents
+        # (accelerate moves outputs back only for the top-level `forward`), where the scheduler step would fail
+        return velocity.to(noisy_latents.device)
 
 
 __all__ = ["HydraXForConditionalGeneration", "HydraXModel", "HydraXPreTrainedModel"]

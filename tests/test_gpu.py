@@ -73,3 +73,30 @@ def test_cpu_offload_on_cuda_samples_as_the_pipeline_on_cuda(checkpoint, offload
         output = pipe("a cat", height=32, width=32, num_inference_steps=2, generator=generator, output_type="pt")
         samples.append(output.images.cpu())
     torch.testing.assert_close(samples[0], samples[1])
+
+
+def test_a_device_map_split_samples_as_the_pipeline_on_one_device(checkpoint):
+    """With the flow head and timestep embedding on another device than the rest (as `device_map="auto"` places
+    the modules after the LLM over several GPUs), text-to-image, image-to-video and editing sample as on one GPU:
+    the velocity came back on the flow head's device, and the scheduler step mixed devices."""
+    from modeling_hydrax import HydraXEditPipeline, HydraXPipeline
+
+    split = {"model.vision_tower": 0, "model.projector": 0, "model.language_model": 0, "lm_head": 0}
+    split |= {"model.timestep_embedding": "cpu", "model.flow_head": "cpu"}
+    image = torch.rand(3, 32, 32)
+    samples = []
+    for device_map in ("cuda", split):
+        pipe = HydraXPipeline.from_pretrained(checkpoint, device_map=device_map)
+        pipe.set_progress_bar_config(disable=True)
+        edit = HydraXEditPipeline.from_pipe(pipe)
+        options = dict(height=32, width=32, num_inference_steps=2, output_type="pt")
+        seed = torch.Generator().manual_seed
+        samples.append(
+            [
+                pipe("a cat", generator=seed(0), **options).images.cpu(),
+                pipe("a cat", image=image, num_frames=5, generator=seed(0), **options).frames.cpu(),
+                edit(image, "make it red", generator=seed(0), **options).images.cpu(),
+            ]
+        )
+    for one_device, split_devices in zip(*samples):
+        torch.testing.assert_close(split_devices, one_device, atol=1e-4, rtol=1e-4)
