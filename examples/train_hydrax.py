@@ -89,7 +89,14 @@ from transformers.trainer_pt_utils import find_batch_size  # noqa: E402
 from transformers.trainer_utils import sort_checkpoints  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
-from modeling_hydrax.data_collator_hydrax import HydraXDataCollator, find_problem, normalize_messages  # noqa: E402
+from modeling_hydrax.data_collator_hydrax import (  # noqa: E402
+    BadSampleError,
+    HydraXDataCollator,
+    bare_image_blocks,
+    find_problem,
+    images_problem,
+    normalize_messages,
+)
 from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
@@ -251,7 +258,14 @@ def read_manifest(path: Path, on_bad_sample: str):
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             report_bad_sample(f"{origin}: not a JSON object with a `messages` list ({error!r})", on_bad_sample)
             continue
-        problem = find_problem(messages, root)
+        try:
+            bare_image_blocks(messages, 0, origin)
+            problem = find_problem(messages, root)
+        except BadSampleError:  # TRL's layout, which a manifest's lines do not take: the collator failed on it
+            problem = (
+                "an image block without a `path`, `image`, `url` or `base64`; a manifest's image blocks name their "
+                "files (TRL's bare blocks filled from an `images` column are read from `datasets` sources only)"
+            )
         if problem is not None:
             report_bad_sample(f"{origin}: {problem}", on_bad_sample)
             continue
@@ -339,19 +353,21 @@ def load_source(source: str, on_bad_sample: str, streaming: bool = False):
 
 def drop_bad_rows(dataset, source: str, on_bad_sample: str):
     """A map-style source's rows checked up front as a manifest's lines are (a conversation with an assistant turn,
-    existing files), each bad one reported by its origin, then skipped or fatal: a bad row must not end a run hours
-    in. A stream's rows are checked as they are collated."""
-    good = []
-    rows = zip(dataset["messages"], dataset["origin"], dataset["root"])
-    for index, (messages, origin, root) in enumerate(rows):
-        try:
-            problem = find_problem(normalize_messages(messages), root)
-        except Exception as error:
-            problem = f"`messages` is not a conversation ({error})"
-        if problem is None:
-            good.append(index)
-        else:
-            report_bad_sample(f"{origin}: {problem}", on_bad_sample)
+    existing files; TRL's `images`, one per bare image block, their files existing), each bad one reported by its
+    origin, then skipped or fatal: a bad row must not end a run hours in. Images are not decoded. A stream's rows are
+    checked as they are collated."""
+    good, index = [], 0
+    for batch in dataset.iter(batch_size=1000):
+        for messages, origin, root, images in zip(batch["messages"], batch["origin"], batch["root"], batch["images"]):
+            try:
+                problem = images_problem(normalize_messages(messages), images, root, origin)
+            except Exception as error:
+                problem = f"`messages` is not a conversation ({error})"
+            if problem is None:
+                good.append(index)
+            else:
+                report_bad_sample(f"{origin}: {problem}", on_bad_sample)
+            index += 1
     if not good:
         raise ValueError(f"{source}: no usable conversation in the dataset.")
     return dataset if len(good) == len(dataset) else dataset.select(good)
@@ -367,20 +383,24 @@ def parse_source(value: str, weighted: bool = True) -> tuple[str, float]:
         parsed = float(weight)
     except ValueError:
         source, parsed = value, 1.0
+    if Path(value).expanduser().exists():  # an existing path that ends in ":2" (e.g. `run_12:30`) is a path
+        source, parsed = value, 1.0
     if not weighted and source != value:
         raise argparse.ArgumentTypeError(
             f"{value!r}: evaluation data is read whole and takes no ':WEIGHT'; pass {source!r}"
         )
-    if not source or parsed <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive number")
+    if not source or not math.isfinite(parsed) or parsed <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the weight after ':' must be a positive finite number")
     if missing_local_source(source):
         raise argparse.ArgumentTypeError(
             f"{source!r}: no such file or folder; pass a .jsonl manifest, a save_to_disk folder or a Hub dataset id"
         )
+    source = os.path.expanduser(source)  # the loaders read it as written: a quoted `~/data.jsonl` was not found
     if Path(source).is_file() and Path(source).suffix.lower() != ".jsonl":
         raise argparse.ArgumentTypeError(
-            f'{source!r}: a manifest must be a .jsonl file, one {{"messages": [...]}} object per line; rename it '
-            "(or pass a save_to_disk folder or a Hub dataset id)"
+            f'{source!r}: a manifest must be a .jsonl file, one {{"messages": [...]}} object per line; for a parquet, '
+            "JSON or CSV file pass the folder holding it (read with `datasets.load_dataset`), or a save_to_disk "
+            "folder or a Hub dataset id"
         )
     return source, parsed
 

@@ -62,8 +62,9 @@ def normalize_messages(messages) -> list[dict]:
 
 
 def resolve_path(path: str, root: str | None) -> Path:
-    """`path` as written in the data, relative to `root` (the manifest's folder) unless absolute."""
-    path = Path(os.path.expanduser(path))
+    """`path` as written in the data (a `file://` URL's path too), relative to `root` (the manifest's folder) unless
+    absolute."""
+    path = Path(os.path.expanduser(path.removeprefix("file://")))
     return path if path.is_absolute() or root is None else Path(root) / path
 
 
@@ -116,8 +117,11 @@ def image_source(image) -> dict:
     """An entry of TRL's `images` as the source of an image block: `{"path": ...}` for a path (or a `datasets` image
     without bytes), else `{"image": ...}`: bytes are opened as files are (`open_image`), a PIL image is EXIF-rotated
     too, arrays and tensors pass as they are."""
-    if isinstance(image, dict):  # a `datasets.Image` feature read with decode=False
-        image = image.get("path") if image.get("bytes") is None else open_image(image["bytes"])
+    if isinstance(image, dict) and image.get("bytes") is None:  # a `datasets.Image` read with decode=False: a path
+        path = image.get("path")  # as `datasets` opens it: from the working directory, else from the dataset's folder
+        image = os.path.abspath(path) if isinstance(path, str) and os.path.isfile(path) else path
+    elif isinstance(image, dict):
+        image = open_image(image["bytes"])
     if isinstance(image, (str, os.PathLike)):
         return {"path": image}
     if isinstance(image, Image.Image):
@@ -131,6 +135,55 @@ def image_source(image) -> dict:
 
 class BadSampleError(ValueError):
     """A sample that cannot be trained on; the message names where it came from and why."""
+
+
+def bare_image_blocks(messages: list[dict], count: int, origin: str) -> list[dict]:
+    """The image blocks of TRL's layout, which take the sample's `count` images of `images` in order: those without a
+    `path`, `image`, `url` or `base64`. A conversation without such blocks whose first user turn is a plain string
+    gets a bare block per image before that text (changed in place), as TRL's `prepare_multimodal_messages` does (one
+    with bare blocks, e.g. a text-to-image target, keeps them as they are). `BadSampleError` unless there is one
+    block per image."""
+
+    def bare_blocks() -> list[dict]:
+        return [
+            block
+            for message in messages
+            if isinstance(message.get("content"), list)
+            for block in message["content"]
+            if block.get("type") == "image" and not any(key in block for key in IMAGE_SOURCES)
+        ]
+
+    plain_users = (m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str))
+    first_plain_user = next(plain_users, None)
+    if count and first_plain_user is not None and not bare_blocks():
+        first_plain_user["content"] = [
+            *({"type": "image"} for _ in range(count)),
+            {"type": "text", "text": first_plain_user["content"]},
+        ]
+    bare = bare_blocks()
+    if len(bare) != count:
+        raise BadSampleError(
+            f"{origin}: {len(bare)} image block(s) without a `path`, `image`, `url` or `base64`, but {count} "
+            "image(s) in the sample's `images`; each bare block takes the next image of `images`."
+        )
+    return bare
+
+
+def images_problem(messages: list[dict], images: list, root: str | None, origin: str) -> str | None:
+    """Why TRL's `images` of a sample cannot fill its conversation's bare image blocks (a count that differs, an
+    image file that is missing), or `None`; checked up front, cheaply: nothing is decoded."""
+    try:
+        bare = bare_image_blocks(messages, len(images), origin)
+    except BadSampleError as error:
+        return str(error).removeprefix(f"{origin}: ")
+    for index, (block, image) in enumerate(zip(bare, images)):
+        if isinstance(image, dict) and image.get("bytes") is not None:
+            continue
+        try:
+            block.update(image_source(image))
+        except TypeError as error:
+            return f"image {index} of `images` cannot be read ({error})"
+    return find_problem(messages, root)
 
 
 class HydraXDataCollator:
@@ -222,36 +275,9 @@ class HydraXDataCollator:
 
     @staticmethod
     def _place_images(messages: list[dict], images: list, origin: str):
-        """TRL's layout: the image blocks without a `path`, `image`, `url` or `base64` take `images`, in order; a
-        `datasets` image (`{"bytes", "path"}`) becomes a PIL image, a string a path. A conversation without such blocks
-        whose first user turn is a plain string gets a bare block per image before that text, as TRL's
-        `prepare_multimodal_messages` does (one with bare blocks, e.g. a text-to-image target, keeps them as they
-        are)."""
-
-        def bare_blocks() -> list[dict]:
-            return [
-                block
-                for message in messages
-                if isinstance(message.get("content"), list)
-                for block in message["content"]
-                if block.get("type") == "image" and not any(key in block for key in IMAGE_SOURCES)
-            ]
-
-        first_plain_user = next(
-            (m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)), None
-        )
-        if images and first_plain_user is not None and not bare_blocks():
-            first_plain_user["content"] = [
-                *({"type": "image"} for _ in images),
-                {"type": "text", "text": first_plain_user["content"]},
-            ]
-        bare = bare_blocks()
-        if len(bare) != len(images):
-            raise BadSampleError(
-                f"{origin}: {len(bare)} image block(s) without a `path`, `image`, `url` or `base64`, but "
-                f"{len(images)} image(s) in the sample's `images`; each bare block takes the next image of `images`."
-            )
-        for index, (block, image) in enumerate(zip(bare, images)):
+        """TRL's layout: the image blocks without a `path`, `image`, `url` or `base64` (`bare_image_blocks`) take
+        `images`, in order; a `datasets` image (`{"bytes", "path"}`) becomes a PIL image, a string a path."""
+        for index, (block, image) in enumerate(zip(bare_image_blocks(messages, len(images), origin), images)):
             try:
                 block.update(image_source(image))
             except Exception as error:

@@ -994,6 +994,47 @@ def test_a_datasets_rows_are_checked_before_training(tmp_path, caplog):
     assert "row 2: `messages` is not a conversation" in caplog.text
 
 
+def test_trl_images_are_checked_before_training_and_paths_resolve_as_datasets_opens_them(
+    processor, pictures, tmp_path, monkeypatch, caplog
+):
+    """TRL's `images` are checked up front too: a count that differs from the bare blocks', or a path-only image whose
+    file is missing, crashed the collator mid-run (with `--on-bad-sample skip` too). A path-only `datasets` image is
+    read as `datasets` reads it, from the working directory (it was joined to the dataset's folder), else from the
+    dataset's folder; and a manifest line with bare blocks (TRL's layout, which manifests do not take) is refused."""
+    import datasets
+
+    rows = trl_layout(pictures)
+    image = datasets.Image(decode=False)
+    monkeypatch.chdir(pictures.parent)
+    relative = str(Path(pictures.name) / "seen.png")  # from the working directory, as `datasets` opens it
+    messages = json.dumps(rows[0]["messages"])
+    table = {"messages": [messages] * 3, "images": [[relative], [relative] * 2, ["gone.png"]]}
+    dataset = datasets.Dataset.from_dict(table).cast_column("images", datasets.List(image))
+    (tmp_path / "pq").mkdir()
+    dataset.to_parquet(str(tmp_path / "pq" / "train.parquet"))  # path-only images, as `to_parquet` writes them
+    with pytest.raises(ValueError, match=r"pq row 1: 1 image block\(s\) without a .* but 2 image\(s\)"):
+        train_hydrax.load_source(str(tmp_path / "pq"), "error")
+    with caplog.at_level(logging.WARNING):
+        kept = train_hydrax.load_source(str(tmp_path / "pq"), "skip")
+    assert kept["origin"] == [f"{tmp_path / 'pq'} row 0"]
+    assert f"row 2: image {tmp_path / 'pq' / 'gone.png'}: no such file" in caplog.text
+    batch = HydraXDataCollator(processor, SIZE)(list(kept))
+    assert batch["pixel_values"].shape[0] == 1
+    line = {"messages": rows[0]["messages"], "images": [str(pictures / "seen.png")]}
+    (tmp_path / "trl.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match="a manifest's image blocks name their files"):
+        train_hydrax.load_source(str(tmp_path / "trl.jsonl"), "error")
+
+
+def test_a_file_url_is_read_as_its_path(processor, pictures, tmp_path):
+    """`file:///…/seen.png` names the file (it was joined to the manifest's folder as `…/file:/…`)."""
+    url = f"file://{pictures / 'seen.png'}"
+    question = train_hydrax.user([{"type": "image", "path": url}, train_hydrax.text("What?")])
+    messages = [question, train_hydrax.assistant("a")]
+    example = {"messages": json.dumps(messages), "origin": "data.jsonl:1", "root": str(tmp_path / "elsewhere")}
+    assert HydraXDataCollator(processor, SIZE)([example])["pixel_values"].shape[0] == 1
+
+
 def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor, pictures, caplog):
     """A video file that does not decode and an image beyond the processor's aspect-ratio limit fail only when the
     processor renders the batch: each is found, named by its origin and skipped (or raised), as a corrupt image is."""
@@ -1068,9 +1109,21 @@ def test_a_bf16_checkpoint_trains_float32_master_weights_and_is_saved_in_bf16(ch
 
 def test_a_manifest_must_be_jsonl_and_a_source_too_small_to_split_is_named(demo, tmp_path):
     (tmp_path / "qa.json").write_text(demo.read_text())  # JSON lines under another suffix: looked up on the Hub
-    with pytest.raises(argparse.ArgumentTypeError, match=r"qa.json': a manifest must be a .jsonl file"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"qa.json': a manifest must be a .jsonl file.*pass the fold"):
         train_hydrax.parse_source(f"{tmp_path / 'qa.json'}:2")
     assert train_hydrax.parse_source(f"{demo}:2") == (str(demo), 2.0)
+    for weight in ("nan", "inf"):  # they passed `<= 0` and failed in interleave_datasets ("probability 0")
+        with pytest.raises(argparse.ArgumentTypeError, match="the weight after ':' must be a positive finite number"):
+            train_hydrax.parse_source(f"{demo}:{weight}")
+    timed = tmp_path / "run_12:30"  # an existing path ending in ":NUMBER" is a path, not a weight
+    timed.mkdir()
+    assert train_hydrax.parse_source(str(timed)) == (str(timed), 1.0)
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    shutil.copy(demo, home / "data" / "qa.jsonl")
+    with pytest.MonkeyPatch.context() as patch:  # a quoted `~` the shell did not expand
+        patch.setenv("HOME", str(home))
+        assert train_hydrax.parse_source("~/data/qa.jsonl:3") == (str(home / "data" / "qa.jsonl"), 3.0)
     one = demo.parent / "one.jsonl"
     one.write_text(demo.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match=rf"--eval-split 0.02: cannot hold out part of --data {one} \(1 rows\)"):
