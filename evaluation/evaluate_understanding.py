@@ -36,8 +36,8 @@ Scoring (`--scoring`):
 - `likelihood` (default): the prompt is the chat conversation (user turn: media, hint, question; then the generation
   prompt) and each option's text is scored as the assistant's answer, by the sum of its token log-probabilities. The
   prompts of `--batch-size` questions run once, left-padded into one batch with the KV cache; all their options then
-  run as one right-padded batch over that cache. `accuracy` takes the best sum, `accuracy_norm` the best sum per UTF-8
-  byte of the option (lm-eval's acc_norm).
+  run as one right-padded batch over that cache. `accuracy` takes the best sum, `accuracy_norm` the best sum per
+  character of the option (lm-eval's acc_norm).
 - `generate`: the prompt lists the lettered options (`Hint: ...`, `Question: ...`, `Options:`, `A. ...`, `Please
   select the correct answer from the options above.`); greedy `generate` in batches of `--batch-size`; an answer that
   is or starts with an option letter (`B`, `B.`, `(B)`, `B) ...`) gives that option, else an answer equal to an
@@ -570,6 +570,14 @@ def score_options(
     return [part.tolist() for part in scores.split(counts)]
 
 
+def is_correct(sample: Sample, prediction: str | None) -> bool:
+    """Whether `prediction` (a letter) answers `sample`: the answer's letter, or an option with the answer's very text
+    (options of identical text are one answer: with `B` the answer, a model could never get `A` = `B` = "cat" right by
+    likelihood, which takes the first of equal scores, and the answer written as "cat" made it always right)."""
+    options = sample.options
+    return prediction == sample.answer or prediction in options and options[prediction] == options.get(sample.answer)
+
+
 def prediction_record(sample: Sample, prediction: str | None) -> dict:
     """What every prediction record holds: the row, its category, the answer, the prediction, whether it is right."""
     record = {
@@ -577,21 +585,22 @@ def prediction_record(sample: Sample, prediction: str | None) -> dict:
         "category": sample.category,
         "answer": sample.answer,
         "prediction": prediction,
-        "correct": prediction == sample.answer,
+        "correct": is_correct(sample, prediction),
     }
     return record if sample.group is None else {**record, "group": sample.group}
 
 
 def likelihood_record(sample: Sample, scores: list[float]) -> dict:
-    """The prediction record of a likelihood-scored sample: best sum, and best sum per UTF-8 byte (acc_norm)."""
+    """The prediction record of a likelihood-scored sample: best sum, and best sum per character (lm-eval's acc_norm,
+    `len(choice)`; per UTF-8 byte, its `acc_bytes`, would favour CJK options 3 to 1)."""
     letters = list(sample.options)
-    normalized = [score / len(text.encode("utf-8")) for score, text in zip(scores, sample.options.values())]
+    normalized = [score / len(text) for score, text in zip(scores, sample.options.values())]
     prediction = letters[max(range(len(scores)), key=scores.__getitem__)]
     prediction_norm = letters[max(range(len(normalized)), key=normalized.__getitem__)]
     return {
         **prediction_record(sample, prediction),
         "prediction_norm": prediction_norm,
-        "correct_norm": prediction_norm == sample.answer,
+        "correct_norm": is_correct(sample, prediction_norm),
         "scores": dict(zip(letters, scores)),
         "scores_norm": dict(zip(letters, normalized)),
     }

@@ -160,6 +160,29 @@ def test_cached_option_scores_equal_an_uncached_forward(evaluator, run_hydrax, r
         assert score == pytest.approx(expected.item(), abs=1e-4)
 
 
+def test_accuracy_norm_divides_by_characters_as_lm_evals_acc_norm(evaluator):
+    """lm-eval's acc_norm ranks by the sum per character of the option (`len(choice)`); per UTF-8 byte (its
+    acc_bytes) picked the CJK option: "是的" is 2 characters but 6 bytes."""
+    sample = evaluator.Sample(0, "Is it?", {"A": "yes", "B": "是的"}, "A")
+    record = evaluator.likelihood_record(sample, [-3.0, -2.4])
+    assert record["scores_norm"] == {"A": -1.0, "B": -1.2} and record["prediction_norm"] == "A"
+    assert record["prediction"] == "B" and record["correct_norm"] and not record["correct"]
+
+
+def test_options_of_identical_text_are_one_answer(evaluator):
+    """With `A` = `B` = "cat" and the answer `B`, likelihood (first of equal scores) and a generated "cat" both gave A,
+    marked wrong: a perfect model could not get the row right, and the answer written as "cat" (resolved to A) was
+    always right. The option's text decides."""
+    sample = evaluator.Sample(0, "What is it?", {"A": "cat", "B": "cat", "C": "dog"}, "B")
+    assert evaluator.likelihood_record(sample, [-1.0, -1.0, -5.0])["correct"]
+    assert [evaluator.prediction_record(sample, letter)["correct"] for letter in ("A", "B", "C", None)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
 def test_a_batch_of_questions_scores_as_each_question_alone(evaluator, run_hydrax, random_model, clip):
     """Left-padded prompts of different lengths and media, with different numbers of options, in one batch."""
     model, processor = random_model
