@@ -77,6 +77,16 @@ def load_exactly(dataset: HydraXTokClipDataset, index: int) -> dict | None:
         return None
 
 
+def card_settings(args, values: dict) -> dict[str, str]:
+    """How each metric was measured, for the card's entries (`metric_config`): the resolution, clips' frames, a
+    posterior sample and a `--limit` change the figures (a part of the data is not the data's score)."""
+    shared = [" ".join(f"{height}x{width}" for height, width in args.resolution)]
+    shared += ["posterior sample"] if args.sample else []
+    shared += [f"first {args.limit} items"] if args.limit is not None else []
+    clips = f"{args.num_frames} frames, stride {args.frame_stride}"
+    return {name: ", ".join([*shared, *([clips] if name.startswith("video") else [])]) for name in values}
+
+
 def item_batches(dataset: HydraXTokClipDataset, batch_size: int, limit: int | None) -> list[list[int]]:
     """The evaluated items (the first `limit`, in data order) grouped into batches of one kind and one size."""
     chosen = set(range(len(dataset) if limit is None else min(limit, len(dataset))))
@@ -259,6 +269,7 @@ def main(argv=None) -> dict:
                 "frame_stride": args.frame_stride,
                 "chunk_frames": args.chunk_frames,
                 "posterior": "sample" if args.sample else "mean",
+                "limit": args.limit,
                 "dtype": args.dtype,
                 "feature_model": args.feature_model,
                 "lpips": None if args.lpips is None else str(args.lpips),
@@ -273,8 +284,8 @@ def main(argv=None) -> dict:
             for name, value in metrics.get(kind, {}).items()
             if name != "count"
         }
-        resolution = " ".join(metrics["settings"]["resolution"])
-        results = eval_results("image-to-image", list(map(str, args.data)), None, values, resolution)
+        settings = card_settings(args, values)
+        results = eval_results("image-to-image", list(map(str, args.data)), None, values, None, settings)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     for kind in ("image", "video"):

@@ -129,7 +129,20 @@ def test_each_metric_equals_its_definition(evaluate, tokenizer_folder, held_out,
     entries = json.loads((tmp_path / "out" / "eval_results.json").read_text())  # the model card's entries
     expected = {f"{kind}_{name}": value for kind in KINDS for name, value in metrics[kind].items() if name != "count"}
     assert {entry["metric_type"]: entry["metric_value"] for entry in entries} == pytest.approx(expected, abs=1e-6)
-    assert {(entry["task_type"], entry["dataset_config"]) for entry in entries} == {("image-to-image", "32x32")}
+    assert {(entry["task_type"], entry["dataset_config"]) for entry in entries} == {("image-to-image", None)}
+    configs = {entry["metric_type"]: entry["metric_config"] for entry in entries}
+    assert configs["image_psnr"] == "32x32" and configs["video_psnr"] == "32x32, 5 frames, stride 2"
+
+
+def test_a_limited_or_sampled_evaluation_says_so_in_the_card_entries(evaluate, tokenizer_folder, held_out, tmp_path):
+    """`--limit` and `--sample` change the figures: the entries said nothing, so a score of one item read as the
+    dataset's; metrics.json records the limit too."""
+    args = ["--model", tokenizer_folder, "--data", held_out, *SMALL, "--limit", "1", "--sample"]
+    metrics, _ = run(evaluate, *args, "--output-dir", tmp_path / "out")
+    assert metrics["settings"]["limit"] == 1
+    entries = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert {entry["metric_config"] for entry in entries} == {"32x32, posterior sample, first 1 items"}
+    assert all(entry["metric_name"].endswith("(32x32, posterior sample, first 1 items)") for entry in entries)
 
 
 def test_streaming_and_batching_do_not_change_the_metrics(evaluate, tokenizer_folder, held_out, tmp_path):
