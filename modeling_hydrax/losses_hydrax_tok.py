@@ -790,7 +790,8 @@ class HydraXTokLoss(nn.Module):
 
     `forward` returns a dict of scalar tensors. Generator step: `loss` (the weighted total, with its graph) and the
     unweighted, detached terms `l1`, `lpips`, `kl`, `gan`, `distill_image`, `distill_video`, plus `gan_weight` (the
-    GAN weight actually applied: 0 before `gan_start_step`, times the adaptive factor when enabled). Discriminator
+    GAN weight actually applied: 0 before `gan_start_step`, times the adaptive factor when enabled; without gradients,
+    as in evaluation, the factor of the last training step, 1 before any). Discriminator
     step: `loss` (hinge loss, 0 before `gan_start_step`), `logits_real`, `logits_fake` (means, detached).
 
     A term is skipped (reported as 0) when its weight is 0 or its input is absent: `reconstruction is None` (stage 3,
@@ -847,6 +848,8 @@ class HydraXTokLoss(nn.Module):
                 config.discriminator_channels, config.discriminator_layers, config.discriminator_norm
             )
         self.discriminator = discriminator
+        # the last adaptive GAN factor of a training step, applied where no gradient can set it (evaluation)
+        self.register_buffer("adaptive_gan_factor", torch.ones(()), persistent=False)
 
     def _grid(self, clip: torch.Tensor) -> tuple[int, int]:
         height, width = clip.shape[-2:]
@@ -955,7 +958,9 @@ class HydraXTokLoss(nn.Module):
             terms["gan"] = hinge_g_loss(self._frozen_discriminator(reconstruction).float())
             gan_weight = torch.tensor(config.gan_weight, device=clip.device)
             if config.adaptive_gan_weight and torch.is_grad_enabled():
-                gan_weight = gan_weight * self._adaptive_weight(rec_loss, terms["gan"], last_layer)
+                self.adaptive_gan_factor.copy_(self._adaptive_weight(rec_loss, terms["gan"], last_layer))
+            if config.adaptive_gan_weight:
+                gan_weight = gan_weight * self.adaptive_gan_factor
             total = total + gan_weight * terms["gan"]
 
         total = total + self._distillation(clip, output, terms, teachers, teacher_features, video_mask)

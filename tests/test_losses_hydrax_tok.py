@@ -925,13 +925,19 @@ def test_adaptive_gan_weight_is_clamped_at_its_max(tiny_lpips):
     assert losses["gan_weight"].item() == pytest.approx(0.075 * 1e-6, rel=1e-5)
 
 
-def test_adaptive_gan_weight_under_no_grad_falls_back_to_the_plain_weight(tiny_lpips):
-    """Evaluation under `torch.no_grad()` needs no `last_layer`: the GAN term takes the plain `gan_weight`."""
-    loss_fn, clip, _, output = adaptive_setup(tiny_lpips)
+def test_adaptive_gan_weight_under_no_grad_takes_the_last_training_factor(tiny_lpips):
+    """Evaluation under `torch.no_grad()` needs no `last_layer` and weighs the GAN term as the last training step did
+    (the plain `gan_weight` before any): the eval loss was the training objective with another GAN weight."""
+    loss_fn, clip, last_layer, output = adaptive_setup(tiny_lpips)
+    detached = StandInOutput(reconstruction=output.reconstruction.detach())
     with torch.no_grad():
-        losses = loss_fn(clip, StandInOutput(reconstruction=output.reconstruction.detach()))
-    assert losses["gan_weight"].item() == pytest.approx(0.075)
-    assert torch.isfinite(losses["loss"])
+        assert loss_fn(clip, detached)["gan_weight"].item() == pytest.approx(0.075)
+    trained = loss_fn(clip, output, last_layer=last_layer)
+    assert trained["gan_weight"].item() != pytest.approx(0.075)
+    with torch.no_grad():
+        losses = loss_fn(clip, detached)
+    assert losses["gan_weight"].item() == pytest.approx(trained["gan_weight"].item())
+    torch.testing.assert_close(losses["loss"], trained["loss"].detach())
 
 
 def test_adaptive_gan_weight_without_a_reconstruction_gradient_says_why(tiny_lpips):
