@@ -377,6 +377,17 @@ def card_section(text: str, title: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+def card_lineage(folder) -> dict:
+    """`base_models` and `license` from the card in `folder` (`README.md`), if it has one: a model derived from that
+    checkpoint (a rewritten card, a fine-tune) keeps the Hub ids its weights came from and the licence they carry."""
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        return {"base_models": None, "license": None}
+    data = ModelCard.load(path).data
+    base = data.base_model
+    return {"base_models": [base] if isinstance(base, str) else list(base or []) or None, "license": data.license}
+
+
 def card_weights(text: str) -> str:
     """Where a card written by `build_model_card` says the weights stand: its warning's (found by the warning's bold
     headline, which outlives rewordings of the rest), else `trained`."""
@@ -424,10 +435,9 @@ def main(argv=None):
             kwargs["training_details"] = card_section(existing.text, "Training details")
         if kwargs["eval_results"] is None:
             kwargs["eval_results"] = existing.data.eval_results
-        if kwargs["base_models"] is None and existing.data.base_model:
-            base = existing.data.base_model
-            kwargs["base_models"] = [base] if isinstance(base, str) else list(base)
-        kwargs["license"] = kwargs["license"] or existing.data.license
+        lineage = card_lineage(args.model)
+        kwargs["base_models"] = kwargs["base_models"] or lineage["base_models"]
+        kwargs["license"] = kwargs["license"] or lineage["license"]
         weights, sources = args.weights or card_weights(existing.text), card_sources(existing.text)
     from modeling_hydrax import HydraXConfig
 

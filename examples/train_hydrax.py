@@ -74,7 +74,7 @@ from accelerate.utils import broadcast  # noqa: E402
 from accelerate.utils.deepspeed import DeepSpeedEngineWrapper  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
-from model_card_hydrax import build_adapter_card, build_model_card  # noqa: E402
+from model_card_hydrax import build_adapter_card, build_model_card, card_lineage  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
@@ -1410,16 +1410,18 @@ def main(argv=None) -> HydraXTrainer:
     trained = gathered_model(trainer, lambda: load_model(checkpoint, config, learning_rates, args))
     if trainer.is_world_process_zero():
         details = training_details(args, trainer, sources, learning_rates)
+        lineage = card_lineage(checkpoint)  # the starting checkpoint's Hub ids and licence carry over
         if args.lora_r is not None:  # the adapter goes in place after the merged model: a failed save changes neither
             with staged_folder(output_dir / "adapter") as staging:
                 trained.save_pretrained(staging)
                 lora = json.loads((staging / "adapter_config.json").read_text())
                 adapter, base = (str(path.resolve()) for path in (output_dir / "adapter", checkpoint))
-                card = build_adapter_card(adapter, base, config, lora, training_details=details)
+                card = build_adapter_card(adapter, base, config, lora, training_details=details, **lineage)
                 card.save(staging / "README.md")  # in place of PEFT's blank template
-                save_model(trained.merge_and_unload().to(saved_dtype), processor, output_dir / "model", details)
+                merged = trained.merge_and_unload().to(saved_dtype)
+                save_model(merged, processor, output_dir / "model", details, lineage)
         else:
-            save_model(trained.to(saved_dtype), processor, output_dir / "model", details)
+            save_model(trained.to(saved_dtype), processor, output_dir / "model", details, lineage)
             if (output_dir / "adapter").is_dir():  # an earlier LoRA run's, which this model does not go with
                 shutil.rmtree(output_dir / "adapter")
                 print(f"removed {output_dir / 'adapter'}, an earlier run's LoRA adapter")
@@ -1483,16 +1485,19 @@ def parameter_checksums(model) -> dict[str, float]:
     return {name: param.detach().double().sum().item() for name, param in model.named_parameters()}
 
 
-def save_model(model, processor, folder: Path, details: str | None = None) -> None:
+def save_model(model, processor, folder: Path, details: str | None = None, lineage: dict | None = None) -> None:
     """The trained model, its processor, the pipeline files (a folder for `AutoModel` and `HydraXPipeline`) and, given
-    the training `details`, a model card, written to a staging folder and renamed into place."""
+    the training `details`, a model card (with the `base_models` and `license` of `lineage`, the starting
+    checkpoint's: `card_lineage`), written to a staging folder and renamed into place."""
     from modeling_hydrax import HydraXPipeline
     from modeling_hydrax.pipeline_hydrax import default_scheduler
 
     with staged_folder(folder) as staging:
         HydraXPipeline(model=model, processor=processor, scheduler=default_scheduler()).save_pretrained(staging)
         if details is not None:
-            card = build_model_card(str(folder.resolve()), model.config, "trained", training_details=details)
+            card = build_model_card(
+                str(folder.resolve()), model.config, "trained", training_details=details, **(lineage or {})
+            )
             card.save(staging / "README.md")
 
 

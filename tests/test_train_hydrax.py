@@ -920,6 +920,25 @@ def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_the_trained_cards_keep_the_starting_checkpoints_base_models_and_licence(checkpoint, demo, tmp_path):
+    """A fine-tune of a converted checkpoint derives from the same Hub models under the same licence: its cards (the
+    merged model's and the adapter's) named no `base_model` and took the default licence, so the Hub lost the lineage
+    and a Qwen research-licence model was relabelled."""
+    from huggingface_hub import ModelCard
+
+    start = shutil.copytree(checkpoint, tmp_path / "start")
+    bases = ["Qwen/Qwen2.5-3B-Instruct", "google/siglip2-so400m-patch16-naflex"]
+    config = AutoModel.from_pretrained(start).config
+    card = train_hydrax.build_model_card("me/start", config, "converted", base_models=bases, license="other")
+    card.save(start / "README.md")
+    train(start, tmp_path / "out", "--stage", 2, "--lora-r", 2, "--data", demo)
+    for name in ("model", "adapter"):
+        data = ModelCard.load(tmp_path / "out" / name / "README.md").data
+        assert (data.base_model, data.license) == (bases, "other"), name
+    train(checkpoint, tmp_path / "plain", "--data", demo)  # a starting folder without a card: the defaults
+    assert ModelCard.load(tmp_path / "plain" / "model" / "README.md").data.base_model is None
+
+
 def test_a_time_budget_ends_the_run_saves_the_model_and_says_so_in_the_card(checkpoint, demo, tmp_path, capsys):
     """`--max-minutes`: a budget spent within the first step ends the run there, as the last step would: evaluated,
     checkpointed, the model saved and the card naming the budget; its bar replaces the step bar. A budget that
