@@ -77,12 +77,13 @@ def load_exactly(dataset: HydraXTokClipDataset, index: int) -> dict | None:
         return None
 
 
-def card_settings(args, values: dict) -> dict[str, str]:
+def card_settings(args, values: dict, items: int) -> dict[str, str]:
     """How each metric was measured, for the card's entries (`metric_config`): the resolution, clips' frames, a
-    posterior sample and a `--limit` change the figures (a part of the data is not the data's score)."""
+    posterior sample and a `--limit` below the data's `items` change the figures (a part of the data is not the
+    data's score)."""
     shared = [" ".join(f"{height}x{width}" for height, width in args.resolution)]
     shared += ["posterior sample"] if args.sample else []
-    shared += [f"first {args.limit} items"] if args.limit is not None else []
+    shared += [f"first {args.limit} items"] if args.limit is not None and args.limit < items else []
     clips = f"{args.num_frames} frames, stride {args.frame_stride}"
     return {name: ", ".join([*shared, *([clips] if name.startswith("video") else [])]) for name in values}
 
@@ -284,7 +285,7 @@ def main(argv=None) -> dict:
             for name, value in metrics.get(kind, {}).items()
             if name != "count"
         }
-        settings = card_settings(args, values)
+        settings = card_settings(args, values, len(dataset))
         results = eval_results("image-to-image", list(map(str, args.data)), None, values, None, settings)
         (staging / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
 

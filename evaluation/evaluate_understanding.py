@@ -578,6 +578,12 @@ def is_correct(sample: Sample, prediction: str | None) -> bool:
     return prediction == sample.answer or prediction in options and options[prediction] == options.get(sample.answer)
 
 
+def chance(sample: Sample) -> float:
+    """A uniform guess's accuracy on `sample`: the share of options that `is_correct` takes (1 / options, more when
+    options repeat the answer's text)."""
+    return sum(is_correct(sample, letter) for letter in sample.options) / len(sample.options)
+
+
 def prediction_record(sample: Sample, prediction: str | None) -> dict:
     """What every prediction record holds: the row, its category, the answer, the prediction, whether it is right."""
     record = {
@@ -789,7 +795,7 @@ def answer_open(
 def evaluate(
     model, processor, rows, base: Path | None, args, row_format: RowFormat, kept: list[int], progress: bool = True
 ) -> tuple[list[dict], list[float]]:
-    """Score or answer the rows at `kept`; returns the prediction records and each row's chance (1 / options)."""
+    """Score or answer the rows at `kept`; returns the prediction records and each row's `chance`."""
     kwargs = media_kwargs(processor, args.max_pixels, args.num_frames)
     records, chances = [], []
     description = "scoring options" if args.scoring == "likelihood" else "generating answers"
@@ -806,7 +812,7 @@ def evaluate(
                 model, processor, samples, args.max_new_tokens, kwargs, add_vision_id=args.add_vision_id
             )
             records += [generate_record(sample, text) for sample, text in zip(samples, texts)]
-        chances += [1 / len(sample.options) for sample in samples]
+        chances += [chance(sample) for sample in samples]
         bar.update(len(samples))
     bar.close()
     return records, chances

@@ -179,15 +179,6 @@ def test_edit_image_scores_compare_each_output_with_its_own_reference(edit_model
 
 
 # ------------------------------------------------------------------------------------------------- understanding eval
-def test_accuracy_norm_divides_by_utf8_bytes_not_characters():
-    """lm-eval's acc_norm: per UTF-8 byte. "猫" is 1 character but 3 bytes, as long as "cat"."""
-    evaluator = load_script(ROOT / "evaluation" / "evaluate_understanding.py")
-    sample = evaluator.Sample(index=0, question="?", options={"A": "猫", "B": "cats"}, answer="A")
-    record = evaluator.likelihood_record(sample, [-3.0, -4.8])
-    assert record["scores_norm"] == {"A": pytest.approx(-1.0), "B": pytest.approx(-1.2)}
-    assert record["prediction_norm"] == "A" and record["correct_norm"]
-
-
 def test_clip_score_clamps_negative_cosines_at_zero(tmp_path, monkeypatch):
     """Hessel et al.'s CLIP score, as torchmetrics defines it: 100 · max(cos, 0); a negative cosine scores 0."""
     from metrics_hydrax import HydraXClipScore

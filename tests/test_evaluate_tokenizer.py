@@ -143,6 +143,10 @@ def test_a_limited_or_sampled_evaluation_says_so_in_the_card_entries(evaluate, t
     entries = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert {entry["metric_config"] for entry in entries} == {"32x32, posterior sample, first 1 items"}
     assert all(entry["metric_name"].endswith("(32x32, posterior sample, first 1 items)") for entry in entries)
+    args[args.index("--limit") + 1 :] = ["99"]
+    run(evaluate, *args, "--output-dir", tmp_path / "all")
+    entries = json.loads((tmp_path / "all" / "eval_results.json").read_text())  # a limit above the data's size
+    assert {entry["metric_config"] for entry in entries} == {"32x32", "32x32, 5 frames, stride 2"}
 
 
 def test_streaming_and_batching_do_not_change_the_metrics(evaluate, tokenizer_folder, held_out, tmp_path):

@@ -174,6 +174,7 @@ def test_options_of_identical_text_are_one_answer(evaluator):
     marked wrong: a perfect model could not get the row right, and the answer written as "cat" (resolved to A) was
     always right. The option's text decides."""
     sample = evaluator.Sample(0, "What is it?", {"A": "cat", "B": "cat", "C": "dog"}, "B")
+    assert evaluator.chance(sample) == pytest.approx(2 / 3), "a uniform guess is right twice in three"
     assert evaluator.likelihood_record(sample, [-1.0, -1.0, -5.0])["correct"]
     assert [evaluator.prediction_record(sample, letter)["correct"] for letter in ("A", "B", "C", None)] == [
         True,
