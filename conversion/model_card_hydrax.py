@@ -455,6 +455,8 @@ def main(argv=None):
                 f"--base-id {base_id}: cannot read the base checkpoint's config ({error}); pass --base-id with its "
                 "folder, or a Hub id this machine can reach"
             )
+        if args.base_model is None and args.base_id is not None and not Path(base_id).is_dir():
+            kwargs["base_models"] = [base_id]  # the base named now, not the one the old card named
         card = build_adapter_card(model_id, base_id, config, lora, **kwargs)
     else:
         config = HydraXConfig.from_pretrained(args.model)

@@ -1410,13 +1410,16 @@ def main(argv=None) -> HydraXTrainer:
     trained = gathered_model(trainer, lambda: load_model(checkpoint, config, learning_rates, args))
     if trainer.is_world_process_zero():
         details = training_details(args, trainer, sources, learning_rates)
-        lineage = card_lineage(checkpoint)  # the starting checkpoint's Hub ids and licence carry over
+        lineage = card_lineage(checkpoint)  # the merged model's Hub ids and the licence carry over (an adapter's
+        # base_model is the checkpoint it applies to, not that checkpoint's own bases)
         if args.lora_r is not None:  # the adapter goes in place after the merged model: a failed save changes neither
             with staged_folder(output_dir / "adapter") as staging:
                 trained.save_pretrained(staging)
                 lora = json.loads((staging / "adapter_config.json").read_text())
                 adapter, base = (str(path.resolve()) for path in (output_dir / "adapter", checkpoint))
-                card = build_adapter_card(adapter, base, config, lora, training_details=details, **lineage)
+                card = build_adapter_card(
+                    adapter, base, config, lora, training_details=details, license=lineage["license"]
+                )
                 card.save(staging / "README.md")  # in place of PEFT's blank template
                 merged = trained.merge_and_unload().to(saved_dtype)
                 save_model(merged, processor, output_dir / "model", details, lineage)

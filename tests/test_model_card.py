@@ -162,6 +162,12 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
     main(["--model", str(adapter), "--base-id", str(checkpoint), "--model-id", "me/lora"])
     data = ModelCard.load(adapter / "README.md").data
     assert data.base_model == ["me/hydrax-tiny"] and data.license == "mit"
+    # a rewrite naming the base by its Hub id makes that id the base_model, not the one the old card named
+    config = HydraXConfig.from_pretrained(checkpoint)
+    monkeypatch.setattr(HydraXConfig, "from_pretrained", lambda name, **kwargs: config)
+    main(["--model", str(adapter), "--base-id", "you/hydrax-7b"])
+    data = ModelCard.load(adapter / "README.md").data
+    assert data.base_model == ["you/hydrax-7b"] and data.license == "mit"
 
 
 def test_an_adapter_cards_base_model_defaults_to_its_base_hub_id_never_a_local_folder(adapter, checkpoint):

@@ -923,7 +923,7 @@ def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
 def test_the_trained_cards_keep_the_starting_checkpoints_base_models_and_licence(checkpoint, demo, tmp_path):
     """A fine-tune of a converted checkpoint derives from the same Hub models under the same licence: its cards (the
     merged model's and the adapter's) named no `base_model` and took the default licence, so the Hub lost the lineage
-    and a Qwen research-licence model was relabelled."""
+    and a Qwen research-licence model was relabelled. The adapter's base is the local `start`: none named."""
     from huggingface_hub import ModelCard
 
     start = shutil.copytree(checkpoint, tmp_path / "start")
@@ -932,9 +932,9 @@ def test_the_trained_cards_keep_the_starting_checkpoints_base_models_and_licence
     card = train_hydrax.build_model_card("me/start", config, "converted", base_models=bases, license="other")
     card.save(start / "README.md")
     train(start, tmp_path / "out", "--stage", 2, "--lora-r", 2, "--data", demo)
-    for name in ("model", "adapter"):
-        data = ModelCard.load(tmp_path / "out" / name / "README.md").data
-        assert (data.base_model, data.license) == (bases, "other"), name
+    cards = {name: ModelCard.load(tmp_path / "out" / name / "README.md").data for name in ("model", "adapter")}
+    assert (cards["model"].base_model, cards["model"].license) == (bases, "other")
+    assert (cards["adapter"].base_model, cards["adapter"].license) == (None, "other"), "it applies to `start` only"
     train(checkpoint, tmp_path / "plain", "--data", demo)  # a starting folder without a card: the defaults
     assert ModelCard.load(tmp_path / "plain" / "model" / "README.md").data.base_model is None
 
