@@ -254,17 +254,21 @@ def read_manifest(path: Path, on_bad_sample: str):
             continue
         origin = f"{path}:{number}"
         try:
-            messages = normalize_messages(json.loads(line)["messages"])
+            record = json.loads(line)
+            messages = normalize_messages(record["messages"])
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             report_bad_sample(f"{origin}: not a JSON object with a `messages` list ({error!r})", on_bad_sample)
             continue
         try:
             bare_image_blocks(messages, 0, origin)
             problem = find_problem(messages, root)
+            if record.get("images") or record.get("image"):  # its images would be left out, silently
+                raise BadSampleError(origin)
         except BadSampleError:  # TRL's layout, which a manifest's lines do not take: the collator failed on it
             problem = (
-                "an image block without a `path`, `image`, `url` or `base64`; a manifest's image blocks name their "
-                "files (TRL's bare blocks filled from an `images` column are read from `datasets` sources only)"
+                "an image block without a `path`, `image`, `url` or `base64`, or an `images` / `image` key; a "
+                "manifest's image blocks name their files (TRL's bare blocks filled from an `images` column are read "
+                "from `datasets` sources only)"
             )
         if problem is not None:
             report_bad_sample(f"{origin}: {problem}", on_bad_sample)
@@ -360,9 +364,11 @@ def drop_bad_rows(dataset, source: str, on_bad_sample: str):
     for batch in dataset.iter(batch_size=1000):
         for messages, origin, root, images in zip(batch["messages"], batch["origin"], batch["root"], batch["images"]):
             try:
-                problem = images_problem(normalize_messages(messages), images, root, origin)
-            except Exception as error:
+                messages = normalize_messages(messages)
+            except (ValueError, TypeError, AttributeError) as error:
                 problem = f"`messages` is not a conversation ({error})"
+            else:
+                problem = images_problem(messages, images or [], root, origin)  # a text-only row's images: None
             if problem is None:
                 good.append(index)
             else:

@@ -1027,7 +1027,8 @@ def test_trl_images_are_checked_before_training_and_paths_resolve_as_datasets_op
     monkeypatch.chdir(pictures.parent)
     relative = str(Path(pictures.name) / "seen.png")  # from the working directory, as `datasets` opens it
     messages = json.dumps(rows[0]["messages"])
-    table = {"messages": [messages] * 3, "images": [[relative], [relative] * 2, ["gone.png"]]}
+    text_only = json.dumps([train_hydrax.user("hi"), train_hydrax.assistant("hello")])
+    table = {"messages": [messages] * 3 + [text_only], "images": [[relative], [relative] * 2, ["gone.png"], None]}
     dataset = datasets.Dataset.from_dict(table).cast_column("images", datasets.List(image))
     (tmp_path / "pq").mkdir()
     dataset.to_parquet(str(tmp_path / "pq" / "train.parquet"))  # path-only images, as `to_parquet` writes them
@@ -1035,14 +1036,16 @@ def test_trl_images_are_checked_before_training_and_paths_resolve_as_datasets_op
         train_hydrax.load_source(str(tmp_path / "pq"), "error")
     with caplog.at_level(logging.WARNING):
         kept = train_hydrax.load_source(str(tmp_path / "pq"), "skip")
-    assert kept["origin"] == [f"{tmp_path / 'pq'} row 0"]
+    assert kept["origin"] == [f"{tmp_path / 'pq'} row 0", f"{tmp_path / 'pq'} row 3"], "a text-only row's images: None"
     assert f"row 2: image {tmp_path / 'pq' / 'gone.png'}: no such file" in caplog.text
     batch = HydraXDataCollator(processor, SIZE)(list(kept))
     assert batch["pixel_values"].shape[0] == 1
     line = {"messages": rows[0]["messages"], "images": [str(pictures / "seen.png")]}
-    (tmp_path / "trl.jsonl").write_text(json.dumps(line) + "\n")
-    with pytest.raises(ValueError, match="a manifest's image blocks name their files"):
-        train_hydrax.load_source(str(tmp_path / "trl.jsonl"), "error")
+    plain = {"messages": [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "a"}]}
+    for record in (line, plain | {"images": line["images"]}, plain | {"image": line["images"][0]}):
+        (tmp_path / "trl.jsonl").write_text(json.dumps(record) + "\n")  # the images were left out, silently
+        with pytest.raises(ValueError, match="a manifest's image blocks name their files"):
+            train_hydrax.load_source(str(tmp_path / "trl.jsonl"), "error")
 
 
 def test_a_file_url_is_read_as_its_path(processor, pictures, tmp_path):
