@@ -18,6 +18,8 @@ import io
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import torch
 from PIL import Image, ImageOps
@@ -62,17 +64,21 @@ def normalize_messages(messages) -> list[dict]:
 
 
 def resolve_path(path: str, root: str | None) -> Path:
-    """`path` as written in the data (a `file://` URL's path too), relative to `root` (the manifest's folder) unless
-    absolute."""
-    path = Path(os.path.expanduser(path.removeprefix("file://")))
+    """`path` as written in the data (a `file:` URL's path too, percent-decoded as `Path.as_uri` encodes it),
+    relative to `root` (the manifest's folder) unless absolute."""
+    path = url2pathname(urlparse(path).path) if path.startswith("file:") else path
+    path = Path(os.path.expanduser(path))
     return path if path.is_absolute() or root is None else Path(root) / path
 
 
 def file_name(block: dict) -> str | None:
-    """A visual block's file as written in the data: its `path`, or a file name given as its `image` / `video` value
-    (the processor takes both; a URL, a `data:` URI or base64, which has no ".", is not a file name)."""
+    """A visual block's file as written in the data: its `path`, a `file:` URL given as its `url` (which the
+    processor cannot open), or a file name given as its `image` / `video` value (the processor takes both; a URL, a
+    `data:` URI or base64, which has no ".", is not a file name)."""
     if "path" in block:
         return block["path"]
+    if str(block.get("url")).startswith("file:"):
+        return block["url"]
     value = block.get(block.get("type"))
     if isinstance(value, str) and not value.startswith(("http://", "https://", "data:")) and "." in value:
         return value
@@ -262,8 +268,8 @@ class HydraXDataCollator:
                 if block.get("type") not in VISUAL_TYPES or file_name(block) is None:
                     continue
                 path = resolve_path(file_name(block), root)
-                block.pop("path", None)
-                block.pop(block["type"], None)
+                for key in ("path", block["type"], *(["url"] if str(block.get("url")).startswith("file:") else [])):
+                    block.pop(key, None)
                 if block["type"] == "video":
                     block["path"] = str(path)
                     continue

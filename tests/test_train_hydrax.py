@@ -1049,12 +1049,17 @@ def test_trl_images_are_checked_before_training_and_paths_resolve_as_datasets_op
 
 
 def test_a_file_url_is_read_as_its_path(processor, pictures, tmp_path):
-    """`file:///…/seen.png` names the file (it was joined to the manifest's folder as `…/file:/…`)."""
-    url = f"file://{pictures / 'seen.png'}"
-    question = train_hydrax.user([{"type": "image", "path": url}, train_hydrax.text("What?")])
-    messages = [question, train_hydrax.assistant("a")]
-    example = {"messages": json.dumps(messages), "origin": "data.jsonl:1", "root": str(tmp_path / "elsewhere")}
-    assert HydraXDataCollator(processor, SIZE)([example])["pixel_values"].shape[0] == 1
+    """`file:///…/seen.png` names the file (it was joined to the manifest's folder as `…/file:/…`), percent-encoded
+    as `Path.as_uri` writes it (a space was `%20`, no such file), as a block's `url` too (which the processor's
+    `load_image` refuses mid-run)."""
+    spaced = shutil.copy(pictures / "seen.png", tmp_path / "my photo.png")
+    batch = []
+    for block in ({"path": f"file://{pictures / 'seen.png'}"}, {"path": spaced.as_uri()}, {"url": spaced.as_uri()}):
+        question = train_hydrax.user([{"type": "image", **block}, train_hydrax.text("What?")])
+        messages = [question, train_hydrax.assistant("a")]
+        assert train_hydrax.find_problem(messages, str(tmp_path)) is None
+        batch.append({"messages": json.dumps(messages), "origin": "data.jsonl:1", "root": str(tmp_path / "elsewhere")})
+    assert HydraXDataCollator(processor, SIZE)(batch)["pixel_values"].shape[0] == 3
 
 
 def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor, pictures, caplog):
