@@ -325,8 +325,9 @@ def reconstruct(
     """Encode (posterior mean, or a sample with `sample`), decode, clamp to [-1, 1], in the input's shape, float32 (no
     gradients); `chunk_frames` streams that many latent frames at a time (equal to the whole clip)."""
     dtype = next(tokenizer.parameters()).dtype
-    latents = tokenizer.encode(pixels.to(dtype), sample=sample, chunk_frames=chunk_frames).latents
-    return tokenizer.decode(latents, chunk_frames=chunk_frames).sample.float().clamp(-1, 1).reshape(pixels.shape)
+    unrecorded = {"chunk_frames": chunk_frames, "output_hidden_states": False, "output_attentions": False}
+    latents = tokenizer.encode(pixels.to(dtype), sample=sample, **unrecorded).latents
+    return tokenizer.decode(latents, **unrecorded).sample.float().clamp(-1, 1).reshape(pixels.shape)
 
 
 def save_rows(rows: list[list[torch.Tensor]], path: Path, scale: int = 1) -> None:

@@ -935,7 +935,11 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         (`"latent"` returns them as they are)."""
         if output_type == "latent":
             return latents
-        decoded = self.model.model.vision_tower.decode(latents.to(self.model.dtype), chunk_frames=chunk_frames)
+        # only the pixels are used: a tokenizer configured to record hidden states would refuse the chunks
+        unrecorded = {"output_hidden_states": False, "output_attentions": False}
+        decoded = self.model.model.vision_tower.decode(
+            latents.to(self.model.dtype), chunk_frames=chunk_frames, **unrecorded
+        )
         pixels = decoded.sample.float().clamp(-1, 1)
         if video:
             return self.video_processor.postprocess_video(pixels, output_type=output_type)

@@ -3,6 +3,7 @@ depend on batching or streaming."""
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,17 @@ def test_streaming_and_batching_do_not_change_the_metrics(evaluate, tokenizer_fo
     for first, second in zip(whole, streamed):
         assert first["psnr"] == pytest.approx(second["psnr"], abs=1e-4)
         assert first["ssim"] == pytest.approx(second["ssim"], abs=1e-5)
+
+
+def test_a_tokenizer_configured_to_record_hidden_states_still_streams(evaluate, tokenizer_folder, held_out, tmp_path):
+    """`output_hidden_states: true` in the saved config made `--chunk-frames` raise: only the pixels are used."""
+    recording = shutil.copytree(tokenizer_folder, tmp_path / "recording")
+    config = json.loads((recording / "config.json").read_text()) | {"output_hidden_states": True}
+    (recording / "config.json").write_text(json.dumps(config))
+    base = ["--data", held_out, *SMALL, "--chunk-frames", "1"]
+    _, expected = run(evaluate, "--model", tokenizer_folder, *base, "--output-dir", tmp_path / "plain")
+    _, streamed = run(evaluate, "--model", recording, *base, "--output-dir", tmp_path / "streamed")
+    assert [sample["psnr"] for sample in streamed] == [sample["psnr"] for sample in expected]
 
 
 def test_a_hydrax_checkpoint_is_evaluated_through_its_vision_tower(evaluate, checkpoint, held_out, tmp_path):

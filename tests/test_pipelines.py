@@ -148,6 +148,15 @@ def test_videos_decode_in_chunks_equal_to_the_whole_clip(pipe):
             pipe("x", decode_chunk_frames=bad, **kwargs)
 
 
+def test_videos_decode_in_chunks_when_the_tokenizer_is_configured_to_record_hidden_states(pipe, monkeypatch):
+    """A tokenizer config with `output_hidden_states` on made the chunked decode raise after all the steps (naming
+    `chunk_frames`, which the caller never set): the pipeline uses only the pixels."""
+    kwargs = dict(height=32, width=32, num_frames=13, num_inference_steps=1, output_type="pt")
+    expected = pipe("a fox running", generator=seeded(), **kwargs).frames
+    monkeypatch.setattr(pipe.model.model.vision_tower.config, "output_hidden_states", True)
+    torch.testing.assert_close(pipe("a fox running", generator=seeded(), **kwargs).frames, expected)
+
+
 def test_a_tokenizer_with_full_attention_decodes_videos_whole(tmp_path):
     """`attention_mode="full"` (the paper's ablation) cannot stream: `"auto"` decodes such a tokenizer's videos whole,
     and an explicit chunk size is refused before any sampling, naming the option."""
