@@ -56,7 +56,7 @@ def check_finite(parser: argparse.ArgumentParser, **values) -> None:
     check, and a script that hands them on fails late, under another script's usage. Each keyword is an option
     (`repeats=args.repeats` is --repeats); None (an option left at its "not given" default) passes."""
     for name, value in values.items():
-        if value is not None and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite (and may be too big for one)
             parser.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
 
 
@@ -267,10 +267,10 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
             parser.error(f"{option} must be a positive multiple of {PATCH_SIZE}, got {value}")
     if args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
-    for option in ("--guidance-scale", "--image-guidance-scale", "--lora-scale"):
-        value = getattr(args, option.removeprefix("--").replace("-", "_"), None)
-        if value is not None and not math.isfinite(value):
-            parser.error(f"{option} must be a finite number, got {value}")
+    check_finite(
+        parser,
+        **{name: getattr(args, name, None) for name in ("guidance_scale", "image_guidance_scale", "lora_scale")},
+    )
     video = hasattr(args, "num_frames")
     if video and (args.num_frames < 5 or (args.num_frames - 1) % 4):
         parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got {args.num_frames}")

@@ -166,6 +166,18 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
     assert not written, f"the script did work before the check: {written}"
 
 
+def test_an_integer_option_too_big_for_a_float_is_compared_not_overflowed(capsys):
+    """`check_finite` (inside every `check_at_least`) passed ints to `math.isfinite`, which overflows on ints beyond
+    a float's range: a traceback instead of the comparison or a usage error."""
+    from script_args import check_at_least
+
+    parser = argparse.ArgumentParser(prog="script")
+    check_at_least(parser, 1, batch_size=10**400)
+    with pytest.raises(SystemExit):
+        check_at_least(parser, 1, batch_size=-(10**400))
+    assert "--batch-size must be ≥ 1, got -1000" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "script, args, option, value",
     [
