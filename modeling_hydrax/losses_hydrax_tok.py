@@ -921,13 +921,13 @@ class HydraXTokLoss(nn.Module):
             teacher_features: precomputed teacher tokens on the student grid, instead of `teachers`.
         """
         clip = _as_clip(pixel_values)
-        reconstruction = getattr(output, "reconstruction", None)
+        reconstruction = given = getattr(output, "reconstruction", None)
         if reconstruction is not None:
             reconstruction = _as_clip(reconstruction, "output.reconstruction")
             if reconstruction.shape != clip.shape:
                 raise ValueError(
-                    f"`output.reconstruction` has shape {tuple(reconstruction.shape)} but `pixel_values` has shape "
-                    f"{tuple(clip.shape)}; pass the pixel_values the tokenizer encoded."
+                    f"`output.reconstruction` has shape {tuple(given.shape)} but `pixel_values` has shape "
+                    f"{tuple(pixel_values.shape)}; pass the pixel_values the tokenizer encoded."
                 )
         gan_active = step >= self.config.gan_start_step
         if mode == "discriminator":

@@ -689,6 +689,10 @@ def test_bad_inputs_give_clear_errors(teachers, tiny_lpips):
         ValueError, match=r"reconstruction` has shape \(2, 3, 5, 32, 32\) but `pixel_values` has shape"
     ):
         loss_fn(random_clip(2, 8), output, teachers=teachers)
+    with pytest.raises(
+        ValueError, match=r"has shape \(2, 3, 5, 32, 32\) but `pixel_values` has shape \(2, 3, 32, 32\);"
+    ):
+        loss_fn(torch.zeros(2, 3, 32, 32), output, teachers=teachers)  # an image batch: its shape as given
     with pytest.raises(ValueError, match="neither `teachers=` nor `teacher_features=`"):
         loss_fn(clip, output)
     with pytest.raises(ValueError, match="mode"):
