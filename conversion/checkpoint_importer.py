@@ -134,7 +134,8 @@ class ImportPlan:
 
 
 def compile_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern, str | None]]:
-    """Check and compile a rule table; a bad rule is an error naming its index."""
+    """Check and compile a rule table; a bad rule is an error naming its index (a replacement naming a group its
+    pattern lacks, when a key first takes it: `expand_rule`)."""
     compiled = []
     for index, rule in enumerate(rules):
         if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)):
@@ -146,6 +147,29 @@ def compile_rules(rules: Sequence[Rule]) -> list[tuple[re.Pattern, str | None]]:
             compiled.append((re.compile(pattern), replacement))
         except re.error as error:
             raise CheckpointImportError(f"Rule {index}: {pattern!r} is not a valid regex ({error}).") from None
+    return compiled
+
+
+def expand_rule(match: re.Match, replacement: str, index: int) -> str:
+    """The target key rule `index` makes of `match`, or an error naming the rule (its replacement refers to a group
+    its pattern does not have)."""
+    try:
+        return match.expand(replacement)
+    except (re.error, IndexError) as error:
+        raise CheckpointImportError(
+            f"Rule {index} ({match.re.pattern!r} → {replacement!r}): the replacement is invalid for its pattern "
+            f"({error}); refer only to the pattern's groups (\\1 … \\{match.re.groups}, \\g<name>)."
+        ) from None
+
+
+def compile_patterns(patterns: Iterable[str], what: str) -> list[re.Pattern]:
+    """`patterns` compiled, or an error naming the one that is not a regex (`what`: where it was given)."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as error:
+            raise CheckpointImportError(f"{what}: {pattern!r} is not a valid regex ({error}).") from None
     return compiled
 
 
@@ -173,19 +197,26 @@ def plan_import(
     tied tensors (`tied_weights`).
     """
     compiled = compile_rules(rules)
-    new_patterns = [re.compile(pattern) for pattern in new]
+    new_patterns = compile_patterns(new, "`new`")
     transform_rules = [(re.compile(pattern), function) for pattern, function in (transforms or {}).items()]
     plan = ImportPlan(tied={name: tied_to for name, tied_to in (tied or {}).items() if name in target})
     for key in sorted(source):
-        match = next(((match, repl) for pattern, repl in compiled if (match := pattern.fullmatch(key))), None)
-        if match is None:
+        rule = next(
+            (
+                (index, match, repl)
+                for index, (pattern, repl) in enumerate(compiled)
+                if (match := pattern.fullmatch(key))
+            ),
+            None,
+        )
+        if rule is None:
             plan.unmapped.append(key)
             continue
-        match, replacement = match
+        index, match, replacement = rule
         if replacement is None:
             plan.dropped[key] = match.re.pattern
             continue
-        name = match.expand(replacement)
+        name = expand_rule(match, replacement, index)
         if name in plan.sources:
             plan.errors.append(f"{plan.sources[name]!r} and {key!r} both map to {name!r}")
             continue
@@ -299,28 +330,38 @@ def read_weights_file(path: Path, state_dict_key: str | None = None) -> dict[str
 
 
 def read_checkpoint(path, state_dict_key: str | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file, or of a folder holding a single one or a sharded one (`*.index.json`)."""
+    """All tensors of a weights file, or of a folder holding a sharded one (`*.index.json`) or a single one: the
+    standard names first, else the folder's only weights file or index (a trainer's `step-100.pt`)."""
     path = Path(path)
     if path.is_file():
         return read_weights_file(path, state_dict_key)
     index = next((path / name for name in INDEX_NAMES if (path / name).is_file()), None)
-    if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise CheckpointImportError(f"{index} lists the shard {shard}, which is missing from {path}.")
-            tensors.update(read_weights_file(path / shard, state_dict_key))
-        absent = set(weight_map) - set(tensors)
-        if absent:
-            raise CheckpointImportError(f"{index} lists tensors its shards lack: {key_list(absent)}.")
-        return tensors
     single = next((path / name for name in SINGLE_NAMES if (path / name).is_file()), None)
-    if single is None:
-        raise CheckpointImportError(
-            f"{path} holds no {' / '.join(INDEX_NAMES + SINGLE_NAMES)}; pass a weights file or such a folder."
-        )
-    return read_weights_file(single, state_dict_key)
+    if index is None and single is None:
+        files = sorted(file for file in path.iterdir() if file.is_file() and file.name.endswith(WEIGHT_SUFFIXES))
+        indexes = [file for file in files if file.name.endswith(".index.json")]
+        if len(indexes) == 1:
+            index = indexes[0]
+        elif len(files) == 1:
+            single = files[0]
+        else:
+            found = f"{len(files)} weights files ({key_list(file.name for file in files)})" if files else "no weights"
+            raise CheckpointImportError(
+                f"{path} holds {found}; pass the weights file itself, or a folder with one weights file, one sharded "
+                f"checkpoint's index or {' / '.join(INDEX_NAMES + SINGLE_NAMES)}."
+            )
+    if index is None:
+        return read_weights_file(single, state_dict_key)
+    weight_map = json.loads(index.read_text())["weight_map"]
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (path / shard).is_file():
+            raise CheckpointImportError(f"{index} lists the shard {shard}, which is missing from {path}.")
+        tensors.update(read_weights_file(path / shard, state_dict_key))
+    absent = set(weight_map) - set(tensors)
+    if absent:
+        raise CheckpointImportError(f"{index} lists tensors its shards lack: {key_list(absent)}.")
+    return tensors
 
 
 # ---------------------------------------------------------------- writing and checking the result
@@ -471,6 +512,7 @@ def read_rules(path: Path) -> tuple[list[Rule], list[str]]:
     if unknown:
         raise CheckpointImportError(f"{path}: unknown entries {sorted(unknown)}; expected 'rules' and 'new'.")
     compile_rules(data["rules"])
+    compile_patterns(data.get("new", []), f"{path}: `new`")
     return data["rules"], list(data.get("new", []))
 
 

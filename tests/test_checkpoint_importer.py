@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,12 +107,20 @@ def test_strict_lists_unmapped_and_missing_keys_and_non_strict_reports_them():
         ({"a": torch.zeros(3)}, [("a", "decoder.bias")], "'a' maps to 'decoder.bias', which the target model"),
         ({"a": torch.zeros(3)}, [("(", "x")], "Rule 0: '(' is not a valid regex"),
         ({"a": torch.zeros(3)}, [("a", 3)], "the replacement must be a string or None"),
+        # a replacement naming a group its pattern lacks was a raw re.error traceback
+        ({"ab": torch.zeros(3)}, [("a", "x"), ("(a)(b)", r"encoder.\3")], "Rule 1 ('(a)(b)' → 'encoder.\\\\3'): the"),
+        ({"ab": torch.zeros(3)}, [("(a)b", r"encoder.\g<name>")], "refer only to the pattern's groups (\\1 … \\1"),
     ],
 )
 def test_impossible_imports_are_errors_even_when_not_strict(source, rules, message):
     with pytest.raises(CheckpointImportError) as error:
         import_checkpoint(source, target_model(), rules, strict=False)
     assert message in str(error.value)
+
+
+def test_a_bad_new_pattern_is_an_error_naming_it():
+    with pytest.raises(CheckpointImportError, match=re.escape(r"`new`: 'decoder\\.(' is not a valid regex")):
+        import_checkpoint({"a": torch.zeros(3)}, target_model(), [("a", None)], [r"decoder\.("], strict=False)
 
 
 def test_transforms_are_planned_on_meta_and_applied_on_load():
@@ -158,8 +167,27 @@ def test_reading_shards_and_naming_broken_ones(tmp_path):
     with pytest.raises(CheckpointImportError, match="lists the shard model-00002-of-00002.safetensors, which is"):
         read_checkpoint(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointImportError, match="holds no model.safetensors.index.json"):
+    with pytest.raises(CheckpointImportError, match="empty holds no weights; pass the weights file itself, or a"):
         read_checkpoint(tmp_path / "empty")
+
+
+def test_a_folder_of_one_weights_file_or_index_of_another_name_is_read(tmp_path):
+    """The docs promise a folder "with a single such file or a sharded one": only the standard names were read."""
+    trainer, ema, sharded = (tmp_path / name for name in ("trainer", "ema", "sharded"))
+    for folder in (trainer, ema, sharded):
+        folder.mkdir()
+    torch.save({"model": {"a": torch.ones(2)}}, trainer / "step-100.pt")
+    assert torch.equal(read_checkpoint(trainer, "model")["a"], torch.ones(2))
+    save_file({"b": torch.zeros(3)}, ema / "ema.safetensors")
+    assert list(read_checkpoint(ema)) == ["b"]
+    save_file({"a": torch.zeros(2)}, sharded / "ema-1.safetensors")
+    save_file({"b": torch.ones(3)}, sharded / "ema-2.safetensors")
+    weight_map = {"a": "ema-1.safetensors", "b": "ema-2.safetensors"}
+    (sharded / "ema.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert sorted(read_checkpoint(sharded)) == ["a", "b"]
+    (sharded / "ema.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointImportError, match=r"holds 2 weights files \(ema-1.safetensors, ema-2.safetensors\)"):
+        read_checkpoint(sharded)
 
 
 def test_command_line_imports_a_training_state_dict(tok_config, tmp_path, capsys):
