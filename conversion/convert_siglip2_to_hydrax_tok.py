@@ -276,6 +276,11 @@ def load_siglip2(siglip: str):
         model, info = SIGLIP2_CLASSES[model_type].from_pretrained(siglip, dtype="auto", output_loading_info=True)
     except SafetensorError as error:
         raise CheckpointImportError(f"--siglip {siglip}: a weights file is unreadable ({error}).") from None
+    except OSError as error:  # a shard missing, or no weights at all
+        raise CheckpointImportError(
+            f"--siglip {siglip}: its weights cannot be read ({error}); the download may be incomplete: fetch the "
+            "checkpoint again (e.g. `hf download ORG/NAME --local-dir FOLDER`)."
+        ) from None
     problems = {kind: sorted(map(str, keys)) for kind, keys in info.items() if keys}
     if problems:
         raise CheckpointImportError(f"--siglip {siglip}: its weights do not match its own config: {problems}.")

@@ -302,6 +302,11 @@ def test_truncated_shard_is_named(sources, tmp_path, capsys):
         converter.main(["--siglip", str(broken), "--output", str(tmp_path / "out")])
     assert f"{broken / 'model.safetensors'} is not a readable safetensors file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    (broken / "model.safetensors").unlink()  # no weights (a missing shard reads the same): was a raw traceback
+    with pytest.raises(SystemExit):
+        converter.main(["--siglip", str(broken), "--output", str(tmp_path / "out")])
+    assert f"--siglip {broken}: its weights cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
