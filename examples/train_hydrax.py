@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -508,9 +509,15 @@ EVAL_PADDING = "hydrax_eval_padding"  # marks an evaluation batch of padding onl
 
 def loss_token_counts(batch: dict) -> tuple[int, int]:
     """A collated batch's (scored text tokens, generation target tokens): what its `lm_loss` and `flow_loss` average
-    over (a token is scored when the next position's label is set)."""
+    over (a token is scored when the next position's label is set; a row's target is the last block `target_mask`
+    marks, its earlier marked blocks being clean context, as the model takes them)."""
     targets = batch.get("target_mask")
-    return int((batch["labels"][:, 1:] != -100).sum()), 0 if targets is None else int(targets.sum())
+    scored = int((batch["labels"][:, 1:] != -100).sum())
+    if targets is None:
+        return scored, 0
+    marked = targets.bool()  # marks the pad tokens of blocks, so blocks are runs apart (vision start/end between)
+    runs = (marked & ~F.pad(marked[:, :-1], (1, 0))).cumsum(dim=1).masked_fill(~marked, 0)
+    return scored, int((marked & (runs == runs.max(dim=1, keepdim=True).values)).sum())
 
 
 def linear_decay(progress: float) -> float:

@@ -920,6 +920,23 @@ def test_bad_validation_arguments_stop_in_argparse(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_flow_loss_weights_count_only_each_rows_target_block(checkpoint, processor, pictures):
+    """A conversation with two assistant images trains only the last (the first is clean context), but every marked
+    token was counted: under accumulation and in evaluation its flow loss was weighted by both blocks (batch 2 and
+    2 × 1 accumulated differed in loss and gradient norm)."""
+    two_turns = [
+        *text_to_image(str(pictures / "seen.png")),
+        train_hydrax.user([train_hydrax.text("Another")]),
+        train_hydrax.assistant([{"type": "image", "path": str(pictures / "drawn.png")}]),
+    ]
+    rows = [sample(two_turns, pictures), sample(text_to_image(str(pictures / "drawn.png")), pictures)]
+    batch = HydraXDataCollator(processor, SIZE)(rows)
+    model = AutoModel.from_pretrained(checkpoint)
+    target, _, _ = model._generation_masks(batch["input_ids"], False, target_mask=batch["target_mask"])
+    assert int(batch["target_mask"].sum()) > int(target.sum()), "the first row has a context image"
+    assert train_hydrax.loss_token_counts(batch)[1] == int(target.sum())
+
+
 def test_the_trained_cards_keep_the_starting_checkpoints_base_models_and_licence(checkpoint, demo, tmp_path):
     """A fine-tune of a converted checkpoint derives from the same Hub models under the same licence: its cards (the
     merged model's and the adapter's) named no `base_model` and took the default licence, so the Hub lost the lineage
