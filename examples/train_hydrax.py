@@ -895,7 +895,8 @@ class SampleLog:
 def run_record(model, args, learning_rates: dict[str, float]) -> dict:
     """What a checkpoint of this run must match to be resumed from (a resume restores the optimizer's learning rates
     and weight decay and the adapter from the checkpoint, so changed values would be silently ignored; a run ended
-    by `--max-minutes` followed the clock, which a resume cannot replay)."""
+    by `--max-minutes` followed the clock, which a resume cannot replay; another seed or base model continues another
+    run: a LoRA checkpoint holds the adapter only, and the data order follows the seed)."""
     config = model.config.to_dict()
     architecture = {
         "text": {k: config["text_config"][k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
@@ -908,6 +909,8 @@ def run_record(model, args, learning_rates: dict[str, float]) -> dict:
         lora["targets"] = args.lora_target_modules
     return {
         "stage": args.stage,
+        "seed": args.seed,
+        "model": None if args.model is None else str(args.model.resolve()),
         "learning_rates": learning_rates,
         "weight_decay": args.weight_decay,
         "max_minutes": args.max_minutes,
@@ -936,7 +939,7 @@ def check_resumable(checkpoint: Path, record: dict, script: str = "examples/trai
     differences = [
         f"{key}: checkpoint {saved.get(key)!r}, this run {value!r}"
         for key, value in record.items()
-        if saved.get(key) != value
+        if key in saved and saved[key] != value  # a key a checkpoint of an earlier version lacks is not checked
     ]
     if differences:
         raise ValueError(
@@ -1347,8 +1350,8 @@ def main(argv=None) -> HydraXTrainer:
     with training_args.main_process_first(local=False, desc="the initial checkpoint and the data"):
         if training_args.process_index == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
-            if args.model is None:
-                with without_zero3_init():  # built by this process alone
+            if args.model is None and not (args.resume_from_checkpoint and (checkpoint / "config.json").is_file()):
+                with without_zero3_init():  # built by this process alone; a resume keeps the one it trained on
                     build_checkpoint("tiny", checkpoint, seed=args.seed, overwrite=True)
             if not args.data:
                 write_demo_data(output_dir / "demo_data")

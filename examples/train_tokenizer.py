@@ -639,6 +639,7 @@ def run_record(tokenizer: HydraXTokModel, args, weights: dict, learning_rates: d
     return {
         "script": "train_tokenizer",
         "stage": args.stage,
+        "seed": args.seed,  # the data order
         "architecture": architecture,
         "loss_weights": weights,
         "learning_rates": learning_rates,

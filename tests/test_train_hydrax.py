@@ -826,6 +826,8 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(checkpoint, demo, tmp
         train(checkpoint, out, "--vision-head-lr", "3e-4", "--resume-from-checkpoint", saved, "--data", demo)
     with pytest.raises(ValueError, match=r"weight_decay: checkpoint 0.0, this run 0.5"):  # ignored: the optimizer's
         train(checkpoint, out, "--weight-decay", 0.5, "--resume-from-checkpoint", saved, "--data", demo)
+    with pytest.raises(ValueError, match=r"seed: checkpoint 0, this run 1"):  # another data order
+        train(checkpoint, out, "--seed", 1, "--resume-from-checkpoint", saved, "--data", demo)
     budget = tmp_path / "budget"
     train(checkpoint, budget, "--max-minutes", 1e-5, "--data", demo)  # ends at step 1 with checkpoint-1
     with pytest.raises(ValueError, match=r"max_minutes: checkpoint 1e-05, this run None"):  # the clock's schedule
@@ -1284,6 +1286,21 @@ def test_a_resume_runs_only_the_remaining_steps(checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(train_hydrax, "RunRecordCallback", Steps)
     resumed = train_hydrax.main([*argv, "--resume-from-checkpoint", "last"])
     assert ran == [3] and resumed.state.global_step == 3
+
+
+def test_a_resume_keeps_the_built_tiny_model_it_trained_on(tmp_path):
+    """Without --model a resume rebuilt OUTPUT_DIR/initial with its own --seed: a LoRA run (its checkpoints hold the
+    adapter only) continued on other base weights, with no warning. The seed is part of the run record now, and the
+    initial model is built once."""
+    out = tmp_path / "out"
+    argv = list(map(str, ["--output-dir", out, "--stage", 2, "--lora-r", 2, "--save-steps", 1]))
+    train_hydrax.main([*argv, "--max-steps", "1"])
+    weights = (out / "initial" / "model.safetensors").read_bytes()
+    resume = [*argv, "--max-steps", "2", "--resume-from-checkpoint", "last"]
+    with pytest.raises(ValueError, match=r"seed: checkpoint 0, this run 1"):
+        train_hydrax.main([*resume, "--seed", "1"])
+    assert train_hydrax.main(resume).state.global_step == 2
+    assert (out / "initial" / "model.safetensors").read_bytes() == weights
 
 
 def test_the_seed_picks_the_held_out_split(tmp_path):

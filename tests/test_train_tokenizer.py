@@ -743,6 +743,10 @@ def test_resuming_from_an_incompatible_checkpoint_says_why(data, stage1, tmp_pat
     argv = ["--model", out / "model", "--no-teachers", "--lpips-weight", 0]
     with pytest.raises(ValueError, match=r"trained differently \(stage: checkpoint 1, this run 2"):
         train(data, tmp_path, *argv, "--stage", 2, "--resume-from-checkpoint", out / "work" / "checkpoint-2")
+    with pytest.raises(ValueError, match=r"seed: checkpoint 0, this run 5"):  # another data order
+        train(
+            data, tmp_path, *argv, "--stage", 1, "--seed", 5, "--resume-from-checkpoint", out / "work" / "checkpoint-2"
+        )
     model = shutil.copytree(out / "model", tmp_path / "model-with-trainer-state")
     shutil.copy(out / "work" / "checkpoint-2" / "trainer_state.json", model)  # a checkpoint to argparse
     with pytest.raises(ValueError, match="has no hydrax_training.json, so it is not a checkpoint of"):
