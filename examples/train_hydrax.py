@@ -1230,6 +1230,13 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must lie in {interval}, got {value}")
     if args.lora_alpha < 1:
         parser.error(f"--lora-alpha must be ≥ 1 (the adapters' update is scaled by alpha / r), got {args.lora_alpha}")
+    check_at_least(parser, 1, lora_r=args.lora_r, min_pixels=args.min_pixels)
+    if not 0 <= args.lora_dropout < 1:
+        parser.error(f"--lora-dropout must lie in [0, 1), got {args.lora_dropout}")
+    try:
+        re.compile(args.lora_target_modules)
+    except re.error as error:
+        parser.error(f"--lora-target-modules {args.lora_target_modules!r} is not a valid regex ({error})")
     if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
         parser.error(f"--min-pixels {args.min_pixels} exceeds --max-pixels {args.max_pixels}")
     if args.max_pixels is not None and args.max_pixels < 16 * 16:

@@ -904,6 +904,11 @@ def test_validation_videos_are_written_as_a_row_per_frame(checkpoint, tmp_path):
         (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0, got -1.0"),
         (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number ≥ 0, got -1.0"),
         (["--lora-alpha", "0"], "--lora-alpha must be ≥ 1 (the adapters' update is scaled by alpha / r), got 0"),
+        # these failed after the model was built, in PEFT's or re's words, or not at all (--min-pixels)
+        (["--stage", "2", "--lora-r", "0"], "--lora-r must be ≥ 1, got 0"),
+        (["--lora-dropout", "1.5"], "--lora-dropout must lie in [0, 1), got 1.5"),
+        (["--lora-target-modules", "(q_proj"], "--lora-target-modules '(q_proj' is not a valid regex"),
+        (["--min-pixels", "-5"], "--min-pixels must be ≥ 1, got -5"),
         # config fields, refused before any work (a NaN flow-time mean trained a NaN model, logged as loss 0)
         (["--flow-logit-mean", "nan"], "--flow-logit-mean must be a finite number, got nan"),
         (["--flow-logit-std", "0"], "--flow-logit-std must be > 0, got 0.0"),
