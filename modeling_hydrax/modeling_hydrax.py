@@ -766,14 +766,20 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
         shift = math.exp(self.flow_shift_mu(num_tokens))
         return shift / (shift + (1 / t.clamp(min=1e-6) - 1))
 
-    def unconditional_input_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
-        """Drop the text condition for classifier-free guidance: every token before the last visual block that is
-        neither a visual placeholder nor a vision start/end marker becomes `pad_token_id` (lengths are kept, so the
-        conditional and unconditional prompts batch together)."""
+    def unconditional_input_ids(
+        self, input_ids: torch.LongTensor, target_mask: torch.Tensor | None = None
+    ) -> torch.LongTensor:
+        """Drop the text condition for classifier-free guidance: every token before the target block that is neither a
+        visual placeholder nor a vision start/end marker becomes `pad_token_id` (lengths are kept, so the conditional
+        and unconditional prompts batch together). The target is the last visual block, or the block `target_mask`
+        marks (a training conversation may go on after it: its later turns keep their text)."""
         config = self.config
         block_ids = self.model.visual_block_ids(input_ids)
-        last_start = (input_ids == config.vision_start_token_id).long().cumsum(-1)
-        before_target = last_start < last_start[:, -1:].clamp(min=1)
+        if target_mask is None:
+            last_start = (input_ids == config.vision_start_token_id).long().cumsum(-1)
+            before_target = last_start < last_start[:, -1:].clamp(min=1)
+        else:
+            before_target = target_mask.long().cumsum(-1) == 0
         keep = (
             (block_ids >= 0) | (input_ids == config.vision_start_token_id) | (input_ids == config.vision_end_token_id)
         )
@@ -1118,7 +1124,7 @@ class HydraXForConditionalGeneration(HydraXPreTrainedModel, GenerationMixin):
             if self.training and self.config.text_dropout_prob > 0:
                 drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.text_dropout_prob
                 dropped = torch.where(
-                    (drop & target_rows)[:, None], self.unconditional_input_ids(input_ids), input_ids
+                    (drop & target_rows)[:, None], self.unconditional_input_ids(input_ids, target_mask), input_ids
                 )
                 changed = dropped != input_ids
                 if labels is not None:  # a dropped token is no longer in the input: never a label either

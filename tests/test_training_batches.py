@@ -138,6 +138,27 @@ def test_a_collated_batch_without_targets_is_an_understanding_batch(model, proce
     torch.testing.assert_close(plain.logits, zeros.logits)
 
 
+def test_text_dropout_keeps_the_turns_after_the_target(processor):
+    """Draw → image (the target) → a user image and a question → an answer: text dropout blanked every token up to
+    the row's last visual block, the later turns' text (and its labels) too, which the causal target never sees."""
+    first, second = pictures(2)
+    conversation = text_to_image(first) + understanding(second)
+    batch = chat(processor, [conversation])
+    model = tiny_hydrax(text_dropout_prob=0.999999).train()
+    seen = []
+    handle = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True
+    )
+    try:
+        model(**batch, labels=batch["input_ids"], **fixed_flow(1))
+    finally:
+        handle.remove()
+    ids, dropped = batch["input_ids"][0], seen[0][0]
+    first_target = int(batch["target_mask"][0].nonzero()[0])
+    assert not torch.equal(dropped[:first_target], ids[:first_target]), "the target's prompt is dropped"
+    torch.testing.assert_close(dropped[first_target:], ids[first_target:], rtol=0, atol=0)
+
+
 def test_explicit_targets_must_match_the_marked_samples(model, processor):
     batch = chat(processor, [understanding(pictures(1)[0]), text_to_image(pictures(1)[0])])
     with pytest.raises(ValueError, match="2 generation targets were given for 1 samples with a target block"):
