@@ -128,7 +128,7 @@ COLUMNS = {
     "image-to-video": {"prompt": (("prompt", "caption", "text"), True), "image": (("image", "input_image"), True)},
     "edit": {
         "prompt": (("instruction", "prompt", "edit_prompt"), True),
-        "image": (("image", "source_img", "input_image"), True),
+        "image": (("image", "source_img", "input_image", "original_image"), True),
         "target": (("target", "target_img", "edited_image"), False),
         "target_caption": (("target_caption", "edited_prompt"), False),
     },
@@ -164,16 +164,26 @@ class EvaluationRows(Sequence):
         origins: where each row came from.
         root: the folder that relative image paths start from.
         present: the fields that some row has.
+        truncated: whether the source holds more rows than these (`--limit` cut it).
     """
 
-    def __init__(self, table, fields: Sequence[str], origins: list[str], root: Path, present: set[str]):
+    def __init__(
+        self, table, fields: Sequence[str], origins: list[str], root: Path, present: set[str], truncated: bool = False
+    ):
         self.table, self.fields, self.origins, self.root, self.present = table, fields, origins, root, present
+        self.truncated = truncated
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict:
-        record = self.table[index]
+        try:
+            record = self.table[index]  # a dataset decodes its images here
+        except (OSError, ValueError) as error:
+            raise EvaluationDataError(
+                f"{self.origins[index]}: an image does not decode ({type(error).__name__}: {error}); replace it or "
+                "drop the row"
+            ) from error
         row = {"row": index, "origin": self.origins[index]}
         for field in self.fields:
             value = record.get(field)
@@ -294,16 +304,23 @@ def dataset_table(dataset, source: str, task: str, root: Path):
     dataset = dataset.rename_columns({name: field for name, field in chosen.items() if name != field})
     origins = [f"{source} row {index}" for index in range(len(dataset))]
     for field in chosen.values():
-        feature = dataset.features[field]
-        if field in IMAGE_FIELDS and isinstance(feature, datasets.Image):
-            continue  # PIL images, decoded (and checked) when their row is read
-        values = dataset[field]
+        required = COLUMNS[task][field][1]
+        if field in IMAGE_FIELDS and isinstance(dataset.features[field], datasets.Image):
+            # PIL images, decoded (and checked) when their row is read; a missing one is found here, undecoded
+            undecoded = dataset.cast_column(field, datasets.Image(decode=False))
+            values = (value for batch in undecoded.iter(batch_size=1000) for value in batch[field])
+        else:
+            values = dataset[field]
         for value, origin in zip(values, origins):
             if field not in IMAGE_FIELDS:
-                check_text(value, origin, field, COLUMNS[task][field][1])
+                check_text(value, origin, field, required)
+            elif value is None and required:
+                raise EvaluationDataError(
+                    f"{origin}: no {field} (an empty cell); the {task} task needs one in every row: drop the row"
+                )
             elif isinstance(value, str):
                 check_image_path(value, root, origin, field)
-            elif value is not None:
+            elif value is not None and not isinstance(value, dict):  # a dict: an undecoded `datasets` image
                 raise EvaluationDataError(
                     f"{origin}: column {field} holds {type(value).__name__}; expected images or image paths"
                 )
@@ -320,7 +337,14 @@ def read_rows(
     path = Path(source)
     fields = list(COLUMNS[task])
     root, suffix = path.parent, path.suffix.lower()
+    if suffix in (".txt", ".jsonl"):
+        available = sum(1 for line in path.read_text().splitlines() if line.strip())
     if suffix == ".txt":
+        if task == "reference":
+            raise EvaluationDataError(
+                f"{source}: a .txt file holds prompts only, and --reference needs images: pass a folder of images, "
+                "a JSONL manifest, a save_to_disk folder or a Hub dataset"
+            )
         if task in SOURCE_TASKS:
             raise EvaluationDataError(f"{source}: a .txt file holds prompts only, which the {task} task cannot use")
         table, origins = read_prompt_file(path, limit)
@@ -328,11 +352,12 @@ def read_rows(
         table, origins = read_manifest(path, task, limit)
     elif task == "reference" and path.is_dir() and not is_saved_dataset(path):
         files = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES)
-        root = path
+        root, available = path, len(files)
         table = [{"image": str(file.relative_to(path))} for file in files[:limit]]
         origins = [str(file) for file in files[:limit]]
     else:
         dataset, root = load_dataset_source(source, split, subset)
+        available = len(dataset)
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         table, origins = dataset_table(dataset, source, task, root)
@@ -342,7 +367,7 @@ def read_rows(
         present = {field for field in fields if any(record.get(field) is not None for record in table)}
     else:
         present = set(table.column_names)
-    return EvaluationRows(table, fields, origins, root, present)
+    return EvaluationRows(table, fields, origins, root, present, truncated=len(table) < available)
 
 
 def load_image(value, origin: str, field: str, size: tuple[int, int] | None = None) -> Image.Image:
@@ -832,7 +857,7 @@ def evaluate(args) -> dict | None:
         }
         if args.feature_model and fd_name(args.feature_model) in values:  # named after its model, maybe a CLIP
             settings[fd_name(args.feature_model)] = Path(str(args.feature_model).rstrip("/")).name
-        if args.limit is not None:  # a part of the benchmark is not the benchmark's score
+        if rows.truncated:  # a part of the benchmark is not the benchmark's score
             settings = {
                 name: ", ".join(filter(None, [settings.get(name), f"first {args.limit} rows"])) for name in values
             }

@@ -337,6 +337,50 @@ def test_missing_columns_and_unreadable_images_name_the_row_and_the_fix(data, tm
         evaluation.read_rows(manifest, "edit")
 
 
+def test_empty_or_undecodable_dataset_images_and_a_prompt_file_as_reference_name_the_row(tmp_path):
+    """A dataset row without its source image passed the checks and crashed halfway through generating
+    (`'NoneType' object has no attribute 'read'`); an image that does not decode raised PIL's error without the row;
+    a .txt file as --reference gave zero reference images and a "pass more" FD message."""
+    import datasets
+
+    red = Image.new("RGB", (8, 8), "red")
+    features = datasets.Features({"image": datasets.Image(), "instruction": datasets.Value("string")})
+    for name, second in (("empty", None), ("broken", {"bytes": b"not an image", "path": None})):
+        table = {"image": [red, second], "instruction": ["make it blue", "add snow"]}
+        datasets.Dataset.from_dict(table, features=features).save_to_disk(str(tmp_path / name))
+    with pytest.raises(
+        evaluation.EvaluationDataError, match=r"empty row 1: no image \(an empty cell\); the edit task"
+    ):
+        evaluation.read_rows(str(tmp_path / "empty"), "edit")
+    rows = evaluation.read_rows(str(tmp_path / "broken"), "edit")
+    assert rows[0]["image"].size == (8, 8)
+    with pytest.raises(evaluation.EvaluationDataError, match=r"broken row 1: an image does not decode"):
+        rows[1]
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    with pytest.raises(evaluation.EvaluationDataError, match="a .txt file holds prompts only, and --reference needs"):
+        evaluation.read_rows(str(tmp_path / "prompts.txt"), "reference")
+
+
+def test_instructpix2pix_columns_are_read_and_a_limit_is_known_to_cut_or_not(tmp_path):
+    """InstructPix2Pix's own columns (`original_image`, `edit_prompt`, `edited_image`, `edited_prompt`) were refused
+    (no image column); a --limit at or above the row count was labelled "first N rows" in the card entries."""
+    import datasets
+
+    red = Image.new("RGB", (8, 8), "red")
+    table = {"original_prompt": ["a box"], "original_image": [red], "edit_prompt": ["make it blue"]}
+    table |= {"edited_prompt": ["a blue box"], "edited_image": [red]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(tmp_path / "ip2p"))
+    rows = evaluation.read_rows(str(tmp_path / "ip2p"), "edit")
+    assert rows[0]["prompt"] == "make it blue" and rows.present == {"prompt", "image", "target", "target_caption"}
+    (tmp_path / "prompts.txt").write_text("a\n\nb\nc\n")
+    cut = {
+        limit: evaluation.read_rows(str(tmp_path / "prompts.txt"), "text-to-image", limit=limit).truncated
+        for limit in (None, 2, 3, 9)
+    }
+    assert cut == {None: False, 2: True, 3: False, 9: False}
+    assert evaluation.read_rows(str(tmp_path / "ip2p"), "edit", limit=1).truncated is False
+
+
 def test_dataset_folders_give_pil_images_and_their_split(tmp_path):
     import datasets
 
