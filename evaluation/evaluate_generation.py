@@ -750,7 +750,10 @@ def evaluate(args) -> dict | None:
         references = rows
     pipe = load_pipeline(args.model, args.task, device, DTYPES[args.dtype], args.lora, args.lora_scale)
     clip = HydraXClipScore.from_pretrained(args.clip_model, device) if args.clip_model else None
-    features = HydraXImageFeatures.from_pretrained(args.feature_model, device) if args.feature_model else None
+    dino = "magicbrush" if args.task == "edit" else "vbench" if args.task in VIDEO_TASKS else None  # DINO v1's reading
+    features = (
+        HydraXImageFeatures.from_pretrained(args.feature_model, device, dino=dino) if args.feature_model else None
+    )
     settings = GenerationSettings(
         height=args.height,
         width=args.width,

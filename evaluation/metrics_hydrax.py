@@ -154,6 +154,27 @@ def _pooled(outputs) -> torch.Tensor:
     return outputs.last_hidden_state.mean(1)
 
 
+# DINO v1 as the benchmarks read it: ImageNet statistics (the Hub's DINO configs say 0.5, which DINO was not trained
+# with) and each benchmark's resize: MagicBrush's Resize(256, bicubic) + CenterCrop(224), VBench's Resize(224)
+# (bilinear, no crop, at the clip's aspect ratio)
+DINO_TRANSFORMS = {
+    "magicbrush": {"size": {"shortest_edge": 256}, "resample": 3, "crop_size": {"height": 224, "width": 224}},
+    "vbench": {"size": {"shortest_edge": 224}, "resample": 2, "do_center_crop": False},
+}
+
+
+def dino_processor(benchmark: str):
+    """The image processor that reads images for DINO v1 as `benchmark` ("magicbrush" or "vbench") does."""
+    from transformers import CLIPImageProcessor
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    if benchmark not in DINO_TRANSFORMS:
+        raise ValueError(f"`benchmark` must be one of {sorted(DINO_TRANSFORMS)}, got {benchmark!r}.")
+    return CLIPImageProcessor(
+        image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD, **DINO_TRANSFORMS[benchmark]
+    )
+
+
 class HydraXImageFeatures:
     """One feature vector per image from a transformers vision model, through its own image processor.
 
@@ -171,17 +192,24 @@ class HydraXImageFeatures:
         self.model, self.processor, self.cls_token = model.eval(), processor, cls_token
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def from_pretrained(
+        cls, name_or_path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, dino: str | None = None
+    ):
         """Load a model and its image processor by Hub id or folder. A checkpoint saved without its pooler (DINO v1's
         ViTs, converted with `add_pooling_layer=False`) would get a randomly initialised one, different in every run:
-        it is dropped and the CLS token is the feature, as MagicBrush and VBench read DINO."""
+        it is dropped and the CLS token is the feature, as MagicBrush and VBench read DINO; `dino` ("magicbrush" or
+        "vbench") then reads the images as that benchmark does (`dino_processor`)."""
         from transformers import AutoImageProcessor, AutoModel
 
         model, info = AutoModel.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
         no_pooler = hasattr(model, "pooler") and any(key.startswith("pooler.") for key in info["missing_keys"])
         if no_pooler:
             model.pooler = None
-        return cls(model.to(device), AutoImageProcessor.from_pretrained(name_or_path), cls_token=no_pooler)
+        if no_pooler and dino is not None and model.config.model_type == "vit":
+            processor = dino_processor(dino)
+        else:
+            processor = AutoImageProcessor.from_pretrained(name_or_path)
+        return cls(model.to(device), processor, cls_token=no_pooler)
 
     @property
     def device(self) -> torch.device:
@@ -199,6 +227,8 @@ class HydraXImageFeatures:
         }
         if hasattr(self.model, "get_image_features"):
             return _pooled(self.model.get_image_features(**inputs)).float()
+        if self.model.config.model_type == "vit":  # a resize at the image's aspect ratio (VBench's) needs it
+            inputs["interpolate_pos_encoding"] = True
         outputs = self.model(**inputs)
         return (outputs.last_hidden_state[:, 0] if self.cls_token else _pooled(outputs)).float()
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_docstring_examples, tiny_clip, tiny_dinov2
+from PIL import Image
 from scipy import linalg
 from skimage.metrics import structural_similarity
 
@@ -133,6 +134,40 @@ def test_a_checkpoint_saved_without_its_pooler_gives_its_cls_token(tmp_path):
         expected = features.model(pixel_values=pixel_values).last_hidden_state[:, 0]
     assert torch.equal(features(images), expected)
     assert torch.equal(HydraXImageFeatures.from_pretrained(str(tmp_path / "dino"))(images), expected)
+
+
+@pytest.mark.parametrize("reading", ["magicbrush", "vbench"])
+def test_dino_v1_reads_images_as_the_benchmark_does(tmp_path, reading):
+    """The Hub's DINO v1 configs normalise with 0.5 / 0.5 and squash to 224²: DINO was trained (and MagicBrush and
+    VBench read it) with ImageNet statistics, MagicBrush after Resize(256, bicubic) + CenterCrop(224), VBench after
+    Resize(224) at the frame's aspect ratio. Equal to torchvision's transforms but for one uint8 step of rounding."""
+    from torchvision import transforms
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=16)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "dino")
+    ViTImageProcessor(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(tmp_path / "dino")  # the Hub's
+    features = HydraXImageFeatures.from_pretrained(str(tmp_path / "dino"), dino=reading)
+    images = torch.rand(2, 3, 300, 400) * 2 - 1
+    pixels = metrics_hydrax.to_uint8(images)
+    resize = {
+        "magicbrush": transforms.Compose(
+            [transforms.Resize(256, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224)]
+        ),
+        "vbench": transforms.Resize(224),
+    }[reading]
+    normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    expected = torch.stack(
+        [normalize(transforms.functional.to_tensor(resize(Image.fromarray(np.asarray(p))))) for p in pixels]
+    )
+    actual = features.processor(images=pixels, return_tensors="pt")["pixel_values"]
+    assert actual.shape == expected.shape == ((2, 3, 224, 224) if reading == "magicbrush" else (2, 3, 224, 298))
+    assert (actual - expected).abs().max() < 1.01 / 255 / 0.224 and (actual - expected).abs().mean() < 1e-3
+    with torch.no_grad():
+        cls = features.model(pixel_values=actual, interpolate_pos_encoding=True).last_hidden_state[:, 0]
+    assert torch.equal(features(images), cls)
+    with pytest.raises(ValueError, match="`benchmark` must be one of"):
+        metrics_hydrax.dino_processor("geneval")
 
 
 def test_image_features_of_siglip2_get_every_processor_output():
