@@ -698,12 +698,18 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         if sizes:
             logger.warning(f"Resizing the input image(s) of size(s) {sizes} (height, width) to {height}x{width}.")
         image_processor = self.processor.image_processor  # its colours: 16-bit scaled, transparency onto white
-        pixels = [
-            self.video_processor.preprocess(unit_range(image_processor.rgb_input(item)), height, width).float()
-            for item in items
-        ]
+        pixels = [self._resized(unit_range(image_processor.rgb_input(item)), height, width) for item in items]
         pixels = torch.cat(pixels)  # one by one: items of different sizes are resized before they meet
         return pixels.expand(num_prompts, -1, -1, -1) if pixels.shape[0] == 1 else pixels
+
+    def _resized(self, image, height: int, width: int) -> torch.Tensor:
+        """One `image` item (PIL, array or tensor) → pixels `[N, 3, height, width]` in [-1, 1]. diffusers resizes
+        PIL images with Lanczos but arrays and tensors with `F.interpolate`'s nearest neighbour (no averaging: a
+        fine pattern aliased, and the same pixels edited differently by type), so those go through PIL when resized."""
+        if not isinstance(image, PIL.Image.Image) and image_size(image) != (height, width):
+            whole = self.video_processor.preprocess(image, *image_size(image))  # no resize: its own size
+            image = self.video_processor.postprocess(whole, output_type="pil")
+        return self.video_processor.preprocess(image, height, width).float()
 
     @staticmethod
     def _conversation(text: str, target: dict, source: torch.Tensor | None = None) -> list[dict]:

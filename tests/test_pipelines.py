@@ -958,6 +958,13 @@ def test_every_image_input_form_gives_the_same_pixels(pipe):
     assert gray.shape == (1, 3, 32, 48) and torch.equal(gray[:, 0], gray[:, 1])
     mixed = [rgb, rgb[:16, :32], torch.rand(3, 48, 32)]  # different sizes, each resized on its own
     assert pipe._preprocess_images(mixed, 32, 48, 3).shape == (3, 3, 32, 48)
+    # resized, an array or tensor is averaged as a PIL image is (nearest neighbour turned 1-pixel stripes white)
+    stripes = np.zeros((64, 96, 3), dtype=np.uint8)
+    stripes[:, 1::2] = 255
+    resized = pipe._preprocess_images(PIL.Image.fromarray(stripes), 32, 48, 1)
+    assert resized.abs().mean() < 0.05, "a mid-gray"
+    for form in (stripes, stripes / 255, torch.from_numpy(stripes).permute(2, 0, 1)):
+        torch.testing.assert_close(pipe._preprocess_images(form, 32, 48, 1), resized, atol=1e-6, rtol=0)
     side = np.int64(32)  # e.g. from an array's shape
     images = pipe("a fox", height=side, width=side, num_inference_steps=1, output_type="np").images
     assert images.shape == (1, 32, 32, 3)
