@@ -27,6 +27,7 @@ from .image_processing_hydrax import (
     load_image_source,
     pixel_bounds,
     postprocess_pixels,
+    rgb_image,
     smart_resize,
     to_8_bit,
     to_grid,
@@ -239,8 +240,14 @@ def count_video_frames(container, stream) -> int:
 
 def upright(frame) -> np.ndarray:
     """A decoded PyAV frame as RGB `[H, W, 3]`, turned as players show it: phone videos are stored sideways with a
-    display rotation (counterclockwise degrees, as PyAV reports it), as photos are with an EXIF orientation."""
-    return np.rot90(frame.to_ndarray(format="rgb24"), k=round(frame.rotation / 90))
+    display rotation (counterclockwise degrees, as PyAV reports it), as photos are with an EXIF orientation. A frame
+    with transparency (animated PNG, QuickTime Animation) is composited onto white, as images are (`rgb_image`):
+    `rgb24` shows what the transparent pixels hide."""
+    if any(component.is_alpha for component in frame.format.components):
+        pixels = np.asarray(rgb_image(PIL.Image.fromarray(frame.to_ndarray(format="rgba"), "RGBA")))
+    else:
+        pixels = frame.to_ndarray(format="rgb24")
+    return np.rot90(pixels, k=round(frame.rotation / 90))
 
 
 def import_av():

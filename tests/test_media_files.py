@@ -99,6 +99,28 @@ def test_a_transparent_image_gets_a_white_background_by_path_as_in_memory(transp
     assert np.asarray(load_source(transparent_logo, 32, 32))[0, 0].tolist() == [255, 255, 255]
 
 
+def test_a_transparent_video_gets_a_white_background_as_its_frames_do(tmp_path):
+    """A PNG-in-MOV clip with alpha read by path showed what its transparent pixels hide (blue here), its frames
+    passed as PIL images white: the processor and the tokenizer's training data now agree with the images' rule."""
+    pixels = np.zeros((5, 32, 32, 4), np.uint8)
+    pixels[:, :, :16] = (0, 0, 255, 0)  # transparent, hiding blue
+    pixels[:, :, 16:] = (255, 0, 0, 255)
+    path = tmp_path / "alpha.mov"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "rgba"
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgba")))
+        container.mux(stream.encode())
+    processor = HydraXVideoProcessor(do_resize=False)
+    by_path = processor(str(path), num_frames=5)["pixel_values_videos"]
+    in_memory = processor([PIL.Image.fromarray(frame, "RGBA") for frame in pixels])["pixel_values_videos"]
+    torch.testing.assert_close(by_path, in_memory)
+    assert float(by_path[0, :, :, :, :16].min()) == 1.0, "white, not the blue the pixels hide"
+    assert decode_frames(str(path), np.arange(5))[:, :, :, :16].min() == 255
+
+
 def test_a_sixteen_bit_source_photo_is_scaled_not_saturated(tmp_path):
     path = tmp_path / "grey16.png"
     PIL.Image.fromarray(np.full((32, 32), 16448, np.uint16)).save(path)  # 25 % grey
