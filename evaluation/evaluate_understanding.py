@@ -965,8 +965,9 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     rows, base, split = load_rows(args.data, args.split, args.subset)
-    if args.limit is not None:
-        rows = rows[: args.limit] if isinstance(rows, list) else rows.select(range(min(args.limit, len(rows))))
+    limit = args.limit if args.limit is not None and args.limit < len(rows) else None  # None: the whole benchmark
+    if limit is not None:
+        rows = rows[:limit] if isinstance(rows, list) else rows.select(range(limit))
     if not len(rows):
         raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
     row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
@@ -1009,7 +1010,7 @@ def main(argv=None):
             subset=args.subset,
             split=split,
             skipped_open=open_rows if args.skip_open else [],
-            limit=args.limit,
+            limit=limit,
             batch_size=args.batch_size,
             dtype=args.dtype,
             processes=state.num_processes,

@@ -91,9 +91,11 @@ from transformers.trainer_utils import sort_checkpoints  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_hydrax.data_collator_hydrax import (  # noqa: E402
+    VISUAL_TYPES,
     BadSampleError,
     HydraXDataCollator,
     bare_image_blocks,
+    file_name,
     find_problem,
     images_problem,
     normalize_messages,
@@ -243,6 +245,14 @@ def report_bad_sample(message: str, on_bad_sample: str) -> None:
     logger.warning(f"Skipping {message}")
 
 
+def names_files(messages: list[dict]) -> bool:
+    """Whether a conversation's image or video blocks name their files (a manifest's way)."""
+    blocks = (
+        block for message in messages if isinstance(message.get("content"), list) for block in message["content"]
+    )
+    return any(block.get("type") in VISUAL_TYPES and file_name(block) is not None for block in blocks)
+
+
 def read_manifest(path: Path, on_bad_sample: str):
     """A JSONL manifest as a `datasets.Dataset` of (`messages` as JSON, `origin` = file:line, `root` = its folder),
     each line checked up front: JSON, a `messages` list, an assistant turn, and existing image/video files."""
@@ -263,7 +273,8 @@ def read_manifest(path: Path, on_bad_sample: str):
         try:
             bare_image_blocks(messages, 0, origin)
             problem = find_problem(messages, root)
-            if record.get("images") or record.get("image"):  # its images would be left out, silently
+            # TRL's layout with plain-string turns and an `images` key: its images were left out, silently
+            if problem is None and (record.get("images") or record.get("image")) and not names_files(messages):
                 raise BadSampleError(origin)
         except BadSampleError:  # TRL's layout, which a manifest's lines do not take: the collator failed on it
             problem = (
@@ -910,7 +921,8 @@ def run_record(model, args, learning_rates: dict[str, float]) -> dict:
     return {
         "stage": args.stage,
         "seed": args.seed,
-        "model": None if args.model is None else str(args.model.resolve()),
+        # a LoRA checkpoint holds the adapter only: its base must be the same (a full one holds every weight)
+        "model": None if args.model is None or args.lora_r is None else str(args.model.resolve()),
         "learning_rates": learning_rates,
         "weight_decay": args.weight_decay,
         "max_minutes": args.max_minutes,

@@ -18,8 +18,7 @@ import io
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from urllib.parse import unquote
 
 import torch
 from PIL import Image, ImageOps
@@ -64,11 +63,19 @@ def normalize_messages(messages) -> list[dict]:
 
 
 def resolve_path(path: str, root: str | None) -> Path:
-    """`path` as written in the data (a `file:` URL's path too, percent-decoded as `Path.as_uri` encodes it),
-    relative to `root` (the manifest's folder) unless absolute."""
-    path = url2pathname(urlparse(path).path) if path.startswith("file:") else path
-    path = Path(os.path.expanduser(path))
-    return path if path.is_absolute() or root is None else Path(root) / path
+    """`path` as written in the data, relative to `root` (the manifest's folder) unless absolute. A `file:` URL names
+    the file after its `file://` (or `file:`); percent-encoded as `Path.as_uri` writes it (`%20`), it is decoded
+    unless the name exists as written (a `#`, `?` or `%41` in a file name stays)."""
+
+    def located(name: str) -> Path:
+        name = Path(os.path.expanduser(name))
+        return name if name.is_absolute() or root is None else Path(root) / name
+
+    if not path.startswith("file:"):
+        return located(path)
+    written = path.removeprefix("file:").removeprefix("//")
+    written = written.removeprefix("localhost") if written.startswith("localhost/") else written
+    return located(written) if located(written).exists() else located(unquote(written))
 
 
 def file_name(block: dict) -> str | None:
@@ -101,7 +108,9 @@ def find_problem(messages: list[dict], root: str | None = None) -> str | None:
                     "generation target too: training needs its pixels)"
                 )
             if block.get("type") in VISUAL_TYPES and file_name(block) is not None:
-                path = resolve_path(file_name(block), root)
+                if not isinstance(file_name(block), (str, os.PathLike)):
+                    return f"{block['type']} {file_name(block)!r} is not a file path ({block})"
+                path = resolve_path(os.fspath(file_name(block)), root)
                 if not path.is_file():
                     return f"{block['type']} {path}: no such file"
     return None

@@ -541,6 +541,10 @@ def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, chec
     assert metrics["limit"] == 3  # a part of the benchmark: the card's entries say so
     entries = json.loads((out / "eval_results.json").read_text())
     assert {entry["metric_config"] for entry in entries} == {"likelihood scoring, first 3 rows"}
+    evaluator.main([*argv[:-1], "99", "--output-dir", str(tmp_path / "all")])  # a limit that cuts nothing
+    assert read_outputs(tmp_path / "all")[0]["limit"] is None
+    entries = json.loads((tmp_path / "all" / "eval_results.json").read_text())
+    assert {entry["metric_config"] for entry in entries} == {"likelihood scoring"}
     for record in predictions:
         best = max(record["scores"], key=record["scores"].get)
         assert record["prediction"] == best and record["correct"] == (best == record["answer"])

@@ -1070,6 +1070,11 @@ def test_trl_images_are_checked_before_training_and_paths_resolve_as_datasets_op
         (tmp_path / "trl.jsonl").write_text(json.dumps(record) + "\n")  # the images were left out, silently
         with pytest.raises(ValueError, match="a manifest's image blocks name their files"):
             train_hydrax.load_source(str(tmp_path / "trl.jsonl"), "error")
+    named = {"messages": understanding(str(pictures / "seen.png")), "image": "id-7"}  # the blocks name their files
+    (tmp_path / "named.jsonl").write_text(json.dumps(named) + "\n")
+    assert len(train_hydrax.load_source(str(tmp_path / "named.jsonl"), "error")) == 1
+    bad_path = [train_hydrax.user([{"type": "image", "path": 5}]), train_hydrax.assistant("a")]
+    assert train_hydrax.find_problem(bad_path, None).startswith("image 5 is not a file path"), "was an AttributeError"
 
 
 def test_a_file_url_is_read_as_its_path(processor, pictures, tmp_path):
@@ -1077,13 +1082,15 @@ def test_a_file_url_is_read_as_its_path(processor, pictures, tmp_path):
     as `Path.as_uri` writes it (a space was `%20`, no such file), as a block's `url` too (which the processor's
     `load_image` refuses mid-run)."""
     spaced = shutil.copy(pictures / "seen.png", tmp_path / "my photo.png")
+    hashed = shutil.copy(pictures / "seen.png", tmp_path / "a#1%41.png")  # written as it is, not as a URL
     batch = []
-    for block in ({"path": f"file://{pictures / 'seen.png'}"}, {"path": spaced.as_uri()}, {"url": spaced.as_uri()}):
+    blocks = [{"path": f"file://{pictures / 'seen.png'}"}, {"path": spaced.as_uri()}, {"url": spaced.as_uri()}]
+    for block in [*blocks, {"path": f"file://{hashed}"}]:
         question = train_hydrax.user([{"type": "image", **block}, train_hydrax.text("What?")])
         messages = [question, train_hydrax.assistant("a")]
         assert train_hydrax.find_problem(messages, str(tmp_path)) is None
         batch.append({"messages": json.dumps(messages), "origin": "data.jsonl:1", "root": str(tmp_path / "elsewhere")})
-    assert HydraXDataCollator(processor, SIZE)(batch)["pixel_values"].shape[0] == 3
+    assert HydraXDataCollator(processor, SIZE)(batch)["pixel_values"].shape[0] == 4
 
 
 def test_samples_the_processor_refuses_are_bad_samples_named_by_origin(processor, pictures, caplog):
