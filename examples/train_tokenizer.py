@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conversion"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder  # noqa: E402
+from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+from model_card_hydrax import CARD_TEMPLATE, card_lineage  # noqa: E402
 from PIL import Image  # noqa: E402
 from train_hydrax import (  # noqa: E402
     COUNT_OPTIONS,
@@ -729,7 +731,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         )
         if args.compute_latent_stats:
             if training_args.process_index == 0:
-                save_tokenizer(tokenizer.to(saved_dtype), output_dir / "model")
+                save_tokenizer(tokenizer.to(saved_dtype), output_dir / "model", args)
                 print(f"model with latent statistics: {output_dir / 'model'}")
             return None
     if args.stage == 1 and tokenizer.config.latents_mean is not None:
@@ -775,7 +777,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
     )
     trained = gathered_model(trainer, fresh)
     if trainer.is_world_process_zero():
-        save_tokenizer(trained.tokenizer.to(saved_dtype), output_dir / "model")
+        save_tokenizer(trained.tokenizer.to(saved_dtype), output_dir / "model", args)
         final = {key: value for key, value in trainer.state.log_history[-1].items() if not math.isnan(value)}
         print(json.dumps(final, indent=2))
         print(f"model: {output_dir / 'model'}")
@@ -783,10 +785,31 @@ def main(argv=None) -> HydraXTokTrainer | None:
     return trainer
 
 
-def save_tokenizer(tokenizer: HydraXTokModel, folder: Path) -> None:
-    """`save_pretrained` into a staging folder, renamed into place: never a half-written model."""
+def save_tokenizer(tokenizer: HydraXTokModel, folder: Path, args=None) -> None:
+    """`save_pretrained` into a staging folder, renamed into place: never a half-written model. Given the run's
+    `args`, a model card too, with the `base_model` and licence of `--model`'s card (a converted SigLIP 2's id), which
+    conversion/build_hydrax.py carries into the Hydra-X card."""
     with staged_folder(folder) as staging:
         tokenizer.save_pretrained(staging)
+        if args is not None:
+            tokenizer_card(args).save(staging / "README.md")
+
+
+def tokenizer_card(args) -> ModelCard:
+    """The trained tokenizer's model card: what it was trained from, and that source card's lineage."""
+    lineage = card_lineage(args.model) if args.model is not None else {"base_models": None, "license": None}
+    source = f"`{args.model}`" if args.model is not None else f"a new {args.preset} tokenizer"
+    body = (
+        f"# Hydra-XTok\n\nA Hydra-XTok visual tokenizer trained from {source} by `examples/train_tokenizer.py` "
+        f"(stage {args.stage}). Load it with `AutoModel.from_pretrained(folder, trust_remote_code=True)`."
+    )
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=lineage["base_models"],
+        license=lineage["license"],
+        tags=["hydrax", "hydrax-tok"],
+    )
+    return ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body)
 
 
 if __name__ == "__main__":

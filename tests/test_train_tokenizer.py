@@ -325,6 +325,24 @@ def latent_stats(data, stage1, tmp_path_factory):
     return out
 
 
+def test_the_saved_tokenizer_keeps_its_sources_base_model_and_licence(data, stage1, tmp_path):
+    """A tokenizer trained from a converted SigLIP 2 was saved without a card: conversion/build_hydrax.py, which takes
+    the vision tower's base models from that card, dropped SigLIP 2 from the Hydra-X card's `base_model`."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    sys.path.insert(0, str(ROOT / "conversion"))
+    from build_hydrax import default_base_models
+    from model_card_hydrax import CARD_TEMPLATE
+
+    source = shutil.copytree(stage1[0] / "model", tmp_path / "converted")
+    data_card = ModelCardData(base_model=["google/siglip2-base-patch16-naflex"], license="apache-2.0")
+    ModelCard.from_template(data_card, template_str=CARD_TEMPLATE, body="# converted").save(source / "README.md")
+    train(data, tmp_path / "out", "--model", source, "--compute-latent-stats", "--no-teachers")
+    card = ModelCard.load(tmp_path / "out" / "model" / "README.md")
+    assert (card.data.base_model, card.data.license) == (["google/siglip2-base-patch16-naflex"], "apache-2.0")
+    assert default_base_models("Qwen/Qwen2.5-1.5B", tmp_path / "out" / "model")[1:] == card.data.base_model
+
+
 def normalised_latent_moments(folder: Path, dataset: HydraXTokClipDataset, batch_size: int = 2):
     """Per-channel mean and (population) variance of the model's normalised latents `encode(...).latents` over the
     centred crops of `dataset`, batched as compute_latent_stats batches them, over all tokens (B, F, h, w)."""
