@@ -270,13 +270,15 @@ def read_manifest(path: Path, on_bad_sample: str):
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             report_bad_sample(f"{origin}: not a JSON object with a `messages` list ({error!r})", on_bad_sample)
             continue
+        # TRL's layout, which a manifest's lines do not take: bare image blocks (the collator failed on them), or
+        # plain-string turns beside an `images` key (its images were left out, silently)
+        trl_layout = bool(record.get("images") or record.get("image")) and not names_files(messages)
         try:
             bare_image_blocks(messages, 0, origin)
-            problem = find_problem(messages, root)
-            # TRL's layout with plain-string turns and an `images` key: its images were left out, silently
-            if problem is None and (record.get("images") or record.get("image")) and not names_files(messages):
-                raise BadSampleError(origin)
-        except BadSampleError:  # TRL's layout, which a manifest's lines do not take: the collator failed on it
+        except BadSampleError:
+            trl_layout = True
+        problem = find_problem(messages, root)
+        if problem is None and trl_layout:
             problem = (
                 "an image block without a `path`, `image`, `url` or `base64`, or an `images` / `image` key; a "
                 "manifest's image blocks name their files (TRL's bare blocks filled from an `images` column are read "

@@ -107,10 +107,11 @@ def find_problem(messages: list[dict], root: str | None = None) -> str | None:
                     f"a video block in the {message.get('role')} turn has no file ({block}); give it a `path` (a "
                     "generation target too: training needs its pixels)"
                 )
-            if block.get("type") in VISUAL_TYPES and file_name(block) is not None:
-                if not isinstance(file_name(block), (str, os.PathLike)):
-                    return f"{block['type']} {file_name(block)!r} is not a file path ({block})"
-                path = resolve_path(os.fspath(file_name(block)), root)
+            name = file_name(block) if block.get("type") in VISUAL_TYPES else None
+            if name is not None:
+                if not isinstance(name, (str, os.PathLike)):
+                    return f"{block['type']} {name!r} is not a file path ({block})"
+                path = resolve_path(os.fspath(name), root)
                 if not path.is_file():
                     return f"{block['type']} {path}: no such file"
     return None
