@@ -1,6 +1,7 @@
 # Copyright 2026 The Hydra-X Authors. Licensed under the Apache License, Version 2.0.
 """Video processor for Hydra-X: decode with PyAV, sample 1 + 4k frames, resize to a 16-pixel grid, normalise."""
 
+import dataclasses
 import functools
 import io
 import math
@@ -40,6 +41,25 @@ def largest_valid_num_frames(num_frames: int, temporal_compression: int = 4) -> 
     return 1 + ((num_frames - 1) // temporal_compression) * temporal_compression
 
 
+VFR_TOLERANCE = 0.25  # frame intervals off the median by more than this fraction make a variable frame rate
+
+
+@dataclasses.dataclass
+class HydraXVideoMetadata(VideoMetadata):
+    """`VideoMetadata` of a decoded file, with `frame_times`, the presentation time in seconds of each of its frames
+    when they are unevenly spaced (None at a constant frame rate): frames are then sampled, and `timestamps` given,
+    by time rather than by index."""
+
+    frame_times: list[float] | None = None
+
+    @property
+    def timestamps(self) -> list[float]:
+        "Timestamps of the sampled frames in seconds."
+        if self.frame_times is None or self.frames_indices is None:
+            return super().timestamps
+        return [self.frame_times[index] for index in self.frames_indices]
+
+
 class FrameBudget(int):
     """A processor's configured `num_frames`: a shorter clip keeps all its frames (trimmed to `1 + 4k`) where an
     explicit `num_frames` larger than the clip is an error."""
@@ -52,6 +72,7 @@ def sample_frame_indices(
     video_fps: float | None = None,
     temporal_compression: int = 4,
     name: str = "The video",
+    frame_times: list[float] | None = None,
 ) -> np.ndarray:
     r"""
     Indices of the frames to keep from a video of `total_num_frames` frames. Hydra-XTok encodes one anchor frame plus
@@ -62,6 +83,9 @@ def sample_frame_indices(
     - `fps` (needs `video_fps`): frames at that rate from the start, as many as the video holds, rounded down to a
       valid count;
     - neither: every frame, the tail trimmed to a valid count.
+
+    With `frame_times` (the presentation time of every frame, for a variable frame rate), `num_frames` and `fps`
+    pick the frame shown at evenly spaced times rather than at evenly spaced indices.
 
     Every rounding is reported with a `UserWarning`.
 
@@ -101,6 +125,8 @@ def sample_frame_indices(
             )
         if count != num_frames:
             warnings.warn(message, UserWarning, stacklevel=3)
+        if frame_times is not None:
+            return frames_shown_at(frame_times, np.linspace(0, frame_times[-1], count))
         return np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
     if fps is not None:
         if fps <= 0:
@@ -113,7 +139,8 @@ def sample_frame_indices(
         rate = min(fps, video_fps)
         # the sample times k / rate within the clip, k / rate < total / video_fps: frame floor(k · stride) below shows
         # at each (the margin keeps `61 / 29.97 * 29.97` from counting 60, and the last index below the frame count)
-        wanted = min(total_num_frames, math.floor(total_num_frames * rate / video_fps - 1e-5) + 1)
+        duration = total_num_frames / video_fps if frame_times is None else clip_end(frame_times)
+        wanted = min(total_num_frames, math.floor(duration * rate - 1e-5) + 1)
         count = largest_valid_num_frames(wanted, step)
         if count != wanted:
             warnings.warn(
@@ -122,6 +149,8 @@ def sample_frame_indices(
                 UserWarning,
                 stacklevel=3,
             )
+        if frame_times is not None:
+            return frames_shown_at(frame_times, np.arange(count) / rate)
         stride = video_fps / rate  # divided first: `k * 29.97 / 29.97` rounds below k, and floor repeats a frame
         return np.floor(np.arange(count) * stride + 1e-6).astype(np.int64)
     count = largest_valid_num_frames(total_num_frames, step)
@@ -133,6 +162,16 @@ def sample_frame_indices(
             stacklevel=3,
         )
     return np.arange(count, dtype=np.int64)
+
+
+def frames_shown_at(frame_times: list[float], times: np.ndarray) -> np.ndarray:
+    """Index of the frame on screen at each of `times` (the last one presented at or before it)."""
+    return np.searchsorted(np.asarray(frame_times), times + 1e-6, side="right").astype(np.int64) - 1
+
+
+def clip_end(frame_times: list[float]) -> float:
+    """When a clip of frames presented at `frame_times` ends: its last frame lasts as long as the one before."""
+    return 2 * frame_times[-1] - frame_times[-2]
 
 
 def _checked_leaves(videos):
@@ -238,6 +277,27 @@ def count_video_frames(container, stream) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
 
 
+def variable_frame_times(source, total: int) -> list[float] | None:
+    """The presentation times (seconds from the first frame) of the `total` frames a decoder gives for a video file
+    whose frames are not evenly spaced (phone cameras halve the rate in dim light), read from the packets without
+    decoding; None at a constant frame rate (frame `i` shows at `i / fps`, within `VFR_TOLERANCE` of an interval) or
+    when the packets carry no times."""
+    with import_av().open(source) as container:
+        stream = container.streams.video[0]
+        times = [packet.pts for packet in container.demux(stream) if packet.size and not packet.is_discard]
+        time_base = float(stream.time_base)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    if total < 3 or len(times) != total or None in times:
+        return None
+    times = np.sort(np.asarray(times, dtype=np.float64)) * time_base
+    intervals = np.diff(times)
+    median = float(np.median(intervals))
+    if median <= 0 or np.abs(intervals - median).max() <= VFR_TOLERANCE * median:
+        return None
+    return (times - times[0]).tolist()
+
+
 def upright(frame) -> np.ndarray:
     """A decoded PyAV frame as RGB `[H, W, 3]`, turned as players show it: phone videos are stored sideways with a
     display rotation (counterclockwise degrees, as PyAV reports it), as photos are with an EXIF orientation. A frame
@@ -267,10 +327,17 @@ def read_video_frames(source, total: int, sample_indices_fn, name: str) -> tuple
     container (wrong for edit lists, missing in WebM) and ignores display rotation."""
     av = import_av()
     try:
+        frame_times = variable_frame_times(source, total)
         with av.open(source) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate)
-            metadata = VideoMetadata(total_num_frames=total, fps=fps, duration=total / fps, video_backend="pyav")
+            metadata = HydraXVideoMetadata(
+                total_num_frames=total,
+                fps=fps,
+                duration=total / fps if frame_times is None else clip_end(frame_times),
+                video_backend="pyav",
+                frame_times=frame_times,
+            )
             indices = np.asarray(sample_indices_fn(metadata=metadata), dtype=np.int64)
             wanted, decoded = set(indices.tolist()), {}
             for position, frame in enumerate(container.decode(stream)):
@@ -460,6 +527,7 @@ class HydraXVideoProcessor(BaseVideoProcessor):
             video_fps=metadata.fps,
             temporal_compression=temporal_compression or self.temporal_compression,
             name=name,
+            frame_times=getattr(metadata, "frame_times", None),
         )
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
@@ -582,4 +650,4 @@ class HydraXVideoProcessor(BaseVideoProcessor):
         return postprocess_pixels(videos, self.image_mean, self.image_std, output_type, video=True)
 
 
-__all__ = ["HydraXVideoProcessor", "sample_frame_indices"]
+__all__ = ["HydraXVideoMetadata", "HydraXVideoProcessor", "sample_frame_indices"]

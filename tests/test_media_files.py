@@ -20,19 +20,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from script_args import load_source  # noqa: E402
 
 
-def write_video(path, frames: list[np.ndarray], rotation=None, first_pts=0):
+def write_video(path, frames: list[np.ndarray], rotation=None, first_pts=0, times=None):
     """An H.264 MP4 of `frames` at 10 fps; `rotation` sets a display matrix (counterclockwise degrees), and a negative
-    `first_pts` starts the edit list after that many frames, as `ffmpeg -ss … -c copy` cuts do."""
+    `first_pts` starts the edit list after that many frames, as `ffmpeg -ss … -c copy` cuts do. `times` (seconds)
+    present the frames at those times instead (a variable frame rate, as phones record)."""
     height, width = frames[0].shape[:2]
+    time_base = fractions.Fraction(1, 10 if times is None else 90000)
+    pts = [first_pts + index for index in range(len(frames))] if times is None else [round(t * 90000) for t in times]
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = fractions.Fraction(1, 10)
+        stream.codec_context.time_base = time_base
         if rotation is not None:
             stream.set_display_rotation(rotation)
         for index, pixels in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts, frame.time_base = first_pts + index, fractions.Fraction(1, 10)
+            frame.pts, frame.time_base = pts[index], time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return str(path)
@@ -51,6 +54,41 @@ def test_a_clip_cut_without_reencoding_decodes_the_frames_of_its_edit_list(tmp_p
     assert out["pixel_values_videos"].shape[2] == 17 and out["video_metadata"][0].total_num_frames == 17
     assert abs(float(frames[0]) - 48) < 4 and abs(float(frames[-1]) - 240) < 4  # frames 4 … 20 of the encoding
     assert probe_video(path) == (17, 48, 64)
+
+
+def numbered_frames(count, height=48, width=64):
+    """Frames whose index is drawn as 8 black/white bars (read back by `frame_numbers`, robust to compression)."""
+    frames = [np.zeros((height, width, 3), np.uint8) for _ in range(count)]
+    for index, frame in enumerate(frames):
+        for bit in range(8):
+            frame[:, bit * 8 : (bit + 1) * 8] = 255 * ((index >> bit) & 1)
+    return frames
+
+
+def frame_numbers(pixel_values) -> list[int]:
+    bars = pixel_values[0].mean(dim=(0, 2)).unflatten(-1, (-1, 8))[:, :8].mean(-1)  # [T, 8] in [-1, 1]
+    return [sum(1 << bit for bit in range(8) if bars[t, bit] > 0) for t in range(len(bars))]
+
+
+def test_a_variable_frame_rate_video_is_sampled_at_the_times_its_frames_show(tmp_path):
+    # a phone clip: 2 s at 30 fps, then 2 s at 15 fps in dim light (90 frames, 4 s)
+    times = [k / 30 for k in range(60)] + [2 + k / 15 for k in range(30)]
+    path = write_video(tmp_path / "vfr.mp4", numbered_frames(90), times=times)
+    processor = HydraXVideoProcessor(do_resize=False)
+    by_rate = processor(path, fps=2)  # 8 samples in 4 s, 5 kept: 0, 0.5, 1, 1.5, 2 s
+    assert frame_numbers(by_rate["pixel_values_videos"]) == [0, 15, 30, 45, 60]  # by index: [0, 11, 22, 34, 45]
+    metadata = by_rate["video_metadata"][0]
+    assert metadata.duration == pytest.approx(4.0) and metadata.timestamps == pytest.approx([0, 0.5, 1, 1.5, 2])
+    over_clip = processor(path, num_frames=5)  # 0, 0.98, 1.97, 2.95, 3.93 s
+    assert frame_numbers(over_clip["pixel_values_videos"]) == [0, 29, 59, 74, 89]  # by index: [0, 22, 44, 67, 89]
+
+
+def test_a_constant_rate_video_with_jittered_times_is_sampled_by_index(tmp_path):
+    times = [k / 30 + (0.004 if k % 3 == 1 else 0) for k in range(21)]  # millisecond timestamps of a 30 fps clip
+    path = write_video(tmp_path / "cfr.mp4", numbered_frames(21), times=times)
+    out = HydraXVideoProcessor(do_resize=False)(path, num_frames=5)
+    assert frame_numbers(out["pixel_values_videos"]) == [0, 5, 10, 15, 20]
+    assert out["video_metadata"][0].frame_times is None
 
 
 def test_a_phone_video_is_turned_upright_by_its_display_rotation(tmp_path):
