@@ -625,6 +625,14 @@ class HydraXTrainer(Trainer):
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, self.time_budget.factor)
         return self.lr_scheduler
 
+    def _run_epoch(self, *args, **kwargs):
+        """The Trainer's epoch, none once `max_steps` is reached: its loop checks the step count after a step, so a
+        run resumed from its last checkpoint (a finished job started again) trained a step past `max_steps`."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)

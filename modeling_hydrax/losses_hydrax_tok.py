@@ -848,8 +848,9 @@ class HydraXTokLoss(nn.Module):
                 config.discriminator_channels, config.discriminator_layers, config.discriminator_norm
             )
         self.discriminator = discriminator
-        # the last adaptive GAN factor of a training step, applied where no gradient can set it (evaluation)
-        self.register_buffer("adaptive_gan_factor", torch.ones(()), persistent=False)
+        # the last adaptive GAN factor of a training step, applied where no gradient can set it (evaluation); saved in
+        # training checkpoints, so that an evaluation right after a resume applies it too
+        self.register_buffer("adaptive_gan_factor", torch.ones(()))
 
     def _grid(self, clip: torch.Tensor) -> tuple[int, int]:
         height, width = clip.shape[-2:]

@@ -524,6 +524,19 @@ sums = {name: param.detach().double().sum().item() for name, param in tokenizer.
 """
 
 
+def test_the_adaptive_gan_factor_is_saved_in_checkpoints_and_restored_on_resume(data, helpers, tmp_path):
+    """Evaluation applies the last training step's adaptive GAN factor; a resume restores it from the checkpoint (it
+    was not saved: an evaluation before the resumed run's first step applied 1). A finished run resumed trains no step
+    past --max-steps (the Trainer's epoch loop ran one)."""
+    argv = ["--preset", "tiny", "--no-teachers", "--lpips", helpers / "lpips", "--gan-weight", 0.1]
+    argv += ["--adaptive-gan-weight", "--max-steps", 2, "--save-steps", 2]
+    trained = train(data, tmp_path, *argv).model.loss_fn.adaptive_gan_factor
+    saved = load_file(tmp_path / "work" / "checkpoint-2" / "model.safetensors")["loss_fn.adaptive_gan_factor"]
+    assert float(trained) != 1.0 and torch.equal(saved, trained)
+    resumed = train(data, tmp_path, *argv, "--resume-from-checkpoint", "last")  # already at its last step
+    assert resumed.state.global_step == 2 and torch.equal(resumed.model.loss_fn.adaptive_gan_factor, trained)
+
+
 def train_two_processes(data, tmp_path, *args) -> tuple[Path, Path]:
     """3 steps on 2 gloo processes under torchrun (LAUNCHER): (logs, output dir), after checking that both ended with
     the weights the saved model holds."""
