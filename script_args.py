@@ -37,10 +37,7 @@ def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint
     warn, and build a Hydra-X model of default sizes around it): a Hydra-XTok (visual tokenizer) folder, which the
     quickstart and examples/train_tokenizer.py write as `model/` too, gets the command that builds a Hydra-X one."""
     check_folder(parser, option, path, hint, required_file="config.json")
-    try:
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):  # unreadable: loading reports it in full
-        return
+    model_type = config_model_type(path)
     if model_type == "hydrax_tok":
         parser.error(
             f"{option} {path}: a Hydra-XTok visual tokenizer, not a Hydra-X checkpoint; build one around it with "
@@ -49,6 +46,26 @@ def check_hydrax_folder(parser: argparse.ArgumentParser, option: str, path, hint
         )
     if model_type not in (None, "hydrax"):
         parser.error(f"{option} {path}: a {model_type!r} checkpoint (config.json's model_type), not Hydra-X; {hint}")
+
+
+def check_tokenizer_folder(parser: argparse.ArgumentParser, option: str, path, hint: str) -> None:
+    """`check_folder` for a Hydra-XTok checkpoint, also refusing a folder of another model type up front (loading
+    failed with a traceback after the run's first work); a unified Hydra-X checkpoint holds one and is accepted."""
+    check_folder(parser, option, path, hint, required_file="config.json")
+    model_type = config_model_type(path)
+    if model_type not in (None, "hydrax_tok", "hydrax"):
+        parser.error(
+            f"{option} {path}: a {model_type!r} checkpoint (config.json's model_type), not a Hydra-XTok tokenizer or "
+            f"a Hydra-X model; {hint}"
+        )
+
+
+def config_model_type(path) -> str | None:
+    """config.json's `model_type` in the folder `path`; None when it cannot be read (loading reports it in full)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_finite(parser: argparse.ArgumentParser, **values) -> None:

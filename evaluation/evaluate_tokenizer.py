@@ -61,7 +61,13 @@ from modeling_hydrax.data_hydrax_tok import (  # noqa: E402
 )
 from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
 from modeling_hydrax.losses_hydrax_tok import _fold_frames as frames_of  # noqa: E402
-from script_args import HelpFormatter, check_folder, check_new_output_folder, looks_like_path  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_folder,
+    check_new_output_folder,
+    check_tokenizer_folder,
+    looks_like_path,
+)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -173,7 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="the tokenizer's dtype")
     parser.add_argument("--seed", type=int, default=0, help="seed for `--sample`")
     args = parser.parse_args(argv)
-    check_folder(parser, "--model", args.model, "pass a Hydra-XTok or Hydra-X checkpoint folder", "config.json")
+    check_tokenizer_folder(parser, "--model", args.model, "pass a Hydra-XTok or Hydra-X checkpoint folder")
     inputs = {"--model": args.model, "--data": args.data, "--lpips": args.lpips, "--feature-model": args.feature_model}
     check_new_output_folder(parser, "--output-dir", args.output_dir, args.force, inputs)
     if args.lpips is not None:

@@ -39,10 +39,10 @@ from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
-    check_folder,
     check_inputs_outside,
     check_output_folder,
     check_positive,
+    check_tokenizer_folder,
 )
 
 
@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_positive(parser, lr=args.lr, max_minutes=args.max_minutes)
     if args.model is not None:
         hint = "pass a folder written by save_pretrained, e.g. outputs/quickstart/model"
-        check_folder(parser, "--model", args.model, hint, required_file="config.json")
+        check_tokenizer_folder(parser, "--model", args.model, hint)
     check_output_folder(parser, "--output-dir", args.output_dir)
     inputs = {"--model": args.model}  # train_tokenizer.py would refuse it late, after the data and a first PSNR
     check_inputs_outside(parser, "--output-dir", args.output_dir, inputs, train_tokenizer.RUN_OUTPUTS)

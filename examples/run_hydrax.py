@@ -41,10 +41,10 @@ from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_finite,
-    check_folder,
     check_hydrax_folder,
     check_output_folder,
     check_positive,
+    check_tokenizer_folder,
 )
 
 
@@ -237,7 +237,7 @@ def parse_args(argv=None):
         check_hydrax_folder(parser, "--model", args.model, hint)
     if args.tokenizer is not None:
         hint = "pass a folder written by examples/quickstart.py or a Hydra-XTok checkpoint"
-        check_folder(parser, "--tokenizer", args.tokenizer, hint, required_file="config.json")
+        check_tokenizer_folder(parser, "--tokenizer", args.tokenizer, hint)
     if args.model is not None and args.tokenizer is not None:
         vision_config = HydraXConfig.from_pretrained(args.model).vision_config
         problem = tower_mismatch(vision_config, HydraXTokConfig.from_pretrained(args.tokenizer))

@@ -38,10 +38,10 @@ from modeling_hydrax.losses_hydrax_tok import HydraXTokLPIPS  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
-    check_folder,
     check_inputs_outside,
     check_output_folder,
     check_positive,
+    check_tokenizer_folder,
 )
 
 
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.tiny:
             parser.error("--tiny sizes a new stage-1 model; it cannot be combined with --stage1-model.")
         hint = "pass a stage-1 model folder, e.g. OUTPUT_DIR/stage1/model of an earlier run"
-        check_folder(parser, "--stage1-model", args.stage1_model, hint, required_file="config.json")
+        check_tokenizer_folder(parser, "--stage1-model", args.stage1_model, hint)
     check_output_folder(parser, "--output-dir", args.output_dir)
     # a stage-1 model inside a stage-2 run's folder would be replaced by that run (it failed after the runs before it)
     stage2_outputs = [f"{folder}/{part}" for _, folder, _ in STAGE2_RUNS for part in train_tokenizer.RUN_OUTPUTS]

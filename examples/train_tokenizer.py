@@ -101,6 +101,7 @@ from script_args import (  # noqa: E402
     check_folder,
     check_inputs_outside,
     check_output_folder,
+    check_tokenizer_folder,
     missing_local_source,
 )
 
@@ -545,7 +546,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     if args.model is not None:
-        check_folder(parser, "--model", args.model, "a HydraXTokModel folder", required_file="config.json")
+        check_tokenizer_folder(parser, "--model", args.model, "a HydraXTokModel folder")
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)

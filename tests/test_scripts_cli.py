@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from script_args import check_adapter, check_new_output_folder
+from script_args import check_adapter, check_new_output_folder, check_tokenizer_folder
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -330,6 +330,35 @@ def test_a_folder_of_another_model_type_as_a_hydrax_model_is_refused(script, arg
     assert f"{option} {paths['qwen']}: a 'qwen2' checkpoint (config.json's model_type), not Hydra-X" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("examples/quickstart.py", ["--model", "{qwen}", "--output-dir", "{tmp}/out"]),
+        ("examples/run_hydrax.py", ["--tokenizer", "{qwen}"]),
+        ("examples/tokenizer_stages.py", ["--stage1-model", "{qwen}", "--output-dir", "{tmp}/out"]),
+        ("examples/train_tokenizer.py", ["--data", "{tmp}", "--model", "{qwen}", "--output-dir", "{tmp}/out"]),
+        ("evaluation/evaluate_tokenizer.py", ["--data", "{tmp}", "--model", "{qwen}", "--output-dir", "{tmp}/out"]),
+    ],
+)
+def test_a_folder_of_another_model_type_as_a_tokenizer_is_refused(script, args, monkeypatch, capsys, tmp_path):
+    """Loading refused it with a traceback, after the run had written its data (quickstart, tokenizer_stages), an
+    empty output folder (run_hydrax) or probed the data (train_tokenizer)."""
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    code, _ = run_in_process(script, [arg.format(qwen=qwen, tmp=tmp_path) for arg in args], monkeypatch)
+    option = args[args.index("{qwen}") - 1]
+    assert code == 2
+    message = f"{option} {qwen}: a 'qwen2' checkpoint (config.json's model_type), not a Hydra-XTok tokenizer"
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model_type", ["hydrax_tok", "hydrax"])
+def test_a_tokenizer_option_takes_a_tokenizer_or_a_unified_checkpoint(model_type, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    check_tokenizer_folder(argparse.ArgumentParser(), "--model", tmp_path, "hint")
 
 
 def test_only_org_name_adapters_are_taken_as_hub_ids(tmp_path, monkeypatch, capsys):
