@@ -35,6 +35,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 
@@ -383,9 +384,33 @@ def card_lineage(folder) -> dict:
     path = Path(folder) / "README.md"
     if not path.is_file():
         return {"base_models": None, "license": None}
-    data = ModelCard.load(path).data
-    base = data.base_model
-    return {"base_models": [base] if isinstance(base, str) else list(base or []) or None, "license": data.license}
+    data = read_card(path).data
+    base = [data.base_model] if isinstance(data.base_model, str) else data.base_model or []
+    if not isinstance(base, list) or not all(isinstance(name, str) for name in base):
+        raise ValueError(f"{path}: base_model must be a Hub id or a list of them, got {data.base_model!r}; fix it")
+    if not isinstance(data.license, (str, type(None))):
+        raise ValueError(f"{path}: license must be a licence id such as 'apache-2.0', got {data.license!r}; fix it")
+    return {"base_models": base or None, "license": data.license}
+
+
+def read_card(path: Path) -> ModelCard:
+    """`ModelCard.load`, with an error naming the card and the fix when its metadata cannot be read."""
+    try:
+        return ModelCard.load(path)
+    except (yaml.YAMLError, ValueError) as error:  # a UnicodeDecodeError is a ValueError
+        raise ValueError(
+            f"{path}: the card's metadata cannot be read ({type(error).__name__}: {error}); fix the YAML between "
+            "its '---' lines, or remove the card"
+        ) from error
+
+
+def check_card(parser: argparse.ArgumentParser, option: str, folder) -> None:
+    """`parser.error` when the card in `folder` cannot be read for `card_lineage` (a script that reads it when saving
+    lost the run's work)."""
+    try:
+        card_lineage(folder)
+    except ValueError as error:
+        parser.error(f"{option} {folder}: {error}")
 
 
 def card_weights(text: str) -> str:
@@ -430,7 +455,8 @@ def main(argv=None):
     kwargs = card_arguments(parser, args)
     weights, sources = args.weights or "trained", None
     if (args.model / "README.md").is_file():  # a rewrite (for the Hub id, new results) keeps what the card says
-        existing = ModelCard.load(args.model / "README.md")
+        check_card(parser, "--model", args.model)
+        existing = read_card(args.model / "README.md")
         if kwargs["training_details"] is None:
             kwargs["training_details"] = card_section(existing.text, "Training details")
         if kwargs["eval_results"] is None:

@@ -75,7 +75,7 @@ from accelerate.utils import broadcast  # noqa: E402
 from accelerate.utils.deepspeed import DeepSpeedEngineWrapper  # noqa: E402
 from build_hydrax import build_checkpoint  # noqa: E402
 from checkpoint_importer import staged_folder  # noqa: E402
-from model_card_hydrax import build_adapter_card, build_model_card, card_lineage  # noqa: E402
+from model_card_hydrax import build_adapter_card, build_model_card, card_lineage, check_card  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
@@ -1280,6 +1280,7 @@ def parse_args(argv=None):
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or this script (OUTPUT_DIR/model)"
         check_hydrax_folder(parser, "--model", args.model, hint)
+        check_card(parser, "--model", args.model)  # its lineage goes into the trained model's card
     if args.resume_from_checkpoint not in (None, "last"):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder  # noqa: E402
 from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
-from model_card_hydrax import CARD_TEMPLATE, card_lineage  # noqa: E402
+from model_card_hydrax import CARD_TEMPLATE, card_lineage, check_card  # noqa: E402
 from PIL import Image  # noqa: E402
 from train_hydrax import (  # noqa: E402
     COUNT_OPTIONS,
@@ -547,6 +547,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")
     if args.model is not None:
         check_tokenizer_folder(parser, "--model", args.model, "a HydraXTokModel folder")
+        check_card(parser, "--model", args.model)  # its lineage goes into the trained tokenizer's card
     if args.lpips is not None:
         check_folder(parser, "--lpips", args.lpips, "a HydraXTokLPIPS folder", required_file="config.json")
     check_output_folder(parser, "--output-dir", args.output_dir)

@@ -355,6 +355,37 @@ def test_a_folder_of_another_model_type_as_a_tokenizer_is_refused(script, args, 
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "card, message",
+    [
+        ("---\nbase_model: [unclosed\n---\n", "the card's metadata cannot be read (ParserError"),
+        ("---\nbase_model: 3\n---\n", "base_model must be a Hub id or a list of them, got 3"),
+    ],
+)
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("examples/train_hydrax.py", ["--model", "{hydrax}", "--output-dir", "{tmp}/out"]),
+        ("examples/train_tokenizer.py", ["--data", "{tmp}", "--model", "{tok}", "--output-dir", "{tmp}/out"]),
+        ("conversion/model_card_hydrax.py", ["--model", "{hydrax}"]),
+    ],
+)
+def test_a_model_whose_card_cannot_be_read_is_refused_up_front(
+    script, args, card, message, monkeypatch, capsys, tmp_path
+):
+    """The training scripts read `--model`'s card (its lineage) when saving: a broken one lost the trained model."""
+    for name, model_type in (("hydrax", "hydrax"), ("tok", "hydrax_tok")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": model_type}))
+        (tmp_path / name / "README.md").write_text(card)
+    code, _ = run_in_process(
+        script,
+        [arg.format(tmp=tmp_path, hydrax=tmp_path / "hydrax", tok=tmp_path / "tok") for arg in args],
+        monkeypatch,
+    )
+    assert code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model_type", ["hydrax_tok", "hydrax"])
 def test_a_tokenizer_option_takes_a_tokenizer_or_a_unified_checkpoint(model_type, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
