@@ -68,26 +68,25 @@ def config_model_type(path) -> str | None:
         return None
 
 
-def check_finite(parser: argparse.ArgumentParser, **values) -> None:
-    """`parser.error` naming the first option that is not a finite number: `inf` and `nan` pass every comparison
-    check, and a script that hands them on fails late, under another script's usage. Each keyword is an option
-    (`repeats=args.repeats` is --repeats); None (an option left at its "not given" default) passes."""
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):  # an int is finite (and may be too big for one)
-            parser.error(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+def finite_float(text: str) -> float:
+    """argparse `type` of every float option: `inf` and `nan` pass every comparison check, and a script that hands
+    them on fails late, under another script's usage."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def check_at_least(parser: argparse.ArgumentParser, minimum: int, **values) -> None:
-    """`parser.error` naming the first option below `minimum` or not finite (keywords as `check_finite`'s)."""
-    check_finite(parser, **values)
+    """`parser.error` naming the first option below `minimum`. Each keyword is an option (`repeats=args.repeats` is
+    --repeats); None (an option left at its "not given" default) passes."""
     for name, value in values.items():
         if value is not None and value < minimum:
             parser.error(f"--{name.replace('_', '-')} must be ≥ {minimum}, got {value}")
 
 
 def check_positive(parser: argparse.ArgumentParser, **values) -> None:
-    """`parser.error` naming the first option that is not a finite number > 0 (keywords as `check_finite`'s)."""
-    check_finite(parser, **values)
+    """`parser.error` naming the first option that is not > 0 (keywords as `check_at_least`'s)."""
     for name, value in values.items():
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -254,12 +253,15 @@ def pipeline_parser(
         parser.add_argument("--fps", type=int, default=8, help="frames per second of the MP4, ≥ 1")
     parser.add_argument("--steps", type=int, default=4, help="denoising (Euler) steps")
     parser.add_argument(
-        "--guidance-scale", type=float, default=4.0, help="classifier-free guidance on the prompt; ≤ 1 turns it off"
+        "--guidance-scale",
+        type=finite_float,
+        default=4.0,
+        help="classifier-free guidance on the prompt; ≤ 1 turns it off",
     )
     if edit:
         parser.add_argument(
             "--image-guidance-scale",
-            type=float,
+            type=finite_float,
             default=1.5,
             help="guidance on the source image (how closely the edit follows it); ≤ 1 turns it off",
         )
@@ -271,7 +273,7 @@ def pipeline_parser(
         "loaded onto the pipeline with `load_lora_weights`",
     )
     parser.add_argument(
-        "--lora-scale", type=float, help="weight of the --lora adapter's update (default: 1.0; needs --lora)"
+        "--lora-scale", type=finite_float, help="weight of the --lora adapter's update (default: 1.0; needs --lora)"
     )
     return parser
 
@@ -284,10 +286,6 @@ def parse_pipeline_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
             parser.error(f"{option} must be a positive multiple of {PATCH_SIZE}, got {value}")
     if args.steps < 1:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
-    check_finite(
-        parser,
-        **{name: getattr(args, name, None) for name in ("guidance_scale", "image_guidance_scale", "lora_scale")},
-    )
     video = hasattr(args, "num_frames")
     if video and (args.num_frames < 5 or (args.num_frames - 1) % 4):
         parser.error(f"--num-frames must be 1 + 4k with k ≥ 1 (5, 9, 13, …), got {args.num_frames}")

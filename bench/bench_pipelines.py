@@ -41,7 +41,7 @@ from modeling_hydrax import (  # noqa: E402
 )
 from modeling_hydrax.configuration_hydrax_presets import preset_kwargs  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import check_at_least, check_hidden_size  # noqa: E402
+from script_args import check_at_least, check_hidden_size, finite_float  # noqa: E402
 
 
 LLM_HEAD_WIDTH = 64  # channels per attention head of the benchmark LLM (Qwen2.5's head width)
@@ -174,8 +174,10 @@ def main(argv=None):
     parser.add_argument("--long-prompt", type=int, default=512, help="tokens of the long prompt prefix (default: 512)")
     parser.add_argument("--hidden-size", type=int, default=768, help="LLM width of the benchmark model (default: 768)")
     parser.add_argument("--layers", type=int, default=2, help="LLM layers of the benchmark model (default: 2)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="text guidance scale (default: 4.0)")
-    parser.add_argument("--image-guidance-scale", type=float, default=1.5, help="edit image guidance (default: 1.5)")
+    parser.add_argument("--guidance-scale", type=finite_float, default=4.0, help="text guidance scale (default: 4.0)")
+    parser.add_argument(
+        "--image-guidance-scale", type=finite_float, default=1.5, help="edit image guidance (default: 1.5)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default: 1, steady timings on a shared machine)"
     )

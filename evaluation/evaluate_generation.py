@@ -113,6 +113,7 @@ from script_args import (  # noqa: E402
     check_folder,
     check_hydrax_folder,
     check_new_output_folder,
+    finite_float,
     looks_like_path,
     write_video,
 )
@@ -929,7 +930,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a LoRA adapter of --model (folder or Hub id; train_hydrax.py --lora-r's OUTPUT_DIR/adapter), loaded "
         "onto the pipeline: the adapter is evaluated without merging it",
     )
-    parser.add_argument("--lora-scale", type=float, default=1.0, help="weight of the --lora adapter's update")
+    parser.add_argument("--lora-scale", type=finite_float, default=1.0, help="weight of the --lora adapter's update")
     parser.add_argument(
         "--data", required=True, help="prompts (.txt), a JSONL manifest, a save_to_disk folder or a Hub dataset id"
     )
@@ -959,11 +960,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=512, help=f"output width in pixels, a multiple of {PATCH_SIZE}")
     parser.add_argument("--num-inference-steps", type=int, default=30, help="denoising (Euler) steps")
     parser.add_argument(
-        "--guidance-scale", type=float, default=4.0, help="classifier-free guidance on the prompt; ≤ 1 turns it off"
+        "--guidance-scale",
+        type=finite_float,
+        default=4.0,
+        help="classifier-free guidance on the prompt; ≤ 1 turns it off",
     )
     parser.add_argument(
         "--image-guidance-scale",
-        type=float,
+        type=finite_float,
         default=1.5,
         help="edit only: guidance on the source image; ≤ 1 turns it off",
     )

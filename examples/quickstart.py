@@ -43,6 +43,7 @@ from script_args import (  # noqa: E402
     check_output_folder,
     check_positive,
     check_tokenizer_folder,
+    finite_float,
 )
 
 
@@ -67,9 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--steps", type=int, default=2400, help="most optimisation steps (the time budget usually ends training first)"
     )
     parser.add_argument(
-        "--max-minutes", type=float, default=3.0, help="time budget: stop training after this many minutes"
+        "--max-minutes", type=finite_float, default=3.0, help="time budget: stop training after this many minutes"
     )
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (warm-up, cosine decay)")
+    parser.add_argument(
+        "--lr", type=finite_float, default=3e-4, help="peak AdamW learning rate (warm-up, cosine decay)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
     parser.add_argument("--size", type=int, default=128, help="train / evaluation side in pixels (multiple of 16)")
     parser.add_argument("--frames", type=int, default=5, help="frames per clip: an anchor plus a multiple of 4")

@@ -40,11 +40,11 @@ from modeling_hydrax import HydraXConfig, HydraXPipeline, HydraXTokConfig, Hydra
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
-    check_finite,
     check_hydrax_folder,
     check_output_folder,
     check_positive,
     check_tokenizer_folder,
+    finite_float,
 )
 
 
@@ -221,9 +221,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels, a multiple of 16")
     parser.add_argument("--steps", type=int, default=150, help="training steps; 0 skips training")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--lr", type=finite_float, default=2e-3, help="AdamW learning rate")
     parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per generated image")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance-scale", type=finite_float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights, data and sampling")
     args = parser.parse_args(argv)
     if args.size % 16 or args.size < 16:
@@ -231,7 +231,6 @@ def parse_args(argv=None):
     if args.steps < 0 or args.sampling_steps < 1:
         parser.error(f"--steps must be ≥ 0 and --sampling-steps ≥ 1, got {args.steps} and {args.sampling_steps}")
     check_positive(parser, lr=args.lr)  # both failed only after the work: AdamW at step 1, guidance at sampling
-    check_finite(parser, guidance_scale=args.guidance_scale)
     if args.model is not None:
         hint = "pass a checkpoint folder written by conversion/build_hydrax.py or examples/run_hydrax.py"
         check_hydrax_folder(parser, "--model", args.model, hint)

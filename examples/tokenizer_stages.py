@@ -42,6 +42,7 @@ from script_args import (  # noqa: E402
     check_output_folder,
     check_positive,
     check_tokenizer_folder,
+    finite_float,
 )
 
 
@@ -56,8 +57,8 @@ STAGE2_RUNS = (  # (name, output folder, extra options), each from the stage-1 m
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/tokenizer_stages"), help="where runs go")
-    parser.add_argument("--stage1-minutes", type=float, default=5.0, help="time budget of stage 1")
-    parser.add_argument("--stage2-minutes", type=float, default=3.0, help="time budget of each stage-2 run")
+    parser.add_argument("--stage1-minutes", type=finite_float, default=5.0, help="time budget of stage 1")
+    parser.add_argument("--stage2-minutes", type=finite_float, default=3.0, help="time budget of each stage-2 run")
     parser.add_argument("--size", type=int, default=128, help="train / evaluation side in pixels (multiple of 16)")
     parser.add_argument("--batch-size", type=int, default=16, help="images or clips per step")
     parser.add_argument("--tiny", action="store_true", help="the test-sized tokenizer (hidden 32)")

@@ -52,7 +52,13 @@ from transformers import AutoModel, AutoProcessor  # noqa: E402
 from modeling_hydrax import HydraXEditPipeline, HydraXPipeline, HydraXTokModel  # noqa: E402
 from modeling_hydrax.data_hydrax_tok import psnr  # noqa: E402
 from modeling_hydrax.pipeline_hydrax import default_scheduler  # noqa: E402
-from script_args import HelpFormatter, check_at_least, check_finite, check_output_folder, check_positive  # noqa: E402
+from script_args import (  # noqa: E402
+    HelpFormatter,
+    check_at_least,
+    check_output_folder,
+    check_positive,
+    finite_float,
+)
 
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (230, 200, 40)}
@@ -299,7 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=32, help="image side in pixels, a multiple of 16 (32: 2×2 tokens)")
     parser.add_argument(
         "--tokenizer-minutes",
-        type=float,
+        type=finite_float,
         default=1.5,
         help="time budget of the Hydra-XTok fit, in minutes; 0: none, so the fit and its learning-rate schedule "
         "depend on --tokenizer-steps alone and the run repeats exactly (a budget's schedule follows the clock)",
@@ -314,7 +320,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Hydra-XTok latent channels; the tiny Hydra-X's flow path is 64 wide, so 64 channels leave it no room "
         "to learn (flow loss stays at 2.0)",
     )
-    parser.add_argument("--tokenizer-lr", type=float, default=1e-3, help="peak learning rate of the Hydra-XTok fit")
+    parser.add_argument(
+        "--tokenizer-lr", type=finite_float, default=1e-3, help="peak learning rate of the Hydra-XTok fit"
+    )
     parser.add_argument("--steps", type=int, default=1500, help="Hydra-X optimizer steps of train_hydrax.py")
     parser.add_argument(
         "--batch-size",
@@ -325,21 +333,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--learning-rate-scale",
-        type=float,
+        type=finite_float,
         default=25.0,
         help="train_hydrax.py's multiplier of the stage-2 learning rates (a toy model learns fast)",
     )
     parser.add_argument(
         "--flow-logit-mean",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="mean of the logit-normal flow-time distribution (> 0 draws times near noise, where small grids learn "
         'their conditioning: docs/TOY_WORLD.md, "Flow times"; 1.0 still trains the near-clean times the last '
         "sampling steps need)",
     )
     parser.add_argument("--sampling-steps", type=int, default=20, help="Euler steps per generated or edited image")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free (text) guidance scale")
-    parser.add_argument("--image-guidance-scale", type=float, default=1.5, help="source-image guidance of edits")
+    parser.add_argument(
+        "--guidance-scale", type=finite_float, default=3.0, help="classifier-free (text) guidance scale"
+    )
+    parser.add_argument(
+        "--image-guidance-scale", type=finite_float, default=1.5, help="source-image guidance of edits"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and sampling noise")
     args = parser.parse_args(argv)
     if args.size < 32 or args.size % 16:
@@ -349,8 +361,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     check_positive(parser, tokenizer_lr=args.tokenizer_lr, learning_rate_scale=args.learning_rate_scale)
     check_at_least(parser, 0, tokenizer_minutes=args.tokenizer_minutes, seed=args.seed)  # minutes 0: no budget
-    check_finite(parser, flow_logit_mean=args.flow_logit_mean)
-    check_finite(parser, guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale)
     check_output_folder(parser, "--output-dir", args.output_dir)
     return args
 

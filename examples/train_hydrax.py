@@ -104,12 +104,12 @@ from modeling_hydrax.modeling_hydrax import HYDRAX_FROZEN_MODULES  # noqa: E402
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_at_least,
-    check_finite,
     check_folder,
     check_hydrax_folder,
     check_inputs_outside,
     check_output_folder,
     check_positive,
+    finite_float,
     missing_local_source,
     write_atomically,
     write_video,
@@ -1006,7 +1006,7 @@ def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
     """`--max-minutes`, checked by `check_time_budget`."""
     parser.add_argument(
         "--max-minutes",
-        type=float,
+        type=finite_float,
         help="time budget: stop after this many minutes (with the evaluation and checkpoint of a last step); the "
         "learning rate then follows whichever of --max-steps and the budget runs out first (a run that is not "
         "reproducible step for step: no resuming)",
@@ -1014,11 +1014,11 @@ def add_time_budget_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_time_budget(parser: argparse.ArgumentParser, args) -> None:
-    """`--max-minutes`, when given, is a positive finite number of minutes, and starts a run: its schedule follows
+    """`--max-minutes`, when given, is a positive number of minutes, and starts a run: its schedule follows
     the clock, which a resumed run cannot replay."""
     if args.max_minutes is None:
         return
-    if not math.isfinite(args.max_minutes) or args.max_minutes <= 0:
+    if args.max_minutes <= 0:
         parser.error(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}.")
     if args.resume_from_checkpoint:
         parser.error(
@@ -1027,12 +1027,12 @@ def check_time_budget(parser: argparse.ArgumentParser, args) -> None:
 
 
 def check_non_negative(parser: argparse.ArgumentParser, args, options: tuple[str, ...]) -> None:
-    """The `options` that were given (learning rates, weight decay, clipping norm) are finite and ≥ 0 (a learning
-    rate of 0 leaves the weights as they are; a clipping norm of 0 turns clipping off)."""
+    """The `options` that were given (learning rates, weight decay, clipping norm) are ≥ 0 (a learning rate of 0
+    leaves the weights as they are; a clipping norm of 0 turns clipping off)."""
     for option in options:
         value = getattr(args, option.removeprefix("--").replace("-", "_"))
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            parser.error(f"{option} must be a finite number ≥ 0, got {value}")
+        if value is not None and value < 0:
+            parser.error(f"{option} must be ≥ 0, got {value}")
 
 
 def clear_earlier_run(args, training_args: TrainingArguments, work_dir: Path) -> None:
@@ -1080,7 +1080,7 @@ def parse_args(argv=None):
         help="held-out evaluation data (same kinds of source as --data)",
     )
     parser.add_argument(
-        "--eval-split", type=float, default=0.0, help="fraction of every --data source held out for evaluation"
+        "--eval-split", type=finite_float, default=0.0, help="fraction of every --data source held out for evaluation"
     )
     parser.add_argument(
         "--streaming",
@@ -1099,40 +1099,46 @@ def parse_args(argv=None):
         "--batch-size", type=int, default=1, help="samples per device and step (may mix tasks and target sizes)"
     )
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
-    parser.add_argument("--learning-rate-scale", type=float, default=1.0, help="multiplies the stage's learning rates")
+    parser.add_argument(
+        "--learning-rate-scale", type=finite_float, default=1.0, help="multiplies the stage's learning rates"
+    )
     for group in ("vision-head", "sem-vit", "llm"):
         parser.add_argument(
             f"--{group}-lr",
-            type=float,
+            type=finite_float,
             help=f"learning rate of the {group.replace('-', ' ')} group, replacing the stage's",
         )
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (not on biases/norms)")
+    parser.add_argument(
+        "--weight-decay", type=finite_float, default=0.0, help="AdamW weight decay (not on biases/norms)"
+    )
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: no clipping)")
+    parser.add_argument(
+        "--max-grad-norm", type=finite_float, default=1.0, help="gradient clipping norm (0: no clipping)"
+    )
     parser.add_argument(
         "--flow-logit-mean",
-        type=float,
+        type=finite_float,
         help="mean of the logit-normal flow-time distribution "
         "(config field; >0 draws times toward noise: use ~1.0 for small grids)",
     )
-    parser.add_argument("--flow-logit-std", type=float, help="std of the logit-normal flow-time distribution")
+    parser.add_argument("--flow-logit-std", type=finite_float, help="std of the logit-normal flow-time distribution")
     parser.add_argument(
         "--text-dropout-prob",
-        type=float,
+        type=finite_float,
         help="CFG text dropout of generation samples (the model "
         "applies it in forward; dropped text never counts in the LM loss)",
     )
     parser.add_argument(
-        "--source-dropout-prob", type=float, help="probability of replacing an edit's source by the null image"
+        "--source-dropout-prob", type=finite_float, help="probability of replacing an edit's source by the null image"
     )
     parser.add_argument(
         "--image-to-video-prob",
-        type=float,
+        type=finite_float,
         help="probability that a video target trains as image-to-video: its first latent frame clean, out of the loss "
         "(config field, default 0.5)",
     )
-    parser.add_argument("--lm-loss-weight", type=float, help="weight of the next-token loss")
-    parser.add_argument("--flow-loss-weight", type=float, help="weight of the flow-matching loss")
+    parser.add_argument("--lm-loss-weight", type=finite_float, help="weight of the next-token loss")
+    parser.add_argument("--flow-loss-weight", type=finite_float, help="weight of the flow-matching loss")
     parser.add_argument(
         "--add-vision-id",
         action="store_true",
@@ -1149,7 +1155,7 @@ def parse_args(argv=None):
         help="train LoRA adapters of this rank on the LLM instead of its full weights (stages 2 and 3)",
     )
     parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling alpha")
-    parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
+    parser.add_argument("--lora-dropout", type=finite_float, default=0.0, help="LoRA dropout")
     parser.add_argument(
         "--lora-target-modules",
         default=DEFAULT_LORA_TARGETS,
@@ -1198,7 +1204,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--validation-guidance-scale",
-        type=float,
+        type=finite_float,
         default=4.0,
         help="classifier-free guidance of the validation images",
     )
@@ -1242,7 +1248,6 @@ def parse_args(argv=None):
         ("--learning-rate-scale", "--vision-head-lr", "--sem-vit-lr", "--llm-lr", "--weight-decay", "--max-grad-norm"),
     )
     # the config fields' own rules (HydraXConfig), here before any work: a NaN flow-time mean trained a NaN model
-    check_finite(parser, flow_logit_mean=args.flow_logit_mean)
     check_positive(parser, flow_logit_std=args.flow_logit_std)
     check_non_negative(parser, args, ("--lm-loss-weight", "--flow-loss-weight"))
     intervals = {"text_dropout_prob": "[0, 1)", "source_dropout_prob": "[0, 1)", "image_to_video_prob": "[0, 1]"}

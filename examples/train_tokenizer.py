@@ -102,6 +102,7 @@ from script_args import (  # noqa: E402
     check_inputs_outside,
     check_output_folder,
     check_tokenizer_folder,
+    finite_float,
     missing_local_source,
 )
 
@@ -483,8 +484,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help="square training side when --resolutions is not given")
     parser.add_argument("--num-frames", type=int, default=17, help="frames per video clip (1 + 4k)")
     parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame of a video")
-    parser.add_argument("--video-ratio", type=float, default=0.5, help="share of video batches when there are both")
-    parser.add_argument("--min-crop-fraction", type=float, default=0.5, help="smallest random crop, share of a side")
+    parser.add_argument(
+        "--video-ratio", type=finite_float, default=0.5, help="share of video batches when there are both"
+    )
+    parser.add_argument(
+        "--min-crop-fraction", type=finite_float, default=0.5, help="smallest random crop, share of a side"
+    )
     parser.add_argument("--shuffle-channels", action="store_true", help="permute RGB channels of training crops")
     parser.add_argument(
         "--cache-media", action="store_true", help="decode each file once and keep its pixels in memory (small data)"
@@ -500,17 +505,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8, help="images or clips per device and step")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
-    parser.add_argument("--learning-rate", type=float, help="peak learning rate (default: stage 1 2e-4, else 1e-4)")
-    parser.add_argument("--discriminator-lr", type=float, default=1e-4, help="discriminator learning rate (stage 2)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
-    parser.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW β2 of the tokenizer's parameters")
+    parser.add_argument(
+        "--learning-rate", type=finite_float, help="peak learning rate (default: stage 1 2e-4, else 1e-4)"
+    )
+    parser.add_argument(
+        "--discriminator-lr", type=finite_float, default=1e-4, help="discriminator learning rate (stage 2)"
+    )
+    parser.add_argument(
+        "--weight-decay", type=finite_float, default=0.01, help="AdamW weight decay (not on biases/norms)"
+    )
+    parser.add_argument("--adam-beta2", type=finite_float, default=0.95, help="AdamW β2 of the tokenizer's parameters")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps, then cosine decay")
     parser.add_argument(
-        "--max-grad-norm", type=float, default=1.0, help="gradient clipping, per player (0: no clipping)"
+        "--max-grad-norm", type=finite_float, default=1.0, help="gradient clipping, per player (0: no clipping)"
     )
     for term in STAGE_WEIGHTS[1]:
         parser.add_argument(
-            f"--{term.replace('_', '-')}-weight", type=float, help=f"weight of the {term} loss (default: the stage's)"
+            f"--{term.replace('_', '-')}-weight",
+            type=finite_float,
+            help=f"weight of the {term} loss (default: the stage's)",
         )
     parser.add_argument("--gan-start-step", type=int, default=0, help="step from which the GAN terms are on")
     parser.add_argument("--adaptive-gan-weight", action="store_true", help="VQGAN's adaptive GAN weight")

@@ -109,8 +109,11 @@ def test_quickstart_help(quickstart, capsys):
         (["--seed", "-1"], "--seed must be ≥ 0, got -1"),
         (["--lr", "0"], "--lr must be > 0, got 0.0"),
         (["--max-minutes", "0"], "--max-minutes must be > 0, got 0.0"),
-        (["--max-minutes", "inf"], "--max-minutes must be a finite number, got inf"),  # it failed after the data
-        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (
+            ["--max-minutes", "inf"],
+            "argument --max-minutes: must be a finite number, got inf",
+        ),  # it failed after the data
+        (["--lr", "nan"], "argument --lr: must be a finite number, got nan"),
         (["--video-every", "-1"], "--video-every must be ≥ 0 (0 disables video), got -1."),
         pytest.param(
             ["--device", "cuda"],

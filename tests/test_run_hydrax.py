@@ -76,9 +76,15 @@ def test_help_and_bad_arguments(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lr", "nan"], "--lr must be a finite number, got nan"),  # AdamW refused it after the checkpoint was built
+        (
+            ["--lr", "nan"],
+            "argument --lr: must be a finite number, got nan",
+        ),  # AdamW refused it after the checkpoint was built
         (["--lr", "-1"], "--lr must be > 0, got -1.0"),
-        (["--guidance-scale", "inf"], "--guidance-scale must be a finite number, got inf"),  # after all training
+        (
+            ["--guidance-scale", "inf"],
+            "argument --guidance-scale: must be a finite number, got inf",
+        ),  # after all training
     ],
 )
 def test_bad_numbers_stop_in_argparse(run_hydrax, tmp_path, capsys, args, message):

@@ -124,14 +124,38 @@ def a_file(tmp_path):
         ("examples/tokenizer_stages.py", ["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
         ("examples/tokenizer_stages.py", ["--size", "16"], "--size must be a multiple of 16 of at least 32"),
         ("examples/tokenizer_stages.py", ["--stage1-minutes", "0"], "--stage1-minutes must be > 0, got 0.0"),
-        ("examples/tokenizer_stages.py", ["--stage2-minutes", "nan"], "--stage2-minutes must be a finite number"),
-        # inf and nan passed the comparisons and failed late, under train_tokenizer's / train_hydrax's usage
-        ("examples/toy_world.py", ["--tokenizer-minutes", "inf"], "--tokenizer-minutes must be a finite number"),
+        (
+            "examples/tokenizer_stages.py",
+            ["--stage2-minutes", "nan"],
+            "argument --stage2-minutes: must be a finite number",
+        ),
+        # inf and nan passed the comparisons and failed late, under train_tokenizer's / train_hydrax's usage, or
+        # after the models were loaded (every float option is a `finite_float` now)
+        ("evaluation/evaluate_generation.py", ["--guidance-scale", "inf"], "argument --guidance-scale: must be a fin"),
+        ("bench/bench_pipelines.py", ["--image-guidance-scale", "nan"], "argument --image-guidance-scale: must be"),
+        ("examples/train_hydrax.py", ["--validation-guidance-scale", "nan"], "--validation-guidance-scale: must be"),
+        (
+            "examples/toy_world.py",
+            ["--tokenizer-minutes", "inf"],
+            "argument --tokenizer-minutes: must be a finite number",
+        ),
         ("examples/toy_world.py", ["--tokenizer-minutes", "-1"], "--tokenizer-minutes must be ≥ 0, got -1.0"),
-        ("examples/toy_world.py", ["--learning-rate-scale", "inf"], "--learning-rate-scale must be a finite number"),
+        (
+            "examples/toy_world.py",
+            ["--learning-rate-scale", "inf"],
+            "argument --learning-rate-scale: must be a finite number",
+        ),
         ("examples/toy_world.py", ["--tokenizer-lr", "0"], "--tokenizer-lr must be > 0, got 0.0"),
-        ("examples/toy_world.py", ["--flow-logit-mean", "nan"], "--flow-logit-mean must be a finite number, got nan"),
-        ("examples/toy_world.py", ["--image-guidance-scale", "inf"], "--image-guidance-scale must be a finite number"),
+        (
+            "examples/toy_world.py",
+            ["--flow-logit-mean", "nan"],
+            "argument --flow-logit-mean: must be a finite number, got nan",
+        ),
+        (
+            "examples/toy_world.py",
+            ["--image-guidance-scale", "inf"],
+            "argument --image-guidance-scale: must be a finite number",
+        ),
         (
             "examples/tokenizer_stages.py",
             ["--output-dir", "{file}/out"],
