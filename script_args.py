@@ -152,11 +152,17 @@ def command_line(script: str, argv=None) -> str:
     return shlex.join(["python", script, *map(str, sys.argv[1:] if argv is None else argv)])
 
 
-def check_output_folder(parser: argparse.ArgumentParser, option: str, path, given=None):
+def check_output_folder(parser: argparse.ArgumentParser, option: str, path, given=None, replaced: bool = False):
     """`parser.error` unless `path` is a folder, or can be created as one, that this user can write to; the message
-    names `given` (default `path`), the value passed to `option`."""
+    names `given` (default `path`), the value passed to `option`. A folder the run `replaced` as a whole may not be
+    the working folder or one above it (`.`, `..`: the rename into place failed after all the work)."""
     path = Path(path)
     given = path if given is None else given
+    if replaced and Path.cwd().is_relative_to(path.resolve()):
+        parser.error(
+            f"{option} {given}: the working folder or one above it, which this run would replace as a whole; pass a "
+            "new folder"
+        )
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
         parser.error(f"{option} {given}: {existing} is a file, not a folder; pass a folder path")
@@ -169,7 +175,7 @@ def check_new_output_folder(parser: argparse.ArgumentParser, option: str, path, 
     folder is replaced as a whole at the end of a run, so an existing one goes only when asked (`--force`). `inputs`
     (option → a path or a list of them, None for options not given) are the run's own inputs, which must not lie in
     the folder that its end replaces."""
-    check_output_folder(parser, option, path)
+    check_output_folder(parser, option, path, replaced=True)
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) and not force:
         parser.error(f"{option} {path}: already exists; pass --force to replace it, or a new folder")

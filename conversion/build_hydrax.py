@@ -660,7 +660,7 @@ def main(argv=None):
     if args.llm is not None and looks_like_path(args.llm):
         hint = "pass a Qwen2.5-Instruct checkpoint folder or a Hub id such as Qwen/Qwen2.5-7B-Instruct"
         check_folder(parser, "--llm", args.llm, hint, required_file="config.json")
-    check_output_folder(parser, "--output", args.output)
+    check_output_folder(parser, "--output", args.output, replaced=True)
     llm = args.llm if args.llm is not None and looks_like_path(args.llm) else None
     check_inputs_outside(
         parser, "--output", args.output, {"--vision": args.vision, "--llm": llm, "--tokenizer": args.tokenizer}

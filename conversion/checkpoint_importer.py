@@ -547,7 +547,7 @@ def main(argv=None):
     check_file(parser, "--rules", args.rules, "pass a rules JSON file")
     hint = "pass a folder with the target model's config.json"
     check_folder(parser, "--model-config", args.model_config, hint, required_file="config.json")
-    check_output_folder(parser, "--output", args.output)
+    check_output_folder(parser, "--output", args.output, replaced=True)
     check_inputs_outside(parser, "--output", args.output, {"--source": args.source, "--rules": args.rules})
     if args.output.exists() and not args.force:
         parser.error(f"--output {args.output}: already exists; pass --force to replace it")

@@ -492,7 +492,7 @@ def main(argv=None):
         hint = "pass a SigLIP 2 checkpoint folder or a Hub id such as google/siglip2-so400m-patch16-naflex"
         check_folder(parser, "--siglip", Path(args.siglip), hint, required_file="config.json")
     overrides = parse_overrides(parser, args.config)
-    check_output_folder(parser, "--output", args.output)
+    check_output_folder(parser, "--output", args.output, replaced=True)
     siglip = args.siglip if looks_like_path(args.siglip) else None
     check_inputs_outside(parser, "--output", args.output, {"--siglip": siglip})
     if args.output.exists() and not args.force:

@@ -410,6 +410,27 @@ def test_a_model_whose_card_cannot_be_read_is_refused_up_front(
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output", [".", ".."])
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("conversion/build_hydrax.py", ["--preset", "tiny", "--random-init", "--force", "--output"]),
+        ("conversion/convert_siglip2_to_hydrax_tok.py", ["--siglip", "org/siglip2", "--force", "--output"]),
+        ("evaluation/evaluate_tokenizer.py", ["--model", "{tok}", "--data", "{work}", "--force", "--output-dir"]),
+    ],
+)
+def test_the_working_folder_is_refused_as_an_output_replaced_whole(
+    script, args, output, monkeypatch, capsys, tmp_path
+):
+    """`--output .` (or `..`) ran the whole conversion or evaluation, then failed to rename the folder into place."""
+    work, tok = tmp_path / "work", tmp_path / "tok"
+    work.mkdir(), tok.mkdir()
+    (tok / "config.json").write_text(json.dumps({"model_type": "hydrax_tok"}))
+    monkeypatch.chdir(work)
+    code, _ = run_in_process(script, [*[arg.format(work=work, tok=tok) for arg in args], output], monkeypatch)
+    assert code == 2 and f"{output}: the working folder or one above it" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("model_type", ["hydrax_tok", "hydrax"])
 def test_a_tokenizer_option_takes_a_tokenizer_or_a_unified_checkpoint(model_type, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
