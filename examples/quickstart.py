@@ -44,6 +44,7 @@ from script_args import (  # noqa: E402
     check_positive,
     check_tokenizer_folder,
     finite_float,
+    write_atomically,
 )
 
 
@@ -57,6 +58,7 @@ HELD_OUT_VIDEO = "bigbuckbunny.mp4"
 SOURCE_SCALE = 2  # sources are resized so their short side is 2 × --size; crops take 1× to 2× of that
 CLIP_STRIDE = 2  # clips take every other frame, for more motion
 WARMUP_STEPS = 20
+RESULT_FILES = ("reconstruction.png", "video_reconstruction.png", "metrics.json")  # written after the model
 VIDEO_PACKAGES = {"skvideo": "scikit-video", "av": "av"}  # module → pip package
 
 
@@ -234,7 +236,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
-    # 1. Data: training photos and clips, held-out photos and a held-out clip
+    # 1. Data: training photos and clips, held-out photos and a held-out clip (an earlier run's results go first: a
+    # run that fails leaves none of them beside another model)
+    for name in RESULT_FILES:
+        (args.output_dir / name).unlink(missing_ok=True)
     manifest, evaluations, video_skipped = prepare_data(args.output_dir / "data", args)
     evaluations = {kind: pixels.to(device) for kind, pixels in evaluations.items()}
 
@@ -272,8 +277,6 @@ def main(argv=None):
     if "video" in outputs:
         train_tokenizer.save_grid(evaluations["video"], outputs["video"], path, max(1, scale // 2))
         written.append("video_reconstruction.png")
-    else:  # an earlier run's, of another model
-        path.unlink(missing_ok=True)
     metrics = {
         **{f"{kind}_psnr_before": value for kind, value in before.items()},
         **{f"{kind}_psnr_after": value for kind, value in after.items()},
@@ -283,7 +286,9 @@ def main(argv=None):
         "video_skipped": video_skipped,
         "args": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
-    (args.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomically(
+        args.output_dir / "metrics.json", lambda partial: partial.write_text(json.dumps(metrics, indent=2) + "\n")
+    )
     written += ["metrics.json", "model/"]
 
     print(

@@ -45,11 +45,13 @@ from script_args import (  # noqa: E402
     check_positive,
     check_tokenizer_folder,
     finite_float,
+    write_atomically,
 )
 
 
 CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
 QUESTION = "What is in the image?"
+RESULT_FILES = ("samples.png", "metrics.json")  # written after the model, describing it
 LABEL_SIDE = 128  # samples.png enlarges its tiles to at least this many pixels, so the captions fit beside them
 LABEL_MARGIN, LABEL_HEADER = 100, 20  # pixels: row labels on the left, captions above the columns
 
@@ -178,7 +180,7 @@ def save_grid(path: Path, originals: torch.Tensor, samples: torch.Tensor, captio
     for row, label in enumerate(("training image", "sampled from\nits caption")):
         position = (LABEL_MARGIN / 2, LABEL_HEADER + (row + 0.5) * tile)
         draw.multiline_text(position, label, "black", font, anchor="mm", align="center")
-    canvas.save(path)
+    write_atomically(path, lambda partial: canvas.save(partial, format="PNG"))
 
 
 def tower_weights(state_dict: dict) -> dict:
@@ -256,6 +258,8 @@ def main(argv=None):
     started = time.perf_counter()
     output_dir = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:  # an earlier run's: a run that fails leaves none of them beside another model
+        (output_dir / name).unlink(missing_ok=True)
 
     # 1. A checkpoint folder, loaded the way a user loads a Hub checkpoint
     fitted = HydraXTokModel.from_pretrained(args.tokenizer) if args.tokenizer else None
@@ -294,11 +298,11 @@ def main(argv=None):
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
     ).images
-    save_grid(output_dir / "samples.png", to_pixels(images), samples * 2 - 1, list(CAPTIONS.values()))
 
-    # 5. Save everything (model folder written beside and renamed into place)
+    # 5. Save everything, the model first (each written beside and renamed into place)
     with staged_folder(output_dir / "model") as staging:
         pipe.save_pretrained(staging)
+    save_grid(output_dir / "samples.png", to_pixels(images), samples * 2 - 1, list(CAPTIONS.values()))
     metrics = {
         "train_caption_exact_match": f"{correct}/{len(CAPTIONS)}",
         "note": "the questions are about the training images: exact captions show memorisation, not generalisation",
@@ -309,7 +313,7 @@ def main(argv=None):
         "caption_loss_after_training": history[-1]["lm_loss"] if history else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomically(output_dir / "metrics.json", lambda partial: partial.write_text(json.dumps(metrics, indent=2)))
     print(json.dumps(metrics, indent=2))
     print(
         f"samples: {output_dir / 'samples.png'}\nmodel: {output_dir / 'model'}\nmetrics: {output_dir / 'metrics.json'}"

@@ -104,6 +104,7 @@ from script_args import (  # noqa: E402
     check_tokenizer_folder,
     finite_float,
     missing_local_source,
+    write_atomically,
 )
 
 
@@ -341,7 +342,8 @@ def save_rows(rows: list[list[torch.Tensor]], path: Path, scale: int = 1) -> Non
     grid = torch.cat([nn.functional.pad(strip, (0, width - strip.shape[-1]), value=-1) for strip in strips], dim=1)
     array = ((grid.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(array)
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    write_atomically(path, lambda partial: image.save(partial, format="PNG"))
 
 
 def save_grid(originals: torch.Tensor, rebuilt: torch.Tensor, path: Path, scale: int = 1) -> None:

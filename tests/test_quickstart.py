@@ -154,6 +154,22 @@ def test_quickstart_passes_its_options_to_training(quickstart, tmp_path):
     assert options["--video-ratio"] == "0.25" and options["--preset"] == "small" and "--model" not in options
 
 
+def test_a_failed_quickstart_leaves_no_results_of_an_earlier_run(quickstart, tmp_path, monkeypatch):
+    """Training replaces model/; the pictures and metrics.json are written after it: a run that failed in between
+    left an earlier run's metrics beside the new model. An earlier run's results go first."""
+    names = ("reconstruction.png", "video_reconstruction.png", "metrics.json")
+    for name in names:
+        (tmp_path / name).write_text("an earlier run's")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quickstart.train_tokenizer, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quickstart.main([*TINY, "--video-every", "0", "--output-dir", str(tmp_path)])
+    assert not any((tmp_path / name).exists() for name in names)
+
+
 def test_quickstart_summary_says_video_is_skipped_when_asked_for_images_only(quickstart, capsys, monkeypatch):
     assert quickstart.video_folder(0) == (None, "--video-every 0 asks for images only; fix: leave out --video-every 0")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
