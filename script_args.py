@@ -146,6 +146,22 @@ def missing_local_source(value: str) -> bool:
     return meant_local and not Path(value).expanduser().exists()
 
 
+def check_media_sources(parser: argparse.ArgumentParser, option: str, sources: list[str]) -> None:
+    """`parser.error` naming the first of a tokenizer script's data `sources` that is a local path which does not
+    exist, or a file other than a `.jsonl` manifest: `datasets` would look either up on the Hub."""
+    for source in sources:
+        if missing_local_source(source):
+            problem = "no such file or folder"
+        elif Path(source).expanduser().is_file() and not source.lower().endswith(".jsonl"):
+            problem = "a file, not a folder or a .jsonl manifest"
+        else:
+            continue
+        parser.error(
+            f"{option} {source}: {problem}; pass a folder of images or videos, a .jsonl manifest, a save_to_disk "
+            "folder or a Hub dataset id"
+        )
+
+
 def command_line(script: str, argv=None) -> str:
     """How `script` (a path from the repository root) was run, for a report: `python script args…`, shell-quoted;
     `argv` as `main(argv)` got it (None: the process's own arguments)."""

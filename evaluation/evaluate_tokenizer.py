@@ -64,6 +64,7 @@ from modeling_hydrax.losses_hydrax_tok import _fold_frames as frames_of  # noqa:
 from script_args import (  # noqa: E402
     HelpFormatter,
     check_folder,
+    check_media_sources,
     check_new_output_folder,
     check_tokenizer_folder,
     looks_like_path,
@@ -185,9 +186,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         hint = "pass a folder written by HydraXTokLPIPS.save_pretrained"
         check_folder(parser, "--lpips", args.lpips, hint, "model.safetensors")
-    for source in args.data:
-        if looks_like_path(source) and not Path(source).exists():
-            parser.error(f"--data {source}: no such file or folder; pass a folder, a .jsonl manifest or a dataset")
+    check_media_sources(parser, "--data", args.data)
     if args.feature_model is not None and looks_like_path(args.feature_model):
         check_folder(parser, "--feature-model", args.feature_model, "pass a Hub id or a model folder", "config.json")
     try:

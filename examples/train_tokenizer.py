@@ -100,10 +100,10 @@ from script_args import (  # noqa: E402
     check_at_least,
     check_folder,
     check_inputs_outside,
+    check_media_sources,
     check_output_folder,
     check_tokenizer_folder,
     finite_float,
-    missing_local_source,
     write_atomically,
 )
 
@@ -551,12 +551,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("--data is required: image / video folders, JSONL manifests or datasets.")
-    for option, sources in (("--data", args.data), ("--eval-data", args.eval_data)):
-        for source in filter(missing_local_source, sources):
-            parser.error(
-                f"{option} {source}: no such file or folder; pass a folder of images or videos, a .jsonl manifest, "
-                "a save_to_disk folder or a Hub dataset id"
-            )
+    check_media_sources(parser, "--data", args.data)
+    check_media_sources(parser, "--eval-data", args.eval_data)
     if args.resume_from_checkpoint not in (None, "last"):
         hint = "pass a checkpoint-N folder of OUTPUT_DIR/work, or 'last'"
         check_folder(parser, "--resume-from-checkpoint", args.resume_from_checkpoint, hint, "trainer_state.json")

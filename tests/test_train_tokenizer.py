@@ -202,6 +202,16 @@ def test_bad_arguments_stop_in_argparse(argv, message, data, tmp_path, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_a_manifest_is_refused_as_data(data, tmp_path, capsys):
+    """An image file as --data was looked up as a Hub dataset id (a ConnectionError offline, after the setup)."""
+    image = sorted(data.glob("*.png"))[0]
+    with pytest.raises(SystemExit) as exit_info:
+        train_tokenizer.parse_args(["--data", str(image), "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and f"--data {image}: a file, not a folder or a .jsonl manifest" in (
+        capsys.readouterr().err
+    )
+
+
 def test_hub_dataset_ids_and_checkpoint_folders_pass_argparse(data, tmp_path, capsys):
     checkpoint = tmp_path / "work" / "checkpoint-3"
     checkpoint.mkdir(parents=True)
