@@ -404,7 +404,11 @@ def normalize_row(
 def read_manifest(path: Path) -> list[dict]:
     """The rows of a JSONL manifest, one JSON object a line (blank lines skipped)."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file ({error}); pass a JSONL manifest") from error
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -961,16 +965,16 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    started = time.perf_counter()
+def read_questions(args, row_format: RowFormat) -> tuple:
+    """The benchmark's rows (the first `--limit`), the folder media paths start from, the split, the limit that cut
+    it (None for the whole benchmark), and the indices of its multiple-choice and open questions: every row is
+    checked before the model loads."""
     rows, base, split = load_rows(args.data, args.split, args.subset)
     limit = args.limit if args.limit is not None and args.limit < len(rows) else None  # None: the whole benchmark
     if limit is not None:
         rows = rows[:limit] if isinstance(rows, list) else rows.select(range(limit))
     if not len(rows):
         raise SystemExit(f"--data {args.data} holds no rows; nothing to evaluate")
-    row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
     kept, open_rows = [], []
     for index, row in enumerate(undecoded_rows(rows)):  # every row is checked before the model loads
         try:
@@ -985,6 +989,17 @@ def main(argv=None):
         kept.append(index)
     if not kept and not args.answer_open:
         raise SystemExit(f"--data {args.data}: every row is an open question; nothing to evaluate")
+    return rows, base, split, limit, kept, open_rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    row_format = RowFormat(args.category_column, args.group_column, args.yes_no)
+    try:
+        rows, base, split, limit, kept, open_rows = read_questions(args, row_format)
+    except ValueError as error:  # what is wrong with the data, found before the model loads
+        raise SystemExit(f"error: {error}") from None
 
     # Under `accelerate launch` / torchrun each process takes every n-th question; the main process writes the outputs
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())  # gloo between CPU processes

@@ -435,12 +435,12 @@ def test_mme_yes_no_groups_and_open_questions(evaluator, run_hydrax, checkpoint,
     rows.append({"question": "How many?", "options": [], "answer": "3", "question_id": "open", "category": "x"})
     data = write_manifest(tmp_path / "mme", rows, pictures)
     argv = ["--model", str(checkpoint), "--data", str(data), "--max-pixels", str(SIZE * SIZE)]
-    with pytest.raises(ValueError, match="row 0 has no options.*pass --yes-no for yes/no questions"):
+    with pytest.raises(SystemExit, match="row 0 has no options.*pass --yes-no for yes/no questions"):
         evaluator.main([*argv, "--output-dir", str(tmp_path / "stopped")])
     assert not (tmp_path / "stopped").exists()
 
     out = tmp_path / "scored"
-    with pytest.raises(evaluator.OpenQuestion, match="row 8 has empty options .an open question.; pass --skip-open"):
+    with pytest.raises(SystemExit, match="row 8 has empty options .an open question.; pass --skip-open"):
         evaluator.main([*argv, "--yes-no", "--output-dir", str(tmp_path / "stopped")])
     evaluator.main([*argv, "--yes-no", "--group-column", "question_id", "--skip-open", "--output-dir", str(out)])
     metrics, predictions = read_outputs(out)
@@ -560,7 +560,7 @@ def test_outputs_are_whole_and_a_failure_leaves_none(evaluator, run_hydrax, chec
     # A bad row's text stops the run before the model loads
     monkeypatch.setattr(evaluator.AutoModel, "from_pretrained", pytest.fail)
     data.write_text(data.read_text() + json.dumps({"question": "Q?", "options": ["a", "b"], "answer": "z"}) + "\n")
-    with pytest.raises(ValueError, match="row 4: answer 'z' is not among the options"):
+    with pytest.raises(SystemExit, match="row 4: answer 'z' is not among the options"):
         evaluator.main(["--model", str(checkpoint), "--data", str(data), "--output-dir", str(failed)])
 
 
@@ -732,7 +732,7 @@ def test_subset_names_a_hub_datasets_configuration(evaluator, checkpoint, tmp_pa
 def test_open_question_options_stop_up_front(evaluator, checkpoint, tmp_path, capsys):
     data = write_manifest(tmp_path, [{"question": "How many?", "options": [], "answer": "[]"}], {})
     argv = ["--model", str(checkpoint), "--data", str(data), "--output-dir", str(tmp_path / "out")]
-    with pytest.raises(ValueError, match=r"row 0: answer '\[\]' holds an empty answer"):
+    with pytest.raises(SystemExit, match=r"row 0: answer '\[\]' holds an empty answer"):
         evaluator.main([*argv, "--answer-open"])
     with pytest.raises(SystemExit):
         evaluator.parse_args([*argv, "--answer-open", "--skip-open"])
@@ -784,6 +784,22 @@ def test_mmbench_nan_strings_are_missing_and_missing_media_stop_before_the_model
     assert settings[0]["metric_config"] == "likelihood scoring"
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x89PNG\r\n\x1a\n\xff\xfe", "data.jsonl is not a text file"),  # a traceback in UTF-8's words
+        (b"not json\n", "data.jsonl line 1 is not valid JSON"),
+        (b'{"question": "Q?", "options": ["a", "b"], "answer": "a"}\n', "row 0 has no 'subject'"),
+    ],
+)
+def test_bad_data_stops_with_a_message_not_a_traceback(content, message, evaluator, checkpoint, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    argv = ["--model", str(checkpoint), "--data", str(data), "--group-column", "subject"]
+    with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+        evaluator.main([*argv, "--output-dir", str(tmp_path / "out")])
+
+
 def test_saved_dataset_media_are_checked_before_the_model_loads(evaluator, checkpoint, tmp_path, monkeypatch):
     """A saved dataset's video paths are checked with the text of every row, before the model loads (a missing file
     used to stop the run only when its batch was reached), as are images stored as paths and videos given as frames."""
@@ -792,7 +808,7 @@ def test_saved_dataset_media_are_checked_before_the_model_loads(evaluator, check
     rows = {"question": ["Q?", "Q?"], "options": [["a", "b"]] * 2, "answer": ["a", "b"], "video": [None, "typo.mp4"]}
     datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "saved")
     monkeypatch.setattr(evaluator, "load_model", lambda *args: pytest.fail("the model loaded"))
-    with pytest.raises(ValueError, match=r"row 1: video 'typo.mp4' \(.*saved/typo.mp4\) does not exist"):
+    with pytest.raises(SystemExit, match=r"row 1: video 'typo.mp4' \(.*saved/typo.mp4\) does not exist"):
         evaluator.main(
             ["--data", str(tmp_path / "saved"), "--model", str(checkpoint), "--output-dir", str(tmp_path / "out")]
         )
