@@ -9,17 +9,21 @@ adapters can be loaded, switched, weighted, fused and removed without reloading 
 Weights scale the low-rank updates only. A full copy cannot be scaled: it replaces its module while its adapter is
 active, so two active adapters may not both carry a copy of the same module.
 
-This file imports only torch, diffusers and, when used, peft: a checkpoint folder carries it with the pipeline code.
+This file imports only torch, diffusers (and its safetensors) and, when used, peft: a checkpoint folder carries it with
+the pipeline code.
 """
 
 import contextlib
+import itertools
 import math
 import numbers
 import os
 import warnings
 
 import torch
+from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from diffusers.utils import logging, scale_lora_layers
+from safetensors import SafetensorError
 
 
 logger = logging.get_logger(__name__)
@@ -126,8 +130,10 @@ class HydraXLoraLoaderMixin:
                 "`set_adapters(name)` (and `delete_adapters(old)`)."
             )
         peft = _peft()
+        self._check_in_memory("load a LoRA adapter")
         loaded = self.get_list_adapters()["model"]
-        adapter_name = adapter_name or f"default_{len(loaded)}"
+        unused = (f"default_{number}" for number in itertools.count() if f"default_{number}" not in loaded)
+        adapter_name = adapter_name or next(unused)
         if adapter_name in loaded:
             raise ValueError(
                 f"An adapter named {adapter_name!r} is already loaded ({loaded}); pass another `adapter_name` or "
@@ -140,7 +146,7 @@ class HydraXLoraLoaderMixin:
             config = peft["PeftConfig"].from_pretrained(source, **kwargs)
             if config.peft_type == "LORA":
                 weights = peft["load_peft_weights"](source, device=str(self.model.device), **kwargs)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             raise ValueError(
                 f"No PEFT adapter at {source!r} ({error}); pass a folder or Hub repo holding adapter_config.json and "
                 f"{ADAPTER_WEIGHTS}, such as train_hydrax.py's OUTPUT_DIR/adapter."
@@ -168,6 +174,15 @@ class HydraXLoraLoaderMixin:
             raise ValueError(
                 f"The adapter at {source!r} cannot be loaded beside {loaded}: {error}.{self._copy_hint([str(error)])}"
             ) from error
+        except RuntimeError as error:
+            self._undo_load(adapter_name, active)
+            if "size mismatch" not in str(error):
+                raise
+            mismatches = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+            raise ValueError(
+                f"The adapter at {source!r} does not fit this model: {mismatches[0]} ({len(mismatches)} such). Was it "
+                "trained on another architecture or preset?"
+            ) from error
         except Exception:
             self._undo_load(adapter_name, active)
             raise
@@ -175,6 +190,23 @@ class HydraXLoraLoaderMixin:
         self.set_adapters(adapter_name)
         if disabled:  # its new layers start enabled: after `disable_lora()` every adapter stays off
             self._enable_lora(False)
+
+    def _check_in_memory(self, action: str):
+        """`action` (loading, fusing or unfusing adapters) changes the model's modules and weights in place: under
+        sequential CPU offload or a `device_map` that offloads to the CPU or disk the weights are placeholders on
+        `meta` (an adapter loaded there stays empty: NaN samples), and group offloading restores the weights from its
+        own copies (a fuse was undone at the next step). Refused there, with the order that works."""
+        if _is_group_offload_enabled(self.model):
+            how = "group offloading"
+        elif any(param.device.type == "meta" for param in self.model.parameters()):
+            how = "offloaded weights (sequential CPU offload, or a device_map that offloads to the CPU or disk)"
+        else:
+            return
+        raise ValueError(
+            f"Cannot {action} on a model with {how}: PEFT changes the weights in place. {action[0].upper()}{action[1:]} first, "
+            "then enable offloading (`enable_model_cpu_offload()` works with adapters in any order), or load the "
+            "pipeline onto one device."
+        )
 
     def _undo_load(self, adapter_name: str, active: list[str]):
         """Remove a half-loaded adapter and reactivate the adapters that were active."""
@@ -308,6 +340,7 @@ class HydraXLoraLoaderMixin:
         if self._lora_fuse_scale is not None:
             raise ValueError("Adapters are already fused; call `unfuse_lora()` first.")
         check_lora_scale(lora_scale, "lora_scale")
+        self._check_in_memory("fuse LoRA adapters")
         if lora_scale == 0:
             raise ValueError("`lora_scale` must be non-zero, got 0; `disable_lora()` runs the base model.")
         active = self.get_active_adapters()
@@ -346,6 +379,7 @@ class HydraXLoraLoaderMixin:
         """Take the fused updates back out of the weights (the adapters stay loaded and active)."""
         if self._lora_fuse_scale is None:
             raise ValueError("No adapter is fused; `fuse_lora()` fuses the active ones.")
+        self._check_in_memory("unfuse LoRA adapters")
         lora_layer, _ = self._peft_layer_types()
         for module in self.model.modules():
             if isinstance(module, lora_layer):

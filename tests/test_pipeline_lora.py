@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import accelerate
 import pytest
 import torch
 from conftest import load_script, run_docstring_examples
@@ -226,7 +227,7 @@ def other_model(checkpoint: Path, **text_config):
 @pytest.mark.parametrize(
     "text_config, error, message",
     [
-        ({"hidden_size": 32, "intermediate_size": 64}, RuntimeError, "size mismatch"),  # a narrower LLM
+        ({"hidden_size": 32, "intermediate_size": 64}, ValueError, "does not fit this model: size mismatch for"),
         (
             {"num_hidden_layers": 3, "layer_types": ["full_attention"] * 3},
             ValueError,
@@ -608,3 +609,44 @@ def test_edit_encode_prompt_lora_scale_reads_the_prompt_at_that_strength(pipe, a
     encoded = edit(prompt_embeds=embeds, generator=torch.Generator().manual_seed(0), **kwargs).images
     plain = edit(source, "Make it dark", generator=torch.Generator().manual_seed(0), **kwargs).images
     torch.testing.assert_close(encoded, plain, rtol=0, atol=1e-6)
+
+
+def test_an_unnamed_adapter_takes_the_first_unused_default_name(pipe, adapters):
+    """`default_<number of adapters>` named an adapter still loaded once an earlier one was deleted."""
+    pipe.load_lora_weights(adapters["b"][0])
+    pipe.load_lora_weights(adapters["a"][0])
+    pipe.delete_adapters("default_0")
+    pipe.load_lora_weights(adapters["b"][0])
+    assert pipe.get_list_adapters() == {"model": ["default_1", "default_0"]}
+
+
+def test_a_corrupted_adapter_file_is_named(pipe, adapters, tmp_path):
+    shutil.copytree(adapters["b"][0], tmp_path / "broken")
+    weights = tmp_path / "broken" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"No PEFT adapter at '{tmp_path / 'broken'}'"):
+        pipe.load_lora_weights(tmp_path / "broken")
+    assert peft_modules(pipe.model) == []
+
+
+@pytest.mark.parametrize("offload", ["sequential", "group", "device_map"])
+def test_adapters_are_loaded_and_fused_before_offloading_not_after(offload, checkpoint, adapters, tmp_path):
+    """Offloaded weights are placeholders on meta (sequential, a device_map to disk: an adapter loaded there stayed
+    empty and sampled NaN) or restored from group offloading's own copies (a fuse was undone at the next step, a
+    full module copy failed to deepcopy): refused, with the order that works."""
+    budget = {
+        "cpu": sum(p.numel() for p in AutoModel.from_pretrained(checkpoint).parameters()) * 4 // 3,
+        "disk": 10**12,
+    }
+    placement = dict(device_map="auto", max_memory=budget, offload_folder=tmp_path) if offload == "device_map" else {}
+    pipe = HydraXPipeline.from_pretrained(checkpoint, **placement)
+    if offload == "group":
+        pipe.load_lora_weights(adapters["b"][0], adapter_name="b")  # before offloading: fine
+        pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level")
+        with pytest.raises(ValueError, match="Cannot fuse LoRA adapters on a model with group offloading"):
+            pipe.fuse_lora()
+    elif offload == "sequential":
+        accelerate.cpu_offload(pipe.model, torch.device("cpu"))
+    with pytest.raises(ValueError, match="Cannot load a LoRA adapter on a model with .*Load a LoRA adapter first"):
+        pipe.load_lora_weights(adapters["a"][0], adapter_name="a")
+    assert "a" not in pipe.get_list_adapters()["model"]
