@@ -1,7 +1,6 @@
 # Copyright 2026 The Hydra-X Authors. Licensed under the Apache License, Version 2.0.
 """Video processor for Hydra-X: decode with PyAV, sample 1 + 4k frames, resize to a 16-pixel grid, normalise."""
 
-import dataclasses
 import functools
 import io
 import math
@@ -44,11 +43,12 @@ def largest_valid_num_frames(num_frames: int, temporal_compression: int = 4) -> 
 VFR_TOLERANCE = 0.25  # frame intervals off the median by more than this fraction make a variable frame rate
 
 
-@dataclasses.dataclass
 class HydraXVideoMetadata(VideoMetadata):
     """`VideoMetadata` of a decoded file, with `frame_times`, the presentation time in seconds of each of its frames
     when they are unevenly spaced (None at a constant frame rate): frames are then sampled, and `timestamps` given,
-    by time rather than by index."""
+    by time rather than by index. `frame_times` is an attribute, not a field: metadata passed back with the decoded
+    frames (which `VideoMetadata(**metadata)` rebuilds, here and in transformers) leaves it behind, as it should
+    (the times are the file's frames', not the sampled ones')."""
 
     frame_times: list[float] | None = None
 
@@ -125,9 +125,10 @@ def sample_frame_indices(
             )
         if count != num_frames:
             warnings.warn(message, UserWarning, stacklevel=3)
-        if frame_times is not None:
-            return frames_shown_at(frame_times, np.linspace(0, frame_times[-1], count))
-        return np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
+        by_index = np.linspace(0, total_num_frames - 1, count).round().astype(np.int64)
+        if frame_times is None:
+            return by_index
+        return frames_shown_at(frame_times, np.linspace(0, frame_times[-1], count), by_index)
     if fps is not None:
         if fps <= 0:
             raise ValueError(f"`fps` must be positive, got {fps}.")
@@ -149,10 +150,9 @@ def sample_frame_indices(
                 UserWarning,
                 stacklevel=3,
             )
-        if frame_times is not None:
-            return frames_shown_at(frame_times, np.arange(count) / rate)
         stride = video_fps / rate  # divided first: `k * 29.97 / 29.97` rounds below k, and floor repeats a frame
-        return np.floor(np.arange(count) * stride + 1e-6).astype(np.int64)
+        by_index = np.floor(np.arange(count) * stride + 1e-6).astype(np.int64)
+        return by_index if frame_times is None else frames_shown_at(frame_times, np.arange(count) / rate, by_index)
     count = largest_valid_num_frames(total_num_frames, step)
     if count != total_num_frames:
         warnings.warn(
@@ -164,9 +164,12 @@ def sample_frame_indices(
     return np.arange(count, dtype=np.int64)
 
 
-def frames_shown_at(frame_times: list[float], times: np.ndarray) -> np.ndarray:
-    """Index of the frame on screen at each of `times` (the last one presented at or before it)."""
-    return np.searchsorted(np.asarray(frame_times), times + 1e-6, side="right").astype(np.int64) - 1
+def frames_shown_at(frame_times: list[float], times: np.ndarray, by_index: np.ndarray) -> np.ndarray:
+    """The frames on screen at `times` (the last one presented at or before each). Where that shows a frame twice
+    (the sampling outpaces the clip's slower stretches, e.g. when every frame is kept) the evenly spaced indices
+    `by_index` are kept instead: a clip never repeats a frame."""
+    picked = np.searchsorted(np.asarray(frame_times), times + 1e-6, side="right").astype(np.int64) - 1
+    return picked if len(np.unique(picked)) == len(picked) else by_index
 
 
 def clip_end(frame_times: list[float]) -> float:
@@ -336,8 +339,8 @@ def read_video_frames(source, total: int, sample_indices_fn, name: str) -> tuple
                 fps=fps,
                 duration=total / fps if frame_times is None else clip_end(frame_times),
                 video_backend="pyav",
-                frame_times=frame_times,
             )
+            metadata.frame_times = frame_times
             indices = np.asarray(sample_indices_fn(metadata=metadata), dtype=np.int64)
             wanted, decoded = set(indices.tolist()), {}
             for position, frame in enumerate(container.decode(stream)):

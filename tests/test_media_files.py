@@ -81,6 +81,14 @@ def test_a_variable_frame_rate_video_is_sampled_at_the_times_its_frames_show(tmp
     assert metadata.duration == pytest.approx(4.0) and metadata.timestamps == pytest.approx([0, 0.5, 1, 1.5, 2])
     over_clip = processor(path, num_frames=5)  # 0, 0.98, 1.97, 2.95, 3.93 s
     assert frame_numbers(over_clip["pixel_values_videos"]) == [0, 29, 59, 74, 89]  # by index: [0, 22, 44, 67, 89]
+    # sampling faster than the slow stretch would show frames twice: evenly spaced indices then, every frame once
+    every = processor(path, num_frames=89)["pixel_values_videos"]
+    assert frame_numbers(every) == [*range(44), *range(45, 90)]
+    short = write_video(tmp_path / "short.mp4", numbered_frames(9), times=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3])
+    assert frame_numbers(processor(short)["pixel_values_videos"]) == list(range(9))  # a short clip keeps them all
+    # the metadata goes back in with decoded frames (VideoMetadata(**metadata) refused its frame times)
+    again = processor(np.stack(numbered_frames(90)), video_metadata=metadata, num_frames=5)
+    assert frame_numbers(again["pixel_values_videos"]) == [0, 22, 44, 67, 89]
 
 
 def test_a_constant_rate_video_with_jittered_times_is_sampled_by_index(tmp_path):
