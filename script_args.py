@@ -146,19 +146,21 @@ def missing_local_source(value: str) -> bool:
     return meant_local and not Path(value).expanduser().exists()
 
 
-def check_media_sources(parser: argparse.ArgumentParser, option: str, sources: list[str]) -> None:
+def check_media_sources(parser: argparse.ArgumentParser, option: str, sources: list[str], hub_ids=True) -> None:
     """`parser.error` naming the first of a tokenizer script's data `sources` that is a local path which does not
-    exist, or a file other than a `.jsonl` manifest: `datasets` would look either up on the Hub."""
+    exist, or a file other than a `.jsonl` manifest: `datasets` would look either up on the Hub. Without `hub_ids`
+    (as the evaluation scripts read `--data`) only `org/name` may be a Hub dataset: `photos` is a missing folder."""
     for source in sources:
-        if missing_local_source(source):
+        exists = Path(source).expanduser().exists()
+        if missing_local_source(source) if hub_ids else looks_like_path(source) and not exists:
             problem = "no such file or folder"
-        elif Path(source).expanduser().is_file() and not source.lower().endswith(".jsonl"):
+        elif exists and Path(source).expanduser().is_file() and not source.lower().endswith(".jsonl"):
             problem = "a file, not a folder or a .jsonl manifest"
         else:
             continue
         parser.error(
             f"{option} {source}: {problem}; pass a folder of images or videos, a .jsonl manifest, a save_to_disk "
-            "folder or a Hub dataset id"
+            f"folder or a Hub dataset id{'' if hub_ids else ' (org/name)'}"
         )
 
 

@@ -186,7 +186,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lpips is not None:
         hint = "pass a folder written by HydraXTokLPIPS.save_pretrained"
         check_folder(parser, "--lpips", args.lpips, hint, "model.safetensors")
-    check_media_sources(parser, "--data", args.data)
+    check_media_sources(parser, "--data", args.data, hub_ids=False)
     if args.feature_model is not None and looks_like_path(args.feature_model):
         check_folder(parser, "--feature-model", args.feature_model, "pass a Hub id or a model folder", "config.json")
     try:

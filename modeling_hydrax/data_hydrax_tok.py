@@ -161,7 +161,7 @@ def list_source(source: str) -> list[tuple[str, object, str]]:
     recursively), a JSONL manifest of `{"image": path}` / `{"video": path}` lines (paths relative to the manifest),
     or a `datasets` dataset (a `save_to_disk` folder or a `load_dataset` name) with an `image` or `video` column."""
     path = Path(source)
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         if not path.is_file():
             raise FileNotFoundError(f"Manifest {path} does not exist.")
         items = []
@@ -416,7 +416,7 @@ def stream_source(source: str):
     )
     path = Path(source)
     is_saved = is_saved_dataset(path)
-    if path.suffix == ".jsonl" or (path.is_dir() and not is_saved):
+    if path.suffix.lower() == ".jsonl" or (path.is_dir() and not is_saved):
         rows = [
             {
                 "image": location if kind == "image" else None,

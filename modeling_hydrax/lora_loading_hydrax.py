@@ -203,9 +203,9 @@ class HydraXLoraLoaderMixin:
         else:
             return
         raise ValueError(
-            f"Cannot {action} on a model with {how}: PEFT changes the weights in place. {action[0].upper()}{action[1:]} first, "
-            "then enable offloading (`enable_model_cpu_offload()` works with adapters in any order), or load the "
-            "pipeline onto one device."
+            f"Cannot {action} on a model with {how}: PEFT changes the weights in place. {action[0].upper()}"
+            f"{action[1:]} first, then enable offloading (`enable_model_cpu_offload()` works with adapters in any "
+            "order), or load the pipeline onto one device."
         )
 
     def _undo_load(self, adapter_name: str, active: list[str]):

@@ -215,6 +215,7 @@ def test_unreadable_items_are_skipped_and_listed_or_stop_the_run_leaving_no_outp
         (["--num-frames", "4"], "--num-frames 4: must be 1 + 4·k"),
         (["--chunk-frames", "0"], "--chunk-frames 0: must be at least 1"),
         (["--data", "./missing"], "--data ./missing: no such file or folder"),
+        (["--data", "photos"], "--data photos: no such file or folder"),  # not an org/name Hub id
         (["--data", "{held_out}/chelsea.png"], "chelsea.png: a file, not a folder or a .jsonl manifest"),  # the Hub's
         (["--output-dir", "{held_out}"], "already exists; pass --force to replace it"),
     ],

@@ -878,6 +878,9 @@ def test_data_sources_with_mistakes_are_named_or_read(data, tmp_path):
     splits = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": images}))
     splits.save_to_disk(str(tmp_path / "saved"))  # dataset_dict.json + train/: a dataset, not a folder of files
     assert len(list_source(str(tmp_path / "saved"))) == len(images)
+    upper = tmp_path / "ITEMS.JSONL"  # the scripts take it as a manifest: it went to datasets.load_dataset
+    upper.write_text("".join(json.dumps({"image": image}) + "\n" for image in images))
+    assert [item[1] for item in list_source(str(upper))] == images
 
 
 def test_a_seeded_key_gives_a_random_crop_and_a_plain_index_the_centred_one(data):
