@@ -118,6 +118,7 @@ STAGE_WEIGHTS = {
 STAGE_LEARNING_RATES = {1: 2e-4, 2: 1e-4, 3: 1e-4}
 LOGGED_TERMS = ("l1", "lpips", "kl", "gan", "gan_weight", "discriminator", "distill_image", "distill_video", "psnr")
 PREVIEW_SAMPLES = 4
+LOSS_STATE_FILE = "hydrax_loss_state.json"  # in each checkpoint: the adaptive GAN factor, which is not a weight
 STREAM_SHUFFLE_BUFFER = 1000  # rows a --streaming run shuffles among
 PREVIEW_FILE = "reconstructions.png"
 
@@ -295,13 +296,24 @@ class HydraXTokTrainer(HydraXTrainer):
 
 
 class StepCallback(TrainerCallback):
-    """Keeps `HydraXTokTrainingModel.step` at the global step (the GAN's start gate)."""
+    """Keeps `HydraXTokTrainingModel.step` at the global step (the GAN's start gate), and the adaptive GAN factor
+    across a resume: written into every checkpoint (`LOSS_STATE_FILE`, before the run record that marks it complete)
+    and read back from the `resume` checkpoint, so an evaluation before the resumed run's first step applies it."""
 
-    def __init__(self, module: HydraXTokTrainingModel):
+    def __init__(self, module: HydraXTokTrainingModel, resume: str | None = None):
         self.module = module
+        state = Path(resume) / LOSS_STATE_FILE if resume is not None else None
+        if state is not None and state.is_file():  # a checkpoint of an older version has none: the factor starts at 1
+            module.loss_fn.adaptive_gan_factor.fill_(json.loads(state.read_text())["adaptive_gan_factor"])
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.module.step = state.global_step
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.should_save:
+            factor = json.dumps({"adaptive_gan_factor": float(self.module.loss_fn.adaptive_gan_factor)})
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_atomically(folder / LOSS_STATE_FILE, lambda partial: partial.write_text(factor))
 
 
 class PreviewCallback(TrainerCallback):
@@ -780,7 +792,7 @@ def main(argv=None) -> HydraXTokTrainer | None:
         eval_batches=eval_batches(eval_dataset, args.batch_size) if eval_dataset is not None else None,
         learning_rates=learning_rates,
         time_budget=budget,
-        callbacks=[RunRecordCallback(record), StepCallback(module), PreviewCallback(module, preview_pixels)],
+        callbacks=[StepCallback(module, resume), RunRecordCallback(record), PreviewCallback(module, preview_pixels)],
     )
     trainer.train(resume_from_checkpoint=resume)
 

@@ -848,9 +848,10 @@ class HydraXTokLoss(nn.Module):
                 config.discriminator_channels, config.discriminator_layers, config.discriminator_norm
             )
         self.discriminator = discriminator
-        # the last adaptive GAN factor of a training step, applied where no gradient can set it (evaluation); saved in
-        # training checkpoints, so that an evaluation right after a resume applies it too
-        self.register_buffer("adaptive_gan_factor", torch.ones(()))
+        # the last adaptive GAN factor of a training step, applied where no gradient can set it (evaluation); not in
+        # the state dict (FSDP loads sharded checkpoints strictly, and older ones lack it): train_tokenizer.py keeps
+        # it beside each checkpoint
+        self.register_buffer("adaptive_gan_factor", torch.ones(()), persistent=False)
 
     def _grid(self, clip: torch.Tensor) -> tuple[int, int]:
         height, width = clip.shape[-2:]

@@ -536,13 +536,14 @@ sums = {name: param.detach().double().sum().item() for name, param in tokenizer.
 
 def test_the_adaptive_gan_factor_is_saved_in_checkpoints_and_restored_on_resume(data, helpers, tmp_path):
     """Evaluation applies the last training step's adaptive GAN factor; a resume restores it from the checkpoint (it
-    was not saved: an evaluation before the resumed run's first step applied 1). A finished run resumed trains no step
-    past --max-steps (the Trainer's epoch loop ran one)."""
+    was not saved: an evaluation before the resumed run's first step applied 1). It is kept beside the weights, whose
+    state dict FSDP loads strictly. A finished run resumed trains no step past --max-steps (the Trainer's epoch loop
+    ran one)."""
     argv = ["--preset", "tiny", "--no-teachers", "--lpips", helpers / "lpips", "--gan-weight", 0.1]
     argv += ["--adaptive-gan-weight", "--max-steps", 2, "--save-steps", 2]
     trained = train(data, tmp_path, *argv).model.loss_fn.adaptive_gan_factor
-    saved = load_file(tmp_path / "work" / "checkpoint-2" / "model.safetensors")["loss_fn.adaptive_gan_factor"]
-    assert float(trained) != 1.0 and torch.equal(saved, trained)
+    saved = json.loads((tmp_path / "work" / "checkpoint-2" / train_tokenizer.LOSS_STATE_FILE).read_text())
+    assert float(trained) != 1.0 and saved["adaptive_gan_factor"] == float(trained)
     resumed = train(data, tmp_path, *argv, "--resume-from-checkpoint", "last")  # already at its last step
     assert resumed.state.global_step == 2 and torch.equal(resumed.model.loss_fn.adaptive_gan_factor, trained)
 
