@@ -52,7 +52,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder, tied_weights  # noqa: E402
 from huggingface_hub import HfApi, ModelCard, snapshot_download  # noqa: E402
-from model_card_hydrax import add_card_arguments, build_model_card, card_arguments  # noqa: E402
+from model_card_hydrax import (  # noqa: E402
+    add_card_arguments,
+    build_model_card,
+    card_arguments,
+    card_lineage,
+    check_card,
+)
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
@@ -496,10 +502,7 @@ def default_base_models(llm: str, vision_folder: Path) -> list[str]:
     """The card's `base_model`, Hub ids only: `llm` when it is a Hub id (a local folder names none: pass
     --base-model), and what the Hydra-XTok checkpoint's own card names as its base (the SigLIP 2 id that
     conversion/convert_siglip2_to_hydrax_tok.py records)."""
-    readme = vision_folder / "README.md"
-    vision_bases = ModelCard.load(readme).data.base_model if readme.is_file() else None
-    if isinstance(vision_bases, str):
-        vision_bases = [vision_bases]
+    vision_bases = card_lineage(vision_folder)["base_models"]
     return [*([] if Path(llm).is_dir() else [str(llm)]), *(vision_bases or [])]
 
 
@@ -657,6 +660,7 @@ def main(argv=None):
     if args.vision is not None:
         hint = "pass a Hydra-XTok checkpoint folder (written by HydraXTokModel.save_pretrained)"
         check_folder(parser, "--vision", args.vision, hint, required_file="config.json")
+        check_card(parser, "--vision", args.vision)  # its base_model goes into the card, after the build
     if args.llm is not None and looks_like_path(args.llm):
         hint = "pass a Qwen2.5-Instruct checkpoint folder or a Hub id such as Qwen/Qwen2.5-7B-Instruct"
         check_folder(parser, "--llm", args.llm, hint, required_file="config.json")

@@ -392,12 +392,14 @@ def test_a_folder_of_another_model_type_as_a_tokenizer_is_refused(script, args, 
         ("examples/train_hydrax.py", ["--model", "{hydrax}", "--output-dir", "{tmp}/out"]),
         ("examples/train_tokenizer.py", ["--data", "{tmp}", "--model", "{tok}", "--output-dir", "{tmp}/out"]),
         ("conversion/model_card_hydrax.py", ["--model", "{hydrax}"]),
+        ("conversion/build_hydrax.py", ["--vision", "{tok}", "--llm", "Qwen/Qwen2.5-7B", "--output", "{tmp}/out"]),
     ],
 )
 def test_a_model_whose_card_cannot_be_read_is_refused_up_front(
     script, args, card, message, monkeypatch, capsys, tmp_path
 ):
-    """The training scripts read `--model`'s card (its lineage) when saving: a broken one lost the trained model."""
+    """The training scripts read `--model`'s card (its lineage) when saving: a broken one lost the trained model
+    (build_hydrax read `--vision`'s after the build)."""
     for name, model_type in (("hydrax", "hydrax"), ("tok", "hydrax_tok")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps({"model_type": model_type}))
