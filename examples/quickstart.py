@@ -236,10 +236,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
-    # 1. Data: training photos and clips, held-out photos and a held-out clip (an earlier run's results go first: a
-    # run that fails leaves none of them beside another model)
-    for name in RESULT_FILES:
-        (args.output_dir / name).unlink(missing_ok=True)
+    # 1. Data: training photos and clips, held-out photos and a held-out clip
     manifest, evaluations, video_skipped = prepare_data(args.output_dir / "data", args)
     evaluations = {kind: pixels.to(device) for kind, pixels in evaluations.items()}
 
@@ -257,6 +254,8 @@ def main(argv=None):
 
     # 3. Train with examples/train_tokenizer.py's code; it writes OUTPUT_DIR/model
     trainer = train_tokenizer.main(training_argv(args, manifest, initial, video_skipped is None))
+    for name in RESULT_FILES:  # the earlier run's, which describe the model training just replaced
+        (args.output_dir / name).unlink(missing_ok=True)
     model = HydraXTokModel.from_pretrained(args.output_dir / "model").to(device).eval()
     outputs = {kind: train_tokenizer.reconstruct(model, pixels) for kind, pixels in evaluations.items()}
     after = {kind: psnr(outputs[kind], pixels).mean().item() for kind, pixels in evaluations.items()}

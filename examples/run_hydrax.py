@@ -51,7 +51,7 @@ from script_args import (  # noqa: E402
 
 CAPTIONS = {"astronaut": "an astronaut", "coffee": "a cup of coffee", "chelsea": "a cat", "rocket": "a rocket"}
 QUESTION = "What is in the image?"
-RESULT_FILES = ("samples.png", "metrics.json")  # written after the model, describing it
+RESULT_FILES = ("samples.png", "metrics.json")  # written after the model, describing it: they go with it
 LABEL_SIDE = 128  # samples.png enlarges its tiles to at least this many pixels, so the captions fit beside them
 LABEL_MARGIN, LABEL_HEADER = 100, 20  # pixels: row labels on the left, captions above the columns
 
@@ -258,8 +258,6 @@ def main(argv=None):
     started = time.perf_counter()
     output_dir = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:  # an earlier run's: a run that fails leaves none of them beside another model
-        (output_dir / name).unlink(missing_ok=True)
 
     # 1. A checkpoint folder, loaded the way a user loads a Hub checkpoint
     fitted = HydraXTokModel.from_pretrained(args.tokenizer) if args.tokenizer else None
@@ -302,6 +300,8 @@ def main(argv=None):
     # 5. Save everything, the model first (each written beside and renamed into place)
     with staged_folder(output_dir / "model") as staging:
         pipe.save_pretrained(staging)
+        for name in RESULT_FILES:  # the earlier run's, which describe the model about to be replaced
+            (output_dir / name).unlink(missing_ok=True)
     save_grid(output_dir / "samples.png", to_pixels(images), samples * 2 - 1, list(CAPTIONS.values()))
     metrics = {
         "train_caption_exact_match": f"{correct}/{len(CAPTIONS)}",

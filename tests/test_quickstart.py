@@ -154,19 +154,28 @@ def test_quickstart_passes_its_options_to_training(quickstart, tmp_path):
     assert options["--video-ratio"] == "0.25" and options["--preset"] == "small" and "--model" not in options
 
 
-def test_a_failed_quickstart_leaves_no_results_of_an_earlier_run(quickstart, tmp_path, monkeypatch):
-    """Training replaces model/; the pictures and metrics.json are written after it: a run that failed in between
-    left an earlier run's metrics beside the new model. An earlier run's results go first."""
+def test_the_earlier_results_go_with_the_earlier_model(quickstart, tmp_path, monkeypatch):
+    """Training replaces model/; the pictures and metrics.json are written after it. A run failing before that keeps
+    the earlier model with its results; one failing after it leaves none of the earlier results beside the new
+    model (they were left there)."""
     names = ("reconstruction.png", "video_reconstruction.png", "metrics.json")
     for name in names:
-        (tmp_path / name).write_text("an earlier run's")
+        (tmp_path / name).write_text("the earlier run's")
+    argv = [*TINY, "--video-every", "0", "--output-dir", str(tmp_path)]
 
-    def interrupted(argv):
-        raise KeyboardInterrupt
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(quickstart.train_tokenizer, "main", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        quickstart.main([*TINY, "--video-every", "0", "--output-dir", str(tmp_path)])
+    with monkeypatch.context() as patch:
+        patch.setattr(quickstart.train_tokenizer, "main", full_disk)  # training fails: model/ is not replaced
+        with pytest.raises(OSError, match="No space left"):
+            quickstart.main(argv)
+    assert all((tmp_path / name).read_text() == "the earlier run's" for name in names)
+
+    monkeypatch.setattr(quickstart.train_tokenizer, "main", lambda argv: None)  # model/ replaced
+    monkeypatch.setattr(quickstart.HydraXTokModel, "from_pretrained", full_disk)  # reading it back fails
+    with pytest.raises(OSError, match="No space left"):
+        quickstart.main(argv)
     assert not any((tmp_path / name).exists() for name in names)
 
 

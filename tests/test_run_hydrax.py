@@ -67,13 +67,14 @@ def test_a_seed_repeats_the_run_and_another_seed_changes_it(run_hydrax, tmp_path
     assert metrics["caption_loss_after_training"] < metrics["first_losses"]["lm_loss"]
 
 
-def test_a_failed_run_leaves_no_results_of_an_earlier_one(run_hydrax, tmp_path, monkeypatch):
-    """samples.png was written before the model and metrics.json after it: a run that failed in between left an
-    earlier run's files beside the new ones. An earlier run's results go first; the model is saved before them."""
+def test_a_failed_run_leaves_the_earlier_model_with_its_results(run_hydrax, tmp_path, monkeypatch):
+    """samples.png was written before the model was saved: a run that failed in between left its samples beside the
+    earlier run's model and metrics. The earlier results now go only with the earlier model."""
     out = tmp_path / "out"
-    out.mkdir()
-    for name in ("samples.png", "metrics.json"):
-        (out / name).write_text("an earlier run's")
+    (out / "model").mkdir(parents=True)
+    earlier = {name: f"the earlier run's {name}" for name in ("samples.png", "metrics.json", "model/config.json")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
 
     def full_disk(self, folder, **kwargs):
         raise OSError(28, "No space left on device")
@@ -81,7 +82,7 @@ def test_a_failed_run_leaves_no_results_of_an_earlier_one(run_hydrax, tmp_path, 
     monkeypatch.setattr(run_hydrax.HydraXPipeline, "save_pretrained", full_disk)
     with pytest.raises(OSError, match="No space left"):
         run_hydrax.main(["--steps", "1", "--sampling-steps", "1", "--size", "32", "--output-dir", str(out)])
-    assert sorted(path.name for path in out.iterdir()) == ["initial"]
+    assert {name: (out / name).read_text() for name in earlier} == earlier
 
 
 def test_help_and_bad_arguments(tmp_path):
