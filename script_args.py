@@ -71,7 +71,10 @@ def config_model_type(path) -> str | None:
 def finite_float(text: str) -> float:
     """argparse `type` of every float option: `inf` and `nan` pass every comparison check, and a script that hands
     them on fails late, under another script's usage."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value

@@ -132,6 +132,7 @@ def a_file(tmp_path):
         # inf and nan passed the comparisons and failed late, under train_tokenizer's / train_hydrax's usage, or
         # after the models were loaded (every float option is a `finite_float` now)
         ("evaluation/evaluate_generation.py", ["--guidance-scale", "inf"], "argument --guidance-scale: must be a fin"),
+        ("examples/quickstart.py", ["--lr", "abc"], "argument --lr: must be a number, got 'abc'"),
         ("bench/bench_pipelines.py", ["--image-guidance-scale", "nan"], "argument --image-guidance-scale: must be"),
         ("examples/train_hydrax.py", ["--validation-guidance-scale", "nan"], "--validation-guidance-scale: must be"),
         (
@@ -191,8 +192,8 @@ def test_bad_arguments_stop_the_script_up_front(script, args, message, monkeypat
 
 
 def test_an_integer_option_too_big_for_a_float_is_compared_not_overflowed(capsys):
-    """`check_finite` (inside every `check_at_least`) passed ints to `math.isfinite`, which overflows on ints beyond
-    a float's range: a traceback instead of the comparison or a usage error."""
+    """`check_at_least` compares an int beyond a float's range as an int (a `math.isfinite` check inside it once
+    overflowed: a traceback instead of the comparison or a usage error)."""
     from script_args import check_at_least
 
     parser = argparse.ArgumentParser(prog="script")
