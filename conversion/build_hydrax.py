@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoint_importer import staged_folder, tied_weights  # noqa: E402
 from huggingface_hub import HfApi, ModelCard, snapshot_download  # noqa: E402
+from huggingface_hub.utils import HFValidationError, validate_repo_id  # noqa: E402
 from model_card_hydrax import (  # noqa: E402
     add_card_arguments,
     build_model_card,
@@ -598,12 +599,17 @@ def summarize_report(report: dict) -> str:
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:
-    """Upload a finished checkpoint folder to the Hub model repo `repo_id` (created if needed); returns the commit
-    URL."""
+    """Upload a finished checkpoint folder to the Hub model repo `repo_id` (created if needed) as one commit that
+    mirrors it: files of an earlier upload that the folder lacks are deleted (an earlier single `model.safetensors`
+    beside a new sharded index would be the one transformers loads); returns the commit URL."""
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, repo_type="model", commit_message="Upload Hydra-X checkpoint"
+        repo_id=repo_id,
+        folder_path=folder,
+        repo_type="model",
+        commit_message="Upload Hydra-X checkpoint",
+        delete_patterns="*",  # every remote file the folder does not hold (the Hub keeps .gitattributes)
     )
     return commit.commit_url
 
@@ -653,6 +659,11 @@ def main(argv=None):
         )
     if args.private and args.push_to_hub is None:
         parser.error("--private goes with --push-to-hub REPO_ID")
+    if args.push_to_hub is not None:
+        try:  # the ids the Hub refuses: before the build (hours for the 7B), not after it
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as error:
+            parser.error(f"--push-to-hub {args.push_to_hub}: not a Hub repo id ({error})")
     # 2. Paths, before any work
     if args.tokenizer is not None:
         hint = "pass a local Qwen2.5 tokenizer folder (one with tokenizer_config.json)"

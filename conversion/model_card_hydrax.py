@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -390,7 +391,17 @@ def card_lineage(folder) -> dict:
         raise ValueError(f"{path}: base_model must be a Hub id or a list of them, got {data.base_model!r}; fix it")
     if not isinstance(data.license, (str, type(None))):
         raise ValueError(f"{path}: license must be a licence id such as 'apache-2.0', got {data.license!r}; fix it")
-    return {"base_models": base or None, "license": data.license}
+    hub_ids = [name for name in base if is_hub_id(name)]  # PEFT's own card names a local base by its path
+    return {"base_models": hub_ids or None, "license": data.license}
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` can be a Hub repo id (`org/name` or `name`), not a local path."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # an absolute or relative path, `a/b/c`, spaces
+        return False
+    return True
 
 
 def read_card(path: Path) -> ModelCard:

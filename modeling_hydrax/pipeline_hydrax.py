@@ -327,6 +327,16 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         pipeline.register_to_config(_name_or_path=path)
         return pipeline
 
+    def push_to_hub(self, *args, **kwargs):
+        """Refused: diffusers' upload writes its blank model card (`library_name: diffusers`, no remote-code
+        snippet). Save the folder, then upload it (`conversion/build_hydrax.py --push-to-hub` writes the Hydra-X
+        card; `conversion/model_card_hydrax.py` writes one for any folder)."""
+        raise ValueError(
+            "push_to_hub is not supported by Hydra-X pipelines: save_pretrained(folder), write its card with "
+            "conversion/model_card_hydrax.py --model folder --model-id REPO_ID, then upload the folder with "
+            "huggingface_hub.upload_folder."
+        )
+
     def save_pretrained(
         self, save_directory, max_shard_size: int | str = "50GB", variant: str | None = None, **kwargs
     ):
@@ -334,10 +344,7 @@ class HydraXSamplerMixin(HydraXLoraLoaderMixin):
         remote code), plus `model_index.json`, `scheduler/`, the pipeline code and the root-component loaders (see
         [`write_pipeline_files`]). Other keyword arguments go to the model's `save_pretrained`."""
         if kwargs.get("push_to_hub"):
-            raise ValueError(
-                "push_to_hub is not supported by Hydra-X pipelines: save_pretrained(folder), then upload the folder "
-                "with huggingface_hub.upload_folder."
-            )
+            self.push_to_hub()
         self._check_no_lora("save_pretrained")
         self.model.save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
         self.processor.save_pretrained(save_directory)

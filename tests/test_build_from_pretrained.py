@@ -221,6 +221,8 @@ def test_tokenizer_without_vision_tokens_is_refused(sources, tmp_path):
 
 
 def test_cli_force_report_and_push_to_hub_stand_in(built, sources, tmp_path, monkeypatch, capsys):
+    """The push mirrors the folder: `delete_patterns="*"` drops what an earlier push left (a single model.safetensors
+    beside a new sharded index was the file transformers loaded)."""
     folder, _ = built
     with pytest.raises(FileExistsError, match="--force"):
         build_from_pretrained(sources["vision"], sources["llm"], folder)
@@ -242,7 +244,7 @@ def test_cli_force_report_and_push_to_hub_stand_in(built, sources, tmp_path, mon
     assert "newly initialised: model.projector.linear_1.weight" in out and "dropped vision:decompressor." in out
     assert "uploaded" in out and "https://huggingface.co/me/hydrax-tiny/commit/0" in out
     assert calls[0] == ("create_repo", "me/hydrax-tiny", {"repo_type": "model", "private": True, "exist_ok": True})
-    assert calls[1][:2] == ("upload_folder", "me/hydrax-tiny")
+    assert calls[1][:2] == ("upload_folder", "me/hydrax-tiny") and calls[1][2]["delete_patterns"] == "*"
     uploaded = sorted(path.relative_to(hub) for path in hub.rglob("*") if path.is_file())
     assert uploaded == sorted(path.relative_to(folder) for path in folder.rglob("*") if path.is_file())
     assert all((hub / path).read_bytes() == (folder / path).read_bytes() for path in uploaded)

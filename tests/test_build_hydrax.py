@@ -110,6 +110,7 @@ def test_cli_help_and_errors(tmp_path):
             "--preset and --tokenizer go with",
         ),
         (["--random-init", "--preset", "tiny", "--private"], "--private goes with --push-to-hub"),
+        (["--random-init", "--preset", "tiny", "--push-to-hub", "me/hydrax tiny"], "not a Hub repo id"),  # after it
         (["--vision", "{tmp}", "--llm", "Qwen/Qwen2.5-7B-Instruct"], "--vision {tmp}: a folder without config.json"),
     ],
 )

@@ -4,6 +4,7 @@ against the folder they name."""
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -168,6 +169,14 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
     main(["--model", str(adapter), "--base-id", "you/hydrax-7b"])
     data = ModelCard.load(adapter / "README.md").data
     assert data.base_model == ["you/hydrax-7b"] and data.license == "mit"
+
+
+def test_a_local_base_path_in_an_adapters_card_is_not_carried_as_base_model(adapter, checkpoint, tmp_path):
+    """PEFT's own card names a local base by its path: the rewrite carried it into the card's base_model."""
+    folder = shutil.copytree(adapter, tmp_path / "lora")
+    (folder / "README.md").write_text(f"---\nbase_model: {checkpoint}\nlibrary_name: peft\n---\n")
+    main(["--model", str(folder), "--base-id", str(checkpoint)])
+    assert ModelCard.load(folder / "README.md").data.base_model is None
 
 
 def test_an_adapter_cards_base_model_defaults_to_its_base_hub_id_never_a_local_folder(adapter, checkpoint):

@@ -772,6 +772,17 @@ def test_guidance_branches_are_the_prompt_its_text_dropped_and_the_negative_prom
     torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("edit", [False, True])
+def test_pushing_a_pipeline_is_refused_with_the_way_to_upload_it(pipe, edit, tmp_path):
+    """diffusers' push_to_hub uploaded its blank model card (library_name diffusers, no remote-code snippet)."""
+    pipeline = HydraXEditPipeline.from_pipe(pipe) if edit else pipe
+    with pytest.raises(ValueError, match="not supported by Hydra-X pipelines.*model_card_hydrax.py"):
+        pipeline.push_to_hub("me/hydrax")
+    with pytest.raises(ValueError, match="not supported by Hydra-X pipelines"):
+        pipeline.save_pretrained(tmp_path / "out", push_to_hub=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_load_round_trip_and_generic_diffusers_loading(pipe, tmp_path):
     kwargs = dict(height=32, width=32, num_inference_steps=STEPS, output_type="pt")
     expected = pipe("a fox", generator=seeded(), **kwargs).images
