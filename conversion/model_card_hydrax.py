@@ -42,7 +42,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from script_args import HelpFormatter, check_file, check_folder, check_hydrax_folder  # noqa: E402
+from script_args import HelpFormatter, check_file, check_folder, check_hydrax_folder, write_atomically  # noqa: E402
 
 
 HYDRAX_TAGS = [
@@ -448,7 +448,8 @@ def main(argv=None):
     parser.add_argument("--model-id", help="what the usage snippets load: the Hub repo id (default: the folder)")
     parser.add_argument(
         "--base-id",
-        help="adapters: the base checkpoint the snippets load (default: the adapter's base_model_name_or_path)",
+        help="adapters: the base checkpoint the snippets load (default: the adapter's base_model_name_or_path); a "
+        "Hub id also becomes the base_model_name_or_path of adapter_config.json",
     )
     parser.add_argument(
         "--weights",
@@ -492,8 +493,12 @@ def main(argv=None):
                 f"--base-id {base_id}: cannot read the base checkpoint's config ({error}); pass --base-id with its "
                 "folder, or a Hub id this machine can reach"
             )
-        if args.base_model is None and args.base_id is not None and not Path(base_id).is_dir():
-            kwargs["base_models"] = [base_id]  # the base named now, not the one the old card named
+        if args.base_id is not None and not Path(base_id).is_dir():  # the base named now, by its Hub id
+            if args.base_model is None:
+                kwargs["base_models"] = [base_id]  # not the one the old card named
+            lora["base_model_name_or_path"] = base_id  # what PEFT's AutoPeftModel loads (train_hydrax wrote a path)
+            config_text = json.dumps(lora, indent=2, sort_keys=True) + "\n"
+            write_atomically(adapter, lambda partial: partial.write_text(config_text))
         card = build_adapter_card(model_id, base_id, config, lora, **kwargs)
     else:
         config = HydraXConfig.from_pretrained(args.model)

@@ -166,9 +166,13 @@ def test_an_adapter_card_parses_back_and_its_snippets_run(adapter, checkpoint, t
     # a rewrite naming the base by its Hub id makes that id the base_model, not the one the old card named
     config = HydraXConfig.from_pretrained(checkpoint)
     monkeypatch.setattr(HydraXConfig, "from_pretrained", lambda name, **kwargs: config)
+    lora = (adapter / "adapter_config.json").read_text()
     main(["--model", str(adapter), "--base-id", "you/hydrax-7b"])
     data = ModelCard.load(adapter / "README.md").data
     assert data.base_model == ["you/hydrax-7b"] and data.license == "mit"
+    # ... and the adapter's config, which PEFT's AutoPeftModel loads the base from (it kept the local path)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "you/hydrax-7b"
+    (adapter / "adapter_config.json").write_text(lora)
 
 
 def test_a_local_base_path_in_an_adapters_card_is_not_carried_as_base_model(adapter, checkpoint, tmp_path):
