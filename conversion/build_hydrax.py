@@ -555,7 +555,8 @@ def build_from_pretrained(
     # 4. Write, verify from disk, report, move into place
     card_kwargs = dict(card_kwargs or {})
     card_kwargs["base_models"] = card_kwargs.get("base_models") or default_base_models(llm, folders["vision"])
-    parts = {"language model (Qwen2.5)": str(llm), "vision tower (Hydra-XTok)": str(vision)}
+    named = {"llm": source_name(llm), "vision": source_name(vision)}
+    parts = {"language model (Qwen2.5)": named["llm"], "vision tower (Hydra-XTok)": named["vision"]}
     parts["projector, timestep embedding, flow head"] = "newly initialised"
     card = build_model_card(model_id or str(output.resolve()), config, "converted", sources=parts, **card_kwargs)
     with staged_folder(output) as staging:
@@ -563,7 +564,7 @@ def build_from_pretrained(
         del model
         checks = verify_folder(staging, config, plan, torch_dtype, folders, tensors, processor.tokenizer)
         report = {
-            "sources": {"llm": str(llm), "vision": str(vision)},
+            "sources": named,
             "dtype": dtype,
             "chat_template": chat_template_note(llm_template),
             **asdict(plan),
@@ -571,6 +572,18 @@ def build_from_pretrained(
         }
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return output, report
+
+
+def source_name(source) -> str:
+    """How the card and the report (both uploaded by --push-to-hub) name a source: a Hub id as given, a local folder
+    by its name and the Hub ids its card names as bases, never by its absolute path on this machine."""
+    if not Path(source).is_dir():
+        return str(source)
+    try:
+        bases = card_lineage(source)["base_models"]
+    except ValueError:  # an LLM folder's unreadable card (--vision's is checked up front): named by the folder alone
+        bases = None
+    return f"local folder {Path(source).resolve().name}" + (f" (from {', '.join(bases)})" if bases else "")
 
 
 def chat_template_note(llm_template: str | None) -> str:

@@ -117,6 +117,10 @@ def test_report_accounts_for_every_source_tensor(built, sources):
     assert report["checks"]["vision_encode_max_abs_diff"] == 0.0
     assert report["checks"]["image_question_tokens"] > 0  # the saved processor's image question ran through the model
     assert report["chat_template"].endswith("it replaces the language model's own template")
+    # the report and the card are uploaded by --push-to-hub: local sources go by folder name, not this machine's path
+    assert report["sources"] == {"llm": f"local folder {sources['llm'].name}", "vision": report["sources"]["vision"]}
+    assert report["sources"]["vision"].startswith(f"local folder {sources['vision'].name}")
+    assert str(sources["vision"].parent) not in (folder / "README.md").read_text()
 
 
 def test_built_model_equals_its_sources(built, sources):
